@@ -1,1 +1,13 @@
-pub fn x(){}
+//! Taskflow's shared library: the task domain, the ports it needs (small traits)
+//! and the AWS adapters behind them. Functions stay thin and call into here.
+
+pub mod aws;
+pub mod config;
+pub mod domain;
+pub mod error;
+pub mod ports;
+pub mod service;
+pub mod store;
+pub mod telemetry;
+
+pub use error::{AppError, FieldErrors};

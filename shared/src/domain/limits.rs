@@ -1,0 +1,20 @@
+//! Every size limit the API enforces, in one place so docs and code agree.
+
+/// Largest accepted request body (API Gateway itself allows 10 MB).
+pub const MAX_BODY_BYTES: usize = 256 * 1024;
+pub const MAX_TITLE_CHARS: usize = 200;
+pub const MAX_DESCRIPTION_CHARS: usize = 10_000;
+/// Serialized JSON size of a task's metadata object.
+pub const MAX_METADATA_BYTES: usize = 16 * 1024;
+pub const MAX_METADATA_KEYS: usize = 100;
+/// Serialized JSON size of a result stored on the task itself.
+pub const MAX_RESULT_BYTES: usize = 64 * 1024;
+pub const MAX_ERROR_CHARS: usize = 4_000;
+pub const MAX_ID_CHARS: usize = 128;
+pub const MAX_STEPS: usize = 100;
+pub const MAX_STEP_NAME_CHARS: usize = 100;
+pub const MAX_ATTACHMENTS: usize = 50;
+pub const MAX_FILE_NAME_CHARS: usize = 255;
+pub const MAX_IDEMPOTENCY_KEY_CHARS: usize = 255;
+pub const DEFAULT_PAGE_SIZE: usize = 50;
+pub const MAX_PAGE_SIZE: usize = 100;

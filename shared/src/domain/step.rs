@@ -1,0 +1,39 @@
+//! A step of a multi-step task (PRD §6 TaskStep).
+
+use super::fields::string_enum;
+use super::ids::TaskId;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+string_enum!(
+    StepStatus, "step status" {
+        Pending => "pending",
+        Running => "running",
+        Completed => "completed",
+        Failed => "failed",
+        Skipped => "skipped",
+    }
+);
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskStep {
+    /// Unique within its task; the step's name doubles as its id.
+    pub id: String,
+    pub task_id: TaskId,
+    pub name: String,
+    pub order: u32,
+    #[serde(default)]
+    pub depends_on: Vec<String>,
+    pub status: StepStatus,
+    #[serde(default)]
+    pub config: serde_json::Value,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completed_at: Option<DateTime<Utc>>,
+}

@@ -1,0 +1,93 @@
+//! The task record (PRD §6) as stored and returned by the API.
+
+use super::fields::{Description, Metadata, Priority, TaskType, Title};
+use super::ids::{AgencyId, AttachmentId, TaskId, UserId};
+use super::lifecycle::TaskStatus;
+use crate::error::AppError;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Task {
+    pub id: TaskId,
+    pub agency_id: AgencyId,
+    pub created_by: UserId,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub assigned_to: Option<UserId>,
+    pub title: Title,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<Description>,
+    #[serde(rename = "type")]
+    pub task_type: TaskType,
+    pub priority: Priority,
+    pub status: TaskStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub due_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completed_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default)]
+    pub metadata: Metadata,
+    #[serde(default)]
+    pub attachments: Vec<Attachment>,
+    /// Status before archiving, so an archived task still says how it ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub archived_from: Option<TaskStatus>,
+    /// Bumped on every write; surfaced as the ETag.
+    pub version: u64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Attachment {
+    pub id: AttachmentId,
+    pub file_name: String,
+    pub content_type: String,
+    /// Object key in the attachments bucket.
+    pub key: String,
+    pub uploaded_by: UserId,
+    pub created_at: DateTime<Utc>,
+}
+
+impl Task {
+    /// Moves the task to `next`, stamping the lifecycle timestamps.
+    pub fn move_to(&mut self, next: TaskStatus, now: DateTime<Utc>) -> Result<(), AppError> {
+        let current = self.status;
+        current.transition(next)?;
+        match next {
+            TaskStatus::InProgress if self.started_at.is_none() => self.started_at = Some(now),
+            TaskStatus::Completed | TaskStatus::Failed | TaskStatus::Cancelled => {
+                self.completed_at = Some(now)
+            }
+            TaskStatus::Archived => self.archived_from = Some(current),
+            TaskStatus::Pending => {
+                // Back in the queue (retry): the previous run's outcome no longer applies.
+                self.started_at = None;
+                self.completed_at = None;
+            }
+            _ => {}
+        }
+        self.status = next;
+        self.touch(now);
+        Ok(())
+    }
+
+    /// Records a write: new version, new updatedAt.
+    pub fn touch(&mut self, now: DateTime<Utc>) {
+        self.version += 1;
+        self.updated_at = now;
+    }
+
+    /// The HTTP entity tag for this version.
+    pub fn etag(&self) -> String {
+        format!("\"{}\"", self.version)
+    }
+}

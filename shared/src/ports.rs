@@ -1,0 +1,88 @@
+//! The small traits the domain needs from the outside world. AWS adapters in
+//! `store` implement them; unit tests use in-memory fakes.
+
+use crate::domain::{AgencyId, Priority, Task, TaskId, TaskStatus, TaskStep, TaskType, UserId};
+use crate::error::AppError;
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use std::time::Duration;
+
+/// Filters and paging for an agency's task list.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TaskQuery {
+    pub status: Option<TaskStatus>,
+    pub priority: Option<Priority>,
+    pub task_type: Option<TaskType>,
+    pub assignee: Option<UserId>,
+    pub due_before: Option<DateTime<Utc>>,
+    pub include_archived: bool,
+    pub limit: usize,
+    /// Opaque cursor from a previous page.
+    pub cursor: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub next_cursor: Option<String>,
+}
+
+/// The stored outcome of a POST carrying an `Idempotency-Key`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IdempotencyRecord {
+    /// Caller-supplied key (scoped to the agency by the store).
+    pub key: String,
+    /// Fingerprint of the request, so reusing a key for a different request is caught.
+    pub request_hash: String,
+    /// The response body first returned.
+    pub response: serde_json::Value,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum InsertOutcome {
+    Inserted,
+    /// The idempotency key was already used; here is what it produced.
+    AlreadyDone(IdempotencyRecord),
+}
+
+#[async_trait]
+pub trait TaskStore: Send + Sync {
+    /// Writes a new task, its steps and (optionally) its idempotency record atomically.
+    async fn insert(
+        &self,
+        task: &Task,
+        steps: &[TaskStep],
+        idempotency: Option<&IdempotencyRecord>,
+    ) -> Result<InsertOutcome, AppError>;
+
+    async fn get(&self, agency: &AgencyId, id: TaskId) -> Result<Option<Task>, AppError>;
+
+    /// Overwrites the task if its stored version is still `expected_version`;
+    /// otherwise fails with `AppError::VersionConflict`.
+    async fn replace(&self, task: &Task, expected_version: u64) -> Result<(), AppError>;
+
+    /// Removes the task and everything stored under it. False when it did not exist.
+    async fn delete(&self, agency: &AgencyId, id: TaskId) -> Result<bool, AppError>;
+
+    async fn list(&self, agency: &AgencyId, query: &TaskQuery) -> Result<Page<Task>, AppError>;
+
+    async fn steps(&self, agency: &AgencyId, id: TaskId) -> Result<Vec<TaskStep>, AppError>;
+
+    async fn idempotency_record(
+        &self,
+        agency: &AgencyId,
+        key: &str,
+    ) -> Result<Option<IdempotencyRecord>, AppError>;
+}
+
+/// Where attachments live: hands out short-lived, single-object upload URLs.
+#[async_trait]
+pub trait AttachmentStorage: Send + Sync {
+    async fn presign_upload(
+        &self,
+        key: &str,
+        content_type: &str,
+        expires_in: Duration,
+    ) -> Result<String, AppError>;
+}

@@ -1,0 +1,424 @@
+//! The DynamoDB adapter for `TaskStore`, on the single-table design in `keys`.
+
+mod cursor;
+pub mod keys;
+
+use self::keys::{
+    n, s, Index, AGENCY_INDEX, ASSIGNEE_INDEX, IDEMPOTENCY_SK, PK, SK, STEP_SK_PREFIX, TASK_SK,
+};
+use super::from_sdk;
+use crate::domain::{AgencyId, Task, TaskId, TaskStatus, TaskStep};
+use crate::error::AppError;
+use crate::ports::{IdempotencyRecord, InsertOutcome, Page, TaskQuery, TaskStore};
+use async_trait::async_trait;
+use aws_sdk_dynamodb::operation::put_item::PutItemError;
+use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
+use aws_sdk_dynamodb::types::{
+    AttributeValue, DeleteRequest, Put, TransactWriteItem, WriteRequest,
+};
+use aws_sdk_dynamodb::Client;
+use chrono::{DateTime, Utc};
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+
+type Item = HashMap<String, AttributeValue>;
+
+/// How long an idempotency key is remembered.
+const IDEMPOTENCY_TTL_SECS: i64 = 24 * 60 * 60;
+/// Upper bound on DynamoDB round trips for one list page, so a very selective
+/// filter returns a short page with a cursor instead of scanning a whole partition.
+const MAX_QUERIES_PER_PAGE: usize = 8;
+
+#[derive(Debug, Clone)]
+pub struct DynamoTaskStore {
+    client: Client,
+    table: String,
+}
+
+impl DynamoTaskStore {
+    pub fn new(client: Client, table: impl Into<String>) -> Self {
+        Self {
+            client,
+            table: table.into(),
+        }
+    }
+
+    async fn write_steps(&self, steps: &[TaskStep], task: &Task) -> Result<(), AppError> {
+        let pk = keys::task_pk(&task.agency_id, task.id);
+        let mut requests = Vec::with_capacity(steps.len());
+        for step in steps {
+            let mut item = to_item(step)?;
+            item.insert(PK.into(), s(pk.clone()));
+            item.insert(SK.into(), s(keys::step_sk(step)));
+            item.insert("entity".into(), s("step"));
+            let put = aws_sdk_dynamodb::types::PutRequest::builder()
+                .set_item(Some(item))
+                .build()
+                .map_err(AppError::internal)?;
+            requests.push(WriteRequest::builder().put_request(put).build());
+        }
+        self.batch_write(requests).await
+    }
+
+    /// BatchWriteItem in chunks of 25, resending anything DynamoDB left unprocessed.
+    async fn batch_write(&self, requests: Vec<WriteRequest>) -> Result<(), AppError> {
+        for chunk in requests.chunks(25) {
+            let mut pending = chunk.to_vec();
+            for attempt in 0..8u32 {
+                let out = self
+                    .client
+                    .batch_write_item()
+                    .request_items(&self.table, pending)
+                    .send()
+                    .await
+                    .map_err(|e| from_sdk("dynamodb:BatchWriteItem", e))?;
+                pending = out
+                    .unprocessed_items
+                    .and_then(|mut m| m.remove(&self.table))
+                    .unwrap_or_default();
+                if pending.is_empty() {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(25 << attempt)).await;
+            }
+            if !pending.is_empty() {
+                return Err(AppError::Unavailable(
+                    "dynamodb:BatchWriteItem left items unprocessed".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    async fn query_all(&self, pk: &str, sk_prefix: &str) -> Result<Vec<Item>, AppError> {
+        let mut items = Vec::new();
+        let mut start: Option<Item> = None;
+        loop {
+            let out = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression("PK = :pk AND begins_with(SK, :prefix)")
+                .expression_attribute_values(":pk", s(pk))
+                .expression_attribute_values(":prefix", s(sk_prefix))
+                .set_exclusive_start_key(start)
+                .consistent_read(true)
+                .send()
+                .await
+                .map_err(|e| from_sdk("dynamodb:Query", e))?;
+            items.extend(out.items.unwrap_or_default());
+            start = out.last_evaluated_key;
+            if start.is_none() {
+                return Ok(items);
+            }
+        }
+    }
+}
+
+fn to_item<T: serde::Serialize>(value: &T) -> Result<Item, AppError> {
+    serde_dynamo::to_item(value).map_err(AppError::internal)
+}
+
+fn from_item<T: serde::de::DeserializeOwned>(item: Item) -> Result<T, AppError> {
+    serde_dynamo::from_item(item).map_err(|e| AppError::internal(format!("corrupt item: {e}")))
+}
+
+fn task_item(task: &Task) -> Result<Item, AppError> {
+    let mut item = to_item(task)?;
+    item.extend(keys::task_keys(task));
+    Ok(item)
+}
+
+fn hash_key(key: &str) -> String {
+    Sha256::digest(key.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn idempotency_item(agency: &AgencyId, record: &IdempotencyRecord) -> Result<Item, AppError> {
+    let response: Item = to_item(&record.response)?;
+    Ok(HashMap::from([
+        (
+            PK.to_owned(),
+            s(keys::idempotency_pk(agency, &hash_key(&record.key))),
+        ),
+        (SK.to_owned(), s(IDEMPOTENCY_SK)),
+        ("entity".to_owned(), s("idempotency")),
+        ("idempotencyKey".to_owned(), s(record.key.clone())),
+        ("requestHash".to_owned(), s(record.request_hash.clone())),
+        ("response".to_owned(), AttributeValue::M(response)),
+        ("createdAt".to_owned(), s(record.created_at.to_rfc3339())),
+        (
+            "expiresAt".to_owned(),
+            n(record.created_at.timestamp() + IDEMPOTENCY_TTL_SECS),
+        ),
+    ]))
+}
+
+fn parse_idempotency_item(item: Item) -> Result<IdempotencyRecord, AppError> {
+    let text = |name: &str| {
+        item.get(name)
+            .and_then(|v| v.as_s().ok())
+            .cloned()
+            .ok_or_else(|| AppError::internal(format!("idempotency record without {name}")))
+    };
+    let response = match item.get("response") {
+        Some(AttributeValue::M(m)) => from_item(m.clone())?,
+        _ => return Err(AppError::internal("idempotency record without response")),
+    };
+    let created_at = DateTime::parse_from_rfc3339(&text("createdAt")?)
+        .map_err(AppError::internal)?
+        .with_timezone(&Utc);
+    Ok(IdempotencyRecord {
+        key: text("idempotencyKey")?,
+        request_hash: text("requestHash")?,
+        response,
+        created_at,
+    })
+}
+
+fn is_expired(item: &Item, now: DateTime<Utc>) -> bool {
+    item.get("expiresAt")
+        .and_then(|v| v.as_n().ok())
+        .and_then(|v| v.parse::<i64>().ok())
+        .is_some_and(|t| t <= now.timestamp())
+}
+
+/// Builds the filter for the optional query parameters.
+fn list_filter(query: &TaskQuery) -> (Option<String>, HashMap<String, String>, Item) {
+    let mut clauses = Vec::new();
+    let mut names = HashMap::new();
+    let mut values = HashMap::new();
+    if let Some(status) = query.status {
+        clauses.push("#status = :status");
+        values.insert(":status".to_owned(), s(status.as_str()));
+    } else if !query.include_archived {
+        clauses.push("#status <> :archived");
+        values.insert(":archived".to_owned(), s(TaskStatus::Archived.as_str()));
+    }
+    if clauses.iter().any(|c| c.contains("#status")) {
+        names.insert("#status".to_owned(), "status".to_owned());
+    }
+    if let Some(priority) = query.priority {
+        clauses.push("priority = :priority");
+        values.insert(":priority".to_owned(), s(priority.as_str()));
+    }
+    if let Some(task_type) = query.task_type {
+        clauses.push("#type = :type");
+        names.insert("#type".to_owned(), "type".to_owned());
+        values.insert(":type".to_owned(), s(task_type.as_str()));
+    }
+    if let Some(due) = query.due_before {
+        clauses.push("dueEpochMs < :due");
+        values.insert(":due".to_owned(), n(due.timestamp_millis()));
+    }
+    let expression = (!clauses.is_empty()).then(|| clauses.join(" AND "));
+    (expression, names, values)
+}
+
+#[async_trait]
+impl TaskStore for DynamoTaskStore {
+    async fn insert(
+        &self,
+        task: &Task,
+        steps: &[TaskStep],
+        idempotency: Option<&IdempotencyRecord>,
+    ) -> Result<InsertOutcome, AppError> {
+        // Steps first: until the task item exists they are unreachable, so a
+        // failed create leaves nothing visible behind.
+        if !steps.is_empty() {
+            self.write_steps(steps, task).await?;
+        }
+        let put_task = Put::builder()
+            .table_name(&self.table)
+            .set_item(Some(task_item(task)?))
+            .condition_expression("attribute_not_exists(PK)")
+            .build()
+            .map_err(AppError::internal)?;
+        let mut writes = vec![TransactWriteItem::builder().put(put_task).build()];
+        if let Some(record) = idempotency {
+            let put_record = Put::builder()
+                .table_name(&self.table)
+                .set_item(Some(idempotency_item(&task.agency_id, record)?))
+                .condition_expression("attribute_not_exists(PK) OR expiresAt <= :now")
+                .expression_attribute_values(":now", n(record.created_at.timestamp()))
+                .build()
+                .map_err(AppError::internal)?;
+            writes.push(TransactWriteItem::builder().put(put_record).build());
+        }
+        let result = self
+            .client
+            .transact_write_items()
+            .set_transact_items(Some(writes))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(InsertOutcome::Inserted),
+            Err(err) => {
+                let cancelled = matches!(
+                    err.as_service_error(),
+                    Some(TransactWriteItemsError::TransactionCanceledException(_))
+                );
+                if !steps.is_empty() {
+                    let _ = self.delete(&task.agency_id, task.id).await;
+                }
+                if let (true, Some(record)) = (cancelled, idempotency) {
+                    if let Some(previous) = self
+                        .idempotency_record(&task.agency_id, &record.key)
+                        .await?
+                    {
+                        return Ok(InsertOutcome::AlreadyDone(previous));
+                    }
+                }
+                Err(from_sdk("dynamodb:TransactWriteItems", err))
+            }
+        }
+    }
+
+    async fn get(&self, agency: &AgencyId, id: TaskId) -> Result<Option<Task>, AppError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key(PK, s(keys::task_pk(agency, id)))
+            .key(SK, s(TASK_SK))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| from_sdk("dynamodb:GetItem", e))?;
+        out.item.map(from_item).transpose()
+    }
+
+    async fn replace(&self, task: &Task, expected_version: u64) -> Result<(), AppError> {
+        let result = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(task_item(task)?))
+            .condition_expression("attribute_exists(PK) AND version = :expected")
+            .expression_attribute_values(":expected", n(expected_version))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(err)
+                if matches!(
+                    err.as_service_error(),
+                    Some(PutItemError::ConditionalCheckFailedException(_))
+                ) =>
+            {
+                match self.get(&task.agency_id, task.id).await? {
+                    Some(current) => Err(AppError::VersionConflict {
+                        expected: expected_version,
+                        current: current.version,
+                    }),
+                    None => Err(AppError::NotFound { what: "task" }),
+                }
+            }
+            Err(err) => Err(from_sdk("dynamodb:PutItem", err)),
+        }
+    }
+
+    async fn delete(&self, agency: &AgencyId, id: TaskId) -> Result<bool, AppError> {
+        let pk = keys::task_pk(agency, id);
+        let items = self.query_all(&pk, "").await?;
+        let existed = items
+            .iter()
+            .any(|i| i.get(SK).and_then(|v| v.as_s().ok()).map(String::as_str) == Some(TASK_SK));
+        let requests = items
+            .into_iter()
+            .filter_map(|item| {
+                let key = HashMap::from([
+                    (PK.to_owned(), item.get(PK)?.clone()),
+                    (SK.to_owned(), item.get(SK)?.clone()),
+                ]);
+                let delete = DeleteRequest::builder().set_key(Some(key)).build().ok()?;
+                Some(WriteRequest::builder().delete_request(delete).build())
+            })
+            .collect();
+        self.batch_write(requests).await?;
+        Ok(existed)
+    }
+
+    async fn list(&self, agency: &AgencyId, query: &TaskQuery) -> Result<Page<Task>, AppError> {
+        let (index, partition): (Index, String) = match &query.assignee {
+            Some(user) => (
+                ASSIGNEE_INDEX,
+                keys::assignee_partition(agency, user.as_str()),
+            ),
+            None => (AGENCY_INDEX, keys::agency_partition(agency)),
+        };
+        let cursor_attrs = [PK, SK, index.pk, index.sk];
+        let mut start = match &query.cursor {
+            Some(c) => Some(cursor::decode(c, &cursor_attrs, index.pk, &partition)?),
+            None => None,
+        };
+        let (filter, names, values) = list_filter(query);
+        let mut items = Vec::new();
+        for _ in 0..MAX_QUERIES_PER_PAGE {
+            let remaining = query.limit - items.len();
+            let mut request = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .index_name(index.name)
+                .key_condition_expression("#pk = :partition")
+                .expression_attribute_names("#pk", index.pk)
+                .expression_attribute_values(":partition", s(partition.clone()))
+                .scan_index_forward(false)
+                .limit(remaining as i32)
+                .set_exclusive_start_key(start.take())
+                .set_filter_expression(filter.clone());
+            for (k, v) in &names {
+                request = request.expression_attribute_names(k, v);
+            }
+            for (k, v) in &values {
+                request = request.expression_attribute_values(k, v.clone());
+            }
+            let out = request
+                .send()
+                .await
+                .map_err(|e| from_sdk("dynamodb:Query", e))?;
+            for item in out.items.unwrap_or_default() {
+                items.push(from_item::<Task>(item)?);
+            }
+            start = out.last_evaluated_key;
+            if start.is_none() || items.len() >= query.limit {
+                break;
+            }
+        }
+        Ok(Page {
+            items,
+            next_cursor: start.as_ref().map(cursor::encode),
+        })
+    }
+
+    async fn steps(&self, agency: &AgencyId, id: TaskId) -> Result<Vec<TaskStep>, AppError> {
+        let items = self
+            .query_all(&keys::task_pk(agency, id), STEP_SK_PREFIX)
+            .await?;
+        items.into_iter().map(from_item).collect()
+    }
+
+    async fn idempotency_record(
+        &self,
+        agency: &AgencyId,
+        key: &str,
+    ) -> Result<Option<IdempotencyRecord>, AppError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key(PK, s(keys::idempotency_pk(agency, &hash_key(key))))
+            .key(SK, s(IDEMPOTENCY_SK))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| from_sdk("dynamodb:GetItem", e))?;
+        match out.item {
+            Some(item) if !is_expired(&item, Utc::now()) => parse_idempotency_item(item).map(Some),
+            _ => Ok(None),
+        }
+    }
+}

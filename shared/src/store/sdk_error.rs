@@ -1,0 +1,40 @@
+//! Turns SDK failures into `AppError`: transient ones (network, throttling,
+//! 5xx) become retryable `Unavailable`, everything else `Internal`.
+
+use crate::error::AppError;
+use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
+use std::fmt::Debug;
+
+const TRANSIENT_CODES: &[&str] = &[
+    "ThrottlingException",
+    "ProvisionedThroughputExceededException",
+    "RequestLimitExceeded",
+    "InternalServerError",
+    "ServiceUnavailable",
+    "SlowDown",
+];
+
+pub(crate) fn from_sdk<E, R>(operation: &str, err: SdkError<E, R>) -> AppError
+where
+    E: ProvideErrorMetadata + Debug,
+    R: Debug,
+{
+    let transient = match &err {
+        SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => true,
+        SdkError::ServiceError(service) => service
+            .err()
+            .code()
+            .is_some_and(|c| TRANSIENT_CODES.contains(&c)),
+        SdkError::ResponseError(_) => true,
+        _ => false,
+    };
+    let detail = match err.code() {
+        Some(code) => format!("{operation}: {code}: {}", err.message().unwrap_or_default()),
+        None => format!("{operation}: {err:?}"),
+    };
+    if transient {
+        AppError::Unavailable(detail)
+    } else {
+        AppError::Internal(detail)
+    }
+}
