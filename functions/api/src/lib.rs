@@ -1,1 +1,71 @@
-pub fn x(){}
+//! The task REST API behind an API Gateway REST proxy integration. `handle`
+//! is the whole Lambda: the same function runs on AWS and in the local host.
+
+mod handlers;
+mod identity;
+pub mod openapi;
+mod request;
+mod response;
+pub mod routes;
+
+use lambda_http::{Body, Request, Response};
+use shared::aws::AwsClients;
+use shared::config::Config;
+use shared::service::TaskService;
+use shared::store::{DynamoTaskStore, S3AttachmentStorage};
+use shared::AppError;
+use std::sync::Arc;
+
+/// Everything a request needs, built once per cold start.
+#[derive(Clone)]
+pub struct App {
+    tasks: TaskService,
+}
+
+impl App {
+    pub fn new(config: &Config, clients: &AwsClients) -> Self {
+        let store = Arc::new(DynamoTaskStore::new(
+            clients.dynamodb.clone(),
+            &config.table_name,
+        ));
+        let attachments = Arc::new(S3AttachmentStorage::new(
+            clients.s3.clone(),
+            &config.attachments_bucket,
+        ));
+        Self {
+            tasks: TaskService::new(store, attachments),
+        }
+    }
+
+    /// An app over any task service (tests use in-memory ports).
+    pub fn with_service(tasks: TaskService) -> Self {
+        Self { tasks }
+    }
+
+    /// Configuration and SDK clients from the standard Lambda environment.
+    pub async fn from_env() -> Result<Self, AppError> {
+        let config = Config::from_env()?;
+        Ok(Self::new(&config, &AwsClients::from_env().await))
+    }
+}
+
+/// Routes one API Gateway request. Never fails: errors become JSON responses.
+pub async fn handle(app: &App, request: Request) -> Response<Body> {
+    let request_id = request::request_id(&request);
+    match route_and_run(app, &request).await {
+        Ok(response) => response,
+        Err(err) => response::error(&err, &request_id),
+    }
+}
+
+async fn route_and_run(app: &App, request: &Request) -> Result<Response<Body>, AppError> {
+    // Identity comes first, as with the API Gateway authorizer: without one,
+    // nothing about the API (not even which ids exist) is revealed.
+    let caller = if routes::is_public_path(request) {
+        None
+    } else {
+        Some(identity::caller(request)?)
+    };
+    let route = routes::Route::resolve(request)?;
+    handlers::dispatch(app, route, caller.as_ref(), request).await
+}

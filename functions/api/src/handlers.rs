@@ -1,0 +1,157 @@
+//! One function per route: parse the request, call the task service, shape the response.
+
+use crate::request::{idempotency_key, if_match, json_body, query_params};
+use crate::response::{json, json_with_etag, no_content};
+use crate::routes::Route;
+use crate::{openapi, App};
+use lambda_http::{Body, Request, Response};
+use serde_json::{json, Value};
+use shared::domain::{Caller, StepStatus, Task, TaskStep};
+use shared::service::input::parse_task_query;
+use shared::service::{AssignInput, AttachmentInput, CompleteInput, TaskPatch};
+use shared::AppError;
+
+type Reply = Result<Response<Body>, AppError>;
+
+pub async fn dispatch(
+    app: &App,
+    route: Route,
+    caller: Option<&Caller>,
+    request: &Request,
+) -> Reply {
+    let Some(caller) = caller else {
+        return match route {
+            Route::OpenApi => Ok(json(200, openapi::document())),
+            _ => Err(AppError::Unauthorized),
+        };
+    };
+    let tasks = &app.tasks;
+    match route {
+        Route::OpenApi => Ok(json(200, openapi::document())),
+        Route::ListTasks => {
+            let query = parse_task_query(&query_params(request))?;
+            let page = tasks.list(caller, &query).await?;
+            Ok(json(
+                200,
+                &json!({"items": page.items, "nextCursor": page.next_cursor}),
+            ))
+        }
+        Route::CreateTask => {
+            let body = json_body(request, false)?;
+            let key = idempotency_key(request)?;
+            let created = tasks.create(caller, &body, key.as_deref()).await?;
+            let etag = format!("\"{}\"", created.task["version"]);
+            let mut response = json_with_etag(201, &created.task, &etag);
+            if created.replayed {
+                response
+                    .headers_mut()
+                    .insert("idempotent-replayed", "true".parse().expect("valid header"));
+            }
+            if let Some(id) = created.task["id"].as_str() {
+                if let Ok(location) = format!("/api/tasks/{id}").parse() {
+                    response.headers_mut().insert("location", location);
+                }
+            }
+            Ok(response)
+        }
+        Route::GetTask(id) => task_reply(200, &tasks.get(caller, id).await?),
+        Route::UpdateTask(id) => {
+            let patch = TaskPatch::parse(&json_body(request, false)?)?;
+            task_reply(
+                200,
+                &tasks.update(caller, id, &patch, if_match(request)?).await?,
+            )
+        }
+        Route::DeleteTask(id) => {
+            let params = query_params(request);
+            match params.get("hard").map(String::as_str) {
+                Some("true") => {
+                    tasks.hard_delete(caller, id).await?;
+                    Ok(no_content())
+                }
+                None | Some("false") => {
+                    task_reply(200, &tasks.archive(caller, id, if_match(request)?).await?)
+                }
+                Some(_) => Err(invalid_field("hard", "must be true or false")),
+            }
+        }
+        Route::AssignTask(id) => {
+            let input = AssignInput::parse(&json_body(request, false)?)?;
+            task_reply(
+                200,
+                &tasks.assign(caller, id, &input, if_match(request)?).await?,
+            )
+        }
+        Route::StartTask(id) => {
+            task_reply(200, &tasks.start(caller, id, if_match(request)?).await?)
+        }
+        Route::CompleteTask(id) => {
+            let outcome = CompleteInput::parse(&json_body(request, true)?)?;
+            task_reply(
+                200,
+                &tasks
+                    .complete(caller, id, &outcome, if_match(request)?)
+                    .await?,
+            )
+        }
+        Route::CancelTask(id) => {
+            task_reply(200, &tasks.cancel(caller, id, if_match(request)?).await?)
+        }
+        Route::TaskSteps(id) => {
+            let (task, steps) = tasks.steps(caller, id).await?;
+            Ok(json(200, &steps_body(&task, &steps)))
+        }
+        Route::AddAttachment(id) => {
+            let input = AttachmentInput::parse(&json_body(request, false)?)?;
+            let added = tasks.add_attachment(caller, id, &input).await?;
+            let body = json!({
+                "attachment": added.attachment,
+                "upload": {
+                    "url": added.upload_url,
+                    "method": "PUT",
+                    "headers": {"Content-Type": added.attachment.content_type},
+                    "expiresAt": added.expires_at,
+                },
+                "taskVersion": added.task.version,
+            });
+            Ok(json_with_etag(201, &body, &added.task.etag()))
+        }
+    }
+}
+
+fn task_reply(status: u16, task: &Task) -> Reply {
+    let body = serde_json::to_value(task).map_err(AppError::internal)?;
+    Ok(json_with_etag(status, &body, &task.etag()))
+}
+
+fn invalid_field(field: &str, problem: &str) -> AppError {
+    let mut errors = shared::FieldErrors::new();
+    errors.add(field, problem);
+    AppError::Validation(errors)
+}
+
+fn steps_body(task: &Task, steps: &[TaskStep]) -> Value {
+    let count = |status: StepStatus| steps.iter().filter(|s| s.status == status).count();
+    let total = steps.len();
+    let done =
+        count(StepStatus::Completed) + count(StepStatus::Failed) + count(StepStatus::Skipped);
+    let percent = if total == 0 {
+        0.0
+    } else {
+        (done as f64 * 1000.0 / total as f64).round() / 10.0
+    };
+    json!({
+        "taskId": task.id,
+        "status": task.status,
+        "progress": {
+            "total": total,
+            "pending": count(StepStatus::Pending),
+            "running": count(StepStatus::Running),
+            "completed": count(StepStatus::Completed),
+            "failed": count(StepStatus::Failed),
+            "skipped": count(StepStatus::Skipped),
+            "percent": percent,
+        },
+        "steps": steps,
+    })
+}

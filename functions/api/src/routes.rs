@@ -1,0 +1,146 @@
+//! The route table. `ROUTES` is also what the OpenAPI test compares against.
+
+use lambda_http::http::Method;
+use lambda_http::{Request, RequestExt};
+use shared::domain::TaskId;
+use shared::AppError;
+
+/// Every (method, path template) the API serves, in OpenAPI path syntax.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("GET", "/api/openapi.json"),
+    ("GET", "/api/tasks"),
+    ("POST", "/api/tasks"),
+    ("GET", "/api/tasks/{id}"),
+    ("PUT", "/api/tasks/{id}"),
+    ("DELETE", "/api/tasks/{id}"),
+    ("POST", "/api/tasks/{id}/assign"),
+    ("POST", "/api/tasks/{id}/start"),
+    ("POST", "/api/tasks/{id}/complete"),
+    ("POST", "/api/tasks/{id}/cancel"),
+    ("GET", "/api/tasks/{id}/steps"),
+    ("POST", "/api/tasks/{id}/attachments"),
+];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    OpenApi,
+    ListTasks,
+    CreateTask,
+    GetTask(TaskId),
+    UpdateTask(TaskId),
+    DeleteTask(TaskId),
+    AssignTask(TaskId),
+    StartTask(TaskId),
+    CompleteTask(TaskId),
+    CancelTask(TaskId),
+    TaskSteps(TaskId),
+    AddAttachment(TaskId),
+}
+
+impl Route {
+    pub fn resolve(request: &Request) -> Result<Route, AppError> {
+        Self::match_path(request.method(), &request_path(request))
+    }
+
+    pub fn match_path(method: &Method, path: &str) -> Result<Route, AppError> {
+        let segments: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
+        let no_route = || AppError::NoRoute {
+            method: method.to_string(),
+            path: path.to_owned(),
+        };
+        let wrong_method = || AppError::MethodNotAllowed {
+            method: method.to_string(),
+            path: path.to_owned(),
+        };
+        // An id that cannot exist is simply an unknown task.
+        let task_id =
+            |raw: &str| TaskId::parse(raw).map_err(|_| AppError::NotFound { what: "task" });
+        let m = method.as_str();
+        match segments.as_slice() {
+            ["api", "openapi.json"] => match m {
+                "GET" => Ok(Route::OpenApi),
+                _ => Err(wrong_method()),
+            },
+            ["api", "tasks"] => match m {
+                "GET" => Ok(Route::ListTasks),
+                "POST" => Ok(Route::CreateTask),
+                _ => Err(wrong_method()),
+            },
+            ["api", "tasks", id] => match m {
+                "GET" => Ok(Route::GetTask(task_id(id)?)),
+                "PUT" => Ok(Route::UpdateTask(task_id(id)?)),
+                "DELETE" => Ok(Route::DeleteTask(task_id(id)?)),
+                _ => Err(wrong_method()),
+            },
+            ["api", "tasks", id, action] => {
+                let route: fn(TaskId) -> Route = match (*action, m) {
+                    ("assign", "POST") => Route::AssignTask,
+                    ("start", "POST") => Route::StartTask,
+                    ("complete", "POST") => Route::CompleteTask,
+                    ("cancel", "POST") => Route::CancelTask,
+                    ("steps", "GET") => Route::TaskSteps,
+                    ("attachments", "POST") => Route::AddAttachment,
+                    ("assign" | "start" | "complete" | "cancel" | "steps" | "attachments", _) => {
+                        return Err(wrong_method())
+                    }
+                    _ => return Err(no_route()),
+                };
+                Ok(route(task_id(id)?))
+            }
+            _ => Err(no_route()),
+        }
+    }
+}
+
+/// Paths served without an identity (template.yaml gives them `Authorizer: NONE`).
+pub fn is_public_path(request: &Request) -> bool {
+    request.method() == Method::GET
+        && request_path(request).trim_end_matches('/') == "/api/openapi.json"
+}
+
+/// The path without the API Gateway stage prefix.
+pub fn request_path(request: &Request) -> String {
+    let raw = request.raw_http_path();
+    if raw.is_empty() {
+        request.uri().path().to_owned()
+    } else {
+        raw.to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_listed_route_resolves() {
+        let id = TaskId::generate().to_string();
+        for (method, template) in ROUTES {
+            let path = template.replace("{id}", &id);
+            let method = Method::from_bytes(method.as_bytes()).unwrap();
+            assert!(Route::match_path(&method, &path).is_ok(), "{method} {path}");
+        }
+    }
+
+    #[test]
+    fn unknown_paths_methods_and_ids() {
+        assert_eq!(
+            Route::match_path(&Method::GET, "/api/nope")
+                .unwrap_err()
+                .status_code(),
+            404
+        );
+        assert_eq!(
+            Route::match_path(&Method::PATCH, "/api/tasks")
+                .unwrap_err()
+                .status_code(),
+            405
+        );
+        assert_eq!(
+            Route::match_path(&Method::GET, "/api/tasks/not-an-id")
+                .unwrap_err()
+                .status_code(),
+            404
+        );
+    }
+}
