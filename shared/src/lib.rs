@@ -9,5 +9,7 @@ pub mod ports;
 pub mod service;
 pub mod store;
 pub mod telemetry;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 
 pub use error::{AppError, FieldErrors};

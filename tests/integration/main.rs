@@ -1,1 +1,9 @@
-fn main(){}
+//! End-to-end tests: real HTTP against the local stack (moto + the in-process
+//! API host), started once per test binary on ports of its own.
+
+mod attachments;
+mod concurrency;
+mod errors;
+mod lifecycle;
+mod paging;
+mod tenancy;

@@ -2,6 +2,13 @@
 //! emulator (moto) and hosts the project's functions in-process, wired the way
 //! template.yaml wires them on AWS.
 
+pub mod api_gateway;
 pub mod emulator;
+pub mod functions;
+pub mod intrinsics;
+pub mod jwt;
 pub mod provision;
+pub mod stack;
 pub mod template;
+
+pub use stack::{Backend, LocalStack, StackOptions};

@@ -1,99 +1,9 @@
 //! Use-case rules checked against an in-memory store behind the same port.
 
 use super::*;
-use crate::domain::{AgencyId, Role, UserId};
-use crate::ports::{IdempotencyRecord, Page};
-use async_trait::async_trait;
+use crate::domain::{AgencyId, Priority, Role, TaskType, UserId};
+use crate::testing::{FakeUrls, MemoryStore};
 use serde_json::json;
-use std::collections::HashMap;
-use std::sync::Mutex;
-
-#[derive(Default)]
-struct MemoryStore {
-    tasks: Mutex<HashMap<(String, TaskId), Task>>,
-    records: Mutex<HashMap<(String, String), IdempotencyRecord>>,
-}
-
-#[async_trait]
-impl TaskStore for MemoryStore {
-    async fn insert(
-        &self,
-        task: &Task,
-        _: &[TaskStep],
-        rec: Option<&IdempotencyRecord>,
-    ) -> Result<InsertOutcome, AppError> {
-        if let Some(rec) = rec {
-            let key = (task.agency_id.to_string(), rec.key.clone());
-            let mut records = self.records.lock().unwrap();
-            if let Some(previous) = records.get(&key) {
-                return Ok(InsertOutcome::AlreadyDone(previous.clone()));
-            }
-            records.insert(key, rec.clone());
-        }
-        self.tasks
-            .lock()
-            .unwrap()
-            .insert((task.agency_id.to_string(), task.id), task.clone());
-        Ok(InsertOutcome::Inserted)
-    }
-    async fn get(&self, agency: &AgencyId, id: TaskId) -> Result<Option<Task>, AppError> {
-        Ok(self
-            .tasks
-            .lock()
-            .unwrap()
-            .get(&(agency.to_string(), id))
-            .cloned())
-    }
-    async fn replace(&self, task: &Task, expected: u64) -> Result<(), AppError> {
-        let mut tasks = self.tasks.lock().unwrap();
-        let current = tasks
-            .get_mut(&(task.agency_id.to_string(), task.id))
-            .ok_or(AppError::NotFound { what: "task" })?;
-        if current.version != expected {
-            return Err(AppError::VersionConflict {
-                expected,
-                current: current.version,
-            });
-        }
-        *current = task.clone();
-        Ok(())
-    }
-    async fn delete(&self, agency: &AgencyId, id: TaskId) -> Result<bool, AppError> {
-        Ok(self
-            .tasks
-            .lock()
-            .unwrap()
-            .remove(&(agency.to_string(), id))
-            .is_some())
-    }
-    async fn list(&self, _: &AgencyId, _: &TaskQuery) -> Result<Page<Task>, AppError> {
-        unimplemented!("not used by these tests")
-    }
-    async fn steps(&self, _: &AgencyId, _: TaskId) -> Result<Vec<TaskStep>, AppError> {
-        Ok(Vec::new())
-    }
-    async fn idempotency_record(
-        &self,
-        agency: &AgencyId,
-        key: &str,
-    ) -> Result<Option<IdempotencyRecord>, AppError> {
-        Ok(self
-            .records
-            .lock()
-            .unwrap()
-            .get(&(agency.to_string(), key.to_owned()))
-            .cloned())
-    }
-}
-
-struct FakeUrls;
-
-#[async_trait]
-impl AttachmentStorage for FakeUrls {
-    async fn presign_upload(&self, key: &str, _: &str, _: Duration) -> Result<String, AppError> {
-        Ok(format!("https://uploads.example/{key}"))
-    }
-}
 
 fn service() -> TaskService {
     TaskService::new(Arc::new(MemoryStore::default()), Arc::new(FakeUrls))
@@ -299,4 +209,122 @@ async fn attachments_are_listed_and_scoped_to_one_key() {
         svc.get(&boss, id).await.unwrap().attachments,
         vec![added.attachment]
     );
+}
+
+fn query(f: impl FnOnce(&mut TaskQuery)) -> TaskQuery {
+    let mut q = TaskQuery {
+        limit: 50,
+        ..TaskQuery::default()
+    };
+    f(&mut q);
+    q
+}
+
+#[tokio::test]
+async fn list_filters_pages_newest_first_and_hides_archived() {
+    let svc = service();
+    let boss = caller("boss", "a1", Role::Manager);
+    let other = caller("boss", "a2", Role::Manager);
+    let mut ids = Vec::new();
+    for body in [
+        json!({"title": "a", "priority": "high", "dueAt": "2030-01-01T00:00:00Z"}),
+        json!({"title": "b", "assignedTo": "w1"}),
+        json!({"title": "c", "type": "batch", "priority": "high"}),
+        json!({"title": "d"}),
+    ] {
+        ids.push(id_of(&svc.create(&boss, &body, None).await.unwrap()));
+        // ULIDs made within one millisecond are not ordered by creation.
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    svc.create(&other, &json!({"title": "elsewhere"}), None)
+        .await
+        .unwrap();
+    svc.archive(&boss, ids[3], None).await.unwrap();
+
+    let titles = |page: &Page<Task>| -> Vec<String> {
+        page.items
+            .iter()
+            .map(|t| t.title.as_str().to_owned())
+            .collect()
+    };
+    let all = svc.list(&boss, &query(|_| {})).await.unwrap();
+    assert_eq!(titles(&all), ["c", "b", "a"]);
+    assert_eq!(all.next_cursor, None);
+    let with_archived = svc
+        .list(&boss, &query(|q| q.include_archived = true))
+        .await
+        .unwrap();
+    assert_eq!(titles(&with_archived), ["d", "c", "b", "a"]);
+    let archived = svc
+        .list(&boss, &query(|q| q.status = Some(TaskStatus::Archived)))
+        .await
+        .unwrap();
+    assert_eq!(titles(&archived), ["d"]);
+    let high = svc
+        .list(&boss, &query(|q| q.priority = Some(Priority::High)))
+        .await
+        .unwrap();
+    assert_eq!(titles(&high), ["c", "a"]);
+    let batch = svc
+        .list(&boss, &query(|q| q.task_type = Some(TaskType::Batch)))
+        .await
+        .unwrap();
+    assert_eq!(titles(&batch), ["c"]);
+    let mine = svc
+        .list(
+            &boss,
+            &query(|q| q.assignee = Some(UserId::parse("w1").unwrap())),
+        )
+        .await
+        .unwrap();
+    assert_eq!(titles(&mine), ["b"]);
+    let due = svc
+        .list(
+            &boss,
+            &query(|q| q.due_before = Some("2031-01-01T00:00:00Z".parse().unwrap())),
+        )
+        .await
+        .unwrap();
+    assert_eq!(titles(&due), ["a"]);
+
+    let first = svc.list(&boss, &query(|q| q.limit = 2)).await.unwrap();
+    assert_eq!(titles(&first), ["c", "b"]);
+    let cursor = first.next_cursor.clone().expect("a second page");
+    let second = svc
+        .list(
+            &boss,
+            &query(|q| {
+                q.limit = 2;
+                q.cursor = Some(cursor);
+            }),
+        )
+        .await
+        .unwrap();
+    assert_eq!(titles(&second), ["a"]);
+    assert_eq!(second.next_cursor, None);
+    let err = svc
+        .list(&boss, &query(|q| q.cursor = Some("garbage".into())))
+        .await
+        .unwrap_err();
+    assert_eq!(err.status_code(), 400);
+}
+
+#[tokio::test]
+async fn steps_are_stored_in_order_and_removed_with_the_task() {
+    let svc = service();
+    let boss = caller("boss", "a1", Role::Manager);
+    let body = json!({"title": "chain", "type": "multi_step", "steps": [
+        {"name": "publish", "order": 2, "dependsOn": ["build"]},
+        {"name": "build", "order": 1, "config": {"target": "x"}},
+    ]});
+    let id = id_of(&svc.create(&boss, &body, None).await.unwrap());
+    let (task, steps) = svc.steps(&boss, id).await.unwrap();
+    assert_eq!(task.id, id);
+    let names: Vec<&str> = steps.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["build", "publish"]);
+    assert_eq!(steps[0].config, json!({"target": "x"}));
+    assert_eq!(steps[1].depends_on, ["build"]);
+    assert!(steps.iter().all(|s| s.status == StepStatus::Pending));
+    svc.hard_delete(&boss, id).await.unwrap();
+    assert_eq!(svc.steps(&boss, id).await.unwrap_err().status_code(), 404);
 }

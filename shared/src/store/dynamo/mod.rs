@@ -28,6 +28,8 @@ const IDEMPOTENCY_TTL_SECS: i64 = 24 * 60 * 60;
 /// Upper bound on DynamoDB round trips for one list page, so a very selective
 /// filter returns a short page with a cursor instead of scanning a whole partition.
 const MAX_QUERIES_PER_PAGE: usize = 8;
+/// Items each list query evaluates at least, before filtering.
+const QUERY_READ_AHEAD: usize = 100;
 
 #[derive(Debug, Clone)]
 pub struct DynamoTaskStore {
@@ -94,13 +96,19 @@ impl DynamoTaskStore {
         let mut items = Vec::new();
         let mut start: Option<Item> = None;
         loop {
-            let out = self
+            let mut request = self
                 .client
                 .query()
                 .table_name(&self.table)
-                .key_condition_expression("PK = :pk AND begins_with(SK, :prefix)")
-                .expression_attribute_values(":pk", s(pk))
-                .expression_attribute_values(":prefix", s(sk_prefix))
+                .expression_attribute_values(":pk", s(pk));
+            request = match sk_prefix {
+                // begins_with needs a non-empty prefix.
+                "" => request.key_condition_expression("PK = :pk"),
+                prefix => request
+                    .key_condition_expression("PK = :pk AND begins_with(SK, :prefix)")
+                    .expression_attribute_values(":prefix", s(prefix)),
+            };
+            let out = request
                 .set_exclusive_start_key(start)
                 .consistent_read(true)
                 .send()
@@ -355,9 +363,8 @@ impl TaskStore for DynamoTaskStore {
             None => None,
         };
         let (filter, names, values) = list_filter(query);
-        let mut items = Vec::new();
+        let mut items: Vec<Item> = Vec::new();
         for _ in 0..MAX_QUERIES_PER_PAGE {
-            let remaining = query.limit - items.len();
             let mut request = self
                 .client
                 .query()
@@ -367,7 +374,8 @@ impl TaskStore for DynamoTaskStore {
                 .expression_attribute_names("#pk", index.pk)
                 .expression_attribute_values(":partition", s(partition.clone()))
                 .scan_index_forward(false)
-                .limit(remaining as i32)
+                // Read ahead so sparse filters fill a page in few round trips.
+                .limit(query.limit.max(QUERY_READ_AHEAD) as i32)
                 .set_exclusive_start_key(start.take())
                 .set_filter_expression(filter.clone());
             for (k, v) in &names {
@@ -380,16 +388,31 @@ impl TaskStore for DynamoTaskStore {
                 .send()
                 .await
                 .map_err(|e| from_sdk("dynamodb:Query", e))?;
-            for item in out.items.unwrap_or_default() {
-                items.push(from_item::<Task>(item)?);
-            }
+            items.extend(out.items.unwrap_or_default());
             start = out.last_evaluated_key;
-            if start.is_none() || items.len() >= query.limit {
+            if items.len() >= query.limit {
+                if items.len() > query.limit {
+                    items.truncate(query.limit);
+                    // Resume right after the last item returned.
+                    start = items.last().map(|last| {
+                        cursor_attrs
+                            .iter()
+                            .filter_map(|a| Some(((*a).to_owned(), last.get(*a)?.clone())))
+                            .collect()
+                    });
+                }
+                break;
+            }
+            if start.is_none() {
                 break;
             }
         }
+        let tasks = items
+            .into_iter()
+            .map(from_item::<Task>)
+            .collect::<Result<_, _>>()?;
         Ok(Page {
-            items,
+            items: tasks,
             next_cursor: start.as_ref().map(cursor::encode),
         })
     }

@@ -1,0 +1,27 @@
+//! The project's functions, by their logical id in template.yaml. Each is
+//! built from its own template environment, exactly as its Lambda `main` does
+//! from the process environment.
+
+use crate::api_gateway::Invoke;
+use crate::provision::FunctionSpec;
+use anyhow::{Context, Result};
+use shared::aws::AwsClients;
+use shared::config::Config;
+use std::sync::Arc;
+
+pub const API_FUNCTION: &str = "ApiFunction";
+
+fn config_for(spec: &FunctionSpec) -> Result<Config> {
+    Config::from_lookup(|key| spec.environment.get(key).cloned())
+        .map_err(|e| anyhow::anyhow!("{}: {e}", spec.logical_id))
+}
+
+/// The API function as an invokable handler.
+pub fn api_handler(spec: &FunctionSpec, clients: &AwsClients) -> Result<Invoke> {
+    let config = config_for(spec).context("configuring the API function")?;
+    let app = Arc::new(api::App::new(&config, clients));
+    Ok(Arc::new(move |request| {
+        let app = app.clone();
+        Box::pin(async move { api::handle(&app, request).await })
+    }))
+}

@@ -1,0 +1,202 @@
+//! In-memory implementations of the ports, for unit and handler tests.
+//! Compiled only for this crate's tests or with the `testing` feature.
+//!
+//! `MemoryStore` follows the DynamoDB adapter's observable behaviour: lists are
+//! scoped to one agency, newest first, archived tasks are left out unless asked
+//! for, steps come back ordered by `order` then name, and writes are
+//! conditional on the version read.
+
+use crate::domain::limits::DEFAULT_PAGE_SIZE;
+use crate::domain::{AgencyId, Task, TaskId, TaskStatus, TaskStep};
+use crate::error::{AppError, FieldErrors};
+use crate::ports::{
+    AttachmentStorage, IdempotencyRecord, InsertOutcome, Page, TaskQuery, TaskStore,
+};
+use async_trait::async_trait;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+type TaskKey = (AgencyId, TaskId);
+
+/// A `TaskStore` held in process memory.
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    tasks: BTreeMap<TaskKey, Task>,
+    steps: HashMap<TaskKey, Vec<TaskStep>>,
+    records: HashMap<(AgencyId, String), IdempotencyRecord>,
+}
+
+impl MemoryStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Every task of every agency, for assertions.
+    pub fn all_tasks(&self) -> Vec<Task> {
+        self.lock().tasks.values().cloned().collect()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A test that panicked while holding the lock must not hide later failures.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+fn invalid_cursor() -> AppError {
+    let mut errors = FieldErrors::new();
+    errors.add(
+        "cursor",
+        "is not a cursor returned by this API for this query",
+    );
+    AppError::Validation(errors)
+}
+
+fn matches(task: &Task, query: &TaskQuery) -> bool {
+    let status_ok = match query.status {
+        Some(status) => task.status == status,
+        None => query.include_archived || task.status != TaskStatus::Archived,
+    };
+    status_ok
+        && query.priority.is_none_or(|p| task.priority == p)
+        && query.task_type.is_none_or(|t| task.task_type == t)
+        && query
+            .assignee
+            .as_ref()
+            .is_none_or(|a| task.assigned_to.as_ref() == Some(a))
+        // Like the DynamoDB filter, a task without a deadline is never "due before".
+        && query
+            .due_before
+            .is_none_or(|before| task.due_at.is_some_and(|due| due < before))
+}
+
+#[async_trait]
+impl TaskStore for MemoryStore {
+    async fn insert(
+        &self,
+        task: &Task,
+        steps: &[TaskStep],
+        idempotency: Option<&IdempotencyRecord>,
+    ) -> Result<InsertOutcome, AppError> {
+        let mut state = self.lock();
+        let task_key = (task.agency_id.clone(), task.id);
+        // Check everything before writing anything: the insert is all or nothing.
+        if let Some(record) = idempotency {
+            let key = (task.agency_id.clone(), record.key.clone());
+            if let Some(previous) = state.records.get(&key) {
+                return Ok(InsertOutcome::AlreadyDone(previous.clone()));
+            }
+        }
+        if state.tasks.contains_key(&task_key) {
+            return Err(AppError::internal(format!(
+                "task {} already exists",
+                task.id
+            )));
+        }
+        if let Some(record) = idempotency {
+            let key = (task.agency_id.clone(), record.key.clone());
+            state.records.insert(key, record.clone());
+        }
+        let mut steps = steps.to_vec();
+        steps.sort_by(|a, b| (a.order, &a.name).cmp(&(b.order, &b.name)));
+        state.steps.insert(task_key.clone(), steps);
+        state.tasks.insert(task_key, task.clone());
+        Ok(InsertOutcome::Inserted)
+    }
+
+    async fn get(&self, agency: &AgencyId, id: TaskId) -> Result<Option<Task>, AppError> {
+        Ok(self.lock().tasks.get(&(agency.clone(), id)).cloned())
+    }
+
+    async fn replace(&self, task: &Task, expected_version: u64) -> Result<(), AppError> {
+        let mut state = self.lock();
+        let current = state
+            .tasks
+            .get_mut(&(task.agency_id.clone(), task.id))
+            .ok_or(AppError::NotFound { what: "task" })?;
+        if current.version != expected_version {
+            return Err(AppError::VersionConflict {
+                expected: expected_version,
+                current: current.version,
+            });
+        }
+        *current = task.clone();
+        Ok(())
+    }
+
+    async fn delete(&self, agency: &AgencyId, id: TaskId) -> Result<bool, AppError> {
+        let mut state = self.lock();
+        let key = (agency.clone(), id);
+        state.steps.remove(&key);
+        Ok(state.tasks.remove(&key).is_some())
+    }
+
+    /// Newest first (ULIDs sort by creation time). The cursor is the id of the
+    /// last task returned; a limit of 0 means the default page size.
+    async fn list(&self, agency: &AgencyId, query: &TaskQuery) -> Result<Page<Task>, AppError> {
+        let after = match &query.cursor {
+            Some(cursor) => Some(TaskId::parse(cursor).map_err(|_| invalid_cursor())?),
+            None => None,
+        };
+        let limit = match query.limit {
+            0 => DEFAULT_PAGE_SIZE,
+            n => n,
+        };
+        let state = self.lock();
+        let mut matching = state
+            .tasks
+            .iter()
+            .rev()
+            .filter(|((a, id), _)| a == agency && after.is_none_or(|after| *id < after))
+            .map(|(_, task)| task)
+            .filter(|task| matches(task, query));
+        let items: Vec<Task> = matching.by_ref().take(limit).cloned().collect();
+        let next_cursor = match (items.last(), matching.next()) {
+            (Some(last), Some(_)) => Some(last.id.to_string()),
+            _ => None,
+        };
+        Ok(Page { items, next_cursor })
+    }
+
+    async fn steps(&self, agency: &AgencyId, id: TaskId) -> Result<Vec<TaskStep>, AppError> {
+        Ok(self
+            .lock()
+            .steps
+            .get(&(agency.clone(), id))
+            .cloned()
+            .unwrap_or_default())
+    }
+
+    async fn idempotency_record(
+        &self,
+        agency: &AgencyId,
+        key: &str,
+    ) -> Result<Option<IdempotencyRecord>, AppError> {
+        Ok(self
+            .lock()
+            .records
+            .get(&(agency.clone(), key.to_owned()))
+            .cloned())
+    }
+}
+
+/// Presigns nothing: returns `https://uploads.example/{key}`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FakeUrls;
+
+#[async_trait]
+impl AttachmentStorage for FakeUrls {
+    async fn presign_upload(
+        &self,
+        key: &str,
+        _content_type: &str,
+        _expires_in: Duration,
+    ) -> Result<String, AppError> {
+        Ok(format!("https://uploads.example/{key}"))
+    }
+}
