@@ -65,6 +65,13 @@ pub fn error(err: &AppError, request_id: &str) -> Response<Body> {
     }
     let body = json!({"error": {"code": err.code(), "message": message, "fields": fields}});
     let mut response = json(status, &body);
+    if let AppError::MethodNotAllowed { path, .. } = err {
+        // RFC 9110 §15.5.6: a 405 must say which methods the resource does support.
+        let allow = crate::routes::allowed_methods(path).join(", ");
+        if let Ok(value) = allow.parse() {
+            response.headers_mut().insert("allow", value);
+        }
+    }
     if err.is_retryable() {
         response
             .headers_mut()

@@ -92,6 +92,23 @@ impl Route {
     }
 }
 
+/// The methods `ROUTES` serves on a concrete path, for the `Allow` header of a 405.
+pub fn allowed_methods(path: &str) -> Vec<&'static str> {
+    let segments: Vec<&str> = path.trim_end_matches('/').split('/').collect();
+    ROUTES
+        .iter()
+        .filter(|(_, template)| {
+            let parts: Vec<&str> = template.split('/').collect();
+            parts.len() == segments.len()
+                && parts
+                    .iter()
+                    .zip(&segments)
+                    .all(|(part, segment)| part.starts_with('{') || part == segment)
+        })
+        .map(|(method, _)| *method)
+        .collect()
+}
+
 /// Paths served without an identity (template.yaml gives them `Authorizer: NONE`).
 pub fn is_public_path(request: &Request) -> bool {
     request.method() == Method::GET
@@ -135,6 +152,15 @@ mod tests {
                 .unwrap_err()
                 .status_code(),
             405
+        );
+        assert_eq!(allowed_methods("/api/tasks/"), ["GET", "POST"]);
+        assert_eq!(
+            allowed_methods("/api/tasks/01JD0000000000000000000000"),
+            ["GET", "PUT", "DELETE"]
+        );
+        assert_eq!(
+            allowed_methods("/api/tasks/01JD0000000000000000000000/start"),
+            ["POST"]
         );
         assert_eq!(
             Route::match_path(&Method::GET, "/api/tasks/not-an-id")

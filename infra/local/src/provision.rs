@@ -386,20 +386,83 @@ impl<'t> State<'t> {
     }
 }
 
+impl State<'_> {
+    /// The type of a resource SAM generates implicitly (`ServerlessRestApi`, `<Function>Role`,
+    /// `<StateMachine>Role`, `<Api>.Stage`, `<Api>Deployment`), so references to them resolve.
+    fn implicit_kind(&self, name: &str) -> Option<&'static str> {
+        let kind_of = |id: &str| self.template.resource(id).map(|r| r.kind.as_str());
+        match name {
+            "ServerlessRestApi" => return Some("AWS::Serverless::Api"),
+            "ServerlessHttpApi" => return Some("AWS::Serverless::HttpApi"),
+            _ => {}
+        }
+        if let Some(base) = name.strip_suffix("Role") {
+            if matches!(kind_of(base), Some(SAM_FUNCTION | SAM_STATE_MACHINE)) {
+                return Some("AWS::IAM::Role");
+            }
+        }
+        let is_api = |id: &str| {
+            matches!(
+                kind_of(id),
+                Some("AWS::Serverless::Api" | "AWS::Serverless::HttpApi")
+            ) || id == "ServerlessRestApi"
+                || id == "ServerlessHttpApi"
+        };
+        if name
+            .strip_suffix(".Stage")
+            .or_else(|| name.strip_suffix("Stage"))
+            .is_some_and(is_api)
+        {
+            return Some("AWS::ApiGateway::Stage");
+        }
+        if name
+            .strip_suffix(".Deployment")
+            .or_else(|| name.strip_suffix("Deployment"))
+            .is_some_and(is_api)
+        {
+            return Some("AWS::ApiGateway::Deployment");
+        }
+        None
+    }
+
+    fn implicit_ref(&self, name: &str, kind: &str) -> String {
+        if kind == "AWS::ApiGateway::Stage" {
+            let api = name
+                .strip_suffix(".Stage")
+                .or_else(|| name.strip_suffix("Stage"))
+                .unwrap_or(name);
+            return self
+                .template
+                .resource(api)
+                .and_then(|r| r.property("StageName"))
+                .and_then(|v| resolve(v, self).ok().flatten())
+                .and_then(|v| scalar_string(&v))
+                .unwrap_or_else(|| "Prod".to_string());
+        }
+        self.placeholder_ref(name, kind)
+    }
+}
+
 impl Scope for State<'_> {
     fn reference(&self, name: &str) -> Option<String> {
         if let Some(v) = self.refs.get(name) {
             return Some(v.clone());
         }
-        let kind = self.placeholders.get(name)?;
-        Some(self.placeholder_ref(name, kind))
+        if let Some(kind) = self.placeholders.get(name) {
+            return Some(self.placeholder_ref(name, kind));
+        }
+        let kind = self.implicit_kind(name)?;
+        Some(self.implicit_ref(name, kind))
     }
 
     fn attribute(&self, logical_id: &str, attribute: &str) -> Option<String> {
         if let Some(v) = self.attributes.get(&format!("{logical_id}.{attribute}")) {
             return Some(v.clone());
         }
-        let kind = self.placeholders.get(logical_id)?;
+        if let Some(kind) = self.placeholders.get(logical_id) {
+            return Some(self.placeholder_attribute(logical_id, kind, attribute));
+        }
+        let kind = self.implicit_kind(logical_id)?;
         Some(self.placeholder_attribute(logical_id, kind, attribute))
     }
 
@@ -853,42 +916,26 @@ impl Provisioner<'_> {
             create_attributes.insert(QueueAttributeName::FifoQueue, "true".into());
         }
 
-        let created = self
-            .sqs
-            .create_queue()
-            .queue_name(&name)
-            .set_attributes(Some(create_attributes))
-            .send()
-            .await;
-        let url = match created {
-            Ok(out) => {
-                tracing::info!("created queue {name} ({id})");
-                out.queue_url().map(String::from)
-            }
+        // An existing queue is kept (with its messages) and its attributes updated, so that
+        // template edits take effect; moto's CreateQueue would silently return it unchanged.
+        let existing = match self.sqs.get_queue_url().queue_name(&name).send().await {
+            Ok(out) => out.queue_url().map(String::from),
             Err(e)
                 if e.as_service_error()
-                    .is_some_and(|s| s.is_queue_name_exists())
-                    || matches!(e.code(), Some("QueueAlreadyExists" | "QueueNameExists")) =>
+                    .is_some_and(|s| s.is_queue_does_not_exist())
+                    || matches!(
+                        e.code(),
+                        Some("AWS.SimpleQueueService.NonExistentQueue" | "QueueDoesNotExist")
+                    ) =>
             {
                 None
             }
-            Err(e) => return Err(sdk_err(e)).with_context(|| format!("creating queue {name}")),
+            Err(e) => {
+                return Err(sdk_err(e)).with_context(|| format!("looking up queue {name}"));
+            }
         };
-        let url = match url {
-            Some(url) => url,
-            None => {
-                // It exists with other attributes: keep it (and its messages), update them.
-                let url = self
-                    .sqs
-                    .get_queue_url()
-                    .queue_name(&name)
-                    .send()
-                    .await
-                    .map_err(sdk_err)
-                    .with_context(|| format!("looking up existing queue {name}"))?
-                    .queue_url()
-                    .map(String::from)
-                    .ok_or_else(|| anyhow!("GetQueueUrl returned no URL for {name}"))?;
+        let url = match existing {
+            Some(url) => {
                 if !attributes.is_empty() {
                     self.sqs
                         .set_queue_attributes()
@@ -901,6 +948,22 @@ impl Provisioner<'_> {
                 }
                 tracing::info!("queue {name} ({id}) already exists; attributes updated");
                 url
+            }
+            None => {
+                let created = self
+                    .sqs
+                    .create_queue()
+                    .queue_name(&name)
+                    .set_attributes(Some(create_attributes))
+                    .send()
+                    .await
+                    .map_err(sdk_err)
+                    .with_context(|| format!("creating queue {name}"))?;
+                tracing::info!("created queue {name} ({id})");
+                created
+                    .queue_url()
+                    .map(String::from)
+                    .ok_or_else(|| anyhow!("CreateQueue returned no URL for {name}"))?
             }
         };
 
@@ -1654,6 +1717,14 @@ Resources:
             .map(|r| r.logical_id.as_str())
             .collect();
         assert_eq!(order, vec!["Dlq", "Q", "Bucket"]);
+        // SAM's implicit resources resolve too.
+        assert_eq!(state.reference("FnRole").as_deref(), Some("s-FnRole"));
+        assert_eq!(
+            state.attribute("FnRole", "Arn").as_deref(),
+            Some("arn:aws:iam::123456789012:role/s-FnRole")
+        );
+        assert_eq!(state.reference("QRole"), None);
+        assert_eq!(state.reference("Nope"), None);
         // Skipped resources resolve to placeholders.
         assert_eq!(state.reference("Fn").as_deref(), Some("s-Fn"));
         assert_eq!(
@@ -1679,6 +1750,10 @@ Resources:
     /// Starts moto with its log in `dir` (removed with the test's temp dir; a failed start
     /// quotes the log's last lines).
     async fn start_emulator(dir: &Path) -> (Emulator, aws_config::SdkConfig) {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter("local_stack=debug")
+            .with_test_writer()
+            .try_init();
         let emulator = Emulator::start_with_log(&venv(), free_port(), Some(&dir.join("moto.log")))
             .await
             .expect("starting moto");

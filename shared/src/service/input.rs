@@ -10,7 +10,7 @@ use crate::error::{AppError, FieldErrors};
 use crate::ports::TaskQuery;
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 /// A JSON object being taken apart field by field.
 struct Fields<'a> {
@@ -181,6 +181,14 @@ fn parse_steps(errors: &mut FieldErrors, value: Option<&Value>) -> Vec<StepInput
             errors.add(format!("steps[{i}]"), "must be an object");
             continue;
         };
+        for key in obj.keys() {
+            if !STEP_FIELDS.contains(&key.as_str()) {
+                errors.add(
+                    at(key),
+                    format!("unknown field; allowed: {}", STEP_FIELDS.join(", ")),
+                );
+            }
+        }
         let name = match obj.get("name").and_then(Value::as_str) {
             Some(n) if !n.trim().is_empty() && n.chars().count() <= MAX_STEP_NAME_CHARS => {
                 n.to_owned()
@@ -230,7 +238,69 @@ fn parse_steps(errors: &mut FieldErrors, value: Option<&Value>) -> Vec<StepInput
             config,
         });
     }
+    // Indices below match the request only when every step parsed.
+    if steps.len() == items.len() {
+        check_step_graph(errors, &steps);
+    }
     steps
+}
+
+const STEP_FIELDS: [&str; 4] = ["name", "order", "dependsOn", "config"];
+
+/// A step's name is its id, so names must be unique, and every dependency must
+/// name another step of the task without forming a cycle (or the chain never ends).
+fn check_step_graph(errors: &mut FieldErrors, steps: &[StepInput]) {
+    let mut names = HashSet::new();
+    for (i, step) in steps.iter().enumerate() {
+        if !names.insert(step.name.as_str()) {
+            errors.add(
+                format!("steps[{i}].name"),
+                format!("'{}' is used by another step; names must be unique", step.name),
+            );
+        }
+    }
+    let mut graph_ok = names.len() == steps.len();
+    for (i, step) in steps.iter().enumerate() {
+        for dep in &step.depends_on {
+            let problem = if *dep == step.name {
+                "a step cannot depend on itself".to_owned()
+            } else if !names.contains(dep.as_str()) {
+                format!("'{dep}' is not the name of a step of this task")
+            } else {
+                continue;
+            };
+            errors.add(format!("steps[{i}].dependsOn"), problem);
+            graph_ok = false;
+        }
+    }
+    if !graph_ok {
+        return;
+    }
+    // Kahn's algorithm: whatever cannot be ordered sits on a cycle.
+    let mut done: HashSet<&str> = HashSet::new();
+    loop {
+        let ready: Vec<&str> = steps
+            .iter()
+            .filter(|s| !done.contains(s.name.as_str()))
+            .filter(|s| s.depends_on.iter().all(|d| done.contains(d.as_str())))
+            .map(|s| s.name.as_str())
+            .collect();
+        if ready.is_empty() {
+            break;
+        }
+        done.extend(ready);
+    }
+    if done.len() < steps.len() {
+        let stuck: Vec<&str> = steps
+            .iter()
+            .map(|s| s.name.as_str())
+            .filter(|n| !done.contains(n))
+            .collect();
+        errors.add(
+            "steps",
+            format!("dependsOn forms a cycle among: {}", stuck.join(", ")),
+        );
+    }
 }
 
 /// Fields a manager may change with PUT. Absent fields stay as they are;
@@ -526,6 +596,41 @@ mod tests {
         .unwrap();
         assert_eq!(ok.steps[1].depends_on, ["a"]);
         assert_eq!(ok.steps[1].order, 1);
+    }
+
+    #[test]
+    fn steps_must_form_a_valid_graph() {
+        let parse = |steps: Value| {
+            NewTaskInput::parse(&json!({"title": "t", "type": "multi_step", "steps": steps}))
+        };
+        assert!(parse(json!([{"name": "a"}, {"name": "b", "dependsOn": ["a"]}])).is_ok());
+        assert_eq!(
+            fields_of(parse(json!([{"name": "a", "depends_on": ["b"]}])).unwrap_err()),
+            ["steps[0].depends_on"]
+        );
+        assert_eq!(
+            fields_of(parse(json!([{"name": "a"}, {"name": "a"}])).unwrap_err()),
+            ["steps[1].name"]
+        );
+        assert_eq!(
+            fields_of(
+                parse(json!([{"name": "a", "dependsOn": ["a"]}, {"name": "b", "dependsOn": ["x"]}]))
+                    .unwrap_err()
+            ),
+            ["steps[0].dependsOn", "steps[1].dependsOn"]
+        );
+        assert_eq!(
+            fields_of(
+                parse(json!([
+                    {"name": "a", "dependsOn": ["c"]},
+                    {"name": "b", "dependsOn": ["a"]},
+                    {"name": "c", "dependsOn": ["b"]},
+                    {"name": "d"}
+                ]))
+                .unwrap_err()
+            ),
+            ["steps"]
+        );
     }
 
     #[test]
