@@ -1,12 +1,22 @@
 //! Function configuration, read once per cold start from environment variables
 //! (the ones template.yaml sets). Locally the host supplies the same variables.
 
+use crate::domain::Priority;
 use crate::error::AppError;
+use std::collections::BTreeMap;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     pub table_name: String,
     pub attachments_bucket: String,
+    /// Tier queue URLs (`QUEUE_URL_CRITICAL`, …).
+    pub queue_urls: BTreeMap<Priority, String>,
+    /// Dead-letter queue URLs (`DLQ_URL_CRITICAL`, …).
+    pub dlq_urls: BTreeMap<Priority, String>,
+    /// How long a worker holds a task before another may take it over.
+    pub lease_seconds: u64,
+    /// Waiting longer than this fraction of the tier's SLA promotes a task one tier.
+    pub aging_fraction: f64,
 }
 
 impl Config {
@@ -22,9 +32,37 @@ impl Config {
                 .filter(|v| !v.is_empty())
                 .ok_or_else(|| AppError::internal(format!("environment variable {key} is not set")))
         };
+        let mut queue_urls = BTreeMap::new();
+        let mut dlq_urls = BTreeMap::new();
+        for tier in Priority::ALL {
+            let suffix = tier.as_str().to_ascii_uppercase();
+            queue_urls.insert(*tier, required(&format!("QUEUE_URL_{suffix}"))?);
+            dlq_urls.insert(*tier, required(&format!("DLQ_URL_{suffix}"))?);
+        }
+        let number = |key: &str, default: f64| -> Result<f64, AppError> {
+            match lookup(key).filter(|v| !v.is_empty()) {
+                None => Ok(default),
+                Some(v) => v
+                    .parse()
+                    .map_err(|_| AppError::internal(format!("{key} must be a number"))),
+            }
+        };
         Ok(Self {
             table_name: required("TABLE_NAME")?,
             attachments_bucket: required("ATTACHMENTS_BUCKET")?,
+            queue_urls,
+            dlq_urls,
+            lease_seconds: number("LEASE_SECONDS", 120.0)? as u64,
+            aging_fraction: number("AGING_FRACTION", 0.5)?,
         })
+    }
+
+    /// The tier whose queue (or DLQ) has this URL or ARN suffix.
+    pub fn tier_of_queue(&self, queue: &str) -> Option<Priority> {
+        let name = queue.rsplit([':', '/']).next()?;
+        self.queue_urls
+            .iter()
+            .find(|(_, url)| url.rsplit('/').next() == Some(name))
+            .map(|(tier, _)| *tier)
     }
 }

@@ -5,8 +5,10 @@ pub mod aws;
 pub mod config;
 pub mod domain;
 pub mod error;
+pub mod executors;
 pub mod ports;
 pub mod service;
+pub mod services;
 pub mod store;
 pub mod telemetry;
 #[cfg(any(test, feature = "testing"))]

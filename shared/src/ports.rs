@@ -86,3 +86,94 @@ pub trait AttachmentStorage: Send + Sync {
         expires_in: Duration,
     ) -> Result<String, AppError>;
 }
+
+/// Puts work on the tier queues and reports their depth.
+#[async_trait]
+pub trait Dispatcher: Send + Sync {
+    /// Sends one run of a task to its tier's queue, visible after `delay`.
+    async fn dispatch(
+        &self,
+        message: &crate::domain::DispatchMessage,
+        delay: Duration,
+    ) -> Result<(), AppError>;
+
+    /// Messages waiting and in flight on a tier's queue, and on its DLQ.
+    async fn depth(&self, tier: Priority) -> Result<QueueDepth, AppError>;
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueDepth {
+    pub waiting: u64,
+    pub in_flight: u64,
+    pub dead_letters: u64,
+}
+
+/// Agents and their capacity. Capacity counters change only through
+/// conditional updates, so concurrent assignments never overload an agent.
+#[async_trait]
+pub trait AgentStore: Send + Sync {
+    /// Registers or heartbeats: sets capabilities and capacity, marks online, keeps the load.
+    async fn heartbeat(
+        &self,
+        agency: &AgencyId,
+        id: &UserId,
+        capabilities: &[String],
+        capacity: u32,
+        now: DateTime<Utc>,
+    ) -> Result<crate::domain::Agent, AppError>;
+
+    async fn get(
+        &self,
+        agency: &AgencyId,
+        id: &UserId,
+    ) -> Result<Option<crate::domain::Agent>, AppError>;
+
+    async fn list(&self, agency: &AgencyId) -> Result<Vec<crate::domain::Agent>, AppError>;
+
+    /// Takes one unit of capacity if the agent is online and below capacity.
+    async fn reserve(&self, agency: &AgencyId, id: &UserId) -> Result<bool, AppError>;
+
+    /// Gives one unit back (never below zero).
+    async fn release(&self, agency: &AgencyId, id: &UserId) -> Result<(), AppError>;
+
+    /// Online agents whose last heartbeat is older than `before`, across agencies.
+    async fn stale(&self, before: DateTime<Utc>) -> Result<Vec<crate::domain::Agent>, AppError>;
+
+    async fn mark_offline(&self, agency: &AgencyId, id: &UserId) -> Result<(), AppError>;
+}
+
+/// A task waiting for a worker, as the aging and deadline scans see it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WaitingTask {
+    pub agency: AgencyId,
+    pub id: TaskId,
+    pub since: DateTime<Utc>,
+}
+
+/// Cross-agency scans for the sweeper, and SLA breach records.
+#[async_trait]
+pub trait SchedulingIndex: Send + Sync {
+    /// Tasks waiting on a tier since before `before`, oldest first.
+    async fn waiting(
+        &self,
+        tier: Priority,
+        before: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<WaitingTask>, AppError>;
+
+    /// Open tasks due before `deadline`.
+    async fn due_before(
+        &self,
+        deadline: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<WaitingTask>, AppError>;
+
+    async fn record_breach(
+        &self,
+        tier: Priority,
+        task: &WaitingTask,
+        at: DateTime<Utc>,
+    ) -> Result<(), AppError>;
+
+    async fn breaches_since(&self, tier: Priority, since: DateTime<Utc>) -> Result<u64, AppError>;
+}

@@ -200,3 +200,272 @@ impl AttachmentStorage for FakeUrls {
         Ok(format!("https://uploads.example/{key}"))
     }
 }
+
+/// Records every dispatch instead of sending it.
+#[derive(Debug, Default)]
+pub struct RecordingDispatcher {
+    pub sent: Mutex<Vec<crate::domain::DispatchMessage>>,
+}
+
+#[async_trait]
+impl crate::ports::Dispatcher for RecordingDispatcher {
+    async fn dispatch(
+        &self,
+        message: &crate::domain::DispatchMessage,
+        _delay: Duration,
+    ) -> Result<(), AppError> {
+        self.sent
+            .lock()
+            .expect("not poisoned")
+            .push(message.clone());
+        Ok(())
+    }
+
+    async fn depth(
+        &self,
+        _tier: crate::domain::Priority,
+    ) -> Result<crate::ports::QueueDepth, AppError> {
+        Ok(crate::ports::QueueDepth::default())
+    }
+}
+
+/// Agents in process memory, with the same capacity rules as the DynamoDB adapter.
+#[derive(Debug, Default)]
+pub struct MemoryAgents {
+    agents: Mutex<BTreeMap<(AgencyId, String), crate::domain::Agent>>,
+}
+
+#[async_trait]
+impl crate::ports::AgentStore for MemoryAgents {
+    async fn heartbeat(
+        &self,
+        agency: &AgencyId,
+        id: &crate::domain::UserId,
+        capabilities: &[String],
+        capacity: u32,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<crate::domain::Agent, AppError> {
+        let mut agents = self.agents.lock().expect("not poisoned");
+        let agent = agents
+            .entry((agency.clone(), id.to_string()))
+            .or_insert_with(|| crate::domain::Agent {
+                id: id.clone(),
+                agency_id: agency.clone(),
+                capabilities: Vec::new(),
+                capacity,
+                active_tasks: 0,
+                status: crate::domain::AgentStatus::Online,
+                last_heartbeat_at: now,
+                registered_at: now,
+            });
+        agent.capabilities = capabilities.to_vec();
+        agent.capacity = capacity;
+        agent.status = crate::domain::AgentStatus::Online;
+        agent.last_heartbeat_at = now;
+        Ok(agent.clone())
+    }
+
+    async fn get(
+        &self,
+        agency: &AgencyId,
+        id: &crate::domain::UserId,
+    ) -> Result<Option<crate::domain::Agent>, AppError> {
+        let agents = self.agents.lock().expect("not poisoned");
+        Ok(agents.get(&(agency.clone(), id.to_string())).cloned())
+    }
+
+    async fn list(&self, agency: &AgencyId) -> Result<Vec<crate::domain::Agent>, AppError> {
+        let agents = self.agents.lock().expect("not poisoned");
+        Ok(agents
+            .values()
+            .filter(|a| &a.agency_id == agency)
+            .cloned()
+            .collect())
+    }
+
+    async fn reserve(
+        &self,
+        agency: &AgencyId,
+        id: &crate::domain::UserId,
+    ) -> Result<bool, AppError> {
+        let mut agents = self.agents.lock().expect("not poisoned");
+        match agents.get_mut(&(agency.clone(), id.to_string())) {
+            Some(a)
+                if a.status == crate::domain::AgentStatus::Online
+                    && a.active_tasks < a.capacity =>
+            {
+                a.active_tasks += 1;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    async fn release(&self, agency: &AgencyId, id: &crate::domain::UserId) -> Result<(), AppError> {
+        let mut agents = self.agents.lock().expect("not poisoned");
+        if let Some(a) = agents.get_mut(&(agency.clone(), id.to_string())) {
+            a.active_tasks = a.active_tasks.saturating_sub(1);
+        }
+        Ok(())
+    }
+
+    async fn stale(
+        &self,
+        before: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Vec<crate::domain::Agent>, AppError> {
+        let agents = self.agents.lock().expect("not poisoned");
+        Ok(agents
+            .values()
+            .filter(|a| {
+                a.status == crate::domain::AgentStatus::Online && a.last_heartbeat_at < before
+            })
+            .cloned()
+            .collect())
+    }
+
+    async fn mark_offline(
+        &self,
+        agency: &AgencyId,
+        id: &crate::domain::UserId,
+    ) -> Result<(), AppError> {
+        let mut agents = self.agents.lock().expect("not poisoned");
+        if let Some(a) = agents.get_mut(&(agency.clone(), id.to_string())) {
+            a.status = crate::domain::AgentStatus::Offline;
+        }
+        Ok(())
+    }
+}
+
+/// Scheduling scans over a `MemoryStore`.
+#[derive(Debug)]
+pub struct MemoryIndex {
+    pub store: std::sync::Arc<MemoryStore>,
+    pub breaches: Mutex<Vec<(crate::domain::Priority, TaskId)>>,
+}
+
+#[async_trait]
+impl crate::ports::SchedulingIndex for MemoryIndex {
+    async fn waiting(
+        &self,
+        tier: crate::domain::Priority,
+        before: chrono::DateTime<chrono::Utc>,
+        limit: usize,
+    ) -> Result<Vec<crate::ports::WaitingTask>, AppError> {
+        let mut waiting: Vec<_> = self
+            .store
+            .all_tasks()
+            .into_iter()
+            .filter(|t| {
+                t.priority == tier && matches!(t.status, TaskStatus::Pending | TaskStatus::Queued)
+            })
+            .map(|t| crate::ports::WaitingTask {
+                since: t.queued_at.unwrap_or(t.updated_at),
+                agency: t.agency_id,
+                id: t.id,
+            })
+            .filter(|w| w.since < before)
+            .collect();
+        waiting.sort_by_key(|w| w.since);
+        waiting.truncate(limit);
+        Ok(waiting)
+    }
+
+    async fn due_before(
+        &self,
+        deadline: chrono::DateTime<chrono::Utc>,
+        limit: usize,
+    ) -> Result<Vec<crate::ports::WaitingTask>, AppError> {
+        let mut due: Vec<_> = self
+            .store
+            .all_tasks()
+            .into_iter()
+            .filter(|t| !t.status.is_final())
+            .filter_map(|t| {
+                let since = t.due_at.filter(|d| *d <= deadline)?;
+                Some(crate::ports::WaitingTask {
+                    since,
+                    agency: t.agency_id,
+                    id: t.id,
+                })
+            })
+            .collect();
+        due.truncate(limit);
+        Ok(due)
+    }
+
+    async fn record_breach(
+        &self,
+        tier: crate::domain::Priority,
+        task: &crate::ports::WaitingTask,
+        _at: chrono::DateTime<chrono::Utc>,
+    ) -> Result<(), AppError> {
+        self.breaches
+            .lock()
+            .expect("not poisoned")
+            .push((tier, task.id));
+        Ok(())
+    }
+
+    async fn breaches_since(
+        &self,
+        tier: crate::domain::Priority,
+        _since: chrono::DateTime<chrono::Utc>,
+    ) -> Result<u64, AppError> {
+        let breaches = self.breaches.lock().expect("not poisoned");
+        Ok(breaches.iter().filter(|(t, _)| *t == tier).count() as u64)
+    }
+}
+
+/// Everything in memory: the store, fake presigned URLs, recorded dispatches, agents.
+pub struct MemoryWorld {
+    pub store: std::sync::Arc<MemoryStore>,
+    pub dispatcher: std::sync::Arc<RecordingDispatcher>,
+    pub agents: std::sync::Arc<MemoryAgents>,
+    pub index: std::sync::Arc<MemoryIndex>,
+}
+
+impl MemoryWorld {
+    pub fn new() -> Self {
+        let store = std::sync::Arc::new(MemoryStore::default());
+        Self {
+            index: std::sync::Arc::new(MemoryIndex {
+                store: store.clone(),
+                breaches: Mutex::default(),
+            }),
+            store,
+            dispatcher: std::sync::Arc::default(),
+            agents: std::sync::Arc::default(),
+        }
+    }
+
+    pub fn ports(&self) -> crate::service::Ports {
+        crate::service::Ports {
+            store: self.store.clone(),
+            attachments: std::sync::Arc::new(FakeUrls),
+            dispatcher: self.dispatcher.clone(),
+            agents: self.agents.clone(),
+        }
+    }
+
+    /// Services with the built-in executors, a 30 s lease and aging at half the SLA.
+    pub fn services(&self) -> crate::services::Services {
+        let config = crate::config::Config::from_lookup(|key| match key {
+            "LEASE_SECONDS" => Some("30".into()),
+            "AGING_FRACTION" => Some("0.5".into()),
+            other => Some(format!("memory://{other}")),
+        })
+        .expect("complete test config");
+        crate::services::Services::from_ports(
+            self.ports(),
+            self.index.clone(),
+            crate::executors::ExecutorRegistry::builtin(),
+            &config,
+        )
+    }
+}
+
+impl Default for MemoryWorld {
+    fn default() -> Self {
+        Self::new()
+    }
+}

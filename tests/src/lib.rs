@@ -39,6 +39,7 @@ pub fn stack() -> &'static TestStack {
                         },
                         api_port: 0,
                         jwt_secret: TEST_SECRET.to_vec(),
+                        parameter_overrides: test_parameters(),
                     };
                     match LocalStack::start(options).await {
                         Ok(stack) => {
@@ -202,4 +203,16 @@ impl Client {
         );
         reply.body["id"].as_str().expect("id").to_owned()
     }
+}
+
+/// Short leases and visibility timeouts so takeover and retry tests run in seconds.
+fn test_parameters() -> Vec<(String, String)> {
+    [
+        ("LeaseSeconds", "4"),
+        ("QueueVisibilitySeconds", "5"),
+        ("WorkerTimeoutSeconds", "5"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect()
 }

@@ -25,7 +25,7 @@ pub async fn dispatch(
             _ => Err(AppError::Unauthorized),
         };
     };
-    let tasks = &app.tasks;
+    let tasks = &app.services.tasks;
     match route {
         Route::OpenApi => Ok(json(200, openapi::document())),
         Route::ListTasks => {
@@ -100,6 +100,31 @@ pub async fn dispatch(
         Route::TaskSteps(id) => {
             let (task, steps) = tasks.steps(caller, id).await?;
             Ok(json(200, &steps_body(&task, &steps)))
+        }
+        Route::RetryTask(id) => {
+            task_reply(200, &tasks.retry(caller, id, if_match(request)?).await?)
+        }
+        Route::ListAgents => {
+            let agents = app.services.agents.list(caller).await?;
+            Ok(json(200, &json!({"items": agents})))
+        }
+        Route::PutAgent(id) => {
+            let agent = app
+                .services
+                .agents
+                .heartbeat(caller, &id, &json_body(request, false)?)
+                .await?;
+            Ok(json(
+                200,
+                &serde_json::to_value(agent).map_err(AppError::internal)?,
+            ))
+        }
+        Route::Queues => {
+            let tiers = app.services.queues.tiers().await?;
+            Ok(json(
+                200,
+                &json!({"tiers": tiers, "generatedAt": chrono::Utc::now()}),
+            ))
         }
         Route::AddAttachment(id) => {
             let input = AttachmentInput::parse(&json_body(request, false)?)?;

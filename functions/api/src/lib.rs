@@ -11,35 +11,23 @@ pub mod routes;
 use lambda_http::{Body, Request, Response};
 use shared::aws::AwsClients;
 use shared::config::Config;
-use shared::service::TaskService;
-use shared::store::{DynamoTaskStore, S3AttachmentStorage};
+use shared::services::Services;
 use shared::AppError;
-use std::sync::Arc;
 
 /// Everything a request needs, built once per cold start.
 #[derive(Clone)]
 pub struct App {
-    tasks: TaskService,
+    services: Services,
 }
 
 impl App {
     pub fn new(config: &Config, clients: &AwsClients) -> Self {
-        let store = Arc::new(DynamoTaskStore::new(
-            clients.dynamodb.clone(),
-            &config.table_name,
-        ));
-        let attachments = Arc::new(S3AttachmentStorage::new(
-            clients.s3.clone(),
-            &config.attachments_bucket,
-        ));
-        Self {
-            tasks: TaskService::new(store, attachments),
-        }
+        Self::with_services(Services::new(config, clients))
     }
 
-    /// An app over any task service (tests use in-memory ports).
-    pub fn with_service(tasks: TaskService) -> Self {
-        Self { tasks }
+    /// An app over any wiring (tests use in-memory ports).
+    pub fn with_services(services: Services) -> Self {
+        Self { services }
     }
 
     /// Configuration and SDK clients from the standard Lambda environment.

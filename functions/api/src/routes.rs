@@ -19,9 +19,13 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/api/tasks/{id}/cancel"),
     ("GET", "/api/tasks/{id}/steps"),
     ("POST", "/api/tasks/{id}/attachments"),
+    ("POST", "/api/tasks/{id}/retry"),
+    ("GET", "/api/agents"),
+    ("PUT", "/api/agents/{id}"),
+    ("GET", "/api/queues"),
 ];
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {
     OpenApi,
     ListTasks,
@@ -35,6 +39,11 @@ pub enum Route {
     CancelTask(TaskId),
     TaskSteps(TaskId),
     AddAttachment(TaskId),
+    RetryTask(TaskId),
+    ListAgents,
+    /// The raw agent id; validated by the agent service.
+    PutAgent(String),
+    Queues,
 }
 
 impl Route {
@@ -80,13 +89,28 @@ impl Route {
                     ("cancel", "POST") => Route::CancelTask,
                     ("steps", "GET") => Route::TaskSteps,
                     ("attachments", "POST") => Route::AddAttachment,
-                    ("assign" | "start" | "complete" | "cancel" | "steps" | "attachments", _) => {
-                        return Err(wrong_method())
-                    }
+                    ("retry", "POST") => Route::RetryTask,
+                    (
+                        "assign" | "start" | "complete" | "cancel" | "steps" | "attachments"
+                        | "retry",
+                        _,
+                    ) => return Err(wrong_method()),
                     _ => return Err(no_route()),
                 };
                 Ok(route(task_id(id)?))
             }
+            ["api", "agents"] => match m {
+                "GET" => Ok(Route::ListAgents),
+                _ => Err(wrong_method()),
+            },
+            ["api", "agents", id] => match m {
+                "PUT" => Ok(Route::PutAgent((*id).to_owned())),
+                _ => Err(wrong_method()),
+            },
+            ["api", "queues"] => match m {
+                "GET" => Ok(Route::Queues),
+                _ => Err(wrong_method()),
+            },
             _ => Err(no_route()),
         }
     }

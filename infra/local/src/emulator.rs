@@ -2,6 +2,9 @@
 //!
 //! The child process dies with its parent: `kill_on_drop`, an explicit kill in `Drop`, and
 //! `PR_SET_PDEATHSIG` (Linux) so that a killed test binary or a Ctrl-C never leaves moto running.
+//! The death signal follows the *thread* that spawned moto: call [`Emulator::start`] from async
+//! code (the main thread or a runtime worker), never from inside `spawn_blocking`, whose threads
+//! exit when idle.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -163,8 +166,9 @@ impl Emulator {
         Ok(emulator)
     }
 
-    /// Attaches to an emulator that is already running at `endpoint` (and applies the
-    /// configuration). Nothing is owned: [`Emulator::stop`] leaves it running.
+    /// Attaches to an emulator that is already running at `endpoint` and applies the moto
+    /// configuration (only warns if the endpoint is not moto, e.g. LocalStack). Nothing is
+    /// owned: [`Emulator::stop`] leaves it running.
     pub async fn attach(endpoint: &str) -> Result<Emulator> {
         let emulator = Emulator {
             endpoint: endpoint.trim_end_matches('/').to_string(),
@@ -179,7 +183,13 @@ impl Emulator {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        emulator.configure().await?;
+        if let Err(e) = emulator.configure().await {
+            // Not moto (LocalStack, say): nothing to configure.
+            tracing::warn!(
+                "{} did not take the moto configuration ({e:#}); assuming another emulator",
+                emulator.endpoint
+            );
+        }
         Ok(emulator)
     }
 
@@ -224,7 +234,7 @@ impl Emulator {
 
     async fn answers(&self) -> bool {
         self.http
-            .get(format!("{}/moto-api/data.json", self.endpoint))
+            .get(format!("{}/moto-api/config", self.endpoint))
             .timeout(Duration::from_secs(2))
             .send()
             .await
@@ -240,10 +250,16 @@ impl Emulator {
             .send()
             .await
             .with_context(|| format!("POST {url}"))?;
-        if !resp.status().is_success() {
-            let status = resp.status();
-            let body = resp.text().await.unwrap_or_default();
+        let status = resp.status();
+        let body = resp.text().await.unwrap_or_default();
+        if !status.is_success() {
             bail!("POST {url} answered {status}: {body}");
+        }
+        let applied: serde_json::Value =
+            serde_json::from_str(&body).with_context(|| format!("POST {url} answered {body:?}"))?;
+        // moto echoes only `batch` and `lambda` (never `stepfunctions`), so check what it shows.
+        if applied["lambda"]["use_docker"] != serde_json::Value::Bool(false) {
+            bail!("moto did not take the configuration: {body}");
         }
         Ok(())
     }

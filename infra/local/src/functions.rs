@@ -25,3 +25,37 @@ pub fn api_handler(spec: &FunctionSpec, clients: &AwsClients) -> Result<Invoke> 
         Box::pin(async move { api::handle(&app, request).await })
     }))
 }
+
+pub const WORKER_FUNCTION: &str = "WorkerFunction";
+pub const SWEEPER_FUNCTION: &str = "SweeperFunction";
+
+/// The worker as an SQS batch handler.
+pub fn worker_handler(
+    spec: &FunctionSpec,
+    clients: &AwsClients,
+) -> Result<crate::sqs_poller::BatchHandler> {
+    let config = config_for(spec).context("configuring the worker function")?;
+    let worker = Arc::new(worker::Worker::new(config, clients));
+    Ok(Arc::new(move |event| {
+        let worker = worker.clone();
+        Box::pin(async move { worker.handle_batch(event).await })
+    }))
+}
+
+/// The sweeper as a scheduled handler.
+pub fn sweeper_handler(
+    spec: &FunctionSpec,
+    clients: &AwsClients,
+) -> Result<crate::scheduler::ScheduledHandler> {
+    let config = config_for(spec).context("configuring the sweeper function")?;
+    let sweeper = Arc::new(shared::services::Services::new(&config, clients).sweeper);
+    Ok(Arc::new(move || {
+        let sweeper = sweeper.clone();
+        Box::pin(async move {
+            match sweeper.sweep(chrono::Utc::now()).await {
+                Ok(report) => tracing::info!(?report, "sweep finished"),
+                Err(err) => tracing::warn!(error = %err, "sweep failed; the next one retries"),
+            }
+        })
+    }))
+}

@@ -8,6 +8,8 @@ pub mod functions;
 pub mod intrinsics;
 pub mod jwt;
 pub mod provision;
+pub mod scheduler;
+pub mod sqs_poller;
 pub mod stack;
 pub mod template;
 

@@ -70,6 +70,7 @@ async fn dev(flags: &HashMap<String, String>) -> Result<()> {
         backend,
         api_port: port_flag(flags, "port", "PORT", 3000)?,
         jwt_secret: jwt::secret_from_env(),
+        parameter_overrides: Vec::new(),
     };
     let stack = LocalStack::start(options).await?;
     let mut summary = format!(

@@ -136,6 +136,7 @@ pub async fn provision(
     };
 
     let order = creation_order(template, &p.state)?;
+    let order_len = order.len();
     tracing::info!(
         stack = stack_name,
         resources = order.len(),
@@ -161,6 +162,12 @@ pub async fn provision(
         functions.insert(resource.logical_id.clone(), spec);
     }
 
+    tracing::info!(
+        stack = stack_name,
+        "stack ready: {} resources, {} functions",
+        order_len,
+        functions.len()
+    );
     Ok(ProvisionedStack {
         stack_name: stack_name.to_string(),
         refs: p.state.all_refs(),
@@ -242,6 +249,13 @@ impl<'t> State<'t> {
         state.evaluate_conditions()?;
         for r in template.resources() {
             if !CREATED_TYPES.contains(&r.kind.as_str()) || !state.enabled(r) {
+                if r.kind != SAM_FUNCTION {
+                    tracing::debug!(
+                        "skipping {} ({}): not created locally",
+                        r.logical_id,
+                        r.kind
+                    );
+                }
                 state
                     .placeholders
                     .insert(r.logical_id.clone(), r.kind.clone());
@@ -1003,20 +1017,27 @@ impl Provisioner<'_> {
             None => bucket_name(&self.state.stack, id),
         };
 
-        let created = self
-            .s3
-            .create_bucket()
-            .bucket(&name)
-            .set_create_bucket_configuration((region != "us-east-1").then(|| {
-                CreateBucketConfiguration::builder()
-                    .location_constraint(BucketLocationConstraint::from(region.as_str()))
-                    .build()
-            }))
-            .send()
-            .await;
+        // moto (like AWS in us-east-1) answers CreateBucket for an owned bucket with 200.
+        let exists = self.s3.head_bucket().bucket(&name).send().await.is_ok();
+        let created = if exists {
+            Err(None)
+        } else {
+            self.s3
+                .create_bucket()
+                .bucket(&name)
+                .set_create_bucket_configuration((region != "us-east-1").then(|| {
+                    CreateBucketConfiguration::builder()
+                        .location_constraint(BucketLocationConstraint::from(region.as_str()))
+                        .build()
+                }))
+                .send()
+                .await
+                .map_err(Some)
+        };
         match created {
             Ok(_) => tracing::info!("created bucket {name} ({id})"),
-            Err(e)
+            Err(None) => tracing::info!("bucket {name} ({id}) already exists"),
+            Err(Some(e))
                 if matches!(
                     e.code(),
                     Some("BucketAlreadyOwnedByYou" | "BucketAlreadyExists")
@@ -1024,7 +1045,9 @@ impl Provisioner<'_> {
             {
                 tracing::info!("bucket {name} ({id}) already exists");
             }
-            Err(e) => return Err(sdk_err(e)).with_context(|| format!("creating bucket {name}")),
+            Err(Some(e)) => {
+                return Err(sdk_err(e)).with_context(|| format!("creating bucket {name}"))
+            }
         }
 
         if let Some(cors) = props.get("CorsConfiguration") {
@@ -1108,6 +1131,7 @@ impl Provisioner<'_> {
     }
 
     async fn put_notifications(&mut self, id: &str, bucket: &str, config: &Value) -> Result<()> {
+        use aws_sdk_s3::error::ProvideErrorMetadata;
         use aws_sdk_s3::types::{
             Event, EventBridgeConfiguration, FilterRule, FilterRuleName, NotificationConfiguration,
             NotificationConfigurationFilter, QueueConfiguration, S3KeyFilter,
@@ -1196,8 +1220,8 @@ impl Provisioner<'_> {
                 }
             }
             Err(e) => tracing::debug!(
-                "reading notifications of {bucket}: {}",
-                aws_sdk_s3::error::DisplayErrorContext(&e)
+                "could not read the notifications of {bucket} ({}); putting them",
+                e.code().unwrap_or("unparsable answer")
             ),
         }
 
@@ -1868,11 +1892,15 @@ Resources:
       AttributeDefinitions:
         - { AttributeName: PK, AttributeType: S }
         - { AttributeName: GSI1PK, AttributeType: S }
+        - { AttributeName: GSI2PK, AttributeType: S }
       KeySchema: [{ AttributeName: PK, KeyType: HASH }]
       GlobalSecondaryIndexes:
         - IndexName: GSI1
           KeySchema: [{ AttributeName: GSI1PK, KeyType: HASH }]
           Projection: { ProjectionType: KEYS_ONLY }
+        - IndexName: __GSI2__
+          KeySchema: [{ AttributeName: GSI2PK, KeyType: HASH }]
+          Projection: { ProjectionType: INCLUDE, NonKeyAttributes: [title] }
       TimeToLiveSpecification: { AttributeName: expiresAt, Enabled: true }
   Chain:
     Type: AWS::Serverless::StateMachine
@@ -1954,11 +1982,12 @@ Resources:
         )
         .unwrap();
         let path = dir.join("template.yaml");
-        std::fs::write(
-            &path,
-            INLINE.replace("__VISIBILITY__", &visibility.to_string()),
-        )
-        .unwrap();
+        // The second version adds a GSI to the existing table.
+        let gsi2 = if comment == "v1" { "GSI2" } else { "GSI3" };
+        let text = INLINE
+            .replace("__VISIBILITY__", &visibility.to_string())
+            .replace("__GSI2__", gsi2);
+        std::fs::write(&path, text).unwrap();
         path
     }
 
@@ -2076,6 +2105,41 @@ Resources:
         assert!(sm.definition().contains(&work_url), "{}", sm.definition());
         assert!(sm.definition().contains("\"table\": \"inline-t\""));
         assert!(!sm.definition().contains("${"));
+        // Executions run (the emulator's Step Functions interpreter is switched on) and the
+        // substituted queue URL is the real one.
+        let exec = sfn
+            .start_execution()
+            .state_machine_arn(&chain_arn)
+            .name("run-1")
+            .input("{}")
+            .send()
+            .await
+            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let status = loop {
+            let d = sfn
+                .describe_execution()
+                .execution_arn(exec.execution_arn())
+                .send()
+                .await
+                .unwrap();
+            if d.status().as_str() != "RUNNING" || std::time::Instant::now() > deadline {
+                break d.status().as_str().to_string();
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert_eq!(status, "SUCCEEDED");
+        let received = sqs
+            .receive_message()
+            .queue_url(&work_url)
+            .wait_time_seconds(2)
+            .send()
+            .await
+            .unwrap();
+        let body: serde_json::Value =
+            serde_json::from_str(received.messages().first().and_then(|m| m.body()).unwrap())
+                .unwrap();
+        assert_eq!(body, serde_json::json!({ "table": "inline-t" }));
 
         // Function wiring.
         let worker = stack.function("Worker").unwrap();
@@ -2161,6 +2225,21 @@ Resources:
             .await
             .unwrap();
         assert!(sm.definition().contains("\"v2\""), "{}", sm.definition());
+        let table = ddb
+            .describe_table()
+            .table_name("inline-t")
+            .send()
+            .await
+            .unwrap();
+        let mut gsis: Vec<&str> = table
+            .table()
+            .unwrap()
+            .global_secondary_indexes()
+            .iter()
+            .filter_map(|g| g.index_name())
+            .collect();
+        gsis.sort();
+        assert_eq!(gsis, vec!["GSI1", "GSI2", "GSI3"]);
 
         emulator.stop().await;
     }

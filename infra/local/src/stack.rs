@@ -4,16 +4,22 @@
 use crate::api_gateway::{ApiGateway, ApiRoute};
 use crate::emulator::{self, Emulator};
 use crate::functions::{self, API_FUNCTION};
-use crate::provision::{self, ProvisionedStack};
+use crate::provision::{self, FunctionEvent, ProvisionedStack};
+use crate::scheduler;
+use crate::sqs_poller::{self, EventSourceMapping};
 use crate::template::Template;
 use anyhow::{Context, Result};
 use shared::aws::AwsClients;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+
+/// Concurrent batches for an SQS event without `ScalingConfig.MaximumConcurrency`.
+const DEFAULT_LOCAL_CONCURRENCY: u32 = 5;
 
 /// Where the emulator comes from.
 #[derive(Debug, Clone)]
@@ -32,6 +38,8 @@ pub struct StackOptions {
     /// 0 picks a free port.
     pub api_port: u16,
     pub jwt_secret: Vec<u8>,
+    /// Template parameter values, as `sam deploy --parameter-overrides` gives them.
+    pub parameter_overrides: Vec<(String, String)>,
 }
 
 impl StackOptions {
@@ -65,7 +73,10 @@ impl LocalStack {
             Backend::Existing { endpoint } => Emulator::attach(endpoint).await?,
         };
         let sdk = emulator::sdk_config(&emulator.endpoint).await;
-        let template = Template::load(&options.repo_root.join("template.yaml"))?;
+        let mut template = Template::load(&options.repo_root.join("template.yaml"))?;
+        for (name, value) in &options.parameter_overrides {
+            template.override_parameter(name, value)?;
+        }
         let resources = provision::provision(&template, &sdk, &options.stack_name)
             .await
             .context("provisioning template.yaml on the emulator")?;
@@ -86,6 +97,59 @@ impl LocalStack {
             .with_context(|| format!("binding the API to 127.0.0.1:{}", options.api_port))?;
         let api_addr = listener.local_addr()?;
         tasks.push(tokio::spawn(gateway.serve(listener, shutdown_rx.clone())));
+
+        // Every other function, wired by its template events.
+        for spec in resources.functions.values() {
+            for event in &spec.events {
+                match (spec.logical_id.as_str(), event) {
+                    (
+                        functions::WORKER_FUNCTION,
+                        FunctionEvent::Sqs {
+                            queue_url,
+                            queue_arn,
+                            batch_size,
+                            max_batching_window_seconds,
+                            maximum_concurrency,
+                            report_batch_item_failures,
+                            ..
+                        },
+                    ) => {
+                        let mapping = EventSourceMapping {
+                            queue_url: queue_url.clone(),
+                            queue_arn: queue_arn.clone(),
+                            batch_size: *batch_size,
+                            max_batching_window: Duration::from_secs(u64::from(
+                                *max_batching_window_seconds,
+                            )),
+                            maximum_concurrency: maximum_concurrency
+                                .unwrap_or(DEFAULT_LOCAL_CONCURRENCY),
+                            report_batch_item_failures: *report_batch_item_failures,
+                        };
+                        let handler = functions::worker_handler(spec, &clients)?;
+                        tasks.extend(sqs_poller::spawn(
+                            mapping,
+                            clients.sqs.clone(),
+                            handler,
+                            shutdown_rx.clone(),
+                        ));
+                    }
+                    (
+                        functions::SWEEPER_FUNCTION,
+                        FunctionEvent::Schedule {
+                            period: Some(period),
+                            ..
+                        },
+                    ) => {
+                        let handler = functions::sweeper_handler(spec, &clients)?;
+                        tasks.push(scheduler::spawn(*period, handler, shutdown_rx.clone()));
+                    }
+                    (_, FunctionEvent::Api { .. }) => {}
+                    (name, other) => {
+                        tracing::warn!(function = name, event = ?other, "no local wiring for this event")
+                    }
+                }
+            }
+        }
 
         Ok(LocalStack {
             emulator,

@@ -201,6 +201,17 @@ impl Template {
         self.parameters.iter().find(|p| p.name == name)
     }
 
+    /// Like `sam deploy --parameter-overrides`: the value every Ref to `name` resolves to.
+    pub fn override_parameter(&mut self, name: &str, value: &str) -> Result<()> {
+        let parameter = self
+            .parameters
+            .iter_mut()
+            .find(|p| p.name == name)
+            .ok_or_else(|| anyhow::anyhow!("template.yaml has no parameter {name}"))?;
+        parameter.default = Some(value.to_owned());
+        Ok(())
+    }
+
     /// A `Globals` section (`Function`, `Api`, `HttpApi`, `StateMachine`, ...).
     pub fn globals(&self, section: &str) -> Option<&Value> {
         self.globals.get(section)

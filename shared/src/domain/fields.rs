@@ -8,11 +8,11 @@ use serde::{Deserialize, Serialize};
 
 /// Defines a closed set of lowercase string values with parsing that names the allowed ones.
 macro_rules! string_enum {
-    ($(#[$meta:meta])* $name:ident, $what:literal { $($variant:ident => $text:literal),+ $(,)? }) => {
+    ($(#[$meta:meta])* $name:ident, $what:literal { $($(#[$vmeta:meta])* $variant:ident => $text:literal),+ $(,)? }) => {
         $(#[$meta])*
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, ::serde::Serialize, ::serde::Deserialize)]
         #[serde(try_from = "String", into = "&'static str")]
-        pub enum $name { $($variant),+ }
+        pub enum $name { $($(#[$vmeta])* $variant),+ }
 
         impl $name {
             pub const ALL: &'static [$name] = &[$($name::$variant),+];
@@ -61,9 +61,11 @@ pub(crate) use string_enum;
 
 string_enum!(
     /// Scheduling tier. Each tier has its own queue and SLA (PRD §9).
+    #[derive(Default)]
     Priority, "priority" {
         Critical => "critical",
         High => "high",
+        #[default]
         Normal => "normal",
         Low => "low",
         Background => "background",
@@ -84,26 +86,37 @@ impl Priority {
     }
 }
 
-impl Default for Priority {
-    fn default() -> Self {
-        Priority::Normal
+impl Priority {
+    /// One tier more urgent; critical stays critical.
+    pub fn promoted(self) -> Priority {
+        match self {
+            Priority::Critical | Priority::High => Priority::Critical,
+            Priority::Normal => Priority::High,
+            Priority::Low => Priority::Normal,
+            Priority::Background => Priority::Low,
+        }
+    }
+
+    /// How long work may wait before the sweeper moves it up: a fraction of the
+    /// SLA (background, which has none, ages as if its SLA were 4 hours).
+    pub fn aging_threshold(self, fraction: f64) -> std::time::Duration {
+        let sla = self
+            .sla()
+            .unwrap_or(std::time::Duration::from_secs(4 * 60 * 60));
+        sla.mul_f64(fraction.clamp(0.0, 1.0))
     }
 }
 
 string_enum!(
     /// What kind of work a task describes.
+    #[derive(Default)]
     TaskType, "task type" {
+        #[default]
         Simple => "simple",
         MultiStep => "multi_step",
         Batch => "batch",
     }
 );
-
-impl Default for TaskType {
-    fn default() -> Self {
-        TaskType::Simple
-    }
-}
 
 /// 1–200 characters after trimming.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

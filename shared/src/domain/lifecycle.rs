@@ -1,5 +1,7 @@
 //! The task lifecycle: pending → assigned → in_progress → completed | failed,
-//! plus cancelled and archived. Every status change goes through `transition`.
+//! plus cancelled and archived. Automated work passes through `queued` while it
+//! waits on its tier queue (and again between retries). Every status change
+//! goes through `transition`.
 
 use super::fields::string_enum;
 use crate::error::AppError;
@@ -8,6 +10,7 @@ string_enum!(
     TaskStatus, "status" {
         Pending => "pending",
         Assigned => "assigned",
+        Queued => "queued",
         InProgress => "in_progress",
         Completed => "completed",
         Failed => "failed",
@@ -72,7 +75,7 @@ mod tests {
     #[test]
     fn final_states_do_not_reopen_except_failed_for_retry() {
         for from in [Completed, Cancelled, Archived] {
-            for to in [Pending, Assigned, InProgress, Completed, Failed] {
+            for to in [Pending, Assigned, Queued, InProgress, Completed, Failed] {
                 assert!(!from.can_become(to), "{from} -> {to}");
             }
         }

@@ -18,3 +18,10 @@ pub const MAX_FILE_NAME_CHARS: usize = 255;
 pub const MAX_IDEMPOTENCY_KEY_CHARS: usize = 255;
 pub const DEFAULT_PAGE_SIZE: usize = 50;
 pub const MAX_PAGE_SIZE: usize = 100;
+/// Most runs a task may ask for (queues' maxReceiveCount must stay above this).
+pub const MAX_ATTEMPTS: u32 = 10;
+pub const MAX_BASE_DELAY_SECONDS: u32 = 900;
+/// Serialized JSON size of a task's executor input.
+pub const MAX_INPUT_BYTES: usize = 64 * 1024;
+pub const MAX_CAPABILITIES: usize = 20;
+pub const MAX_AGENT_CAPACITY: u32 = 1_000;

@@ -1,7 +1,9 @@
 //! The task domain: validated value types, the task lifecycle and the records
 //! the store persists. Nothing here talks to AWS.
 
+pub mod agent;
 pub mod batch;
+pub mod execution;
 pub mod fields;
 pub mod identity;
 pub mod ids;
@@ -10,7 +12,9 @@ pub mod limits;
 pub mod step;
 pub mod task;
 
+pub use agent::{Agent, AgentStatus};
 pub use batch::{BatchJob, BatchStatus};
+pub use execution::{DispatchMessage, ExecutorSpec, RetryPolicy};
 pub use fields::{Description, Metadata, Priority, TaskType, Title};
 pub use identity::{Caller, Role};
 pub use ids::{AgencyId, AttachmentId, TaskId, UserId};

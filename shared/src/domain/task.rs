@@ -1,5 +1,6 @@
 //! The task record (PRD §6) as stored and returned by the API.
 
+use super::execution::{ExecutorSpec, RetryPolicy};
 use super::fields::{Description, Metadata, Priority, TaskType, Title};
 use super::ids::{AgencyId, AttachmentId, TaskId, UserId};
 use super::lifecycle::TaskStatus;
@@ -36,6 +37,45 @@ pub struct Task {
     pub metadata: Metadata,
     #[serde(default)]
     pub attachments: Vec<Attachment>,
+    /// How a worker runs it; absent for purely human tasks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub executor: Option<ExecutorSpec>,
+    /// What the executor is given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input: Option<serde_json::Value>,
+    /// Falls back to the tier default when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<RetryPolicy>,
+    /// Queue as soon as it is created.
+    #[serde(default)]
+    pub auto_dispatch: bool,
+    /// Auto-assignment picks only agents with this capability.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub required_capability: Option<String>,
+    /// Runs started so far.
+    #[serde(default)]
+    pub attempts: u32,
+    /// When the current wait on a tier queue began.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queued_at: Option<DateTime<Utc>>,
+    /// How long the first run waited on its queue before a worker picked it up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_wait_ms: Option<u64>,
+    /// Identifies the live queue message; stale deliveries carry another id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dispatch_id: Option<String>,
+    /// A worker holds the task until then; after it, another worker may take over.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_expires_at: Option<DateTime<Utc>>,
+    /// The assignee is a registered agent holding one unit of its capacity for this task.
+    #[serde(default)]
+    pub agent_reserved: bool,
+    /// Tier the task had before the sweeper promoted it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub promoted_from: Option<Priority>,
+    /// Set once when the task waited longer than its tier's SLA.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sla_breached_at: Option<DateTime<Utc>>,
     /// Status before archiving, so an archived task still says how it ended.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub archived_from: Option<TaskStatus>,
@@ -84,6 +124,11 @@ impl Task {
     pub fn touch(&mut self, now: DateTime<Utc>) {
         self.version += 1;
         self.updated_at = now;
+    }
+
+    pub fn retry_policy(&self) -> RetryPolicy {
+        self.retry
+            .unwrap_or_else(|| RetryPolicy::tier_default(self.priority))
     }
 
     /// The HTTP entity tag for this version.

@@ -5,7 +5,10 @@ use crate::domain::limits::{
     DEFAULT_PAGE_SIZE, MAX_ERROR_CHARS, MAX_FILE_NAME_CHARS, MAX_PAGE_SIZE, MAX_RESULT_BYTES,
     MAX_STEPS, MAX_STEP_NAME_CHARS,
 };
-use crate::domain::{Description, Metadata, Priority, TaskStatus, TaskType, Title, UserId};
+use crate::domain::limits::{MAX_INPUT_BYTES, MAX_STEP_NAME_CHARS as MAX_CAPABILITY_CHARS};
+use crate::domain::{
+    Description, ExecutorSpec, Metadata, Priority, RetryPolicy, TaskStatus, TaskType, Title, UserId,
+};
 use crate::error::{AppError, FieldErrors};
 use crate::ports::TaskQuery;
 use chrono::{DateTime, Utc};
@@ -104,6 +107,52 @@ pub struct NewTaskInput {
     pub due_at: Option<DateTime<Utc>>,
     pub metadata: Metadata,
     pub steps: Vec<StepInput>,
+    pub executor: Option<ExecutorSpec>,
+    pub input: Option<Value>,
+    pub retry: Option<RetryPolicy>,
+    pub auto_dispatch: bool,
+    pub required_capability: Option<String>,
+}
+
+/// `{"type": "...", "config": {...}}`; the executor itself checks the config.
+fn parse_executor(value: &Value) -> Result<ExecutorSpec, String> {
+    let shape = "must be {\"type\": \"echo|http|sleep|manual\", \"config\": {…}}";
+    let Value::Object(map) = value else {
+        return Err(shape.into());
+    };
+    if map.keys().any(|k| k != "type" && k != "config") {
+        return Err(shape.into());
+    }
+    let kind = map
+        .get("type")
+        .and_then(Value::as_str)
+        .ok_or_else(|| shape.to_owned())?;
+    let config = map
+        .get("config")
+        .cloned()
+        .unwrap_or_else(|| Value::Object(Map::new()));
+    if !config.is_object() {
+        return Err("config must be an object".into());
+    }
+    Ok(ExecutorSpec {
+        kind: kind.to_owned(),
+        config,
+    })
+}
+
+pub fn parse_capability(value: &str) -> Result<String, String> {
+    let ok = !value.is_empty()
+        && value.chars().count() <= MAX_CAPABILITY_CHARS
+        && value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c));
+    if ok {
+        Ok(value.to_owned())
+    } else {
+        Err(format!(
+            "must be 1–{MAX_CAPABILITY_CHARS} characters of A–Z a–z 0–9 - _ . :"
+        ))
+    }
 }
 
 impl NewTaskInput {
@@ -136,6 +185,36 @@ impl NewTaskInput {
                 .check("metadata", Metadata::parse(v.clone()))
                 .unwrap_or_default(),
         };
+        let executor = f
+            .get("executor")
+            .and_then(|v| f.errors.check("executor", parse_executor(v)));
+        let input = f.get("input").cloned();
+        if let Some(input) = &input {
+            let size = serde_json::to_vec(input)
+                .map(|v| v.len())
+                .unwrap_or(usize::MAX);
+            if size > MAX_INPUT_BYTES {
+                f.errors.add(
+                    "input",
+                    format!("must be at most {MAX_INPUT_BYTES} bytes as JSON (got {size})"),
+                );
+            }
+        }
+        let retry = f
+            .get("retry")
+            .and_then(|v| f.errors.check("retry", RetryPolicy::parse(v)));
+        let auto_dispatch = match f.get("autoDispatch") {
+            None => false,
+            Some(Value::Bool(b)) => *b,
+            Some(_) => {
+                f.errors.add("autoDispatch", "must be true or false");
+                false
+            }
+        };
+        if auto_dispatch && executor.is_none() {
+            f.errors.add("autoDispatch", "needs an executor");
+        }
+        let required_capability = f.parsed("requiredCapability", parse_capability);
         let steps_value = f.get("steps");
         let steps = parse_steps(&mut f.errors, steps_value);
         if task_type == TaskType::MultiStep && steps.is_empty() {
@@ -155,6 +234,11 @@ impl NewTaskInput {
             due_at,
             metadata,
             steps,
+            executor,
+            input,
+            retry,
+            auto_dispatch,
+            required_capability,
         })
     }
 }
@@ -255,7 +339,10 @@ fn check_step_graph(errors: &mut FieldErrors, steps: &[StepInput]) {
         if !names.insert(step.name.as_str()) {
             errors.add(
                 format!("steps[{i}].name"),
-                format!("'{}' is used by another step; names must be unique", step.name),
+                format!(
+                    "'{}' is used by another step; names must be unique",
+                    step.name
+                ),
             );
         }
     }
@@ -353,20 +440,38 @@ impl TaskPatch {
     }
 }
 
+/// `{"assignee": "user"}`, or `{"auto": true}` for the least-loaded online agent.
 #[derive(Debug, Clone, PartialEq)]
-pub struct AssignInput {
-    pub assignee: UserId,
+pub enum AssignInput {
+    To(UserId),
+    Auto,
 }
 
 impl AssignInput {
     pub fn parse(body: &Value) -> Result<Self, AppError> {
-        let mut f = Fields::new(body, &["assignee"])?;
-        let assignee = f
-            .required_string("assignee")
-            .and_then(|a| f.errors.check("assignee", UserId::parse(a)));
+        let mut f = Fields::new(body, &["assignee", "auto"])?;
+        let auto = match f.get("auto") {
+            None | Some(Value::Bool(false)) => false,
+            Some(Value::Bool(true)) => true,
+            Some(_) => {
+                f.errors.add("auto", "must be true or false");
+                false
+            }
+        };
+        let assignee = f.parsed("assignee", UserId::parse);
+        match (auto, &assignee) {
+            (true, Some(_)) => f
+                .errors
+                .add("assignee", "give either assignee or auto, not both"),
+            (false, None) if f.errors.is_empty() => f
+                .errors
+                .add("assignee", "is required (or give \"auto\": true)"),
+            _ => {}
+        }
         f.finish()?;
-        Ok(Self {
-            assignee: assignee.expect("validated"),
+        Ok(match assignee {
+            Some(user) => AssignInput::To(user),
+            None => AssignInput::Auto,
         })
     }
 }
@@ -614,8 +719,10 @@ mod tests {
         );
         assert_eq!(
             fields_of(
-                parse(json!([{"name": "a", "dependsOn": ["a"]}, {"name": "b", "dependsOn": ["x"]}]))
-                    .unwrap_err()
+                parse(
+                    json!([{"name": "a", "dependsOn": ["a"]}, {"name": "b", "dependsOn": ["x"]}])
+                )
+                .unwrap_err()
             ),
             ["steps[0].dependsOn", "steps[1].dependsOn"]
         );

@@ -1,8 +1,16 @@
 //! Use cases: what callers can do with tasks, with permissions and lifecycle
 //! rules applied, written against the ports so they are testable without AWS.
 
+pub mod agents;
 pub mod input;
+pub mod queues;
+pub mod runner;
+pub mod sweeper;
 pub mod tasks;
 
+pub use agents::AgentService;
 pub use input::{AssignInput, AttachmentInput, CompleteInput, NewTaskInput, TaskPatch};
-pub use tasks::{Created, NewAttachment, TaskService};
+pub use queues::{QueueOverview, TierStats};
+pub use runner::{Delivery, RunReport, TaskRunner};
+pub use sweeper::{SweepReport, Sweeper};
+pub use tasks::{Created, NewAttachment, Ports, TaskService};

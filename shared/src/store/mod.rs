@@ -2,8 +2,10 @@
 
 pub mod attachments;
 pub mod dynamo;
+pub mod queues;
 mod sdk_error;
 
 pub use attachments::S3AttachmentStorage;
-pub use dynamo::DynamoTaskStore;
+pub use dynamo::{DynamoAgentStore, DynamoSchedulingIndex, DynamoTaskStore};
+pub use queues::SqsDispatcher;
 pub(crate) use sdk_error::from_sdk;

@@ -4,11 +4,14 @@
 use super::input::{AssignInput, AttachmentInput, CompleteInput, NewTaskInput, TaskPatch};
 use crate::domain::limits::MAX_ATTACHMENTS;
 use crate::domain::{
-    Attachment, AttachmentId, Caller, StepStatus, Task, TaskId, TaskStatus, TaskStep,
+    Attachment, AttachmentId, Caller, DispatchMessage, StepStatus, Task, TaskId, TaskStatus,
+    TaskStep,
 };
-use crate::error::AppError;
+use crate::error::{AppError, FieldErrors};
+use crate::executors::ExecutorRegistry;
 use crate::ports::{
-    AttachmentStorage, IdempotencyRecord, InsertOutcome, Page, TaskQuery, TaskStore,
+    AgentStore, AttachmentStorage, Dispatcher, IdempotencyRecord, InsertOutcome, Page, TaskQuery,
+    TaskStore,
 };
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
@@ -18,10 +21,22 @@ use std::time::Duration;
 /// How long a presigned attachment upload URL stays valid.
 pub const UPLOAD_URL_TTL: Duration = Duration::from_secs(15 * 60);
 
+/// The outside world the task use cases need.
+#[derive(Clone)]
+pub struct Ports {
+    pub store: Arc<dyn TaskStore>,
+    pub attachments: Arc<dyn AttachmentStorage>,
+    pub dispatcher: Arc<dyn Dispatcher>,
+    pub agents: Arc<dyn AgentStore>,
+}
+
 #[derive(Clone)]
 pub struct TaskService {
     store: Arc<dyn TaskStore>,
     attachments: Arc<dyn AttachmentStorage>,
+    dispatcher: Arc<dyn Dispatcher>,
+    agents: Arc<dyn AgentStore>,
+    executors: ExecutorRegistry,
 }
 
 /// The result of a create: either new, or the replay of an earlier identical request.
@@ -40,8 +55,14 @@ pub struct NewAttachment {
 }
 
 impl TaskService {
-    pub fn new(store: Arc<dyn TaskStore>, attachments: Arc<dyn AttachmentStorage>) -> Self {
-        Self { store, attachments }
+    pub fn new(ports: Ports, executors: ExecutorRegistry) -> Self {
+        Self {
+            store: ports.store,
+            attachments: ports.attachments,
+            dispatcher: ports.dispatcher,
+            agents: ports.agents,
+            executors,
+        }
     }
 
     /// Creates a task. With an idempotency key, a retry of the same request
@@ -54,6 +75,13 @@ impl TaskService {
     ) -> Result<Created, AppError> {
         caller.require_manager("create tasks")?;
         let input = NewTaskInput::parse(body)?;
+        if let Some(spec) = &input.executor {
+            if let Err(problem) = self.executors.resolve(spec) {
+                let mut errors = FieldErrors::new();
+                errors.add("executor", problem);
+                return Err(AppError::Validation(errors));
+            }
+        }
         let request_hash = fingerprint(body);
         if let Some(key) = idempotency_key {
             if let Some(previous) = self.store.idempotency_record(&caller.agency, key).await? {
@@ -62,7 +90,12 @@ impl TaskService {
         }
 
         let now = Utc::now();
-        let task = build_task(caller, &input, now);
+        let mut task = build_task(caller, &input, now);
+        let message = if input.auto_dispatch {
+            Some(queue(&mut task, now)?)
+        } else {
+            None
+        };
         let steps = build_steps(&task, &input);
         let response = serde_json::to_value(&task).map_err(AppError::internal)?;
         let record = idempotency_key.map(|key| IdempotencyRecord {
@@ -72,10 +105,15 @@ impl TaskService {
             created_at: now,
         });
         match self.store.insert(&task, &steps, record.as_ref()).await? {
-            InsertOutcome::Inserted => Ok(Created {
-                task: response,
-                replayed: false,
-            }),
+            InsertOutcome::Inserted => {
+                if let Some(message) = message {
+                    self.send(&message).await;
+                }
+                Ok(Created {
+                    task: response,
+                    replayed: false,
+                })
+            }
             // A concurrent request with the same key won the race.
             InsertOutcome::AlreadyDone(previous) => replay(previous, &request_hash),
         }
@@ -138,6 +176,8 @@ impl TaskService {
         .await
     }
 
+    /// Assigns to a named user, or (`auto`) to the least-loaded online agent
+    /// with the task's required capability, reserving its capacity atomically.
     pub async fn assign(
         &self,
         caller: &Caller,
@@ -146,25 +186,148 @@ impl TaskService {
         if_match: Option<u64>,
     ) -> Result<Task, AppError> {
         caller.require_manager("assign tasks")?;
-        self.mutate(caller, id, if_match, |task, now| {
-            task.move_to(TaskStatus::Assigned, now)?;
-            task.assigned_to = Some(input.assignee.clone());
-            Ok(())
-        })
-        .await
+        let (assignee, reserved) = match input {
+            AssignInput::To(user) => (user.clone(), false),
+            AssignInput::Auto => {
+                let task = self.get(caller, id).await?;
+                task.status.transition(TaskStatus::Assigned)?;
+                let agent = self.reserve_agent(&task).await?;
+                (agent, true)
+            }
+        };
+        let previous = self.get(caller, id).await?;
+        let result = self
+            .mutate(caller, id, if_match, |task, now| {
+                task.move_to(TaskStatus::Assigned, now)?;
+                task.assigned_to = Some(assignee.clone());
+                task.agent_reserved = reserved;
+                Ok(())
+            })
+            .await;
+        match &result {
+            Ok(_) => self.release_agent(&previous).await,
+            Err(_) if reserved => {
+                let _ = self.agents.release(&caller.agency, &assignee).await;
+            }
+            Err(_) => {}
+        }
+        result
     }
 
+    /// Picks agents by load (active/capacity), trying each until one reserve succeeds.
+    async fn reserve_agent(&self, task: &Task) -> Result<crate::domain::UserId, AppError> {
+        let now = Utc::now();
+        let mut candidates: Vec<_> = self
+            .agents
+            .list(&task.agency_id)
+            .await?
+            .into_iter()
+            .filter(|a| {
+                a.status == crate::domain::AgentStatus::Online
+                    && !a.heartbeat_expired(now)
+                    && a.active_tasks < a.capacity
+                    && a.has_capability(task.required_capability.as_deref())
+            })
+            .collect();
+        candidates.sort_by(|a, b| {
+            let load =
+                |x: &crate::domain::Agent| f64::from(x.active_tasks) / f64::from(x.capacity.max(1));
+            load(a).total_cmp(&load(b)).then_with(|| a.id.cmp(&b.id))
+        });
+        for agent in candidates {
+            if self.agents.reserve(&task.agency_id, &agent.id).await? {
+                return Ok(agent.id);
+            }
+        }
+        Err(AppError::Conflict(match &task.required_capability {
+            Some(c) => format!("no online agent with capability '{c}' has free capacity"),
+            None => "no online agent has free capacity".to_owned(),
+        }))
+    }
+
+    /// Gives back the capacity a finished or reassigned task held.
+    async fn release_agent(&self, task: &Task) {
+        if let (true, Some(agent)) = (task.agent_reserved, &task.assigned_to) {
+            if let Err(err) = self.agents.release(&task.agency_id, agent).await {
+                tracing::warn!(task = %task.id, %agent, error = %err, "could not release agent capacity");
+            }
+        }
+    }
+
+    /// Automated tasks (with an executor) are queued on their tier for a worker;
+    /// human tasks move to in_progress for their assignee.
     pub async fn start(
         &self,
         caller: &Caller,
         id: TaskId,
         if_match: Option<u64>,
     ) -> Result<Task, AppError> {
-        self.mutate(caller, id, if_match, |task, now| {
-            require_assignee(caller, task, "start")?;
-            task.move_to(TaskStatus::InProgress, now)
-        })
-        .await
+        let mut message = None;
+        let task = self
+            .mutate(caller, id, if_match, |task, now| {
+                if task.executor.is_some() {
+                    if !caller.is_manager() && task.assigned_to.as_ref() != Some(&caller.user) {
+                        return Err(AppError::Forbidden(
+                            "only managers and the task's assignee may start it".into(),
+                        ));
+                    }
+                    message = Some(queue(task, now)?);
+                    Ok(())
+                } else {
+                    require_assignee(caller, task, "start")?;
+                    task.move_to(TaskStatus::InProgress, now)
+                }
+            })
+            .await?;
+        if let Some(message) = message {
+            self.send(&message).await;
+        }
+        Ok(task)
+    }
+
+    /// Queues a failed task again from its first attempt.
+    pub async fn retry(
+        &self,
+        caller: &Caller,
+        id: TaskId,
+        if_match: Option<u64>,
+    ) -> Result<Task, AppError> {
+        caller.require_manager("retry tasks")?;
+        let mut message = None;
+        let task = self
+            .mutate(caller, id, if_match, |task, now| {
+                if task.executor.is_none() {
+                    return Err(AppError::Conflict(
+                        "only tasks with an executor can be retried; reassign a human task instead"
+                            .into(),
+                    ));
+                }
+                if task.status != TaskStatus::Failed {
+                    return Err(AppError::InvalidTransition {
+                        current: task.status.as_str().into(),
+                        requested: TaskStatus::Queued.as_str().into(),
+                    });
+                }
+                task.attempts = 0;
+                task.error = None;
+                task.queue_wait_ms = None;
+                message = Some(queue(task, now)?);
+                Ok(())
+            })
+            .await?;
+        if let Some(message) = message {
+            self.send(&message).await;
+        }
+        Ok(task)
+    }
+
+    /// Sends a dispatch. A failed send is logged, not surfaced: the task is
+    /// already recorded as queued, and the sweeper re-dispatches queued work that
+    /// waits past its aging threshold, so a lost message delays the task but never loses it.
+    async fn send(&self, message: &DispatchMessage) {
+        if let Err(err) = self.dispatcher.dispatch(message, Duration::ZERO).await {
+            tracing::error!(task = %message.task_id, error = %err, "dispatch failed; the sweeper will re-dispatch");
+        }
     }
 
     pub async fn complete(
@@ -174,22 +337,26 @@ impl TaskService {
         outcome: &CompleteInput,
         if_match: Option<u64>,
     ) -> Result<Task, AppError> {
-        self.mutate(caller, id, if_match, |task, now| {
-            require_assignee(caller, task, "complete")?;
-            match outcome {
-                CompleteInput::Succeeded(result) => {
-                    task.move_to(TaskStatus::Completed, now)?;
-                    task.result = result.clone();
-                    task.error = None;
+        let task = self
+            .mutate(caller, id, if_match, |task, now| {
+                require_assignee(caller, task, "complete")?;
+                match outcome {
+                    CompleteInput::Succeeded(result) => {
+                        task.move_to(TaskStatus::Completed, now)?;
+                        task.result = result.clone();
+                        task.error = None;
+                    }
+                    CompleteInput::Failed(error) => {
+                        task.move_to(TaskStatus::Failed, now)?;
+                        task.error = Some(error.clone());
+                    }
                 }
-                CompleteInput::Failed(error) => {
-                    task.move_to(TaskStatus::Failed, now)?;
-                    task.error = Some(error.clone());
-                }
-            }
-            Ok(())
-        })
-        .await
+                task.lease_expires_at = None;
+                Ok(())
+            })
+            .await?;
+        self.release_agent(&task).await;
+        Ok(task)
     }
 
     pub async fn cancel(
@@ -199,10 +366,16 @@ impl TaskService {
         if_match: Option<u64>,
     ) -> Result<Task, AppError> {
         caller.require_manager("cancel tasks")?;
-        self.mutate(caller, id, if_match, |task, now| {
-            task.move_to(TaskStatus::Cancelled, now)
-        })
-        .await
+        let task = self
+            .mutate(caller, id, if_match, |task, now| {
+                // A queued message for this task is now stale and will be dropped.
+                task.dispatch_id = None;
+                task.lease_expires_at = None;
+                task.move_to(TaskStatus::Cancelled, now)
+            })
+            .await?;
+        self.release_agent(&task).await;
+        Ok(task)
     }
 
     /// DELETE without `hard`: the task stays readable but leaves default lists.
@@ -311,6 +484,23 @@ impl TaskService {
     }
 }
 
+/// Puts the task in the queued state with a fresh dispatch id; the returned
+/// message is the only one a worker will act on.
+pub(crate) fn queue(task: &mut Task, now: DateTime<Utc>) -> Result<DispatchMessage, AppError> {
+    task.move_to(TaskStatus::Queued, now)?;
+    let dispatch_id = ulid::Ulid::new().to_string();
+    task.dispatch_id = Some(dispatch_id.clone());
+    task.queued_at = Some(now);
+    task.lease_expires_at = None;
+    Ok(DispatchMessage {
+        task_id: task.id,
+        agency_id: task.agency_id.clone(),
+        dispatch_id,
+        priority: task.priority,
+        enqueued_at: now,
+    })
+}
+
 fn require_assignee(caller: &Caller, task: &Task, action: &str) -> Result<(), AppError> {
     if task.assigned_to.as_ref() == Some(&caller.user) {
         Ok(())
@@ -343,6 +533,19 @@ fn build_task(caller: &Caller, input: &NewTaskInput, now: DateTime<Utc>) -> Task
         error: None,
         metadata: input.metadata.clone(),
         attachments: Vec::new(),
+        executor: input.executor.clone(),
+        input: input.input.clone(),
+        retry: input.retry,
+        auto_dispatch: input.auto_dispatch,
+        required_capability: input.required_capability.clone(),
+        attempts: 0,
+        queued_at: None,
+        queue_wait_ms: None,
+        dispatch_id: None,
+        lease_expires_at: None,
+        agent_reserved: false,
+        promoted_from: None,
+        sla_breached_at: None,
         archived_from: None,
         version: 1,
         created_at: now,

@@ -2,11 +2,11 @@
 
 use super::*;
 use crate::domain::{AgencyId, Priority, Role, TaskType, UserId};
-use crate::testing::{FakeUrls, MemoryStore};
+use crate::testing::MemoryWorld;
 use serde_json::json;
 
 fn service() -> TaskService {
-    TaskService::new(Arc::new(MemoryStore::default()), Arc::new(FakeUrls))
+    MemoryWorld::new().services().tasks
 }
 
 fn caller(user: &str, agency: &str, role: Role) -> Caller {
@@ -34,14 +34,7 @@ async fn full_lifecycle_by_manager_and_assignee() {
     assert_eq!(created.task["status"], "pending");
 
     let t = svc
-        .assign(
-            &boss,
-            id,
-            &AssignInput {
-                assignee: worker.user.clone(),
-            },
-            None,
-        )
+        .assign(&boss, id, &AssignInput::To(worker.user.clone()), None)
         .await
         .unwrap();
     assert_eq!((t.status, t.version), (TaskStatus::Assigned, 2));
@@ -174,9 +167,7 @@ async fn invalid_transition_names_states() {
         .assign(
             &boss,
             id,
-            &AssignInput {
-                assignee: UserId::parse("w").unwrap(),
-            },
+            &AssignInput::To(UserId::parse("w").unwrap()),
             None,
         )
         .await

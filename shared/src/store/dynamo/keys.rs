@@ -60,6 +60,41 @@ pub fn assignee_partition(agency: &AgencyId, assignee: &str) -> String {
     format!("AGENCY#{agency}#ASSIGNEE#{assignee}")
 }
 
+pub fn tier_partition(tier: crate::domain::Priority) -> String {
+    format!("TIER#{tier}")
+}
+
+pub fn due_partition(day: chrono::NaiveDate) -> String {
+    format!("DUE#{}", day.format("%Y-%m-%d"))
+}
+
+pub fn agent_pk(agency: &AgencyId, id: &str) -> String {
+    format!("AGENCY#{agency}#AGENT#{id}")
+}
+
+pub fn agents_partition(agency: &AgencyId) -> String {
+    format!("AGENCY#{agency}#AGENTS")
+}
+
+pub const AGENT_SK: &str = "AGENT";
+/// GSI3 partition of online agents, sorted by last heartbeat.
+pub const ONLINE_AGENTS: &str = "AGENTS#ONLINE";
+
+pub fn breach_pk(tier: crate::domain::Priority) -> String {
+    format!("SLA#{tier}")
+}
+
+/// Splits a `<time>#<agency>#<taskId>` index sort key.
+pub fn parse_time_agency_id(sk: &str) -> Option<(DateTime<Utc>, AgencyId, TaskId)> {
+    let mut parts = sk.splitn(3, '#');
+    let time = DateTime::parse_from_rfc3339(parts.next()?)
+        .ok()?
+        .with_timezone(&Utc);
+    let agency = AgencyId::parse(parts.next()?).ok()?;
+    let id = TaskId::parse(parts.next()?).ok()?;
+    Some((time, agency, id))
+}
+
 pub fn step_sk(step: &TaskStep) -> String {
     format!("{STEP_SK_PREFIX}{:05}#{}", step.order, step.name)
 }

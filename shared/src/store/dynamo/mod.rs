@@ -1,7 +1,12 @@
 //! The DynamoDB adapter for `TaskStore`, on the single-table design in `keys`.
 
+mod agents;
 mod cursor;
 pub mod keys;
+mod scheduling;
+
+pub use agents::DynamoAgentStore;
+pub use scheduling::DynamoSchedulingIndex;
 
 use self::keys::{
     n, s, Index, AGENCY_INDEX, ASSIGNEE_INDEX, IDEMPOTENCY_SK, PK, SK, STEP_SK_PREFIX, TASK_SK,
@@ -21,7 +26,7 @@ use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 
-type Item = HashMap<String, AttributeValue>;
+pub(crate) type Item = HashMap<String, AttributeValue>;
 
 /// How long an idempotency key is remembered.
 const IDEMPOTENCY_TTL_SECS: i64 = 24 * 60 * 60;
@@ -127,7 +132,7 @@ fn to_item<T: serde::Serialize>(value: &T) -> Result<Item, AppError> {
     serde_dynamo::to_item(value).map_err(AppError::internal)
 }
 
-fn from_item<T: serde::de::DeserializeOwned>(item: Item) -> Result<T, AppError> {
+pub(crate) fn from_item<T: serde::de::DeserializeOwned>(item: Item) -> Result<T, AppError> {
     serde_dynamo::from_item(item).map_err(|e| AppError::internal(format!("corrupt item: {e}")))
 }
 

@@ -1,0 +1,533 @@
+//! The handler fed from `events/*.json`. Every reply also passes the contract
+//! check in `support` (documented status, body schema and headers).
+
+use crate::schema::doc;
+use crate::support::*;
+use lambda_http::request::from_str;
+use serde_json::{json, Value};
+use shared::domain::limits::MAX_BODY_BYTES;
+use shared::domain::{Task, TaskStatus, TaskType};
+
+type Seed = fn(&mut Task);
+
+/// Each fixture as it is, against a store holding the task it needs.
+#[tokio::test]
+async fn every_fixture_gets_its_expected_status() {
+    let pending: Seed = |_| {};
+    let assigned: Seed = |t| assigned_to_worker(TaskStatus::Assigned)(t);
+    let started: Seed = |t| assigned_to_worker(TaskStatus::InProgress)(t);
+    let multi: Seed = |t| t.task_type = TaskType::MultiStep;
+    let cases: &[(&str, Option<Seed>, u16)] = &[
+        ("api-list-tasks", Some(pending), 200),
+        ("api-create-task", None, 201),
+        ("api-get-task", Some(pending), 200),
+        ("api-update-task", Some(pending), 200),
+        ("api-delete-task", Some(pending), 200),
+        ("api-assign-task", Some(pending), 200),
+        ("api-start-task", Some(assigned), 200),
+        ("api-complete-task", Some(started), 200),
+        ("api-cancel-task", Some(pending), 200),
+        ("api-task-steps", Some(multi), 200),
+        ("api-add-attachment", Some(pending), 201),
+        ("api-openapi", None, 200),
+        ("api-no-identity", None, 401),
+    ];
+    assert_eq!(cases.len(), API_EVENTS.len(), "every fixture has a case");
+    for (name, seed, status) in cases {
+        let api = Api::new();
+        if let Some(seed) = seed {
+            api.seed_with_steps(seed, &["fetch", "render"]).await;
+        }
+        let request = from_str(raw_event(name)).expect("fixture parses");
+        let reply = api.call(request).await;
+        assert_eq!(reply.status, *status, "{name}: {:#}", reply.body);
+        match *name {
+            "api-list-tasks" => assert_eq!(reply.body["items"][0]["id"], TASK_ID),
+            "api-create-task" => {
+                assert_eq!(reply.header("etag"), Some("\"1\""));
+                let location = format!("/api/tasks/{}", reply.id());
+                assert_eq!(reply.header("location"), Some(location.as_str()));
+                assert_eq!(reply.header("idempotent-replayed"), None);
+                assert_eq!(reply.body["status"], "pending");
+                assert_eq!(reply.body["priority"], "high");
+                assert_eq!(reply.body["createdBy"], MANAGER);
+            }
+            "api-get-task" => {
+                assert_eq!(reply.body["id"], TASK_ID);
+                assert_eq!(reply.header("etag"), Some("\"1\""));
+            }
+            "api-update-task" => {
+                assert_eq!(reply.body["title"], "Quarterly report (final)");
+                assert_eq!(reply.header("etag"), Some("\"2\""));
+            }
+            "api-delete-task" => {
+                assert_eq!(reply.body["status"], "archived");
+                assert_eq!(reply.body["archivedFrom"], "pending");
+            }
+            "api-assign-task" => assert_eq!(reply.body["assignedTo"], WORKER),
+            "api-start-task" => assert_eq!(reply.body["status"], "in_progress"),
+            "api-complete-task" => {
+                assert_eq!(reply.body["status"], "completed");
+                assert_eq!(reply.body["result"], json!({"pages": 12, "approved": true}));
+            }
+            "api-cancel-task" => assert_eq!(reply.body["status"], "cancelled"),
+            "api-task-steps" => {
+                assert_eq!(reply.body["progress"]["total"], 2);
+                assert_eq!(reply.body["steps"][1]["name"], "render");
+            }
+            "api-add-attachment" => {
+                assert_eq!(reply.body["attachment"]["fileName"], "q3-figures.pdf");
+                assert_eq!(reply.body["upload"]["method"], "PUT");
+                assert_eq!(reply.header("etag"), Some("\"2\""));
+            }
+            "api-openapi" => assert_eq!(&reply.body, doc()),
+            "api-no-identity" => assert_eq!(reply.code(), "unauthorized"),
+            _ => unreachable!(),
+        }
+    }
+}
+
+#[tokio::test]
+async fn fixtures_for_an_unknown_task_are_404() {
+    let api = Api::new();
+    let mut seen = 0;
+    for (name, raw) in API_EVENTS {
+        let event = Event::load(name);
+        if !event.path().contains(TASK_ID) {
+            continue;
+        }
+        seen += 1;
+        let reply = api.call(from_str(raw).unwrap()).await;
+        assert_eq!(reply.status, 404, "{name}");
+        assert_eq!(reply.code(), "not_found", "{name}");
+        assert_eq!(reply.body["error"]["message"], "task not found");
+        assert_eq!(reply.body["error"]["fields"], json!({}));
+    }
+    assert_eq!(seen, 9);
+    // Ids that are not ULIDs cannot exist.
+    let reply = api.send(&Event::load("api-get-task").id("nope")).await;
+    assert_eq!((reply.status, reply.code()), (404, "not_found"));
+}
+
+#[tokio::test]
+async fn full_flow_create_assign_start_complete() {
+    let api = Api::new();
+    let (boss, worker) = ("boss-7", "worker-7");
+    let as_boss = |e: Event| e.caller(boss, "globex", "manager");
+    let as_worker = |e: Event| e.caller(worker, "globex", "agent");
+
+    let created = api
+        .send(&as_boss(Event::load("api-create-task")))
+        .await
+        .expect(201);
+    let id = created.id();
+    assert_eq!(created.body["agencyId"], "globex");
+    let step = |name: &str| Event::load(name).id(&id);
+
+    let assigned = api
+        .send(&as_boss(step("api-assign-task")).body(&json!({"assignee": worker})))
+        .await
+        .expect(200);
+    assert_eq!(
+        (&assigned.body["status"], &assigned.body["assignedTo"]),
+        (&json!("assigned"), &json!(worker))
+    );
+    let started = api
+        .send(&as_worker(step("api-start-task")).header("If-Match", "\"2\""))
+        .await
+        .expect(200);
+    assert_eq!(started.body["status"], "in_progress");
+    assert!(started.body["startedAt"].is_string());
+    let completed = api
+        .send(&as_worker(step("api-complete-task")))
+        .await
+        .expect(200);
+    assert_eq!(completed.body["status"], "completed");
+    assert_eq!(completed.body["version"], 4);
+    assert_eq!(completed.header("etag"), Some("\"4\""));
+    assert!(completed.body["completedAt"].is_string());
+
+    let fetched = api.send(&as_worker(step("api-get-task"))).await.expect(200);
+    assert_eq!(fetched.body, completed.body);
+    // The fixture's agency cannot see it.
+    api.send(&step("api-get-task")).await.expect(404);
+
+    let steps = api
+        .send(&as_worker(step("api-task-steps")))
+        .await
+        .expect(200);
+    assert_eq!(steps.body["status"], "completed");
+    assert_eq!(steps.body["steps"], json!([]));
+
+    // Finished: it cannot be started again, but it can be archived...
+    let again = api
+        .send(&as_worker(step("api-start-task")))
+        .await
+        .expect(409);
+    assert_eq!(again.code(), "invalid_transition");
+    api.send(&as_boss(step("api-delete-task")))
+        .await
+        .expect(200);
+    let listed =
+        |extra: &'static [(&str, &str)]| as_boss(Event::load("api-list-tasks")).query(extra);
+    let default = api.send(&listed(&[])).await.expect(200);
+    assert_eq!(default.body["items"], json!([]));
+    let all = api
+        .send(&listed(&[("includeArchived", "true")]))
+        .await
+        .expect(200);
+    assert_eq!(all.body["items"][0]["archivedFrom"], "completed");
+    // ...and then deleted for good.
+    let gone = api
+        .send(&as_boss(step("api-delete-task")).query(&[("hard", "true")]))
+        .await
+        .expect(204);
+    assert!(gone.body.is_null());
+    api.send(&as_boss(step("api-get-task"))).await.expect(404);
+}
+
+#[tokio::test]
+async fn failing_a_task_and_the_steps_view_of_a_chain() {
+    let api = Api::new();
+    let body = json!({"title": "Chain", "type": "multi_step", "assignedTo": WORKER, "steps": [
+        {"name": "publish", "dependsOn": ["build"], "order": 2},
+        {"name": "build", "order": 1, "config": {"target": "web"}},
+    ]});
+    let created = api
+        .send(
+            &Event::load("api-create-task")
+                .without_header("Idempotency-Key")
+                .body(&body),
+        )
+        .await
+        .expect(201);
+    assert_eq!(created.body["status"], "assigned");
+    let id = created.id();
+    let steps = api
+        .send(&Event::load("api-task-steps").id(&id))
+        .await
+        .expect(200);
+    assert_eq!(
+        steps.body["progress"],
+        json!({"total": 2, "pending": 2, "running": 0, "completed": 0, "failed": 0,
+               "skipped": 0, "percent": 0.0})
+    );
+    assert_eq!(steps.body["steps"][0]["name"], "build");
+    assert_eq!(steps.body["steps"][0]["config"], json!({"target": "web"}));
+    assert_eq!(steps.body["steps"][1]["dependsOn"], json!(["build"]));
+
+    api.send(&Event::load("api-start-task").id(&id))
+        .await
+        .expect(200);
+    let failed = api
+        .send(
+            &Event::load("api-complete-task")
+                .id(&id)
+                .body(&json!({"error": "render farm offline"})),
+        )
+        .await
+        .expect(200);
+    assert_eq!(failed.body["status"], "failed");
+    assert_eq!(failed.body["error"], "render farm offline");
+    // An empty body completes without a result.
+    let api = Api::new();
+    api.seed(assigned_to_worker(TaskStatus::InProgress)).await;
+    let done = api
+        .send(&Event::load("api-complete-task").no_body())
+        .await
+        .expect(200);
+    assert_eq!(done.body["status"], "completed");
+    assert!(done.body.get("result").is_none());
+}
+
+#[tokio::test]
+async fn wrong_content_type_is_415() {
+    let api = Api::new();
+    let event = Event::load("api-create-task").header("Content-Type", "text/plain");
+    let reply = api.send(&event).await.expect(415);
+    assert_eq!(reply.code(), "unsupported_media_type");
+    // No content type at all is just as wrong; a +json type is fine.
+    api.send(&Event::load("api-create-task").without_header("Content-Type"))
+        .await
+        .expect(415);
+    api.send(
+        &Event::load("api-create-task").header("content-type", "application/merge-patch+json"),
+    )
+    .await
+    .expect(201);
+    assert!(api.store.all_tasks().len() == 1);
+}
+
+#[tokio::test]
+async fn body_over_256_kib_is_413() {
+    let api = Api::new();
+    let sized = |len: usize| {
+        let padding = len - r#"{"title":""}"#.len();
+        format!(r#"{{"title":"{}"}}"#, "x".repeat(padding))
+    };
+    let over = sized(MAX_BODY_BYTES + 1);
+    assert_eq!(over.len(), 256 * 1024 + 1);
+    let reply = api
+        .send(&Event::load("api-create-task").raw_body(&over))
+        .await
+        .expect(413);
+    assert_eq!(reply.code(), "payload_too_large");
+    // At the limit the body is read (and its title is then too long).
+    let at_limit = api
+        .send(&Event::load("api-create-task").raw_body(&sized(MAX_BODY_BYTES)))
+        .await
+        .expect(400);
+    assert_eq!(at_limit.fields(), ["title"]);
+}
+
+#[tokio::test]
+async fn bad_input_names_every_bad_field() {
+    let api = Api::new();
+    let body = json!({"title": "  ", "priority": "urgent", "type": "epic", "dueAt": "tomorrow",
+        "metadata": [1], "assignedTo": "a#b", "description": 7, "colour": "red"});
+    let reply = api
+        .send(&Event::load("api-create-task").body(&body))
+        .await
+        .expect(400);
+    assert_eq!(reply.code(), "validation_failed");
+    assert_eq!(
+        reply.fields(),
+        [
+            "assignedTo",
+            "colour",
+            "description",
+            "dueAt",
+            "metadata",
+            "priority",
+            "title",
+            "type"
+        ]
+    );
+    assert!(reply.body["error"]["fields"]["priority"]
+        .as_str()
+        .unwrap()
+        .contains("critical, high, normal, low, background"));
+
+    let steps = json!({"title": "t", "type": "multi_step", "steps": [
+        {"name": "a", "depends_on": ["b"]}, {"name": "a"}, {"name": "c", "dependsOn": ["zzz"]}]});
+    let reply = api
+        .send(&Event::load("api-create-task").body(&steps))
+        .await
+        .expect(400);
+    assert_eq!(
+        reply.fields(),
+        ["steps[0].depends_on", "steps[1].name", "steps[2].dependsOn"]
+    );
+
+    let malformed = api
+        .send(&Event::load("api-create-task").raw_body("{\"title\": "))
+        .await
+        .expect(400);
+    assert_eq!(malformed.code(), "malformed_json");
+
+    let query = api
+        .send(&Event::load("api-list-tasks").query(&[
+            ("limit", "0"),
+            ("status", "done"),
+            ("sort", "title"),
+            ("dueBefore", "soon"),
+        ]))
+        .await
+        .expect(400);
+    assert_eq!(query.fields(), ["dueBefore", "limit", "sort", "status"]);
+
+    api.seed(|_| {}).await;
+    let if_match = api
+        .send(&Event::load("api-update-task").header("If-Match", "version one"))
+        .await
+        .expect(400);
+    assert_eq!(if_match.fields(), ["If-Match"]);
+    let hard = api
+        .send(&Event::load("api-delete-task").query(&[("hard", "yes")]))
+        .await
+        .expect(400);
+    assert_eq!(hard.fields(), ["hard"]);
+    let patch = api
+        .send(&Event::load("api-update-task").body(&json!({})))
+        .await
+        .expect(400);
+    assert_eq!(patch.fields(), ["body"]);
+}
+
+#[tokio::test]
+async fn invalid_transition_is_409_naming_both_states() {
+    let api = Api::new();
+    api.seed(assigned_to_worker(TaskStatus::Completed)).await;
+    let reply = api.send(&Event::load("api-start-task")).await.expect(409);
+    assert_eq!(reply.code(), "invalid_transition");
+    assert_eq!(
+        reply.body["error"]["fields"],
+        json!({"currentStatus": "completed", "requestedStatus": "in_progress"})
+    );
+    assert_eq!(
+        reply.body["error"]["message"],
+        "cannot move task from 'completed' to 'in_progress'"
+    );
+}
+
+#[tokio::test]
+async fn stale_if_match_is_409_and_changes_nothing() {
+    let api = Api::new();
+    let seeded = api.seed(|t| t.version = 2).await;
+    // The fixture sends If-Match: "1".
+    let reply = api.send(&Event::load("api-update-task")).await.expect(409);
+    assert_eq!(reply.code(), "version_conflict");
+    assert_eq!(
+        reply.body["error"]["fields"],
+        json!({"expectedVersion": 1, "currentVersion": 2})
+    );
+    assert_eq!(api.store.all_tasks(), vec![seeded]);
+    // The current ETag (or *) works.
+    for tag in ["\"2\"", "W/\"3\"", "*"] {
+        let reply = api
+            .send(&Event::load("api-update-task").header("If-Match", tag))
+            .await
+            .expect(200);
+        assert_eq!(
+            reply.header("etag").unwrap(),
+            format!("\"{}\"", reply.body["version"])
+        );
+    }
+}
+
+#[tokio::test]
+async fn roles_are_enforced_with_403() {
+    let api = Api::new();
+    let reply = api
+        .send(&Event::load("api-create-task").worker())
+        .await
+        .expect(403);
+    assert_eq!(reply.code(), "forbidden");
+    assert!(api.store.all_tasks().is_empty());
+
+    api.seed(assigned_to_worker(TaskStatus::Assigned)).await;
+    // Only the assignee starts it, not even a manager...
+    api.send(&Event::load("api-start-task").manager())
+        .await
+        .expect(403);
+    // ...and only managers assign, cancel, edit or delete.
+    for name in [
+        "api-assign-task",
+        "api-cancel-task",
+        "api-update-task",
+        "api-delete-task",
+    ] {
+        api.send(&Event::load(name).worker()).await.expect(403);
+    }
+    // The assignee may add attachments; another member may not.
+    api.send(&Event::load("api-add-attachment").worker())
+        .await
+        .expect(201);
+    api.send(&Event::load("api-add-attachment").caller("someone", AGENCY, "member"))
+        .await
+        .expect(403);
+    // Claims that do not make an identity are a 401.
+    api.send(&Event::load("api-get-task").caller(MANAGER, AGENCY, "admin"))
+        .await
+        .expect(401);
+}
+
+#[tokio::test]
+async fn idempotency_key_replays_and_rejects_a_different_body() {
+    let api = Api::new();
+    let first = api.send(&Event::load("api-create-task")).await.expect(201);
+    let replay = api.send(&Event::load("api-create-task")).await.expect(201);
+    assert_eq!(replay.header("idempotent-replayed"), Some("true"));
+    assert_eq!(replay.body, first.body);
+    assert_eq!(replay.header("location"), first.header("location"));
+    assert_eq!(api.store.all_tasks().len(), 1);
+
+    let other = Event::load("api-create-task").body(&json!({"title": "Something else"}));
+    let reply = api.send(&other).await.expect(422);
+    assert_eq!(reply.code(), "idempotency_key_reused");
+    assert_eq!(api.store.all_tasks().len(), 1);
+    // Keys belong to an agency.
+    api.send(&Event::load("api-create-task").caller(MANAGER, "initech", "manager"))
+        .await
+        .expect(201);
+    let bad_key = Event::load("api-create-task").header("Idempotency-Key", &"k".repeat(256));
+    assert_eq!(
+        api.send(&bad_key).await.expect(400).fields(),
+        ["Idempotency-Key"]
+    );
+}
+
+#[tokio::test]
+async fn wrong_methods_are_405_with_allow_and_unknown_paths_404() {
+    let api = Api::new();
+    let task = format!("/api/tasks/{TASK_ID}");
+    let cases = [
+        ("PATCH", "/api/tasks".to_owned(), "GET, POST"),
+        ("POST", task.clone(), "GET, PUT, DELETE"),
+        ("GET", format!("{task}/start"), "POST"),
+        ("DELETE", format!("{task}/steps/"), "GET"),
+        ("POST", "/api/openapi.json".to_owned(), "GET"),
+    ];
+    for (method, path, allow) in cases {
+        let reply = api
+            .send(&Event::load("api-get-task").to(method, &path))
+            .await
+            .expect(405);
+        assert_eq!(reply.code(), "method_not_allowed");
+        assert_eq!(reply.header("allow"), Some(allow), "{method} {path}");
+    }
+    let reply = api
+        .send(&Event::load("api-get-task").to("GET", "/api/batches"))
+        .await
+        .expect(404);
+    assert_eq!(reply.code(), "no_route");
+    // Without an identity nothing but the document is revealed.
+    api.send(&Event::load("api-openapi").to("POST", "/api/openapi.json"))
+        .await
+        .expect(401);
+    api.send(&Event::load("api-no-identity").to("PATCH", "/api/tasks"))
+        .await
+        .expect(401);
+    // With one, the document is served too.
+    let doc_reply = api
+        .send(&Event::load("api-openapi").manager())
+        .await
+        .expect(200);
+    assert_eq!(&doc_reply.body, doc());
+}
+
+#[tokio::test]
+async fn lists_page_newest_first_and_filter() {
+    let api = Api::new();
+    let mut ids = Vec::new();
+    for (title, priority) in [("one", "low"), ("two", "high"), ("three", "low")] {
+        let event = Event::load("api-create-task")
+            .without_header("Idempotency-Key")
+            .body(&json!({"title": title, "priority": priority}));
+        ids.push(api.send(&event).await.expect(201).id());
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+    let list = |q: &[(&str, &str)]| Event::load("api-list-tasks").query(q);
+    let page = api.send(&list(&[("limit", "2")])).await.expect(200);
+    let ids_of = |v: &Value| -> Vec<String> {
+        v["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(ids_of(&page.body), [ids[2].clone(), ids[1].clone()]);
+    let cursor = page.body["nextCursor"].as_str().unwrap().to_owned();
+    let rest = api
+        .send(&list(&[("limit", "2"), ("cursor", &cursor)]))
+        .await
+        .expect(200);
+    assert_eq!(ids_of(&rest.body), [ids[0].clone()]);
+    assert_eq!(rest.body["nextCursor"], Value::Null);
+    let low = api.send(&list(&[("priority", "low")])).await.expect(200);
+    assert_eq!(ids_of(&low.body), [ids[2].clone(), ids[0].clone()]);
+    // The fixture's own query: pending, at most 10.
+    let fixture = api.send(&Event::load("api-list-tasks")).await.expect(200);
+    assert_eq!(ids_of(&fixture.body).len(), 3);
+}

@@ -1,0 +1,8 @@
+//! The API handler, driven by the `events/*.json` fixtures against in-memory
+//! ports, and openapi.json checked against the implementation.
+
+mod api_events;
+mod lambda_events;
+mod openapi;
+mod schema;
+mod support;

@@ -1,0 +1,630 @@
+//! openapi.json against the implementation: routes, security, limits, enums,
+//! request schemas against the real parsers, and response schemas against the
+//! JSON the handler really returns.
+
+use crate::schema::{self, assert_valid, component, doc, lint, operations, parameters, resolve};
+use crate::support::*;
+use serde_json::{json, Value};
+use shared::domain::limits::*;
+use shared::domain::{
+    Attachment, AttachmentId, Priority, Role, StepStatus, TaskStatus, TaskType, UserId,
+};
+use shared::error::{AppError, FieldErrors};
+use shared::service::{AssignInput, AttachmentInput, CompleteInput, NewTaskInput, TaskPatch};
+use std::collections::BTreeSet;
+
+fn set<T: Ord>(items: impl IntoIterator<Item = T>) -> BTreeSet<T> {
+    items.into_iter().collect()
+}
+
+fn strings(value: &Value) -> BTreeSet<String> {
+    value
+        .as_array()
+        .unwrap_or_else(|| panic!("not an array: {value}"))
+        .iter()
+        .map(|v| v.as_str().expect("a string").to_owned())
+        .collect()
+}
+
+fn keys(value: &Value) -> BTreeSet<String> {
+    value
+        .as_object()
+        .unwrap_or_else(|| panic!("not an object: {value}"))
+        .keys()
+        .cloned()
+        .collect()
+}
+
+#[test]
+fn document_is_openapi_3_1_with_a_relative_server() {
+    let doc = doc();
+    assert_eq!(doc["openapi"], "3.1.0");
+    assert_eq!(doc["servers"].as_array().unwrap().len(), 1);
+    assert_eq!(doc["servers"][0]["url"], "/");
+    let bearer = &doc["components"]["securitySchemes"]["bearerAuth"];
+    assert_eq!(
+        (&bearer["type"], &bearer["scheme"], &bearer["bearerFormat"]),
+        (&json!("http"), &json!("bearer"), &json!("JWT"))
+    );
+    let ids: Vec<&str> = operations(doc)
+        .iter()
+        .map(|(_, _, op)| op["operationId"].as_str().expect("operationId"))
+        .collect();
+    assert_eq!(set(ids.iter()).len(), ids.len(), "operationIds are unique");
+}
+
+#[test]
+fn paths_and_methods_are_exactly_the_route_table() {
+    let documented: BTreeSet<(String, String)> = operations(doc())
+        .into_iter()
+        .map(|(method, path, _)| (method, path))
+        .collect();
+    let routed: BTreeSet<(String, String)> = api::routes::ROUTES
+        .iter()
+        .map(|(m, p)| ((*m).to_owned(), (*p).to_owned()))
+        .collect();
+    assert_eq!(documented, routed);
+    assert_eq!(
+        routed.len(),
+        api::routes::ROUTES.len(),
+        "no route is listed twice"
+    );
+}
+
+#[test]
+fn every_operation_but_the_document_needs_a_bearer_token() {
+    let root = doc();
+    assert_eq!(root["security"], json!([{"bearerAuth": []}]));
+    for (method, path, op) in operations(root) {
+        let security = op.get("security").unwrap_or(&root["security"]);
+        let responses = &op["responses"];
+        if path == "/api/openapi.json" {
+            assert_eq!(security, &json!([]), "{method} {path} is public");
+            assert!(responses.get("401").is_none());
+            continue;
+        }
+        assert_eq!(security, &json!([{"bearerAuth": []}]), "{method} {path}");
+        assert!(
+            responses.get("401").is_some(),
+            "{method} {path} declares 401"
+        );
+        for status in ["500", "503"] {
+            assert!(
+                responses.get(status).is_some(),
+                "{method} {path} declares {status}"
+            );
+        }
+        if path.contains("{id}") {
+            assert!(
+                responses.get("404").is_some(),
+                "{method} {path} declares 404"
+            );
+        }
+    }
+}
+
+#[test]
+fn every_schema_uses_only_what_the_checker_checks() {
+    let root = doc();
+    let mut visited = 0;
+    for (name, s) in root["components"]["schemas"].as_object().unwrap() {
+        visited += lint(root, s, &format!("#/components/schemas/{name}"));
+    }
+    // Inline schemas of parameters, headers and bodies, and every $ref on the way.
+    for (method, path, op) in operations(root) {
+        for p in parameters(root, &path, op) {
+            visited += lint(
+                root,
+                &p["schema"],
+                &format!("{method} {path} {}", p["name"]),
+            );
+        }
+        let body = op.get("requestBody").map(|b| resolve(root, b));
+        for media in body
+            .iter()
+            .flat_map(|b| b["content"].as_object().unwrap().values())
+        {
+            visited += lint(root, &media["schema"], &format!("{method} {path} body"));
+        }
+        for (status, response) in op["responses"].as_object().unwrap() {
+            let response = resolve(root, response);
+            for media in response
+                .get("content")
+                .and_then(Value::as_object)
+                .into_iter()
+                .flatten()
+            {
+                visited += lint(
+                    root,
+                    &media.1["schema"],
+                    &format!("{method} {path} {status}"),
+                );
+            }
+            for header in response
+                .get("headers")
+                .and_then(Value::as_object)
+                .into_iter()
+                .flatten()
+            {
+                visited += lint(root, &resolve(root, header.1)["schema"], header.0);
+            }
+        }
+    }
+    assert!(visited > 100, "walked {visited} schemas");
+}
+
+#[test]
+fn limits_match_the_code() {
+    let root = doc();
+    let at = |pointer: &str| -> u64 {
+        root.pointer(&format!("/components/schemas/{pointer}"))
+            .and_then(Value::as_u64)
+            .unwrap_or_else(|| panic!("no number at {pointer}"))
+    };
+    let as_u64 = |n: usize| n as u64;
+    let cases: &[(&str, usize)] = &[
+        ("NewTask/properties/title/maxLength", MAX_TITLE_CHARS),
+        ("TaskPatch/properties/title/maxLength", MAX_TITLE_CHARS),
+        ("Task/properties/title/maxLength", MAX_TITLE_CHARS),
+        (
+            "NewTask/properties/description/maxLength",
+            MAX_DESCRIPTION_CHARS,
+        ),
+        (
+            "TaskPatch/properties/description/maxLength",
+            MAX_DESCRIPTION_CHARS,
+        ),
+        (
+            "Task/properties/description/maxLength",
+            MAX_DESCRIPTION_CHARS,
+        ),
+        ("Metadata/maxProperties", MAX_METADATA_KEYS),
+        (
+            "NewTask/properties/metadata/maxProperties",
+            MAX_METADATA_KEYS,
+        ),
+        ("Complete/properties/error/maxLength", MAX_ERROR_CHARS),
+        ("KeySafeId/maxLength", MAX_ID_CHARS),
+        ("NewTask/properties/assignedTo/maxLength", MAX_ID_CHARS),
+        ("NewTask/properties/steps/maxItems", MAX_STEPS),
+        ("StepsView/properties/steps/maxItems", MAX_STEPS),
+        ("StepInput/properties/name/maxLength", MAX_STEP_NAME_CHARS),
+        ("TaskStep/properties/name/maxLength", MAX_STEP_NAME_CHARS),
+        ("Task/properties/attachments/maxItems", MAX_ATTACHMENTS),
+        (
+            "AttachmentRequest/properties/fileName/maxLength",
+            MAX_FILE_NAME_CHARS,
+        ),
+        (
+            "Attachment/properties/fileName/maxLength",
+            MAX_FILE_NAME_CHARS,
+        ),
+        ("TaskList/properties/items/maxItems", MAX_PAGE_SIZE),
+    ];
+    for (pointer, limit) in cases {
+        assert_eq!(at(pointer), as_u64(*limit), "{pointer}");
+    }
+    let list = &root["paths"]["/api/tasks"]["get"]["parameters"];
+    let limit = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "limit")
+        .unwrap();
+    assert_eq!(limit["schema"]["minimum"], 1);
+    assert_eq!(limit["schema"]["maximum"], json!(MAX_PAGE_SIZE));
+    assert_eq!(limit["schema"]["default"], json!(DEFAULT_PAGE_SIZE));
+    let key = &root["components"]["parameters"]["IdempotencyKey"]["schema"]["maxLength"];
+    assert_eq!(key, &json!(MAX_IDEMPOTENCY_KEY_CHARS));
+    // Byte limits are stated in the descriptions.
+    let described = |schema: &str, pointer: &str, bytes: usize| {
+        let text = component(schema)
+            .pointer(pointer)
+            .unwrap()
+            .as_str()
+            .unwrap();
+        assert!(text.contains(&bytes.to_string()), "{schema}: {text}");
+    };
+    described("Metadata", "/description", MAX_METADATA_BYTES);
+    described(
+        "Complete",
+        "/properties/result/description",
+        MAX_RESULT_BYTES,
+    );
+    let too_large = root["components"]["responses"]["PayloadTooLarge"]["description"]
+        .as_str()
+        .unwrap();
+    assert!(too_large.contains(&MAX_BODY_BYTES.to_string()));
+}
+
+#[test]
+fn enums_match_the_domain() {
+    let names = |all: Vec<&'static str>| set(all.into_iter().map(str::to_owned));
+    let e = |name: &str| strings(&component(name)["enum"]);
+    assert_eq!(
+        e("Priority"),
+        names(Priority::ALL.iter().map(|p| p.as_str()).collect())
+    );
+    assert_eq!(
+        e("TaskType"),
+        names(TaskType::ALL.iter().map(|p| p.as_str()).collect())
+    );
+    assert_eq!(
+        e("TaskStatus"),
+        names(TaskStatus::ALL.iter().map(|p| p.as_str()).collect())
+    );
+    assert_eq!(
+        e("StepStatus"),
+        names(StepStatus::ALL.iter().map(|p| p.as_str()).collect())
+    );
+    assert_eq!(
+        e("Role"),
+        names(Role::ALL.iter().map(|p| p.as_str()).collect())
+    );
+    // archivedFrom: every status that can become archived.
+    let archivable = TaskStatus::ALL
+        .iter()
+        .filter(|s| s.can_become(TaskStatus::Archived))
+        .map(|s| s.as_str())
+        .collect();
+    assert_eq!(
+        strings(&component("Task")["properties"]["archivedFrom"]["enum"]),
+        names(archivable)
+    );
+    // Every error code the API can produce.
+    let errors = [
+        AppError::MalformedJson(String::new()),
+        AppError::Validation(FieldErrors::new()),
+        AppError::Unauthorized,
+        AppError::Forbidden(String::new()),
+        AppError::NotFound { what: "task" },
+        AppError::NoRoute {
+            method: "GET".into(),
+            path: "/".into(),
+        },
+        AppError::MethodNotAllowed {
+            method: "GET".into(),
+            path: "/".into(),
+        },
+        AppError::InvalidTransition {
+            current: "a".into(),
+            requested: "b".into(),
+        },
+        AppError::Conflict(String::new()),
+        AppError::VersionConflict {
+            expected: 1,
+            current: 2,
+        },
+        AppError::IdempotencyKeyReused,
+        AppError::PayloadTooLarge { size: 1, limit: 0 },
+        AppError::UnsupportedMediaType(String::new()),
+        AppError::Internal(String::new()),
+        AppError::Unavailable(String::new()),
+    ];
+    let code = &component("Error")["properties"]["error"]["properties"]["code"]["enum"];
+    assert_eq!(
+        strings(code),
+        names(errors.iter().map(AppError::code).collect())
+    );
+    // Each status is declared by the shared response that carries it.
+    let responses = &doc()["components"]["responses"];
+    for err in &errors {
+        let name = match err.status_code() {
+            400 => "BadRequest",
+            401 => "Unauthorized",
+            403 => "Forbidden",
+            404 => "NotFound",
+            405 => "MethodNotAllowed",
+            409 => "Conflict",
+            413 => "PayloadTooLarge",
+            415 => "UnsupportedMediaType",
+            422 => "IdempotencyKeyReused",
+            500 => "InternalError",
+            503 => "ServiceUnavailable",
+            other => panic!("undocumented status {other}"),
+        };
+        let description = responses[name]["description"].as_str().unwrap();
+        if !matches!(err, AppError::NoRoute { .. }) {
+            assert!(
+                description.contains(err.code()),
+                "{name} mentions {}",
+                err.code()
+            );
+        }
+    }
+}
+
+type Parser = fn(&Value) -> Result<(), AppError>;
+
+fn parser_for(operation_id: &str) -> Parser {
+    match operation_id {
+        "createTask" => |b| NewTaskInput::parse(b).map(drop),
+        "updateTask" => |b| TaskPatch::parse(b).map(drop),
+        "assignTask" => |b| AssignInput::parse(b).map(drop),
+        "completeTask" => |b| CompleteInput::parse(b).map(drop),
+        "addAttachment" => |b| AttachmentInput::parse(b).map(drop),
+        other => panic!("{other} has a request body but no parser here"),
+    }
+}
+
+fn rejected_fields(result: Result<(), AppError>) -> Vec<String> {
+    match result {
+        Err(AppError::Validation(fields)) => fields.iter().map(|(k, _)| k.clone()).collect(),
+        other => panic!("expected a validation error, got {other:?}"),
+    }
+}
+
+/// The request schemas say what the parsers accept: each example is valid for
+/// both, and an undeclared field is rejected by the parser where the schema
+/// has `additionalProperties: false`.
+#[test]
+fn request_schemas_agree_with_the_parsers() {
+    let root = doc();
+    let mut bodies = 0;
+    for (method, path, op) in operations(root) {
+        let Some(body) = op.get("requestBody") else {
+            continue;
+        };
+        bodies += 1;
+        let id = op["operationId"].as_str().unwrap();
+        let parse = parser_for(id);
+        let media = &body["content"]["application/json"];
+        let body_schema = resolve(root, &media["schema"]);
+        let example = &media["example"];
+        assert_valid(body_schema, example, &format!("{method} {path} example"));
+        parse(example).unwrap_or_else(|e| panic!("{id}: example rejected: {e}"));
+
+        assert_eq!(body_schema["additionalProperties"], false, "{id}");
+        let mut extra = example.clone();
+        extra["unexpected"] = json!(1);
+        assert!(!schema::problems(root, body_schema, &extra).is_empty());
+        assert_eq!(rejected_fields(parse(&extra)), ["unexpected"], "{id}");
+
+        // Every declared property is one the parser knows (null where allowed).
+        for (name, property) in body_schema["properties"].as_object().unwrap() {
+            let property = resolve(root, property);
+            let nullable = property["type"]
+                .as_array()
+                .is_some_and(|t| t.contains(&json!("null")));
+            let mut with_null = example.clone();
+            with_null[name] = Value::Null;
+            let result = parse(&with_null);
+            let schema_ok = schema::problems(root, body_schema, &with_null).is_empty();
+            if nullable || property.get("type").is_none() {
+                assert!(schema_ok, "{id}.{name}");
+                // null is "absent": fine unless the field is required.
+                let required = body_schema
+                    .get("required")
+                    .is_some_and(|r| strings(r).contains(name));
+                assert_eq!(result.is_ok(), !required, "{id}.{name}: {result:?}");
+            } else {
+                assert!(!schema_ok, "{id}.{name} is not nullable");
+                assert!(
+                    rejected_fields(result).contains(name),
+                    "{id}.{name}: the parser rejects null too"
+                );
+            }
+        }
+    }
+    assert_eq!(bodies, 5);
+
+    // Step objects inside a new task.
+    let steps = json!({"title": "t", "type": "multi_step", "steps": [
+        {"name": "a", "order": 0, "dependsOn": null, "config": {"k": 1}},
+        {"name": "b", "dependsOn": ["a"]}]});
+    assert_valid(component("NewTask"), &steps, "steps example");
+    NewTaskInput::parse(&steps).unwrap();
+    let mut extra = steps.clone();
+    extra["steps"][0]["retries"] = json!(3);
+    assert!(!schema::problems(root, component("NewTask"), &extra).is_empty());
+    assert_eq!(
+        rejected_fields(NewTaskInput::parse(&extra).map(drop)),
+        ["steps[0].retries"]
+    );
+}
+
+#[tokio::test]
+async fn documented_query_parameters_are_the_accepted_ones() {
+    let api = Api::new();
+    let root = doc();
+    let (_, list) = schema::operation_for("GET", "/api/tasks").unwrap();
+    let params = parameters(root, "/api/tasks", list);
+    let mut names = Vec::new();
+    for p in &params {
+        assert_eq!(p["in"], "query");
+        let name = p["name"].as_str().unwrap();
+        names.push(name);
+        if name == "cursor" {
+            continue;
+        }
+        let value = match &p["example"] {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        assert_valid(&p["schema"], &p["example"], name);
+        let reply = api
+            .send(&Event::load("api-list-tasks").query(&[(name, &value)]))
+            .await;
+        assert_eq!(reply.status, 200, "{name}={value}: {:#}", reply.body);
+    }
+    assert_eq!(
+        set(names),
+        set([
+            "status",
+            "priority",
+            "type",
+            "assignee",
+            "dueBefore",
+            "includeArchived",
+            "limit",
+            "cursor"
+        ])
+    );
+    let unknown = api
+        .send(&Event::load("api-list-tasks").query(&[("owner", "x")]))
+        .await
+        .expect(400);
+    assert_eq!(unknown.fields(), ["owner"]);
+    // limit bounds.
+    for (limit, status) in [("0", 400), ("1", 200), ("100", 200), ("101", 400)] {
+        api.send(&Event::load("api-list-tasks").query(&[("limit", limit)]))
+            .await
+            .expect(status);
+    }
+}
+
+/// If-Match is read exactly where it is documented: with a stale tag, those
+/// operations answer 409 version_conflict and the others ignore it.
+#[tokio::test]
+async fn if_match_is_honoured_exactly_where_documented() {
+    let root = doc();
+    for (method, path, op) in operations(root) {
+        if !path.contains("{id}") {
+            continue;
+        }
+        let documented = parameters(root, &path, op)
+            .iter()
+            .any(|p| p["name"] == "If-Match" && p["in"] == "header");
+        let api = Api::new();
+        api.seed(|t| t.assigned_to = Some(UserId::parse(MANAGER).unwrap()))
+            .await;
+        let mut event = Event::load("api-get-task")
+            .to(&method, &path.replace("{id}", TASK_ID))
+            .header("If-Match", "\"99\"");
+        if let Some(body) = op.get("requestBody") {
+            event = event.body(&body["content"]["application/json"]["example"]);
+        }
+        let reply = api.send(&event).await;
+        let conflict = reply.code() == "version_conflict";
+        assert_eq!(conflict, documented, "{method} {path}: {:#}", reply.body);
+    }
+}
+
+/// Task, step and attachment serialization: everything they can emit is
+/// declared, and everything required is always emitted.
+#[test]
+fn serialized_records_match_their_schemas_exactly() {
+    let mut task = base_task();
+    let minimal = serde_json::to_value(&task).unwrap();
+    assert_valid(component("Task"), &minimal, "minimal task");
+    assert_eq!(keys(&minimal), strings(&component("Task")["required"]));
+
+    let now = chrono::Utc::now();
+    let attachment = Attachment {
+        id: AttachmentId::generate(),
+        file_name: "a.pdf".into(),
+        content_type: "application/pdf".into(),
+        key: format!("attachments/acme/{TASK_ID}/x/a.pdf"),
+        uploaded_by: UserId::parse(MANAGER).unwrap(),
+        created_at: now,
+    };
+    task.assigned_to = Some(UserId::parse(WORKER).unwrap());
+    task.description = Some(shared::domain::Description::parse("d").unwrap());
+    task.due_at = Some(now);
+    task.started_at = Some(now);
+    task.completed_at = Some(now);
+    task.result = Some(json!([1, "two", {"three": null}]));
+    task.error = Some("earlier failure".into());
+    task.attachments = vec![attachment.clone()];
+    task.status = TaskStatus::Archived;
+    task.archived_from = Some(TaskStatus::Failed);
+    let full = serde_json::to_value(&task).unwrap();
+    assert_valid(component("Task"), &full, "fully populated task");
+    assert_eq!(keys(&full), keys(&component("Task")["properties"]));
+
+    let attachment = serde_json::to_value(&attachment).unwrap();
+    assert_valid(component("Attachment"), &attachment, "attachment");
+    assert_eq!(
+        keys(&attachment),
+        keys(&component("Attachment")["properties"])
+    );
+
+    let mut step = step(&task, 3, "render");
+    let minimal = serde_json::to_value(&step).unwrap();
+    assert_valid(component("TaskStep"), &minimal, "minimal step");
+    assert_eq!(keys(&minimal), strings(&component("TaskStep")["required"]));
+    step.result = Some(json!(7));
+    step.error = Some("boom".into());
+    step.started_at = Some(now);
+    step.completed_at = Some(now);
+    step.status = StepStatus::Failed;
+    let full = serde_json::to_value(&step).unwrap();
+    assert_valid(component("TaskStep"), &full, "full step");
+    assert_eq!(keys(&full), keys(&component("TaskStep")["properties"]));
+}
+
+/// The JSON real handlers return, checked against the named schemas (the
+/// contract check in `support` does this for every reply as well).
+#[tokio::test]
+async fn real_responses_match_their_schemas() {
+    let api = Api::new();
+    let created = api
+        .send(&Event::load("api-create-task").body(&json!({
+            "title": "Everything", "description": "all fields", "type": "multi_step",
+            "priority": "critical", "assignedTo": WORKER, "dueAt": "2030-01-01T00:00:00+02:00",
+            "metadata": {"nested": {"deep": [1, 2]}},
+            "steps": [{"name": "one"}, {"name": "two", "dependsOn": ["one"]}]})))
+        .await
+        .expect(201);
+    let id = created.id();
+    assert_valid(component("Task"), &created.body, "created task");
+    assert_eq!(created.body["dueAt"], "2029-12-31T22:00:00Z");
+
+    let attached = api
+        .send(&Event::load("api-add-attachment").id(&id))
+        .await
+        .expect(201);
+    assert_valid(
+        component("AttachmentCreated"),
+        &attached.body,
+        "attachment reply",
+    );
+    let key = attached.body["attachment"]["key"].as_str().unwrap();
+    assert!(key.starts_with(&format!("attachments/{AGENCY}/{id}/")));
+    assert!(attached.body["upload"]["url"]
+        .as_str()
+        .unwrap()
+        .ends_with(key));
+    assert_eq!(
+        attached.body["upload"]["headers"]["Content-Type"],
+        "application/pdf"
+    );
+    assert_eq!(attached.body["taskVersion"], 2);
+
+    for name in ["api-start-task", "api-complete-task"] {
+        api.send(&Event::load(name).id(&id)).await.expect(200);
+    }
+    let task = api
+        .send(&Event::load("api-get-task").id(&id))
+        .await
+        .expect(200);
+    assert_valid(component("Task"), &task.body, "task");
+    let emitted = keys(&task.body);
+    assert!(emitted.is_subset(&keys(&component("Task")["properties"])));
+    assert!(strings(&component("Task")["required"]).is_subset(&emitted));
+    assert_eq!(task.body["attachments"].as_array().unwrap().len(), 1);
+
+    let list = api
+        .send(&Event::load("api-list-tasks").query(&[]))
+        .await
+        .expect(200);
+    assert_valid(component("TaskList"), &list.body, "task list");
+    assert_eq!(list.body["items"][0], task.body);
+
+    let steps = api
+        .send(&Event::load("api-task-steps").id(&id))
+        .await
+        .expect(200);
+    assert_valid(component("StepsView"), &steps.body, "steps view");
+    assert_eq!(steps.body["taskId"], json!(id));
+
+    let error = api
+        .send(&Event::load("api-start-task").id(&id))
+        .await
+        .expect(409);
+    assert_valid(component("Error"), &error.body, "error");
+    assert_eq!(
+        keys(&error.body["error"]),
+        keys(&component("Error")["properties"]["error"]["properties"])
+    );
+}

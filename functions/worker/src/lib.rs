@@ -1,0 +1,149 @@
+//! The worker behind every tier queue. Each record is one run of a task; the
+//! decision for it (ack, retry later, dead-letter) is turned into SQS actions
+//! here, and only records that must come back are reported as batch failures.
+
+mod metrics;
+
+use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent, SqsMessage};
+use shared::aws::AwsClients;
+use shared::config::Config;
+use shared::service::{Delivery, TaskRunner};
+use shared::services::Services;
+use shared::AppError;
+
+pub struct Worker {
+    runner: TaskRunner,
+    sqs: aws_sdk_sqs::Client,
+    config: Config,
+}
+
+impl Worker {
+    pub fn new(config: Config, clients: &AwsClients) -> Self {
+        let runner = Services::new(&config, clients).runner;
+        Self {
+            runner,
+            sqs: clients.sqs.clone(),
+            config,
+        }
+    }
+
+    pub async fn from_env() -> Result<Self, AppError> {
+        let config = Config::from_env()?;
+        Ok(Self::new(config, &AwsClients::from_env().await))
+    }
+
+    /// Runs a batch; the records in the response come back later (partial batch failure).
+    pub async fn handle_batch(&self, event: SqsEvent) -> SqsBatchResponse {
+        let runs = event
+            .records
+            .iter()
+            .map(|record| self.handle_record(record));
+        let results = futures::future::join_all(runs).await;
+        let batch_item_failures = event
+            .records
+            .iter()
+            .zip(results)
+            .filter(|(_, keep)| *keep)
+            .filter_map(|(record, _)| record.message_id.clone())
+            .map(|id| {
+                let mut failure = BatchItemFailure::default();
+                failure.item_identifier = id;
+                failure
+            })
+            .collect();
+        let mut response = SqsBatchResponse::default();
+        response.batch_item_failures = batch_item_failures;
+        response
+    }
+
+    /// True when the message must stay on the queue.
+    async fn handle_record(&self, record: &SqsMessage) -> bool {
+        let body = record.body.as_deref().unwrap_or_default();
+        let (delivery, report) = self.runner.process(body).await;
+        if let Some(report) = &report {
+            metrics::emit(report);
+        }
+        match delivery {
+            Delivery::Ack => false,
+            Delivery::RetryAfter(delay) => {
+                if let Some(receipt) = &record.receipt_handle {
+                    let visibility = delay.as_secs().clamp(0, 43_200) as i32;
+                    if let Err(err) = self
+                        .sqs
+                        .change_message_visibility()
+                        .queue_url(self.source_queue_url(record))
+                        .receipt_handle(receipt)
+                        .visibility_timeout(visibility)
+                        .send()
+                        .await
+                    {
+                        // The queue's own visibility timeout applies instead.
+                        tracing::warn!(error = ?err, "could not set the retry delay");
+                    }
+                }
+                true
+            }
+            Delivery::DeadLetter(error) => !self.dead_letter(record, body, &error).await,
+        }
+    }
+
+    /// Copies the message to its tier's DLQ with the error; false if that failed
+    /// (the message then stays and SQS redrive is the safety net).
+    async fn dead_letter(&self, record: &SqsMessage, body: &str, error: &str) -> bool {
+        let tier = record
+            .event_source_arn
+            .as_deref()
+            .and_then(|arn| self.config.tier_of_queue(arn))
+            .unwrap_or_default();
+        let Some(dlq) = self.config.dlq_urls.get(&tier) else {
+            return false;
+        };
+        let attribute = |value: &str| {
+            aws_sdk_sqs::types::MessageAttributeValue::builder()
+                .data_type("String")
+                .string_value(value)
+                .build()
+                .ok()
+        };
+        let excerpt: String = error.chars().take(1000).collect();
+        let sent = self
+            .sqs
+            .send_message()
+            .queue_url(dlq)
+            .message_body(body)
+            .set_message_attributes(Some(
+                [
+                    ("error", attribute(&excerpt)),
+                    ("failedAt", attribute(&chrono::Utc::now().to_rfc3339())),
+                    (
+                        "sourceQueue",
+                        attribute(record.event_source_arn.as_deref().unwrap_or("unknown")),
+                    ),
+                ]
+                .into_iter()
+                .filter_map(|(k, v)| Some((k.to_owned(), v?)))
+                .collect(),
+            ))
+            .send()
+            .await;
+        match sent {
+            Ok(_) => {
+                tracing::warn!(%tier, error = %excerpt, "message moved to the dead-letter queue");
+                true
+            }
+            Err(err) => {
+                tracing::error!(error = ?err, "could not dead-letter a message; it stays on its queue");
+                false
+            }
+        }
+    }
+
+    fn source_queue_url(&self, record: &SqsMessage) -> String {
+        record
+            .event_source_arn
+            .as_deref()
+            .and_then(|arn| self.config.tier_of_queue(arn))
+            .and_then(|tier| self.config.queue_urls.get(&tier).cloned())
+            .unwrap_or_default()
+    }
+}

@@ -1,0 +1,219 @@
+//! What a worker does with one delivery from a tier queue. At-least-once
+//! delivery becomes exactly-once effects: only the message carrying the task's
+//! current dispatch id acts, finished tasks are never run again, and a
+//! conditional claim (with a lease) keeps two workers from running one task.
+
+use crate::domain::limits::MAX_RESULT_BYTES;
+use crate::domain::{DispatchMessage, Priority, Task, TaskStatus};
+use crate::error::AppError;
+use crate::executors::{ExecError, ExecutorRegistry, Job, Outcome};
+use crate::ports::TaskStore;
+use chrono::{DateTime, Utc};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// What to do with the message afterwards.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Delivery {
+    /// Finished with it: delete.
+    Ack,
+    /// Keep it; it comes back after this long (backoff, or someone else holds the task).
+    RetryAfter(Duration),
+    /// Move it to the tier's dead-letter queue with this error, then delete.
+    DeadLetter(String),
+}
+
+/// What happened, for metrics and logs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunReport {
+    pub tier: Priority,
+    pub outcome: &'static str,
+    pub attempt: u32,
+    pub wait_ms: Option<u64>,
+    pub run_ms: u64,
+}
+
+/// A store hiccup: try the delivery again soon.
+const INFRA_RETRY: Duration = Duration::from_secs(5);
+/// Margin kept between the end of a run and the end of its lease.
+const LEASE_MARGIN: Duration = Duration::from_secs(2);
+
+#[derive(Clone)]
+pub struct TaskRunner {
+    store: Arc<dyn TaskStore>,
+    executors: ExecutorRegistry,
+    lease: Duration,
+}
+
+impl TaskRunner {
+    pub fn new(store: Arc<dyn TaskStore>, executors: ExecutorRegistry, lease: Duration) -> Self {
+        Self {
+            store,
+            executors,
+            lease,
+        }
+    }
+
+    pub async fn process(&self, body: &str) -> (Delivery, Option<RunReport>) {
+        let message: DispatchMessage = match serde_json::from_str(body) {
+            Ok(m) => m,
+            Err(e) => {
+                return (
+                    Delivery::DeadLetter(format!("malformed dispatch message: {e}")),
+                    None,
+                )
+            }
+        };
+        match self.process_message(&message).await {
+            Ok(result) => result,
+            Err(err) => {
+                tracing::warn!(task = %message.task_id, error = %err, "delivery will be retried");
+                (Delivery::RetryAfter(INFRA_RETRY), None)
+            }
+        }
+    }
+
+    async fn process_message(
+        &self,
+        message: &DispatchMessage,
+    ) -> Result<(Delivery, Option<RunReport>), AppError> {
+        let Some(mut task) = self.store.get(&message.agency_id, message.task_id).await? else {
+            return Ok((Delivery::Ack, None)); // deleted meanwhile
+        };
+        let now = Utc::now();
+        if task.dispatch_id.as_deref() != Some(message.dispatch_id.as_str()) {
+            return Ok((Delivery::Ack, None)); // superseded or cancelled
+        }
+        match (task.status, task.lease_expires_at) {
+            (TaskStatus::Queued, _) => {}
+            (TaskStatus::InProgress, Some(until)) if until <= now => {
+                tracing::warn!(task = %task.id, "lease expired: taking over from a lost worker");
+            }
+            (TaskStatus::InProgress, Some(until)) => {
+                let wait = (until - now).to_std().unwrap_or_default() + Duration::from_secs(1);
+                return Ok((Delivery::RetryAfter(wait), None));
+            }
+            // Finished, waiting for a person, or not queued: nothing to run.
+            _ => return Ok((Delivery::Ack, None)),
+        }
+
+        // Claim.
+        let read_version = task.version;
+        task.attempts += 1;
+        if task.queue_wait_ms.is_none() {
+            task.queue_wait_ms = task
+                .queued_at
+                .map(|q| (now - q).num_milliseconds().max(0) as u64);
+        }
+        task.move_to(TaskStatus::InProgress, now)?;
+        task.lease_expires_at =
+            Some(now + chrono::Duration::from_std(self.lease).map_err(AppError::internal)?);
+        match self.store.replace(&task, read_version).await {
+            Ok(()) => {}
+            Err(AppError::VersionConflict { .. }) => {
+                return Ok((Delivery::RetryAfter(Duration::from_secs(1)), None))
+            }
+            Err(AppError::NotFound { .. }) => return Ok((Delivery::Ack, None)),
+            Err(err) => return Err(err),
+        }
+
+        let started = Instant::now();
+        let policy = task.retry_policy();
+        let outcome = if task.attempts > policy.max_attempts {
+            Err(ExecError::Permanent(format!(
+                "gave up after {} attempts",
+                policy.max_attempts
+            )))
+        } else {
+            self.run(&task).await
+        };
+        let run_ms = started.elapsed().as_millis() as u64;
+        let claimed_version = task.version;
+        let finished = Utc::now();
+        let (delivery, label) = match outcome {
+            Ok(Outcome::Done(result)) => {
+                let size = serde_json::to_vec(&result)
+                    .map(|v| v.len())
+                    .unwrap_or(usize::MAX);
+                if size > MAX_RESULT_BYTES {
+                    let error = format!("result is {size} bytes; the limit is {MAX_RESULT_BYTES}");
+                    fail(&mut task, &error, finished)?;
+                    (Delivery::DeadLetter(error), "failed")
+                } else {
+                    task.move_to(TaskStatus::Completed, finished)?;
+                    task.result = Some(result);
+                    task.error = None;
+                    task.lease_expires_at = None;
+                    (Delivery::Ack, "completed")
+                }
+            }
+            Ok(Outcome::AwaitAssignee) => {
+                task.lease_expires_at = None;
+                task.touch(finished);
+                (Delivery::Ack, "awaiting_assignee")
+            }
+            Err(ExecError::Retryable(error)) if task.attempts < policy.max_attempts => {
+                let delay = policy.backoff(task.attempts + 1, rand::random::<f64>());
+                task.move_to(TaskStatus::Queued, finished)?;
+                task.error = Some(error);
+                task.lease_expires_at = None;
+                task.queued_at =
+                    Some(finished + chrono::Duration::from_std(delay).unwrap_or_default());
+                (Delivery::RetryAfter(delay), "retrying")
+            }
+            Err(ExecError::Retryable(error) | ExecError::Permanent(error)) => {
+                fail(&mut task, &error, finished)?;
+                (Delivery::DeadLetter(error), "failed")
+            }
+        };
+        match self.store.replace(&task, claimed_version).await {
+            Ok(()) => {}
+            // Cancelled or changed while running: that change wins, the outcome is dropped.
+            Err(AppError::VersionConflict { .. } | AppError::NotFound { .. }) => {
+                tracing::info!(task = %task.id, "task changed while running; outcome discarded");
+                return Ok((Delivery::Ack, None));
+            }
+            Err(err) => return Err(err),
+        }
+        let report = RunReport {
+            tier: message.priority,
+            outcome: label,
+            attempt: task.attempts,
+            wait_ms: task.queue_wait_ms,
+            run_ms,
+        };
+        Ok((delivery, Some(report)))
+    }
+
+    async fn run(&self, task: &Task) -> Result<Outcome, ExecError> {
+        let Some(spec) = &task.executor else {
+            return Err(ExecError::Permanent("task has no executor".into()));
+        };
+        let executor = self.executors.resolve(spec).map_err(ExecError::Permanent)?;
+        let input = task.input.clone().unwrap_or(serde_json::Value::Null);
+        let job = Job {
+            task_id: task.id,
+            config: &spec.config,
+            input: &input,
+            attempt: task.attempts,
+        };
+        let budget = self
+            .lease
+            .saturating_sub(LEASE_MARGIN)
+            .max(Duration::from_secs(1));
+        match tokio::time::timeout(budget, executor.run(&job)).await {
+            Ok(result) => result,
+            Err(_) => Err(ExecError::Retryable(format!(
+                "run timed out after {} s",
+                budget.as_secs()
+            ))),
+        }
+    }
+}
+
+fn fail(task: &mut Task, error: &str, now: DateTime<Utc>) -> Result<(), AppError> {
+    task.move_to(TaskStatus::Failed, now)?;
+    task.error = Some(error.to_owned());
+    task.lease_expires_at = None;
+    Ok(())
+}

@@ -1,0 +1,202 @@
+//! The scheduled sweep (every minute): aging, deadline escalation, SLA breach
+//! records and offline agents. Each pass is bounded, so a big backlog is
+//! worked through over several passes instead of one long run.
+
+use super::input::AssignInput;
+use super::tasks::{queue, TaskService};
+use crate::domain::agent::HEARTBEAT_TIMEOUT;
+use crate::domain::{Caller, Priority, Role, Task, TaskStatus, UserId};
+use crate::error::AppError;
+use crate::ports::{AgentStore, Dispatcher, SchedulingIndex, TaskQuery, TaskStore};
+use chrono::{DateTime, Utc};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Tasks looked at per tier per pass.
+const BATCH: usize = 100;
+/// Open tasks due within this window are escalated to at least `high`.
+pub const DUE_SOON: Duration = Duration::from_secs(15 * 60);
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SweepReport {
+    pub promoted: usize,
+    pub redispatched: usize,
+    pub escalated: usize,
+    pub breaches: usize,
+    pub agents_offline: usize,
+    pub reassigned: usize,
+}
+
+#[derive(Clone)]
+pub struct Sweeper {
+    pub store: Arc<dyn TaskStore>,
+    pub index: Arc<dyn SchedulingIndex>,
+    pub dispatcher: Arc<dyn Dispatcher>,
+    pub agents: Arc<dyn AgentStore>,
+    pub tasks: TaskService,
+    pub aging_fraction: f64,
+}
+
+impl Sweeper {
+    pub async fn sweep(&self, now: DateTime<Utc>) -> Result<SweepReport, AppError> {
+        let mut report = SweepReport::default();
+        for tier in Priority::ALL {
+            self.age_tier(*tier, now, &mut report).await?;
+        }
+        self.escalate_due(now, &mut report).await?;
+        self.retire_offline_agents(now, &mut report).await?;
+        Ok(report)
+    }
+
+    /// Moves work that waited past its tier's aging threshold up one tier
+    /// (critical work is re-dispatched instead), and records SLA breaches.
+    async fn age_tier(
+        &self,
+        tier: Priority,
+        now: DateTime<Utc>,
+        report: &mut SweepReport,
+    ) -> Result<(), AppError> {
+        let threshold = chrono::Duration::from_std(tier.aging_threshold(self.aging_fraction))
+            .unwrap_or_default();
+        for waiting in self.index.waiting(tier, now - threshold, BATCH).await? {
+            let Some(mut task) = self.store.get(&waiting.agency, waiting.id).await? else {
+                continue;
+            };
+            if task.priority != tier
+                || !matches!(task.status, TaskStatus::Pending | TaskStatus::Queued)
+            {
+                continue;
+            }
+            let waited = (now - waiting.since).to_std().unwrap_or_default();
+            let breached =
+                tier.sla().is_some_and(|sla| waited > sla) && task.sla_breached_at.is_none();
+            if breached {
+                self.index.record_breach(tier, &waiting, now).await?;
+                task.sla_breached_at = Some(now);
+                report.breaches += 1;
+            }
+            let next = tier.promoted();
+            if next != tier {
+                task.promoted_from.get_or_insert(tier);
+                task.priority = next;
+                report.promoted += 1;
+            } else {
+                report.redispatched += 1;
+            }
+            self.requeue(task, now).await?;
+        }
+        Ok(())
+    }
+
+    async fn escalate_due(
+        &self,
+        now: DateTime<Utc>,
+        report: &mut SweepReport,
+    ) -> Result<(), AppError> {
+        let soon = now + chrono::Duration::from_std(DUE_SOON).unwrap_or_default();
+        for due in self.index.due_before(soon, BATCH).await? {
+            let Some(mut task) = self.store.get(&due.agency, due.id).await? else {
+                continue;
+            };
+            let Some(due_at) = task.due_at else { continue };
+            let wanted = if due_at <= now {
+                Priority::Critical
+            } else {
+                Priority::High
+            };
+            if task.status.is_final() || task.priority <= wanted {
+                continue;
+            }
+            task.promoted_from.get_or_insert(task.priority);
+            task.priority = wanted;
+            report.escalated += 1;
+            self.requeue(task, now).await?;
+        }
+        Ok(())
+    }
+
+    /// Saves a changed task; queued work gets a fresh dispatch on its (new) tier.
+    async fn requeue(&self, mut task: Task, now: DateTime<Utc>) -> Result<(), AppError> {
+        let read_version = task.version;
+        let message = if task.status == TaskStatus::Queued {
+            // A fresh dispatch id: the message already on the old tier becomes stale.
+            Some(queue(&mut task, now)?)
+        } else {
+            task.touch(now);
+            None
+        };
+        match self.store.replace(&task, read_version).await {
+            Ok(()) => {}
+            // Someone else moved it on; the next pass sees the new state.
+            Err(AppError::VersionConflict { .. } | AppError::NotFound { .. }) => return Ok(()),
+            Err(err) => return Err(err),
+        }
+        if let Some(message) = message {
+            self.dispatcher.dispatch(&message, Duration::ZERO).await?;
+        }
+        Ok(())
+    }
+
+    /// Marks silent agents offline and hands their unfinished tasks to others
+    /// (or back to the unassigned pool when nobody can take them).
+    async fn retire_offline_agents(
+        &self,
+        now: DateTime<Utc>,
+        report: &mut SweepReport,
+    ) -> Result<(), AppError> {
+        let cutoff = now - chrono::Duration::from_std(HEARTBEAT_TIMEOUT).unwrap_or_default();
+        for agent in self.agents.stale(cutoff).await? {
+            self.agents
+                .mark_offline(&agent.agency_id, &agent.id)
+                .await?;
+            report.agents_offline += 1;
+            let system = Caller {
+                user: UserId::parse("system:sweeper").expect("valid id"),
+                agency: agent.agency_id.clone(),
+                role: Role::Manager,
+            };
+            let query = TaskQuery {
+                assignee: Some(agent.id.clone()),
+                limit: 100,
+                ..TaskQuery::default()
+            };
+            let page = self.store.list(&agent.agency_id, &query).await?;
+            for task in page.items {
+                let abandoned = matches!(task.status, TaskStatus::Assigned)
+                    || (task.status == TaskStatus::InProgress && task.lease_expires_at.is_none());
+                if !abandoned {
+                    continue;
+                }
+                match self
+                    .tasks
+                    .assign(&system, task.id, &AssignInput::Auto, Some(task.version))
+                    .await
+                {
+                    Ok(_) => report.reassigned += 1,
+                    Err(AppError::Conflict(_)) => {
+                        self.unassign(task).await?;
+                        report.reassigned += 1;
+                    }
+                    Err(AppError::VersionConflict { .. } | AppError::InvalidTransition { .. }) => {}
+                    Err(err) => return Err(err),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn unassign(&self, mut task: Task) -> Result<(), AppError> {
+        let read_version = task.version;
+        if let (true, Some(agent)) = (task.agent_reserved, &task.assigned_to) {
+            self.agents.release(&task.agency_id, agent).await?;
+        }
+        task.status = TaskStatus::Pending;
+        task.assigned_to = None;
+        task.agent_reserved = false;
+        task.touch(Utc::now());
+        match self.store.replace(&task, read_version).await {
+            Ok(()) | Err(AppError::VersionConflict { .. } | AppError::NotFound { .. }) => Ok(()),
+            Err(err) => Err(err),
+        }
+    }
+}

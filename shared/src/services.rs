@@ -1,0 +1,82 @@
+//! Wires adapters to use cases. Every function builds `Services` once per cold
+//! start (from its environment) and uses the parts it needs.
+
+use crate::aws::AwsClients;
+use crate::config::Config;
+use crate::executors::ExecutorRegistry;
+use crate::ports::SchedulingIndex;
+use crate::service::{AgentService, Ports, QueueOverview, Sweeper, TaskRunner, TaskService};
+use crate::store::{
+    DynamoAgentStore, DynamoSchedulingIndex, DynamoTaskStore, S3AttachmentStorage, SqsDispatcher,
+};
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Clone)]
+pub struct Services {
+    pub tasks: TaskService,
+    pub agents: AgentService,
+    pub queues: QueueOverview,
+    pub runner: TaskRunner,
+    pub sweeper: Sweeper,
+}
+
+impl Services {
+    /// The production wiring: DynamoDB, S3 and SQS.
+    pub fn new(config: &Config, clients: &AwsClients) -> Self {
+        let ports = Ports {
+            store: Arc::new(DynamoTaskStore::new(
+                clients.dynamodb.clone(),
+                &config.table_name,
+            )),
+            attachments: Arc::new(S3AttachmentStorage::new(
+                clients.s3.clone(),
+                &config.attachments_bucket,
+            )),
+            dispatcher: Arc::new(SqsDispatcher::new(
+                clients.sqs.clone(),
+                config.queue_urls.clone(),
+                config.dlq_urls.clone(),
+            )),
+            agents: Arc::new(DynamoAgentStore::new(
+                clients.dynamodb.clone(),
+                &config.table_name,
+            )),
+        };
+        let index = Arc::new(DynamoSchedulingIndex::new(
+            clients.dynamodb.clone(),
+            &config.table_name,
+        ));
+        Self::from_ports(ports, index, ExecutorRegistry::builtin(), config)
+    }
+
+    pub fn from_ports(
+        ports: Ports,
+        index: Arc<dyn SchedulingIndex>,
+        executors: ExecutorRegistry,
+        config: &Config,
+    ) -> Self {
+        let tasks = TaskService::new(ports.clone(), executors.clone());
+        Self {
+            agents: AgentService::new(ports.agents.clone()),
+            queues: QueueOverview {
+                dispatcher: ports.dispatcher.clone(),
+                index: index.clone(),
+            },
+            runner: TaskRunner::new(
+                ports.store.clone(),
+                executors,
+                Duration::from_secs(config.lease_seconds),
+            ),
+            sweeper: Sweeper {
+                store: ports.store.clone(),
+                index,
+                dispatcher: ports.dispatcher.clone(),
+                agents: ports.agents.clone(),
+                tasks: tasks.clone(),
+                aging_fraction: config.aging_fraction,
+            },
+            tasks,
+        }
+    }
+}

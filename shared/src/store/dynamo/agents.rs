@@ -1,0 +1,218 @@
+//! Agents in the single table, with capacity counted by conditional updates.
+
+use super::keys::{self, n, s, AGENT_SK, ONLINE_AGENTS, PENDING_INDEX, PK, SK};
+use super::{from_item, Item};
+use crate::domain::agent::HEARTBEAT_TIMEOUT;
+use crate::domain::{AgencyId, Agent, AgentStatus, UserId};
+use crate::error::AppError;
+use crate::ports::AgentStore;
+use crate::store::from_sdk;
+use async_trait::async_trait;
+use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
+use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue};
+use aws_sdk_dynamodb::Client;
+use chrono::{DateTime, Utc};
+
+#[derive(Debug, Clone)]
+pub struct DynamoAgentStore {
+    client: Client,
+    table: String,
+}
+
+impl DynamoAgentStore {
+    pub fn new(client: Client, table: impl Into<String>) -> Self {
+        Self {
+            client,
+            table: table.into(),
+        }
+    }
+
+    fn key(agency: &AgencyId, id: &str) -> Item {
+        Item::from([
+            (PK.to_owned(), s(keys::agent_pk(agency, id))),
+            (SK.to_owned(), s(AGENT_SK)),
+        ])
+    }
+
+    async fn get_by_key(&self, key: Item) -> Result<Option<Agent>, AppError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(key))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| from_sdk("dynamodb:GetItem", e))?;
+        out.item.map(from_item).transpose()
+    }
+}
+
+fn conditional_failed(err: &aws_sdk_dynamodb::error::SdkError<UpdateItemError>) -> bool {
+    matches!(
+        err.as_service_error(),
+        Some(UpdateItemError::ConditionalCheckFailedException(_))
+    )
+}
+
+#[async_trait]
+impl AgentStore for DynamoAgentStore {
+    async fn heartbeat(
+        &self,
+        agency: &AgencyId,
+        id: &UserId,
+        capabilities: &[String],
+        capacity: u32,
+        now: DateTime<Utc>,
+    ) -> Result<Agent, AppError> {
+        let stamp = keys::sortable_time(now);
+        let out = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(Self::key(agency, id.as_str())))
+            .update_expression(
+                "SET id = :id, agencyId = :agency, capabilities = :caps, capacity = :capacity, \
+                 #status = :online, lastHeartbeatAt = :now, entity = :entity, \
+                 GSI1PK = :list, GSI1SK = :id, GSI3PK = :online_pk, GSI3SK = :online_sk, \
+                 registeredAt = if_not_exists(registeredAt, :now), \
+                 activeTasks = if_not_exists(activeTasks, :zero)",
+            )
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_values(":id", s(id.as_str()))
+            .expression_attribute_values(":agency", s(agency.as_str()))
+            .expression_attribute_values(
+                ":caps",
+                AttributeValue::L(capabilities.iter().map(|c| s(c.clone())).collect()),
+            )
+            .expression_attribute_values(":capacity", n(capacity))
+            .expression_attribute_values(":online", s(AgentStatus::Online.as_str()))
+            .expression_attribute_values(":now", s(stamp.clone()))
+            .expression_attribute_values(":entity", s("agent"))
+            .expression_attribute_values(":list", s(keys::agents_partition(agency)))
+            .expression_attribute_values(":online_pk", s(ONLINE_AGENTS))
+            .expression_attribute_values(":online_sk", s(format!("{stamp}#{agency}#{id}")))
+            .expression_attribute_values(":zero", n(0))
+            .return_values(ReturnValue::AllNew)
+            .send()
+            .await
+            .map_err(|e| from_sdk("dynamodb:UpdateItem", e))?;
+        from_item(out.attributes.unwrap_or_default())
+    }
+
+    async fn get(&self, agency: &AgencyId, id: &UserId) -> Result<Option<Agent>, AppError> {
+        self.get_by_key(Self::key(agency, id.as_str())).await
+    }
+
+    async fn list(&self, agency: &AgencyId) -> Result<Vec<Agent>, AppError> {
+        let mut agents = Vec::new();
+        let mut start = None;
+        loop {
+            let out = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .index_name(keys::AGENCY_INDEX.name)
+                .key_condition_expression("GSI1PK = :p")
+                .expression_attribute_values(":p", s(keys::agents_partition(agency)))
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(|e| from_sdk("dynamodb:Query", e))?;
+            for item in out.items.unwrap_or_default() {
+                agents.push(from_item(item)?);
+            }
+            start = out.last_evaluated_key;
+            if start.is_none() {
+                return Ok(agents);
+            }
+        }
+    }
+
+    async fn reserve(&self, agency: &AgencyId, id: &UserId) -> Result<bool, AppError> {
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(Self::key(agency, id.as_str())))
+            .update_expression("ADD activeTasks :one")
+            .condition_expression("#status = :online AND activeTasks < capacity")
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_values(":one", n(1))
+            .expression_attribute_values(":online", s(AgentStatus::Online.as_str()))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(true),
+            Err(err) if conditional_failed(&err) => Ok(false),
+            Err(err) => Err(from_sdk("dynamodb:UpdateItem", err)),
+        }
+    }
+
+    async fn release(&self, agency: &AgencyId, id: &UserId) -> Result<(), AppError> {
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(Self::key(agency, id.as_str())))
+            .update_expression("ADD activeTasks :minus_one")
+            .condition_expression("activeTasks > :zero")
+            .expression_attribute_values(":minus_one", n(-1))
+            .expression_attribute_values(":zero", n(0))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(err) if conditional_failed(&err) => Ok(()),
+            Err(err) => Err(from_sdk("dynamodb:UpdateItem", err)),
+        }
+    }
+
+    async fn stale(&self, before: DateTime<Utc>) -> Result<Vec<Agent>, AppError> {
+        let out = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .index_name(PENDING_INDEX.name)
+            .key_condition_expression("GSI3PK = :p AND GSI3SK < :before")
+            .expression_attribute_values(":p", s(ONLINE_AGENTS))
+            .expression_attribute_values(":before", s(keys::sortable_time(before)))
+            .limit(100)
+            .send()
+            .await
+            .map_err(|e| from_sdk("dynamodb:Query", e))?;
+        let mut agents = Vec::new();
+        for item in out.items.unwrap_or_default() {
+            let key = Item::from([
+                (PK.to_owned(), item.get(PK).cloned().unwrap_or(s(""))),
+                (SK.to_owned(), item.get(SK).cloned().unwrap_or(s(""))),
+            ]);
+            if let Some(agent) = self.get_by_key(key).await? {
+                agents.push(agent);
+            }
+        }
+        Ok(agents)
+    }
+
+    async fn mark_offline(&self, agency: &AgencyId, id: &UserId) -> Result<(), AppError> {
+        let cutoff = Utc::now() - chrono::Duration::from_std(HEARTBEAT_TIMEOUT).unwrap_or_default();
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(Self::key(agency, id.as_str())))
+            .update_expression("SET #status = :offline REMOVE GSI3PK, GSI3SK")
+            // A heartbeat that just arrived wins.
+            .condition_expression("lastHeartbeatAt < :cutoff")
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_values(":offline", s(AgentStatus::Offline.as_str()))
+            .expression_attribute_values(":cutoff", s(keys::sortable_time(cutoff)))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(err) if conditional_failed(&err) => Ok(()),
+            Err(err) => Err(from_sdk("dynamodb:UpdateItem", err)),
+        }
+    }
+}
