@@ -7,3 +7,4 @@ mod errors;
 mod lifecycle;
 mod paging;
 mod tenancy;
+mod tiers;

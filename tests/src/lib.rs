@@ -8,11 +8,24 @@ use serde_json::Value;
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
-const TEST_SECRET: &[u8] = b"integration-test-secret";
+pub const TEST_SECRET: &[u8] = b"integration-test-secret";
 
 pub struct TestStack {
     pub api_url: String,
     pub emulator_endpoint: String,
+    /// Ref values of every resource (queue URLs, table name, …).
+    pub refs: std::collections::HashMap<String, String>,
+    /// The worker's configuration, as template.yaml sets it.
+    pub config: shared::config::Config,
+}
+
+impl TestStack {
+    /// SDK clients pointed at the test emulator.
+    pub async fn clients(&self) -> shared::aws::AwsClients {
+        shared::aws::AwsClients::new(
+            &local_stack::emulator::sdk_config(&self.emulator_endpoint).await,
+        )
+    }
 }
 
 /// Starts the stack once for the whole test binary. It lives on its own
@@ -43,9 +56,19 @@ pub fn stack() -> &'static TestStack {
                     };
                     match LocalStack::start(options).await {
                         Ok(stack) => {
+                            let worker = stack
+                                .resources
+                                .function("WorkerFunction")
+                                .expect("worker in template");
+                            let config = shared::config::Config::from_lookup(|k| {
+                                worker.environment.get(k).cloned()
+                            })
+                            .expect("worker config");
                             let info = TestStack {
                                 api_url: stack.api_url(),
                                 emulator_endpoint: stack.emulator.endpoint.clone(),
+                                refs: stack.resources.refs.clone(),
+                                config,
                             };
                             tx.send(Ok(info)).ok();
                             // Serve until the test process exits.
@@ -66,7 +89,7 @@ pub fn stack() -> &'static TestStack {
     })
 }
 
-fn venv_dir() -> PathBuf {
+pub fn venv_dir() -> PathBuf {
     std::env::var_os("MOTO_VENV")
         .map(PathBuf::from)
         .unwrap_or_else(|| StackOptions::repo_root().join(".venv"))
@@ -110,6 +133,15 @@ impl Client {
     pub fn as_user(agency: &str, user: &str, role: &str) -> Client {
         let token = jwt::sign(TEST_SECRET, user, agency, role, 3600);
         Client::with_token(Some(token))
+    }
+
+    /// The same identity against another API host.
+    pub fn at(&self, base: &str) -> Client {
+        Client {
+            http: self.http.clone(),
+            base: base.to_owned(),
+            token: self.token.clone(),
+        }
     }
 
     pub fn with_token(token: Option<String>) -> Client {
@@ -206,13 +238,95 @@ impl Client {
 }
 
 /// Short leases and visibility timeouts so takeover and retry tests run in seconds.
-fn test_parameters() -> Vec<(String, String)> {
+pub fn test_parameters() -> Vec<(String, String)> {
     [
-        ("LeaseSeconds", "4"),
-        ("QueueVisibilitySeconds", "5"),
-        ("WorkerTimeoutSeconds", "5"),
+        ("LeaseSeconds", "6"),
+        ("QueueVisibilitySeconds", "8"),
+        ("WorkerTimeoutSeconds", "7"),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v.to_owned()))
     .collect()
+}
+
+/// Polls `check` until it returns Some, or panics after `timeout` naming `what`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: std::time::Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+/// Waits until a task reaches one of `statuses` and returns it.
+pub async fn wait_for_status(client: &Client, id: &str, statuses: &[&str]) -> Value {
+    eventually(
+        &format!("task {id} to reach {statuses:?}"),
+        std::time::Duration::from_secs(60),
+        || async {
+            let reply = client.get(&format!("/api/tasks/{id}")).await;
+            let status = reply.body["status"].as_str().unwrap_or_default().to_owned();
+            statuses.contains(&status.as_str()).then_some(reply.body)
+        },
+    )
+    .await
+}
+
+/// A tiny HTTP endpoint for the http executor: answers each POST with the next
+/// status from `script` (then 200 forever) and counts the requests.
+pub struct ScriptedEndpoint {
+    pub url: String,
+    pub hits: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl ScriptedEndpoint {
+    pub async fn start(script: Vec<u16>) -> ScriptedEndpoint {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}/hook", listener.local_addr().expect("addr"));
+        let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = hits.clone();
+        let script = std::sync::Arc::new(script);
+        // A runtime of its own so the endpoint outlives the calling test's runtime.
+        let std_listener = listener.into_std().expect("std listener");
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(std_listener).expect("listener");
+                loop {
+                    let Ok((mut stream, _)) = listener.accept().await else { continue };
+                    let n = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let status = script.get(n).copied().unwrap_or(200);
+                    let mut buffer = vec![0u8; 65536];
+                    let _ = stream.read(&mut buffer).await;
+                    let body = format!("{{\"call\":{}}}", n + 1);
+                    let response = format!(
+                        "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = stream.write_all(response.as_bytes()).await;
+                }
+            });
+        });
+        ScriptedEndpoint { url, hits }
+    }
+
+    pub fn hits(&self) -> usize {
+        self.hits.load(std::sync::atomic::Ordering::SeqCst)
+    }
 }

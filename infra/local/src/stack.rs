@@ -164,6 +164,14 @@ impl LocalStack {
         format!("http://{}", self.api_addr)
     }
 
+    /// Ends every hosted function at once, mid-work, as a crash would. The
+    /// emulator keeps running, so another host can pick up where this one died.
+    pub fn kill_functions(&mut self) {
+        for task in self.tasks.drain(..) {
+            task.abort();
+        }
+    }
+
     /// Stops the hosted functions, then the emulator if this stack started it.
     pub async fn stop(self) {
         let _ = self.shutdown.send(true);

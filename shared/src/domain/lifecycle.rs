@@ -35,14 +35,19 @@ impl TaskStatus {
         use TaskStatus::*;
         matches!(
             (self, next),
-            (Pending, Assigned | InProgress | Cancelled | Archived)
+            (
+                Pending,
+                Assigned | Queued | InProgress | Cancelled | Archived
+            ) | (
+                Assigned,
+                Assigned | Pending | Queued | InProgress | Cancelled | Archived
+            ) | (Queued, Queued | InProgress | Cancelled)
                 | (
-                    Assigned,
-                    Assigned | Pending | InProgress | Cancelled | Archived
+                    InProgress,
+                    Completed | Failed | Cancelled | InProgress | Queued | Assigned
                 )
-                | (InProgress, Completed | Failed | Cancelled | InProgress)
                 | (Completed | Cancelled, Archived)
-                | (Failed, Pending | Archived)
+                | (Failed, Pending | Queued | Archived)
         )
     }
 

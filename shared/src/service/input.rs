@@ -168,6 +168,11 @@ impl NewTaskInput {
                 "dueAt",
                 "metadata",
                 "steps",
+                "executor",
+                "input",
+                "retry",
+                "autoDispatch",
+                "requiredCapability",
             ],
         )?;
         let title = f

@@ -7,10 +7,14 @@ use crate::support::*;
 use serde_json::{json, Value};
 use shared::domain::limits::*;
 use shared::domain::{
-    Attachment, AttachmentId, Priority, Role, StepStatus, TaskStatus, TaskType, UserId,
+    AgencyId, Agent, AgentStatus, Attachment, AttachmentId, Caller, ExecutorSpec, Priority,
+    RetryPolicy, Role, StepStatus, TaskStatus, TaskType, UserId,
 };
 use shared::error::{AppError, FieldErrors};
-use shared::service::{AssignInput, AttachmentInput, CompleteInput, NewTaskInput, TaskPatch};
+use shared::service::{
+    AssignInput, AttachmentInput, CompleteInput, NewTaskInput, TaskPatch, TierStats,
+};
+use shared::testing::MemoryWorld;
 use std::collections::BTreeSet;
 
 fn set<T: Ord>(items: impl IntoIterator<Item = T>) -> BTreeSet<T> {
@@ -261,6 +265,10 @@ fn enums_match_the_domain() {
         e("Role"),
         names(Role::ALL.iter().map(|p| p.as_str()).collect())
     );
+    assert_eq!(
+        e("AgentStatus"),
+        names(AgentStatus::ALL.iter().map(|p| p.as_str()).collect())
+    );
     // archivedFrom: every status that can become archived.
     let archivable = TaskStatus::ALL
         .iter()
@@ -343,6 +351,17 @@ fn parser_for(operation_id: &str) -> Parser {
         "assignTask" => |b| AssignInput::parse(b).map(drop),
         "completeTask" => |b| CompleteInput::parse(b).map(drop),
         "addAttachment" => |b| AttachmentInput::parse(b).map(drop),
+        // The agent service parses the registration (after the id and role
+        // checks, which a manager registering a valid id passes).
+        "registerAgent" => |b| {
+            let agents = MemoryWorld::new().services().agents;
+            let manager = Caller::from_claims(Some(MANAGER), Some(AGENCY), Some("manager"))?;
+            tokio::runtime::Builder::new_current_thread()
+                .build()
+                .expect("a runtime")
+                .block_on(agents.heartbeat(&manager, WORKER, b))
+                .map(drop)
+        },
         other => panic!("{other} has a request body but no parser here"),
     }
 }
@@ -406,7 +425,7 @@ fn request_schemas_agree_with_the_parsers() {
             }
         }
     }
-    assert_eq!(bodies, 5);
+    assert_eq!(bodies, 6);
 
     // Step objects inside a new task.
     let steps = json!({"title": "t", "type": "multi_step", "steps": [
@@ -528,6 +547,25 @@ fn serialized_records_match_their_schemas_exactly() {
     task.attachments = vec![attachment.clone()];
     task.status = TaskStatus::Archived;
     task.archived_from = Some(TaskStatus::Failed);
+    task.executor = Some(ExecutorSpec {
+        kind: "http".into(),
+        config: json!({"url": "https://example.com/hook"}),
+    });
+    task.input = Some(json!({"orderId": 7}));
+    task.retry = Some(RetryPolicy {
+        max_attempts: 3,
+        base_delay_seconds: 10,
+    });
+    task.auto_dispatch = true;
+    task.required_capability = Some("translation".into());
+    task.attempts = 3;
+    task.queued_at = Some(now);
+    task.queue_wait_ms = Some(1250);
+    task.dispatch_id = Some("01JD0000000000000000000001".into());
+    task.lease_expires_at = Some(now);
+    task.agent_reserved = true;
+    task.promoted_from = Some(Priority::Low);
+    task.sla_breached_at = Some(now);
     let full = serde_json::to_value(&task).unwrap();
     assert_valid(component("Task"), &full, "fully populated task");
     assert_eq!(keys(&full), keys(&component("Task")["properties"]));
@@ -551,6 +589,33 @@ fn serialized_records_match_their_schemas_exactly() {
     let full = serde_json::to_value(&step).unwrap();
     assert_valid(component("TaskStep"), &full, "full step");
     assert_eq!(keys(&full), keys(&component("TaskStep")["properties"]));
+
+    let agent = serde_json::to_value(Agent {
+        id: UserId::parse(WORKER).unwrap(),
+        agency_id: AgencyId::parse(AGENCY).unwrap(),
+        capabilities: vec!["translation".into()],
+        capacity: 2,
+        active_tasks: 1,
+        status: AgentStatus::Offline,
+        last_heartbeat_at: now,
+        registered_at: now,
+    })
+    .unwrap();
+    assert_valid(component("Agent"), &agent, "agent");
+    assert_eq!(keys(&agent), keys(&component("Agent")["properties"]));
+
+    let tier = serde_json::to_value(TierStats {
+        tier: Priority::Background,
+        backlog: 4,
+        in_flight: 1,
+        dead_letters: 0,
+        oldest_waiting_seconds: 90,
+        sla_seconds: None,
+        breaches_last_hour: 0,
+    })
+    .unwrap();
+    assert_valid(component("TierStats"), &tier, "tier stats");
+    assert_eq!(keys(&tier), strings(&component("TierStats")["required"]));
 }
 
 /// The JSON real handlers return, checked against the named schemas (the
@@ -627,4 +692,70 @@ async fn real_responses_match_their_schemas() {
         keys(&error.body["error"]),
         keys(&component("Error")["properties"]["error"]["properties"])
     );
+}
+
+/// The agent, queue and retry routes, through the contract check.
+#[tokio::test]
+async fn agent_queue_and_retry_routes_answer_as_documented() {
+    let api = Api::new();
+    let at = |method: &str, path: &str| Event::load("api-get-task").to(method, path);
+    let agent_path = format!("/api/agents/{WORKER}");
+    let as_agent = |e: Event| e.caller(WORKER, AGENCY, "agent");
+
+    let body = json!({"capabilities": ["review", "translation", "review"], "capacity": 2});
+    let registered = api
+        .send(&as_agent(at("PUT", &agent_path)).body(&body))
+        .await
+        .expect(200);
+    assert_eq!(
+        registered.body["capabilities"],
+        json!(["review", "translation"])
+    );
+    assert_eq!(registered.body["status"], "online");
+    // Only the agent itself or a manager; ids that cannot exist are 404.
+    api.send(&at("PUT", &agent_path).worker().body(&body))
+        .await
+        .expect(403);
+    api.send(&as_agent(at("PUT", &format!("/api/agents/{MANAGER}"))).body(&body))
+        .await
+        .expect(403);
+    api.send(&at("PUT", "/api/agents/no$such").body(&body))
+        .await
+        .expect(404);
+    let bad = api
+        .send(&at("PUT", &agent_path).body(&json!({"capacity": 0, "team": "x"})))
+        .await
+        .expect(400);
+    assert_eq!(bad.fields(), ["capacity", "team"]);
+
+    let agents = api.send(&at("GET", "/api/agents")).await.expect(200);
+    assert_eq!(agents.body["items"][0], registered.body);
+    let queues = api.send(&at("GET", "/api/queues")).await.expect(200);
+    let tiers: Vec<&Value> = queues.body["tiers"].as_array().unwrap().iter().collect();
+    assert_eq!(tiers.len(), Priority::ALL.len());
+    assert_eq!(tiers[4]["slaSeconds"], Value::Null);
+
+    // Retry: managers only, and only failed tasks with an executor.
+    let retry = at("POST", &format!("/api/tasks/{TASK_ID}/retry"));
+    api.seed(|t| t.status = TaskStatus::Failed).await;
+    api.send(&retry.clone().worker()).await.expect(403);
+    let human = api.send(&retry).await.expect(409);
+    assert_eq!(human.code(), "conflict");
+    let api = Api::new();
+    api.seed(|t| {
+        t.executor = Some(ExecutorSpec {
+            kind: "echo".into(),
+            config: json!({}),
+        })
+    })
+    .await;
+    let pending = api.send(&retry).await.expect(409);
+    assert_eq!(pending.code(), "invalid_transition");
+
+    // Auto-assignment with no agent that has capacity.
+    let auto = api
+        .send(&Event::load("api-assign-task").body(&json!({"auto": true})))
+        .await
+        .expect(409);
+    assert_eq!(auto.code(), "conflict");
 }

@@ -72,13 +72,14 @@ impl AgentStore for DynamoAgentStore {
             .table_name(&self.table)
             .set_key(Some(Self::key(agency, id.as_str())))
             .update_expression(
-                "SET id = :id, agencyId = :agency, capabilities = :caps, capacity = :capacity, \
+                "SET id = :id, agencyId = :agency, capabilities = :caps, #capacity = :capacity, \
                  #status = :online, lastHeartbeatAt = :now, entity = :entity, \
                  GSI1PK = :list, GSI1SK = :id, GSI3PK = :online_pk, GSI3SK = :online_sk, \
                  registeredAt = if_not_exists(registeredAt, :now), \
                  activeTasks = if_not_exists(activeTasks, :zero)",
             )
             .expression_attribute_names("#status", "status")
+            .expression_attribute_names("#capacity", "capacity")
             .expression_attribute_values(":id", s(id.as_str()))
             .expression_attribute_values(":agency", s(agency.as_str()))
             .expression_attribute_values(
@@ -135,9 +136,10 @@ impl AgentStore for DynamoAgentStore {
             .update_item()
             .table_name(&self.table)
             .set_key(Some(Self::key(agency, id.as_str())))
-            .update_expression("ADD activeTasks :one")
-            .condition_expression("#status = :online AND activeTasks < capacity")
+            .update_expression("SET activeTasks = activeTasks + :one")
+            .condition_expression("#status = :online AND activeTasks < #capacity")
             .expression_attribute_names("#status", "status")
+            .expression_attribute_names("#capacity", "capacity")
             .expression_attribute_values(":one", n(1))
             .expression_attribute_values(":online", s(AgentStatus::Online.as_str()))
             .send()
@@ -155,9 +157,9 @@ impl AgentStore for DynamoAgentStore {
             .update_item()
             .table_name(&self.table)
             .set_key(Some(Self::key(agency, id.as_str())))
-            .update_expression("ADD activeTasks :minus_one")
+            .update_expression("SET activeTasks = activeTasks - :one")
             .condition_expression("activeTasks > :zero")
-            .expression_attribute_values(":minus_one", n(-1))
+            .expression_attribute_values(":one", n(1))
             .expression_attribute_values(":zero", n(0))
             .send()
             .await;

@@ -133,16 +133,15 @@ pub fn task_keys(task: &Task) -> HashMap<String, AttributeValue> {
         );
         keys.insert(ASSIGNEE_INDEX.sk.into(), s(id.clone()));
     }
-    if task.status == TaskStatus::Pending {
-        keys.insert(
-            PENDING_INDEX.pk.into(),
-            s(format!("TIER#{}", task.priority)),
-        );
+    // Waiting work: human tasks not yet picked up, and automated tasks on a queue.
+    if matches!(task.status, TaskStatus::Pending | TaskStatus::Queued) {
+        let since = task.queued_at.unwrap_or(task.updated_at);
+        keys.insert(PENDING_INDEX.pk.into(), s(tier_partition(task.priority)));
         keys.insert(
             PENDING_INDEX.sk.into(),
             s(format!(
                 "{}#{}#{}",
-                sortable_time(task.updated_at),
+                sortable_time(since),
                 task.agency_id,
                 id
             )),
