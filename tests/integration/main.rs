@@ -6,5 +6,6 @@ mod concurrency;
 mod errors;
 mod lifecycle;
 mod paging;
+mod priority;
 mod tenancy;
 mod tiers;

@@ -33,6 +33,10 @@ impl TestStack {
 pub fn stack() -> &'static TestStack {
     static STACK: OnceLock<TestStack> = OnceLock::new();
     STACK.get_or_init(|| {
+        // RUST_LOG=warn (or finer) shows the hosted functions' logs in test output.
+        if std::env::var_os("RUST_LOG").is_some() {
+            shared::telemetry::init();
+        }
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::Builder::new()
             .name("local-stack".into())
@@ -222,6 +226,32 @@ impl Client {
 
     pub async fn delete(&self, path: &str) -> Reply {
         self.send(Method::DELETE, path, None, &[]).await
+    }
+
+    /// Creates a task as a careful client would under load: with an
+    /// Idempotency-Key, retrying 5xx answers, so a retry never duplicates.
+    pub async fn create_task_retrying(&self, body: &Value) -> String {
+        let key = ulid::Ulid::new().to_string();
+        for _ in 0..5 {
+            let reply = self
+                .send(
+                    Method::POST,
+                    "/api/tasks",
+                    Some(body),
+                    &[("idempotency-key", &key)],
+                )
+                .await;
+            if reply.status == StatusCode::CREATED {
+                return reply.body["id"].as_str().expect("id").to_owned();
+            }
+            assert!(
+                reply.status.is_server_error(),
+                "create failed: {}",
+                reply.body
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+        panic!("create kept failing with server errors");
     }
 
     /// Creates a task and returns its id, asserting success.

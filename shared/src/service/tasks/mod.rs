@@ -271,6 +271,13 @@ impl TaskService {
                             "only managers and the task's assignee may start it".into(),
                         ));
                     }
+                    if !matches!(task.status, TaskStatus::Pending | TaskStatus::Assigned) {
+                        // Running, queued or failed work is not restarted here (use retry).
+                        return Err(AppError::InvalidTransition {
+                            current: task.status.as_str().into(),
+                            requested: TaskStatus::Queued.as_str().into(),
+                        });
+                    }
                     message = Some(queue(task, now)?);
                     Ok(())
                 } else {
