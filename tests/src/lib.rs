@@ -360,3 +360,34 @@ impl ScriptedEndpoint {
         self.hits.load(std::sync::atomic::Ordering::SeqCst)
     }
 }
+
+/// A second host with its own table and queues (`stack_name`) on the shared
+/// emulator, for tests that must not see, or be seen by, other tests' work.
+pub async fn isolated_stack(stack_name: &str) -> local_stack::LocalStack {
+    local_stack::LocalStack::start(isolated_options(stack_name))
+        .await
+        .expect("isolated stack")
+}
+
+pub fn isolated_options(stack_name: &str) -> StackOptions {
+    StackOptions {
+        repo_root: StackOptions::repo_root(),
+        stack_name: stack_name.to_owned(),
+        backend: Backend::Existing {
+            endpoint: stack().emulator_endpoint.clone(),
+        },
+        api_port: 0,
+        jwt_secret: TEST_SECRET.to_vec(),
+        parameter_overrides: test_parameters(),
+    }
+}
+
+/// The worker's configuration in a started stack, as template.yaml sets it.
+pub fn worker_config(stack: &local_stack::LocalStack) -> shared::config::Config {
+    let worker = stack
+        .resources
+        .function("WorkerFunction")
+        .expect("worker in template");
+    shared::config::Config::from_lookup(|k| worker.environment.get(k).cloned())
+        .expect("worker config")
+}
