@@ -6,6 +6,8 @@ pub mod input;
 pub mod queues;
 pub mod runner;
 pub mod sweeper;
+#[cfg(test)]
+mod sweeper_tests;
 pub mod tasks;
 
 pub use agents::AgentService;

@@ -318,6 +318,8 @@ impl TaskService {
                 task.attempts = 0;
                 task.error = None;
                 task.queue_wait_ms = None;
+                task.started_at = None;
+                task.completed_at = None;
                 message = Some(queue(task, now)?);
                 Ok(())
             })

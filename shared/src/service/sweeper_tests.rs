@@ -1,0 +1,160 @@
+//! Sweeper rules against the in-memory ports.
+
+use crate::domain::{AgencyId, Caller, Priority, Role, TaskStatus, UserId};
+use crate::ports::{AgentStore, TaskStore};
+use crate::service::AssignInput;
+use crate::testing::MemoryWorld;
+use chrono::{Duration, Utc};
+use serde_json::json;
+
+fn boss() -> Caller {
+    Caller {
+        user: UserId::parse("boss").unwrap(),
+        agency: AgencyId::parse("a1").unwrap(),
+        role: Role::Manager,
+    }
+}
+
+async fn create(world: &MemoryWorld, body: serde_json::Value) -> crate::domain::TaskId {
+    let created = world
+        .services()
+        .tasks
+        .create(&boss(), &body, None)
+        .await
+        .unwrap();
+    crate::domain::TaskId::parse(created.task["id"].as_str().unwrap()).unwrap()
+}
+
+#[tokio::test]
+async fn queued_work_past_its_threshold_moves_up_with_a_fresh_dispatch() {
+    let world = MemoryWorld::new();
+    let id = create(&world, json!({"title": "t", "priority": "normal", "autoDispatch": true, "executor": {"type": "echo"}})).await;
+    let first = world.dispatcher.sent.lock().unwrap()[0].clone();
+    // 20 minutes later: past half of normal's 30-minute SLA, not past the SLA itself.
+    let report = world
+        .services()
+        .sweeper
+        .sweep(Utc::now() + Duration::minutes(20))
+        .await
+        .unwrap();
+    assert_eq!((report.promoted, report.breaches), (1, 0));
+    let task = world.store.get(&boss().agency, id).await.unwrap().unwrap();
+    assert_eq!(
+        (task.priority, task.promoted_from, task.status),
+        (Priority::High, Some(Priority::Normal), TaskStatus::Queued)
+    );
+    let sent = world.dispatcher.sent.lock().unwrap().clone();
+    assert_eq!(sent.len(), 2);
+    assert_eq!(sent[1].priority, Priority::High);
+    assert_ne!(
+        sent[1].dispatch_id, first.dispatch_id,
+        "the old message is now stale"
+    );
+    assert_eq!(
+        task.dispatch_id.as_deref(),
+        Some(sent[1].dispatch_id.as_str())
+    );
+}
+
+#[tokio::test]
+async fn work_past_its_sla_is_recorded_once_and_critical_work_is_redispatched() {
+    let world = MemoryWorld::new();
+    create(&world, json!({"title": "t", "priority": "critical", "autoDispatch": true, "executor": {"type": "echo"}})).await;
+    let sweeper = world.services().sweeper;
+    let report = sweeper
+        .sweep(Utc::now() + Duration::minutes(2))
+        .await
+        .unwrap();
+    assert_eq!(
+        (report.promoted, report.redispatched, report.breaches),
+        (0, 1, 1)
+    );
+    let report = sweeper
+        .sweep(Utc::now() + Duration::minutes(4))
+        .await
+        .unwrap();
+    assert_eq!(report.breaches, 0, "a breach is recorded once per task");
+    assert_eq!(world.index.breaches.lock().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn tasks_due_soon_are_escalated_and_overdue_ones_become_critical() {
+    let world = MemoryWorld::new();
+    let now = Utc::now();
+    let soon = create(&world, json!({"title": "soon", "priority": "low", "dueAt": (now + Duration::minutes(10)).to_rfc3339()})).await;
+    let late = create(&world, json!({"title": "late", "priority": "normal", "dueAt": (now - Duration::minutes(1)).to_rfc3339()})).await;
+    let later = create(&world, json!({"title": "later", "priority": "low", "dueAt": (now + Duration::days(3)).to_rfc3339()})).await;
+    let report = world.services().sweeper.sweep(now).await.unwrap();
+    assert_eq!(report.escalated, 2);
+    let priority = |id| {
+        let store = world.store.clone();
+        async move {
+            store
+                .get(&boss().agency, id)
+                .await
+                .unwrap()
+                .unwrap()
+                .priority
+        }
+    };
+    assert_eq!(priority(soon).await, Priority::High);
+    assert_eq!(priority(late).await, Priority::Critical);
+    assert_eq!(priority(later).await, Priority::Low);
+}
+
+#[tokio::test]
+async fn a_silent_agent_goes_offline_and_its_tasks_move_to_another() {
+    let world = MemoryWorld::new();
+    let agency = boss().agency;
+    let long_ago = Utc::now() - Duration::minutes(10);
+    let ghost = UserId::parse("ghost").unwrap();
+    let alive = UserId::parse("alive").unwrap();
+    world
+        .agents
+        .heartbeat(&agency, &ghost, &[], 5, Utc::now())
+        .await
+        .unwrap();
+    let services = world.services();
+    let id = create(&world, json!({"title": "t"})).await;
+    services
+        .tasks
+        .assign(&boss(), id, &AssignInput::Auto, None)
+        .await
+        .unwrap();
+    // The ghost stops heartbeating; another agent is alive.
+    world
+        .agents
+        .heartbeat(&agency, &ghost, &[], 5, long_ago)
+        .await
+        .unwrap();
+    world
+        .agents
+        .heartbeat(&agency, &alive, &[], 5, Utc::now())
+        .await
+        .unwrap();
+
+    let report = services.sweeper.sweep(Utc::now()).await.unwrap();
+    assert_eq!((report.agents_offline, report.reassigned), (1, 1));
+    let task = world.store.get(&agency, id).await.unwrap().unwrap();
+    assert_eq!(task.assigned_to, Some(alive.clone()));
+    assert_eq!(
+        world
+            .agents
+            .get(&agency, &ghost)
+            .await
+            .unwrap()
+            .unwrap()
+            .active_tasks,
+        0
+    );
+    assert_eq!(
+        world
+            .agents
+            .get(&agency, &alive)
+            .await
+            .unwrap()
+            .unwrap()
+            .active_tasks,
+        1
+    );
+}
