@@ -13,6 +13,8 @@ pub struct Config {
     pub queue_urls: BTreeMap<Priority, String>,
     /// Dead-letter queue URLs (`DLQ_URL_CRITICAL`, …).
     pub dlq_urls: BTreeMap<Priority, String>,
+    /// The chain state machine (`CHAIN_STATE_MACHINE_ARN`).
+    pub chain_state_machine_arn: String,
     /// How long a worker holds a task before another may take it over.
     pub lease_seconds: u64,
     /// Waiting longer than this fraction of the tier's SLA promotes a task one tier.
@@ -50,6 +52,7 @@ impl Config {
         Ok(Self {
             table_name: required("TABLE_NAME")?,
             attachments_bucket: required("ATTACHMENTS_BUCKET")?,
+            chain_state_machine_arn: required("CHAIN_STATE_MACHINE_ARN")?,
             queue_urls,
             dlq_urls,
             lease_seconds: number("LEASE_SECONDS", 120.0)? as u64,

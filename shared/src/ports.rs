@@ -74,6 +74,32 @@ pub trait TaskStore: Send + Sync {
         agency: &AgencyId,
         key: &str,
     ) -> Result<Option<IdempotencyRecord>, AppError>;
+
+    async fn get_step(
+        &self,
+        agency: &AgencyId,
+        id: TaskId,
+        step: &str,
+    ) -> Result<Option<TaskStep>, AppError>;
+
+    /// Overwrites a step's record (its task must exist).
+    async fn put_step(&self, agency: &AgencyId, step: &TaskStep) -> Result<(), AppError>;
+
+    /// The callback token a waiting (manual) step resumes its chain with.
+    async fn set_step_token(
+        &self,
+        agency: &AgencyId,
+        id: TaskId,
+        step: &str,
+        token: &str,
+    ) -> Result<(), AppError>;
+
+    async fn step_token(
+        &self,
+        agency: &AgencyId,
+        id: TaskId,
+        step: &str,
+    ) -> Result<Option<String>, AppError>;
 }
 
 /// Where attachments live: hands out short-lived, single-object upload URLs.
@@ -96,6 +122,9 @@ pub trait Dispatcher: Send + Sync {
         message: &crate::domain::DispatchMessage,
         delay: Duration,
     ) -> Result<(), AppError>;
+
+    /// The URL of a tier's queue (chains dispatch their steps to it).
+    fn queue_url(&self, tier: Priority) -> Option<String>;
 
     /// Messages waiting and in flight on a tier's queue, and on its DLQ.
     async fn depth(&self, tier: Priority) -> Result<QueueDepth, AppError>;
@@ -176,4 +205,17 @@ pub trait SchedulingIndex: Send + Sync {
     ) -> Result<(), AppError>;
 
     async fn breaches_since(&self, tier: Priority, since: DateTime<Utc>) -> Result<u64, AppError>;
+}
+
+/// The Step Functions side of chains: start and stop executions, and answer
+/// the callbacks the chain definition waits on.
+#[async_trait]
+pub trait Orchestrator: Send + Sync {
+    /// Starts a chain execution named `name`; returns its ARN.
+    async fn start(&self, name: &str, input: &serde_json::Value) -> Result<String, AppError>;
+    async fn stop(&self, execution_arn: &str, cause: &str) -> Result<(), AppError>;
+    /// False when the token is no longer valid (timed out, stopped, already answered).
+    async fn succeed(&self, token: &str, output: &serde_json::Value) -> Result<bool, AppError>;
+    async fn fail(&self, token: &str, error: &str, cause: &str) -> Result<bool, AppError>;
+    async fn heartbeat(&self, token: &str) -> Result<bool, AppError>;
 }

@@ -5,9 +5,12 @@ use crate::aws::AwsClients;
 use crate::config::Config;
 use crate::executors::ExecutorRegistry;
 use crate::ports::SchedulingIndex;
-use crate::service::{AgentService, Ports, QueueOverview, Sweeper, TaskRunner, TaskService};
+use crate::service::{
+    AgentService, ChainRunner, Ports, QueueOverview, Sweeper, TaskRunner, TaskService,
+};
 use crate::store::{
-    DynamoAgentStore, DynamoSchedulingIndex, DynamoTaskStore, S3AttachmentStorage, SqsDispatcher,
+    DynamoAgentStore, DynamoSchedulingIndex, DynamoTaskStore, S3AttachmentStorage, SfnOrchestrator,
+    SqsDispatcher,
 };
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,17 +21,16 @@ pub struct Services {
     pub agents: AgentService,
     pub queues: QueueOverview,
     pub runner: TaskRunner,
+    pub chains: ChainRunner,
     pub sweeper: Sweeper,
 }
 
 impl Services {
-    /// The production wiring: DynamoDB, S3 and SQS.
+    /// The production wiring: DynamoDB, S3, SQS and Step Functions.
     pub fn new(config: &Config, clients: &AwsClients) -> Self {
+        let table = &config.table_name;
         let ports = Ports {
-            store: Arc::new(DynamoTaskStore::new(
-                clients.dynamodb.clone(),
-                &config.table_name,
-            )),
+            store: Arc::new(DynamoTaskStore::new(clients.dynamodb.clone(), table)),
             attachments: Arc::new(S3AttachmentStorage::new(
                 clients.s3.clone(),
                 &config.attachments_bucket,
@@ -38,15 +40,13 @@ impl Services {
                 config.queue_urls.clone(),
                 config.dlq_urls.clone(),
             )),
-            agents: Arc::new(DynamoAgentStore::new(
-                clients.dynamodb.clone(),
-                &config.table_name,
+            agents: Arc::new(DynamoAgentStore::new(clients.dynamodb.clone(), table)),
+            orchestrator: Arc::new(SfnOrchestrator::new(
+                clients.sfn.clone(),
+                &config.chain_state_machine_arn,
             )),
         };
-        let index = Arc::new(DynamoSchedulingIndex::new(
-            clients.dynamodb.clone(),
-            &config.table_name,
-        ));
+        let index = Arc::new(DynamoSchedulingIndex::new(clients.dynamodb.clone(), table));
         Self::from_ports(ports, index, ExecutorRegistry::builtin(), config)
     }
 
@@ -56,6 +56,7 @@ impl Services {
         executors: ExecutorRegistry,
         config: &Config,
     ) -> Self {
+        let lease = Duration::from_secs(config.lease_seconds);
         let tasks = TaskService::new(ports.clone(), executors.clone());
         Self {
             agents: AgentService::new(ports.agents.clone()),
@@ -63,11 +64,13 @@ impl Services {
                 dispatcher: ports.dispatcher.clone(),
                 index: index.clone(),
             },
-            runner: TaskRunner::new(
-                ports.store.clone(),
-                executors,
-                Duration::from_secs(config.lease_seconds),
-            ),
+            chains: ChainRunner {
+                store: ports.store.clone(),
+                orchestrator: ports.orchestrator.clone(),
+                executors: executors.clone(),
+                lease,
+            },
+            runner: TaskRunner::new(ports.store.clone(), executors, lease),
             sweeper: Sweeper {
                 store: ports.store.clone(),
                 index,

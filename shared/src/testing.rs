@@ -30,6 +30,7 @@ struct State {
     tasks: BTreeMap<TaskKey, Task>,
     steps: HashMap<TaskKey, Vec<TaskStep>>,
     records: HashMap<(AgencyId, String), IdempotencyRecord>,
+    tokens: HashMap<(AgencyId, TaskId, String), String>,
 }
 
 impl MemoryStore {
@@ -172,6 +173,58 @@ impl TaskStore for MemoryStore {
             .unwrap_or_default())
     }
 
+    async fn get_step(
+        &self,
+        agency: &AgencyId,
+        id: TaskId,
+        step: &str,
+    ) -> Result<Option<TaskStep>, AppError> {
+        Ok(self
+            .lock()
+            .steps
+            .get(&(agency.clone(), id))
+            .and_then(|steps| steps.iter().find(|s| s.name == step).cloned()))
+    }
+
+    async fn put_step(&self, agency: &AgencyId, step: &TaskStep) -> Result<(), AppError> {
+        let mut state = self.lock();
+        let steps = state
+            .steps
+            .entry((agency.clone(), step.task_id))
+            .or_default();
+        match steps.iter_mut().find(|s| s.name == step.name) {
+            Some(existing) => *existing = step.clone(),
+            None => steps.push(step.clone()),
+        }
+        Ok(())
+    }
+
+    async fn set_step_token(
+        &self,
+        agency: &AgencyId,
+        id: TaskId,
+        step: &str,
+        token: &str,
+    ) -> Result<(), AppError> {
+        self.lock()
+            .tokens
+            .insert((agency.clone(), id, step.to_owned()), token.to_owned());
+        Ok(())
+    }
+
+    async fn step_token(
+        &self,
+        agency: &AgencyId,
+        id: TaskId,
+        step: &str,
+    ) -> Result<Option<String>, AppError> {
+        Ok(self
+            .lock()
+            .tokens
+            .get(&(agency.clone(), id, step.to_owned()))
+            .cloned())
+    }
+
     async fn idempotency_record(
         &self,
         agency: &AgencyId,
@@ -219,6 +272,10 @@ impl crate::ports::Dispatcher for RecordingDispatcher {
             .expect("not poisoned")
             .push(message.clone());
         Ok(())
+    }
+
+    fn queue_url(&self, tier: crate::domain::Priority) -> Option<String> {
+        Some(format!("memory://queue/{tier}"))
     }
 
     async fn depth(
@@ -422,6 +479,7 @@ pub struct MemoryWorld {
     pub dispatcher: std::sync::Arc<RecordingDispatcher>,
     pub agents: std::sync::Arc<MemoryAgents>,
     pub index: std::sync::Arc<MemoryIndex>,
+    pub orchestrator: std::sync::Arc<RecordingOrchestrator>,
 }
 
 impl MemoryWorld {
@@ -435,6 +493,7 @@ impl MemoryWorld {
             store,
             dispatcher: std::sync::Arc::default(),
             agents: std::sync::Arc::default(),
+            orchestrator: std::sync::Arc::default(),
         }
     }
 
@@ -444,6 +503,7 @@ impl MemoryWorld {
             attachments: std::sync::Arc::new(FakeUrls),
             dispatcher: self.dispatcher.clone(),
             agents: self.agents.clone(),
+            orchestrator: self.orchestrator.clone(),
         }
     }
 
@@ -467,5 +527,56 @@ impl MemoryWorld {
 impl Default for MemoryWorld {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+/// Records chain callbacks instead of calling Step Functions.
+#[derive(Debug, Default)]
+pub struct RecordingOrchestrator {
+    pub started: Mutex<Vec<(String, serde_json::Value)>>,
+    pub stopped: Mutex<Vec<String>>,
+    /// (token, "success" | error name, output or cause)
+    pub answers: Mutex<Vec<(String, String, String)>>,
+}
+
+#[async_trait]
+impl crate::ports::Orchestrator for RecordingOrchestrator {
+    async fn start(&self, name: &str, input: &serde_json::Value) -> Result<String, AppError> {
+        self.started
+            .lock()
+            .expect("not poisoned")
+            .push((name.to_owned(), input.clone()));
+        Ok(format!(
+            "arn:aws:states:us-east-1:123456789012:execution:chain:{name}"
+        ))
+    }
+
+    async fn stop(&self, execution_arn: &str, _cause: &str) -> Result<(), AppError> {
+        self.stopped
+            .lock()
+            .expect("not poisoned")
+            .push(execution_arn.to_owned());
+        Ok(())
+    }
+
+    async fn succeed(&self, token: &str, output: &serde_json::Value) -> Result<bool, AppError> {
+        self.answers.lock().expect("not poisoned").push((
+            token.into(),
+            "success".into(),
+            output.to_string(),
+        ));
+        Ok(true)
+    }
+
+    async fn fail(&self, token: &str, error: &str, cause: &str) -> Result<bool, AppError> {
+        self.answers
+            .lock()
+            .expect("not poisoned")
+            .push((token.into(), error.into(), cause.into()));
+        Ok(true)
+    }
+
+    async fn heartbeat(&self, _token: &str) -> Result<bool, AppError> {
+        Ok(true)
     }
 }

@@ -104,6 +104,14 @@ pub async fn dispatch(
         Route::RetryTask(id) => {
             task_reply(200, &tasks.retry(caller, id, if_match(request)?).await?)
         }
+        Route::CompleteStep(id, step) => {
+            let outcome = CompleteInput::parse(&json_body(request, true)?)?;
+            let step = tasks.complete_step(caller, id, &step, &outcome).await?;
+            Ok(json(
+                200,
+                &serde_json::to_value(step).map_err(AppError::internal)?,
+            ))
+        }
         Route::ListAgents => {
             let agents = app.services.agents.list(caller).await?;
             Ok(json(200, &json!({"items": agents})))

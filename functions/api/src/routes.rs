@@ -20,6 +20,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/tasks/{id}/steps"),
     ("POST", "/api/tasks/{id}/attachments"),
     ("POST", "/api/tasks/{id}/retry"),
+    ("POST", "/api/tasks/{id}/steps/{stepId}/complete"),
     ("GET", "/api/agents"),
     ("PUT", "/api/agents/{id}"),
     ("GET", "/api/queues"),
@@ -40,6 +41,7 @@ pub enum Route {
     TaskSteps(TaskId),
     AddAttachment(TaskId),
     RetryTask(TaskId),
+    CompleteStep(TaskId, String),
     ListAgents,
     /// The raw agent id; validated by the agent service.
     PutAgent(String),
@@ -99,6 +101,10 @@ impl Route {
                 };
                 Ok(route(task_id(id)?))
             }
+            ["api", "tasks", id, "steps", step, "complete"] => match m {
+                "POST" => Ok(Route::CompleteStep(task_id(id)?, (*step).to_owned())),
+                _ => Err(wrong_method()),
+            },
             ["api", "agents"] => match m {
                 "GET" => Ok(Route::ListAgents),
                 _ => Err(wrong_method()),

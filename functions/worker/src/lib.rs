@@ -7,21 +7,24 @@ mod metrics;
 use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent, SqsMessage};
 use shared::aws::AwsClients;
 use shared::config::Config;
-use shared::service::{Delivery, TaskRunner};
+use shared::domain::ChainMessage;
+use shared::service::{ChainRunner, Delivery, TaskRunner};
 use shared::services::Services;
 use shared::AppError;
 
 pub struct Worker {
     runner: TaskRunner,
+    chains: ChainRunner,
     sqs: aws_sdk_sqs::Client,
     config: Config,
 }
 
 impl Worker {
     pub fn new(config: Config, clients: &AwsClients) -> Self {
-        let runner = Services::new(&config, clients).runner;
+        let services = Services::new(&config, clients);
         Self {
-            runner,
+            runner: services.runner,
+            chains: services.chains,
             sqs: clients.sqs.clone(),
             config,
         }
@@ -59,7 +62,11 @@ impl Worker {
     /// True when the message must stay on the queue.
     async fn handle_record(&self, record: &SqsMessage) -> bool {
         let body = record.body.as_deref().unwrap_or_default();
-        let (delivery, report) = self.runner.process(body).await;
+        // Chain steps carry a `kind`; whole tasks are plain dispatch messages.
+        let (delivery, report) = match serde_json::from_str::<ChainMessage>(body) {
+            Ok(message) => (self.chains.process(message).await, None),
+            Err(_) => self.runner.process(body).await,
+        };
         if let Some(report) = &report {
             metrics::emit(report);
         }

@@ -3,6 +3,7 @@
 
 pub mod agent;
 pub mod batch;
+pub mod chain;
 pub mod execution;
 pub mod fields;
 pub mod identity;
@@ -14,6 +15,7 @@ pub mod task;
 
 pub use agent::{Agent, AgentStatus};
 pub use batch::{BatchJob, BatchStatus};
+pub use chain::{ChainMessage, OnFailure, StepConfig};
 pub use execution::{DispatchMessage, ExecutorSpec, RetryPolicy};
 pub use fields::{Description, Metadata, Priority, TaskType, Title};
 pub use identity::{Caller, Role};

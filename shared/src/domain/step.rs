@@ -36,4 +36,16 @@ pub struct TaskStep {
     pub started_at: Option<DateTime<Utc>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completed_at: Option<DateTime<Utc>>,
+    /// Runs started so far.
+    #[serde(default)]
+    pub attempts: u32,
+}
+
+impl TaskStep {
+    pub fn is_finished(&self) -> bool {
+        matches!(
+            self.status,
+            StepStatus::Completed | StepStatus::Failed | StepStatus::Skipped
+        )
+    }
 }

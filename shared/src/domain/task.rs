@@ -70,6 +70,9 @@ pub struct Task {
     /// The assignee is a registered agent holding one unit of its capacity for this task.
     #[serde(default)]
     pub agent_reserved: bool,
+    /// The Step Functions execution running this chain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub execution_arn: Option<String>,
     /// Tier the task had before the sweeper promoted it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub promoted_from: Option<Priority>,

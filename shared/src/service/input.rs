@@ -216,8 +216,9 @@ impl NewTaskInput {
                 false
             }
         };
-        if auto_dispatch && executor.is_none() {
-            f.errors.add("autoDispatch", "needs an executor");
+        if auto_dispatch && executor.is_none() && task_type != TaskType::MultiStep {
+            f.errors
+                .add("autoDispatch", "needs an executor (or a multi_step task)");
         }
         let required_capability = f.parsed("requiredCapability", parse_capability);
         let steps_value = f.get("steps");

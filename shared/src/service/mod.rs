@@ -2,6 +2,7 @@
 //! rules applied, written against the ports so they are testable without AWS.
 
 pub mod agents;
+pub mod chains;
 pub mod input;
 pub mod queues;
 pub mod runner;
@@ -11,6 +12,7 @@ mod sweeper_tests;
 pub mod tasks;
 
 pub use agents::AgentService;
+pub use chains::ChainRunner;
 pub use input::{AssignInput, AttachmentInput, CompleteInput, NewTaskInput, TaskPatch};
 pub use queues::{QueueOverview, TierStats};
 pub use runner::{Delivery, RunReport, TaskRunner};

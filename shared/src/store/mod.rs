@@ -2,10 +2,12 @@
 
 pub mod attachments;
 pub mod dynamo;
+pub mod orchestrator;
 pub mod queues;
 mod sdk_error;
 
 pub use attachments::S3AttachmentStorage;
 pub use dynamo::{DynamoAgentStore, DynamoSchedulingIndex, DynamoTaskStore};
+pub use orchestrator::SfnOrchestrator;
 pub use queues::SqsDispatcher;
 pub(crate) use sdk_error::from_sdk;

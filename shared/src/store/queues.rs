@@ -77,6 +77,10 @@ impl Dispatcher for SqsDispatcher {
         Ok(())
     }
 
+    fn queue_url(&self, tier: Priority) -> Option<String> {
+        self.queue_urls.get(&tier).cloned()
+    }
+
     async fn depth(&self, tier: Priority) -> Result<QueueDepth, AppError> {
         let (waiting, in_flight) = self.counts(Self::url(&self.queue_urls, tier)?).await?;
         let (dead, dead_in_flight) = self.counts(Self::url(&self.dlq_urls, tier)?).await?;

@@ -289,6 +289,7 @@ pub fn step(task: &Task, order: u32, name: &str) -> TaskStep {
         error: None,
         started_at: None,
         completed_at: None,
+        attempts: 0,
     }
 }
 

@@ -4,14 +4,14 @@
 use super::input::{AssignInput, AttachmentInput, CompleteInput, NewTaskInput, TaskPatch};
 use crate::domain::limits::MAX_ATTACHMENTS;
 use crate::domain::{
-    Attachment, AttachmentId, Caller, DispatchMessage, StepStatus, Task, TaskId, TaskStatus,
-    TaskStep,
+    Attachment, AttachmentId, Caller, DispatchMessage, StepConfig, StepStatus, Task, TaskId,
+    TaskStatus, TaskStep,
 };
 use crate::error::{AppError, FieldErrors};
 use crate::executors::ExecutorRegistry;
 use crate::ports::{
-    AgentStore, AttachmentStorage, Dispatcher, IdempotencyRecord, InsertOutcome, Page, TaskQuery,
-    TaskStore,
+    AgentStore, AttachmentStorage, Dispatcher, IdempotencyRecord, InsertOutcome, Orchestrator,
+    Page, TaskQuery, TaskStore,
 };
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
@@ -28,6 +28,7 @@ pub struct Ports {
     pub attachments: Arc<dyn AttachmentStorage>,
     pub dispatcher: Arc<dyn Dispatcher>,
     pub agents: Arc<dyn AgentStore>,
+    pub orchestrator: Arc<dyn Orchestrator>,
 }
 
 #[derive(Clone)]
@@ -36,6 +37,7 @@ pub struct TaskService {
     attachments: Arc<dyn AttachmentStorage>,
     dispatcher: Arc<dyn Dispatcher>,
     agents: Arc<dyn AgentStore>,
+    orchestrator: Arc<dyn Orchestrator>,
     executors: ExecutorRegistry,
 }
 
@@ -61,6 +63,7 @@ impl TaskService {
             attachments: ports.attachments,
             dispatcher: ports.dispatcher,
             agents: ports.agents,
+            orchestrator: ports.orchestrator,
             executors,
         }
     }
@@ -82,6 +85,7 @@ impl TaskService {
                 return Err(AppError::Validation(errors));
             }
         }
+        self.check_step_configs(&input)?;
         let request_hash = fingerprint(body);
         if let Some(key) = idempotency_key {
             if let Some(previous) = self.store.idempotency_record(&caller.agency, key).await? {
@@ -91,7 +95,8 @@ impl TaskService {
 
         let now = Utc::now();
         let mut task = build_task(caller, &input, now);
-        let message = if input.auto_dispatch {
+        let chain = input.task_type == crate::domain::TaskType::MultiStep;
+        let message = if input.auto_dispatch && !chain {
             Some(queue(&mut task, now)?)
         } else {
             None
@@ -108,6 +113,10 @@ impl TaskService {
             InsertOutcome::Inserted => {
                 if let Some(message) = message {
                     self.send(&message).await;
+                }
+                if chain && input.auto_dispatch {
+                    // The response shows the task as created; its chain starts right after.
+                    self.start_chain(task.clone(), caller).await?;
                 }
                 Ok(Created {
                     task: response,
@@ -262,6 +271,23 @@ impl TaskService {
         id: TaskId,
         if_match: Option<u64>,
     ) -> Result<Task, AppError> {
+        let current = self.get(caller, id).await?;
+        if current.task_type == crate::domain::TaskType::MultiStep {
+            if !caller.is_manager() && current.assigned_to.as_ref() != Some(&caller.user) {
+                return Err(AppError::Forbidden(
+                    "only managers and the task's assignee may start it".into(),
+                ));
+            }
+            if let Some(expected) = if_match {
+                if expected != current.version {
+                    return Err(AppError::VersionConflict {
+                        expected,
+                        current: current.version,
+                    });
+                }
+            }
+            return self.start_chain(current, caller).await;
+        }
         let mut message = None;
         let task = self
             .mutate(caller, id, if_match, |task, now| {
@@ -330,6 +356,155 @@ impl TaskService {
         Ok(task)
     }
 
+    /// Starts the chain's execution, then records it on the task. If the
+    /// task changed meanwhile, the execution is stopped again.
+    async fn start_chain(&self, mut task: Task, _caller: &Caller) -> Result<Task, AppError> {
+        if !matches!(task.status, TaskStatus::Pending | TaskStatus::Assigned) {
+            return Err(AppError::InvalidTransition {
+                current: task.status.as_str().into(),
+                requested: TaskStatus::InProgress.as_str().into(),
+            });
+        }
+        let steps = self.store.steps(&task.agency_id, task.id).await?;
+        let waves = crate::domain::chain::waves(
+            steps
+                .iter()
+                .map(|s| (s.name.as_str(), s.depends_on.as_slice())),
+        );
+        let by_name: std::collections::HashMap<&str, &TaskStep> =
+            steps.iter().map(|s| (s.name.as_str(), s)).collect();
+        let wave_items: Vec<serde_json::Value> = waves
+            .iter()
+            .map(|wave| {
+                let items: Vec<serde_json::Value> = wave
+                    .iter()
+                    .map(|name| {
+                        let config = by_name
+                            .get(name.as_str())
+                            .and_then(|s| StepConfig::parse(&s.config).ok());
+                        let (timeout, heartbeat) = config
+                            .map(|c| (c.timeout_seconds, c.heartbeat_seconds))
+                            .unwrap_or((crate::domain::chain::DEFAULT_STEP_TIMEOUT_SECONDS, crate::domain::chain::DEFAULT_STEP_TIMEOUT_SECONDS));
+                        serde_json::json!({"name": name, "timeoutSeconds": timeout, "heartbeatSeconds": heartbeat})
+                    })
+                    .collect();
+                serde_json::json!({"steps": items})
+            })
+            .collect();
+        let queue_url = self
+            .dispatcher
+            .queue_url(task.priority)
+            .ok_or_else(|| AppError::internal(format!("no queue for tier {}", task.priority)))?;
+        let input = serde_json::json!({
+            "taskId": task.id,
+            "agencyId": task.agency_id,
+            "queueUrl": queue_url,
+            "waves": wave_items,
+        });
+        let dispatch_id = ulid::Ulid::new().to_string();
+        let arn = self
+            .orchestrator
+            .start(&format!("{}-{dispatch_id}", task.id), &input)
+            .await?;
+        let read_version = task.version;
+        let now = Utc::now();
+        task.move_to(TaskStatus::InProgress, now)?;
+        task.execution_arn = Some(arn.clone());
+        task.dispatch_id = Some(dispatch_id);
+        if let Err(err) = self.store.replace(&task, read_version).await {
+            self.orchestrator
+                .stop(&arn, "the task changed while its chain was starting")
+                .await?;
+            return Err(err);
+        }
+        Ok(task)
+    }
+
+    /// Completes (or fails) a manual step that is waiting for its assignee.
+    pub async fn complete_step(
+        &self,
+        caller: &Caller,
+        id: TaskId,
+        name: &str,
+        outcome: &CompleteInput,
+    ) -> Result<TaskStep, AppError> {
+        let task = self.get(caller, id).await?;
+        let mut step = self
+            .store
+            .get_step(&task.agency_id, id, name)
+            .await?
+            .ok_or(AppError::NotFound { what: "step" })?;
+        let config = StepConfig::parse(&step.config).map_err(|(field, problem)| {
+            AppError::internal(format!("stored step config {field}: {problem}"))
+        })?;
+        if config.executor.kind != "manual" {
+            return Err(AppError::Conflict(
+                "only manual steps are completed through the API".into(),
+            ));
+        }
+        if !caller.is_manager() && config.assignee.as_ref() != Some(&caller.user) {
+            return Err(AppError::Forbidden(
+                "only the step's assignee (or a manager) may complete it".into(),
+            ));
+        }
+        if step.status != StepStatus::Running {
+            return Err(AppError::Conflict(format!(
+                "step '{name}' is {}, not waiting for completion",
+                step.status
+            )));
+        }
+        let token = self
+            .store
+            .step_token(&task.agency_id, id, name)
+            .await?
+            .ok_or_else(|| {
+                AppError::Conflict(format!("step '{name}' is not waiting for completion yet"))
+            })?;
+        let accepted = match outcome {
+            CompleteInput::Succeeded(result) => {
+                let accepted = self
+                    .orchestrator
+                    .succeed(&token, &serde_json::json!({"status": "completed"}))
+                    .await?;
+                if accepted {
+                    step.status = StepStatus::Completed;
+                    step.result = result.clone();
+                    step.completed_at = Some(Utc::now());
+                }
+                accepted
+            }
+            CompleteInput::Failed(error) => {
+                step.error = Some(error.clone());
+                self.orchestrator
+                    .fail(&token, super::chains::PERMANENT_ERROR, error)
+                    .await?
+            }
+        };
+        if !accepted {
+            return Err(AppError::Conflict(format!(
+                "step '{name}' stopped waiting (timed out or the chain ended)"
+            )));
+        }
+        self.store.put_step(&task.agency_id, &step).await?;
+        Ok(step)
+    }
+
+    /// Every step config must parse and name a usable executor.
+    fn check_step_configs(&self, input: &NewTaskInput) -> Result<(), AppError> {
+        let mut errors = FieldErrors::new();
+        for (i, step) in input.steps.iter().enumerate() {
+            match StepConfig::parse(&step.config) {
+                Ok(config) => {
+                    if let Err(problem) = self.executors.resolve(&config.executor) {
+                        errors.add(format!("steps[{i}].config.executor"), problem);
+                    }
+                }
+                Err((field, problem)) => errors.add(format!("steps[{i}].config.{field}"), problem),
+            }
+        }
+        errors.into_result()
+    }
+
     /// Sends a dispatch. A failed send is logged, not surfaced: the task is
     /// already recorded as queued, and the sweeper re-dispatches queued work that
     /// waits past its aging threshold, so a lost message delays the task but never loses it.
@@ -384,6 +559,16 @@ impl TaskService {
             })
             .await?;
         self.release_agent(&task).await;
+        if let Some(arn) = &task.execution_arn {
+            self.orchestrator.stop(arn, "task cancelled").await?;
+            super::chains::skip_unfinished(
+                self.store.as_ref(),
+                &task.agency_id,
+                task.id,
+                "skipped: the task was cancelled",
+            )
+            .await?;
+        }
         Ok(task)
     }
 
@@ -553,6 +738,7 @@ fn build_task(caller: &Caller, input: &NewTaskInput, now: DateTime<Utc>) -> Task
         dispatch_id: None,
         lease_expires_at: None,
         agent_reserved: false,
+        execution_arn: None,
         promoted_from: None,
         sla_breached_at: None,
         archived_from: None,
@@ -578,6 +764,7 @@ fn build_steps(task: &Task, input: &NewTaskInput) -> Vec<TaskStep> {
             error: None,
             started_at: None,
             completed_at: None,
+            attempts: 0,
         })
         .collect()
 }

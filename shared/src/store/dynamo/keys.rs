@@ -1,7 +1,7 @@
 //! Key layout of the single table. ARCHITECTURE.md ("Table design") lists the
 //! access pattern each key and index serves; keep the two in step.
 
-use crate::domain::{AgencyId, Task, TaskId, TaskStatus, TaskStep};
+use crate::domain::{AgencyId, Task, TaskId, TaskStatus};
 use aws_sdk_dynamodb::types::AttributeValue;
 use chrono::{DateTime, Utc};
 use std::collections::HashMap;
@@ -95,8 +95,8 @@ pub fn parse_time_agency_id(sk: &str) -> Option<(DateTime<Utc>, AgencyId, TaskId
     Some((time, agency, id))
 }
 
-pub fn step_sk(step: &TaskStep) -> String {
-    format!("{STEP_SK_PREFIX}{:05}#{}", step.order, step.name)
+pub fn step_sk(name: &str) -> String {
+    format!("{STEP_SK_PREFIX}{name}")
 }
 
 /// Fixed-width UTC timestamp, so string order is time order.

@@ -28,6 +28,9 @@ use std::collections::HashMap;
 
 pub(crate) type Item = HashMap<String, AttributeValue>;
 
+/// Attribute holding a waiting step's Step Functions task token.
+const STEP_TOKEN: &str = "taskToken";
+
 /// How long an idempotency key is remembered.
 const IDEMPOTENCY_TTL_SECS: i64 = 24 * 60 * 60;
 /// Upper bound on DynamoDB round trips for one list page, so a very selective
@@ -56,7 +59,7 @@ impl DynamoTaskStore {
         for step in steps {
             let mut item = to_item(step)?;
             item.insert(PK.into(), s(pk.clone()));
-            item.insert(SK.into(), s(keys::step_sk(step)));
+            item.insert(SK.into(), s(keys::step_sk(&step.name)));
             item.insert("entity".into(), s("step"));
             let put = aws_sdk_dynamodb::types::PutRequest::builder()
                 .set_item(Some(item))
@@ -427,6 +430,90 @@ impl TaskStore for DynamoTaskStore {
             .query_all(&keys::task_pk(agency, id), STEP_SK_PREFIX)
             .await?;
         items.into_iter().map(from_item).collect()
+    }
+
+    async fn get_step(
+        &self,
+        agency: &AgencyId,
+        id: TaskId,
+        step: &str,
+    ) -> Result<Option<TaskStep>, AppError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key(PK, s(keys::task_pk(agency, id)))
+            .key(SK, s(keys::step_sk(step)))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| from_sdk("dynamodb:GetItem", e))?;
+        out.item.map(from_item).transpose()
+    }
+
+    async fn put_step(&self, agency: &AgencyId, step: &TaskStep) -> Result<(), AppError> {
+        let mut item = to_item(step)?;
+        item.insert(PK.into(), s(keys::task_pk(agency, step.task_id)));
+        item.insert(SK.into(), s(keys::step_sk(&step.name)));
+        item.insert("entity".into(), s("step"));
+        // Keep the callback token, which is not part of the step record.
+        let token = self.step_token(agency, step.task_id, &step.name).await?;
+        if let Some(token) = token {
+            item.insert(STEP_TOKEN.into(), s(token));
+        }
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .send()
+            .await
+            .map_err(|e| from_sdk("dynamodb:PutItem", e))?;
+        Ok(())
+    }
+
+    async fn set_step_token(
+        &self,
+        agency: &AgencyId,
+        id: TaskId,
+        step: &str,
+        token: &str,
+    ) -> Result<(), AppError> {
+        self.client
+            .update_item()
+            .table_name(&self.table)
+            .key(PK, s(keys::task_pk(agency, id)))
+            .key(SK, s(keys::step_sk(step)))
+            .update_expression("SET #token = :token")
+            .condition_expression("attribute_exists(PK)")
+            .expression_attribute_names("#token", STEP_TOKEN)
+            .expression_attribute_values(":token", s(token))
+            .send()
+            .await
+            .map_err(|e| from_sdk("dynamodb:UpdateItem", e))?;
+        Ok(())
+    }
+
+    async fn step_token(
+        &self,
+        agency: &AgencyId,
+        id: TaskId,
+        step: &str,
+    ) -> Result<Option<String>, AppError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key(PK, s(keys::task_pk(agency, id)))
+            .key(SK, s(keys::step_sk(step)))
+            .projection_expression("#token")
+            .expression_attribute_names("#token", STEP_TOKEN)
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| from_sdk("dynamodb:GetItem", e))?;
+        Ok(out
+            .item
+            .and_then(|i| i.get(STEP_TOKEN).and_then(|v| v.as_s().ok()).cloned()))
     }
 
     async fn idempotency_record(

@@ -1,0 +1,384 @@
+//! The worker side of multi-step chains. The state machine decides the order
+//! (waves) and owns retries and timeouts; this code runs steps, records every
+//! change in DynamoDB as it happens, applies each step's onFailure policy, and
+//! answers the task tokens. Results stay in DynamoDB: only a status word
+//! travels back through the state machine, so no payload limit applies.
+
+use crate::domain::limits::MAX_RESULT_BYTES;
+use crate::domain::{
+    AgencyId, ChainMessage, OnFailure, StepConfig, StepStatus, Task, TaskId, TaskStatus, TaskStep,
+};
+use crate::error::AppError;
+use crate::executors::{ExecError, ExecutorRegistry, Job, Outcome};
+use crate::ports::{Orchestrator, TaskStore};
+use crate::service::Delivery;
+use chrono::Utc;
+use serde_json::{json, Value};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Error names the chain definition's Retry blocks match (`Taskflow.Retryable.<maxAttempts>`).
+pub fn retryable_error(max_attempts: u32) -> String {
+    format!("Taskflow.Retryable.{max_attempts}")
+}
+pub const PERMANENT_ERROR: &str = "Taskflow.Permanent";
+
+#[derive(Clone)]
+pub struct ChainRunner {
+    pub store: Arc<dyn TaskStore>,
+    pub orchestrator: Arc<dyn Orchestrator>,
+    pub executors: ExecutorRegistry,
+    /// Longest a single step run may take on a worker.
+    pub lease: Duration,
+}
+
+impl ChainRunner {
+    pub async fn process(&self, message: ChainMessage) -> Delivery {
+        let result = match &message {
+            ChainMessage::Step {
+                task_id,
+                agency_id,
+                step,
+                task_token,
+            } => self.run_step(agency_id, *task_id, step, task_token).await,
+            ChainMessage::StepFailed {
+                task_id,
+                agency_id,
+                step,
+                error,
+                task_token,
+            } => {
+                self.record_failure(agency_id, *task_id, step, error, task_token)
+                    .await
+            }
+            ChainMessage::Finalize {
+                task_id,
+                agency_id,
+                task_token,
+            } => self.finalize(agency_id, *task_id, task_token).await,
+        };
+        match result {
+            Ok(()) => Delivery::Ack,
+            Err(err) => {
+                tracing::warn!(error = %err, "chain message will be retried");
+                Delivery::RetryAfter(Duration::from_secs(5))
+            }
+        }
+    }
+
+    async fn load(
+        &self,
+        agency: &AgencyId,
+        id: TaskId,
+        name: &str,
+    ) -> Result<Option<(Task, TaskStep)>, AppError> {
+        let Some(task) = self.store.get(agency, id).await? else {
+            return Ok(None);
+        };
+        let Some(step) = self.store.get_step(agency, id, name).await? else {
+            return Ok(None);
+        };
+        Ok(Some((task, step)))
+    }
+
+    async fn run_step(
+        &self,
+        agency: &AgencyId,
+        id: TaskId,
+        name: &str,
+        token: &str,
+    ) -> Result<(), AppError> {
+        let Some((task, mut step)) = self.load(agency, id, name).await? else {
+            self.orchestrator
+                .fail(token, PERMANENT_ERROR, "the task or step no longer exists")
+                .await?;
+            return Ok(());
+        };
+        if task.status != TaskStatus::InProgress {
+            // Cancelled or already settled: the execution is stopping; never run.
+            self.orchestrator
+                .fail(token, PERMANENT_ERROR, &format!("task is {}", task.status))
+                .await?;
+            return Ok(());
+        }
+        if step.is_finished() {
+            // A redelivery of a step already done: repeat the answer, do not rerun.
+            self.orchestrator
+                .succeed(token, &json!({"status": step.status.as_str()}))
+                .await?;
+            return Ok(());
+        }
+        if let Some(reason) = self.blocked_by(agency, id, &step).await? {
+            step.status = StepStatus::Skipped;
+            step.error = Some(reason);
+            step.completed_at = Some(Utc::now());
+            self.store.put_step(agency, &step).await?;
+            self.orchestrator
+                .succeed(token, &json!({"status": "skipped"}))
+                .await?;
+            return Ok(());
+        }
+        let config = match StepConfig::parse(&step.config) {
+            Ok(config) => config,
+            Err((field, problem)) => {
+                self.orchestrator
+                    .fail(
+                        token,
+                        PERMANENT_ERROR,
+                        &format!("invalid step config {field}: {problem}"),
+                    )
+                    .await?;
+                return Ok(());
+            }
+        };
+        let now = Utc::now();
+        step.status = StepStatus::Running;
+        step.attempts += 1;
+        step.started_at.get_or_insert(now);
+        step.error = None;
+        self.store.put_step(agency, &step).await?;
+
+        if config.executor.kind == "manual" {
+            // Waits for POST /api/tasks/{id}/steps/{step}/complete.
+            self.store.set_step_token(agency, id, name, token).await?;
+            return Ok(());
+        }
+        let outcome = self.execute(&task, &step, &config, token).await;
+        // A timed-out or stopped execution may already have settled this step.
+        let current = self.store.get_step(agency, id, name).await?;
+        if current.as_ref().is_some_and(|s| s.is_finished()) {
+            return Ok(());
+        }
+        match outcome {
+            Ok(Outcome::Done(result)) => {
+                let size = serde_json::to_vec(&result)
+                    .map(|v| v.len())
+                    .unwrap_or(usize::MAX);
+                if size > MAX_RESULT_BYTES {
+                    let cause = format!("result is {size} bytes; the limit is {MAX_RESULT_BYTES}");
+                    self.orchestrator
+                        .fail(token, PERMANENT_ERROR, &cause)
+                        .await?;
+                    return Ok(());
+                }
+                if self
+                    .orchestrator
+                    .succeed(token, &json!({"status": "completed"}))
+                    .await?
+                {
+                    step.status = StepStatus::Completed;
+                    step.result = Some(result);
+                    step.completed_at = Some(Utc::now());
+                    self.store.put_step(agency, &step).await?;
+                }
+            }
+            Ok(Outcome::AwaitAssignee) => {
+                self.store.set_step_token(agency, id, name, token).await?;
+            }
+            Err(ExecError::Retryable(cause)) => {
+                step.error = Some(cause.clone());
+                self.store.put_step(agency, &step).await?;
+                self.orchestrator
+                    .fail(token, &retryable_error(config.max_attempts), &cause)
+                    .await?;
+            }
+            Err(ExecError::Permanent(cause)) => {
+                step.error = Some(cause.clone());
+                self.store.put_step(agency, &step).await?;
+                self.orchestrator
+                    .fail(token, PERMANENT_ERROR, &cause)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs the executor, heartbeating the token while it works.
+    async fn execute(
+        &self,
+        task: &Task,
+        step: &TaskStep,
+        config: &StepConfig,
+        token: &str,
+    ) -> Result<Outcome, ExecError> {
+        let executor = self
+            .executors
+            .resolve(&config.executor)
+            .map_err(ExecError::Permanent)?;
+        let input = config.input.clone().unwrap_or(Value::Null);
+        let job = Job {
+            task_id: task.id,
+            config: &config.executor.config,
+            input: &input,
+            attempt: step.attempts,
+        };
+        let budget = self
+            .lease
+            .min(Duration::from_secs(u64::from(config.timeout_seconds)));
+        let beat = Duration::from_secs(u64::from(config.heartbeat_seconds).div_ceil(2).max(1));
+        let run = tokio::time::timeout(budget, executor.run(&job));
+        tokio::pin!(run);
+        let mut ticks = tokio::time::interval(beat);
+        ticks.tick().await;
+        loop {
+            tokio::select! {
+                result = &mut run => {
+                    return result.unwrap_or_else(|_| Err(ExecError::Retryable(format!("step run exceeded {} s", budget.as_secs()))));
+                }
+                _ = ticks.tick() => {
+                    if let Err(err) = self.orchestrator.heartbeat(token).await {
+                        tracing::warn!(error = %err, "step heartbeat failed");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Why the step must not run: a dependency skipped, or failed with skip_dependents.
+    async fn blocked_by(
+        &self,
+        agency: &AgencyId,
+        id: TaskId,
+        step: &TaskStep,
+    ) -> Result<Option<String>, AppError> {
+        for dep in &step.depends_on {
+            let Some(dep_step) = self.store.get_step(agency, id, dep).await? else {
+                continue;
+            };
+            let policy = StepConfig::parse(&dep_step.config)
+                .map(|c| c.on_failure)
+                .unwrap_or(OnFailure::FailTask);
+            match dep_step.status {
+                StepStatus::Skipped => {
+                    return Ok(Some(format!("skipped: dependency '{dep}' was skipped")))
+                }
+                StepStatus::Failed if policy != OnFailure::Continue => {
+                    return Ok(Some(format!("skipped: dependency '{dep}' failed")));
+                }
+                _ => {}
+            }
+        }
+        Ok(None)
+    }
+
+    async fn record_failure(
+        &self,
+        agency: &AgencyId,
+        id: TaskId,
+        name: &str,
+        error: &Value,
+        token: &str,
+    ) -> Result<(), AppError> {
+        let Some((mut task, mut step)) = self.load(agency, id, name).await? else {
+            self.orchestrator
+                .succeed(token, &json!({"failTask": "yes"}))
+                .await?;
+            return Ok(());
+        };
+        let cause = describe_error(error);
+        let now = Utc::now();
+        if !step.is_finished() {
+            step.status = StepStatus::Failed;
+            step.error = Some(cause.clone());
+            step.completed_at = Some(now);
+            self.store.put_step(agency, &step).await?;
+        }
+        let policy = StepConfig::parse(&step.config)
+            .map(|c| c.on_failure)
+            .unwrap_or(OnFailure::FailTask);
+        let stop = policy == OnFailure::FailTask;
+        if stop && task.status == TaskStatus::InProgress {
+            let read_version = task.version;
+            task.move_to(TaskStatus::Failed, now)?;
+            task.error = Some(format!("step '{name}' failed: {cause}"));
+            match self.store.replace(&task, read_version).await {
+                Ok(()) | Err(AppError::VersionConflict { .. }) => {}
+                Err(err) => return Err(err),
+            }
+            skip_unfinished(
+                self.store.as_ref(),
+                agency,
+                id,
+                "skipped: the chain stopped",
+            )
+            .await?;
+        }
+        self.orchestrator
+            .succeed(token, &json!({"failTask": if stop { "yes" } else { "no" }}))
+            .await?;
+        Ok(())
+    }
+
+    async fn finalize(&self, agency: &AgencyId, id: TaskId, token: &str) -> Result<(), AppError> {
+        if let Some(mut task) = self.store.get(agency, id).await? {
+            if task.status == TaskStatus::InProgress {
+                let steps = self.store.steps(agency, id).await?;
+                let failed: Vec<&str> = steps
+                    .iter()
+                    .filter(|s| s.status == StepStatus::Failed)
+                    .filter(|s| {
+                        StepConfig::parse(&s.config).map(|c| c.on_failure)
+                            != Ok(OnFailure::Continue)
+                    })
+                    .map(|s| s.name.as_str())
+                    .collect();
+                let summary: serde_json::Map<String, Value> = steps
+                    .iter()
+                    .map(|s| (s.name.clone(), json!(s.status.as_str())))
+                    .collect();
+                let read_version = task.version;
+                let now = Utc::now();
+                if failed.is_empty() {
+                    task.move_to(TaskStatus::Completed, now)?;
+                } else {
+                    task.move_to(TaskStatus::Failed, now)?;
+                    task.error = Some(format!("steps failed: {}", failed.join(", ")));
+                }
+                task.result = Some(json!({"steps": summary}));
+                match self.store.replace(&task, read_version).await {
+                    Ok(()) | Err(AppError::VersionConflict { .. }) => {}
+                    Err(err) => return Err(err),
+                }
+            }
+        }
+        self.orchestrator
+            .succeed(token, &json!({"status": "finalized"}))
+            .await?;
+        Ok(())
+    }
+}
+
+/// Marks every step that has not finished as skipped.
+pub(crate) async fn skip_unfinished(
+    store: &dyn TaskStore,
+    agency: &AgencyId,
+    id: TaskId,
+    reason: &str,
+) -> Result<(), AppError> {
+    let now = Utc::now();
+    for mut step in store.steps(agency, id).await? {
+        if !step.is_finished() {
+            step.status = StepStatus::Skipped;
+            step.error = Some(reason.to_owned());
+            step.completed_at = Some(now);
+            store.put_step(agency, &step).await?;
+        }
+    }
+    Ok(())
+}
+
+/// `{"Error": "...", "Cause": "..."}` from a Catch, as one readable line.
+fn describe_error(error: &Value) -> String {
+    let name = error
+        .get("Error")
+        .and_then(Value::as_str)
+        .unwrap_or("error");
+    let cause = error.get("Cause").and_then(Value::as_str).unwrap_or("");
+    match name {
+        "States.Timeout" | "States.HeartbeatTimeout" => {
+            format!("{name}: the step did not finish (or heartbeat) in time")
+        }
+        _ if cause.is_empty() => name.to_owned(),
+        _ => format!("{name}: {cause}"),
+    }
+}

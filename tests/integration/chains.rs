@@ -1,0 +1,304 @@
+//! Multi-step chains on the chain state machine, against the local stack.
+
+use chrono::{DateTime, Utc};
+use integration_tests::{unique_agency, wait_for_status, Client};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use std::collections::HashMap;
+
+fn manager() -> Client {
+    Client::as_user(&unique_agency("chain"), "boss", "manager")
+}
+
+fn sleep(seconds: f64) -> Value {
+    json!({"executor": {"type": "sleep", "config": {"seconds": seconds}}})
+}
+
+async fn steps_of(boss: &Client, id: &str) -> HashMap<String, Value> {
+    let view = boss.get(&format!("/api/tasks/{id}/steps")).await.body;
+    view["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["name"].as_str().unwrap().to_owned(), s.clone()))
+        .collect()
+}
+
+fn at(step: &Value, field: &str) -> DateTime<Utc> {
+    step[field]
+        .as_str()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or_else(|| panic!("{field} missing: {step}"))
+}
+
+/// Every step started only after each of its dependencies completed.
+fn assert_dependencies_respected(steps: &HashMap<String, Value>) {
+    for step in steps.values() {
+        for dep in step["dependsOn"].as_array().unwrap() {
+            let dep = &steps[dep.as_str().unwrap()];
+            assert!(
+                at(dep, "completedAt") <= at(step, "startedAt"),
+                "{} started before {} completed",
+                step["name"],
+                dep["name"]
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_diamond_runs_in_dependency_order() {
+    let boss = manager();
+    let id = boss
+        .create_task(&json!({"title": "diamond", "type": "multi_step", "priority": "high", "autoDispatch": true, "steps": [
+            {"name": "fetch", "config": sleep(0.3)},
+            {"name": "left", "dependsOn": ["fetch"], "config": sleep(0.5)},
+            {"name": "right", "dependsOn": ["fetch"], "config": sleep(0.1)},
+            {"name": "merge", "dependsOn": ["left", "right"], "config": {"input": {"done": true}}},
+        ]}))
+        .await;
+    let task = wait_for_status(&boss, &id, &["completed", "failed"]).await;
+    assert_eq!(task["status"], "completed", "{task}");
+    assert!(task["executionArn"]
+        .as_str()
+        .is_some_and(|a| a.contains(":execution:")));
+    let steps = steps_of(&boss, &id).await;
+    assert!(
+        steps.values().all(|s| s["status"] == "completed"),
+        "{steps:?}"
+    );
+    assert_dependencies_respected(&steps);
+    assert_eq!(steps["merge"]["result"], json!({"done": true}));
+    let view = boss.get(&format!("/api/tasks/{id}/steps")).await.body;
+    assert_eq!(view["progress"]["percent"], 100.0);
+}
+
+#[tokio::test]
+async fn a_fan_out_of_ten_runs_in_parallel_before_its_join() {
+    let boss = manager();
+    let mut steps = vec![json!({"name": "start", "config": sleep(0.0)})];
+    let branches: Vec<String> = (0..10).map(|i| format!("branch-{i}")).collect();
+    for name in &branches {
+        steps.push(json!({"name": name, "dependsOn": ["start"], "config": sleep(1.0)}));
+    }
+    steps.push(json!({"name": "join", "dependsOn": branches}));
+    let id = boss
+        .create_task(&json!({"title": "fan-out", "type": "multi_step", "priority": "critical", "autoDispatch": true, "steps": steps}))
+        .await;
+    let task = wait_for_status(&boss, &id, &["completed", "failed"]).await;
+    assert_eq!(task["status"], "completed", "{task}");
+    let steps = steps_of(&boss, &id).await;
+    assert_dependencies_respected(&steps);
+    // Parallel: the ten one-second branches overlap instead of taking ten seconds in a row.
+    let first_start = branches
+        .iter()
+        .map(|b| at(&steps[b], "startedAt"))
+        .min()
+        .unwrap();
+    let last_end = branches
+        .iter()
+        .map(|b| at(&steps[b], "completedAt"))
+        .max()
+        .unwrap();
+    assert!(
+        (last_end - first_start).num_milliseconds() < 8_000,
+        "branches ran one after another"
+    );
+}
+
+#[tokio::test]
+async fn each_on_failure_policy() {
+    let boss = manager();
+    let failing = |policy: &str| json!({"executor": {"type": "sleep", "config": {"failAttempts": 9}}, "onFailure": policy});
+    // continue: the dependent still runs and the task completes.
+    let cont = boss
+        .create_task(
+            &json!({"title": "continue", "type": "multi_step", "autoDispatch": true, "steps": [
+                {"name": "flaky", "config": failing("continue")},
+                {"name": "after", "dependsOn": ["flaky"]},
+            ]}),
+        )
+        .await;
+    // skip_dependents: the dependent is skipped, an independent step still runs, the task fails.
+    let skip = boss
+        .create_task(
+            &json!({"title": "skip", "type": "multi_step", "autoDispatch": true, "steps": [
+                {"name": "flaky", "config": failing("skip_dependents")},
+                {"name": "after", "dependsOn": ["flaky"]},
+                {"name": "later", "dependsOn": ["after"]},
+                {"name": "other"},
+            ]}),
+        )
+        .await;
+    // fail_task: the chain stops; the rest is skipped.
+    let stop = boss
+        .create_task(
+            &json!({"title": "stop", "type": "multi_step", "autoDispatch": true, "steps": [
+                {"name": "flaky", "config": failing("fail_task")},
+                {"name": "after", "dependsOn": ["flaky"]},
+            ]}),
+        )
+        .await;
+
+    let task = wait_for_status(&boss, &cont, &["completed", "failed"]).await;
+    assert_eq!(task["status"], "completed", "{task}");
+    let steps = steps_of(&boss, &cont).await;
+    assert_eq!(
+        (
+            steps["flaky"]["status"].as_str(),
+            steps["after"]["status"].as_str()
+        ),
+        (Some("failed"), Some("completed"))
+    );
+
+    let task = wait_for_status(&boss, &skip, &["completed", "failed"]).await;
+    assert_eq!(task["status"], "failed", "{task}");
+    let steps = steps_of(&boss, &skip).await;
+    assert_eq!(steps["after"]["status"], "skipped");
+    assert_eq!(steps["later"]["status"], "skipped");
+    assert_eq!(steps["other"]["status"], "completed");
+
+    let task = wait_for_status(&boss, &stop, &["completed", "failed"]).await;
+    assert_eq!(task["status"], "failed", "{task}");
+    assert!(task["error"].as_str().unwrap().contains("flaky"), "{task}");
+    let steps = steps_of(&boss, &stop).await;
+    assert_eq!(
+        (
+            steps["flaky"]["status"].as_str(),
+            steps["after"]["status"].as_str()
+        ),
+        (Some("failed"), Some("skipped"))
+    );
+}
+
+#[tokio::test]
+async fn a_step_that_fails_once_succeeds_on_retry_and_a_slow_step_times_out() {
+    let boss = manager();
+    let id = boss
+        .create_task(&json!({"title": "retry", "type": "multi_step", "autoDispatch": true, "steps": [
+            {"name": "flaky", "config": {"executor": {"type": "sleep", "config": {"failAttempts": 1}}, "retry": {"maxAttempts": 3}}},
+        ]}))
+        .await;
+    let slow = boss
+        .create_task(&json!({"title": "timeout", "type": "multi_step", "autoDispatch": true, "steps": [
+            {"name": "slow", "config": {"executor": {"type": "sleep", "config": {"seconds": 4}}, "timeoutSeconds": 1, "onFailure": "fail_task"}},
+        ]}))
+        .await;
+    let task = wait_for_status(&boss, &id, &["completed", "failed"]).await;
+    assert_eq!(task["status"], "completed", "{task}");
+    let steps = steps_of(&boss, &id).await;
+    assert_eq!(steps["flaky"]["attempts"], 2);
+
+    let task = wait_for_status(&boss, &slow, &["completed", "failed"]).await;
+    assert_eq!(task["status"], "failed", "{task}");
+    let steps = steps_of(&boss, &slow).await;
+    assert_eq!(steps["slow"]["status"], "failed");
+    assert!(
+        steps["slow"]["error"].as_str().unwrap().contains("Timeout"),
+        "{:?}",
+        steps["slow"]
+    );
+}
+
+#[tokio::test]
+async fn a_manual_step_waits_for_its_assignee() {
+    let agency = unique_agency("manual");
+    let boss = Client::as_user(&agency, "boss", "manager");
+    let carol = Client::as_user(&agency, "carol", "member");
+    let id = boss
+        .create_task(&json!({"title": "approve", "type": "multi_step", "autoDispatch": true, "steps": [
+            {"name": "approve", "config": {"executor": {"type": "manual"}, "assignee": "carol"}},
+            {"name": "ship", "dependsOn": ["approve"], "config": {"input": "shipped"}},
+        ]}))
+        .await;
+    let path = format!("/api/tasks/{id}/steps/approve/complete");
+    let waiting = integration_tests::eventually(
+        "the approval to wait",
+        std::time::Duration::from_secs(30),
+        || async {
+            let reply = carol
+                .post(&path, &json!({"result": {"approved": true}}))
+                .await;
+            (reply.status != StatusCode::CONFLICT).then_some(reply)
+        },
+    )
+    .await;
+    assert_eq!(waiting.status, StatusCode::OK, "{}", waiting.body);
+    let task = wait_for_status(&boss, &id, &["completed", "failed"]).await;
+    assert_eq!(task["status"], "completed", "{task}");
+    let steps = steps_of(&boss, &id).await;
+    assert_eq!(steps["approve"]["result"], json!({"approved": true}));
+    assert_eq!(steps["ship"]["result"], "shipped");
+}
+
+#[tokio::test]
+async fn cancelling_mid_chain_stops_it_and_later_steps_never_run() {
+    let boss = manager();
+    let id = boss
+        .create_task(
+            &json!({"title": "cancel me", "type": "multi_step", "autoDispatch": true, "steps": [
+                {"name": "first", "config": sleep(2.0)},
+                {"name": "second", "dependsOn": ["first"]},
+            ]}),
+        )
+        .await;
+    integration_tests::eventually(
+        "the first step to run",
+        std::time::Duration::from_secs(30),
+        || async { (steps_of(&boss, &id).await["first"]["status"] == "running").then_some(()) },
+    )
+    .await;
+    let reply = boss
+        .post(&format!("/api/tasks/{id}/cancel"), &json!({}))
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    assert_eq!(reply.body["status"], "cancelled");
+    // Give the stopped chain time to (wrongly) continue, then check nothing ran.
+    tokio::time::sleep(std::time::Duration::from_secs(4)).await;
+    let steps = steps_of(&boss, &id).await;
+    assert_eq!(steps["second"]["status"], "skipped", "{steps:?}");
+    assert!(steps["second"]["startedAt"].is_null());
+    assert_eq!(
+        boss.get(&format!("/api/tasks/{id}")).await.body["status"],
+        "cancelled"
+    );
+}
+
+#[tokio::test]
+async fn invalid_graphs_are_refused_with_the_problem_named() {
+    let boss = manager();
+    let reply = boss
+        .post("/api/tasks", &json!({"title": "loop", "type": "multi_step", "steps": [
+            {"name": "a", "dependsOn": ["c"]}, {"name": "b", "dependsOn": ["a"]}, {"name": "c", "dependsOn": ["b"]},
+        ]}))
+        .await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+    assert!(
+        reply.body["error"]["fields"]["steps"]
+            .as_str()
+            .unwrap()
+            .contains("cycle among: a, b, c"),
+        "{}",
+        reply.body
+    );
+    let reply = boss
+        .post("/api/tasks", &json!({"title": "ghost", "type": "multi_step", "steps": [{"name": "a", "dependsOn": ["nope"]}]}))
+        .await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+    assert!(
+        reply.body["error"]["fields"]["steps[0].dependsOn"]
+            .as_str()
+            .unwrap()
+            .contains("'nope'"),
+        "{}",
+        reply.body
+    );
+    let reply = boss
+        .post("/api/tasks", &json!({"title": "policy", "type": "multi_step", "steps": [{"name": "a", "config": {"onFailure": "panic"}}]}))
+        .await;
+    assert!(
+        reply.body["error"]["fields"]["steps[0].config.onFailure"].is_string(),
+        "{}",
+        reply.body
+    );
+}
