@@ -32,7 +32,7 @@ async fn create_many(boss: &Client, count: usize, body: Value) -> Vec<String> {
 }
 
 #[tokio::test]
-async fn critical_tasks_start_before_a_tenth_of_a_background_backlog_drains() {
+async fn critical_tasks_and_chains_start_before_a_tenth_of_a_background_backlog_drains() {
     let agency = unique_agency("prio");
     let boss = Client::as_user(&agency, "boss", "manager");
     let background = json!({"title": "bulk", "priority": "background", "autoDispatch": true,
@@ -42,6 +42,13 @@ async fn critical_tasks_start_before_a_tenth_of_a_background_backlog_drains() {
     let critical = json!({"title": "page the on-call", "priority": "critical", "autoDispatch": true,
         "executor": {"type": "echo"}});
     let ids = create_many(&boss, CRITICAL, critical).await;
+    // A critical chain: each of its steps is dispatched through the critical queue.
+    let chain = boss
+        .create_task_retrying(&json!({"title": "incident runbook", "type": "multi_step", "priority": "critical",
+            "autoDispatch": true, "steps": [
+                {"name": "page"}, {"name": "diagnose", "dependsOn": ["page"]}, {"name": "mitigate", "dependsOn": ["diagnose"]}
+            ]}))
+        .await;
     let mut first_created = None::<DateTime<Utc>>;
     let mut last_started = None::<DateTime<Utc>>;
     for id in &ids {
@@ -54,6 +61,14 @@ async fn critical_tasks_start_before_a_tenth_of_a_background_backlog_drains() {
         );
         first_created = Some(first_created.map_or(created, |t| t.min(created)));
         last_started = Some(last_started.map_or(started, |t| t.max(started)));
+    }
+    let chain_task = wait_for_status(&boss, &chain, &["completed", "failed"]).await;
+    assert_eq!(chain_task["status"], "completed", "{chain_task}");
+    let steps = boss.get(&format!("/api/tasks/{chain}/steps")).await.body;
+    for step in steps["steps"].as_array().unwrap() {
+        let waited = time(step, "startedAt") - time(&chain_task, "createdAt");
+        assert!(waited < chrono::Duration::seconds(60), "chain step missed the critical SLA: {step}");
+        last_started = last_started.map(|t| t.max(time(step, "startedAt")));
     }
     let (window_start, window_end) = (first_created.unwrap(), last_started.unwrap());
 
