@@ -67,7 +67,10 @@ async fn critical_tasks_and_chains_start_before_a_tenth_of_a_background_backlog_
     let steps = boss.get(&format!("/api/tasks/{chain}/steps")).await.body;
     for step in steps["steps"].as_array().unwrap() {
         let waited = time(step, "startedAt") - time(&chain_task, "createdAt");
-        assert!(waited < chrono::Duration::seconds(60), "chain step missed the critical SLA: {step}");
+        assert!(
+            waited < chrono::Duration::seconds(60),
+            "chain step missed the critical SLA: {step}"
+        );
         last_started = last_started.map(|t| t.max(time(step, "startedAt")));
     }
     let (window_start, window_end) = (first_created.unwrap(), last_started.unwrap());

@@ -6,7 +6,7 @@ use crate::support::*;
 use lambda_http::request::from_str;
 use serde_json::{json, Value};
 use shared::domain::limits::MAX_BODY_BYTES;
-use shared::domain::{Task, TaskStatus, TaskType};
+use shared::domain::{StepStatus, Task, TaskStatus, TaskType};
 
 type Seed = fn(&mut Task);
 
@@ -189,9 +189,10 @@ async fn full_flow_create_assign_start_complete() {
 #[tokio::test]
 async fn failing_a_task_and_the_steps_view_of_a_chain() {
     let api = Api::new();
+    // Step configs are checked at creation: `input` is what the executor gets.
     let body = json!({"title": "Chain", "type": "multi_step", "assignedTo": WORKER, "steps": [
         {"name": "publish", "dependsOn": ["build"], "order": 2},
-        {"name": "build", "order": 1, "config": {"target": "web"}},
+        {"name": "build", "order": 1, "config": {"input": {"target": "web"}}},
     ]});
     let created = api
         .send(
@@ -213,18 +214,43 @@ async fn failing_a_task_and_the_steps_view_of_a_chain() {
                "skipped": 0, "percent": 0.0})
     );
     assert_eq!(steps.body["steps"][0]["name"], "build");
-    assert_eq!(steps.body["steps"][0]["config"], json!({"target": "web"}));
+    assert_eq!(
+        steps.body["steps"][0]["config"],
+        json!({"input": {"target": "web"}})
+    );
+    assert_eq!(steps.body["steps"][0]["attempts"], 0);
     assert_eq!(steps.body["steps"][1]["dependsOn"], json!(["build"]));
 
-    api.send(&Event::load("api-start-task").id(&id))
+    // Starting a chain starts its execution, which runs build, then publish.
+    let started = api
+        .send(&Event::load("api-start-task").id(&id))
         .await
         .expect(200);
-    let failed = api
+    assert_eq!(started.body["status"], "in_progress");
+    let arn = started.body["executionArn"].as_str().expect("an execution");
+    let executions = api.orchestrator.started.lock().unwrap().clone();
+    assert_eq!(executions.len(), 1);
+    assert!(arn.ends_with(&executions[0].0) && executions[0].0.starts_with(&id));
+    let wave = |name: &str| json!({"steps": [{"name": name, "timeoutSeconds": 300, "heartbeatSeconds": 300}]});
+    assert_eq!(
+        executions[0].1["waves"],
+        json!([wave("build"), wave("publish")])
+    );
+    // A chain settles itself; completing the whole task by hand is refused.
+    let refused = api
         .send(
             &Event::load("api-complete-task")
                 .id(&id)
                 .body(&json!({"error": "render farm offline"})),
         )
+        .await
+        .expect(409);
+    assert_eq!(refused.code(), "conflict");
+    // A simple task fails through the same endpoint.
+    let api = Api::new();
+    api.seed(assigned_to_worker(TaskStatus::InProgress)).await;
+    let failed = api
+        .send(&Event::load("api-complete-task").body(&json!({"error": "render farm offline"})))
         .await
         .expect(200);
     assert_eq!(failed.body["status"], "failed");
@@ -530,4 +556,265 @@ async fn lists_page_newest_first_and_filter() {
     // The fixture's own query: pending, at most 10.
     let fixture = api.send(&Event::load("api-list-tasks")).await.expect(200);
     assert_eq!(ids_of(&fixture.body).len(), 3);
+}
+
+/// Each step's `config` is checked when the task is created; every problem is
+/// named by its field within the step's config.
+#[tokio::test]
+async fn step_configs_are_checked_at_creation() {
+    let api = Api::new();
+    let manual = json!({"executor": {"type": "manual"}, "assignee": WORKER});
+    let good = json!({"title": "Review", "type": "multi_step", "steps": [
+        {"name": "draft", "config": {"executor": {"type": "echo"}, "input": {"n": 1},
+            "retry": {"maxAttempts": 5}, "timeoutSeconds": 60, "heartbeatSeconds": 30,
+            "onFailure": "skip_dependents"}},
+        {"name": "approve", "dependsOn": ["draft"], "config": manual},
+        {"name": "defaults", "config": {}},
+    ]});
+    let created = api
+        .send(
+            &Event::load("api-create-task")
+                .without_header("Idempotency-Key")
+                .body(&good),
+        )
+        .await
+        .expect(201);
+    // Stored as given.
+    let steps = api
+        .send(&Event::load("api-task-steps").id(&created.id()))
+        .await
+        .expect(200);
+    assert_eq!(steps.body["steps"][1]["config"], manual);
+
+    let bad = json!({"title": "Review", "type": "multi_step", "steps": [
+        {"name": "a", "config": {"onFailure": "explode"}},
+        {"name": "b", "config": {"executor": {"type": "teleport"}}},
+        {"name": "c", "config": {"executor": {"type": "manual"}}},
+        {"name": "d", "config": {"retry": {"maxAttempts": 6}}},
+        {"name": "e", "config": {"timeoutSeconds": 10, "heartbeatSeconds": 20}},
+        {"name": "f", "config": {"target": "web"}},
+        {"name": "g", "config": {"executor": {"type": "manual", "config": {"x": 1}}, "assignee": WORKER}},
+    ]});
+    let reply = api
+        .send(
+            &Event::load("api-create-task")
+                .without_header("Idempotency-Key")
+                .body(&bad),
+        )
+        .await
+        .expect(400);
+    assert_eq!(reply.code(), "validation_failed");
+    assert_eq!(
+        reply.fields(),
+        [
+            "steps[0].config.onFailure",
+            "steps[1].config.executor",
+            "steps[2].config.assignee",
+            "steps[3].config.retry",
+            "steps[4].config.heartbeatSeconds",
+            "steps[5].config.target",
+            "steps[6].config.executor",
+        ]
+    );
+    assert_eq!(api.store.all_tasks().len(), 1, "nothing was created");
+}
+
+/// A chain starts (by a manager or its assignee), runs in an execution, and
+/// cancelling it stops the execution and skips the steps not yet finished.
+#[tokio::test]
+async fn starting_and_cancelling_a_chain() {
+    let api = Api::new();
+    api.seed_with_steps(
+        |t| {
+            t.task_type = TaskType::MultiStep;
+            t.assigned_to = Some(shared::domain::UserId::parse(WORKER).unwrap());
+            t.status = TaskStatus::Assigned;
+        },
+        &["fetch", "render"],
+    )
+    .await;
+    // Unlike a human task, a manager may start it; others may not.
+    api.send(&Event::load("api-start-task").caller("someone", AGENCY, "member"))
+        .await
+        .expect(403);
+    let started = api
+        .send(&Event::load("api-start-task").manager())
+        .await
+        .expect(200);
+    assert_eq!(started.body["status"], "in_progress");
+    assert!(started.body["executionArn"].is_string());
+    assert_eq!(api.orchestrator.started.lock().unwrap().len(), 1);
+    let again = api.send(&Event::load("api-start-task")).await.expect(409);
+    assert_eq!(again.code(), "invalid_transition");
+    assert_eq!(api.orchestrator.started.lock().unwrap().len(), 1);
+
+    let cancelled = api.send(&Event::load("api-cancel-task")).await.expect(200);
+    assert_eq!(cancelled.body["status"], "cancelled");
+    assert_eq!(
+        *api.orchestrator.stopped.lock().unwrap(),
+        [started.body["executionArn"].as_str().unwrap()]
+    );
+    let steps = api.send(&Event::load("api-task-steps")).await.expect(200);
+    assert_eq!(steps.body["progress"]["skipped"], 2);
+
+    // autoDispatch starts a multi_step task's chain without an executor.
+    let api = Api::new();
+    let body = json!({"title": "Auto", "type": "multi_step", "autoDispatch": true,
+        "steps": [{"name": "only"}]});
+    let created = api
+        .send(&Event::load("api-create-task").body(&body))
+        .await
+        .expect(201);
+    assert_eq!(created.body["autoDispatch"], true);
+    assert_eq!(api.orchestrator.started.lock().unwrap().len(), 1);
+    let fetched = api
+        .send(&Event::load("api-get-task").id(&created.id()))
+        .await
+        .expect(200);
+    assert_eq!(fetched.body["status"], "in_progress");
+    assert!(fetched.body["executionArn"].is_string());
+}
+
+/// POST /api/tasks/{id}/steps/{stepId}/complete answers the token a manual
+/// step waits with; only the step's assignee and managers may.
+#[tokio::test]
+async fn completing_a_manual_step() {
+    const REVIEWER: &str = "33333333-3333-4333-8333-333333333333";
+    let manual = json!({"executor": {"type": "manual"}, "assignee": REVIEWER});
+    let api = Api::new();
+    let task = api
+        .seed_chain(&[
+            (
+                chain_step(0, "approve", StepStatus::Running, manual.clone()),
+                Some("token-approve"),
+            ),
+            (
+                chain_step(1, "sign", StepStatus::Running, manual.clone()),
+                Some("token-sign"),
+            ),
+            (
+                chain_step(2, "build", StepStatus::Running, json!({})),
+                Some("token-build"),
+            ),
+            // Running, but the worker has not stored its token yet.
+            (
+                chain_step(3, "check", StepStatus::Running, manual.clone()),
+                None,
+            ),
+            (
+                chain_step(4, "publish", StepStatus::Pending, manual.clone()),
+                None,
+            ),
+        ])
+        .await;
+    let complete =
+        |step: &str| Event::load("api-complete-task").to("POST", &step_path(task.id, step));
+    let as_reviewer = |e: Event| e.caller(REVIEWER, AGENCY, "member");
+    let answers = || api.orchestrator.answers.lock().unwrap().clone();
+
+    // Not the step's assignee: not even the task's assignee may answer.
+    let denied = api
+        .send(&complete("approve").worker().body(&json!({"result": 1})))
+        .await
+        .expect(403);
+    assert_eq!(denied.code(), "forbidden");
+    api.send(&as_reviewer(complete("approve")).caller("someone", AGENCY, "member"))
+        .await
+        .expect(403);
+    assert!(answers().is_empty());
+
+    // The assignee completes it: the chain's token is answered with success.
+    let done = api
+        .send(&as_reviewer(complete("approve")).body(&json!({"result": {"approved": true}})))
+        .await
+        .expect(200);
+    assert_eq!(done.body["id"], "approve");
+    assert_eq!(done.body["taskId"], json!(task.id));
+    assert_eq!(done.body["status"], "completed");
+    assert_eq!(done.body["result"], json!({"approved": true}));
+    assert!(done.body["completedAt"].is_string());
+    assert_eq!(done.body["attempts"], 1);
+    assert_eq!(
+        answers(),
+        [(
+            "token-approve".to_owned(),
+            "success".to_owned(),
+            json!({"status": "completed"}).to_string()
+        )]
+    );
+    let steps = api.send(&Event::load("api-task-steps")).await.expect(200);
+    assert_eq!(steps.body["steps"][0], done.body);
+    // Once done it no longer waits.
+    let twice = api
+        .send(&as_reviewer(complete("approve")).no_body())
+        .await
+        .expect(409);
+    assert_eq!(twice.code(), "conflict");
+
+    // A manager may answer too; an error fails the token (the chain then
+    // records the failure), and the step shows the error meanwhile.
+    let failed = api
+        .send(
+            &complete("sign")
+                .manager()
+                .body(&json!({"error": "not signed"})),
+        )
+        .await
+        .expect(200);
+    assert_eq!(failed.body["status"], "running");
+    assert_eq!(failed.body["error"], "not signed");
+    assert_eq!(
+        answers()[1],
+        (
+            "token-sign".to_owned(),
+            "Taskflow.Permanent".to_owned(),
+            "not signed".to_owned()
+        )
+    );
+
+    // Steps a worker runs, steps not waiting yet and steps not started are 409.
+    for step in ["build", "check", "publish"] {
+        let reply = api
+            .send(&complete(step).manager().no_body())
+            .await
+            .expect(409);
+        assert_eq!(reply.code(), "conflict", "{step}");
+    }
+    assert_eq!(answers().len(), 2);
+
+    // Unknown steps and tasks are 404.
+    let unknown = api
+        .send(&complete("nope").manager().no_body())
+        .await
+        .expect(404);
+    assert_eq!(
+        (unknown.code(), &unknown.body["error"]["message"]),
+        ("not_found", &json!("step not found"))
+    );
+    let other_task = Event::load("api-complete-task").to(
+        "POST",
+        &step_path(shared::domain::TaskId::generate(), "approve"),
+    );
+    let reply = api.send(&other_task.manager().no_body()).await.expect(404);
+    assert_eq!(reply.body["error"]["message"], "task not found");
+    api.send(
+        &complete("sign")
+            .caller(MANAGER, "initech", "manager")
+            .no_body(),
+    )
+    .await
+    .expect(404);
+
+    // Bodies are parsed like a task's completion.
+    let bad = api
+        .send(&as_reviewer(complete("check")).body(&json!({"result": 1, "error": "x"})))
+        .await
+        .expect(400);
+    assert_eq!(bad.fields(), ["error"]);
+    // Only POST.
+    let wrong = api
+        .send(&complete("approve").to("GET", &step_path(task.id, "approve")))
+        .await
+        .expect(405);
+    assert_eq!(wrong.header("allow"), Some("POST"));
 }

@@ -5,10 +5,14 @@
 use crate::schema::{self, assert_valid, component, doc, lint, operations, parameters, resolve};
 use crate::support::*;
 use serde_json::{json, Value};
+use shared::domain::chain::{
+    DEFAULT_MANUAL_TIMEOUT_SECONDS, DEFAULT_STEP_TIMEOUT_SECONDS, MAX_STEP_ATTEMPTS,
+    MAX_STEP_TIMEOUT_SECONDS,
+};
 use shared::domain::limits::*;
 use shared::domain::{
     AgencyId, Agent, AgentStatus, Attachment, AttachmentId, Caller, ExecutorSpec, Priority,
-    RetryPolicy, Role, StepStatus, TaskStatus, TaskType, UserId,
+    RetryPolicy, Role, StepConfig, StepStatus, TaskStatus, TaskType, UserId,
 };
 use shared::error::{AppError, FieldErrors};
 use shared::service::{
@@ -349,7 +353,7 @@ fn parser_for(operation_id: &str) -> Parser {
         "createTask" => |b| NewTaskInput::parse(b).map(drop),
         "updateTask" => |b| TaskPatch::parse(b).map(drop),
         "assignTask" => |b| AssignInput::parse(b).map(drop),
-        "completeTask" => |b| CompleteInput::parse(b).map(drop),
+        "completeTask" | "completeStep" => |b| CompleteInput::parse(b).map(drop),
         "addAttachment" => |b| AttachmentInput::parse(b).map(drop),
         // The agent service parses the registration (after the id and role
         // checks, which a manager registering a valid id passes).
@@ -370,6 +374,106 @@ fn rejected_fields(result: Result<(), AppError>) -> Vec<String> {
     match result {
         Err(AppError::Validation(fields)) => fields.iter().map(|(k, _)| k.clone()).collect(),
         other => panic!("expected a validation error, got {other:?}"),
+    }
+}
+
+/// StepConfig says what `StepConfig::parse` accepts (the service checks every
+/// step's config with it when a task is created): valid configs pass both, and
+/// each invalid one fails both, the parser naming the field.
+#[test]
+fn step_config_schema_agrees_with_the_parser() {
+    let root = doc();
+    let schema = component("StepConfig");
+    let valid = [
+        json!({}),
+        json!({"executor": {"type": "http", "config": {"url": "https://example.com/hook"}},
+            "input": [1, "two"], "retry": {"maxAttempts": MAX_STEP_ATTEMPTS},
+            "timeoutSeconds": MAX_STEP_TIMEOUT_SECONDS, "heartbeatSeconds": 1,
+            "onFailure": "continue"}),
+        json!({"executor": {"type": "manual"}, "assignee": WORKER, "onFailure": "skip_dependents"}),
+        json!({"executor": {"type": "echo"}, "assignee": WORKER, "onFailure": "fail_task"}),
+        // null is "absent" everywhere but executor.
+        json!({"input": null, "retry": null, "timeoutSeconds": null, "heartbeatSeconds": null,
+            "assignee": null, "onFailure": null}),
+    ];
+    for config in &valid {
+        assert_valid(schema, config, &format!("{config}"));
+        StepConfig::parse(config).unwrap_or_else(|e| panic!("{config}: {e:?}"));
+    }
+    let parsed = StepConfig::parse(&json!({"executor": {"type": "manual"}, "assignee": WORKER}));
+    let manual = parsed.unwrap();
+    assert_eq!(
+        (manual.timeout_seconds, manual.heartbeat_seconds),
+        (
+            DEFAULT_MANUAL_TIMEOUT_SECONDS,
+            DEFAULT_MANUAL_TIMEOUT_SECONDS
+        )
+    );
+    let defaults = StepConfig::parse(&json!({})).unwrap();
+    assert_eq!(defaults.timeout_seconds, DEFAULT_STEP_TIMEOUT_SECONDS);
+    let described = |field: &str, text: &str| {
+        let description = schema["properties"][field]["description"].as_str().unwrap();
+        assert!(description.contains(text), "{field}: {description}");
+    };
+    described(
+        "timeoutSeconds",
+        &format!("Default {DEFAULT_STEP_TIMEOUT_SECONDS}, or {DEFAULT_MANUAL_TIMEOUT_SECONDS}"),
+    );
+
+    let invalid = [
+        (json!({"target": "web"}), "target"),
+        (json!({"executor": null}), "executor"),
+        (json!({"executor": {"config": {}}}), "executor"),
+        (json!({"retry": {"maxAttempts": 0}}), "retry"),
+        (
+            json!({"retry": {"maxAttempts": MAX_STEP_ATTEMPTS + 1}}),
+            "retry",
+        ),
+        (
+            json!({"retry": {"maxAttempts": 2, "baseDelaySeconds": 1}}),
+            "retry",
+        ),
+        (json!({"retry": 3}), "retry"),
+        (json!({"timeoutSeconds": 0}), "timeoutSeconds"),
+        (
+            json!({"timeoutSeconds": MAX_STEP_TIMEOUT_SECONDS + 1}),
+            "timeoutSeconds",
+        ),
+        (json!({"heartbeatSeconds": "soon"}), "heartbeatSeconds"),
+        (json!({"assignee": "a#b"}), "assignee"),
+        (json!({"onFailure": "explode"}), "onFailure"),
+    ];
+    for (config, field) in &invalid {
+        assert!(
+            !schema::problems(root, schema, config).is_empty(),
+            "{config} is valid for the schema"
+        );
+        let (rejected, problem) = StepConfig::parse(config).expect_err("rejected");
+        assert_eq!(&rejected, field, "{config}: {problem}");
+    }
+    // Rules across fields, which the schema states in words only.
+    let across = [
+        (
+            json!({"executor": {"type": "manual"}}),
+            "assignee",
+            "required when executor.type is manual",
+        ),
+        (
+            json!({"timeoutSeconds": 5, "heartbeatSeconds": 9}),
+            "heartbeatSeconds",
+            "At most timeoutSeconds",
+        ),
+        (
+            json!({"heartbeatSeconds": DEFAULT_STEP_TIMEOUT_SECONDS + 1}),
+            "heartbeatSeconds",
+            "At most timeoutSeconds",
+        ),
+    ];
+    for (config, field, rule) in &across {
+        assert_valid(schema, config, &format!("{config}"));
+        described(field, rule);
+        let (rejected, problem) = StepConfig::parse(config).expect_err("rejected");
+        assert_eq!(&rejected, field, "{config}: {problem}");
     }
 }
 
@@ -425,11 +529,11 @@ fn request_schemas_agree_with_the_parsers() {
             }
         }
     }
-    assert_eq!(bodies, 6);
+    assert_eq!(bodies, 7);
 
     // Step objects inside a new task.
     let steps = json!({"title": "t", "type": "multi_step", "steps": [
-        {"name": "a", "order": 0, "dependsOn": null, "config": {"k": 1}},
+        {"name": "a", "order": 0, "dependsOn": null, "config": {"input": {"k": 1}}},
         {"name": "b", "dependsOn": ["a"]}]});
     assert_valid(component("NewTask"), &steps, "steps example");
     NewTaskInput::parse(&steps).unwrap();
@@ -564,6 +668,9 @@ fn serialized_records_match_their_schemas_exactly() {
     task.dispatch_id = Some("01JD0000000000000000000001".into());
     task.lease_expires_at = Some(now);
     task.agent_reserved = true;
+    task.execution_arn = Some(format!(
+        "arn:aws:states:us-east-1:123456789012:execution:chain:{TASK_ID}-1"
+    ));
     task.promoted_from = Some(Priority::Low);
     task.sla_breached_at = Some(now);
     let full = serde_json::to_value(&task).unwrap();
@@ -586,6 +693,7 @@ fn serialized_records_match_their_schemas_exactly() {
     step.started_at = Some(now);
     step.completed_at = Some(now);
     step.status = StepStatus::Failed;
+    step.attempts = 2;
     let full = serde_json::to_value(&step).unwrap();
     assert_valid(component("TaskStep"), &full, "full step");
     assert_eq!(keys(&full), keys(&component("TaskStep")["properties"]));
@@ -656,7 +764,7 @@ async fn real_responses_match_their_schemas() {
     );
     assert_eq!(attached.body["taskVersion"], 2);
 
-    for name in ["api-start-task", "api-complete-task"] {
+    for name in ["api-start-task", "api-cancel-task"] {
         api.send(&Event::load(name).id(&id)).await.expect(200);
     }
     let task = api

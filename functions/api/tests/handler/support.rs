@@ -6,10 +6,10 @@ use api::App;
 use lambda_http::http::HeaderMap;
 use lambda_http::{Body, Request, RequestExt, Response};
 use serde_json::{json, Value};
-use shared::domain::{StepStatus, Task, TaskStatus, TaskStep, UserId};
+use shared::domain::{StepStatus, Task, TaskId, TaskStatus, TaskStep, TaskType, UserId};
 use shared::ports::TaskStore;
 
-use shared::testing::{MemoryStore, MemoryWorld};
+use shared::testing::{MemoryStore, MemoryWorld, RecordingOrchestrator};
 use std::sync::Arc;
 
 /// The task id every fixture uses in its path.
@@ -210,6 +210,8 @@ impl Reply {
 pub struct Api {
     pub app: App,
     pub store: Arc<MemoryStore>,
+    /// Records the chain executions started and stopped and the step tokens answered.
+    pub orchestrator: Arc<RecordingOrchestrator>,
 }
 
 impl Api {
@@ -218,6 +220,7 @@ impl Api {
         Self {
             app: App::with_services(world.services()),
             store: world.store.clone(),
+            orchestrator: world.orchestrator.clone(),
         }
     }
 
@@ -251,6 +254,33 @@ impl Api {
             .insert(&task, &steps, None)
             .await
             .expect("seeded task");
+        task
+    }
+
+    /// Stores a multi_step task with the fixtures' id, in_progress and assigned
+    /// to the worker, with `steps` as given (see `chain_step`). Each step given
+    /// a token waits for it like a step the chain dispatched.
+    pub async fn seed_chain(&self, steps: &[(TaskStep, Option<&str>)]) -> Task {
+        let mut task = base_task();
+        assigned_to_worker(TaskStatus::InProgress)(&mut task);
+        task.task_type = TaskType::MultiStep;
+        task.started_at = Some(chrono::Utc::now());
+        task.execution_arn = Some(format!(
+            "arn:aws:states:us-east-1:123456789012:execution:chain:{TASK_ID}-1"
+        ));
+        let records: Vec<TaskStep> = steps.iter().map(|(s, _)| s.clone()).collect();
+        self.store
+            .insert(&task, &records, None)
+            .await
+            .expect("seeded chain");
+        for (step, token) in steps {
+            if let Some(token) = token {
+                self.store
+                    .set_step_token(&task.agency_id, task.id, &step.name, token)
+                    .await
+                    .expect("stored token");
+            }
+        }
         task
     }
 }
@@ -291,6 +321,24 @@ pub fn step(task: &Task, order: u32, name: &str) -> TaskStep {
         completed_at: None,
         attempts: 0,
     }
+}
+
+/// A step of the fixtures' task with `config`, in `status` (one run started
+/// when it is running).
+pub fn chain_step(order: u32, name: &str, status: StepStatus, config: Value) -> TaskStep {
+    let mut step = step(&base_task(), order, name);
+    if status != StepStatus::Pending {
+        step.started_at = Some(chrono::Utc::now());
+        step.attempts = 1;
+    }
+    step.status = status;
+    step.config = config;
+    step
+}
+
+/// The path of a step's completion route.
+pub fn step_path(task: TaskId, step: &str) -> String {
+    format!("/api/tasks/{task}/steps/{step}/complete")
 }
 
 /// Seeds: the task assigned to the worker, in `status`.

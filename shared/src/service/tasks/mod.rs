@@ -524,6 +524,11 @@ impl TaskService {
         let task = self
             .mutate(caller, id, if_match, |task, now| {
                 require_assignee(caller, task, "complete")?;
+            if task.task_type == crate::domain::TaskType::MultiStep {
+                return Err(AppError::Conflict(
+                    "a multi_step task completes when its chain does; complete its manual steps instead".into(),
+                ));
+            }
                 match outcome {
                     CompleteInput::Succeeded(result) => {
                         task.move_to(TaskStatus::Completed, now)?;

@@ -306,14 +306,14 @@ async fn steps_are_stored_in_order_and_removed_with_the_task() {
     let boss = caller("boss", "a1", Role::Manager);
     let body = json!({"title": "chain", "type": "multi_step", "steps": [
         {"name": "publish", "order": 2, "dependsOn": ["build"]},
-        {"name": "build", "order": 1, "config": {"target": "x"}},
+        {"name": "build", "order": 1, "config": {"input": {"target": "x"}}},
     ]});
     let id = id_of(&svc.create(&boss, &body, None).await.unwrap());
     let (task, steps) = svc.steps(&boss, id).await.unwrap();
     assert_eq!(task.id, id);
     let names: Vec<&str> = steps.iter().map(|s| s.name.as_str()).collect();
     assert_eq!(names, ["build", "publish"]);
-    assert_eq!(steps[0].config, json!({"target": "x"}));
+    assert_eq!(steps[0].config, json!({"input": {"target": "x"}}));
     assert_eq!(steps[1].depends_on, ["build"]);
     assert!(steps.iter().all(|s| s.status == StepStatus::Pending));
     svc.hard_delete(&boss, id).await.unwrap();
