@@ -13,6 +13,10 @@ pub struct Config {
     pub queue_urls: BTreeMap<Priority, String>,
     /// Dead-letter queue URLs (`DLQ_URL_CRITICAL`, …).
     pub dlq_urls: BTreeMap<Priority, String>,
+    /// Batch inputs, chunks and results (`BATCH_BUCKET`).
+    pub batch_bucket: String,
+    /// The batch state machine (`BATCH_STATE_MACHINE_ARN`).
+    pub batch_state_machine_arn: String,
     /// The chain state machine (`CHAIN_STATE_MACHINE_ARN`).
     pub chain_state_machine_arn: String,
     /// How long a worker holds a task before another may take it over.
@@ -53,6 +57,8 @@ impl Config {
             table_name: required("TABLE_NAME")?,
             attachments_bucket: required("ATTACHMENTS_BUCKET")?,
             chain_state_machine_arn: required("CHAIN_STATE_MACHINE_ARN")?,
+            batch_bucket: required("BATCH_BUCKET")?,
+            batch_state_machine_arn: required("BATCH_STATE_MACHINE_ARN")?,
             queue_urls,
             dlq_urls,
             lease_seconds: number("LEASE_SECONDS", 120.0)? as u64,

@@ -219,3 +219,99 @@ pub trait Orchestrator: Send + Sync {
     async fn fail(&self, token: &str, error: &str, cause: &str) -> Result<bool, AppError>;
     async fn heartbeat(&self, token: &str) -> Result<bool, AppError>;
 }
+
+/// Batch jobs, their per-chunk counters and their failed items.
+#[async_trait]
+pub trait BatchStore: Send + Sync {
+    /// Writes the batch's task and job together. With `dedupe_key`, a second
+    /// create for the same key does nothing and returns false.
+    async fn create(
+        &self,
+        task: &Task,
+        batch: &crate::domain::BatchJob,
+        dedupe_key: Option<&str>,
+    ) -> Result<bool, AppError>;
+
+    async fn get(
+        &self,
+        agency: &AgencyId,
+        id: TaskId,
+    ) -> Result<Option<crate::domain::BatchJob>, AppError>;
+
+    async fn put(&self, batch: &crate::domain::BatchJob) -> Result<(), AppError>;
+
+    /// Resets a chunk's counters for a new attempt; later counts must carry `attempt`.
+    async fn start_chunk(
+        &self,
+        agency: &AgencyId,
+        id: TaskId,
+        round: u32,
+        chunk: u32,
+        attempt: &str,
+    ) -> Result<(), AppError>;
+
+    /// Adds to a chunk's counters if `attempt` is still the chunk's current one.
+    async fn add_counts(
+        &self,
+        agency: &AgencyId,
+        id: TaskId,
+        round: u32,
+        chunk: u32,
+        attempt: &str,
+        counts: crate::domain::ChunkCounts,
+    ) -> Result<bool, AppError>;
+
+    /// Sum of the chunk counters of one round.
+    async fn round_counts(
+        &self,
+        agency: &AgencyId,
+        id: TaskId,
+        round: u32,
+    ) -> Result<crate::domain::ChunkCounts, AppError>;
+
+    async fn record_failures(
+        &self,
+        agency: &AgencyId,
+        id: TaskId,
+        failures: &[crate::domain::ItemFailure],
+    ) -> Result<(), AppError>;
+
+    async fn clear_failures(
+        &self,
+        agency: &AgencyId,
+        id: TaskId,
+        indexes: &[u64],
+    ) -> Result<(), AppError>;
+
+    /// Failed items in index order, paged by an opaque cursor.
+    async fn failures(
+        &self,
+        agency: &AgencyId,
+        id: TaskId,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<Page<crate::domain::ItemFailure>, AppError>;
+
+    /// Whether this agency has any data here (tasks or agents).
+    async fn agency_known(&self, agency: &AgencyId) -> Result<bool, AppError>;
+}
+
+/// Objects in the batch bucket.
+#[async_trait]
+pub trait ObjectStore: Send + Sync {
+    fn bucket(&self) -> &str;
+    async fn put(&self, key: &str, body: Vec<u8>, content_type: &str) -> Result<(), AppError>;
+    async fn get(&self, key: &str, max_bytes: usize) -> Result<Vec<u8>, AppError>;
+    /// User metadata (`x-amz-meta-*`, without the prefix).
+    async fn metadata(
+        &self,
+        key: &str,
+    ) -> Result<std::collections::HashMap<String, String>, AppError>;
+    async fn presign_get(&self, key: &str, expires_in: Duration) -> Result<String, AppError>;
+    async fn presign_put(
+        &self,
+        key: &str,
+        content_type: &str,
+        expires_in: Duration,
+    ) -> Result<String, AppError>;
+}

@@ -6,11 +6,12 @@ use crate::config::Config;
 use crate::executors::ExecutorRegistry;
 use crate::ports::SchedulingIndex;
 use crate::service::{
-    AgentService, ChainRunner, Ports, QueueOverview, Sweeper, TaskRunner, TaskService,
+    AgentService, BatchRunner, BatchService, ChainRunner, Ports, QueueOverview, Sweeper,
+    TaskRunner, TaskService,
 };
 use crate::store::{
-    DynamoAgentStore, DynamoSchedulingIndex, DynamoTaskStore, S3AttachmentStorage, SfnOrchestrator,
-    SqsDispatcher,
+    DynamoAgentStore, DynamoBatchStore, DynamoSchedulingIndex, DynamoTaskStore,
+    S3AttachmentStorage, S3ObjectStore, SfnOrchestrator, SqsDispatcher,
 };
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,6 +23,8 @@ pub struct Services {
     pub queues: QueueOverview,
     pub runner: TaskRunner,
     pub chains: ChainRunner,
+    pub batches: BatchService,
+    pub batch_runner: BatchRunner,
     pub sweeper: Sweeper,
 }
 
@@ -44,6 +47,12 @@ impl Services {
             orchestrator: Arc::new(SfnOrchestrator::new(
                 clients.sfn.clone(),
                 &config.chain_state_machine_arn,
+            )),
+            batches: Arc::new(DynamoBatchStore::new(clients.dynamodb.clone(), table)),
+            objects: Arc::new(S3ObjectStore::new(clients.s3.clone(), &config.batch_bucket)),
+            batch_orchestrator: Arc::new(SfnOrchestrator::new(
+                clients.sfn.clone(),
+                &config.batch_state_machine_arn,
             )),
         };
         let index = Arc::new(DynamoSchedulingIndex::new(clients.dynamodb.clone(), table));
@@ -69,6 +78,20 @@ impl Services {
                 orchestrator: ports.orchestrator.clone(),
                 executors: executors.clone(),
                 lease,
+            },
+            batches: BatchService {
+                batches: ports.batches.clone(),
+                objects: ports.objects.clone(),
+                dispatcher: ports.dispatcher.clone(),
+                orchestrator: ports.batch_orchestrator.clone(),
+                executors: executors.clone(),
+            },
+            batch_runner: BatchRunner {
+                tasks: ports.store.clone(),
+                batches: ports.batches.clone(),
+                objects: ports.objects.clone(),
+                orchestrator: ports.batch_orchestrator.clone(),
+                executors: executors.clone(),
             },
             runner: TaskRunner::new(ports.store.clone(), executors, lease),
             sweeper: Sweeper {

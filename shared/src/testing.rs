@@ -480,6 +480,8 @@ pub struct MemoryWorld {
     pub agents: std::sync::Arc<MemoryAgents>,
     pub index: std::sync::Arc<MemoryIndex>,
     pub orchestrator: std::sync::Arc<RecordingOrchestrator>,
+    pub batches: std::sync::Arc<MemoryBatches>,
+    pub objects: std::sync::Arc<MemoryObjects>,
 }
 
 impl MemoryWorld {
@@ -490,10 +492,15 @@ impl MemoryWorld {
                 store: store.clone(),
                 breaches: Mutex::default(),
             }),
+            batches: std::sync::Arc::new(MemoryBatches {
+                tasks: store.clone(),
+                ..Default::default()
+            }),
             store,
             dispatcher: std::sync::Arc::default(),
             agents: std::sync::Arc::default(),
             orchestrator: std::sync::Arc::default(),
+            objects: std::sync::Arc::default(),
         }
     }
 
@@ -504,6 +511,9 @@ impl MemoryWorld {
             dispatcher: self.dispatcher.clone(),
             agents: self.agents.clone(),
             orchestrator: self.orchestrator.clone(),
+            batches: self.batches.clone(),
+            objects: self.objects.clone(),
+            batch_orchestrator: self.orchestrator.clone(),
         }
     }
 
@@ -578,5 +588,221 @@ impl crate::ports::Orchestrator for RecordingOrchestrator {
 
     async fn heartbeat(&self, _token: &str) -> Result<bool, AppError> {
         Ok(true)
+    }
+}
+
+/// (task, round, chunk)
+type ChunkKey = (TaskKey, u32, u32);
+/// Body and user metadata.
+type StoredObject = (Vec<u8>, HashMap<String, String>);
+
+/// Batches in process memory (counters summed per round like the DynamoDB adapter).
+#[derive(Debug, Default)]
+pub struct MemoryBatches {
+    jobs: Mutex<BTreeMap<TaskKey, crate::domain::BatchJob>>,
+    chunks: Mutex<HashMap<ChunkKey, (String, crate::domain::ChunkCounts)>>,
+    failures: Mutex<BTreeMap<(TaskKey, u64), String>>,
+    dedupe: Mutex<std::collections::HashSet<String>>,
+    pub tasks: std::sync::Arc<MemoryStore>,
+}
+
+#[async_trait]
+impl crate::ports::BatchStore for MemoryBatches {
+    async fn create(
+        &self,
+        task: &Task,
+        batch: &crate::domain::BatchJob,
+        dedupe_key: Option<&str>,
+    ) -> Result<bool, AppError> {
+        if let Some(key) = dedupe_key {
+            if !self
+                .dedupe
+                .lock()
+                .expect("not poisoned")
+                .insert(key.to_owned())
+            {
+                return Ok(false);
+            }
+        }
+        self.tasks.insert(task, &[], None).await?;
+        self.jobs
+            .lock()
+            .expect("not poisoned")
+            .insert((batch.agency_id.clone(), batch.id), batch.clone());
+        Ok(true)
+    }
+    async fn get(
+        &self,
+        agency: &AgencyId,
+        id: TaskId,
+    ) -> Result<Option<crate::domain::BatchJob>, AppError> {
+        Ok(self
+            .jobs
+            .lock()
+            .expect("not poisoned")
+            .get(&(agency.clone(), id))
+            .cloned())
+    }
+    async fn put(&self, batch: &crate::domain::BatchJob) -> Result<(), AppError> {
+        self.jobs
+            .lock()
+            .expect("not poisoned")
+            .insert((batch.agency_id.clone(), batch.id), batch.clone());
+        Ok(())
+    }
+    async fn start_chunk(
+        &self,
+        agency: &AgencyId,
+        id: TaskId,
+        round: u32,
+        chunk: u32,
+        attempt: &str,
+    ) -> Result<(), AppError> {
+        self.chunks.lock().expect("not poisoned").insert(
+            ((agency.clone(), id), round, chunk),
+            (attempt.to_owned(), Default::default()),
+        );
+        Ok(())
+    }
+    async fn add_counts(
+        &self,
+        agency: &AgencyId,
+        id: TaskId,
+        round: u32,
+        chunk: u32,
+        attempt: &str,
+        counts: crate::domain::ChunkCounts,
+    ) -> Result<bool, AppError> {
+        let mut chunks = self.chunks.lock().expect("not poisoned");
+        match chunks.get_mut(&((agency.clone(), id), round, chunk)) {
+            Some((current, total)) if current == attempt => {
+                total.processed += counts.processed;
+                total.success += counts.success;
+                total.failed += counts.failed;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+    async fn round_counts(
+        &self,
+        agency: &AgencyId,
+        id: TaskId,
+        round: u32,
+    ) -> Result<crate::domain::ChunkCounts, AppError> {
+        let chunks = self.chunks.lock().expect("not poisoned");
+        let mut total = crate::domain::ChunkCounts::default();
+        for ((key, r, _), (_, counts)) in chunks.iter() {
+            if key == &(agency.clone(), id) && *r == round {
+                total.processed += counts.processed;
+                total.success += counts.success;
+                total.failed += counts.failed;
+            }
+        }
+        Ok(total)
+    }
+    async fn record_failures(
+        &self,
+        agency: &AgencyId,
+        id: TaskId,
+        failures: &[crate::domain::ItemFailure],
+    ) -> Result<(), AppError> {
+        let mut all = self.failures.lock().expect("not poisoned");
+        for f in failures {
+            all.insert(((agency.clone(), id), f.index), f.error.clone());
+        }
+        Ok(())
+    }
+    async fn clear_failures(
+        &self,
+        agency: &AgencyId,
+        id: TaskId,
+        indexes: &[u64],
+    ) -> Result<(), AppError> {
+        let mut all = self.failures.lock().expect("not poisoned");
+        for index in indexes {
+            all.remove(&((agency.clone(), id), *index));
+        }
+        Ok(())
+    }
+    async fn failures(
+        &self,
+        agency: &AgencyId,
+        id: TaskId,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<Page<crate::domain::ItemFailure>, AppError> {
+        let after: Option<u64> = cursor.and_then(|c| c.parse().ok());
+        let all = self.failures.lock().expect("not poisoned");
+        let items: Vec<_> = all
+            .iter()
+            .filter(|((key, index), _)| {
+                key == &(agency.clone(), id) && after.is_none_or(|a| *index > a)
+            })
+            .take(limit)
+            .map(|((_, index), error)| crate::domain::ItemFailure {
+                index: *index,
+                error: error.clone(),
+            })
+            .collect();
+        let next_cursor = (items.len() == limit)
+            .then(|| items.last().map(|f| f.index.to_string()))
+            .flatten();
+        Ok(Page { items, next_cursor })
+    }
+    async fn agency_known(&self, agency: &AgencyId) -> Result<bool, AppError> {
+        Ok(self
+            .tasks
+            .all_tasks()
+            .iter()
+            .any(|t| &t.agency_id == agency))
+    }
+}
+
+/// Objects in process memory.
+#[derive(Debug, Default)]
+pub struct MemoryObjects {
+    pub objects: Mutex<HashMap<String, StoredObject>>,
+}
+
+#[async_trait]
+impl crate::ports::ObjectStore for MemoryObjects {
+    fn bucket(&self) -> &str {
+        "memory-bucket"
+    }
+    async fn put(&self, key: &str, body: Vec<u8>, _content_type: &str) -> Result<(), AppError> {
+        self.objects
+            .lock()
+            .expect("not poisoned")
+            .insert(key.to_owned(), (body, HashMap::new()));
+        Ok(())
+    }
+    async fn get(&self, key: &str, _max_bytes: usize) -> Result<Vec<u8>, AppError> {
+        self.objects
+            .lock()
+            .expect("not poisoned")
+            .get(key)
+            .map(|(body, _)| body.clone())
+            .ok_or_else(|| AppError::internal(format!("no object {key}")))
+    }
+    async fn metadata(&self, key: &str) -> Result<HashMap<String, String>, AppError> {
+        Ok(self
+            .objects
+            .lock()
+            .expect("not poisoned")
+            .get(key)
+            .map(|(_, m)| m.clone())
+            .unwrap_or_default())
+    }
+    async fn presign_get(&self, key: &str, _expires_in: Duration) -> Result<String, AppError> {
+        Ok(format!("https://downloads.example/{key}"))
+    }
+    async fn presign_put(
+        &self,
+        key: &str,
+        _content_type: &str,
+        _expires_in: Duration,
+    ) -> Result<String, AppError> {
+        Ok(format!("https://uploads.example/{key}"))
     }
 }

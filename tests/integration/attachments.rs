@@ -34,8 +34,7 @@ async fn presigned_upload_lands_in_s3_and_is_listed_on_the_task() {
         upload.status()
     );
 
-    let sdk = local_stack::emulator::sdk_config(&stack().emulator_endpoint).await;
-    let clients = shared::aws::AwsClients::new(&sdk);
+    let clients = stack().clients().await;
     let bucket = reqwest::Url::parse(url)
         .unwrap()
         .path_segments()

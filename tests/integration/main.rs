@@ -2,6 +2,7 @@
 //! API host), started once per test binary on ports of its own.
 
 mod attachments;
+mod batches;
 mod chains;
 mod concurrency;
 mod errors;

@@ -1,8 +1,13 @@
 //! Shared helpers for the end-to-end tests: one local stack per test binary
 //! (moto on a free port, template.yaml provisioned, the API on a free port),
 //! and a small HTTP client that signs requests as a given caller.
+//!
+//! `TASKFLOW_TEST_BACKEND=localstack` (what `make test-localstack` sets) runs the same tests
+//! on the hybrid backend: DynamoDB on moto; SQS, Step Functions and S3 on LocalStack, started
+//! from `LOCALSTACK_VENV` (default `.venv-localstack`), or the one at `LOCALSTACK_ENDPOINT`.
 
-use local_stack::{jwt, Backend, LocalStack, StackOptions};
+use local_stack::emulator::Endpoints;
+use local_stack::{jwt, Backend, LocalStack, LocalStackSource, StackOptions};
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 use std::path::PathBuf;
@@ -12,7 +17,14 @@ pub const TEST_SECRET: &[u8] = b"integration-test-secret";
 
 pub struct TestStack {
     pub api_url: String,
+    /// moto's endpoint: every service, or DynamoDB only on the hybrid backend. Build SDK
+    /// clients with [`TestStack::clients`] or [`TestStack::sdk_config`], which know the
+    /// endpoint of each service.
     pub emulator_endpoint: String,
+    /// The endpoint of each service.
+    pub endpoints: Endpoints,
+    /// How another host attaches to the same emulators (see [`isolated_stack`]).
+    pub attach: Backend,
     /// Ref values of every resource (queue URLs, table name, …).
     pub refs: std::collections::HashMap<String, String>,
     /// The worker's configuration, as template.yaml sets it.
@@ -20,11 +32,52 @@ pub struct TestStack {
 }
 
 impl TestStack {
-    /// SDK clients pointed at the test emulator.
+    /// SDK clients pointed at the test emulators, each service at its endpoint.
     pub async fn clients(&self) -> shared::aws::AwsClients {
-        shared::aws::AwsClients::new(
-            &local_stack::emulator::sdk_config(&self.emulator_endpoint).await,
-        )
+        shared::aws::AwsClients::new(&self.sdk_config().await)
+    }
+
+    /// The SDK configuration the hosted functions use: each service at its endpoint.
+    pub async fn sdk_config(&self) -> local_stack::emulator::SdkConfig {
+        local_stack::emulator::sdk_config_for(&self.endpoints).await
+    }
+
+    /// True on the hybrid backend (`TASKFLOW_TEST_BACKEND=localstack`).
+    pub fn on_localstack(&self) -> bool {
+        matches!(self.attach, Backend::ExistingHybrid { .. })
+    }
+}
+
+/// The backend `TASKFLOW_TEST_BACKEND` asks for: `moto` (the default) or `localstack`.
+pub fn backend_from_env() -> Backend {
+    let choice = std::env::var("TASKFLOW_TEST_BACKEND").unwrap_or_default();
+    match choice.trim() {
+        "" | "moto" => Backend::Moto {
+            venv: venv_dir(),
+            port: 0,
+        },
+        "localstack" => Backend::Hybrid {
+            moto_venv: venv_dir(),
+            localstack: match std::env::var("LOCALSTACK_ENDPOINT") {
+                Ok(endpoint) if !endpoint.is_empty() => LocalStackSource::Existing { endpoint },
+                _ => LocalStackSource::Start {
+                    venv: localstack_venv_dir(),
+                },
+            },
+        },
+        other => panic!("TASKFLOW_TEST_BACKEND={other:?}: expected `moto` or `localstack`"),
+    }
+}
+
+/// Prints why a test does not run on the hybrid backend and returns true there, for
+/// `if skip_on_localstack("…") { return; }`.
+pub fn skip_on_localstack(reason: &str) -> bool {
+    if stack().on_localstack() {
+        println!("SKIPPED on LocalStack: {reason}");
+        eprintln!("SKIPPED on LocalStack: {reason}");
+        true
+    } else {
+        false
     }
 }
 
@@ -50,10 +103,7 @@ pub fn stack() -> &'static TestStack {
                     let options = StackOptions {
                         repo_root: StackOptions::repo_root(),
                         stack_name: "taskflow-test".into(),
-                        backend: Backend::Moto {
-                            venv: venv_dir(),
-                            port: 0,
-                        },
+                        backend: backend_from_env(),
                         api_port: 0,
                         jwt_secret: TEST_SECRET.to_vec(),
                         parameter_overrides: test_parameters(),
@@ -71,6 +121,8 @@ pub fn stack() -> &'static TestStack {
                             let info = TestStack {
                                 api_url: stack.api_url(),
                                 emulator_endpoint: stack.emulator.endpoint.clone(),
+                                endpoints: stack.endpoints.clone(),
+                                attach: stack.attach_backend(),
                                 refs: stack.resources.refs.clone(),
                                 config,
                             };
@@ -97,6 +149,12 @@ pub fn venv_dir() -> PathBuf {
     std::env::var_os("MOTO_VENV")
         .map(PathBuf::from)
         .unwrap_or_else(|| StackOptions::repo_root().join(".venv"))
+}
+
+pub fn localstack_venv_dir() -> PathBuf {
+    std::env::var_os("LOCALSTACK_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| StackOptions::repo_root().join(".venv-localstack"))
 }
 
 /// A unique agency per test, so tests never see each other's data.
@@ -268,10 +326,12 @@ impl Client {
 }
 
 /// Short leases and visibility timeouts so takeover and retry tests run in seconds.
+/// Visibility stays above the worker timeout plus the longest batching window (10 s),
+/// as Lambda requires, or batching would redeliver messages it is still collecting.
 pub fn test_parameters() -> Vec<(String, String)> {
     [
         ("LeaseSeconds", "6"),
-        ("QueueVisibilitySeconds", "8"),
+        ("QueueVisibilitySeconds", "18"),
         ("WorkerTimeoutSeconds", "7"),
     ]
     .into_iter()
@@ -373,9 +433,7 @@ pub fn isolated_options(stack_name: &str) -> StackOptions {
     StackOptions {
         repo_root: StackOptions::repo_root(),
         stack_name: stack_name.to_owned(),
-        backend: Backend::Existing {
-            endpoint: stack().emulator_endpoint.clone(),
-        },
+        backend: stack().attach.clone(),
         api_port: 0,
         jwt_secret: TEST_SECRET.to_vec(),
         parameter_overrides: test_parameters(),
@@ -390,4 +448,88 @@ pub fn worker_config(stack: &local_stack::LocalStack) -> shared::config::Config 
         .expect("worker in template");
     shared::config::Config::from_lookup(|k| worker.environment.get(k).cloned())
         .expect("worker config")
+}
+
+/// An HTTP endpoint for batch items: answers 422 to any item whose JSON
+/// contains `"bad":true`, 200 (echoing a count) otherwise. `accept_all()` heals it.
+pub struct PickyEndpoint {
+    pub url: String,
+    pub hits: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    healed: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl PickyEndpoint {
+    pub async fn start() -> PickyEndpoint {
+        use std::sync::atomic::Ordering;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let url = format!("http://{}/item", listener.local_addr().expect("addr"));
+        let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let healed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (counter, heal) = (hits.clone(), healed.clone());
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+                loop {
+                    let Ok((mut stream, _)) = listener.accept().await else { continue };
+                    let (counter, heal) = (counter.clone(), heal.clone());
+                    tokio::spawn(async move {
+                        let mut request = Vec::new();
+                        let mut buffer = [0u8; 8192];
+                        // Read headers and the body announced by Content-Length.
+                        loop {
+                            let Ok(n) = stream.read(&mut buffer).await else { return };
+                            if n == 0 { break; }
+                            request.extend_from_slice(&buffer[..n]);
+                            let text = String::from_utf8_lossy(&request).to_string();
+                            if let Some(split) = text.find("\r\n\r\n") {
+                                let length = text[..split]
+                                    .lines()
+                                    .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap_or(0)))
+                                    .unwrap_or(0);
+                                if request.len() >= split + 4 + length { break; }
+                            }
+                        }
+                        counter.fetch_add(1, Ordering::SeqCst);
+                        let text = String::from_utf8_lossy(&request).replace(' ', "");
+                        let bad = text.contains("\"bad\":true") && !heal.load(Ordering::SeqCst);
+                        let (status, body) = if bad { (422, "{\"error\":\"bad item\"}") } else { (200, "{\"ok\":true}") };
+                        let response = format!(
+                            "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                            body.len()
+                        );
+                        let _ = stream.write_all(response.as_bytes()).await;
+                    });
+                }
+            });
+        });
+        PickyEndpoint { url, hits, healed }
+    }
+
+    /// From now on every item succeeds.
+    pub fn accept_all(&self) {
+        self.healed.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Waits until a batch has finished (completed or failed) and returns its view.
+pub async fn wait_for_batch(client: &Client, id: &str) -> Value {
+    eventually(
+        &format!("batch {id} to finish"),
+        std::time::Duration::from_secs(120),
+        || async {
+            let reply = client.get(&format!("/api/batches/{id}")).await;
+            let status = reply.body["status"].as_str().unwrap_or_default().to_owned();
+            ["completed", "failed"]
+                .contains(&status.as_str())
+                .then_some(reply.body)
+        },
+    )
+    .await
 }

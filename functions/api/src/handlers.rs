@@ -112,6 +112,58 @@ pub async fn dispatch(
                 &serde_json::to_value(step).map_err(AppError::internal)?,
             ))
         }
+        Route::CreateBatch => {
+            let view = app
+                .services
+                .batches
+                .create(caller, &json_body(request, false)?)
+                .await?;
+            Ok(json(
+                201,
+                &serde_json::to_value(view).map_err(AppError::internal)?,
+            ))
+        }
+        Route::BatchUploadUrl => {
+            let upload = app
+                .services
+                .batches
+                .upload_url(caller, &json_body(request, false)?)
+                .await?;
+            Ok(json(201, &upload))
+        }
+        Route::GetBatch(id) => {
+            let view = app.services.batches.get(caller, id).await?;
+            Ok(json(
+                200,
+                &serde_json::to_value(view).map_err(AppError::internal)?,
+            ))
+        }
+        Route::BatchFailures(id) => {
+            let params = query_params(request);
+            let limit = match params.get("limit") {
+                None => 100,
+                Some(l) => match l.parse::<usize>() {
+                    Ok(n) if (1..=1000).contains(&n) => n,
+                    _ => return Err(invalid_field("limit", "must be an integer from 1 to 1000")),
+                },
+            };
+            let page = app
+                .services
+                .batches
+                .failures(caller, id, params.get("cursor").map(String::as_str), limit)
+                .await?;
+            Ok(json(
+                200,
+                &json!({"items": page.items, "nextCursor": page.next_cursor}),
+            ))
+        }
+        Route::RetryFailedItems(id) => {
+            let view = app.services.batches.retry_failed(caller, id).await?;
+            Ok(json(
+                200,
+                &serde_json::to_value(view).map_err(AppError::internal)?,
+            ))
+        }
         Route::ListAgents => {
             let agents = app.services.agents.list(caller).await?;
             Ok(json(200, &json!({"items": agents})))

@@ -21,6 +21,11 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/api/tasks/{id}/attachments"),
     ("POST", "/api/tasks/{id}/retry"),
     ("POST", "/api/tasks/{id}/steps/{stepId}/complete"),
+    ("POST", "/api/batches"),
+    ("POST", "/api/batches/uploads"),
+    ("GET", "/api/batches/{id}"),
+    ("GET", "/api/batches/{id}/failures"),
+    ("POST", "/api/batches/{id}/retry-failed"),
     ("GET", "/api/agents"),
     ("PUT", "/api/agents/{id}"),
     ("GET", "/api/queues"),
@@ -42,6 +47,11 @@ pub enum Route {
     AddAttachment(TaskId),
     RetryTask(TaskId),
     CompleteStep(TaskId, String),
+    CreateBatch,
+    BatchUploadUrl,
+    GetBatch(TaskId),
+    BatchFailures(TaskId),
+    RetryFailedItems(TaskId),
     ListAgents,
     /// The raw agent id; validated by the agent service.
     PutAgent(String),
@@ -66,6 +76,8 @@ impl Route {
         // An id that cannot exist is simply an unknown task.
         let task_id =
             |raw: &str| TaskId::parse(raw).map_err(|_| AppError::NotFound { what: "task" });
+        let batch_id =
+            |raw: &str| TaskId::parse(raw).map_err(|_| AppError::NotFound { what: "batch" });
         let m = method.as_str();
         match segments.as_slice() {
             ["api", "openapi.json"] => match m {
@@ -103,6 +115,26 @@ impl Route {
             }
             ["api", "tasks", id, "steps", step, "complete"] => match m {
                 "POST" => Ok(Route::CompleteStep(task_id(id)?, (*step).to_owned())),
+                _ => Err(wrong_method()),
+            },
+            ["api", "batches"] => match m {
+                "POST" => Ok(Route::CreateBatch),
+                _ => Err(wrong_method()),
+            },
+            ["api", "batches", "uploads"] => match m {
+                "POST" => Ok(Route::BatchUploadUrl),
+                _ => Err(wrong_method()),
+            },
+            ["api", "batches", id] => match m {
+                "GET" => Ok(Route::GetBatch(batch_id(id)?)),
+                _ => Err(wrong_method()),
+            },
+            ["api", "batches", id, "failures"] => match m {
+                "GET" => Ok(Route::BatchFailures(batch_id(id)?)),
+                _ => Err(wrong_method()),
+            },
+            ["api", "batches", id, "retry-failed"] => match m {
+                "POST" => Ok(Route::RetryFailedItems(batch_id(id)?)),
                 _ => Err(wrong_method()),
             },
             ["api", "agents"] => match m {

@@ -7,14 +7,15 @@ mod metrics;
 use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent, SqsMessage};
 use shared::aws::AwsClients;
 use shared::config::Config;
-use shared::domain::ChainMessage;
-use shared::service::{ChainRunner, Delivery, TaskRunner};
+use shared::domain::{BatchMessage, ChainMessage};
+use shared::service::{BatchRunner, ChainRunner, Delivery, TaskRunner};
 use shared::services::Services;
 use shared::AppError;
 
 pub struct Worker {
     runner: TaskRunner,
     chains: ChainRunner,
+    batches: BatchRunner,
     sqs: aws_sdk_sqs::Client,
     config: Config,
 }
@@ -25,6 +26,7 @@ impl Worker {
         Self {
             runner: services.runner,
             chains: services.chains,
+            batches: services.batch_runner,
             sqs: clients.sqs.clone(),
             config,
         }
@@ -62,10 +64,13 @@ impl Worker {
     /// True when the message must stay on the queue.
     async fn handle_record(&self, record: &SqsMessage) -> bool {
         let body = record.body.as_deref().unwrap_or_default();
-        // Chain steps carry a `kind`; whole tasks are plain dispatch messages.
-        let (delivery, report) = match serde_json::from_str::<ChainMessage>(body) {
-            Ok(message) => (self.chains.process(message).await, None),
-            Err(_) => self.runner.process(body).await,
+        // Chain steps and batch chunks carry a `kind`; whole tasks are plain dispatch messages.
+        let (delivery, report) = if let Ok(message) = serde_json::from_str::<ChainMessage>(body) {
+            (self.chains.process(message).await, None)
+        } else if let Ok(message) = serde_json::from_str::<BatchMessage>(body) {
+            (self.batches.process(message).await, None)
+        } else {
+            self.runner.process(body).await
         };
         if let Some(report) = &report {
             metrics::emit(report);

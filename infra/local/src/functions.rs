@@ -59,3 +59,18 @@ pub fn sweeper_handler(
         })
     }))
 }
+
+pub const BATCH_TRIGGER_FUNCTION: &str = "BatchTriggerFunction";
+
+/// The batch trigger as an SQS batch handler (S3 notifications arrive through SQS).
+pub fn batch_trigger_handler(
+    spec: &FunctionSpec,
+    clients: &AwsClients,
+) -> Result<crate::sqs_poller::BatchHandler> {
+    let config = config_for(spec).context("configuring the batch trigger function")?;
+    let trigger = Arc::new(batch_trigger::BatchTrigger::new(&config, clients));
+    Ok(Arc::new(move |event| {
+        let trigger = trigger.clone();
+        Box::pin(async move { trigger.handle_batch(event).await })
+    }))
+}

@@ -2,7 +2,7 @@
 //! template.yaml, and the functions hosted in-process behind their triggers.
 
 use crate::api_gateway::{ApiGateway, ApiRoute};
-use crate::emulator::{self, Emulator};
+use crate::emulator::{self, Emulator, Endpoints, LocalStackServer};
 use crate::functions::{self, API_FUNCTION};
 use crate::provision::{self, FunctionEvent, ProvisionedStack};
 use crate::scheduler;
@@ -28,6 +28,24 @@ pub enum Backend {
     Moto { venv: PathBuf, port: u16 },
     /// Use an emulator that is already running (moto, or LocalStack via AWS_ENDPOINT_URL).
     Existing { endpoint: String },
+    /// DynamoDB on moto (started from `moto_venv` on a free port); SQS, Step Functions and S3
+    /// on LocalStack. Each SDK client gets its service's endpoint.
+    Hybrid {
+        moto_venv: PathBuf,
+        localstack: LocalStackSource,
+    },
+    /// A hybrid that is already running: DynamoDB on moto at `moto`, SQS, Step Functions and
+    /// S3 on LocalStack at `localstack`.
+    ExistingHybrid { moto: String, localstack: String },
+}
+
+/// Where the LocalStack of a [`Backend::Hybrid`] comes from.
+#[derive(Debug, Clone)]
+pub enum LocalStackSource {
+    /// Start LocalStack's host runtime from this venv (`make venv-localstack`) on a free port.
+    Start { venv: PathBuf },
+    /// Use a LocalStack that is already running (e.g. `docker run -p 4566:4566 localstack/localstack`).
+    Existing { endpoint: String },
 }
 
 #[derive(Debug, Clone)]
@@ -52,7 +70,12 @@ impl StackOptions {
 }
 
 pub struct LocalStack {
+    /// moto (or the emulator at `AWS_ENDPOINT_URL`): every service, or DynamoDB only in the hybrid.
     pub emulator: Emulator,
+    /// The hybrid's LocalStack (SQS, Step Functions, S3).
+    pub localstack: Option<LocalStackServer>,
+    /// The endpoint of each service, as the hosted functions' clients use them.
+    pub endpoints: Endpoints,
     pub resources: ProvisionedStack,
     pub api_addr: SocketAddr,
     shutdown: watch::Sender<bool>,
@@ -61,18 +84,47 @@ pub struct LocalStack {
 
 impl LocalStack {
     pub async fn start(options: StackOptions) -> Result<LocalStack> {
-        let emulator = match &options.backend {
+        let (emulator, localstack) = match &options.backend {
             Backend::Moto { venv, port } => {
                 let port = if *port == 0 {
                     emulator::free_port()
                 } else {
                     *port
                 };
-                Emulator::start(venv, port).await?
+                (Emulator::start(venv, port).await?, None)
             }
-            Backend::Existing { endpoint } => Emulator::attach(endpoint).await?,
+            Backend::Existing { endpoint } => (Emulator::attach(endpoint).await?, None),
+            Backend::Hybrid {
+                moto_venv,
+                localstack,
+            } => {
+                let localstack = async {
+                    match localstack {
+                        LocalStackSource::Start { venv } => {
+                            LocalStackServer::start(venv, emulator::free_port()).await
+                        }
+                        LocalStackSource::Existing { endpoint } => {
+                            LocalStackServer::attach(endpoint).await
+                        }
+                    }
+                };
+                let (moto, localstack) = tokio::try_join!(
+                    Emulator::start(moto_venv, emulator::free_port()),
+                    localstack
+                )?;
+                (moto, Some(localstack))
+            }
+            Backend::ExistingHybrid { moto, localstack } => {
+                let (moto, localstack) =
+                    tokio::try_join!(Emulator::attach(moto), LocalStackServer::attach(localstack))?;
+                (moto, Some(localstack))
+            }
         };
-        let sdk = emulator::sdk_config(&emulator.endpoint).await;
+        let endpoints = match &localstack {
+            Some(localstack) => Endpoints::hybrid(&emulator.endpoint, &localstack.endpoint),
+            None => Endpoints::single(&emulator.endpoint),
+        };
+        let sdk = emulator::sdk_config_for(&endpoints).await;
         let mut template = Template::load(&options.repo_root.join("template.yaml"))?;
         for (name, value) in &options.parameter_overrides {
             template.override_parameter(name, value)?;
@@ -103,7 +155,7 @@ impl LocalStack {
             for event in &spec.events {
                 match (spec.logical_id.as_str(), event) {
                     (
-                        functions::WORKER_FUNCTION,
+                        name,
                         FunctionEvent::Sqs {
                             queue_url,
                             queue_arn,
@@ -125,7 +177,15 @@ impl LocalStack {
                                 .unwrap_or(DEFAULT_LOCAL_CONCURRENCY),
                             report_batch_item_failures: *report_batch_item_failures,
                         };
-                        let handler = functions::worker_handler(spec, &clients)?;
+                        let handler = match name {
+                            functions::WORKER_FUNCTION => {
+                                functions::worker_handler(spec, &clients)?
+                            }
+                            functions::BATCH_TRIGGER_FUNCTION => {
+                                functions::batch_trigger_handler(spec, &clients)?
+                            }
+                            other => anyhow::bail!("no local handler for {other}'s SQS event"),
+                        };
                         tasks.extend(sqs_poller::spawn(
                             mapping,
                             clients.sqs.clone(),
@@ -153,6 +213,8 @@ impl LocalStack {
 
         Ok(LocalStack {
             emulator,
+            localstack,
+            endpoints,
             resources,
             api_addr,
             shutdown,
@@ -164,6 +226,19 @@ impl LocalStack {
         format!("http://{}", self.api_addr)
     }
 
+    /// The backend for another host on this stack's emulators (the same services, attached).
+    pub fn attach_backend(&self) -> Backend {
+        match &self.localstack {
+            Some(localstack) => Backend::ExistingHybrid {
+                moto: self.emulator.endpoint.clone(),
+                localstack: localstack.endpoint.clone(),
+            },
+            None => Backend::Existing {
+                endpoint: self.emulator.endpoint.clone(),
+            },
+        }
+    }
+
     /// Ends every hosted function at once, mid-work, as a crash would. The
     /// emulator keeps running, so another host can pick up where this one died.
     pub fn kill_functions(&mut self) {
@@ -172,11 +247,14 @@ impl LocalStack {
         }
     }
 
-    /// Stops the hosted functions, then the emulator if this stack started it.
+    /// Stops the hosted functions, then the emulators this stack started.
     pub async fn stop(self) {
         let _ = self.shutdown.send(true);
         for task in self.tasks {
             let _ = task.await;
+        }
+        if let Some(localstack) = self.localstack {
+            localstack.stop().await;
         }
         self.emulator.stop().await;
     }

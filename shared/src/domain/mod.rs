@@ -3,6 +3,7 @@
 
 pub mod agent;
 pub mod batch;
+pub mod batch_input;
 pub mod chain;
 pub mod execution;
 pub mod fields;
@@ -14,7 +15,10 @@ pub mod step;
 pub mod task;
 
 pub use agent::{Agent, AgentStatus};
-pub use batch::{BatchJob, BatchStatus};
+pub use batch::{
+    BatchJob, BatchMessage, BatchSource, BatchStatus, ChunkCounts, ChunkItem, ItemFailure,
+    ManifestEntry,
+};
 pub use chain::{ChainMessage, OnFailure, StepConfig};
 pub use execution::{DispatchMessage, ExecutorSpec, RetryPolicy};
 pub use fields::{Description, Metadata, Priority, TaskType, Title};

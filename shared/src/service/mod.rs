@@ -2,6 +2,8 @@
 //! rules applied, written against the ports so they are testable without AWS.
 
 pub mod agents;
+pub mod batch_runner;
+pub mod batches;
 pub mod chains;
 pub mod input;
 pub mod queues;
@@ -12,6 +14,8 @@ mod sweeper_tests;
 pub mod tasks;
 
 pub use agents::AgentService;
+pub use batch_runner::BatchRunner;
+pub use batches::{BatchService, BatchView};
 pub use chains::ChainRunner;
 pub use input::{AssignInput, AttachmentInput, CompleteInput, NewTaskInput, TaskPatch};
 pub use queues::{QueueOverview, TierStats};

@@ -2,12 +2,14 @@
 
 pub mod attachments;
 pub mod dynamo;
+pub mod objects;
 pub mod orchestrator;
 pub mod queues;
 mod sdk_error;
 
 pub use attachments::S3AttachmentStorage;
-pub use dynamo::{DynamoAgentStore, DynamoSchedulingIndex, DynamoTaskStore};
+pub use dynamo::{DynamoAgentStore, DynamoBatchStore, DynamoSchedulingIndex, DynamoTaskStore};
+pub use objects::S3ObjectStore;
 pub use orchestrator::SfnOrchestrator;
 pub use queues::SqsDispatcher;
 pub(crate) use sdk_error::from_sdk;

@@ -29,6 +29,10 @@ pub struct Ports {
     pub dispatcher: Arc<dyn Dispatcher>,
     pub agents: Arc<dyn AgentStore>,
     pub orchestrator: Arc<dyn Orchestrator>,
+    pub batches: Arc<dyn crate::ports::BatchStore>,
+    pub objects: Arc<dyn crate::ports::ObjectStore>,
+    /// Runs the batch state machine.
+    pub batch_orchestrator: Arc<dyn Orchestrator>,
 }
 
 #[derive(Clone)]

@@ -1,11 +1,13 @@
 //! The DynamoDB adapter for `TaskStore`, on the single-table design in `keys`.
 
 mod agents;
+mod batches;
 mod cursor;
 pub mod keys;
 mod scheduling;
 
 pub use agents::DynamoAgentStore;
+pub use batches::DynamoBatchStore;
 pub use scheduling::DynamoSchedulingIndex;
 
 use self::keys::{
@@ -71,7 +73,7 @@ impl DynamoTaskStore {
     }
 
     /// BatchWriteItem in chunks of 25, resending anything DynamoDB left unprocessed.
-    async fn batch_write(&self, requests: Vec<WriteRequest>) -> Result<(), AppError> {
+    pub(crate) async fn batch_write(&self, requests: Vec<WriteRequest>) -> Result<(), AppError> {
         for chunk in requests.chunks(25) {
             let mut pending = chunk.to_vec();
             for attempt in 0..8u32 {
@@ -131,7 +133,7 @@ impl DynamoTaskStore {
     }
 }
 
-fn to_item<T: serde::Serialize>(value: &T) -> Result<Item, AppError> {
+pub(crate) fn to_item<T: serde::Serialize>(value: &T) -> Result<Item, AppError> {
     serde_dynamo::to_item(value).map_err(AppError::internal)
 }
 
@@ -139,7 +141,7 @@ pub(crate) fn from_item<T: serde::de::DeserializeOwned>(item: Item) -> Result<T,
     serde_dynamo::from_item(item).map_err(|e| AppError::internal(format!("corrupt item: {e}")))
 }
 
-fn task_item(task: &Task) -> Result<Item, AppError> {
+pub(crate) fn task_item(task: &Task) -> Result<Item, AppError> {
     let mut item = to_item(task)?;
     item.extend(keys::task_keys(task));
     Ok(item)

@@ -1,0 +1,368 @@
+//! Batch jobs in the single table: the job item, per-chunk counters (summed
+//! on read, so concurrent chunks never contend on one counter) and one item
+//! per failed input item.
+
+use super::keys::{self, n, s, PK, SK};
+use super::{cursor, from_item, task_item, to_item, Item};
+use crate::domain::{AgencyId, BatchJob, ChunkCounts, ItemFailure, Task, TaskId};
+use crate::error::AppError;
+use crate::ports::{BatchStore, Page};
+use crate::store::from_sdk;
+use async_trait::async_trait;
+use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
+use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
+use aws_sdk_dynamodb::types::{DeleteRequest, Put, PutRequest, TransactWriteItem, WriteRequest};
+use aws_sdk_dynamodb::Client;
+use sha2::{Digest, Sha256};
+
+const BATCH_SK: &str = "BATCH";
+const FAIL_PREFIX: &str = "FAIL#";
+
+fn chunk_sk(round: u32, chunk: u32) -> String {
+    format!("CHUNK#{round:03}#{chunk:05}")
+}
+
+fn fail_sk(index: u64) -> String {
+    format!("{FAIL_PREFIX}{index:012}")
+}
+
+#[derive(Debug, Clone)]
+pub struct DynamoBatchStore {
+    client: Client,
+    table: String,
+    tasks: super::DynamoTaskStore,
+}
+
+impl DynamoBatchStore {
+    pub fn new(client: Client, table: impl Into<String>) -> Self {
+        let table = table.into();
+        Self {
+            tasks: super::DynamoTaskStore::new(client.clone(), table.clone()),
+            client,
+            table,
+        }
+    }
+
+    fn key(agency: &AgencyId, id: TaskId, sk: String) -> Item {
+        Item::from([
+            (PK.to_owned(), s(keys::task_pk(agency, id))),
+            (SK.to_owned(), s(sk)),
+        ])
+    }
+
+    async fn exists(
+        &self,
+        partition_attr: &str,
+        index: Option<&str>,
+        partition: String,
+    ) -> Result<bool, AppError> {
+        let out = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .set_index_name(index.map(str::to_owned))
+            .key_condition_expression("#p = :p")
+            .expression_attribute_names("#p", partition_attr)
+            .expression_attribute_values(":p", s(partition))
+            .limit(1)
+            .send()
+            .await
+            .map_err(|e| from_sdk("dynamodb:Query", e))?;
+        Ok(out.count > 0)
+    }
+}
+
+#[async_trait]
+impl BatchStore for DynamoBatchStore {
+    async fn create(
+        &self,
+        task: &Task,
+        batch: &BatchJob,
+        dedupe_key: Option<&str>,
+    ) -> Result<bool, AppError> {
+        let mut batch_item = to_item(batch)?;
+        batch_item.extend(Self::key(&batch.agency_id, batch.id, BATCH_SK.to_owned()));
+        batch_item.insert("entity".into(), s("batch"));
+        let put = |item: Item| {
+            Put::builder()
+                .table_name(&self.table)
+                .set_item(Some(item))
+                .condition_expression("attribute_not_exists(PK)")
+                .build()
+                .map(|p| TransactWriteItem::builder().put(p).build())
+                .map_err(AppError::internal)
+        };
+        let mut writes = vec![put(task_item(task)?)?, put(batch_item)?];
+        if let Some(key) = dedupe_key {
+            let digest: String = Sha256::digest(key.as_bytes())
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            writes.push(put(Item::from([
+                (PK.to_owned(), s(format!("DEDUPE#{digest}"))),
+                (SK.to_owned(), s("DEDUPE")),
+                ("entity".to_owned(), s("dedupe")),
+                ("source".to_owned(), s(key)),
+                ("batchId".to_owned(), s(batch.id.to_string())),
+            ]))?);
+        }
+        match self
+            .client
+            .transact_write_items()
+            .set_transact_items(Some(writes))
+            .send()
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(err)
+                if dedupe_key.is_some()
+                    && matches!(
+                        err.as_service_error(),
+                        Some(TransactWriteItemsError::TransactionCanceledException(_))
+                    ) =>
+            {
+                Ok(false)
+            }
+            Err(err) => Err(from_sdk("dynamodb:TransactWriteItems", err)),
+        }
+    }
+
+    async fn get(&self, agency: &AgencyId, id: TaskId) -> Result<Option<BatchJob>, AppError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(Self::key(agency, id, BATCH_SK.to_owned())))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| from_sdk("dynamodb:GetItem", e))?;
+        out.item.map(from_item).transpose()
+    }
+
+    async fn put(&self, batch: &BatchJob) -> Result<(), AppError> {
+        let mut item = to_item(batch)?;
+        item.extend(Self::key(&batch.agency_id, batch.id, BATCH_SK.to_owned()));
+        item.insert("entity".into(), s("batch"));
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .send()
+            .await
+            .map_err(|e| from_sdk("dynamodb:PutItem", e))?;
+        Ok(())
+    }
+
+    async fn start_chunk(
+        &self,
+        agency: &AgencyId,
+        id: TaskId,
+        round: u32,
+        chunk: u32,
+        attempt: &str,
+    ) -> Result<(), AppError> {
+        let mut item = Self::key(agency, id, chunk_sk(round, chunk));
+        item.insert("entity".into(), s("chunk"));
+        item.insert("attempt".into(), s(attempt));
+        for counter in ["processed", "success", "failed"] {
+            item.insert(counter.into(), n(0));
+        }
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .send()
+            .await
+            .map_err(|e| from_sdk("dynamodb:PutItem", e))?;
+        Ok(())
+    }
+
+    async fn add_counts(
+        &self,
+        agency: &AgencyId,
+        id: TaskId,
+        round: u32,
+        chunk: u32,
+        attempt: &str,
+        counts: ChunkCounts,
+    ) -> Result<bool, AppError> {
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(Self::key(agency, id, chunk_sk(round, chunk))))
+            .update_expression("SET #processed = #processed + :p, #success = #success + :s, #failed = #failed + :f")
+            .condition_expression("#attempt = :attempt")
+            .expression_attribute_names("#processed", "processed")
+            .expression_attribute_names("#success", "success")
+            .expression_attribute_names("#failed", "failed")
+            .expression_attribute_names("#attempt", "attempt")
+            .expression_attribute_values(":p", n(counts.processed))
+            .expression_attribute_values(":s", n(counts.success))
+            .expression_attribute_values(":f", n(counts.failed))
+            .expression_attribute_values(":attempt", s(attempt))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(true),
+            Err(err)
+                if matches!(
+                    err.as_service_error(),
+                    Some(UpdateItemError::ConditionalCheckFailedException(_))
+                ) =>
+            {
+                Ok(false)
+            }
+            Err(err) => Err(from_sdk("dynamodb:UpdateItem", err)),
+        }
+    }
+
+    async fn round_counts(
+        &self,
+        agency: &AgencyId,
+        id: TaskId,
+        round: u32,
+    ) -> Result<ChunkCounts, AppError> {
+        let mut total = ChunkCounts::default();
+        let mut start = None;
+        loop {
+            let out = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression("PK = :pk AND begins_with(SK, :prefix)")
+                .expression_attribute_values(":pk", s(keys::task_pk(agency, id)))
+                .expression_attribute_values(":prefix", s(format!("CHUNK#{round:03}#")))
+                .consistent_read(true)
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(|e| from_sdk("dynamodb:Query", e))?;
+            for item in out.items.unwrap_or_default() {
+                let read = |k: &str| {
+                    item.get(k)
+                        .and_then(|v| v.as_n().ok())
+                        .and_then(|v| v.parse::<u64>().ok())
+                        .unwrap_or(0)
+                };
+                total.processed += read("processed");
+                total.success += read("success");
+                total.failed += read("failed");
+            }
+            start = out.last_evaluated_key;
+            if start.is_none() {
+                return Ok(total);
+            }
+        }
+    }
+
+    async fn record_failures(
+        &self,
+        agency: &AgencyId,
+        id: TaskId,
+        failures: &[ItemFailure],
+    ) -> Result<(), AppError> {
+        let requests = failures
+            .iter()
+            .map(|f| {
+                let mut item = Self::key(agency, id, fail_sk(f.index));
+                item.insert("entity".into(), s("item_failure"));
+                item.insert("index".into(), n(f.index));
+                item.insert(
+                    "error".into(),
+                    s(f.error.chars().take(2000).collect::<String>()),
+                );
+                let put = PutRequest::builder()
+                    .set_item(Some(item))
+                    .build()
+                    .map_err(AppError::internal)?;
+                Ok(WriteRequest::builder().put_request(put).build())
+            })
+            .collect::<Result<Vec<_>, AppError>>()?;
+        self.tasks.batch_write(requests).await
+    }
+
+    async fn clear_failures(
+        &self,
+        agency: &AgencyId,
+        id: TaskId,
+        indexes: &[u64],
+    ) -> Result<(), AppError> {
+        let requests = indexes
+            .iter()
+            .map(|index| {
+                let delete = DeleteRequest::builder()
+                    .set_key(Some(Self::key(agency, id, fail_sk(*index))))
+                    .build()
+                    .map_err(AppError::internal)?;
+                Ok(WriteRequest::builder().delete_request(delete).build())
+            })
+            .collect::<Result<Vec<_>, AppError>>()?;
+        self.tasks.batch_write(requests).await
+    }
+
+    async fn failures(
+        &self,
+        agency: &AgencyId,
+        id: TaskId,
+        cursor_token: Option<&str>,
+        limit: usize,
+    ) -> Result<Page<ItemFailure>, AppError> {
+        let pk = keys::task_pk(agency, id);
+        let start = match cursor_token {
+            Some(c) => Some(cursor::decode(c, &[PK, SK], PK, &pk)?),
+            None => None,
+        };
+        let out = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression("PK = :pk AND begins_with(SK, :prefix)")
+            .expression_attribute_values(":pk", s(pk))
+            .expression_attribute_values(":prefix", s(FAIL_PREFIX))
+            .limit(limit as i32)
+            .set_exclusive_start_key(start)
+            .send()
+            .await
+            .map_err(|e| from_sdk("dynamodb:Query", e))?;
+        let items = out
+            .items
+            .unwrap_or_default()
+            .iter()
+            .map(|item| ItemFailure {
+                index: item
+                    .get("index")
+                    .and_then(|v| v.as_n().ok())
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0),
+                error: item
+                    .get("error")
+                    .and_then(|v| v.as_s().ok())
+                    .cloned()
+                    .unwrap_or_default(),
+            })
+            .collect();
+        Ok(Page {
+            items,
+            next_cursor: out.last_evaluated_key.as_ref().map(cursor::encode),
+        })
+    }
+
+    async fn agency_known(&self, agency: &AgencyId) -> Result<bool, AppError> {
+        Ok(self
+            .exists(
+                keys::AGENCY_INDEX.pk,
+                Some(keys::AGENCY_INDEX.name),
+                keys::agency_partition(agency),
+            )
+            .await?
+            || self
+                .exists(
+                    keys::AGENCY_INDEX.pk,
+                    Some(keys::AGENCY_INDEX.name),
+                    keys::agents_partition(agency),
+                )
+                .await?)
+    }
+}

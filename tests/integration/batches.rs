@@ -1,0 +1,361 @@
+//! Batch jobs on the Distributed Map, against the local stack.
+
+use integration_tests::{eventually, stack, unique_agency, wait_for_batch, Client, PickyEndpoint};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use std::time::Duration;
+
+fn manager() -> (String, Client) {
+    let agency = unique_agency("batch");
+    let client = Client::as_user(&agency, "boss", "manager");
+    (agency, client)
+}
+
+async fn create(client: &Client, body: Value) -> String {
+    let reply = client.post("/api/batches", &body).await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.body);
+    reply.body["id"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn ten_thousand_items_complete_with_exact_counts() {
+    let (_, boss) = manager();
+    let items: Vec<Value> = (0..10_000).map(|n| json!({"n": n})).collect();
+    let id = create(
+        &boss,
+        json!({"items": items, "itemsPerBatch": 500, "parallelism": 5, "priority": "high"}),
+    )
+    .await;
+    let batch = wait_for_batch(&boss, &id).await;
+    assert_eq!(batch["status"], "completed", "{batch}");
+    assert_eq!(
+        (
+            batch["totalItems"].as_u64(),
+            batch["processedItems"].as_u64()
+        ),
+        (Some(10_000), Some(10_000))
+    );
+    assert_eq!(
+        (
+            batch["successItems"].as_u64(),
+            batch["failedItems"].as_u64()
+        ),
+        (Some(10_000), Some(0))
+    );
+    assert_eq!(batch["chunkCount"], 20);
+    assert_eq!(batch["progressPercent"], 100.0);
+    // The results summary is downloadable.
+    let url = batch["resultsUrl"].as_str().expect("results url");
+    let summary: Value = reqwest::get(url).await.unwrap().json().await.unwrap();
+    assert_eq!(summary["successItems"], 10_000);
+    let task = boss.get(&format!("/api/tasks/{id}")).await.body;
+    assert_eq!(
+        (task["type"].as_str(), task["status"].as_str()),
+        (Some("batch"), Some("completed"))
+    );
+}
+
+#[tokio::test]
+async fn partial_failures_below_and_above_the_tolerance_and_retry_failed() {
+    let (_, boss) = manager();
+    let endpoint = PickyEndpoint::start().await;
+    let items: Vec<Value> = (0..100)
+        .map(|n| json!({"n": n, "bad": n % 20 == 0}))
+        .collect(); // 5 % bad
+    let executor = json!({"type": "http", "config": {"url": endpoint.url}});
+    let tolerant = create(&boss, json!({"items": items, "executor": executor, "itemsPerBatch": 25, "toleratedFailurePercentage": 10})).await;
+    let strict = create(&boss, json!({"items": items, "executor": executor, "itemsPerBatch": 25, "toleratedFailurePercentage": 2.5})).await;
+
+    let batch = wait_for_batch(&boss, &tolerant).await;
+    assert_eq!(batch["status"], "completed", "{batch}");
+    assert_eq!(
+        (
+            batch["successItems"].as_u64(),
+            batch["failedItems"].as_u64()
+        ),
+        (Some(95), Some(5))
+    );
+    let batch = wait_for_batch(&boss, &strict).await;
+    assert_eq!(batch["status"], "failed", "{batch}");
+    assert_eq!(batch["failedItems"], 5);
+    assert!(
+        batch["error"]
+            .as_str()
+            .unwrap()
+            .contains("above the tolerated 2.5 %"),
+        "{batch}"
+    );
+
+    // Failed items are listed with their index and error, paged.
+    let first = boss
+        .get(&format!("/api/batches/{strict}/failures?limit=3"))
+        .await
+        .body;
+    let second = boss
+        .get(&format!(
+            "/api/batches/{strict}/failures?limit=3&cursor={}",
+            first["nextCursor"].as_str().unwrap()
+        ))
+        .await
+        .body;
+    let indexes: Vec<u64> = [&first, &second]
+        .iter()
+        .flat_map(|p| {
+            p["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|f| f["index"].as_u64().unwrap())
+        })
+        .collect();
+    assert_eq!(indexes, [0, 20, 40, 60, 80]);
+    assert!(first["items"][0]["error"].as_str().unwrap().contains("422"));
+
+    // Once the endpoint accepts them, retry-failed runs only those five again.
+    endpoint.accept_all();
+    let hits_before = endpoint.hits.load(std::sync::atomic::Ordering::SeqCst);
+    let retry = boss
+        .post(&format!("/api/batches/{strict}/retry-failed"), &json!({}))
+        .await;
+    assert_eq!(retry.status, StatusCode::OK, "{}", retry.body);
+    let batch = eventually(
+        "the retry round to finish",
+        Duration::from_secs(60),
+        || async {
+            let b = boss.get(&format!("/api/batches/{strict}")).await.body;
+            (b["round"] == 1 && b["status"] != "processing").then_some(b)
+        },
+    )
+    .await;
+    assert_eq!(batch["status"], "completed", "{batch}");
+    assert_eq!(
+        (
+            batch["successItems"].as_u64(),
+            batch["failedItems"].as_u64()
+        ),
+        (Some(100), Some(0))
+    );
+    assert_eq!(
+        endpoint.hits.load(std::sync::atomic::Ordering::SeqCst) - hits_before,
+        5
+    );
+    let failures = boss
+        .get(&format!("/api/batches/{strict}/failures"))
+        .await
+        .body;
+    assert_eq!(failures["items"], json!([]));
+}
+
+#[tokio::test]
+async fn progress_can_be_read_while_the_batch_runs() {
+    let (_, boss) = manager();
+    let items: Vec<Value> = (0..60).map(|n| json!({"n": n})).collect();
+    let id = create(
+        &boss,
+        json!({"items": items, "itemsPerBatch": 10, "parallelism": 1, "priority": "critical",
+        "executor": {"type": "sleep", "config": {"seconds": 0.05}}}),
+    )
+    .await;
+    let mut seen = Vec::new();
+    let done = loop {
+        let batch = boss.get(&format!("/api/batches/{id}")).await.body;
+        seen.push(batch["processedItems"].as_u64().unwrap());
+        if batch["status"] != "processing" {
+            break batch;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(seen.len() < 600, "the batch did not finish");
+    };
+    assert_eq!(done["status"], "completed");
+    assert!(
+        seen.windows(2).all(|w| w[0] <= w[1]),
+        "progress went backwards: {seen:?}"
+    );
+    assert!(
+        seen.iter().any(|p| *p > 0 && *p < 60),
+        "no partial progress was visible: {seen:?}"
+    );
+}
+
+async fn upload(agency: &str, name: &str, body: &[u8], metadata: &[(&str, &str)]) -> String {
+    let clients = stack().clients().await;
+    let key = format!("uploads/{agency}/{name}");
+    let mut put = clients
+        .s3
+        .put_object()
+        .bucket(stack().config.batch_bucket.clone())
+        .key(&key)
+        .body(body.to_vec().into());
+    for (k, v) in metadata {
+        put = put.metadata(*k, *v);
+    }
+    put.send().await.expect("upload");
+    key
+}
+
+/// The batches of an agency, from its task list.
+async fn batches_of(client: &Client) -> Vec<Value> {
+    client.get("/api/tasks?type=batch").await.body["items"]
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+#[tokio::test]
+async fn uploads_in_each_format_trigger_batches_and_bad_ones_fail_clearly() {
+    let (agency, boss) = manager();
+    // The agency must be known: it has a task.
+    boss.create_task(&json!({"title": "hello"})).await;
+    upload(
+        &agency,
+        "orders.json",
+        br#"[{"sku": "a"}, {"sku": "b"}, {"sku": "c"}]"#,
+        &[("priority", "high")],
+    )
+    .await;
+    upload(
+        &agency,
+        "orders.jsonl",
+        b"{\"sku\": \"a\"}\n{\"sku\": \"b\"}\n",
+        &[],
+    )
+    .await;
+    upload(
+        &agency,
+        "my orders.csv",
+        b"sku,qty\na,1\nb,2\nc,3\nd,4\n",
+        &[("items-per-batch", "2")],
+    )
+    .await;
+    upload(&agency, "broken.csv", b"sku,qty\na,1\nb\n", &[]).await;
+    upload(&agency, "bad-meta.json", b"[1]", &[("parallelism", "zero")]).await;
+
+    let batches = eventually("five upload batches", Duration::from_secs(60), || async {
+        let batches = batches_of(&boss).await;
+        (batches.len() == 5).then_some(batches)
+    })
+    .await;
+    let mut by_title = std::collections::HashMap::new();
+    for task in &batches {
+        let id = task["id"].as_str().unwrap();
+        let batch = wait_for_batch(&boss, id).await;
+        by_title.insert(task["title"].as_str().unwrap().to_owned(), batch);
+    }
+    let ok = |title: &str, total: u64| {
+        let b = &by_title[title];
+        assert_eq!(
+            (b["status"].as_str(), b["totalItems"].as_u64()),
+            (Some("completed"), Some(total)),
+            "{b}"
+        );
+        assert_eq!(b["source"], "s3_trigger");
+    };
+    ok("Upload orders.json", 3);
+    ok("Upload orders.jsonl", 2);
+    ok("Upload my orders.csv", 4);
+    assert_eq!(by_title["Upload orders.json"]["priority"], "high");
+    assert_eq!(by_title["Upload my orders.csv"]["chunkCount"], 2);
+    let broken = &by_title["Upload broken.csv"];
+    assert_eq!(broken["status"], "failed");
+    assert_eq!(broken["error"], "row 3: 1 fields, but the header has 2");
+    let bad_meta = &by_title["Upload bad-meta.json"];
+    assert_eq!(bad_meta["status"], "failed");
+    assert!(
+        bad_meta["error"]
+            .as_str()
+            .unwrap()
+            .contains("x-amz-meta-parallelism"),
+        "{bad_meta}"
+    );
+}
+
+#[tokio::test]
+async fn a_duplicate_upload_event_creates_no_second_batch_and_unknown_agencies_fail() {
+    let (agency, boss) = manager();
+    boss.create_task(&json!({"title": "known"})).await;
+    upload(&agency, "once.json", b"[1, 2]", &[]).await;
+    let first = eventually("the upload batch", Duration::from_secs(30), || async {
+        let batches = batches_of(&boss).await;
+        (batches.len() == 1).then(|| batches[0]["id"].as_str().unwrap().to_owned())
+    })
+    .await;
+    wait_for_batch(&boss, &first).await;
+    // Replay the notification the bucket sent, as a redelivery would.
+    let clients = stack().clients().await;
+    let head = clients
+        .s3
+        .head_object()
+        .bucket(stack().config.batch_bucket.clone())
+        .key(format!("uploads/{agency}/once.json"))
+        .send()
+        .await
+        .unwrap();
+    let event = json!({"Records": [{
+        "eventVersion": "2.1", "eventSource": "aws:s3", "awsRegion": "us-east-1", "eventTime": "2026-01-01T00:00:00.000Z",
+        "eventName": "ObjectCreated:Put", "userIdentity": {"principalId": "x"}, "requestParameters": {"sourceIPAddress": "127.0.0.1"},
+        "responseElements": {}, "s3": {"s3SchemaVersion": "1.0", "configurationId": "c",
+            "bucket": {"name": stack().config.batch_bucket, "ownerIdentity": {"principalId": "x"}, "arn": "arn:aws:s3:::b"},
+            "object": {"key": format!("uploads/{agency}/once.json"), "size": 6, "eTag": head.e_tag().unwrap_or_default().trim_matches('"'), "sequencer": "0"}}
+    }]});
+    for _ in 0..2 {
+        clients
+            .sqs
+            .send_message()
+            .queue_url(&stack().refs["BatchUploadsQueue"])
+            .message_body(event.to_string())
+            .send()
+            .await
+            .unwrap();
+    }
+    // Wait until the trigger has consumed both replays, then count.
+    let queue = stack().refs["BatchUploadsQueue"].clone();
+    eventually(
+        "the replays to be consumed",
+        Duration::from_secs(30),
+        || async {
+            let attrs = clients
+                .sqs
+                .get_queue_attributes()
+                .queue_url(&queue)
+                .attribute_names(aws_sdk_sqs::types::QueueAttributeName::All)
+                .send()
+                .await
+                .ok()?
+                .attributes
+                .unwrap_or_default();
+            let count = |n| {
+                attrs
+                    .get(&n)
+                    .and_then(|v: &String| v.parse::<u64>().ok())
+                    .unwrap_or(1)
+            };
+            (count(aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessages) == 0
+                && count(
+                    aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessagesNotVisible,
+                ) == 0)
+                .then_some(())
+        },
+    )
+    .await;
+    let batches = batches_of(&boss).await;
+    assert_eq!(
+        batches.len(),
+        1,
+        "a repeated event made another batch: {batches:?}"
+    );
+
+    // An agency this system has never seen gets a failed batch, not silence.
+    let stranger = unique_agency("stranger");
+    upload(&stranger, "who.json", b"[1]", &[]).await;
+    let stranger_client = Client::as_user(&stranger, "boss", "manager");
+    let batch = eventually("the stranger's batch", Duration::from_secs(30), || async {
+        batches_of(&stranger_client).await.first().cloned()
+    })
+    .await;
+    let view = wait_for_batch(&stranger_client, batch["id"].as_str().unwrap()).await;
+    assert_eq!(view["status"], "failed");
+    assert!(
+        view["error"].as_str().unwrap().contains("unknown agency"),
+        "{view}"
+    );
+}
