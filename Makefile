@@ -2,6 +2,10 @@
 
 SHELL := /bin/bash
 VENV := .venv
+FUZZ_VENV := .venv-fuzz
+MAX_EXAMPLES ?= 10
+# LocalStack's host runtime (make test-localstack): a venv of its own, made with Python 3.13.
+LOCALSTACK_VENV := .venv-localstack
 PYTHON ?= python3
 PORT ?= 3000
 EMULATOR_PORT ?= 5050
@@ -14,7 +18,7 @@ ROLE ?= manager
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: help venv build dev token test test-unit test-integration lint fmt fmt-check clippy sam-validate clean
+.PHONY: fuzz help venv venv-localstack build dev token test test-unit test-integration test-localstack lint fmt fmt-check clippy sam-validate clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -28,6 +32,22 @@ $(VENV)/.installed: infra/local/requirements.txt
 
 venv: $(VENV)/.installed ## Install the pinned Python tools (moto, aws-sam-cli, cfn-lint) into .venv
 
+# schemathesis has its own venv: its pins would fight aws-sam-cli's.
+$(FUZZ_VENV)/.installed: infra/local/fuzz-requirements.txt
+	@echo "==> Installing schemathesis into $(FUZZ_VENV)"
+	$(PYTHON) -m venv $(FUZZ_VENV)
+	$(FUZZ_VENV)/bin/pip install --quiet --disable-pip-version-check -r infra/local/fuzz-requirements.txt
+	touch $@
+
+fuzz: venv $(FUZZ_VENV)/.installed ## Fuzz the API from its OpenAPI document (schemathesis; MAX_EXAMPLES per operation, default 10)
+	MAX_EXAMPLES=$(MAX_EXAMPLES) bash infra/local/fuzz.sh
+
+$(LOCALSTACK_VENV)/.installed: infra/localstack/requirements.txt infra/localstack/venv.sh
+	bash infra/localstack/venv.sh $(LOCALSTACK_VENV)
+	touch $@
+
+venv-localstack: $(LOCALSTACK_VENV)/.installed ## Install LocalStack's host runtime (Python 3.13, pinned) into .venv-localstack
+
 build: ## Build every crate (debug)
 	$(CARGO) build --workspace --all-targets
 
@@ -37,7 +57,7 @@ dev: venv ## Run the whole system locally: emulator, resources from template.yam
 token: ## Print a local bearer token: make token AGENCY=acme USER=alice ROLE=manager
 	@$(CARGO) run --quiet -p local-stack -- token --agency $(AGENCY) --user $(USER) --role $(ROLE)
 
-test: venv fmt-check clippy test-unit test-integration sam-validate ## Everything CI runs
+test: venv fmt-check clippy test-unit test-integration fuzz sam-validate ## Everything CI runs
 	@echo "==> make test: all checks passed"
 
 test-unit: ## Unit and handler tests (no emulator)
@@ -45,6 +65,13 @@ test-unit: ## Unit and handler tests (no emulator)
 
 test-integration: venv ## End-to-end tests over HTTP against a local stack the tests start themselves
 	MOTO_VENV=$(CURDIR)/$(VENV) $(CARGO) test -p integration-tests -- --test-threads 4
+
+# LOCALSTACK_ENDPOINT=http://localhost:4566 uses a running LocalStack (Docker) instead of starting one.
+test-localstack: venv $(if $(LOCALSTACK_ENDPOINT),,venv-localstack) ## The end-to-end tests with SQS, Step Functions and S3 on LocalStack (host process), DynamoDB on moto
+	rm -rf .local/localstack
+	TASKFLOW_TEST_BACKEND=localstack MOTO_VENV=$(CURDIR)/$(VENV) LOCALSTACK_VENV=$(CURDIR)/$(LOCALSTACK_VENV) \
+		$(CARGO) test -p integration-tests -- --test-threads 4; \
+		status=$$?; rm -rf .local/localstack; exit $$status
 
 sam-validate: venv ## sam validate --lint and cfn-lint on template.yaml (offline)
 	SAM_CLI_TELEMETRY=0 AWS_DEFAULT_REGION=us-east-1 $(VENV)/bin/sam validate --lint --template template.yaml
@@ -63,4 +90,4 @@ clippy:
 
 clean: ## Remove build output and the venv
 	$(CARGO) clean
-	rm -rf $(VENV) .local
+	rm -rf $(VENV) $(LOCALSTACK_VENV) .local
