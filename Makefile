@@ -3,6 +3,7 @@
 SHELL := /bin/bash
 VENV := .venv
 FUZZ_VENV := .venv-fuzz
+DEPLOY_VENV := .venv-deploy
 MAX_EXAMPLES ?= 10
 # LocalStack's host runtime (make test-localstack): a venv of its own, made with Python 3.13.
 LOCALSTACK_VENV := .venv-localstack
@@ -18,7 +19,7 @@ ROLE ?= manager
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: fuzz help venv venv-localstack build dev token test test-unit test-integration test-localstack lint fmt fmt-check clippy sam-validate clean
+.PHONY: package fuzz help venv venv-localstack build dev token test test-unit test-integration test-localstack lint fmt fmt-check clippy sam-validate clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -38,6 +39,17 @@ $(FUZZ_VENV)/.installed: infra/local/fuzz-requirements.txt
 	$(PYTHON) -m venv $(FUZZ_VENV)
 	$(FUZZ_VENV)/bin/pip install --quiet --disable-pip-version-check -r infra/local/fuzz-requirements.txt
 	touch $@
+
+# cargo-lambda and the Zig it cross-compiles with come prebuilt from PyPI.
+$(DEPLOY_VENV)/.installed: infra/deploy-requirements.txt
+	@echo "==> Installing cargo-lambda (with Zig) into $(DEPLOY_VENV)"
+	$(PYTHON) -m venv $(DEPLOY_VENV)
+	$(DEPLOY_VENV)/bin/pip install --quiet --disable-pip-version-check -r infra/deploy-requirements.txt
+	touch $@
+
+package: venv $(DEPLOY_VENV)/.installed ## Build every function for provided.al2023 on arm64 with sam build (release; ~10 min on 2 cores)
+	PATH="$(CURDIR)/$(DEPLOY_VENV)/bin:$(CURDIR)/$(VENV)/bin:$$PATH" SAM_CLI_TELEMETRY=0 sam build --beta-features --template template.yaml
+	bash infra/package-check.sh
 
 fuzz: venv $(FUZZ_VENV)/.installed ## Fuzz the API from its OpenAPI document (schemathesis; MAX_EXAMPLES per operation, default 10)
 	MAX_EXAMPLES=$(MAX_EXAMPLES) bash infra/local/fuzz.sh
