@@ -19,7 +19,7 @@ ROLE ?= manager
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: package fuzz help venv venv-localstack build dev token test test-unit test-integration test-localstack lint fmt fmt-check clippy sam-validate clean
+.PHONY: soak package fuzz help venv venv-localstack build dev token test test-unit test-integration test-localstack lint fmt fmt-check clippy sam-validate clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -50,6 +50,10 @@ $(DEPLOY_VENV)/.installed: infra/deploy-requirements.txt
 package: venv $(DEPLOY_VENV)/.installed ## Build every function for provided.al2023 on arm64 with sam build (release; ~10 min on 2 cores)
 	PATH="$(CURDIR)/$(DEPLOY_VENV)/bin:$(CURDIR)/$(VENV)/bin:$$PATH" SAM_CLI_TELEMETRY=0 sam build --beta-features --template template.yaml
 	bash infra/package-check.sh
+
+soak: venv ## Ten minutes of steady load (SOAK_SECONDS, SOAK_RATE per second): 0 lost, 0 duplicated
+	MOTO_VENV=$(CURDIR)/$(VENV) SOAK_SECONDS=$(or $(SOAK_SECONDS),600) SOAK_RATE=$(or $(SOAK_RATE),5) \
+		$(CARGO) test -p integration-tests -- --ignored --nocapture soak
 
 fuzz: venv $(FUZZ_VENV)/.installed ## Fuzz the API from its OpenAPI document (schemathesis; MAX_EXAMPLES per operation, default 10)
 	MAX_EXAMPLES=$(MAX_EXAMPLES) bash infra/local/fuzz.sh
