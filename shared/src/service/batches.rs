@@ -219,10 +219,25 @@ impl BatchService {
         let (items, source) = match (inline, source_key.clone()) {
             (Some(items), _) => (items, BatchSource::Inline),
             (None, Some(key)) => {
-                let bytes = self
+                let source_error = |problem: &str| {
+                    let mut errors = FieldErrors::new();
+                    errors.add("source.key", problem);
+                    AppError::Validation(errors)
+                };
+                let bytes = match self
                     .objects
                     .get(&key, crate::domain::batch_input::MAX_INPUT_BYTES)
-                    .await?;
+                    .await
+                {
+                    Ok(bytes) => bytes,
+                    Err(AppError::NotFound { .. }) => {
+                        return Err(source_error(
+                            "nothing was uploaded at this key (PUT the file to the upload URL first)",
+                        ))
+                    }
+                    Err(AppError::Conflict(problem)) => return Err(source_error(&problem)),
+                    Err(err) => return Err(err),
+                };
                 let format = InputFormat::from_name(&key).expect("checked above");
                 let items = parse_items(&bytes, format).map_err(|problem| {
                     let mut errors = FieldErrors::new();

@@ -51,7 +51,10 @@ impl ObjectStore for S3ObjectStore {
             .key(key)
             .send()
             .await
-            .map_err(|e| from_sdk("s3:GetObject", e))?;
+            .map_err(|e| match e.as_service_error() {
+                Some(err) if err.is_no_such_key() => AppError::NotFound { what: "object" },
+                _ => from_sdk("s3:GetObject", e),
+            })?;
         if out.content_length.unwrap_or(0) as u64 > max_bytes as u64 {
             return Err(AppError::Conflict(format!(
                 "object is {} bytes; the limit is {max_bytes}",

@@ -10,6 +10,15 @@ use shared::domain::{StepStatus, Task, TaskStatus, TaskType};
 
 type Seed = fn(&mut Task);
 
+/// What a fixture needs in the store.
+enum Given {
+    Nothing,
+    /// The fixtures' task (with steps fetch and render), changed by the seed.
+    Task(Seed),
+    /// The fixtures' batch (see `base_batch`).
+    Batch,
+}
+
 /// Each fixture as it is, against a store holding the task it needs.
 #[tokio::test]
 async fn every_fixture_gets_its_expected_status() {
@@ -17,26 +26,34 @@ async fn every_fixture_gets_its_expected_status() {
     let assigned: Seed = |t| assigned_to_worker(TaskStatus::Assigned)(t);
     let started: Seed = |t| assigned_to_worker(TaskStatus::InProgress)(t);
     let multi: Seed = |t| t.task_type = TaskType::MultiStep;
-    let cases: &[(&str, Option<Seed>, u16)] = &[
-        ("api-list-tasks", Some(pending), 200),
-        ("api-create-task", None, 201),
-        ("api-get-task", Some(pending), 200),
-        ("api-update-task", Some(pending), 200),
-        ("api-delete-task", Some(pending), 200),
-        ("api-assign-task", Some(pending), 200),
-        ("api-start-task", Some(assigned), 200),
-        ("api-complete-task", Some(started), 200),
-        ("api-cancel-task", Some(pending), 200),
-        ("api-task-steps", Some(multi), 200),
-        ("api-add-attachment", Some(pending), 201),
-        ("api-openapi", None, 200),
-        ("api-no-identity", None, 401),
+    let cases: &[(&str, Given, u16)] = &[
+        ("api-list-tasks", Given::Task(pending), 200),
+        ("api-create-task", Given::Nothing, 201),
+        ("api-get-task", Given::Task(pending), 200),
+        ("api-update-task", Given::Task(pending), 200),
+        ("api-delete-task", Given::Task(pending), 200),
+        ("api-assign-task", Given::Task(pending), 200),
+        ("api-start-task", Given::Task(assigned), 200),
+        ("api-complete-task", Given::Task(started), 200),
+        ("api-cancel-task", Given::Task(pending), 200),
+        ("api-task-steps", Given::Task(multi), 200),
+        ("api-add-attachment", Given::Task(pending), 201),
+        ("api-create-batch", Given::Nothing, 201),
+        ("api-get-batch", Given::Batch, 200),
+        ("api-openapi", Given::Nothing, 200),
+        ("api-no-identity", Given::Nothing, 401),
     ];
     assert_eq!(cases.len(), API_EVENTS.len(), "every fixture has a case");
-    for (name, seed, status) in cases {
+    for (name, given, status) in cases {
         let api = Api::new();
-        if let Some(seed) = seed {
-            api.seed_with_steps(seed, &["fetch", "render"]).await;
+        match given {
+            Given::Nothing => {}
+            Given::Task(seed) => {
+                api.seed_with_steps(seed, &["fetch", "render"]).await;
+            }
+            Given::Batch => {
+                api.seed_batch(|_| {}).await;
+            }
         }
         let request = from_str(raw_event(name)).expect("fixture parses");
         let reply = api.call(request).await;
@@ -80,6 +97,22 @@ async fn every_fixture_gets_its_expected_status() {
                 assert_eq!(reply.body["upload"]["method"], "PUT");
                 assert_eq!(reply.header("etag"), Some("\"2\""));
             }
+            "api-create-batch" => {
+                // 5 items, 2 per chunk; the execution runs 2 chunks at a time.
+                assert_eq!(reply.body["status"], "processing");
+                assert_eq!(reply.body["source"], "inline");
+                assert_eq!(reply.body["totalItems"], 5);
+                assert_eq!(reply.body["chunkCount"], 3);
+                assert_eq!(reply.body["priority"], "low");
+                let started = api.orchestrator.started.lock().unwrap().clone();
+                assert_eq!(started.len(), 1);
+                assert_eq!(started[0].1["parallelism"], 2);
+            }
+            "api-get-batch" => {
+                assert_eq!(reply.body["id"], TASK_ID);
+                assert_eq!(reply.body["status"], "processing");
+                assert_eq!(reply.body["progressPercent"], 0.0);
+            }
             "api-openapi" => assert_eq!(&reply.body, doc()),
             "api-no-identity" => assert_eq!(reply.code(), "unauthorized"),
             _ => unreachable!(),
@@ -97,13 +130,18 @@ async fn fixtures_for_an_unknown_task_are_404() {
             continue;
         }
         seen += 1;
+        let what = if event.path().starts_with("/api/batches/") {
+            "batch"
+        } else {
+            "task"
+        };
         let reply = api.call(from_str(raw).unwrap()).await;
         assert_eq!(reply.status, 404, "{name}");
         assert_eq!(reply.code(), "not_found", "{name}");
-        assert_eq!(reply.body["error"]["message"], "task not found");
+        assert_eq!(reply.body["error"]["message"], format!("{what} not found"));
         assert_eq!(reply.body["error"]["fields"], json!({}));
     }
-    assert_eq!(seen, 9);
+    assert_eq!(seen, 10);
     // Ids that are not ULIDs cannot exist.
     let reply = api.send(&Event::load("api-get-task").id("nope")).await;
     assert_eq!((reply.status, reply.code()), (404, "not_found"));
@@ -493,6 +531,13 @@ async fn wrong_methods_are_405_with_allow_and_unknown_paths_404() {
         ("GET", format!("{task}/start"), "POST"),
         ("DELETE", format!("{task}/steps/"), "GET"),
         ("POST", "/api/openapi.json".to_owned(), "GET"),
+        ("GET", "/api/batches".to_owned(), "POST"),
+        ("DELETE", format!("/api/batches/{TASK_ID}"), "GET"),
+        (
+            "GET",
+            format!("/api/batches/{TASK_ID}/retry-failed"),
+            "POST",
+        ),
     ];
     for (method, path, allow) in cases {
         let reply = api
@@ -503,7 +548,7 @@ async fn wrong_methods_are_405_with_allow_and_unknown_paths_404() {
         assert_eq!(reply.header("allow"), Some(allow), "{method} {path}");
     }
     let reply = api
-        .send(&Event::load("api-get-task").to("GET", "/api/batches"))
+        .send(&Event::load("api-get-task").to("GET", "/api/batch"))
         .await
         .expect(404);
     assert_eq!(reply.code(), "no_route");

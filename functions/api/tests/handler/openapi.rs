@@ -5,18 +5,24 @@
 use crate::schema::{self, assert_valid, component, doc, lint, operations, parameters, resolve};
 use crate::support::*;
 use serde_json::{json, Value};
+use shared::domain::batch_input;
 use shared::domain::chain::{
     DEFAULT_MANUAL_TIMEOUT_SECONDS, DEFAULT_STEP_TIMEOUT_SECONDS, MAX_STEP_ATTEMPTS,
     MAX_STEP_TIMEOUT_SECONDS,
 };
 use shared::domain::limits::*;
 use shared::domain::{
-    AgencyId, Agent, AgentStatus, Attachment, AttachmentId, Caller, ExecutorSpec, Priority,
-    RetryPolicy, Role, StepConfig, StepStatus, TaskStatus, TaskType, UserId,
+    AgencyId, Agent, AgentStatus, Attachment, AttachmentId, BatchJob, BatchSource, BatchStatus,
+    Caller, ExecutorSpec, Priority, RetryPolicy, Role, StepConfig, StepStatus, TaskId, TaskStatus,
+    TaskType, UserId,
 };
 use shared::error::{AppError, FieldErrors};
+use shared::service::batches::{
+    DEFAULT_ITEMS_PER_BATCH, DEFAULT_PARALLELISM, MAX_INLINE_ITEMS, MAX_ITEMS_PER_BATCH,
+    MAX_PARALLELISM,
+};
 use shared::service::{
-    AssignInput, AttachmentInput, CompleteInput, NewTaskInput, TaskPatch, TierStats,
+    AssignInput, AttachmentInput, BatchView, CompleteInput, NewTaskInput, TaskPatch, TierStats,
 };
 use shared::testing::MemoryWorld;
 use std::collections::BTreeSet;
@@ -208,6 +214,36 @@ fn limits_match_the_code() {
             MAX_FILE_NAME_CHARS,
         ),
         ("TaskList/properties/items/maxItems", MAX_PAGE_SIZE),
+        ("NewBatch/properties/title/maxLength", MAX_TITLE_CHARS),
+        ("NewBatch/properties/items/maxItems", MAX_INLINE_ITEMS),
+        (
+            "NewBatch/properties/parallelism/maximum",
+            MAX_PARALLELISM as usize,
+        ),
+        (
+            "NewBatch/properties/parallelism/default",
+            DEFAULT_PARALLELISM as usize,
+        ),
+        (
+            "NewBatch/properties/itemsPerBatch/maximum",
+            MAX_ITEMS_PER_BATCH as usize,
+        ),
+        (
+            "NewBatch/properties/itemsPerBatch/default",
+            DEFAULT_ITEMS_PER_BATCH as usize,
+        ),
+        (
+            "Batch/properties/parallelism/maximum",
+            MAX_PARALLELISM as usize,
+        ),
+        (
+            "Batch/properties/itemsPerBatch/maximum",
+            MAX_ITEMS_PER_BATCH as usize,
+        ),
+        (
+            "NewBatch/properties/toleratedFailurePercentage/maximum",
+            100,
+        ),
     ];
     for (pointer, limit) in cases {
         assert_eq!(at(pointer), as_u64(*limit), "{pointer}");
@@ -234,6 +270,15 @@ fn limits_match_the_code() {
         assert!(text.contains(&bytes.to_string()), "{schema}: {text}");
     };
     described("Metadata", "/description", MAX_METADATA_BYTES);
+    described("NewBatch", "/properties/items/description", MAX_BODY_BYTES);
+    for limit in [
+        batch_input::MAX_INPUT_BYTES,
+        batch_input::MAX_ITEMS,
+        batch_input::MAX_ITEM_BYTES,
+        batch_input::MAX_DEPTH,
+    ] {
+        described("NewBatch", "/properties/source/description", limit);
+    }
     described(
         "Complete",
         "/properties/result/description",
@@ -243,6 +288,47 @@ fn limits_match_the_code() {
         .as_str()
         .unwrap();
     assert!(too_large.contains(&MAX_BODY_BYTES.to_string()));
+    let conflict = root["components"]["responses"]["Conflict"]["description"]
+        .as_str()
+        .unwrap();
+    assert!(conflict.contains(&batch_input::MAX_INPUT_BYTES.to_string()));
+    // Batch input files: the extensions `InputFormat` knows, in each place they are listed.
+    for (schema, pointer) in [
+        ("NewBatch", "/properties/source/properties/key/description"),
+        ("BatchUploadRequest", "/properties/fileName/description"),
+    ] {
+        let text = component(schema)
+            .pointer(pointer)
+            .unwrap()
+            .as_str()
+            .unwrap();
+        for ext in [".json", ".jsonl", ".ndjson", ".csv"] {
+            let name = format!("x{ext}");
+            assert!(
+                batch_input::InputFormat::from_name(&name).is_some(),
+                "{ext}"
+            );
+            assert!(
+                text.contains(&format!("{ext},")) || text.contains(&format!("{ext} ")),
+                "{schema}: {ext}"
+            );
+        }
+        assert!(batch_input::InputFormat::from_name("x.txt").is_none());
+    }
+    // The failures page size.
+    let (_, failures) = schema::operation_for("GET", "/api/batches/x/failures").unwrap();
+    let limit = &parameters(root, "/api/batches/{id}/failures", failures)
+        .into_iter()
+        .find(|p| p["name"] == "limit")
+        .unwrap()["schema"];
+    assert_eq!(
+        (&limit["minimum"], &limit["maximum"], &limit["default"]),
+        (&json!(1), &json!(1000), &json!(100))
+    );
+    assert_eq!(
+        component("BatchFailureList")["properties"]["items"]["maxItems"],
+        1000
+    );
 }
 
 #[test]
@@ -273,6 +359,31 @@ fn enums_match_the_domain() {
         e("AgentStatus"),
         names(AgentStatus::ALL.iter().map(|p| p.as_str()).collect())
     );
+    assert_eq!(
+        e("BatchStatus"),
+        names(BatchStatus::ALL.iter().map(|p| p.as_str()).collect())
+    );
+    assert_eq!(
+        e("BatchSource"),
+        names(BatchSource::ALL.iter().map(|p| p.as_str()).collect())
+    );
+    // Request enums: the domain's values, and null for "absent".
+    let with_null = |schema: &str, field: &str| {
+        let values = &component(schema)["properties"][field]["enum"];
+        assert!(
+            values.as_array().unwrap().contains(&Value::Null),
+            "{schema}.{field}"
+        );
+        values
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_owned))
+            .collect::<BTreeSet<_>>()
+    };
+    let priorities = names(Priority::ALL.iter().map(|p| p.as_str()).collect());
+    assert_eq!(with_null("NewTask", "priority"), priorities);
+    assert_eq!(with_null("NewBatch", "priority"), priorities);
     // archivedFrom: every status that can become archived.
     let archivable = TaskStatus::ALL
         .iter()
@@ -360,15 +471,37 @@ fn parser_for(operation_id: &str) -> Parser {
         "registerAgent" => |b| {
             let agents = MemoryWorld::new().services().agents;
             let manager = Caller::from_claims(Some(MANAGER), Some(AGENCY), Some("manager"))?;
-            tokio::runtime::Builder::new_current_thread()
-                .build()
-                .expect("a runtime")
-                .block_on(agents.heartbeat(&manager, WORKER, b))
-                .map(drop)
+            block_on(agents.heartbeat(&manager, WORKER, b)).map(drop)
+        },
+        // The batch service parses both batch bodies (a manager passes its role check).
+        "createBatch" => |b| {
+            let batches = MemoryWorld::new().services().batches;
+            let manager = Caller::from_claims(Some(MANAGER), Some(AGENCY), Some("manager"))?;
+            block_on(batches.create(&manager, b)).map(drop)
+        },
+        "createBatchUpload" => |b| {
+            let batches = MemoryWorld::new().services().batches;
+            let manager = Caller::from_claims(Some(MANAGER), Some(AGENCY), Some("manager"))?;
+            block_on(batches.upload_url(&manager, b)).map(drop)
         },
         other => panic!("{other} has a request body but no parser here"),
     }
 }
+
+fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("a runtime")
+        .block_on(future)
+}
+
+/// Operations whose parser ignores fields it does not know; their schemas
+/// leave `additionalProperties` open and say so.
+const IGNORES_UNKNOWN_FIELDS: &[&str] = &["createBatchUpload"];
+
+/// Properties of which a body must give exactly one (stated in words in the
+/// schema's description); leaving out all of them is rejected naming the first.
+const EXACTLY_ONE_OF: &[(&str, &[&str])] = &[("createBatch", &["items", "source"])];
 
 fn rejected_fields(result: Result<(), AppError>) -> Vec<String> {
     match result {
@@ -479,7 +612,7 @@ fn step_config_schema_agrees_with_the_parser() {
 
 /// The request schemas say what the parsers accept: each example is valid for
 /// both, and an undeclared field is rejected by the parser where the schema
-/// has `additionalProperties: false`.
+/// has `additionalProperties: false` (and accepted where it does not).
 #[test]
 fn request_schemas_agree_with_the_parsers() {
     let root = doc();
@@ -497,11 +630,24 @@ fn request_schemas_agree_with_the_parsers() {
         assert_valid(body_schema, example, &format!("{method} {path} example"));
         parse(example).unwrap_or_else(|e| panic!("{id}: example rejected: {e}"));
 
-        assert_eq!(body_schema["additionalProperties"], false, "{id}");
         let mut extra = example.clone();
         extra["unexpected"] = json!(1);
-        assert!(!schema::problems(root, body_schema, &extra).is_empty());
-        assert_eq!(rejected_fields(parse(&extra)), ["unexpected"], "{id}");
+        if IGNORES_UNKNOWN_FIELDS.contains(&id) {
+            assert!(body_schema.get("additionalProperties").is_none(), "{id}");
+            let description = body_schema["description"].as_str().unwrap_or("");
+            assert!(description.contains("ignored"), "{id}: {description}");
+            assert!(schema::problems(root, body_schema, &extra).is_empty());
+            parse(&extra).unwrap_or_else(|e| panic!("{id}: extra field rejected: {e}"));
+        } else {
+            assert_eq!(body_schema["additionalProperties"], false, "{id}");
+            assert!(!schema::problems(root, body_schema, &extra).is_empty());
+            assert_eq!(rejected_fields(parse(&extra)), ["unexpected"], "{id}");
+        }
+        let one_of = EXACTLY_ONE_OF
+            .iter()
+            .find(|(op, _)| *op == id)
+            .map(|(_, names)| *names)
+            .unwrap_or(&[]);
 
         // Every declared property is one the parser knows (null where allowed).
         for (name, property) in body_schema["properties"].as_object().unwrap() {
@@ -515,11 +661,21 @@ fn request_schemas_agree_with_the_parsers() {
             let schema_ok = schema::problems(root, body_schema, &with_null).is_empty();
             if nullable || property.get("type").is_none() {
                 assert!(schema_ok, "{id}.{name}");
-                // null is "absent": fine unless the field is required.
+                // null is "absent": fine unless the field is required, or
+                // it was the example's one of an exactly-one-of group.
                 let required = body_schema
                     .get("required")
                     .is_some_and(|r| strings(r).contains(name));
-                assert_eq!(result.is_ok(), !required, "{id}.{name}: {result:?}");
+                let last_of_group = one_of.contains(&name.as_str())
+                    && one_of.iter().all(|n| with_null[*n].is_null());
+                assert_eq!(
+                    result.is_ok(),
+                    !required && !last_of_group,
+                    "{id}.{name}: {result:?}"
+                );
+                if last_of_group {
+                    assert_eq!(rejected_fields(result), [one_of[0]], "{id}.{name}");
+                }
             } else {
                 assert!(!schema_ok, "{id}.{name} is not nullable");
                 assert!(
@@ -529,7 +685,40 @@ fn request_schemas_agree_with_the_parsers() {
             }
         }
     }
-    assert_eq!(bodies, 7);
+    assert_eq!(bodies, 9);
+
+    // Exactly one of the groups: both, or neither, are rejected naming the first.
+    for (id, names) in EXACTLY_ONE_OF {
+        let (_, _, op) = operations(root)
+            .into_iter()
+            .find(|(_, _, op)| op["operationId"] == *id)
+            .unwrap();
+        let body_schema = resolve(
+            root,
+            &op["requestBody"]["content"]["application/json"]["schema"],
+        );
+        let description = body_schema["description"].as_str().unwrap();
+        assert!(
+            description.contains(&format!("exactly one of `{}` or `{}`", names[0], names[1])),
+            "{id}: {description}"
+        );
+        let mut neither = op["requestBody"]["content"]["application/json"]["example"].clone();
+        for name in *names {
+            neither.as_object_mut().unwrap().remove(*name);
+        }
+        assert_eq!(
+            rejected_fields(parser_for(id)(&neither)),
+            [names[0]],
+            "{id}"
+        );
+    }
+    let both = json!({"items": [1], "source": {"key": format!("inputs/{AGENCY}/x/a.csv")}});
+    assert_valid(
+        component("NewBatch"),
+        &both,
+        "items and source (a rule in words)",
+    );
+    assert_eq!(rejected_fields(parser_for("createBatch")(&both)), ["items"]);
 
     // Step objects inside a new task.
     let steps = json!({"title": "t", "type": "multi_step", "steps": [
@@ -724,6 +913,88 @@ fn serialized_records_match_their_schemas_exactly() {
     .unwrap();
     assert_valid(component("TierStats"), &tier, "tier stats");
     assert_eq!(keys(&tier), strings(&component("TierStats")["required"]));
+}
+
+/// A batch as the API shows it: everything it can emit is declared, and
+/// everything required is always emitted.
+#[test]
+fn serialized_batches_match_their_schema_exactly() {
+    let now = chrono::Utc::now();
+    let id = TaskId::generate();
+    let mut batch = BatchJob {
+        id,
+        task_id: id,
+        agency_id: AgencyId::parse(AGENCY).unwrap(),
+        status: BatchStatus::Pending,
+        source: BatchSource::Inline,
+        source_key: None,
+        priority: Priority::Background,
+        executor: ExecutorSpec {
+            kind: "echo".into(),
+            config: json!({}),
+        },
+        parallelism: 10,
+        tolerated_failure_percentage: 0.0,
+        items_per_batch: 100,
+        total_items: 0,
+        chunk_count: 0,
+        processed_items: 0,
+        success_items: 0,
+        failed_items: 0,
+        round: 0,
+        manifest_key: None,
+        results_key: None,
+        execution_arn: None,
+        error: None,
+        created_at: now,
+        started_at: None,
+        completed_at: None,
+    };
+    let view = |batch: &BatchJob, eta: Option<u64>, url: Option<&str>| {
+        serde_json::to_value(BatchView {
+            batch: batch.clone(),
+            progress_percent: 100.0,
+            eta_seconds: eta,
+            results_url: url.map(str::to_owned),
+        })
+        .unwrap()
+    };
+    let minimal = view(&batch, None, None);
+    assert_valid(component("Batch"), &minimal, "minimal batch");
+    assert_eq!(keys(&minimal), strings(&component("Batch")["required"]));
+
+    let prefix = format!("batches/{AGENCY}/{id}/round-001");
+    batch.status = BatchStatus::Failed;
+    batch.source = BatchSource::S3Trigger;
+    batch.source_key = Some(format!("uploads/{AGENCY}/orders.csv"));
+    batch.round = 1;
+    batch.manifest_key = Some(format!("{prefix}/manifest.json"));
+    batch.results_key = Some(format!("{prefix}/results.json"));
+    batch.execution_arn = Some(format!(
+        "arn:aws:states:us-east-1:123456789012:execution:batch:{id}-r1"
+    ));
+    batch.error = Some("too many failed items".into());
+    batch.started_at = Some(now);
+    batch.completed_at = Some(now);
+    batch.tolerated_failure_percentage = 12.5;
+    let full = view(
+        &batch,
+        Some(42),
+        Some("https://downloads.example/results.json"),
+    );
+    assert_valid(component("Batch"), &full, "fully populated batch");
+    assert_eq!(keys(&full), keys(&component("Batch")["properties"]));
+
+    let failure = serde_json::to_value(shared::domain::ItemFailure {
+        index: 7,
+        error: "boom".into(),
+    })
+    .unwrap();
+    assert_valid(component("BatchItemFailure"), &failure, "item failure");
+    assert_eq!(
+        keys(&failure),
+        keys(&component("BatchItemFailure")["properties"])
+    );
 }
 
 /// The JSON real handlers return, checked against the named schemas (the

@@ -6,10 +6,12 @@ use api::App;
 use lambda_http::http::HeaderMap;
 use lambda_http::{Body, Request, RequestExt, Response};
 use serde_json::{json, Value};
-use shared::domain::{StepStatus, Task, TaskId, TaskStatus, TaskStep, TaskType, UserId};
-use shared::ports::TaskStore;
+use shared::domain::{BatchJob, StepStatus, Task, TaskId, TaskStatus, TaskStep, TaskType, UserId};
+use shared::ports::{BatchStore, TaskStore};
 
-use shared::testing::{MemoryStore, MemoryWorld, RecordingOrchestrator};
+use shared::testing::{
+    MemoryBatches, MemoryObjects, MemoryStore, MemoryWorld, RecordingOrchestrator,
+};
 use std::sync::Arc;
 
 /// The task id every fixture uses in its path.
@@ -38,6 +40,8 @@ pub const API_EVENTS: &[(&str, &str)] = fixtures!(
     "api-cancel-task",
     "api-task-steps",
     "api-add-attachment",
+    "api-create-batch",
+    "api-get-batch",
     "api-openapi",
     "api-no-identity",
 );
@@ -212,6 +216,10 @@ pub struct Api {
     pub store: Arc<MemoryStore>,
     /// Records the chain executions started and stopped and the step tokens answered.
     pub orchestrator: Arc<RecordingOrchestrator>,
+    /// Batch jobs, their chunk counters and failed items.
+    pub batches: Arc<MemoryBatches>,
+    /// The batch bucket: chunks, manifests and uploaded inputs.
+    pub objects: Arc<MemoryObjects>,
 }
 
 impl Api {
@@ -221,6 +229,8 @@ impl Api {
             app: App::with_services(world.services()),
             store: world.store.clone(),
             orchestrator: world.orchestrator.clone(),
+            batches: world.batches.clone(),
+            objects: world.objects.clone(),
         }
     }
 
@@ -255,6 +265,42 @@ impl Api {
             .await
             .expect("seeded task");
         task
+    }
+
+    /// Stores a batch (and its batch task) with the fixtures' id in agency
+    /// `acme`: 3 inline items, processing, changed by `change`.
+    pub async fn seed_batch(&self, change: impl FnOnce(&mut BatchJob)) -> BatchJob {
+        let mut task = base_task();
+        task.task_type = TaskType::Batch;
+        task.status = TaskStatus::InProgress;
+        task.priority = shared::domain::Priority::Background;
+        let mut batch = base_batch();
+        change(&mut batch);
+        self.batches
+            .create(&task, &batch, None)
+            .await
+            .expect("seeded batch");
+        batch
+    }
+
+    /// The stored object at `key`, parsed as JSON.
+    pub fn object(&self, key: &str) -> Option<Value> {
+        let objects = self.objects.objects.lock().unwrap();
+        objects
+            .get(key)
+            .map(|(body, _)| serde_json::from_slice(body).expect("a JSON object"))
+    }
+
+    /// The keys of the stored objects under `prefix`, sorted.
+    pub fn object_keys(&self, prefix: &str) -> Vec<String> {
+        let objects = self.objects.objects.lock().unwrap();
+        let mut keys: Vec<String> = objects
+            .keys()
+            .filter(|k| k.starts_with(prefix))
+            .cloned()
+            .collect();
+        keys.sort();
+        keys
     }
 
     /// Stores a multi_step task with the fixtures' id, in_progress and assigned
@@ -304,6 +350,35 @@ pub fn base_task() -> Task {
         "updatedAt": now,
     }))
     .expect("a valid task")
+}
+
+/// A processing batch of 3 inline items with the fixtures' id, as the store
+/// would hold it once its one chunk is written and its execution started.
+pub fn base_batch() -> BatchJob {
+    let now = chrono::Utc::now();
+    serde_json::from_value(json!({
+        "id": TASK_ID,
+        "taskId": TASK_ID,
+        "agencyId": AGENCY,
+        "status": "processing",
+        "source": "inline",
+        "priority": "background",
+        "executor": {"type": "echo", "config": {}},
+        "parallelism": 10,
+        "toleratedFailurePercentage": 0.0,
+        "itemsPerBatch": 100,
+        "totalItems": 3,
+        "chunkCount": 1,
+        "processedItems": 0,
+        "successItems": 0,
+        "failedItems": 0,
+        "round": 0,
+        "manifestKey": format!("batches/{AGENCY}/{TASK_ID}/round-000/manifest.json"),
+        "executionArn": format!("arn:aws:states:us-east-1:123456789012:execution:batch:{TASK_ID}-r0"),
+        "createdAt": now,
+        "startedAt": now,
+    }))
+    .expect("a valid batch")
 }
 
 pub fn step(task: &Task, order: u32, name: &str) -> TaskStep {
