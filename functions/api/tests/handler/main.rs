@@ -2,6 +2,7 @@
 //! ports, and openapi.json checked against the implementation.
 
 mod api_events;
+mod batches;
 mod lambda_events;
 mod openapi;
 mod schema;
