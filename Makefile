@@ -19,7 +19,7 @@ ROLE ?= manager
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: soak package fuzz help venv venv-localstack build dev token test test-unit test-integration test-localstack lint fmt fmt-check clippy sam-validate clean
+.PHONY: bench soak package fuzz help venv venv-localstack build dev token test test-unit test-integration test-localstack lint fmt fmt-check clippy sam-validate clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -50,6 +50,12 @@ $(DEPLOY_VENV)/.installed: infra/deploy-requirements.txt
 package: venv $(DEPLOY_VENV)/.installed ## Build every function for provided.al2023 on arm64 with sam build (release; ~10 min on 2 cores)
 	PATH="$(CURDIR)/$(DEPLOY_VENV)/bin:$(CURDIR)/$(VENV)/bin:$$PATH" SAM_CLI_TELEMETRY=0 sam build --beta-features --template template.yaml
 	bash infra/package-check.sh
+
+bench: venv ## Benchmarks against the local stack and a BullMQ peer; writes bench/results/latest.{json,md} (QUICK=1: about 3 minutes)
+	@command -v redis-server >/dev/null || { echo "==> Installing redis-server (Debian)"; (apt-get update -qq && apt-get install -y -qq redis-server) >/dev/null; }
+	@test -d bench/peer/node_modules || { echo "==> Installing the BullMQ peer (npm ci)"; cd bench/peer && npm ci --silent --no-audit --no-fund; }
+	$(CARGO) build --release --quiet -p api -p worker -p sweeper -p batch-trigger -p bench
+	QUICK=$(QUICK) ./target/release/taskflow-bench
 
 soak: venv ## Ten minutes of steady load (SOAK_SECONDS, SOAK_RATE per second): 0 lost, 0 duplicated
 	MOTO_VENV=$(CURDIR)/$(VENV) SOAK_SECONDS=$(or $(SOAK_SECONDS),600) SOAK_RATE=$(or $(SOAK_RATE),5) \

@@ -1,1 +1,307 @@
-fn main() {}
+//! `make bench`: reproducible figures for BENCHMARKS.md. Starts moto with a
+//! counting proxy in front, hosts the functions in-process (as `make dev`
+//! does), drives the API, and runs the BullMQ peer on the same machine.
+//! QUICK=1 runs a smaller set in a few minutes.
+
+mod ceiling;
+mod client;
+mod coldstart;
+mod cost;
+mod counting_proxy;
+mod peer;
+mod report;
+mod stats;
+mod workloads;
+
+use anyhow::{Context, Result};
+use client::Api;
+use counting_proxy::{CountingProxy, Counts};
+use local_stack::{Backend, LocalStack, StackOptions};
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+use tracing::info;
+
+const SECRET: &[u8] = b"bench-secret";
+
+struct Sizes {
+    repeats: usize,
+    throughput_tasks: usize,
+    per_tier: usize,
+    assign: usize,
+    backlog: usize,
+    critical: usize,
+    chain_steps: usize,
+    batch_items: usize,
+    unit_tasks: usize,
+}
+
+fn sizes(quick: bool) -> Sizes {
+    if quick {
+        Sizes { repeats: 1, throughput_tasks: 100, per_tier: 10, assign: 20, backlog: 100, critical: 10, chain_steps: 4, batch_items: 1000, unit_tasks: 20 }
+    } else {
+        Sizes { repeats: 3, throughput_tasks: 500, per_tier: 40, assign: 100, backlog: 500, critical: 20, chain_steps: 8, batch_items: 10_000, unit_tasks: 50 }
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    std::env::set_var("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info,aws=warn".into()));
+    shared::telemetry::init();
+    let quick = std::env::var("QUICK").is_ok_and(|v| v == "1");
+    let size = sizes(quick);
+    let repo = StackOptions::repo_root();
+    let started = Instant::now();
+
+    info!("==> starting moto behind a counting proxy");
+    let emulator = local_stack::emulator::Emulator::start(&repo.join(".venv"), local_stack::emulator::free_port()).await?;
+    let emulator_pid = emulator.pid();
+    let proxy = CountingProxy::start(&emulator.endpoint).await?;
+    let stack = LocalStack::start(StackOptions {
+        repo_root: repo.clone(),
+        stack_name: "taskflow-bench".into(),
+        backend: Backend::Existing { endpoint: proxy.endpoint.clone() },
+        api_port: 0,
+        jwt_secret: SECRET.to_vec(),
+        parameter_overrides: Vec::new(),
+    })
+    .await?;
+    let api_url = stack.api_url();
+    let agency = format!("bench-{}", ulid::Ulid::new().to_string().to_lowercase());
+    let boss = Api::new(&api_url, SECRET, &agency, "boss", "manager");
+
+    info!("==> idle baseline (pollers and schedules with no work)");
+    proxy.take();
+    let idle_window = Duration::from_secs(if quick { 5 } else { 10 });
+    tokio::time::sleep(idle_window).await;
+    let idle = proxy.take();
+
+    info!("==> emulator ceiling for the task call mix");
+    let sdk = local_stack::emulator::sdk_config(&emulator.endpoint).await;
+    let ceiling = ceiling::lifecycles_per_second(&sdk, 16, Duration::from_secs(if quick { 10 } else { 30 })).await?;
+
+    let mut runs = Vec::new();
+    for run in 1..=size.repeats {
+        info!("==> throughput run {run}/{}: {} tasks", size.repeats, size.throughput_tasks);
+        runs.push(workloads::throughput(&boss, size.throughput_tasks, emulator_pid).await?);
+    }
+    info!("==> queue-to-start per tier");
+    let per_tier = workloads::per_tier(&boss, size.per_tier).await?;
+    info!("==> time to be assigned");
+    let agents: Vec<Api> = (0..4).map(|n| Api::new(&api_url, SECRET, &agency, &format!("bench-agent-{n}"), "agent")).collect();
+    let assign = workloads::assignment(&boss, &agents, size.assign).await?;
+    info!("==> priority: {} background then {} critical", size.backlog, size.critical);
+    let prio_agency = Api::new(&api_url, SECRET, &format!("{agency}-prio"), "boss", "manager");
+    let priority = workloads::priority(&prio_agency, size.backlog, size.critical).await?;
+    info!("==> chain overhead: {} sequential steps", size.chain_steps);
+    let chain = workloads::chain_overhead(&boss, size.chain_steps, 0.2).await?;
+    info!("==> batch: {} items", size.batch_items);
+    let batch = workloads::batch(&boss, size.batch_items, 100).await?;
+
+    info!("==> AWS requests per unit of work");
+    let units = requests_per_unit(&boss, &proxy, &idle, idle_window, &sdk, size.unit_tasks).await?;
+
+    info!("==> cold starts of the release binaries");
+    let worker_env: Vec<(String, String)> = stack
+        .resources
+        .function("WorkerFunction")
+        .map(|f| f.environment.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+        .unwrap_or_default();
+    let mut env = worker_env;
+    env.push(("AWS_ENDPOINT_URL".into(), emulator.endpoint.clone()));
+    let cold = coldstart::measure(&repo.join("target/release"), &env, if quick { 1 } else { 3 }).await;
+
+    info!("==> BullMQ peer, same machine");
+    let peer = run_peer(&repo, &size).await;
+
+    let project_tph = stats::median(&runs.iter().map(|r| r.tasks_per_hour).collect::<Vec<_>>());
+    let results = report::Results {
+        date: chrono::Utc::now().to_rfc3339(),
+        machine: report::machine(),
+        quick,
+        note: "Every local figure is bound by the emulator (moto): it runs all of AWS in one Python process on this machine.".into(),
+        emulator_ceiling_tasks_per_hour: stats::round(ceiling * 3600.0),
+        throughput_runs: runs,
+        throughput_median_tasks_per_hour: project_tph,
+        ratio_to_emulator_ceiling: stats::round(project_tph / (ceiling * 3600.0) * 100.0) / 100.0,
+        per_tier_queue_to_start_ms: per_tier,
+        time_to_assign_ms: assign,
+        priority,
+        chain,
+        batch,
+        requests_per_unit: units,
+        cold_start: match cold {
+            Ok(c) => serde_json::to_value(c)?,
+            Err(e) => json!({"error": format!("{e:#}")}),
+        },
+        peer: match peer {
+            Ok(p) => p,
+            Err(e) => json!({"error": format!("{e:#}")}),
+        },
+        wall_seconds: stats::round(started.elapsed().as_secs_f64()),
+    };
+    report::write(&repo, &results)?;
+    info!("==> done in {:.0} s: bench/results/latest.json and latest.md", started.elapsed().as_secs_f64());
+    stack.stop().await;
+    Ok(())
+}
+
+/// Requests per task lifecycle, per chain step and per batch item, with the
+/// idle pollers' background requests subtracted and converted to dollars.
+async fn requests_per_unit(
+    api: &Api,
+    proxy: &CountingProxy,
+    idle: &Counts,
+    idle_window: Duration,
+    sdk: &aws_config::SdkConfig,
+    tasks: usize,
+) -> Result<Value> {
+    let prices = cost::Prices::load()?;
+    let subtract_idle = |mut counts: Counts, elapsed: Duration| {
+        let factor = elapsed.as_secs_f64() / idle_window.as_secs_f64();
+        for (op, n) in idle {
+            if let Some(count) = counts.get_mut(op) {
+                *count = count.saturating_sub((*n as f64 * factor).round() as u64);
+            }
+        }
+        counts.retain(|_, n| *n > 0);
+        counts
+    };
+
+    // Simple task lifecycle: create (auto-dispatch) → worker runs it → completed.
+    proxy.take();
+    let t0 = Instant::now();
+    let (ids, create_ms) = workloads::create_many(api, tasks, 8, |n| {
+        json!({"title": format!("unit {n}"), "priority": "critical", "autoDispatch": true, "executor": {"type": "echo"}})
+    })
+    .await?;
+    let polls = quiet_wait(api, &ids).await?;
+    let mut task_counts = subtract_idle(proxy.take(), t0.elapsed());
+    if let Some(q) = task_counts.get_mut("dynamodb:GetItem") {
+        *q = q.saturating_sub(polls); // the harness's own status checks
+    }
+    let done = api.wait_all(&ids, Duration::from_secs(60)).await?;
+    let run_ms = stats::median(&done.iter().filter_map(|t| client::between(t, "startedAt", "completedAt")).collect::<Vec<_>>());
+    let task_usage = cost::UnitUsage {
+        requests: task_counts.clone(),
+        api_requests: 1.0,
+        lambda_invocations: 2.0,
+        // 256 MB functions: the API call and the worker run.
+        lambda_gb_seconds: 0.25 * (stats::median(&create_ms) + run_ms) / 1000.0,
+        state_transitions: 0.0,
+    };
+
+    // Chain steps: a 5-step chain, counted per step.
+    let steps = 5;
+    proxy.take();
+    let t0 = Instant::now();
+    let chain = workloads::chain_overhead(api, steps, 0.0).await?;
+    let chain_counts = subtract_idle(proxy.take(), t0.elapsed());
+    let chain_task = api.get("/api/tasks?type=multi_step&limit=1").await?;
+    let transitions = match chain_task["items"][0]["executionArn"].as_str() {
+        Some(arn) => count_transitions(sdk, arn).await.unwrap_or(0) as f64,
+        None => 0.0,
+    };
+    let step_usage = cost::UnitUsage {
+        requests: chain_counts.clone(),
+        api_requests: 2.0 / steps as f64,
+        lambda_invocations: 2.0,
+        lambda_gb_seconds: 0.25 * 0.05,
+        state_transitions: transitions / steps as f64,
+    };
+
+    // Batch items: 1,000 items in 10 chunks.
+    let items = 1000;
+    proxy.take();
+    let t0 = Instant::now();
+    let batch = workloads::batch(api, items, 100).await?;
+    let batch_counts = subtract_idle(proxy.take(), t0.elapsed());
+    let batch_transitions = match batch["execution_arn"].as_str() {
+        Some(arn) => count_transitions(sdk, arn).await.unwrap_or(0) as f64,
+        None => 0.0,
+    };
+    // Each chunk child runs ProcessChunk (entered, exited) to its end: 3 transitions.
+    let child_transitions = 3.0 * (items / 100) as f64;
+    let item_usage = cost::UnitUsage {
+        requests: batch_counts.clone(),
+        api_requests: 1.0 / items as f64,
+        lambda_invocations: (items / 100 + 2) as f64 / items as f64,
+        lambda_gb_seconds: 0.25 * batch["duration_seconds"].as_f64().unwrap_or(0.0) / items as f64,
+        state_transitions: (batch_transitions + child_transitions) / items as f64,
+    };
+
+    let per = |counts: &Counts, n: f64| -> Value {
+        counts.iter().map(|(k, v)| (k.clone(), json!(stats::round(*v as f64 / n * 100.0) / 100.0))).collect::<serde_json::Map<_, _>>().into()
+    };
+    Ok(json!({
+        "task_lifecycle": {
+            "requests": per(&task_counts, tasks as f64),
+            "total_requests": stats::round(task_counts.values().sum::<u64>() as f64 / tasks as f64),
+            "cost": cost::per_million(&task_usage, tasks as f64, &prices),
+        },
+        "chain_step": {
+            "requests": per(&chain_counts, steps as f64),
+            "total_requests": stats::round(chain_counts.values().sum::<u64>() as f64 / steps as f64),
+            "state_transitions_per_step": stats::round(step_usage.state_transitions * 100.0) / 100.0,
+            "cost": cost::per_million(&step_usage, steps as f64, &prices),
+            "chain": chain,
+        },
+        "batch_item": {
+            "requests": per(&batch_counts, items as f64),
+            "total_requests": stats::round(batch_counts.values().sum::<u64>() as f64 / items as f64 * 1000.0) / 1000.0,
+            "state_transitions_per_item": stats::round(item_usage.state_transitions * 1000.0) / 1000.0,
+            "cost": cost::per_million(&item_usage, items as f64, &prices),
+        },
+        "prices": prices,
+        "method": "Requests counted at a proxy in front of the emulator, minus the idle rate of the pollers and the sweeper measured first; the harness's own status reads are subtracted. Lambda GB-seconds use 256 MB and the measured durations.",
+    }))
+}
+
+/// Waits with few reads: one GET per task once it is likely done. Returns the reads made.
+async fn quiet_wait(api: &Api, ids: &[String]) -> Result<u64> {
+    let mut reads = 0;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for id in ids {
+        loop {
+            reads += 1;
+            let task = api.get(&format!("/api/tasks/{id}")).await?;
+            if task["status"] == "completed" || task["status"] == "failed" {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+    Ok(reads)
+}
+
+/// State transitions of an execution: states entered, from its history.
+async fn count_transitions(sdk: &aws_config::SdkConfig, arn: &str) -> Result<usize> {
+    let sfn = aws_sdk_sfn::Client::new(sdk);
+    let mut entered = 0;
+    let mut token = None;
+    loop {
+        let page = sfn.get_execution_history().execution_arn(arn).set_next_token(token).max_results(1000).send().await.context("execution history")?;
+        entered += page.events.iter().filter(|e| e.r#type.as_str().ends_with("StateEntered")).count();
+        token = page.next_token;
+        if token.is_none() {
+            return Ok(entered);
+        }
+    }
+}
+
+async fn run_peer(repo: &std::path::Path, size: &Sizes) -> Result<Value> {
+    let redis = peer::Redis::start().await?;
+    let mut throughput = Vec::new();
+    for _ in 0..size.repeats {
+        // The same 16 creates in flight as the project's throughput run.
+        let tasks = size.throughput_tasks.to_string();
+        let args = ["throughput", "--tasks", tasks.as_str(), "--tier", "normal", "--add-concurrency", "16"];
+        throughput.push(peer::run(repo, &redis, &args, &[]).await?);
+    }
+    // The same backlog work (1 s per background task) and the same critical adds in flight;
+    // like ours, the run ends when the critical tasks have run, not the backlog.
+    let (backlog, critical) = (size.backlog.to_string(), size.critical.to_string());
+    let args = ["priority", "--backlog", backlog.as_str(), "--critical", critical.as_str(), "--add-concurrency", "10", "--no-drain"];
+    let priority = peer::run(repo, &redis, &args, &[("WORK_MS_BACKGROUND", "1000")]).await?;
+    redis.stop().await;
+    Ok(json!({"throughput_runs": throughput, "priority": priority}))
+}

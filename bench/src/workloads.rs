@@ -1,0 +1,215 @@
+//! The measured workloads, end to end through the API and the hosted functions.
+
+use crate::client::{between, Api};
+use crate::stats::{round, Latency};
+use anyhow::{Context, Result};
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+
+const TIERS: [&str; 5] = ["critical", "high", "normal", "low", "background"];
+
+/// Runs `count` creates with `concurrency` in flight; returns ids and POST latencies.
+pub async fn create_many(api: &Api, count: usize, concurrency: usize, body: impl Fn(usize) -> Value) -> Result<(Vec<String>, Vec<f64>)> {
+    let mut ids = Vec::with_capacity(count);
+    let mut latencies = Vec::with_capacity(count);
+    let bodies: Vec<Value> = (0..count).map(body).collect();
+    for chunk in bodies.chunks(concurrency.max(1)) {
+        let calls: Vec<_> = chunk
+            .iter()
+            .map(|b| {
+                let (api, b) = (api.clone(), b.clone());
+                tokio::spawn(async move { api.create(&b).await })
+            })
+            .collect();
+        for call in calls {
+            let (id, ms) = call.await??;
+            ids.push(id);
+            latencies.push(ms);
+        }
+    }
+    Ok((ids, latencies))
+}
+
+#[derive(Debug, serde::Serialize)]
+pub struct Throughput {
+    pub tasks: usize,
+    pub wall_seconds: f64,
+    pub tasks_per_hour: f64,
+    pub completion_rate: f64,
+    pub lost: usize,
+    pub duplicated: usize,
+    pub create_latency_ms: Latency,
+    pub queue_to_start_ms: Latency,
+    pub project_cpu_seconds_per_1000: f64,
+    pub emulator_cpu_seconds_per_1000: f64,
+}
+
+/// Tasks created through the API (echo executor, auto-dispatched) until all complete.
+pub async fn throughput(api: &Api, tasks: usize, emulator_pid: Option<u32>) -> Result<Throughput> {
+    let cpu_before = crate::stats::own_cpu_seconds();
+    let emulator_before = emulator_pid.and_then(crate::stats::process_cpu_seconds).unwrap_or(0.0);
+    let started = Instant::now();
+    let (ids, create_ms) = create_many(api, tasks, 16, |n| {
+        json!({"title": format!("bench {n}"), "priority": "normal", "autoDispatch": true,
+               "executor": {"type": "echo"}, "input": {"n": n}})
+    })
+    .await?;
+    let done = api.wait_all(&ids, Duration::from_secs(900)).await?;
+    let wall = started.elapsed().as_secs_f64();
+    let cpu = crate::stats::own_cpu_seconds() - cpu_before;
+    let emulator = emulator_pid.and_then(crate::stats::process_cpu_seconds).unwrap_or(0.0) - emulator_before;
+    let completed = done.iter().filter(|t| t["status"] == "completed").count();
+    let duplicated = done.iter().filter(|t| t["attempts"].as_u64().unwrap_or(0) > 1).count();
+    let waits: Vec<f64> = done.iter().filter_map(|t| t["queueWaitMs"].as_f64()).collect();
+    Ok(Throughput {
+        tasks,
+        wall_seconds: round(wall),
+        tasks_per_hour: round(tasks as f64 / wall * 3600.0),
+        completion_rate: round(completed as f64 * 100.0 / tasks as f64),
+        lost: tasks - completed,
+        duplicated,
+        create_latency_ms: Latency::of(&create_ms),
+        queue_to_start_ms: Latency::of(&waits),
+        project_cpu_seconds_per_1000: round(cpu / tasks as f64 * 1000.0 * 100.0) / 100.0,
+        emulator_cpu_seconds_per_1000: round(emulator / tasks as f64 * 1000.0 * 100.0) / 100.0,
+    })
+}
+
+/// Queue-to-start per tier, `per_tier` tasks each, created together.
+pub async fn per_tier(api: &Api, per_tier: usize) -> Result<Value> {
+    let (ids, _) = create_many(api, per_tier * TIERS.len(), 10, |n| {
+        json!({"title": format!("tier {n}"), "priority": TIERS[n % TIERS.len()], "autoDispatch": true, "executor": {"type": "echo"}})
+    })
+    .await?;
+    let done = api.wait_all(&ids, Duration::from_secs(600)).await?;
+    let mut result = serde_json::Map::new();
+    for tier in TIERS {
+        let waits: Vec<f64> = done.iter().filter(|t| t["priority"] == tier).filter_map(|t| t["queueWaitMs"].as_f64()).collect();
+        result.insert(tier.to_owned(), serde_json::to_value(Latency::of(&waits))?);
+    }
+    Ok(Value::Object(result))
+}
+
+/// POST /assign {"auto": true} latency with registered agents.
+pub async fn assignment(api: &Api, agents: &[Api], tasks: usize) -> Result<Latency> {
+    for (n, agent) in agents.iter().enumerate() {
+        agent.call(reqwest::Method::PUT, &format!("/api/agents/bench-agent-{n}"), Some(&json!({"capacity": 1000}))).await?;
+    }
+    let (ids, _) = create_many(api, tasks, 10, |n| json!({"title": format!("assign {n}")})).await?;
+    let mut latencies = Vec::new();
+    for id in ids {
+        let (status, body, ms) = api.post(&format!("/api/tasks/{id}/assign"), &json!({"auto": true})).await?;
+        anyhow::ensure!(status == 200, "auto-assign failed: {body}");
+        latencies.push(ms);
+    }
+    Ok(Latency::of(&latencies))
+}
+
+#[derive(Debug, serde::Serialize)]
+pub struct Priority {
+    pub backlog: usize,
+    pub critical: usize,
+    pub critical_start_ms: Latency,
+    pub background_started_meanwhile: usize,
+    pub critical_sla_ms: f64,
+}
+
+/// Critical tasks created after a background backlog is queued.
+pub async fn priority(api: &Api, backlog: usize, critical: usize) -> Result<Priority> {
+    create_many(api, backlog, 16, |n| {
+        json!({"title": format!("backlog {n}"), "priority": "background", "autoDispatch": true,
+               "executor": {"type": "sleep", "config": {"seconds": 1}}})
+    })
+    .await?;
+    let (ids, _) = create_many(api, critical, 10, |n| {
+        json!({"title": format!("urgent {n}"), "priority": "critical", "autoDispatch": true, "executor": {"type": "echo"}})
+    })
+    .await?;
+    let done = api.wait_all(&ids, Duration::from_secs(600)).await?;
+    let starts: Vec<f64> = done.iter().filter_map(|t| between(t, "createdAt", "startedAt")).collect();
+    let first_created = done.iter().filter_map(|t| t["createdAt"].as_str()).min().unwrap_or_default().to_owned();
+    let last_started = done.iter().filter_map(|t| t["startedAt"].as_str()).max().unwrap_or_default().to_owned();
+    let mut meanwhile = 0;
+    let mut cursor: Option<String> = None;
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("/api/tasks?priority=background&limit=100&cursor={c}"),
+            None => "/api/tasks?priority=background&limit=100".to_owned(),
+        };
+        let page = api.get(&path).await?;
+        for task in page["items"].as_array().context("list")? {
+            if let Some(started) = task["startedAt"].as_str() {
+                if started >= first_created.as_str() && started <= last_started.as_str() {
+                    meanwhile += 1;
+                }
+            }
+        }
+        match page["nextCursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => break,
+        }
+    }
+    Ok(Priority {
+        backlog,
+        critical,
+        critical_start_ms: Latency::of(&starts),
+        background_started_meanwhile: meanwhile,
+        critical_sla_ms: 60_000.0,
+    })
+}
+
+/// A chain of `steps` sequential sleep steps: wall time against the sum of step run times.
+pub async fn chain_overhead(api: &Api, steps: usize, step_seconds: f64) -> Result<Value> {
+    let step_list: Vec<Value> = (0..steps)
+        .map(|n| {
+            let mut step = json!({"name": format!("s{n}"), "config": {"executor": {"type": "sleep", "config": {"seconds": step_seconds}}}});
+            if n > 0 {
+                step["dependsOn"] = json!([format!("s{}", n - 1)]);
+            }
+            step
+        })
+        .collect();
+    let (id, _) = api
+        .create(&json!({"title": "bench chain", "type": "multi_step", "priority": "high", "autoDispatch": true, "steps": step_list}))
+        .await?;
+    let task = api.wait_all(std::slice::from_ref(&id), Duration::from_secs(600)).await?.remove(0);
+    let view = api.get(&format!("/api/tasks/{id}/steps")).await?;
+    let run_ms: f64 = view["steps"].as_array().context("steps")?.iter().filter_map(|s| between(s, "startedAt", "completedAt")).sum();
+    let wall_ms = between(&task, "startedAt", "completedAt").unwrap_or(0.0);
+    Ok(json!({
+        "steps": steps,
+        "status": task["status"],
+        "wall_ms": round(wall_ms),
+        "sum_of_step_runs_ms": round(run_ms),
+        "overhead_per_step_ms": round((wall_ms - run_ms) / steps as f64),
+    }))
+}
+
+/// A batch of `items` echo items; items per second from the results summary.
+pub async fn batch(api: &Api, items: usize, per_chunk: usize) -> Result<Value> {
+    let list: Vec<Value> = (0..items).map(|n| json!({"n": n})).collect();
+    let (status, created, _) = api
+        .post("/api/batches", &json!({"items": list, "itemsPerBatch": per_chunk, "parallelism": 10, "priority": "high"}))
+        .await?;
+    anyhow::ensure!(status == 201, "batch refused: {created}");
+    let id = created["id"].as_str().context("id")?.to_owned();
+    let deadline = Instant::now() + Duration::from_secs(900);
+    let batch = loop {
+        let batch = api.get(&format!("/api/batches/{id}")).await?;
+        if batch["status"] == "completed" || batch["status"] == "failed" {
+            break batch;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "batch did not finish");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let task = api.get(&format!("/api/tasks/{id}")).await?;
+    Ok(json!({
+        "items": items,
+        "items_per_chunk": per_chunk,
+        "status": batch["status"],
+        "success_items": batch["successItems"],
+        "items_per_second": task["result"]["itemsPerSecond"],
+        "duration_seconds": task["result"]["durationSeconds"],
+        "execution_arn": batch["executionArn"],
+    }))
+}
