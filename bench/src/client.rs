@@ -14,16 +14,27 @@ pub struct Api {
 impl Api {
     pub fn new(base: &str, secret: &[u8], agency: &str, user: &str, role: &str) -> Api {
         Api {
-            http: reqwest::Client::builder().pool_max_idle_per_host(64).build().expect("client"),
+            http: reqwest::Client::builder()
+                .pool_max_idle_per_host(64)
+                .build()
+                .expect("client"),
             base: base.to_owned(),
             token: local_stack::jwt::sign(secret, user, agency, role, 24 * 3600),
         }
     }
 
     /// Sends a request; returns (status, body, milliseconds taken).
-    pub async fn call(&self, method: reqwest::Method, path: &str, body: Option<&Value>) -> Result<(u16, Value, f64)> {
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<(u16, Value, f64)> {
         let started = Instant::now();
-        let mut request = self.http.request(method, format!("{}{path}", self.base)).bearer_auth(&self.token);
+        let mut request = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(&self.token);
         if let Some(body) = body {
             request = request.json(body);
         }
@@ -31,7 +42,11 @@ impl Api {
         let status = response.status().as_u16();
         let bytes = response.bytes().await?;
         let ms = started.elapsed().as_secs_f64() * 1000.0;
-        let body = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap_or(Value::Null) };
+        let body = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null)
+        };
         Ok((status, body, ms))
     }
 
@@ -82,6 +97,10 @@ impl Api {
 
 /// Milliseconds between two RFC 3339 timestamps of a task.
 pub fn between(task: &Value, from: &str, to: &str) -> Option<f64> {
-    let parse = |f: &str| task[f].as_str().and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok());
+    let parse = |f: &str| {
+        task[f]
+            .as_str()
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+    };
     Some((parse(to)? - parse(from)?).num_microseconds()? as f64 / 1000.0)
 }

@@ -39,11 +39,18 @@ pub struct ColdStart {
 /// The functions measured, with the event each first invocation gets.
 const FUNCTIONS: [&str; 4] = ["api", "worker", "sweeper", "batch-trigger"];
 
-const API_EVENT: &str = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../events/api-openapi.json"));
-const WORKER_EVENT: &str =
-    include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../events/sqs-tier-message.json"));
-const SWEEPER_EVENT: &str =
-    include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../events/scheduled-sweep.json"));
+const API_EVENT: &str = include_str!(concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../events/api-openapi.json"
+));
+const WORKER_EVENT: &str = include_str!(concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../events/sqs-tier-message.json"
+));
+const SWEEPER_EVENT: &str = include_str!(concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../events/scheduled-sweep.json"
+));
 
 /// How long one run may take before it counts as failed.
 const RUN_TIMEOUT: Duration = Duration::from_secs(60);
@@ -119,10 +126,14 @@ pub async fn measure_functions(
                 result.peak_rss_kib,
                 match &result.answer {
                     Answer::Response(_) => String::new(),
-                    Answer::Error(body) => format!(", answered with an invocation error: {}", excerpt(body)),
+                    Answer::Error(body) =>
+                        format!(", answered with an invocation error: {}", excerpt(body)),
                 },
                 if result.stubbed_aws_calls > 0 {
-                    format!(" ({} AWS calls refused by the stub: no endpoint configured)", result.stubbed_aws_calls)
+                    format!(
+                        " ({} AWS calls refused by the stub: no endpoint configured)",
+                        result.stubbed_aws_calls
+                    )
                 } else {
                     String::new()
                 },
@@ -136,14 +147,18 @@ pub async fn measure_functions(
         .map(|((function, _, binary_bytes, _), samples)| ColdStart {
             function: function.to_string(),
             binary_bytes: *binary_bytes,
-            peak_rss_kib: median(samples.iter().map(|s| s.peak_rss_kib as f64).collect()).round() as u64,
+            peak_rss_kib: median(samples.iter().map(|s| s.peak_rss_kib as f64).collect()).round()
+                as u64,
             first_response_ms: median(samples.iter().map(|s| s.first_response_ms).collect()),
         })
         .collect())
 }
 
 fn binary_path(target_dir: &Path, function: &str) -> anyhow::Result<PathBuf> {
-    let candidates = [target_dir.join("release").join(function), target_dir.join(function)];
+    let candidates = [
+        target_dir.join("release").join(function),
+        target_dir.join(function),
+    ];
     candidates
         .iter()
         .find(|path| path.is_file())
@@ -203,7 +218,10 @@ struct RunResult {
 fn default_env(runtime_api: &str) -> Vec<(String, String)> {
     let mut vars = vec![
         ("TABLE_NAME".to_string(), "coldstart-tasks".to_string()),
-        ("ATTACHMENTS_BUCKET".to_string(), "coldstart-attachments".to_string()),
+        (
+            "ATTACHMENTS_BUCKET".to_string(),
+            "coldstart-attachments".to_string(),
+        ),
         ("BATCH_BUCKET".to_string(), "coldstart-batches".to_string()),
         (
             "CHAIN_STATE_MACHINE_ARN".to_string(),
@@ -213,7 +231,10 @@ fn default_env(runtime_api: &str) -> Vec<(String, String)> {
             "BATCH_STATE_MACHINE_ARN".to_string(),
             "arn:aws:states:us-east-1:123456789012:stateMachine:coldstart-batch".to_string(),
         ),
-        ("AWS_ENDPOINT_URL".to_string(), format!("http://{runtime_api}")),
+        (
+            "AWS_ENDPOINT_URL".to_string(),
+            format!("http://{runtime_api}"),
+        ),
     ];
     for tier in shared::domain::Priority::ALL {
         let tier = tier.as_str();
@@ -267,7 +288,10 @@ async fn run_once(
     event: &[u8],
     env: &[(String, String)],
 ) -> anyhow::Result<RunResult> {
-    let request_id = format!("coldstart-{}", ulid::Ulid::new().to_string().to_ascii_lowercase());
+    let request_id = format!(
+        "coldstart-{}",
+        ulid::Ulid::new().to_string().to_ascii_lowercase()
+    );
     let mut emulator = runtime::Emulator::start(function, &request_id, event.to_vec()).await?;
     let runtime_api = emulator.addr.to_string();
 
@@ -277,7 +301,10 @@ async fn run_once(
         .env("AWS_LAMBDA_FUNCTION_NAME", function)
         .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128")
         .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
-        .env("AWS_LAMBDA_LOG_GROUP_NAME", format!("/aws/lambda/{function}"))
+        .env(
+            "AWS_LAMBDA_LOG_GROUP_NAME",
+            format!("/aws/lambda/{function}"),
+        )
         .env("AWS_LAMBDA_LOG_STREAM_NAME", "coldstart")
         .env("AWS_LAMBDA_RUNTIME_API", &runtime_api)
         .env("AWS_REGION", "us-east-1")
@@ -296,7 +323,9 @@ async fn run_once(
     let mut child = command
         .spawn()
         .with_context(|| format!("starting {}", binary.display()))?;
-    let pid = child.id().ok_or_else(|| anyhow!("{function} exited at once"))?;
+    let pid = child
+        .id()
+        .ok_or_else(|| anyhow!("{function} exited at once"))?;
     let output = Arc::new(Mutex::new(Vec::new()));
     let drains = [
         drain(child.stdout.take().expect("piped stdout"), output.clone()),
@@ -381,8 +410,8 @@ async fn run_once(
 /// The minimal Lambda Runtime API emulator: one event, one answer.
 mod runtime {
     use super::*;
-    use hyper::body::Bytes;
     use http_body_util::{BodyExt, Full};
+    use hyper::body::Bytes;
     use hyper::body::Incoming;
     use hyper::{Method, Request, Response, StatusCode};
     use std::convert::Infallible;
@@ -413,7 +442,11 @@ mod runtime {
     }
 
     impl Emulator {
-        pub async fn start(function: &str, request_id: &str, event: Vec<u8>) -> anyhow::Result<Emulator> {
+        pub async fn start(
+            function: &str,
+            request_id: &str,
+            event: Vec<u8>,
+        ) -> anyhow::Result<Emulator> {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
             let addr = listener.local_addr()?;
             let (tx, rx) = mpsc::unbounded_channel();
@@ -444,7 +477,12 @@ mod runtime {
                     while connections.try_join_next().is_some() {}
                 }
             });
-            Ok(Emulator { addr, outcome: rx, state, server })
+            Ok(Emulator {
+                addr,
+                outcome: rx,
+                state,
+                server,
+            })
         }
 
         pub fn stubbed_aws_calls(&self) -> usize {
@@ -554,10 +592,12 @@ mod tests {
     #[test]
     fn every_function_has_an_event() {
         for function in FUNCTIONS {
-            let event: serde_json::Value = serde_json::from_slice(&event_for(function).unwrap()).unwrap();
+            let event: serde_json::Value =
+                serde_json::from_slice(&event_for(function).unwrap()).unwrap();
             assert!(event.is_object(), "{function}");
         }
-        let trigger: serde_json::Value = serde_json::from_slice(&event_for("batch-trigger").unwrap()).unwrap();
+        let trigger: serde_json::Value =
+            serde_json::from_slice(&event_for("batch-trigger").unwrap()).unwrap();
         let body: serde_json::Value =
             serde_json::from_str(trigger["Records"][0]["body"].as_str().unwrap()).unwrap();
         assert_eq!(body["Event"], "s3:TestEvent");
@@ -583,13 +623,24 @@ mod tests {
         assert!(api.peak_rss_kib > 0, "{api:?}");
 
         // And what it answered: the OpenAPI document, without a single AWS call.
-        let run = run_once("api", &binary, &event_for("api").unwrap(), &[]).await.unwrap();
+        let run = run_once("api", &binary, &event_for("api").unwrap(), &[])
+            .await
+            .unwrap();
         let Answer::Response(body) = &run.answer else {
             panic!("api answered with an error: {:?}", run.answer);
         };
         let response: serde_json::Value = serde_json::from_slice(body).unwrap();
         assert_eq!(response["statusCode"], 200, "{response}");
-        assert!(response["body"].as_str().unwrap_or_default().contains("openapi"), "{response}");
-        assert_eq!(run.stubbed_aws_calls, 0, "the openapi route needs no AWS call");
+        assert!(
+            response["body"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("openapi"),
+            "{response}"
+        );
+        assert_eq!(
+            run.stubbed_aws_calls, 0,
+            "the openapi route needs no AWS call"
+        );
     }
 }

@@ -46,26 +46,59 @@ pub struct Cost {
 pub fn per_million(usage: &UnitUsage, per_unit_scale: f64, prices: &Prices) -> Cost {
     let count = |op: &str| usage.requests.get(op).copied().unwrap_or(0) as f64 / per_unit_scale;
     let prefixed = |prefix: &str| {
-        usage.requests.iter().filter(|(k, _)| k.starts_with(prefix)).map(|(_, v)| *v as f64).sum::<f64>() / per_unit_scale
+        usage
+            .requests
+            .iter()
+            .filter(|(k, _)| k.starts_with(prefix))
+            .map(|(_, v)| *v as f64)
+            .sum::<f64>()
+            / per_unit_scale
     };
     // Transactions cost two units per item; a task create writes one or two items.
-    let writes = count("dynamodb:PutItem") + count("dynamodb:UpdateItem") + count("dynamodb:DeleteItem")
-        + count("dynamodb:BatchWriteItem") + 2.0 * count("dynamodb:TransactWriteItems");
+    let writes = count("dynamodb:PutItem")
+        + count("dynamodb:UpdateItem")
+        + count("dynamodb:DeleteItem")
+        + count("dynamodb:BatchWriteItem")
+        + 2.0 * count("dynamodb:TransactWriteItems");
     let reads = count("dynamodb:GetItem") + count("dynamodb:Query") + count("dynamodb:Scan");
     let mut breakdown = std::collections::BTreeMap::new();
     let million = 1_000_000.0;
-    breakdown.insert("dynamodb".to_owned(), million * (writes * prices.dynamodb_write_request_unit + reads * prices.dynamodb_read_request_unit));
-    breakdown.insert("sqs".to_owned(), million * prefixed("sqs:") * prices.sqs_request);
-    breakdown.insert("step_functions".to_owned(), million * usage.state_transitions * prices.step_functions_standard_transition);
-    breakdown.insert("s3".to_owned(), million * (count("s3:PutObject") * prices.s3_put_request + (count("s3:GetObject") + count("s3:HeadObject")) * prices.s3_get_request));
-    breakdown.insert("api_gateway".to_owned(), million * usage.api_requests * prices.api_gateway_rest_request);
+    breakdown.insert(
+        "dynamodb".to_owned(),
+        million
+            * (writes * prices.dynamodb_write_request_unit
+                + reads * prices.dynamodb_read_request_unit),
+    );
+    breakdown.insert(
+        "sqs".to_owned(),
+        million * prefixed("sqs:") * prices.sqs_request,
+    );
+    breakdown.insert(
+        "step_functions".to_owned(),
+        million * usage.state_transitions * prices.step_functions_standard_transition,
+    );
+    breakdown.insert(
+        "s3".to_owned(),
+        million
+            * (count("s3:PutObject") * prices.s3_put_request
+                + (count("s3:GetObject") + count("s3:HeadObject")) * prices.s3_get_request),
+    );
+    breakdown.insert(
+        "api_gateway".to_owned(),
+        million * usage.api_requests * prices.api_gateway_rest_request,
+    );
     breakdown.insert(
         "lambda".to_owned(),
-        million * (usage.lambda_invocations * prices.lambda_request + usage.lambda_gb_seconds * prices.lambda_arm64_gb_second),
+        million
+            * (usage.lambda_invocations * prices.lambda_request
+                + usage.lambda_gb_seconds * prices.lambda_arm64_gb_second),
     );
     for value in breakdown.values_mut() {
         *value = (*value * 1000.0).round() / 1000.0;
     }
     let total = breakdown.values().sum::<f64>();
-    Cost { per_million_usd: (total * 1000.0).round() / 1000.0, breakdown_usd: breakdown }
+    Cost {
+        per_million_usd: (total * 1000.0).round() / 1000.0,
+        breakdown_usd: breakdown,
+    }
 }

@@ -28,31 +28,58 @@ impl CountingProxy {
         let seen = counts.clone();
         tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
                 let (client, target, seen) = (client.clone(), target.clone(), seen.clone());
                 tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
-                        let (client, target, seen) = (client.clone(), target.clone(), seen.clone());
-                        async move {
-                            let (mut parts, body) = req.into_parts();
-                            let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-                            *seen.lock().expect("not poisoned").entry(operation(&parts)).or_insert(0) += 1;
-                            let path = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-                            parts.uri = format!("{target}{path}").parse().expect("valid uri");
-                            let response = client.request(hyper::Request::from_parts(parts, Full::new(body))).await;
-                            let response = match response {
-                                Ok(r) => {
-                                    let (parts, body) = r.into_parts();
-                                    let bytes = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-                                    hyper::Response::from_parts(parts, Full::new(bytes))
-                                }
-                                Err(_) => hyper::Response::builder().status(502).body(Full::new(Bytes::new())).expect("static"),
-                            };
-                            Ok::<_, std::convert::Infallible>(response)
-                        }
-                    });
+                    let service =
+                        hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
+                            let (client, target, seen) =
+                                (client.clone(), target.clone(), seen.clone());
+                            async move {
+                                let (mut parts, body) = req.into_parts();
+                                let body = body
+                                    .collect()
+                                    .await
+                                    .map(|b| b.to_bytes())
+                                    .unwrap_or_default();
+                                *seen
+                                    .lock()
+                                    .expect("not poisoned")
+                                    .entry(operation(&parts))
+                                    .or_insert(0) += 1;
+                                let path = parts
+                                    .uri
+                                    .path_and_query()
+                                    .map(|p| p.as_str())
+                                    .unwrap_or("/");
+                                parts.uri = format!("{target}{path}").parse().expect("valid uri");
+                                let response = client
+                                    .request(hyper::Request::from_parts(parts, Full::new(body)))
+                                    .await;
+                                let response = match response {
+                                    Ok(r) => {
+                                        let (parts, body) = r.into_parts();
+                                        let bytes = body
+                                            .collect()
+                                            .await
+                                            .map(|b| b.to_bytes())
+                                            .unwrap_or_default();
+                                        hyper::Response::from_parts(parts, Full::new(bytes))
+                                    }
+                                    Err(_) => hyper::Response::builder()
+                                        .status(502)
+                                        .body(Full::new(Bytes::new()))
+                                        .expect("static"),
+                                };
+                                Ok::<_, std::convert::Infallible>(response)
+                            }
+                        });
                     let io = hyper_util::rt::TokioIo::new(stream);
-                    let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await;
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(io, service)
+                        .await;
                 });
             }
         });
@@ -67,7 +94,11 @@ impl CountingProxy {
 
 /// "dynamodb:PutItem", "sqs:SendMessage", "states:StartExecution", "s3:PutObject", …
 fn operation(parts: &http::request::Parts) -> String {
-    if let Some(target) = parts.headers.get("x-amz-target").and_then(|v| v.to_str().ok()) {
+    if let Some(target) = parts
+        .headers
+        .get("x-amz-target")
+        .and_then(|v| v.to_str().ok())
+    {
         let (prefix, op) = target.split_once('.').unwrap_or(("", target));
         let service = match prefix {
             p if p.starts_with("DynamoDB") => "dynamodb",

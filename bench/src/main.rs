@@ -37,15 +37,38 @@ struct Sizes {
 
 fn sizes(quick: bool) -> Sizes {
     if quick {
-        Sizes { repeats: 1, throughput_tasks: 100, per_tier: 10, assign: 20, backlog: 100, critical: 10, chain_steps: 4, batch_items: 1000, unit_tasks: 20 }
+        Sizes {
+            repeats: 1,
+            throughput_tasks: 100,
+            per_tier: 10,
+            assign: 20,
+            backlog: 100,
+            critical: 10,
+            chain_steps: 4,
+            batch_items: 1000,
+            unit_tasks: 20,
+        }
     } else {
-        Sizes { repeats: 3, throughput_tasks: 500, per_tier: 40, assign: 100, backlog: 500, critical: 20, chain_steps: 8, batch_items: 10_000, unit_tasks: 50 }
+        Sizes {
+            repeats: 3,
+            throughput_tasks: 500,
+            per_tier: 40,
+            assign: 100,
+            backlog: 500,
+            critical: 20,
+            chain_steps: 8,
+            batch_items: 10_000,
+            unit_tasks: 50,
+        }
     }
 }
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    std::env::set_var("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info,aws=warn".into()));
+    std::env::set_var(
+        "RUST_LOG",
+        std::env::var("RUST_LOG").unwrap_or_else(|_| "info,aws=warn".into()),
+    );
     shared::telemetry::init();
     let quick = std::env::var("QUICK").is_ok_and(|v| v == "1");
     let size = sizes(quick);
@@ -53,13 +76,19 @@ async fn main() -> Result<()> {
     let started = Instant::now();
 
     info!("==> starting moto behind a counting proxy");
-    let emulator = local_stack::emulator::Emulator::start(&repo.join(".venv"), local_stack::emulator::free_port()).await?;
+    let emulator = local_stack::emulator::Emulator::start(
+        &repo.join(".venv"),
+        local_stack::emulator::free_port(),
+    )
+    .await?;
     let emulator_pid = emulator.pid();
     let proxy = CountingProxy::start(&emulator.endpoint).await?;
     let stack = LocalStack::start(StackOptions {
         repo_root: repo.clone(),
         stack_name: "taskflow-bench".into(),
-        backend: Backend::Existing { endpoint: proxy.endpoint.clone() },
+        backend: Backend::Existing {
+            endpoint: proxy.endpoint.clone(),
+        },
         api_port: 0,
         jwt_secret: SECRET.to_vec(),
         parameter_overrides: Vec::new(),
@@ -77,20 +106,44 @@ async fn main() -> Result<()> {
 
     info!("==> emulator ceiling for the task call mix");
     let sdk = local_stack::emulator::sdk_config(&emulator.endpoint).await;
-    let ceiling = ceiling::lifecycles_per_second(&sdk, 16, Duration::from_secs(if quick { 10 } else { 30 })).await?;
+    let ceiling =
+        ceiling::lifecycles_per_second(&sdk, 16, Duration::from_secs(if quick { 10 } else { 30 }))
+            .await?;
 
     let mut runs = Vec::new();
     for run in 1..=size.repeats {
-        info!("==> throughput run {run}/{}: {} tasks", size.repeats, size.throughput_tasks);
+        info!(
+            "==> throughput run {run}/{}: {} tasks",
+            size.repeats, size.throughput_tasks
+        );
         runs.push(workloads::throughput(&boss, size.throughput_tasks, emulator_pid).await?);
     }
     info!("==> queue-to-start per tier");
     let per_tier = workloads::per_tier(&boss, size.per_tier).await?;
     info!("==> time to be assigned");
-    let agents: Vec<Api> = (0..4).map(|n| Api::new(&api_url, SECRET, &agency, &format!("bench-agent-{n}"), "agent")).collect();
+    let agents: Vec<Api> = (0..4)
+        .map(|n| {
+            Api::new(
+                &api_url,
+                SECRET,
+                &agency,
+                &format!("bench-agent-{n}"),
+                "agent",
+            )
+        })
+        .collect();
     let assign = workloads::assignment(&boss, &agents, size.assign).await?;
-    info!("==> priority: {} background then {} critical", size.backlog, size.critical);
-    let prio_agency = Api::new(&api_url, SECRET, &format!("{agency}-prio"), "boss", "manager");
+    info!(
+        "==> priority: {} background then {} critical",
+        size.backlog, size.critical
+    );
+    let prio_agency = Api::new(
+        &api_url,
+        SECRET,
+        &format!("{agency}-prio"),
+        "boss",
+        "manager",
+    );
     let priority = workloads::priority(&prio_agency, size.backlog, size.critical).await?;
     info!("==> chain overhead: {} sequential steps", size.chain_steps);
     let chain = workloads::chain_overhead(&boss, size.chain_steps, 0.2).await?;
@@ -104,11 +157,21 @@ async fn main() -> Result<()> {
     let worker_env: Vec<(String, String)> = stack
         .resources
         .function("WorkerFunction")
-        .map(|f| f.environment.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+        .map(|f| {
+            f.environment
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()
+        })
         .unwrap_or_default();
     let mut env = worker_env;
     env.push(("AWS_ENDPOINT_URL".into(), emulator.endpoint.clone()));
-    let cold = coldstart::measure(&repo.join("target/release"), &env, if quick { 1 } else { 3 }).await;
+    let cold = coldstart::measure(
+        &repo.join("target/release"),
+        &env,
+        if quick { 1 } else { 3 },
+    )
+    .await;
 
     info!("==> BullMQ peer, same machine");
     let peer = run_peer(&repo, &size).await;
@@ -140,7 +203,10 @@ async fn main() -> Result<()> {
         wall_seconds: stats::round(started.elapsed().as_secs_f64()),
     };
     report::write(&repo, &results)?;
-    info!("==> done in {:.0} s: bench/results/latest.json and latest.md", started.elapsed().as_secs_f64());
+    info!(
+        "==> done in {:.0} s: bench/results/latest.json and latest.md",
+        started.elapsed().as_secs_f64()
+    );
     stack.stop().await;
     Ok(())
 }
@@ -180,7 +246,12 @@ async fn requests_per_unit(
         *q = q.saturating_sub(polls); // the harness's own status checks
     }
     let done = api.wait_all(&ids, Duration::from_secs(60)).await?;
-    let run_ms = stats::median(&done.iter().filter_map(|t| client::between(t, "startedAt", "completedAt")).collect::<Vec<_>>());
+    let run_ms = stats::median(
+        &done
+            .iter()
+            .filter_map(|t| client::between(t, "startedAt", "completedAt"))
+            .collect::<Vec<_>>(),
+    );
     let task_usage = cost::UnitUsage {
         requests: task_counts.clone(),
         api_requests: 1.0,
@@ -230,7 +301,16 @@ async fn requests_per_unit(
     };
 
     let per = |counts: &Counts, n: f64| -> Value {
-        counts.iter().map(|(k, v)| (k.clone(), json!(stats::round(*v as f64 / n * 100.0) / 100.0))).collect::<serde_json::Map<_, _>>().into()
+        counts
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.clone(),
+                    json!(stats::round(*v as f64 / n * 100.0) / 100.0),
+                )
+            })
+            .collect::<serde_json::Map<_, _>>()
+            .into()
     };
     Ok(json!({
         "task_lifecycle": {
@@ -279,8 +359,19 @@ async fn count_transitions(sdk: &aws_config::SdkConfig, arn: &str) -> Result<usi
     let mut entered = 0;
     let mut token = None;
     loop {
-        let page = sfn.get_execution_history().execution_arn(arn).set_next_token(token).max_results(1000).send().await.context("execution history")?;
-        entered += page.events.iter().filter(|e| e.r#type.as_str().ends_with("StateEntered")).count();
+        let page = sfn
+            .get_execution_history()
+            .execution_arn(arn)
+            .set_next_token(token)
+            .max_results(1000)
+            .send()
+            .await
+            .context("execution history")?;
+        entered += page
+            .events
+            .iter()
+            .filter(|e| e.r#type.as_str().ends_with("StateEntered"))
+            .count();
         token = page.next_token;
         if token.is_none() {
             return Ok(entered);
@@ -294,13 +385,30 @@ async fn run_peer(repo: &std::path::Path, size: &Sizes) -> Result<Value> {
     for _ in 0..size.repeats {
         // The same 16 creates in flight as the project's throughput run.
         let tasks = size.throughput_tasks.to_string();
-        let args = ["throughput", "--tasks", tasks.as_str(), "--tier", "normal", "--add-concurrency", "16"];
+        let args = [
+            "throughput",
+            "--tasks",
+            tasks.as_str(),
+            "--tier",
+            "normal",
+            "--add-concurrency",
+            "16",
+        ];
         throughput.push(peer::run(repo, &redis, &args, &[]).await?);
     }
     // The same backlog work (1 s per background task) and the same critical adds in flight;
     // like ours, the run ends when the critical tasks have run, not the backlog.
     let (backlog, critical) = (size.backlog.to_string(), size.critical.to_string());
-    let args = ["priority", "--backlog", backlog.as_str(), "--critical", critical.as_str(), "--add-concurrency", "10", "--no-drain"];
+    let args = [
+        "priority",
+        "--backlog",
+        backlog.as_str(),
+        "--critical",
+        critical.as_str(),
+        "--add-concurrency",
+        "10",
+        "--no-drain",
+    ];
     let priority = peer::run(repo, &redis, &args, &[("WORK_MS_BACKGROUND", "1000")]).await?;
     redis.stop().await;
     Ok(json!({"throughput_runs": throughput, "priority": priority}))

@@ -17,7 +17,16 @@ impl Redis {
     pub async fn start() -> Result<Redis> {
         let port = local_stack::emulator::free_port();
         let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .kill_on_drop(true)
@@ -25,8 +34,15 @@ impl Redis {
             .context("starting redis-server (make bench installs it)")?;
         let pid = child.id().unwrap_or(0);
         for _ in 0..100 {
-            if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
-                return Ok(Redis { child, url: format!("redis://127.0.0.1:{port}"), pid });
+            if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+            {
+                return Ok(Redis {
+                    child,
+                    url: format!("redis://127.0.0.1:{port}"),
+                    pid,
+                });
             }
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
@@ -51,9 +67,16 @@ pub async fn run(repo: &Path, redis: &Redis, args: &[&str], env: &[(&str, &str)]
         .await
         .context("running the BullMQ peer")?;
     if !out.status.success() {
-        bail!("peer {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "peer {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let line = stdout.lines().rev().find(|l| l.trim_start().starts_with('{')).context("peer printed no JSON")?;
+    let line = stdout
+        .lines()
+        .rev()
+        .find(|l| l.trim_start().starts_with('{'))
+        .context("peer printed no JSON")?;
     Ok(serde_json::from_str(line)?)
 }

@@ -31,8 +31,19 @@ pub struct Results {
 
 pub fn machine() -> Value {
     let read = |path: &str| std::fs::read_to_string(path).unwrap_or_default();
-    let cpu = read("/proc/cpuinfo").lines().find(|l| l.starts_with("model name")).and_then(|l| l.split(':').nth(1)).unwrap_or("unknown").trim().to_owned();
-    let memory_kib: u64 = read("/proc/meminfo").lines().find(|l| l.starts_with("MemTotal")).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok()).unwrap_or(0);
+    let cpu = read("/proc/cpuinfo")
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split(':').nth(1))
+        .unwrap_or("unknown")
+        .trim()
+        .to_owned();
+    let memory_kib: u64 = read("/proc/meminfo")
+        .lines()
+        .find(|l| l.starts_with("MemTotal"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
     serde_json::json!({
         "cpu": cpu,
         "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
@@ -64,60 +75,184 @@ fn ratio(ours: Option<f64>, theirs: Option<f64>) -> String {
 }
 
 fn fmt(value: Option<f64>) -> String {
-    value.map(|v| format!("{v}")).unwrap_or_else(|| "n/a".into())
+    value
+        .map(|v| format!("{v}"))
+        .unwrap_or_else(|| "n/a".into())
 }
 
 pub fn write(repo: &Path, results: &Results) -> Result<()> {
     let dir = repo.join("bench/results");
     std::fs::create_dir_all(&dir)?;
     let json = serde_json::to_value(results)?;
-    std::fs::write(dir.join("latest.json"), serde_json::to_string_pretty(&json)?)?;
+    std::fs::write(
+        dir.join("latest.json"),
+        serde_json::to_string_pretty(&json)?,
+    )?;
 
     let median = |values: Vec<f64>| crate::stats::median(&values);
     let runs = &results.throughput_runs;
     let ours_tph = Some(results.throughput_median_tasks_per_hour);
-    let ours_cpu = Some(median(runs.iter().map(|r| r.project_cpu_seconds_per_1000).collect()));
-    let ours_post = Some(median(runs.iter().map(|r| r.create_latency_ms.p50).collect()));
-    let peer_runs: Vec<Value> = results.peer["throughput_runs"].as_array().cloned().unwrap_or_default();
+    let ours_cpu = Some(median(
+        runs.iter()
+            .map(|r| r.project_cpu_seconds_per_1000)
+            .collect(),
+    ));
+    let ours_post = Some(median(
+        runs.iter().map(|r| r.create_latency_ms.p50).collect(),
+    ));
+    let peer_runs: Vec<Value> = results.peer["throughput_runs"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     let peer_median = |keys: &[&str]| {
         let values: Vec<f64> = peer_runs.iter().filter_map(|r| number(r, keys)).collect();
         (!values.is_empty()).then(|| median(values))
     };
     let peer_tph = peer_median(&["tasks_per_hour", "tasksPerHour", "throughput.tasksPerHour"]);
-    let peer_cpu = peer_median(&["cpu_seconds_per_1000", "cpuSecondsPer1000", "cpu.peerSecondsPer1000", "cpu.nodeSecondsPer1000Tasks"]);
+    let peer_cpu = peer_median(&[
+        "cpu_seconds_per_1000",
+        "cpuSecondsPer1000",
+        "cpu.peerSecondsPer1000",
+        "cpu.nodeSecondsPer1000Tasks",
+    ]);
     let peer_prio = &results.peer["priority"];
-    let peer_crit_p50 = number(peer_prio, &["critical_start_ms.p50", "criticalQueueToStartMs.p50", "criticalStartMs.p50"]);
-    let peer_crit_p99 = number(peer_prio, &["critical_start_ms.p99", "criticalQueueToStartMs.p99", "criticalStartMs.p99"]);
+    let peer_crit_p50 = number(
+        peer_prio,
+        &[
+            "critical_start_ms.p50",
+            "criticalQueueToStartMs.p50",
+            "criticalStartMs.p50",
+        ],
+    );
+    let peer_crit_p99 = number(
+        peer_prio,
+        &[
+            "critical_start_ms.p99",
+            "criticalQueueToStartMs.p99",
+            "criticalStartMs.p99",
+        ],
+    );
     let crit = &results.priority.critical_start_ms;
 
     let mut md = String::new();
     writeln!(md, "Run {} on {} ({} cores){}. Local figures are bound by the emulator (moto, one Python process); the peer runs on the same machine in the same run.\n",
         &results.date[..10], results.machine["cpu"].as_str().unwrap_or("?"), results.machine["cores"], if results.quick { ", QUICK=1" } else { "" })?;
-    writeln!(md, "| Measure | Taskflow (local, emulator-bound) | BullMQ peer | Ratio |")?;
+    writeln!(
+        md,
+        "| Measure | Taskflow (local, emulator-bound) | BullMQ peer | Ratio |"
+    )?;
     writeln!(md, "|---|---|---|---|")?;
-    writeln!(md, "| Throughput, tasks/hour (median of {}) | {} | {} | {} |", runs.len(), fmt(ours_tph), fmt(peer_tph), ratio(ours_tph, peer_tph))?;
-    writeln!(md, "| CPU s per 1,000 tasks (project processes) | {} | {} | {} |", fmt(ours_cpu), fmt(peer_cpu), ratio(ours_cpu, peer_cpu))?;
-    writeln!(md, "| Critical start under backlog p50, ms | {} | {} | {} |", crit.p50, fmt(peer_crit_p50), ratio(Some(crit.p50), peer_crit_p50))?;
-    writeln!(md, "| Critical start under backlog p99, ms | {} | {} | {} |", crit.p99, fmt(peer_crit_p99), ratio(Some(crit.p99), peer_crit_p99))?;
+    writeln!(
+        md,
+        "| Throughput, tasks/hour (median of {}) | {} | {} | {} |",
+        runs.len(),
+        fmt(ours_tph),
+        fmt(peer_tph),
+        ratio(ours_tph, peer_tph)
+    )?;
+    writeln!(
+        md,
+        "| CPU s per 1,000 tasks (project processes) | {} | {} | {} |",
+        fmt(ours_cpu),
+        fmt(peer_cpu),
+        ratio(ours_cpu, peer_cpu)
+    )?;
+    writeln!(
+        md,
+        "| Critical start under backlog p50, ms | {} | {} | {} |",
+        crit.p50,
+        fmt(peer_crit_p50),
+        ratio(Some(crit.p50), peer_crit_p50)
+    )?;
+    writeln!(
+        md,
+        "| Critical start under backlog p99, ms | {} | {} | {} |",
+        crit.p99,
+        fmt(peer_crit_p99),
+        ratio(Some(crit.p99), peer_crit_p99)
+    )?;
     writeln!(md, "\n| Taskflow measure | Value |")?;
     writeln!(md, "|---|---|")?;
-    writeln!(md, "| Emulator ceiling for the same call mix, tasks/hour | {} |", results.emulator_ceiling_tasks_per_hour)?;
-    writeln!(md, "| Throughput as a share of the emulator ceiling | {:.0} % |", results.ratio_to_emulator_ceiling * 100.0)?;
-    writeln!(md, "| Completion rate; lost; duplicated | {} %; {}; {} |", median(runs.iter().map(|r| r.completion_rate).collect()), runs.iter().map(|r| r.lost).sum::<usize>(), runs.iter().map(|r| r.duplicated).sum::<usize>())?;
-    writeln!(md, "| POST /api/tasks p50 / p95 / p99, ms | {} / {} / {} |", fmt(ours_post), median(runs.iter().map(|r| r.create_latency_ms.p95).collect()), median(runs.iter().map(|r| r.create_latency_ms.p99).collect()))?;
-    writeln!(md, "| Time to be assigned (auto) p50 / p95 / p99, ms | {} / {} / {} |", results.time_to_assign_ms.p50, results.time_to_assign_ms.p95, results.time_to_assign_ms.p99)?;
+    writeln!(
+        md,
+        "| Emulator ceiling for the same call mix, tasks/hour | {} |",
+        results.emulator_ceiling_tasks_per_hour
+    )?;
+    writeln!(
+        md,
+        "| Throughput as a share of the emulator ceiling | {:.0} % |",
+        results.ratio_to_emulator_ceiling * 100.0
+    )?;
+    writeln!(
+        md,
+        "| Completion rate; lost; duplicated | {} %; {}; {} |",
+        median(runs.iter().map(|r| r.completion_rate).collect()),
+        runs.iter().map(|r| r.lost).sum::<usize>(),
+        runs.iter().map(|r| r.duplicated).sum::<usize>()
+    )?;
+    writeln!(
+        md,
+        "| POST /api/tasks p50 / p95 / p99, ms | {} / {} / {} |",
+        fmt(ours_post),
+        median(runs.iter().map(|r| r.create_latency_ms.p95).collect()),
+        median(runs.iter().map(|r| r.create_latency_ms.p99).collect())
+    )?;
+    writeln!(
+        md,
+        "| Time to be assigned (auto) p50 / p95 / p99, ms | {} / {} / {} |",
+        results.time_to_assign_ms.p50, results.time_to_assign_ms.p95, results.time_to_assign_ms.p99
+    )?;
     if let Some(tiers) = results.per_tier_queue_to_start_ms.as_object() {
         for (tier, l) in tiers {
-            writeln!(md, "| Queue-to-start, {tier}: p50 / p95 / p99, ms | {} / {} / {} |", l["p50"], l["p95"], l["p99"])?;
+            writeln!(
+                md,
+                "| Queue-to-start, {tier}: p50 / p95 / p99, ms | {} / {} / {} |",
+                l["p50"], l["p95"], l["p99"]
+            )?;
         }
     }
-    writeln!(md, "| Background tasks started while {} critical ones waited (backlog {}) | {} |", results.priority.critical, results.priority.backlog, results.priority.background_started_meanwhile)?;
-    writeln!(md, "| Chain: wall vs sum of step runs ({} steps) | {} ms vs {} ms ({} ms overhead per step) |", results.chain["steps"], results.chain["wall_ms"], results.chain["sum_of_step_runs_ms"], results.chain["overhead_per_step_ms"])?;
-    writeln!(md, "| Batch: {} items | {} items/s |", results.batch["items"], results.batch["items_per_second"])?;
+    writeln!(
+        md,
+        "| Background tasks started while {} critical ones waited (backlog {}) | {} |",
+        results.priority.critical,
+        results.priority.backlog,
+        results.priority.background_started_meanwhile
+    )?;
+    writeln!(
+        md,
+        "| Chain: wall vs sum of step runs ({} steps) | {} ms vs {} ms ({} ms overhead per step) |",
+        results.chain["steps"],
+        results.chain["wall_ms"],
+        results.chain["sum_of_step_runs_ms"],
+        results.chain["overhead_per_step_ms"]
+    )?;
+    writeln!(
+        md,
+        "| Batch: {} items | {} items/s |",
+        results.batch["items"], results.batch["items_per_second"]
+    )?;
     let units = &results.requests_per_unit;
-    writeln!(md, "| AWS requests per task lifecycle / chain step / batch item | {} / {} / {} |", units["task_lifecycle"]["total_requests"], units["chain_step"]["total_requests"], units["batch_item"]["total_requests"])?;
-    writeln!(md, "| State transitions per chain step / batch item | {} / {} |", units["chain_step"]["state_transitions_per_step"], units["batch_item"]["state_transitions_per_item"])?;
-    writeln!(md, "| USD per million tasks / steps / items (list prices {}) | {} / {} / {} |", units["prices"]["date"], units["task_lifecycle"]["cost"]["per_million_usd"], units["chain_step"]["cost"]["per_million_usd"], units["batch_item"]["cost"]["per_million_usd"])?;
+    writeln!(
+        md,
+        "| AWS requests per task lifecycle / chain step / batch item | {} / {} / {} |",
+        units["task_lifecycle"]["total_requests"],
+        units["chain_step"]["total_requests"],
+        units["batch_item"]["total_requests"]
+    )?;
+    writeln!(
+        md,
+        "| State transitions per chain step / batch item | {} / {} |",
+        units["chain_step"]["state_transitions_per_step"],
+        units["batch_item"]["state_transitions_per_item"]
+    )?;
+    writeln!(
+        md,
+        "| USD per million tasks / steps / items (list prices {}) | {} / {} / {} |",
+        units["prices"]["date"],
+        units["task_lifecycle"]["cost"]["per_million_usd"],
+        units["chain_step"]["cost"]["per_million_usd"],
+        units["batch_item"]["cost"]["per_million_usd"]
+    )?;
     if let Some(cold) = results.cold_start.as_array() {
         for c in cold {
             writeln!(md, "| Cold start, {}: binary / peak RSS / first response | {:.1} MB / {:.1} MB / {} ms |", c["function"].as_str().unwrap_or("?"),

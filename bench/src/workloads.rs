@@ -9,7 +9,12 @@ use std::time::{Duration, Instant};
 const TIERS: [&str; 5] = ["critical", "high", "normal", "low", "background"];
 
 /// Runs `count` creates with `concurrency` in flight; returns ids and POST latencies.
-pub async fn create_many(api: &Api, count: usize, concurrency: usize, body: impl Fn(usize) -> Value) -> Result<(Vec<String>, Vec<f64>)> {
+pub async fn create_many(
+    api: &Api,
+    count: usize,
+    concurrency: usize,
+    body: impl Fn(usize) -> Value,
+) -> Result<(Vec<String>, Vec<f64>)> {
     let mut ids = Vec::with_capacity(count);
     let mut latencies = Vec::with_capacity(count);
     let bodies: Vec<Value> = (0..count).map(body).collect();
@@ -47,7 +52,9 @@ pub struct Throughput {
 /// Tasks created through the API (echo executor, auto-dispatched) until all complete.
 pub async fn throughput(api: &Api, tasks: usize, emulator_pid: Option<u32>) -> Result<Throughput> {
     let cpu_before = crate::stats::own_cpu_seconds();
-    let emulator_before = emulator_pid.and_then(crate::stats::process_cpu_seconds).unwrap_or(0.0);
+    let emulator_before = emulator_pid
+        .and_then(crate::stats::process_cpu_seconds)
+        .unwrap_or(0.0);
     let started = Instant::now();
     let (ids, create_ms) = create_many(api, tasks, 16, |n| {
         json!({"title": format!("bench {n}"), "priority": "normal", "autoDispatch": true,
@@ -57,10 +64,19 @@ pub async fn throughput(api: &Api, tasks: usize, emulator_pid: Option<u32>) -> R
     let done = api.wait_all(&ids, Duration::from_secs(900)).await?;
     let wall = started.elapsed().as_secs_f64();
     let cpu = crate::stats::own_cpu_seconds() - cpu_before;
-    let emulator = emulator_pid.and_then(crate::stats::process_cpu_seconds).unwrap_or(0.0) - emulator_before;
+    let emulator = emulator_pid
+        .and_then(crate::stats::process_cpu_seconds)
+        .unwrap_or(0.0)
+        - emulator_before;
     let completed = done.iter().filter(|t| t["status"] == "completed").count();
-    let duplicated = done.iter().filter(|t| t["attempts"].as_u64().unwrap_or(0) > 1).count();
-    let waits: Vec<f64> = done.iter().filter_map(|t| t["queueWaitMs"].as_f64()).collect();
+    let duplicated = done
+        .iter()
+        .filter(|t| t["attempts"].as_u64().unwrap_or(0) > 1)
+        .count();
+    let waits: Vec<f64> = done
+        .iter()
+        .filter_map(|t| t["queueWaitMs"].as_f64())
+        .collect();
     Ok(Throughput {
         tasks,
         wall_seconds: round(wall),
@@ -84,7 +100,11 @@ pub async fn per_tier(api: &Api, per_tier: usize) -> Result<Value> {
     let done = api.wait_all(&ids, Duration::from_secs(600)).await?;
     let mut result = serde_json::Map::new();
     for tier in TIERS {
-        let waits: Vec<f64> = done.iter().filter(|t| t["priority"] == tier).filter_map(|t| t["queueWaitMs"].as_f64()).collect();
+        let waits: Vec<f64> = done
+            .iter()
+            .filter(|t| t["priority"] == tier)
+            .filter_map(|t| t["queueWaitMs"].as_f64())
+            .collect();
         result.insert(tier.to_owned(), serde_json::to_value(Latency::of(&waits))?);
     }
     Ok(Value::Object(result))
@@ -93,12 +113,20 @@ pub async fn per_tier(api: &Api, per_tier: usize) -> Result<Value> {
 /// POST /assign {"auto": true} latency with registered agents.
 pub async fn assignment(api: &Api, agents: &[Api], tasks: usize) -> Result<Latency> {
     for (n, agent) in agents.iter().enumerate() {
-        agent.call(reqwest::Method::PUT, &format!("/api/agents/bench-agent-{n}"), Some(&json!({"capacity": 1000}))).await?;
+        agent
+            .call(
+                reqwest::Method::PUT,
+                &format!("/api/agents/bench-agent-{n}"),
+                Some(&json!({"capacity": 1000})),
+            )
+            .await?;
     }
     let (ids, _) = create_many(api, tasks, 10, |n| json!({"title": format!("assign {n}")})).await?;
     let mut latencies = Vec::new();
     for id in ids {
-        let (status, body, ms) = api.post(&format!("/api/tasks/{id}/assign"), &json!({"auto": true})).await?;
+        let (status, body, ms) = api
+            .post(&format!("/api/tasks/{id}/assign"), &json!({"auto": true}))
+            .await?;
         anyhow::ensure!(status == 200, "auto-assign failed: {body}");
         latencies.push(ms);
     }
@@ -126,9 +154,22 @@ pub async fn priority(api: &Api, backlog: usize, critical: usize) -> Result<Prio
     })
     .await?;
     let done = api.wait_all(&ids, Duration::from_secs(600)).await?;
-    let starts: Vec<f64> = done.iter().filter_map(|t| between(t, "createdAt", "startedAt")).collect();
-    let first_created = done.iter().filter_map(|t| t["createdAt"].as_str()).min().unwrap_or_default().to_owned();
-    let last_started = done.iter().filter_map(|t| t["startedAt"].as_str()).max().unwrap_or_default().to_owned();
+    let starts: Vec<f64> = done
+        .iter()
+        .filter_map(|t| between(t, "createdAt", "startedAt"))
+        .collect();
+    let first_created = done
+        .iter()
+        .filter_map(|t| t["createdAt"].as_str())
+        .min()
+        .unwrap_or_default()
+        .to_owned();
+    let last_started = done
+        .iter()
+        .filter_map(|t| t["startedAt"].as_str())
+        .max()
+        .unwrap_or_default()
+        .to_owned();
     let mut meanwhile = 0;
     let mut cursor: Option<String> = None;
     loop {
@@ -172,9 +213,17 @@ pub async fn chain_overhead(api: &Api, steps: usize, step_seconds: f64) -> Resul
     let (id, _) = api
         .create(&json!({"title": "bench chain", "type": "multi_step", "priority": "high", "autoDispatch": true, "steps": step_list}))
         .await?;
-    let task = api.wait_all(std::slice::from_ref(&id), Duration::from_secs(600)).await?.remove(0);
+    let task = api
+        .wait_all(std::slice::from_ref(&id), Duration::from_secs(600))
+        .await?
+        .remove(0);
     let view = api.get(&format!("/api/tasks/{id}/steps")).await?;
-    let run_ms: f64 = view["steps"].as_array().context("steps")?.iter().filter_map(|s| between(s, "startedAt", "completedAt")).sum();
+    let run_ms: f64 = view["steps"]
+        .as_array()
+        .context("steps")?
+        .iter()
+        .filter_map(|s| between(s, "startedAt", "completedAt"))
+        .sum();
     let wall_ms = between(&task, "startedAt", "completedAt").unwrap_or(0.0);
     Ok(json!({
         "steps": steps,

@@ -69,7 +69,13 @@ impl RetryPolicy {
         let exponent = next_attempt.saturating_sub(2).min(20);
         let ceiling =
             Duration::from_secs(u64::from(self.base_delay_seconds) << exponent).min(MAX_BACKOFF);
-        ceiling.mul_f64(unit.clamp(0.0, 1.0))
+        // NaN would make `mul_f64` panic; treat it like any other out-of-range draw.
+        let unit = if unit.is_nan() {
+            0.0
+        } else {
+            unit.clamp(0.0, 1.0)
+        };
+        ceiling.mul_f64(unit)
     }
 }
 

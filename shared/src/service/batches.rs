@@ -230,11 +230,9 @@ impl BatchService {
                     .await
                 {
                     Ok(bytes) => bytes,
-                    Err(AppError::NotFound { .. }) => {
-                        return Err(source_error(
-                            "nothing was uploaded at this key (PUT the file to the upload URL first)",
-                        ))
-                    }
+                    Err(AppError::NotFound { .. }) => return Err(source_error(
+                        "nothing was uploaded at this key (PUT the file to the upload URL first)",
+                    )),
                     Err(AppError::Conflict(problem)) => return Err(source_error(&problem)),
                     Err(err) => return Err(err),
                 };

@@ -5,5 +5,6 @@ mod api_events;
 mod batches;
 mod lambda_events;
 mod openapi;
+mod roles;
 mod schema;
 mod support;
