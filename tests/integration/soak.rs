@@ -29,7 +29,7 @@ async fn steady_load_loses_and_duplicates_nothing() {
             "executor": {"type": "http", "config": {"url": endpoint.url}}, "input": {"n": created}}))
             .await;
         created += 1;
-        if created % 100 == 0 {
+        if created.is_multiple_of(100) {
             eprintln!("soak: {created} tasks created in {:?}", started.elapsed());
         }
     }
