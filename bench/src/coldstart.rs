@@ -125,7 +125,7 @@ pub async fn measure_functions(
                 result.first_response_ms,
                 result.peak_rss_kib,
                 match &result.answer {
-                    Answer::Response(_) => String::new(),
+                    Answer::Response(body) => summary(body),
                     Answer::Error(body) =>
                         format!(", answered with an invocation error: {}", excerpt(body)),
                 },
@@ -183,6 +183,24 @@ fn median(mut values: Vec<f64>) -> f64 {
         values[mid]
     } else {
         (values[mid - 1] + values[mid]) / 2.0
+    }
+}
+
+/// A word on what a response said: the HTTP status of an API answer, the item failures
+/// of an SQS batch answer.
+fn summary(body: &[u8]) -> String {
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return String::new();
+    };
+    if let Some(status) = value.get("statusCode").and_then(|s| s.as_u64()) {
+        format!(", answered HTTP {status}")
+    } else if let Some(failures) = value.get("batchItemFailures").and_then(|f| f.as_array()) {
+        format!(
+            ", answered a batch response ({} item failures)",
+            failures.len()
+        )
+    } else {
+        ", answered".to_string()
     }
 }
 
@@ -601,6 +619,111 @@ mod tests {
         let body: serde_json::Value =
             serde_json::from_str(trigger["Records"][0]["body"].as_str().unwrap()).unwrap();
         assert_eq!(body["Event"], "s3:TestEvent");
+    }
+
+    /// One HTTP/1.1 exchange with the emulator; the status line, headers and body.
+    async fn exchange(addr: std::net::SocketAddr, method: &str, path: &str, body: &str) -> String {
+        use tokio::io::AsyncWriteExt;
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.unwrap();
+        response
+    }
+
+    #[tokio::test]
+    async fn emulator_hands_out_one_event_and_records_the_answers() {
+        let mut emulator = runtime::Emulator::start("api", "req-1", b"{\"hello\":1}".to_vec())
+            .await
+            .unwrap();
+        let next = exchange(
+            emulator.addr,
+            "GET",
+            "/2018-06-01/runtime/invocation/next",
+            "",
+        )
+        .await;
+        let lower = next.to_ascii_lowercase();
+        assert!(lower.starts_with("http/1.1 200"), "{next}");
+        assert!(
+            lower.contains("lambda-runtime-aws-request-id: req-1"),
+            "{next}"
+        );
+        assert!(lower.contains("lambda-runtime-deadline-ms: "), "{next}");
+        assert!(
+            lower.contains("lambda-runtime-invoked-function-arn: arn:aws:lambda:"),
+            "{next}"
+        );
+        assert!(lower.contains("lambda-runtime-trace-id: root="), "{next}");
+        assert!(next.ends_with("{\"hello\":1}"), "{next}");
+
+        // A second poll waits (for the kill).
+        let again = tokio::time::timeout(
+            Duration::from_millis(200),
+            exchange(
+                emulator.addr,
+                "GET",
+                "/2018-06-01/runtime/invocation/next",
+                "",
+            ),
+        )
+        .await;
+        assert!(again.is_err(), "a second event was handed out");
+
+        // Answers for another request id are not this invocation's.
+        let stray = exchange(
+            emulator.addr,
+            "POST",
+            "/2018-06-01/runtime/invocation/other/response",
+            "{}",
+        )
+        .await;
+        assert!(stray.starts_with("HTTP/1.1 404"), "{stray}");
+
+        let posted = exchange(
+            emulator.addr,
+            "POST",
+            "/2018-06-01/runtime/invocation/req-1/error",
+            "{\"errorMessage\":\"boom\"}",
+        )
+        .await;
+        assert!(posted.starts_with("HTTP/1.1 202"), "{posted}");
+        assert!(matches!(
+            emulator.outcome.recv().await,
+            Some(runtime::Outcome::InvocationError { body, .. }) if body == b"{\"errorMessage\":\"boom\"}"
+        ));
+        exchange(
+            emulator.addr,
+            "POST",
+            "/2018-06-01/runtime/invocation/req-1/response",
+            "{\"ok\":true}",
+        )
+        .await;
+        assert!(matches!(
+            emulator.outcome.recv().await,
+            Some(runtime::Outcome::Response { body, .. }) if body == b"{\"ok\":true}"
+        ));
+        exchange(
+            emulator.addr,
+            "POST",
+            "/2018-06-01/runtime/init/error",
+            "{\"errorMessage\":\"no config\"}",
+        )
+        .await;
+        assert!(matches!(
+            emulator.outcome.recv().await,
+            Some(runtime::Outcome::InitError { .. })
+        ));
+
+        // Anything else is an AWS call with no endpoint configured: refused, not retried.
+        let aws = exchange(emulator.addr, "POST", "/", "{}").await;
+        assert!(aws.starts_with("HTTP/1.1 400"), "{aws}");
+        assert_eq!(emulator.stubbed_aws_calls(), 1);
+        emulator.stop();
     }
 
     #[tokio::test]
