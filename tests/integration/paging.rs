@@ -16,8 +16,10 @@ async fn pages_through_250_tasks_newest_first_with_filters() {
                 let n = chunk * 10 + i;
                 let priority = if n % 5 == 0 { "critical" } else { "normal" };
                 tokio::spawn(async move {
-                    boss.create_task(&json!({"title": format!("task {n}"), "priority": priority}))
-                        .await
+                    boss.create_task_retrying(
+                        &json!({"title": format!("task {n}"), "priority": priority}),
+                    )
+                    .await
                 })
             })
             .collect();

@@ -2,6 +2,7 @@
 //! 5xx) become retryable `Unavailable`, everything else `Internal`.
 
 use crate::error::AppError;
+use aws_sdk_dynamodb::config::http::HttpResponse;
 use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
 use std::fmt::Debug;
 
@@ -14,17 +15,17 @@ const TRANSIENT_CODES: &[&str] = &[
     "SlowDown",
 ];
 
-pub(crate) fn from_sdk<E, R>(operation: &str, err: SdkError<E, R>) -> AppError
+pub(crate) fn from_sdk<E>(operation: &str, err: SdkError<E, HttpResponse>) -> AppError
 where
     E: ProvideErrorMetadata + Debug,
-    R: Debug,
 {
     let transient = match &err {
         SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => true,
-        SdkError::ServiceError(service) => service
-            .err()
-            .code()
-            .is_some_and(|c| TRANSIENT_CODES.contains(&c)),
+        SdkError::ServiceError(service) => {
+            service.err().code().is_some_and(|c| TRANSIENT_CODES.contains(&c))
+                // A 5xx whose body the SDK could not even parse is still a server-side hiccup.
+                || service.raw().status().as_u16() >= 500
+        }
         SdkError::ResponseError(_) => true,
         _ => false,
     };
