@@ -290,7 +290,7 @@ impl Client {
     /// Idempotency-Key, retrying 5xx answers, so a retry never duplicates.
     pub async fn create_task_retrying(&self, body: &Value) -> String {
         let key = ulid::Ulid::new().to_string();
-        for _ in 0..5 {
+        for attempt in 0..10u32 {
             let reply = self
                 .send(
                     Method::POST,
@@ -307,7 +307,8 @@ impl Client {
                 "create failed: {}",
                 reply.body
             );
-            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            // Exponential backoff, as the Retry-After of a 503 invites.
+            tokio::time::sleep(std::time::Duration::from_millis(100 << attempt.min(4))).await;
         }
         panic!("create kept failing with server errors");
     }

@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 
+pub use aws_config::SdkConfig;
+
 /// How long [`Emulator::start`] waits for moto to answer.
 const START_DEADLINE: Duration = Duration::from_secs(30);
 
@@ -23,6 +25,37 @@ fn moto_config() -> serde_json::Value {
         "lambda": { "use_docker": false }
     })
 }
+
+/// How moto is started.
+#[derive(Debug, Clone, Copy)]
+enum MotoLauncher {
+    /// `moto_server`, as installed.
+    Server,
+    /// moto's own server and application, with DynamoDB requests serialized
+    /// ([`SERIALIZED_DYNAMODB_MOTO`]).
+    SerializedDynamoDb,
+}
+
+/// `python -c` script: `moto_server` (same application, request handler and threading)
+/// with one lock around DynamoDB requests (`X-Amz-Target: DynamoDB_…`). Arguments: host, port.
+const SERIALIZED_DYNAMODB_MOTO: &str = r#"
+import signal, sys, threading
+from werkzeug.serving import run_simple
+from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
+
+app = DomainDispatcherApplication(create_backend_app)
+app.debug = True
+lock = threading.Lock()
+
+def serialized(environ, start_response):
+    if environ.get("HTTP_X_AMZ_TARGET", "").startswith("DynamoDB_"):
+        with lock:
+            return list(app(environ, start_response))
+    return app(environ, start_response)
+
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+run_simple(sys.argv[1], int(sys.argv[2]), serialized, threaded=True, request_handler=MotoRequestHandler)
+"#;
 
 /// A running (or attached) moto server.
 pub struct Emulator {
@@ -66,6 +99,34 @@ impl Emulator {
         port: u16,
         log: Option<&Path>,
     ) -> Result<Emulator> {
+        Self::start_launched(venv_dir, port, log, MotoLauncher::Server).await
+    }
+
+    /// Like [`Emulator::start`], for a moto that serves DynamoDB alone (the hybrid backend):
+    /// the same server with DynamoDB requests handled one at a time. moto 5.2.5's
+    /// TransactWriteItems deep-copies the whole table without a lock, so a concurrent write
+    /// makes it fail with HTTP 500 (`RuntimeError: dictionary changed size during
+    /// iteration`); moto is bound by Python's GIL anyway, so serializing costs little.
+    pub async fn start_for_dynamodb(venv_dir: &Path, port: u16) -> Result<Emulator> {
+        let log_dir = venv_dir
+            .parent()
+            .map(|p| p.join(".local"))
+            .unwrap_or_else(|| PathBuf::from(".local"));
+        Self::start_launched(
+            venv_dir,
+            port,
+            Some(&log_dir.join(format!("moto-{port}.log"))),
+            MotoLauncher::SerializedDynamoDb,
+        )
+        .await
+    }
+
+    async fn start_launched(
+        venv_dir: &Path,
+        port: u16,
+        log: Option<&Path>,
+        launcher: MotoLauncher,
+    ) -> Result<Emulator> {
         let binary = venv_dir.join("bin").join("moto_server");
         if !binary.is_file() {
             bail!(
@@ -89,32 +150,40 @@ impl Emulator {
             }
         };
 
-        let mut command = tokio::process::Command::new(&binary);
+        let mut command = match launcher {
+            MotoLauncher::Server => {
+                let mut command = tokio::process::Command::new(&binary);
+                command.args(["-H", "127.0.0.1", "-p", &port.to_string()]);
+                command
+            }
+            MotoLauncher::SerializedDynamoDb => {
+                let mut command = tokio::process::Command::new(venv_dir.join("bin").join("python"));
+                command.args([
+                    "-c",
+                    SERIALIZED_DYNAMODB_MOTO,
+                    "127.0.0.1",
+                    &port.to_string(),
+                ]);
+                // What moto_server sets when MOTO_PORT is unset.
+                command.env("MOTO_PORT", port.to_string());
+                command
+            }
+        };
         command
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .env("PYTHONUNBUFFERED", "1")
             .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(stderr)
             .kill_on_drop(true);
-        #[cfg(target_os = "linux")]
-        {
-            // SAFETY: the closure runs in the forked child before exec and only calls
-            // async-signal-safe functions (prctl, getppid, _exit).
-            let parent = std::process::id() as libc::pid_t;
-            unsafe {
-                command.pre_exec(move || {
-                    if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    // The parent may already have died before prctl took effect.
-                    if libc::getppid() != parent {
-                        libc::_exit(1);
-                    }
-                    Ok(())
-                });
-            }
-        }
+        die_with_parent(
+            &mut command,
+            match launcher {
+                MotoLauncher::Server => DeathSignal::Term,
+                // SIGKILL: a moto holding gigabytes can take minutes to exit on SIGTERM
+                // (seen after `make test`: 10 GB, one thread, busy for 6 minutes).
+                MotoLauncher::SerializedDynamoDb => DeathSignal::Kill,
+            },
+        );
         let child = command
             .spawn()
             .with_context(|| format!("starting {}", binary.display()))?;
@@ -312,6 +381,410 @@ fn http_client() -> Result<reqwest::Client> {
         .map_err(|e| anyhow!("building the HTTP client: {e}"))
 }
 
+/// The signal a spawned emulator receives when the thread that spawned it dies.
+#[derive(Debug, Clone, Copy)]
+enum DeathSignal {
+    Term,
+    Kill,
+}
+
+/// Makes `command`'s child die with its parent (Linux `PR_SET_PDEATHSIG`), so that a killed
+/// test binary or a Ctrl-C never leaves an emulator running.
+fn die_with_parent(command: &mut tokio::process::Command, signal: DeathSignal) {
+    #[cfg(target_os = "linux")]
+    {
+        let signal = match signal {
+            DeathSignal::Term => libc::SIGTERM,
+            DeathSignal::Kill => libc::SIGKILL,
+        };
+        // SAFETY: the closure runs in the forked child before exec and only calls
+        // async-signal-safe functions (prctl, getppid, _exit).
+        let parent = std::process::id() as libc::pid_t;
+        unsafe {
+            command.pre_exec(move || {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, signal) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // The parent may already have died before prctl took effect.
+                if libc::getppid() != parent {
+                    libc::_exit(1);
+                }
+                Ok(())
+            });
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (command, signal);
+}
+
+/// How long [`LocalStackServer::start`] waits for LocalStack's health check (it answers in
+/// about 1.5 s here; a cold page cache after an install makes it slower).
+const LOCALSTACK_START_DEADLINE: Duration = Duration::from_secs(90);
+
+/// The LocalStack services the hybrid backend uses (names as `/_localstack/health` gives them).
+pub const LOCALSTACK_SERVICES: [&str; 3] = ["sqs", "stepfunctions", "s3"];
+
+/// The SDK service ids ([`Endpoints::services`] keys) that go to LocalStack in the hybrid
+/// backend: the same services as [`LOCALSTACK_SERVICES`].
+pub const LOCALSTACK_SERVICE_IDS: [&str; 3] = ["SQS", "SFN", "S3"];
+
+/// LocalStack's own runtime as a host process (no Docker), from a venv made with Python 3.13
+/// (`make venv-localstack`), bound to 127.0.0.1. It serves SQS, Step Functions and S3 only:
+/// its DynamoDB downloads Java and DynamoDB Local at run time and its Lambda needs Docker,
+/// so the hybrid backend keeps DynamoDB on moto.
+///
+/// Like moto, the child dies with its parent (`kill_on_drop`, `Drop`, `PR_SET_PDEATHSIG`).
+pub struct LocalStackServer {
+    /// e.g. `http://127.0.0.1:4566`.
+    pub endpoint: String,
+    child: Option<tokio::process::Child>,
+    log_path: Option<PathBuf>,
+    scratch: Option<PathBuf>,
+    http: reqwest::Client,
+}
+
+impl std::fmt::Debug for LocalStackServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalStackServer")
+            .field("endpoint", &self.endpoint)
+            .field("pid", &self.child.as_ref().and_then(|c| c.id()))
+            .field("log_path", &self.log_path)
+            .finish()
+    }
+}
+
+impl LocalStackServer {
+    /// Starts `<venv>/bin/python -m localstack.runtime.main` on `127.0.0.1:<port>` and waits
+    /// until `/_localstack/health` reports SQS, Step Functions and S3 running. Its state and
+    /// temporary files live in `<venv>/../.local/localstack/<port>/` (emptied at each start,
+    /// removed by [`LocalStackServer::stop`]); its output goes to
+    /// `<venv>/../.local/localstack-<port>.log`.
+    pub async fn start(venv_dir: &Path, port: u16) -> Result<LocalStackServer> {
+        let local = venv_dir
+            .parent()
+            .map(|p| p.join(".local"))
+            .unwrap_or_else(|| PathBuf::from(".local"));
+        Self::start_in(
+            venv_dir,
+            port,
+            &local.join("localstack").join(port.to_string()),
+            &local.join(format!("localstack-{port}.log")),
+        )
+        .await
+    }
+
+    /// Like [`LocalStackServer::start`], with an explicit scratch folder and log file.
+    pub async fn start_in(
+        venv_dir: &Path,
+        port: u16,
+        scratch: &Path,
+        log: &Path,
+    ) -> Result<LocalStackServer> {
+        let python = venv_dir.join("bin").join("python");
+        if !python.is_file() {
+            bail!(
+                "no LocalStack venv at {}: run `make venv-localstack` to create it \
+                 (or set LOCALSTACK_VENV to a venv with localstack-core[runtime] installed)",
+                venv_dir.display()
+            );
+        }
+        if scratch.exists() {
+            std::fs::remove_dir_all(scratch)
+                .with_context(|| format!("emptying {}", scratch.display()))?;
+        }
+        let (filesystem_root, tmp) = (scratch.join("fs"), scratch.join("tmp"));
+        for dir in [&filesystem_root, &tmp] {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        let (file, log_path) = open_log(log)?;
+        let err = file
+            .try_clone()
+            .context("duplicating the LocalStack log handle")?;
+
+        let listen = format!("127.0.0.1:{port}");
+        let mut command = tokio::process::Command::new(&python);
+        command
+            .args(["-m", "localstack.runtime.main"])
+            .current_dir(scratch)
+            // Bind to loopback only: hypercorn honours GATEWAY_LISTEN (the default server
+            // binds 0.0.0.0).
+            .env("GATEWAY_LISTEN", &listen)
+            .env("GATEWAY_SERVER", "hypercorn")
+            .env("LOCALSTACK_HOST", &listen)
+            // No DNS server (it would want port 53), no analytics, no certificate download.
+            .env("DNS_ADDRESS", "0")
+            .env("DISABLE_EVENTS", "1")
+            .env("SKIP_SSL_CERT_DOWNLOAD", "1")
+            .env("FILESYSTEM_ROOT", &filesystem_root)
+            .env("TMPDIR", &tmp)
+            // No SERVICES list: Step Functions needs more than it names (a Distributed Map's
+            // ItemReader calls sts:AssumeRole, executions notify `events`); with
+            // SERVICES=sqs,stepfunctions,s3 they fail with "Service 'sts' is not enabled".
+            // Services load on first use (Step Functions takes about 1.5 s).
+            .env_remove("SERVICES")
+            .env_remove("EAGER_SERVICE_LOADING")
+            // Queue URLs as http://127.0.0.1:<port>/queue/<region>/<account>/<name>; the
+            // default (`sqs.<region>.<LOCALSTACK_HOST>`) is not a resolvable host name.
+            .env("SQS_ENDPOINT_STRATEGY", "path")
+            .env("PERSISTENCE", "0")
+            .env("PYTHONUNBUFFERED", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(file))
+            .stderr(Stdio::from(err))
+            .kill_on_drop(true);
+        // SIGKILL: LocalStack's graceful shutdown can take seconds; nothing of it is kept.
+        die_with_parent(&mut command, DeathSignal::Kill);
+        let child = command
+            .spawn()
+            .with_context(|| format!("starting {} -m localstack.runtime.main", python.display()))?;
+
+        let mut server = LocalStackServer {
+            endpoint: format!("http://{listen}"),
+            child: Some(child),
+            log_path: Some(log_path),
+            scratch: Some(scratch.to_path_buf()),
+            http: http_client()?,
+        };
+        let log_hint = format!("see its log {}", log.display());
+        let started = Instant::now();
+        let deadline = started + LOCALSTACK_START_DEADLINE;
+        loop {
+            if let Some(child) = server.child.as_mut() {
+                if let Some(status) = child.try_wait().context("checking LocalStack")? {
+                    bail!(
+                        "LocalStack exited ({status}) before it was ready on {}; {log_hint}{}",
+                        server.endpoint,
+                        server.log_tail()
+                    );
+                }
+            }
+            let last = match server.health().await {
+                Ok(()) => break,
+                Err(e) => e,
+            };
+            if Instant::now() >= deadline {
+                bail!(
+                    "LocalStack was not ready on {} within {} s (last health check: {last:#}); \
+                     {log_hint}{}",
+                    server.endpoint,
+                    LOCALSTACK_START_DEADLINE.as_secs(),
+                    server.log_tail()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        tracing::info!(
+            endpoint = %server.endpoint,
+            log = ?server.log_path,
+            seconds = started.elapsed().as_secs_f32(),
+            "LocalStack started"
+        );
+        Ok(server)
+    }
+
+    /// Attaches to a LocalStack that is already running (a Docker container, or another
+    /// process's host runtime) and checks that SQS, Step Functions and S3 are up. Nothing is
+    /// owned: [`LocalStackServer::stop`] leaves it running.
+    pub async fn attach(endpoint: &str) -> Result<LocalStackServer> {
+        let server = LocalStackServer {
+            endpoint: endpoint.trim_end_matches('/').to_string(),
+            child: None,
+            log_path: None,
+            scratch: None,
+            http: http_client()?,
+        };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match server.health().await {
+                Ok(()) => return Ok(server),
+                Err(e) if Instant::now() >= deadline => {
+                    return Err(e.context(format!("no ready LocalStack at {}", server.endpoint)))
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+    }
+
+    /// The file LocalStack's output goes to, if this process started it.
+    pub fn log_path(&self) -> Option<&Path> {
+        self.log_path.as_deref()
+    }
+
+    /// The pid of the owned LocalStack process (`None` when attached).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(|c| c.id())
+    }
+
+    /// Stops the owned LocalStack (SIGTERM, then SIGKILL after 10 s), waits for it and removes
+    /// its scratch folder; an attached one is left running.
+    pub async fn stop(mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let exited = match child.id() {
+            Some(pid) => {
+                // SAFETY: plain kill(2) on our own child, which has not been reaped yet.
+                unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+                tokio::time::timeout(Duration::from_secs(10), child.wait())
+                    .await
+                    .is_ok()
+            }
+            None => true,
+        };
+        if !exited {
+            tracing::warn!("LocalStack did not stop within 10 s of SIGTERM; killing it");
+            let _ = child.start_kill();
+            let _ = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
+        }
+        if let Some(scratch) = self.scratch.take() {
+            if let Err(e) = std::fs::remove_dir_all(&scratch) {
+                tracing::debug!("removing {}: {e}", scratch.display());
+            }
+        }
+    }
+
+    /// `Ok` when `/_localstack/health` answers and every one of [`LOCALSTACK_SERVICES`] is
+    /// `running` or `available`.
+    async fn health(&self) -> Result<()> {
+        let url = format!("{}/_localstack/health", self.endpoint);
+        let resp = self
+            .http
+            .get(&url)
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await
+            .with_context(|| format!("GET {url}"))?;
+        let status = resp.status();
+        let body = resp.text().await.unwrap_or_default();
+        if !status.is_success() {
+            bail!("GET {url} answered {status}: {body}");
+        }
+        let health: serde_json::Value =
+            serde_json::from_str(&body).with_context(|| format!("GET {url} answered {body:?}"))?;
+        let not_ready: Vec<String> = LOCALSTACK_SERVICES
+            .iter()
+            .filter_map(|service| {
+                let state = health["services"][service].as_str().unwrap_or("missing");
+                (!matches!(state, "running" | "available")).then(|| format!("{service}: {state}"))
+            })
+            .collect();
+        if !not_ready.is_empty() {
+            bail!("not ready: {}", not_ready.join(", "));
+        }
+        Ok(())
+    }
+
+    fn log_tail(&self) -> String {
+        let Some(text) = self
+            .log_path
+            .as_ref()
+            .and_then(|p| std::fs::read_to_string(p).ok())
+        else {
+            return String::new();
+        };
+        let lines: Vec<&str> = text.lines().collect();
+        let tail = lines[lines.len().saturating_sub(30)..].join("\n");
+        if tail.is_empty() {
+            String::new()
+        } else {
+            format!("\n--- LocalStack log (last lines) ---\n{tail}")
+        }
+    }
+}
+
+impl Drop for LocalStackServer {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.start_kill();
+        }
+    }
+}
+
+/// Where each AWS service is reached: a default endpoint, and endpoints of their own for some
+/// services, keyed by the SDK's service id (`"DynamoDB"`, `"SQS"`, `"SFN"`, `"S3"`). This is
+/// what `AWS_ENDPOINT_URL` and `AWS_ENDPOINT_URL_<SERVICE>` do for a process that loads its
+/// configuration from the environment, as the functions do on Lambda.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoints {
+    /// Every service without an endpoint of its own.
+    pub default: String,
+    /// Service id → endpoint.
+    pub services: std::collections::BTreeMap<String, String>,
+}
+
+impl Endpoints {
+    /// Every service at one endpoint.
+    pub fn single(endpoint: &str) -> Endpoints {
+        Endpoints {
+            default: endpoint.trim_end_matches('/').to_string(),
+            services: Default::default(),
+        }
+    }
+
+    /// The hybrid: SQS, Step Functions and S3 at `localstack`, DynamoDB (and anything else)
+    /// at `moto`.
+    pub fn hybrid(moto: &str, localstack: &str) -> Endpoints {
+        let mut endpoints = Endpoints::single(moto);
+        for id in LOCALSTACK_SERVICE_IDS {
+            endpoints
+                .services
+                .insert(id.to_string(), localstack.trim_end_matches('/').to_string());
+        }
+        endpoints
+    }
+
+    /// The endpoint the SDK client for `service_id` uses.
+    pub fn endpoint_for(&self, service_id: &str) -> &str {
+        self.services
+            .get(service_id)
+            .map(String::as_str)
+            .unwrap_or(&self.default)
+    }
+
+    /// The same routing as environment variables (`AWS_ENDPOINT_URL`,
+    /// `AWS_ENDPOINT_URL_SQS`, …), e.g. for a process that loads its configuration from the
+    /// environment.
+    pub fn env_vars(&self) -> Vec<(String, String)> {
+        let mut vars = vec![("AWS_ENDPOINT_URL".to_string(), self.default.clone())];
+        for (id, endpoint) in &self.services {
+            vars.push((
+                format!("AWS_ENDPOINT_URL_{}", id.to_uppercase().replace(' ', "_")),
+                endpoint.clone(),
+            ));
+        }
+        vars
+    }
+}
+
+impl std::fmt::Display for Endpoints {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.services.is_empty() {
+            return f.write_str(&self.default);
+        }
+        write!(f, "{} (default)", self.default)?;
+        for (id, endpoint) in &self.services {
+            write!(f, ", {id} {endpoint}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Per-service endpoints as SDK service configuration: each client built from the
+/// `SdkConfig` (`aws_sdk_x::Client::new`, `Builder::from`) asks it for its endpoint before it
+/// falls back to the config's global `endpoint_url`, exactly as it would read
+/// `AWS_ENDPOINT_URL_<SERVICE>` from the environment.
+#[derive(Debug)]
+struct ServiceEndpoints(std::collections::BTreeMap<String, String>);
+
+impl aws_types::service_config::LoadServiceConfig for ServiceEndpoints {
+    fn load_config(&self, key: aws_types::service_config::ServiceConfigKey<'_>) -> Option<String> {
+        if key.env() != "AWS_ENDPOINT_URL" {
+            return None;
+        }
+        self.0.get(key.service_id()).cloned()
+    }
+}
+
 /// A TCP port that is free on 127.0.0.1 right now.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -335,6 +808,28 @@ pub async fn sdk_config(endpoint: &str) -> aws_config::SdkConfig {
         ))
         .load()
         .await
+}
+
+/// Like [`sdk_config`], with each service at its endpoint in `endpoints`: the global
+/// `endpoint_url` is `endpoints.default` (so S3 stays path-style) and each per-service one
+/// wins over it, as `AWS_ENDPOINT_URL_<SERVICE>` wins over `AWS_ENDPOINT_URL`. The
+/// process environment's `AWS_ENDPOINT_URL_*` are not consulted (nor are they by
+/// [`sdk_config`]). With no per-service endpoints this is exactly [`sdk_config`].
+pub async fn sdk_config_for(endpoints: &Endpoints) -> aws_config::SdkConfig {
+    let config = sdk_config(&endpoints.default).await;
+    if endpoints.services.is_empty() {
+        return config;
+    }
+    let mut builder = config
+        .into_builder()
+        .service_config(ServiceEndpoints(endpoints.services.clone()));
+    // A programmatic (loader) endpoint_url takes precedence over every per-service one; from
+    // the environment (AWS_ENDPOINT_URL) it does not. Mark it as the latter.
+    builder.insert_origin(
+        "endpoint_url",
+        aws_types::origin::Origin::shared_environment_variable(),
+    );
+    builder.build()
 }
 
 #[cfg(test)]
@@ -361,6 +856,125 @@ mod tests {
             format!("{err:#}").contains("no emulator answers"),
             "{err:#}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_missing_localstack_venv_says_how_to_create_it() {
+        let err = LocalStackServer::start(Path::new("/nonexistent/lsvenv"), free_port())
+            .await
+            .unwrap_err();
+        let msg = format!("{err:#}");
+        assert!(msg.contains("make venv-localstack"), "{msg}");
+    }
+
+    #[tokio::test]
+    async fn attach_to_localstack_fails_when_nothing_listens() {
+        let port = free_port();
+        let err = LocalStackServer::attach(&format!("http://127.0.0.1:{port}"))
+            .await
+            .unwrap_err();
+        assert!(
+            format!("{err:#}").contains("no ready LocalStack"),
+            "{err:#}"
+        );
+    }
+
+    #[test]
+    fn hybrid_endpoints_route_sqs_sfn_s3_to_localstack() {
+        let e = Endpoints::hybrid("http://127.0.0.1:1/", "http://127.0.0.1:2");
+        assert_eq!(e.endpoint_for("DynamoDB"), "http://127.0.0.1:1");
+        for id in ["SQS", "SFN", "S3"] {
+            assert_eq!(e.endpoint_for(id), "http://127.0.0.1:2");
+        }
+        let vars = e.env_vars();
+        assert!(vars.contains(&("AWS_ENDPOINT_URL".into(), "http://127.0.0.1:1".into())));
+        assert!(vars.contains(&("AWS_ENDPOINT_URL_SFN".into(), "http://127.0.0.1:2".into())));
+        assert_eq!(Endpoints::single("http://x/").env_vars().len(), 1);
+    }
+
+    /// A listener that answers every request with a 400 and reports each request's
+    /// `x-amz-target` header (the JSON protocols' operation name).
+    async fn recording_listener() -> (String, tokio::sync::mpsc::UnboundedReceiver<String>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let mut buf = vec![0u8; 16384];
+                let n = stream.read(&mut buf).await.unwrap_or(0);
+                let head = String::from_utf8_lossy(&buf[..n]).to_lowercase();
+                let target = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("x-amz-target:"))
+                    .unwrap_or("")
+                    .trim()
+                    .to_string();
+                let _ = tx.send(target);
+                let _ = stream
+                    .write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                    .await;
+            }
+        });
+        (url, rx)
+    }
+
+    #[tokio::test]
+    async fn clients_from_a_hybrid_config_reach_their_own_endpoints() {
+        let (moto, mut moto_seen) = recording_listener().await;
+        let (localstack, mut localstack_seen) = recording_listener().await;
+        let sdk = sdk_config_for(&Endpoints::hybrid(&moto, &localstack)).await;
+        let clients = shared::aws::AwsClients::new(&sdk);
+
+        let _ = clients.dynamodb.list_tables().send().await;
+        let _ = clients.sqs.list_queues().send().await;
+        let _ = clients.sfn.list_state_machines().send().await;
+        let moto_targets: Vec<String> = std::iter::from_fn(|| moto_seen.try_recv().ok()).collect();
+        let localstack_targets: Vec<String> =
+            std::iter::from_fn(|| localstack_seen.try_recv().ok()).collect();
+        assert!(
+            moto_targets.iter().all(|t| t.starts_with("dynamodb_")) && !moto_targets.is_empty(),
+            "moto saw {moto_targets:?}"
+        );
+        assert!(
+            localstack_targets
+                .iter()
+                .any(|t| t.starts_with("amazonsqs."))
+                && localstack_targets
+                    .iter()
+                    .any(|t| t.starts_with("awsstepfunctions."))
+                && localstack_targets
+                    .iter()
+                    .all(|t| !t.starts_with("dynamodb_")),
+            "LocalStack saw {localstack_targets:?}"
+        );
+
+        // S3 (presigned URLs included) goes to LocalStack, path-style.
+        let presigned = clients
+            .s3
+            .put_object()
+            .bucket("bucket")
+            .key("a/b.txt")
+            .presigned(
+                aws_sdk_s3::presigning::PresigningConfig::expires_in(Duration::from_secs(60))
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert!(
+            presigned
+                .uri()
+                .starts_with(&format!("{localstack}/bucket/a/b.txt?")),
+            "{}",
+            presigned.uri()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_single_endpoint_config_is_the_plain_one() {
+        let single = sdk_config_for(&Endpoints::single("http://127.0.0.1:9")).await;
+        assert_eq!(single.endpoint_url(), Some("http://127.0.0.1:9"));
+        assert!(single.service_config().is_some());
     }
 
     #[test]

@@ -13,4 +13,4 @@ pub mod sqs_poller;
 pub mod stack;
 pub mod template;
 
-pub use stack::{Backend, LocalStack, StackOptions};
+pub use stack::{Backend, LocalStack, LocalStackSource, StackOptions};

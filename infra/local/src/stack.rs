@@ -109,7 +109,7 @@ impl LocalStack {
                     }
                 };
                 let (moto, localstack) = tokio::try_join!(
-                    Emulator::start(moto_venv, emulator::free_port()),
+                    Emulator::start_for_dynamodb(moto_venv, emulator::free_port()),
                     localstack
                 )?;
                 (moto, Some(localstack))

@@ -248,6 +248,27 @@ impl TaskStore for DynamoTaskStore {
         if !steps.is_empty() {
             self.write_steps(steps, task).await?;
         }
+        let Some(record) = idempotency else {
+            // Without an idempotency record a single conditional put suffices
+            // (half the write units of a transaction).
+            return match self
+                .client
+                .put_item()
+                .table_name(&self.table)
+                .set_item(Some(task_item(task)?))
+                .condition_expression("attribute_not_exists(PK)")
+                .send()
+                .await
+            {
+                Ok(_) => Ok(InsertOutcome::Inserted),
+                Err(err) => {
+                    if !steps.is_empty() {
+                        let _ = self.delete(&task.agency_id, task.id).await;
+                    }
+                    Err(from_sdk("dynamodb:PutItem", err))
+                }
+            };
+        };
         let put_task = Put::builder()
             .table_name(&self.table)
             .set_item(Some(task_item(task)?))
@@ -255,7 +276,7 @@ impl TaskStore for DynamoTaskStore {
             .build()
             .map_err(AppError::internal)?;
         let mut writes = vec![TransactWriteItem::builder().put(put_task).build()];
-        if let Some(record) = idempotency {
+        {
             let put_record = Put::builder()
                 .table_name(&self.table)
                 .set_item(Some(idempotency_item(&task.agency_id, record)?))
@@ -281,7 +302,7 @@ impl TaskStore for DynamoTaskStore {
                 if !steps.is_empty() {
                     let _ = self.delete(&task.agency_id, task.id).await;
                 }
-                if let (true, Some(record)) = (cancelled, idempotency) {
+                if cancelled {
                     if let Some(previous) = self
                         .idempotency_record(&task.agency_id, &record.key)
                         .await?
