@@ -26,16 +26,6 @@ fn moto_config() -> serde_json::Value {
     })
 }
 
-/// How moto is started.
-#[derive(Debug, Clone, Copy)]
-enum MotoLauncher {
-    /// `moto_server`, as installed.
-    Server,
-    /// moto's own server and application, with DynamoDB requests serialized
-    /// ([`SERIALIZED_DYNAMODB_MOTO`]).
-    SerializedDynamoDb,
-}
-
 /// `python -c` script: `moto_server` (same application, request handler and threading)
 /// with one lock around DynamoDB requests (`X-Amz-Target: DynamoDB_…`). Arguments: host, port.
 const SERIALIZED_DYNAMODB_MOTO: &str = r#"
@@ -99,7 +89,7 @@ impl Emulator {
         port: u16,
         log: Option<&Path>,
     ) -> Result<Emulator> {
-        Self::start_launched(venv_dir, port, log, MotoLauncher::Server).await
+        Self::start_launched(venv_dir, port, log).await
     }
 
     /// Like [`Emulator::start`], for a moto that serves DynamoDB alone (the hybrid backend):
@@ -116,17 +106,11 @@ impl Emulator {
             venv_dir,
             port,
             Some(&log_dir.join(format!("moto-{port}.log"))),
-            MotoLauncher::SerializedDynamoDb,
         )
         .await
     }
 
-    async fn start_launched(
-        venv_dir: &Path,
-        port: u16,
-        log: Option<&Path>,
-        launcher: MotoLauncher,
-    ) -> Result<Emulator> {
+    async fn start_launched(venv_dir: &Path, port: u16, log: Option<&Path>) -> Result<Emulator> {
         let binary = venv_dir.join("bin").join("moto_server");
         if !binary.is_file() {
             bail!(
@@ -150,40 +134,25 @@ impl Emulator {
             }
         };
 
-        let mut command = match launcher {
-            MotoLauncher::Server => {
-                let mut command = tokio::process::Command::new(&binary);
-                command.args(["-H", "127.0.0.1", "-p", &port.to_string()]);
-                command
-            }
-            MotoLauncher::SerializedDynamoDb => {
-                let mut command = tokio::process::Command::new(venv_dir.join("bin").join("python"));
-                command.args([
-                    "-c",
-                    SERIALIZED_DYNAMODB_MOTO,
-                    "127.0.0.1",
-                    &port.to_string(),
-                ]);
-                // What moto_server sets when MOTO_PORT is unset.
-                command.env("MOTO_PORT", port.to_string());
-                command
-            }
-        };
+        // moto's own server and application with DynamoDB requests serialized: moto 5.2.5's
+        // TransactWriteItems is not thread-safe (see `start_for_dynamodb`), and concurrent
+        // creates are exactly what the tests and benchmarks do.
+        let mut command = tokio::process::Command::new(venv_dir.join("bin").join("python"));
+        command.args([
+            "-c",
+            SERIALIZED_DYNAMODB_MOTO,
+            "127.0.0.1",
+            &port.to_string(),
+        ]);
+        // What moto_server sets when MOTO_PORT is unset.
+        command.env("MOTO_PORT", port.to_string());
         command
             .env("PYTHONUNBUFFERED", "1")
             .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(stderr)
             .kill_on_drop(true);
-        die_with_parent(
-            &mut command,
-            match launcher {
-                MotoLauncher::Server => DeathSignal::Term,
-                // SIGKILL: a moto holding gigabytes can take minutes to exit on SIGTERM
-                // (seen after `make test`: 10 GB, one thread, busy for 6 minutes).
-                MotoLauncher::SerializedDynamoDb => DeathSignal::Kill,
-            },
-        );
+        die_with_parent(&mut command);
         let child = command
             .spawn()
             .with_context(|| format!("starting {}", binary.display()))?;
@@ -381,22 +350,13 @@ fn http_client() -> Result<reqwest::Client> {
         .map_err(|e| anyhow!("building the HTTP client: {e}"))
 }
 
-/// The signal a spawned emulator receives when the thread that spawned it dies.
-#[derive(Debug, Clone, Copy)]
-enum DeathSignal {
-    Term,
-    Kill,
-}
-
-/// Makes `command`'s child die with its parent (Linux `PR_SET_PDEATHSIG`), so that a killed
-/// test binary or a Ctrl-C never leaves an emulator running.
-fn die_with_parent(command: &mut tokio::process::Command, signal: DeathSignal) {
+/// Makes `command`'s child die (SIGKILL: emulators keep state only in memory, and a large
+/// one can take minutes to exit gracefully) with its parent (Linux `PR_SET_PDEATHSIG`), so
+/// that a killed test binary or a Ctrl-C never leaves an emulator running.
+fn die_with_parent(command: &mut tokio::process::Command) {
     #[cfg(target_os = "linux")]
     {
-        let signal = match signal {
-            DeathSignal::Term => libc::SIGTERM,
-            DeathSignal::Kill => libc::SIGKILL,
-        };
+        let signal = libc::SIGKILL;
         // SAFETY: the closure runs in the forked child before exec and only calls
         // async-signal-safe functions (prctl, getppid, _exit).
         let parent = std::process::id() as libc::pid_t;
@@ -533,7 +493,7 @@ impl LocalStackServer {
             .stderr(Stdio::from(err))
             .kill_on_drop(true);
         // SIGKILL: LocalStack's graceful shutdown can take seconds; nothing of it is kept.
-        die_with_parent(&mut command, DeathSignal::Kill);
+        die_with_parent(&mut command);
         let child = command
             .spawn()
             .with_context(|| format!("starting {} -m localstack.runtime.main", python.display()))?;
