@@ -255,8 +255,8 @@ pub fn write(repo: &Path, results: &Results) -> Result<()> {
     )?;
     if let Some(cold) = results.cold_start.as_array() {
         for c in cold {
-            writeln!(md, "| Cold start, {}: binary / peak RSS / first response | {:.1} MB / {:.1} MB / {} ms |", c["function"].as_str().unwrap_or("?"),
-                c["binary_bytes"].as_f64().unwrap_or(0.0) / 1e6, c["peak_rss_kib"].as_f64().unwrap_or(0.0) / 1024.0, c["first_response_ms"])?;
+            writeln!(md, "| Cold start, {}: binary / peak RSS / first response | {:.1} MB / {:.1} MB / {:.1} ms |", c["function"].as_str().unwrap_or("?"),
+                c["binary_bytes"].as_f64().unwrap_or(0.0) / 1e6, c["peak_rss_kib"].as_f64().unwrap_or(0.0) / 1024.0, c["first_response_ms"].as_f64().unwrap_or(0.0))?;
         }
     }
     writeln!(md, "\nRaw figures, per-operation request counts and the price table: `bench/results/latest.json`.")?;
