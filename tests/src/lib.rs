@@ -331,9 +331,9 @@ impl Client {
 /// as Lambda requires, or batching would redeliver messages it is still collecting.
 pub fn test_parameters() -> Vec<(String, String)> {
     [
-        ("LeaseSeconds", "6"),
-        ("QueueVisibilitySeconds", "18"),
-        ("WorkerTimeoutSeconds", "7"),
+        ("LeaseSeconds", "10"),
+        ("QueueVisibilitySeconds", "22"),
+        ("WorkerTimeoutSeconds", "11"),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v.to_owned()))
