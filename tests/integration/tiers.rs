@@ -182,7 +182,7 @@ async fn a_killed_workers_task_still_completes() {
     let id = boss
         .create_task(
             &json!({"title": "Survives a crash", "priority": "critical", "autoDispatch": true,
-            "executor": {"type": "sleep", "config": {"seconds": 3}}}),
+            "executor": {"type": "sleep", "config": {"seconds": 6}}}),
         )
         .await;
     wait_for_status(&boss, &id, &["in_progress"]).await;
