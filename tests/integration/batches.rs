@@ -308,35 +308,7 @@ async fn a_duplicate_upload_event_creates_no_second_batch_and_unknown_agencies_f
             .unwrap();
     }
     // Wait until the trigger has consumed both replays, then count.
-    let queue = stack().refs["BatchUploadsQueue"].clone();
-    eventually(
-        "the replays to be consumed",
-        Duration::from_secs(30),
-        || async {
-            let attrs = clients
-                .sqs
-                .get_queue_attributes()
-                .queue_url(&queue)
-                .attribute_names(aws_sdk_sqs::types::QueueAttributeName::All)
-                .send()
-                .await
-                .ok()?
-                .attributes
-                .unwrap_or_default();
-            let count = |n| {
-                attrs
-                    .get(&n)
-                    .and_then(|v: &String| v.parse::<u64>().ok())
-                    .unwrap_or(1)
-            };
-            (count(aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessages) == 0
-                && count(
-                    aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessagesNotVisible,
-                ) == 0)
-                .then_some(())
-        },
-    )
-    .await;
+    integration_tests::wait_until_drained(&stack().refs["BatchUploadsQueue"]).await;
     let batches = batches_of(&boss).await;
     assert_eq!(
         batches.len(),

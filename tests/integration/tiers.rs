@@ -142,33 +142,7 @@ async fn a_duplicate_delivery_runs_the_task_once() {
     let task = wait_for_status(&boss, &id, &["completed", "failed"]).await;
     assert_eq!(task["status"], "completed");
     // Both deliveries have been consumed once the critical queue holds nothing for this task.
-    eventually(
-        "the duplicate to be consumed",
-        Duration::from_secs(20),
-        || async {
-            let attrs = clients
-                .sqs
-                .get_queue_attributes()
-                .queue_url(&stack().refs["CriticalQueue"])
-                .attribute_names(aws_sdk_sqs::types::QueueAttributeName::All)
-                .send()
-                .await
-                .ok()?;
-            let attrs = attrs.attributes.unwrap_or_default();
-            let count = |n| {
-                attrs
-                    .get(&n)
-                    .and_then(|v: &String| v.parse::<u64>().ok())
-                    .unwrap_or(1)
-            };
-            (count(aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessages) == 0
-                && count(
-                    aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessagesNotVisible,
-                ) == 0)
-                .then_some(())
-        },
-    )
-    .await;
+    integration_tests::wait_until_drained(&stack().refs["CriticalQueue"]).await;
     assert_eq!(endpoint.hits(), 1, "the executor ran once");
     let after = boss.get(&format!("/api/tasks/{id}")).await.body;
     assert_eq!(after["attempts"], 1);

@@ -588,3 +588,35 @@ impl Outage {
         self.down.send_replace(down);
     }
 }
+
+/// Waits until a queue holds no message, waiting or in flight: every delivery has been consumed.
+pub async fn wait_until_drained(queue_url: &str) {
+    use aws_sdk_sqs::types::QueueAttributeName;
+    let clients = stack().clients().await;
+    eventually(
+        &format!("{queue_url} to drain"),
+        std::time::Duration::from_secs(30),
+        || async {
+            let attrs = clients
+                .sqs
+                .get_queue_attributes()
+                .queue_url(queue_url)
+                .attribute_names(QueueAttributeName::All)
+                .send()
+                .await
+                .ok()?
+                .attributes
+                .unwrap_or_default();
+            let count = |name| {
+                attrs
+                    .get(&name)
+                    .and_then(|v: &String| v.parse::<u64>().ok())
+                    .unwrap_or(1)
+            };
+            (count(QueueAttributeName::ApproximateNumberOfMessages) == 0
+                && count(QueueAttributeName::ApproximateNumberOfMessagesNotVisible) == 0)
+                .then_some(())
+        },
+    )
+    .await;
+}

@@ -144,14 +144,7 @@ impl BatchStore for DynamoBatchStore {
         let mut item = to_item(batch)?;
         item.extend(Self::key(&batch.agency_id, batch.id, BATCH_SK.to_owned()));
         item.insert("entity".into(), s("batch"));
-        self.client
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(item))
-            .send()
-            .await
-            .map_err(|e| from_sdk("dynamodb:PutItem", e))?;
-        Ok(())
+        self.tasks.put_unconditional(item).await
     }
 
     async fn start_chunk(
@@ -168,14 +161,7 @@ impl BatchStore for DynamoBatchStore {
         for counter in ["processed", "success", "failed"] {
             item.insert(counter.into(), n(0));
         }
-        self.client
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(item))
-            .send()
-            .await
-            .map_err(|e| from_sdk("dynamodb:PutItem", e))?;
-        Ok(())
+        self.tasks.put_unconditional(item).await
     }
 
     async fn add_counts(

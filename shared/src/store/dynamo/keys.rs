@@ -60,6 +60,11 @@ pub fn assignee_partition(agency: &AgencyId, assignee: &str) -> String {
     format!("AGENCY#{agency}#ASSIGNEE#{assignee}")
 }
 
+/// The callback token of a waiting step; outside `STEP#`, so step listings skip it.
+pub fn step_token_sk(name: &str) -> String {
+    format!("TOKEN#{name}")
+}
+
 pub fn tier_partition(tier: crate::domain::Priority) -> String {
     format!("TIER#{tier}")
 }

@@ -30,7 +30,8 @@ use std::collections::HashMap;
 
 pub(crate) type Item = HashMap<String, AttributeValue>;
 
-/// Attribute holding a waiting step's Step Functions task token.
+/// Attribute holding a waiting step's Step Functions task token (kept in an item of
+/// its own, so step writes never have to read it back).
 const STEP_TOKEN: &str = "taskToken";
 
 /// How long an idempotency key is remembered.
@@ -70,6 +71,18 @@ impl DynamoTaskStore {
             requests.push(WriteRequest::builder().put_request(put).build());
         }
         self.batch_write(requests).await
+    }
+
+    /// PutItem without a condition: for records only one writer owns at a time.
+    pub(crate) async fn put_unconditional(&self, item: Item) -> Result<(), AppError> {
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .send()
+            .await
+            .map_err(|e| from_sdk("dynamodb:PutItem", e))?;
+        Ok(())
     }
 
     /// BatchWriteItem in chunks of 25, resending anything DynamoDB left unprocessed.
@@ -479,19 +492,7 @@ impl TaskStore for DynamoTaskStore {
         item.insert(PK.into(), s(keys::task_pk(agency, step.task_id)));
         item.insert(SK.into(), s(keys::step_sk(&step.name)));
         item.insert("entity".into(), s("step"));
-        // Keep the callback token, which is not part of the step record.
-        let token = self.step_token(agency, step.task_id, &step.name).await?;
-        if let Some(token) = token {
-            item.insert(STEP_TOKEN.into(), s(token));
-        }
-        self.client
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(item))
-            .send()
-            .await
-            .map_err(|e| from_sdk("dynamodb:PutItem", e))?;
-        Ok(())
+        self.put_unconditional(item).await
     }
 
     async fn set_step_token(
@@ -501,19 +502,13 @@ impl TaskStore for DynamoTaskStore {
         step: &str,
         token: &str,
     ) -> Result<(), AppError> {
-        self.client
-            .update_item()
-            .table_name(&self.table)
-            .key(PK, s(keys::task_pk(agency, id)))
-            .key(SK, s(keys::step_sk(step)))
-            .update_expression("SET #token = :token")
-            .condition_expression("attribute_exists(PK)")
-            .expression_attribute_names("#token", STEP_TOKEN)
-            .expression_attribute_values(":token", s(token))
-            .send()
-            .await
-            .map_err(|e| from_sdk("dynamodb:UpdateItem", e))?;
-        Ok(())
+        self.put_unconditional(HashMap::from([
+            (PK.to_owned(), s(keys::task_pk(agency, id))),
+            (SK.to_owned(), s(keys::step_token_sk(step))),
+            ("entity".to_owned(), s("step_token")),
+            (STEP_TOKEN.to_owned(), s(token)),
+        ]))
+        .await
     }
 
     async fn step_token(
@@ -527,9 +522,7 @@ impl TaskStore for DynamoTaskStore {
             .get_item()
             .table_name(&self.table)
             .key(PK, s(keys::task_pk(agency, id)))
-            .key(SK, s(keys::step_sk(step)))
-            .projection_expression("#token")
-            .expression_attribute_names("#token", STEP_TOKEN)
+            .key(SK, s(keys::step_token_sk(step)))
             .consistent_read(true)
             .send()
             .await
