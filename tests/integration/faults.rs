@@ -4,18 +4,17 @@ use integration_tests::{
     eventually, isolated_options, isolated_stack, stack, unique_agency, wait_for_status, Client,
     Outage,
 };
-use local_stack::{Backend, LocalStack};
+use local_stack::LocalStack;
 use reqwest::StatusCode;
 use serde_json::json;
 use std::time::Duration;
 
 #[tokio::test]
 async fn a_brief_outage_gives_retryable_errors_and_loses_nothing() {
-    let outage = Outage::start(&stack().emulator_endpoint);
+    // On the hybrid backend both emulators go down: DynamoDB (moto) and SQS (LocalStack).
+    let outage = Outage::in_front_of(&stack().attach);
     let mut options = isolated_options("taskflow-outage");
-    options.backend = Backend::Existing {
-        endpoint: outage.endpoint.clone(),
-    };
+    options.backend = outage.backend.clone();
     let host = LocalStack::start(options)
         .await
         .expect("host behind the proxy");

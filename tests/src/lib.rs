@@ -535,58 +535,77 @@ pub async fn wait_for_batch(client: &Client, id: &str) -> Value {
     .await
 }
 
-/// A TCP proxy in front of the emulator that can be switched off, to make
-/// AWS briefly unreachable: while down it drops live connections and refuses new ones.
+/// TCP proxies in front of every emulator a backend uses (moto, and LocalStack on the hybrid
+/// backend) that can be switched off together, to make AWS briefly unreachable: while down
+/// they drop live connections and refuse new ones.
 pub struct Outage {
-    pub endpoint: String,
+    /// The same emulators as the backend given, reached through the proxies.
+    pub backend: Backend,
     down: std::sync::Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 impl Outage {
-    pub fn start(target: &str) -> Outage {
-        let target = target.trim_start_matches("http://").to_owned();
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        listener.set_nonblocking(true).expect("nonblocking");
-        let endpoint = format!("http://{}", listener.local_addr().expect("addr"));
+    pub fn in_front_of(backend: &Backend) -> Outage {
         let (down, _) = tokio::sync::watch::channel(false);
         let down = std::sync::Arc::new(down);
-        let switch = down.clone();
-        std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .expect("runtime");
-            runtime.block_on(async move {
-                let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
-                loop {
-                    let Ok((mut inbound, _)) = listener.accept().await else {
-                        continue;
-                    };
-                    if *switch.borrow() {
-                        drop(inbound);
-                        continue;
-                    }
-                    let mut state = switch.subscribe();
-                    let target = target.clone();
-                    tokio::spawn(async move {
-                        let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await else {
-                            return;
-                        };
-                        tokio::select! {
-                            _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
-                            _ = state.wait_for(|down| *down) => {}
-                        }
-                    });
-                }
-            });
-        });
-        Outage { endpoint, down }
+        let backend = match backend {
+            Backend::Existing { endpoint } => Backend::Existing {
+                endpoint: proxy(endpoint, &down),
+            },
+            Backend::ExistingHybrid { moto, localstack } => Backend::ExistingHybrid {
+                moto: proxy(moto, &down),
+                localstack: proxy(localstack, &down),
+            },
+            other => {
+                panic!("an outage needs running emulators to stand in front of, not {other:?}")
+            }
+        };
+        Outage { backend, down }
     }
 
     pub fn set_down(&self, down: bool) {
         self.down.send_replace(down);
     }
+}
+
+/// Forwards a free local port to `target` until the process ends; returns its endpoint.
+fn proxy(target: &str, down: &std::sync::Arc<tokio::sync::watch::Sender<bool>>) -> String {
+    let target = target.trim_start_matches("http://").to_owned();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.set_nonblocking(true).expect("nonblocking");
+    let endpoint = format!("http://{}", listener.local_addr().expect("addr"));
+    let switch = down.clone();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    continue;
+                };
+                if *switch.borrow() {
+                    drop(inbound);
+                    continue;
+                }
+                let mut state = switch.subscribe();
+                let target = target.clone();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = state.wait_for(|down| *down) => {}
+                    }
+                });
+            }
+        });
+    });
+    endpoint
 }
 
 /// Waits until a queue holds no message, waiting or in flight: every delivery has been consumed.
