@@ -49,19 +49,32 @@ fn assert_dependencies_respected(steps: &HashMap<String, Value>) {
 #[tokio::test]
 async fn a_diamond_runs_in_dependency_order() {
     let boss = manager();
-    let id = boss
-        .create_task(&json!({"title": "diamond", "type": "multi_step", "priority": "high", "autoDispatch": true, "steps": [
+    let created = boss
+        .post("/api/tasks", &json!({"title": "diamond", "type": "multi_step", "priority": "high", "autoDispatch": true, "steps": [
             {"name": "fetch", "config": sleep(0.3)},
             {"name": "left", "dependsOn": ["fetch"], "config": sleep(0.5)},
             {"name": "right", "dependsOn": ["fetch"], "config": sleep(0.1)},
             {"name": "merge", "dependsOn": ["left", "right"], "config": {"input": {"done": true}}},
         ]}))
         .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+    // The reply is the task as stored: already running, under the execution that runs it.
+    assert_eq!(created.body["status"], "in_progress", "{}", created.body);
+    assert_eq!(created.etag(), format!("\"{}\"", created.body["version"]));
+    let arn = created.body["executionArn"].as_str().expect("executionArn");
+    let clients = integration_tests::stack().clients().await;
+    let execution = clients
+        .sfn
+        .describe_execution()
+        .execution_arn(arn)
+        .send()
+        .await
+        .expect("the execution in the reply exists");
+    assert_eq!(execution.execution_arn, arn);
+    let id = created.body["id"].as_str().unwrap().to_owned();
     let task = wait_for_status(&boss, &id, &["completed", "failed"]).await;
     assert_eq!(task["status"], "completed", "{task}");
-    assert!(task["executionArn"]
-        .as_str()
-        .is_some_and(|a| a.contains(":execution:")));
+    assert_eq!(task["executionArn"], arn);
     let steps = steps_of(&boss, &id).await;
     assert!(
         steps.values().all(|s| s["status"] == "completed"),
@@ -207,11 +220,12 @@ async fn a_manual_step_waits_for_its_assignee() {
     let carol = Client::as_user(&agency, "carol", "member");
     let id = boss
         .create_task(&json!({"title": "approve", "type": "multi_step", "autoDispatch": true, "steps": [
-            {"name": "approve", "config": {"executor": {"type": "manual"}, "assignee": "carol"}},
-            {"name": "ship", "dependsOn": ["approve"], "config": {"input": "shipped"}},
+            {"name": "legal/approve", "config": {"executor": {"type": "manual"}, "assignee": "carol"}},
+            {"name": "ship", "dependsOn": ["legal/approve"], "config": {"input": "shipped"}},
         ]}))
         .await;
-    let path = format!("/api/tasks/{id}/steps/approve/complete");
+    // Step names are percent-encoded in the path.
+    let path = format!("/api/tasks/{id}/steps/legal%2Fapprove/complete");
     let waiting = integration_tests::eventually(
         "the approval to wait",
         std::time::Duration::from_secs(30),
@@ -227,7 +241,7 @@ async fn a_manual_step_waits_for_its_assignee() {
     let task = wait_for_status(&boss, &id, &["completed", "failed"]).await;
     assert_eq!(task["status"], "completed", "{task}");
     let steps = steps_of(&boss, &id).await;
-    assert_eq!(steps["approve"]["result"], json!({"approved": true}));
+    assert_eq!(steps["legal/approve"]["result"], json!({"approved": true}));
     assert_eq!(steps["ship"]["result"], "shipped");
 }
 

@@ -114,7 +114,7 @@ impl Route {
                 Ok(route(task_id(id)?))
             }
             ["api", "tasks", id, "steps", step, "complete"] => match m {
-                "POST" => Ok(Route::CompleteStep(task_id(id)?, (*step).to_owned())),
+                "POST" => Ok(Route::CompleteStep(task_id(id)?, decode_segment(step)?)),
                 _ => Err(wrong_method()),
             },
             ["api", "batches"] => match m {
@@ -142,7 +142,7 @@ impl Route {
                 _ => Err(wrong_method()),
             },
             ["api", "agents", id] => match m {
-                "PUT" => Ok(Route::PutAgent((*id).to_owned())),
+                "PUT" => Ok(Route::PutAgent(decode_segment(id)?)),
                 _ => Err(wrong_method()),
             },
             ["api", "queues"] => match m {
@@ -154,20 +154,41 @@ impl Route {
     }
 }
 
+/// Names in paths arrive percent-encoded: a step named `a/b` is `a%2Fb`.
+fn decode_segment(raw: &str) -> Result<String, AppError> {
+    match percent_encoding::percent_decode_str(raw).decode_utf8() {
+        Ok(decoded) => Ok(decoded.into_owned()),
+        Err(_) => {
+            let mut errors = shared::FieldErrors::new();
+            errors.add("path", format!("'{raw}' is not UTF-8 once percent-decoded"));
+            Err(AppError::Validation(errors))
+        }
+    }
+}
+
 /// The methods `ROUTES` serves on a concrete path, for the `Allow` header of a 405.
+/// A literal segment beats a placeholder, as in routing: `/api/batches/uploads` is not
+/// `/api/batches/{id}`.
 pub fn allowed_methods(path: &str) -> Vec<&'static str> {
     let segments: Vec<&str> = path.trim_end_matches('/').split('/').collect();
-    ROUTES
+    let matching: Vec<(&'static str, usize)> = ROUTES
         .iter()
-        .filter(|(_, template)| {
+        .filter_map(|(method, template)| {
             let parts: Vec<&str> = template.split('/').collect();
-            parts.len() == segments.len()
+            let fits = parts.len() == segments.len()
                 && parts
                     .iter()
                     .zip(&segments)
-                    .all(|(part, segment)| part.starts_with('{') || part == segment)
+                    .all(|(part, segment)| part.starts_with('{') || part == segment);
+            let literals = parts.iter().filter(|part| !part.starts_with('{')).count();
+            fits.then_some((*method, literals))
         })
-        .map(|(method, _)| *method)
+        .collect();
+    let most_literal = matching.iter().map(|(_, literals)| *literals).max();
+    matching
+        .into_iter()
+        .filter(|(_, literals)| Some(*literals) == most_literal)
+        .map(|(method, _)| method)
         .collect()
 }
 
@@ -202,6 +223,25 @@ mod tests {
     }
 
     #[test]
+    fn names_in_paths_are_percent_decoded() {
+        let id = TaskId::generate();
+        assert_eq!(
+            Route::match_path(
+                &Method::POST,
+                &format!("/api/tasks/{id}/steps/load%2Fclean%20up/complete")
+            )
+            .unwrap(),
+            Route::CompleteStep(id, "load/clean up".into())
+        );
+        assert_eq!(
+            Route::match_path(&Method::PUT, "/api/agents/bot%2D1").unwrap(),
+            Route::PutAgent("bot-1".into())
+        );
+        let bad = Route::match_path(&Method::PUT, "/api/agents/%FF").unwrap_err();
+        assert_eq!(bad.status_code(), 400);
+    }
+
+    #[test]
     fn unknown_paths_methods_and_ids() {
         assert_eq!(
             Route::match_path(&Method::GET, "/api/nope")
@@ -223,6 +263,11 @@ mod tests {
         assert_eq!(
             allowed_methods("/api/tasks/01JD0000000000000000000000/start"),
             ["POST"]
+        );
+        assert_eq!(allowed_methods("/api/batches/uploads"), ["POST"]);
+        assert_eq!(
+            allowed_methods("/api/batches/01JD0000000000000000000000"),
+            ["GET"]
         );
         assert_eq!(
             Route::match_path(&Method::GET, "/api/tasks/not-an-id")
