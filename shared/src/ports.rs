@@ -75,6 +75,10 @@ pub trait TaskStore: Send + Sync {
         key: &str,
     ) -> Result<Option<IdempotencyRecord>, AppError>;
 
+    /// Frees an idempotency key whose request was undone, so a retry runs afresh.
+    async fn forget_idempotency_record(&self, agency: &AgencyId, key: &str)
+        -> Result<(), AppError>;
+
     async fn get_step(
         &self,
         agency: &AgencyId,
@@ -213,6 +217,8 @@ pub trait SchedulingIndex: Send + Sync {
 pub trait Orchestrator: Send + Sync {
     /// Starts a chain execution named `name`; returns its ARN.
     async fn start(&self, name: &str, input: &serde_json::Value) -> Result<String, AppError>;
+    /// The ARN the execution named `name` has (or will have once started).
+    fn execution_arn(&self, name: &str) -> String;
     async fn stop(&self, execution_arn: &str, cause: &str) -> Result<(), AppError>;
     /// False when the token is no longer valid (timed out, stopped, already answered).
     async fn succeed(&self, token: &str, output: &serde_json::Value) -> Result<bool, AppError>;
@@ -220,17 +226,25 @@ pub trait Orchestrator: Send + Sync {
     async fn heartbeat(&self, token: &str) -> Result<bool, AppError>;
 }
 
+/// What [`BatchStore::create`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchCreated {
+    New,
+    /// The dedupe key was used before, by this batch; nothing was written.
+    Duplicate(TaskId),
+}
+
 /// Batch jobs, their per-chunk counters and their failed items.
 #[async_trait]
 pub trait BatchStore: Send + Sync {
     /// Writes the batch's task and job together. With `dedupe_key`, a second
-    /// create for the same key does nothing and returns false.
+    /// create for the same key writes nothing and names the first batch.
     async fn create(
         &self,
         task: &Task,
         batch: &crate::domain::BatchJob,
         dedupe_key: Option<&str>,
-    ) -> Result<bool, AppError>;
+    ) -> Result<BatchCreated, AppError>;
 
     async fn get(
         &self,

@@ -80,6 +80,7 @@ impl Services {
                 lease,
             },
             batches: BatchService {
+                tasks: ports.store.clone(),
                 batches: ports.batches.clone(),
                 objects: ports.objects.clone(),
                 dispatcher: ports.dispatcher.clone(),

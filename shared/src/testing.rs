@@ -236,6 +236,17 @@ impl TaskStore for MemoryStore {
             .get(&(agency.clone(), key.to_owned()))
             .cloned())
     }
+
+    async fn forget_idempotency_record(
+        &self,
+        agency: &AgencyId,
+        key: &str,
+    ) -> Result<(), AppError> {
+        self.lock()
+            .records
+            .remove(&(agency.clone(), key.to_owned()));
+        Ok(())
+    }
 }
 
 /// Presigns nothing: returns `https://uploads.example/{key}`.
@@ -547,18 +558,27 @@ pub struct RecordingOrchestrator {
     pub stopped: Mutex<Vec<String>>,
     /// (token, "success" | error name, output or cause)
     pub answers: Mutex<Vec<(String, String, String)>>,
+    /// When set, `start` fails as if Step Functions were unreachable.
+    pub refuse_starts: std::sync::atomic::AtomicBool,
 }
 
 #[async_trait]
 impl crate::ports::Orchestrator for RecordingOrchestrator {
     async fn start(&self, name: &str, input: &serde_json::Value) -> Result<String, AppError> {
+        if self.refuse_starts.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(AppError::Unavailable(
+                "states:StartExecution refused".into(),
+            ));
+        }
         self.started
             .lock()
             .expect("not poisoned")
             .push((name.to_owned(), input.clone()));
-        Ok(format!(
-            "arn:aws:states:us-east-1:123456789012:execution:chain:{name}"
-        ))
+        Ok(self.execution_arn(name))
+    }
+
+    fn execution_arn(&self, name: &str) -> String {
+        format!("arn:aws:states:us-east-1:123456789012:execution:chain:{name}")
     }
 
     async fn stop(&self, execution_arn: &str, _cause: &str) -> Result<(), AppError> {
@@ -602,7 +622,7 @@ pub struct MemoryBatches {
     jobs: Mutex<BTreeMap<TaskKey, crate::domain::BatchJob>>,
     chunks: Mutex<HashMap<ChunkKey, (String, crate::domain::ChunkCounts)>>,
     failures: Mutex<BTreeMap<(TaskKey, u64), String>>,
-    dedupe: Mutex<std::collections::HashSet<String>>,
+    dedupe: Mutex<HashMap<String, TaskId>>,
     pub tasks: std::sync::Arc<MemoryStore>,
 }
 
@@ -613,23 +633,20 @@ impl crate::ports::BatchStore for MemoryBatches {
         task: &Task,
         batch: &crate::domain::BatchJob,
         dedupe_key: Option<&str>,
-    ) -> Result<bool, AppError> {
+    ) -> Result<crate::ports::BatchCreated, AppError> {
         if let Some(key) = dedupe_key {
-            if !self
-                .dedupe
-                .lock()
-                .expect("not poisoned")
-                .insert(key.to_owned())
-            {
-                return Ok(false);
+            let mut seen = self.dedupe.lock().expect("not poisoned");
+            if let Some(first) = seen.get(key) {
+                return Ok(crate::ports::BatchCreated::Duplicate(*first));
             }
+            seen.insert(key.to_owned(), batch.id);
         }
         self.tasks.insert(task, &[], None).await?;
         self.jobs
             .lock()
             .expect("not poisoned")
             .insert((batch.agency_id.clone(), batch.id), batch.clone());
-        Ok(true)
+        Ok(crate::ports::BatchCreated::New)
     }
     async fn get(
         &self,

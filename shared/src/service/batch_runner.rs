@@ -330,41 +330,43 @@ impl BatchRunner {
                 .await?;
             batch.results_key = Some(summary_key);
             self.batches.put(&batch).await?;
-            self.settle_task(agency, id, &batch, summary).await?;
+            settle_batch_task(self.tasks.as_ref(), agency, id, &batch, Some(summary)).await?;
         }
         self.orchestrator
             .succeed(token, &json!({"status": "finalized"}))
             .await?;
         Ok(())
     }
+}
 
-    async fn settle_task(
-        &self,
-        agency: &AgencyId,
-        id: TaskId,
-        batch: &crate::domain::BatchJob,
-        summary: Value,
-    ) -> Result<(), AppError> {
-        let Some(mut task) = self.tasks.get(agency, id).await? else {
-            return Ok(());
-        };
-        let read_version = task.version;
-        let now = Utc::now();
-        let next = if batch.status == BatchStatus::Completed {
-            TaskStatus::Completed
-        } else {
-            TaskStatus::Failed
-        };
-        if task.status != TaskStatus::InProgress {
-            // A retry round reopens a settled batch task.
-            task.status = TaskStatus::InProgress;
-        }
-        task.move_to(next, now)?;
-        task.error = batch.error.clone();
-        task.result = Some(summary);
-        match self.tasks.replace(&task, read_version).await {
-            Ok(()) | Err(AppError::VersionConflict { .. }) => Ok(()),
-            Err(err) => Err(err),
-        }
+/// Moves a batch's task to the batch's final status, with its error and (when it ran) the
+/// results summary.
+pub(crate) async fn settle_batch_task(
+    tasks: &dyn TaskStore,
+    agency: &AgencyId,
+    id: TaskId,
+    batch: &crate::domain::BatchJob,
+    summary: Option<Value>,
+) -> Result<(), AppError> {
+    let Some(mut task) = tasks.get(agency, id).await? else {
+        return Ok(());
+    };
+    let read_version = task.version;
+    let now = Utc::now();
+    let next = if batch.status == BatchStatus::Completed {
+        TaskStatus::Completed
+    } else {
+        TaskStatus::Failed
+    };
+    if task.status != TaskStatus::InProgress {
+        // A retry round reopens a settled batch task.
+        task.status = TaskStatus::InProgress;
+    }
+    task.move_to(next, now)?;
+    task.error = batch.error.clone();
+    task.result = summary;
+    match tasks.replace(&task, read_version).await {
+        Ok(()) | Err(AppError::VersionConflict { .. }) => Ok(()),
+        Err(err) => Err(err),
     }
 }

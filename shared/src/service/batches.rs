@@ -9,7 +9,9 @@ use crate::domain::{
 };
 use crate::error::{AppError, FieldErrors};
 use crate::executors::ExecutorRegistry;
-use crate::ports::{BatchStore, Dispatcher, ObjectStore, Orchestrator, Page};
+use crate::ports::{
+    BatchCreated, BatchStore, Dispatcher, ObjectStore, Orchestrator, Page, TaskStore,
+};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -139,6 +141,7 @@ pub struct BatchView {
 
 #[derive(Clone)]
 pub struct BatchService {
+    pub tasks: Arc<dyn TaskStore>,
     pub batches: Arc<dyn BatchStore>,
     pub objects: Arc<dyn ObjectStore>,
     pub dispatcher: Arc<dyn Dispatcher>,
@@ -255,8 +258,39 @@ impl BatchService {
             items.len(),
         );
         self.batches.create(&task, &batch, None).await?;
-        let batch = self.launch(batch, &items).await?;
+        let batch = match self.launch(batch.clone(), &items).await {
+            Ok(batch) => batch,
+            Err(err) => {
+                self.record_start_failure(batch, &err).await;
+                return Err(err);
+            }
+        };
         self.view(batch).await
+    }
+
+    /// A batch whose execution could not start is failed with the reason instead of being
+    /// left pending. Nothing ran, so the caller simply creates it again.
+    async fn record_start_failure(&self, mut batch: BatchJob, err: &AppError) {
+        let now = Utc::now();
+        batch.status = BatchStatus::Failed;
+        batch.error = Some(format!(
+            "the batch could not start ({err}); nothing ran, create it again"
+        ));
+        batch.completed_at = Some(now);
+        let recorded = async {
+            self.batches.put(&batch).await?;
+            super::batch_runner::settle_batch_task(
+                self.tasks.as_ref(),
+                &batch.agency_id,
+                batch.id,
+                &batch,
+                None,
+            )
+            .await
+        };
+        if let Err(record_err) = recorded.await {
+            tracing::error!(batch = %batch.id, error = %record_err, start_error = %err, "batch could not start, and its failure could not be recorded; it shows pending");
+        }
     }
 
     /// `POST /api/batches/uploads`: where to PUT a batch input file.
@@ -369,13 +403,12 @@ impl BatchService {
             task.move_to(TaskStatus::Failed, now)?;
             task.error = Some(problem.clone());
         }
-        if !self.batches.create(&task, &batch, Some(&dedupe)).await? {
-            tracing::info!(
-                key,
-                version,
-                "duplicate upload event; the batch already exists"
-            );
-            return Ok(None);
+        if let BatchCreated::Duplicate(first) =
+            self.batches.create(&task, &batch, Some(&dedupe)).await?
+        {
+            return self
+                .redelivered_upload(&batch.agency_id, first, parsed, key)
+                .await;
         }
         match parsed {
             Ok(items) => {
@@ -386,6 +419,29 @@ impl BatchService {
             }
         }
         Ok(Some(batch.id))
+    }
+
+    /// The same upload event again (S3 and SQS deliver at least once). When an earlier
+    /// delivery recorded the batch but failed before its execution started, that delivery
+    /// was retried for exactly this: start it now. Starting is idempotent by execution name.
+    async fn redelivered_upload(
+        &self,
+        agency: &crate::domain::AgencyId,
+        first: TaskId,
+        parsed: Result<Vec<Value>, String>,
+        key: &str,
+    ) -> Result<Option<TaskId>, AppError> {
+        match (self.batches.get(agency, first).await?, parsed) {
+            (Some(batch), Ok(items)) if batch.status == BatchStatus::Pending => {
+                tracing::warn!(key, batch = %first, "the upload's batch never started; starting it now");
+                self.launch(batch, &items).await?;
+                Ok(Some(first))
+            }
+            _ => {
+                tracing::info!(key, batch = %first, "duplicate upload event; the batch already exists");
+                Ok(None)
+            }
+        }
     }
 
     fn check_executor(&self, params: &BatchParams, errors: &mut FieldErrors, field: &str) {
@@ -539,6 +595,12 @@ impl BatchService {
             .get(&caller.agency, id)
             .await?
             .ok_or(AppError::NotFound { what: "batch" })?;
+        if batch.status == BatchStatus::Failed && batch.manifest_key.is_none() {
+            return Err(AppError::Conflict(format!(
+                "the batch never ran, so it has no failed items to retry: {}",
+                batch.error.as_deref().unwrap_or("it was rejected")
+            )));
+        }
         if !matches!(batch.status, BatchStatus::Completed | BatchStatus::Failed)
             || batch.manifest_key.is_none()
         {

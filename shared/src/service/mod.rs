@@ -4,6 +4,8 @@
 pub mod agents;
 pub mod batch_runner;
 pub mod batches;
+#[cfg(test)]
+mod batches_tests;
 pub mod chains;
 pub mod input;
 pub mod queues;

@@ -44,13 +44,18 @@ impl Orchestrator for SfnOrchestrator {
             Ok(out) => Ok(out.execution_arn),
             // Same name and input: a retry of a start that already happened.
             Err(err) if err.code() == Some("ExecutionAlreadyExists") => {
-                let arn = self
-                    .state_machine_arn
-                    .replacen(":stateMachine:", ":execution:", 1);
-                Ok(format!("{arn}:{name}"))
+                Ok(self.execution_arn(name))
             }
             Err(err) => Err(from_sdk("states:StartExecution", err)),
         }
+    }
+
+    /// `arn:…:stateMachine:<machine>` names its executions `arn:…:execution:<machine>:<name>`.
+    fn execution_arn(&self, name: &str) -> String {
+        let prefix = self
+            .state_machine_arn
+            .replacen(":stateMachine:", ":execution:", 1);
+        format!("{prefix}:{name}")
     }
 
     async fn stop(&self, execution_arn: &str, cause: &str) -> Result<(), AppError> {

@@ -106,6 +106,13 @@ impl TaskService {
             None
         };
         let steps = build_steps(&task, &input);
+        // An auto-dispatched chain is stored already in progress under the execution name it
+        // is about to start with, so the reply, its ETag and the idempotency record are final.
+        let launch = if chain && input.auto_dispatch {
+            Some(self.prepare_chain(&mut task, &steps, now)?)
+        } else {
+            None
+        };
         let response = serde_json::to_value(&task).map_err(AppError::internal)?;
         let record = idempotency_key.map(|key| IdempotencyRecord {
             key: key.to_owned(),
@@ -118,9 +125,11 @@ impl TaskService {
                 if let Some(message) = message {
                     self.send(&message).await;
                 }
-                if chain && input.auto_dispatch {
-                    // The response shows the task as created; its chain starts right after.
-                    self.start_chain(task.clone(), caller).await?;
+                if let Some(launch) = launch {
+                    if let Err(err) = self.orchestrator.start(&launch.name, &launch.input).await {
+                        self.undo_create(&task, idempotency_key).await;
+                        return Err(err);
+                    }
                 }
                 Ok(Created {
                     task: response,
@@ -129,6 +138,26 @@ impl TaskService {
             }
             // A concurrent request with the same key won the race.
             InsertOutcome::AlreadyDone(previous) => replay(previous, &request_hash),
+        }
+    }
+
+    /// All or nothing: a chain that could not start takes its task (and its idempotency
+    /// key) with it, so a retry of the request starts afresh instead of finding a chain
+    /// that never ran.
+    async fn undo_create(&self, task: &Task, idempotency_key: Option<&str>) {
+        let undone = async {
+            self.store.delete(&task.agency_id, task.id).await?;
+            if let Some(key) = idempotency_key {
+                self.store
+                    .forget_idempotency_record(&task.agency_id, key)
+                    .await?;
+            }
+            Ok::<_, AppError>(())
+        };
+        if let Err(err) = undone.await {
+            // Cancelling the task (or deleting it) clears it up: stopping an execution that
+            // never started is not an error.
+            tracing::error!(task = %task.id, error = %err, "chain did not start and the task could not be removed; it shows in_progress until cancelled");
         }
     }
 
@@ -290,7 +319,7 @@ impl TaskService {
                     });
                 }
             }
-            return self.start_chain(current, caller).await;
+            return self.start_chain(current).await;
         }
         let mut message = None;
         let task = self
@@ -362,14 +391,34 @@ impl TaskService {
 
     /// Starts the chain's execution, then records it on the task. If the
     /// task changed meanwhile, the execution is stopped again.
-    async fn start_chain(&self, mut task: Task, _caller: &Caller) -> Result<Task, AppError> {
+    async fn start_chain(&self, mut task: Task) -> Result<Task, AppError> {
+        let steps = self.store.steps(&task.agency_id, task.id).await?;
+        let read_version = task.version;
+        let launch = self.prepare_chain(&mut task, &steps, Utc::now())?;
+        let arn = self.orchestrator.start(&launch.name, &launch.input).await?;
+        if let Err(err) = self.store.replace(&task, read_version).await {
+            self.orchestrator
+                .stop(&arn, "the task changed while its chain was starting")
+                .await?;
+            return Err(err);
+        }
+        Ok(task)
+    }
+
+    /// Moves a chain's task to in_progress under a fresh execution, and returns what to
+    /// start that execution with: its steps in dependency waves and the tier's queue.
+    fn prepare_chain(
+        &self,
+        task: &mut Task,
+        steps: &[TaskStep],
+        now: DateTime<Utc>,
+    ) -> Result<ChainLaunch, AppError> {
         if !matches!(task.status, TaskStatus::Pending | TaskStatus::Assigned) {
             return Err(AppError::InvalidTransition {
                 current: task.status.as_str().into(),
                 requested: TaskStatus::InProgress.as_str().into(),
             });
         }
-        let steps = self.store.steps(&task.agency_id, task.id).await?;
         let waves = crate::domain::chain::waves(
             steps
                 .iter()
@@ -406,22 +455,11 @@ impl TaskService {
             "waves": wave_items,
         });
         let dispatch_id = ulid::Ulid::new().to_string();
-        let arn = self
-            .orchestrator
-            .start(&format!("{}-{dispatch_id}", task.id), &input)
-            .await?;
-        let read_version = task.version;
-        let now = Utc::now();
+        let name = format!("{}-{dispatch_id}", task.id);
         task.move_to(TaskStatus::InProgress, now)?;
-        task.execution_arn = Some(arn.clone());
+        task.execution_arn = Some(self.orchestrator.execution_arn(&name));
         task.dispatch_id = Some(dispatch_id);
-        if let Err(err) = self.store.replace(&task, read_version).await {
-            self.orchestrator
-                .stop(&arn, "the task changed while its chain was starting")
-                .await?;
-            return Err(err);
-        }
-        Ok(task)
+        Ok(ChainLaunch { name, input })
     }
 
     /// Completes (or fails) a manual step that is waiting for its assignee.
@@ -781,6 +819,12 @@ fn build_steps(task: &Task, input: &NewTaskInput) -> Vec<TaskStep> {
 fn fingerprint(body: &serde_json::Value) -> String {
     let digest = Sha256::digest(body.to_string().as_bytes());
     digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A chain execution about to start: its name and input.
+struct ChainLaunch {
+    name: String,
+    input: serde_json::Value,
 }
 
 fn replay(previous: IdempotencyRecord, request_hash: &str) -> Result<Created, AppError> {

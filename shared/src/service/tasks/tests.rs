@@ -319,3 +319,60 @@ async fn steps_are_stored_in_order_and_removed_with_the_task() {
     svc.hard_delete(&boss, id).await.unwrap();
     assert_eq!(svc.steps(&boss, id).await.unwrap_err().status_code(), 404);
 }
+
+fn auto_chain() -> serde_json::Value {
+    json!({"title": "chain", "type": "multi_step", "autoDispatch": true, "steps": [
+        {"name": "build"},
+        {"name": "publish", "dependsOn": ["build"]},
+    ]})
+}
+
+#[tokio::test]
+async fn an_auto_dispatched_chain_replies_with_the_task_as_stored() {
+    let world = MemoryWorld::new();
+    let svc = world.services().tasks;
+    let boss = caller("boss", "a1", Role::Manager);
+    let created = svc.create(&boss, &auto_chain(), Some("k1")).await.unwrap();
+    let stored = svc.get(&boss, id_of(&created)).await.unwrap();
+    assert_eq!(created.task["status"], "in_progress");
+    assert_eq!(created.task, serde_json::to_value(&stored).unwrap());
+    let started = world.orchestrator.started.lock().unwrap().clone();
+    assert_eq!(started.len(), 1);
+    let (name, input) = &started[0];
+    assert_eq!(
+        stored.execution_arn.as_deref(),
+        Some(world.orchestrator.execution_arn(name).as_str())
+    );
+    assert_eq!(input["waves"].as_array().unwrap().len(), 2);
+    // A replay shows the same, and starts nothing new.
+    let again = svc.create(&boss, &auto_chain(), Some("k1")).await.unwrap();
+    assert!(again.replayed);
+    assert_eq!(again.task, created.task);
+    assert_eq!(world.orchestrator.started.lock().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn a_chain_that_cannot_start_leaves_nothing_behind_and_its_key_free() {
+    let world = MemoryWorld::new();
+    let svc = world.services().tasks;
+    let boss = caller("boss", "a1", Role::Manager);
+    world
+        .orchestrator
+        .refuse_starts
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let err = svc
+        .create(&boss, &auto_chain(), Some("k1"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.status_code(), 503);
+    assert!(world.store.all_tasks().is_empty(), "the task was removed");
+
+    world
+        .orchestrator
+        .refuse_starts
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    let retried = svc.create(&boss, &auto_chain(), Some("k1")).await.unwrap();
+    assert!(!retried.replayed, "the key was freed, so the retry runs");
+    assert_eq!(retried.task["status"], "in_progress");
+    assert_eq!(world.store.all_tasks().len(), 1);
+}

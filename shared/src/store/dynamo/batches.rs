@@ -6,7 +6,7 @@ use super::keys::{self, n, s, PK, SK};
 use super::{cursor, from_item, task_item, to_item, Item};
 use crate::domain::{AgencyId, BatchJob, ChunkCounts, ItemFailure, Task, TaskId};
 use crate::error::AppError;
-use crate::ports::{BatchStore, Page};
+use crate::ports::{BatchCreated, BatchStore, Page};
 use crate::store::from_sdk;
 use async_trait::async_trait;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
@@ -17,6 +17,16 @@ use sha2::{Digest, Sha256};
 
 const BATCH_SK: &str = "BATCH";
 const FAIL_PREFIX: &str = "FAIL#";
+const DEDUPE_SK: &str = "DEDUPE";
+
+/// One item per dedupe key (an upload's bucket/key#version), hashed to bound its length.
+fn dedupe_pk(key: &str) -> String {
+    let digest: String = Sha256::digest(key.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("DEDUPE#{digest}")
+}
 
 fn chunk_sk(round: u32, chunk: u32) -> String {
     format!("CHUNK#{round:03}#{chunk:05}")
@@ -70,6 +80,23 @@ impl DynamoBatchStore {
             .map_err(|e| from_sdk("dynamodb:Query", e))?;
         Ok(out.count > 0)
     }
+
+    /// The batch a dedupe key was first used by.
+    async fn deduped_batch(&self, key: &str) -> Result<Option<TaskId>, AppError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key(PK, s(dedupe_pk(key)))
+            .key(SK, s(DEDUPE_SK))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| from_sdk("dynamodb:GetItem", e))?;
+        Ok(out
+            .item
+            .and_then(|item| TaskId::parse(item.get("batchId")?.as_s().ok()?).ok()))
+    }
 }
 
 #[async_trait]
@@ -79,7 +106,7 @@ impl BatchStore for DynamoBatchStore {
         task: &Task,
         batch: &BatchJob,
         dedupe_key: Option<&str>,
-    ) -> Result<bool, AppError> {
+    ) -> Result<BatchCreated, AppError> {
         let mut batch_item = to_item(batch)?;
         batch_item.extend(Self::key(&batch.agency_id, batch.id, BATCH_SK.to_owned()));
         batch_item.insert("entity".into(), s("batch"));
@@ -94,13 +121,9 @@ impl BatchStore for DynamoBatchStore {
         };
         let mut writes = vec![put(task_item(task)?)?, put(batch_item)?];
         if let Some(key) = dedupe_key {
-            let digest: String = Sha256::digest(key.as_bytes())
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect();
             writes.push(put(Item::from([
-                (PK.to_owned(), s(format!("DEDUPE#{digest}"))),
-                (SK.to_owned(), s("DEDUPE")),
+                (PK.to_owned(), s(dedupe_pk(key))),
+                (SK.to_owned(), s(DEDUPE_SK)),
                 ("entity".to_owned(), s("dedupe")),
                 ("source".to_owned(), s(key)),
                 ("batchId".to_owned(), s(batch.id.to_string())),
@@ -113,17 +136,21 @@ impl BatchStore for DynamoBatchStore {
             .send()
             .await
         {
-            Ok(_) => Ok(true),
-            Err(err)
-                if dedupe_key.is_some()
-                    && matches!(
+            Ok(_) => Ok(BatchCreated::New),
+            Err(err) => match dedupe_key {
+                Some(key)
+                    if matches!(
                         err.as_service_error(),
                         Some(TransactWriteItemsError::TransactionCanceledException(_))
                     ) =>
-            {
-                Ok(false)
-            }
-            Err(err) => Err(from_sdk("dynamodb:TransactWriteItems", err)),
+                {
+                    self.deduped_batch(key)
+                        .await?
+                        .map(BatchCreated::Duplicate)
+                        .ok_or_else(|| from_sdk("dynamodb:TransactWriteItems", err))
+                }
+                _ => Err(from_sdk("dynamodb:TransactWriteItems", err)),
+            },
         }
     }
 

@@ -552,4 +552,20 @@ impl TaskStore for DynamoTaskStore {
             _ => Ok(None),
         }
     }
+
+    async fn forget_idempotency_record(
+        &self,
+        agency: &AgencyId,
+        key: &str,
+    ) -> Result<(), AppError> {
+        self.client
+            .delete_item()
+            .table_name(&self.table)
+            .key(PK, s(keys::idempotency_pk(agency, &hash_key(key))))
+            .key(SK, s(IDEMPOTENCY_SK))
+            .send()
+            .await
+            .map_err(|e| from_sdk("dynamodb:DeleteItem", e))?;
+        Ok(())
+    }
 }

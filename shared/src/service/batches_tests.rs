@@ -1,0 +1,113 @@
+//! Batch starts that fail, against the in-memory ports: nothing is left pending.
+
+use crate::domain::{AgencyId, BatchStatus, Caller, Role, TaskId, TaskStatus, UserId};
+use crate::ports::{BatchStore, ObjectStore, TaskStore};
+use crate::testing::MemoryWorld;
+use serde_json::json;
+use std::sync::atomic::Ordering;
+
+fn boss() -> Caller {
+    Caller {
+        user: UserId::parse("boss").unwrap(),
+        agency: AgencyId::parse("a1").unwrap(),
+        role: Role::Manager,
+    }
+}
+
+#[tokio::test]
+async fn a_batch_that_cannot_start_is_failed_with_the_reason() {
+    let world = MemoryWorld::new();
+    let batches = world.services().batches;
+    world
+        .orchestrator
+        .refuse_starts
+        .store(true, Ordering::SeqCst);
+    let err = batches
+        .create(&boss(), &json!({"items": [1, 2, 3]}))
+        .await
+        .unwrap_err();
+    assert_eq!(err.status_code(), 503);
+
+    let task = world.store.all_tasks().pop().expect("the batch's task");
+    let batch = world
+        .batches
+        .get(&task.agency_id, task.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(batch.status, BatchStatus::Failed);
+    assert!(
+        batch.error.as_deref().unwrap().contains("could not start"),
+        "{:?}",
+        batch.error
+    );
+    assert_eq!(task.status, TaskStatus::Failed);
+    assert_eq!(task.error, batch.error);
+    let retry = batches.retry_failed(&boss(), task.id).await.unwrap_err();
+    assert_eq!(retry.status_code(), 409);
+    assert!(retry.to_string().contains("never ran"), "{retry}");
+}
+
+#[tokio::test]
+async fn a_redelivered_upload_event_starts_the_batch_an_earlier_delivery_could_not() {
+    let world = MemoryWorld::new();
+    let batches = world.services().batches;
+    // The agency is known once it has a task.
+    world
+        .services()
+        .tasks
+        .create(&boss(), &json!({"title": "first"}), None)
+        .await
+        .unwrap();
+    let key = "uploads/a1/orders.jsonl";
+    world
+        .objects
+        .put(
+            key,
+            b"{\"n\": 1}\n{\"n\": 2}\n".to_vec(),
+            "application/x-ndjson",
+        )
+        .await
+        .unwrap();
+
+    world
+        .orchestrator
+        .refuse_starts
+        .store(true, Ordering::SeqCst);
+    batches.create_from_upload(key, "v1").await.unwrap_err();
+    let pending = world
+        .store
+        .all_tasks()
+        .into_iter()
+        .find(|t| t.task_type == crate::domain::TaskType::Batch)
+        .expect("recorded before the start failed");
+    let id: TaskId = pending.id;
+
+    world
+        .orchestrator
+        .refuse_starts
+        .store(false, Ordering::SeqCst);
+    assert_eq!(
+        batches.create_from_upload(key, "v1").await.unwrap(),
+        Some(id),
+        "the retry starts the recorded batch"
+    );
+    let batch = world
+        .batches
+        .get(&pending.agency_id, id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(batch.status, BatchStatus::Processing);
+    assert_eq!(batch.total_items, 2);
+    assert_eq!(world.orchestrator.started.lock().unwrap().len(), 1);
+    // Once started, a further copy of the event does nothing.
+    assert_eq!(batches.create_from_upload(key, "v1").await.unwrap(), None);
+    assert_eq!(world.orchestrator.started.lock().unwrap().len(), 1);
+    assert!(world
+        .store
+        .get(&pending.agency_id, id)
+        .await
+        .unwrap()
+        .is_some());
+}
