@@ -389,20 +389,24 @@ impl TaskService {
         Ok(task)
     }
 
-    /// Starts the chain's execution, then records it on the task. If the
-    /// task changed meanwhile, the execution is stopped again.
-    async fn start_chain(&self, mut task: Task) -> Result<Task, AppError> {
+    /// Records the task as in progress under a fresh execution, then starts that execution:
+    /// in this order, the chain's first step always finds its task in progress. If the
+    /// start fails, the task is put back as it was, so it can be started again.
+    async fn start_chain(&self, task: Task) -> Result<Task, AppError> {
         let steps = self.store.steps(&task.agency_id, task.id).await?;
-        let read_version = task.version;
-        let launch = self.prepare_chain(&mut task, &steps, Utc::now())?;
-        let arn = self.orchestrator.start(&launch.name, &launch.input).await?;
-        if let Err(err) = self.store.replace(&task, read_version).await {
-            self.orchestrator
-                .stop(&arn, "the task changed while its chain was starting")
-                .await?;
+        let mut started = task.clone();
+        let launch = self.prepare_chain(&mut started, &steps, Utc::now())?;
+        self.store.replace(&started, task.version).await?;
+        if let Err(err) = self.orchestrator.start(&launch.name, &launch.input).await {
+            let mut reverted = task;
+            reverted.version = started.version;
+            reverted.touch(Utc::now());
+            if let Err(revert_err) = self.store.replace(&reverted, started.version).await {
+                tracing::error!(task = %reverted.id, error = %revert_err, start_error = %err, "chain did not start and the task could not be put back; it shows in_progress until cancelled");
+            }
             return Err(err);
         }
-        Ok(task)
+        Ok(started)
     }
 
     /// Moves a chain's task to in_progress under a fresh execution, and returns what to

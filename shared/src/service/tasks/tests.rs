@@ -376,3 +376,31 @@ async fn a_chain_that_cannot_start_leaves_nothing_behind_and_its_key_free() {
     assert_eq!(retried.task["status"], "in_progress");
     assert_eq!(world.store.all_tasks().len(), 1);
 }
+
+#[tokio::test]
+async fn starting_a_chain_that_cannot_start_puts_the_task_back() {
+    let world = MemoryWorld::new();
+    let svc = world.services().tasks;
+    let boss = caller("boss", "a1", Role::Manager);
+    let mut body = auto_chain();
+    body["autoDispatch"] = json!(false);
+    let id = id_of(&svc.create(&boss, &body, None).await.unwrap());
+    world
+        .orchestrator
+        .refuse_starts
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let err = svc.start(&boss, id, None).await.unwrap_err();
+    assert_eq!(err.status_code(), 503);
+    let task = svc.get(&boss, id).await.unwrap();
+    assert_eq!(task.status, TaskStatus::Pending);
+    assert!(task.execution_arn.is_none() && task.dispatch_id.is_none());
+    assert_eq!(task.version, 3, "created, started, put back");
+
+    world
+        .orchestrator
+        .refuse_starts
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    let started = svc.start(&boss, id, None).await.unwrap();
+    assert_eq!(started.status, TaskStatus::InProgress);
+    assert_eq!(svc.get(&boss, id).await.unwrap(), started);
+}
