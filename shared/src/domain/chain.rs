@@ -116,6 +116,14 @@ impl StepConfig {
             DEFAULT_STEP_TIMEOUT_SECONDS
         };
         let timeout_seconds = seconds("timeoutSeconds", default_timeout)?;
+        if manual && map.get("heartbeatSeconds").is_some_and(|v| !v.is_null()) {
+            // Nobody heartbeats while a person decides: it would only time the step out early.
+            return err(
+                "heartbeatSeconds",
+                "a manual step waits for its assignee and has no heartbeat; use timeoutSeconds"
+                    .into(),
+            );
+        }
         let heartbeat_seconds = seconds("heartbeatSeconds", timeout_seconds)?;
         if heartbeat_seconds > timeout_seconds {
             return err("heartbeatSeconds", "must not exceed timeoutSeconds".into());
@@ -252,6 +260,13 @@ mod tests {
             StepConfig::parse(&json!({"timeoutSeconds": 5, "heartbeatSeconds": 9}))
                 .unwrap_err()
                 .0,
+            "heartbeatSeconds"
+        );
+        assert_eq!(
+            StepConfig::parse(&json!({"executor": {"type": "manual"}, "assignee": "carol",
+                "timeoutSeconds": 600, "heartbeatSeconds": 60}))
+            .unwrap_err()
+            .0,
             "heartbeatSeconds"
         );
     }
