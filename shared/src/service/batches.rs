@@ -54,16 +54,25 @@ impl Default for BatchParams {
     }
 }
 
-/// Reads one parameter from JSON (body) or text (metadata), collecting problems.
+/// Where batch parameters come from: a JSON body, or S3 object metadata (text only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ParamSource {
+    Body,
+    Metadata,
+}
+
+/// Reads the parameters, collecting problems. Metadata values are text: numbers are numeric
+/// strings and `executor` is JSON text. A body must use JSON numbers and an object.
 fn read_params(
     get: &dyn Fn(&str) -> Option<Value>,
     errors: &mut FieldErrors,
     names: &dyn Fn(&str) -> String,
+    source: ParamSource,
 ) -> BatchParams {
     let mut params = BatchParams::default();
-    let number = |v: &Value| {
-        v.as_f64()
-            .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
+    let number = |v: &Value| match source {
+        ParamSource::Body => v.as_f64(),
+        ParamSource::Metadata => v.as_str().and_then(|s| s.trim().parse().ok()),
     };
     if let Some(v) = get("title") {
         match v.as_str().map(Title::parse) {
@@ -110,16 +119,17 @@ fn read_params(
         }
     }
     if let Some(v) = get("executor") {
-        // Metadata carries the executor as JSON text.
-        let v = match v {
-            Value::String(text) => serde_json::from_str(&text).unwrap_or(Value::String(text)),
-            other => other,
+        let v = match (source, v) {
+            (ParamSource::Metadata, Value::String(text)) => {
+                serde_json::from_str(&text).unwrap_or(Value::String(text))
+            }
+            (_, other) => other,
         };
-        match serde_json::from_value::<ExecutorSpec>(v) {
+        match super::input::parse_executor(&v) {
             Ok(spec) => params.executor = spec,
             Err(_) => errors.add(
                 names("executor"),
-                "must be {\"type\": \"echo|http|sleep\", \"config\": {…}}",
+                "must be {\"type\": \"echo|http|sleep\", \"config\": {…}} and nothing else",
             ),
         }
     }
@@ -176,10 +186,14 @@ impl BatchService {
             );
         }
         let get = |k: &str| map.get(k).filter(|v| !v.is_null()).cloned();
-        let params = read_params(&get, &mut errors, &|k| k.to_owned());
+        let params = read_params(&get, &mut errors, &|k| k.to_owned(), ParamSource::Body);
         self.check_executor(&params, &mut errors, "executor");
         let source_key = match get("source") {
             None => None,
+            Some(Value::Object(source)) if source.keys().any(|k| k != "key") => {
+                errors.add("source", "must be {\"key\": \"…\"} and nothing else");
+                None
+            }
             Some(Value::Object(source)) => match source.get("key").and_then(Value::as_str) {
                 Some(key)
                     if key.starts_with(&format!("inputs/{}/", caller.agency))
@@ -296,7 +310,15 @@ impl BatchService {
     /// `POST /api/batches/uploads`: where to PUT a batch input file.
     pub async fn upload_url(&self, caller: &Caller, body: &Value) -> Result<Value, AppError> {
         caller.require_manager("create batches")?;
-        let name = body
+        let mut errors = FieldErrors::new();
+        let Value::Object(map) = body else {
+            errors.add("body", "must be a JSON object");
+            return Err(AppError::Validation(errors));
+        };
+        for key in map.keys().filter(|k| k.as_str() != "fileName") {
+            errors.add(key.clone(), "unknown field; allowed: fileName");
+        }
+        let name = map
             .get("fileName")
             .and_then(Value::as_str)
             .unwrap_or_default();
@@ -305,13 +327,12 @@ impl BatchService {
             && !name.contains(['/', '\\'])
             && InputFormat::from_name(name).is_some();
         if !valid {
-            let mut errors = FieldErrors::new();
             errors.add(
                 "fileName",
                 "must be a plain file name ending in .json, .jsonl or .csv",
             );
-            return Err(AppError::Validation(errors));
         }
+        errors.into_result()?;
         let key = format!("inputs/{}/{}/{name}", caller.agency, ulid::Ulid::new());
         let content_type = "application/octet-stream";
         let url = self
@@ -359,9 +380,12 @@ impl BatchService {
             other => other.to_ascii_lowercase(),
         };
         let get = |k: &str| lookup.get(&meta_name(k)).map(|v| Value::String(v.clone()));
-        let mut params = read_params(&get, &mut errors, &|k| {
-            format!("x-amz-meta-{}", meta_name(k))
-        });
+        let mut params = read_params(
+            &get,
+            &mut errors,
+            &|k| format!("x-amz-meta-{}", meta_name(k)),
+            ParamSource::Metadata,
+        );
         if params.title.is_none() {
             params.title = Some(format!("Upload {name}").chars().take(200).collect());
         }

@@ -115,7 +115,7 @@ pub struct NewTaskInput {
 }
 
 /// `{"type": "...", "config": {...}}`; the executor itself checks the config.
-fn parse_executor(value: &Value) -> Result<ExecutorSpec, String> {
+pub(crate) fn parse_executor(value: &Value) -> Result<ExecutorSpec, String> {
     let shape = "must be {\"type\": \"echo|http|sleep|manual\", \"config\": {…}}";
     let Value::Object(map) = value else {
         return Err(shape.into());

@@ -183,6 +183,23 @@ async fn bad_batches_are_400_naming_the_field_and_create_nothing() {
             vec!["executor"],
         ),
         (json!({"items": [1], "source": "a.csv"}), vec!["source"]),
+        // JSON numbers and objects only: text is for S3 metadata.
+        (
+            json!({"items": [1], "parallelism": "5"}),
+            vec!["parallelism"],
+        ),
+        (
+            json!({"items": [1], "executor": "{\"type\": \"echo\"}"}),
+            vec!["executor"],
+        ),
+        (
+            json!({"items": [1], "executor": {"type": "echo", "retries": 2}}),
+            vec!["executor"],
+        ),
+        (
+            json!({"source": {"key": source["key"], "bucket": "x"}}),
+            vec!["source"],
+        ),
         (json!({"items": [1], "retries": 3}), vec!["retries"]),
         (
             json!({"items": [], "parallelism": 0, "executor": {"type": "manual"}}),
@@ -508,12 +525,14 @@ async fn upload_file_names_are_checked() {
         let reply = api.send(&upload(&body)).await.expect(400);
         assert_eq!(reply.fields(), ["fileName"], "{body}");
     }
-    // Only fileName is read: other fields are ignored, as documented.
-    api.send(&upload(
-        &json!({"fileName": "orders.csv", "contentType": "text/csv"}),
-    ))
-    .await
-    .expect(201);
+    // Only fileName: any other field is named.
+    let reply = api
+        .send(&upload(
+            &json!({"fileName": "orders.csv", "contentType": "text/csv"}),
+        ))
+        .await
+        .expect(400);
+    assert_eq!(reply.fields(), ["contentType"]);
     // A body is required, and it must be JSON.
     api.send(&upload(&json!(null)).no_body()).await.expect(400);
     api.send(&upload(&json!({"fileName": "a.csv"})).header("Content-Type", "text/csv"))

@@ -497,7 +497,7 @@ fn block_on<F: std::future::Future>(future: F) -> F::Output {
 
 /// Operations whose parser ignores fields it does not know; their schemas
 /// leave `additionalProperties` open and say so.
-const IGNORES_UNKNOWN_FIELDS: &[&str] = &["createBatchUpload"];
+const IGNORES_UNKNOWN_FIELDS: &[&str] = &[];
 
 /// Properties of which a body must give exactly one (stated in words in the
 /// schema's description); leaving out all of them is rejected naming the first.
