@@ -60,8 +60,18 @@ pub fn if_match(request: &Request) -> Result<Option<u64>, AppError> {
     if raw == "*" {
         return Ok(None);
     }
-    let tag = raw.strip_prefix("W/").unwrap_or(raw).trim_matches('"');
-    tag.parse::<u64>().map(Some).map_err(|_| {
+    // `"3"` and `W/"3"` as sent back from an ETag, or a bare `3` typed by hand.
+    let tag = raw.strip_prefix("W/").unwrap_or(raw);
+    let digits = tag
+        .strip_prefix('"')
+        .and_then(|t| t.strip_suffix('"'))
+        .unwrap_or(tag);
+    let version = digits
+        .bytes()
+        .all(|b| b.is_ascii_digit())
+        .then(|| digits.parse::<u64>().ok())
+        .flatten();
+    version.map(Some).ok_or_else(|| {
         let mut errors = FieldErrors::new();
         errors.add(
             "If-Match",

@@ -401,11 +401,13 @@ async fn bad_input_names_every_bad_field() {
     assert_eq!(query.fields(), ["dueBefore", "limit", "sort", "status"]);
 
     api.seed(|_| {}).await;
-    let if_match = api
-        .send(&Event::load("api-update-task").header("If-Match", "version one"))
-        .await
-        .expect(400);
-    assert_eq!(if_match.fields(), ["If-Match"]);
+    for bad in ["version one", "\"1", "+1", "\"\"1\"\"", "W/1x", "\"\""] {
+        let if_match = api
+            .send(&Event::load("api-update-task").header("If-Match", bad))
+            .await
+            .expect(400);
+        assert_eq!(if_match.fields(), ["If-Match"], "{bad}");
+    }
     let hard = api
         .send(&Event::load("api-delete-task").query(&[("hard", "yes")]))
         .await
@@ -447,7 +449,7 @@ async fn stale_if_match_is_409_and_changes_nothing() {
     );
     assert_eq!(api.store.all_tasks(), vec![seeded]);
     // The current ETag (or *) works.
-    for tag in ["\"2\"", "W/\"3\"", "*"] {
+    for tag in ["\"2\"", "W/\"3\"", "4", "*"] {
         let reply = api
             .send(&Event::load("api-update-task").header("If-Match", tag))
             .await

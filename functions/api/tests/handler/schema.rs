@@ -105,6 +105,21 @@ fn pattern_matches(pattern: &str, s: &str) -> bool {
                 && s.chars()
                     .all(|c| c.is_ascii_alphanumeric() || "._@:-".contains(c))
         }
+        "^[A-Za-z0-9._:-]+$" => {
+            !s.is_empty()
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "._:-".contains(c))
+        }
+        "^(\\*|(W/)?\"[0-9]{1,19}\"|[0-9]{1,19})$" => {
+            let digits =
+                |d: &str| (1..=19).contains(&d.len()) && d.chars().all(|c| c.is_ascii_digit());
+            let quoted = |q: &str| {
+                q.strip_prefix('"')
+                    .and_then(|r| r.strip_suffix('"'))
+                    .is_some_and(digits)
+            };
+            s == "*" || digits(s) || quoted(s.strip_prefix("W/").unwrap_or(s))
+        }
         "^[^/\\\\]+$" => !s.is_empty() && !s.contains(['/', '\\']),
         "^[A-Za-z0-9!#$&^_.+-]{1,127}/[A-Za-z0-9!#$&^_.+-]{1,127}$" => {
             matches!(s.split_once('/'), Some((a, b)) if token(a) && token(b))
