@@ -1,7 +1,9 @@
 //! The small traits the domain needs from the outside world. AWS adapters in
 //! `store` implement them; unit tests use in-memory fakes.
 
-use crate::domain::{AgencyId, Priority, Task, TaskId, TaskStatus, TaskStep, TaskType, UserId};
+use crate::domain::{
+    AgencyId, Priority, StepStatus, Task, TaskId, TaskStatus, TaskStep, TaskType, UserId,
+};
 use crate::error::AppError;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -86,8 +88,15 @@ pub trait TaskStore: Send + Sync {
         step: &str,
     ) -> Result<Option<TaskStep>, AppError>;
 
-    /// Overwrites a step's record (its task must exist).
-    async fn put_step(&self, agency: &AgencyId, step: &TaskStep) -> Result<(), AppError>;
+    /// Overwrites a step's record if its stored status is still `read_status` (the status
+    /// it had when the caller read it); false when another writer changed it first. Every
+    /// step write is guarded: a worker, a timeout and a stopping chain can race on one step.
+    async fn replace_step(
+        &self,
+        agency: &AgencyId,
+        step: &TaskStep,
+        read_status: StepStatus,
+    ) -> Result<bool, AppError>;
 
     /// The callback token a waiting (manual) step resumes its chain with.
     async fn set_step_token(

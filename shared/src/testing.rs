@@ -7,7 +7,7 @@
 //! conditional on the version read.
 
 use crate::domain::limits::DEFAULT_PAGE_SIZE;
-use crate::domain::{AgencyId, Task, TaskId, TaskStatus, TaskStep};
+use crate::domain::{AgencyId, StepStatus, Task, TaskId, TaskStatus, TaskStep};
 use crate::error::{AppError, FieldErrors};
 use crate::ports::{
     AttachmentStorage, IdempotencyRecord, InsertOutcome, Page, TaskQuery, TaskStore,
@@ -186,17 +186,24 @@ impl TaskStore for MemoryStore {
             .and_then(|steps| steps.iter().find(|s| s.name == step).cloned()))
     }
 
-    async fn put_step(&self, agency: &AgencyId, step: &TaskStep) -> Result<(), AppError> {
+    async fn replace_step(
+        &self,
+        agency: &AgencyId,
+        step: &TaskStep,
+        read_status: StepStatus,
+    ) -> Result<bool, AppError> {
         let mut state = self.lock();
         let steps = state
             .steps
             .entry((agency.clone(), step.task_id))
             .or_default();
         match steps.iter_mut().find(|s| s.name == step.name) {
-            Some(existing) => *existing = step.clone(),
-            None => steps.push(step.clone()),
+            Some(existing) if existing.status == read_status => {
+                *existing = step.clone();
+                Ok(true)
+            }
+            _ => Ok(false),
         }
-        Ok(())
     }
 
     async fn set_step_token(

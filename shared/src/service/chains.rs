@@ -109,10 +109,12 @@ impl ChainRunner {
             return Ok(());
         }
         if let Some(reason) = self.blocked_by(agency, id, &step).await? {
+            let read = step.status;
             step.status = StepStatus::Skipped;
             step.error = Some(reason);
             step.completed_at = Some(Utc::now());
-            self.store.put_step(agency, &step).await?;
+            // Not written: the step was settled meanwhile; the answer below is then moot.
+            self.store.replace_step(agency, &step, read).await?;
             self.orchestrator
                 .succeed(token, &json!({"status": "skipped"}))
                 .await?;
@@ -132,11 +134,15 @@ impl ChainRunner {
             }
         };
         let now = Utc::now();
+        let read = step.status;
         step.status = StepStatus::Running;
         step.attempts += 1;
         step.started_at.get_or_insert(now);
         step.error = None;
-        self.store.put_step(agency, &step).await?;
+        if !self.store.replace_step(agency, &step, read).await? {
+            // A timeout or a stopping chain settled the step since it was read: never run it.
+            return Ok(());
+        }
 
         if config.executor.kind == "manual" {
             // Waits for POST /api/tasks/{id}/steps/{step}/complete.
@@ -169,7 +175,9 @@ impl ChainRunner {
                     step.status = StepStatus::Completed;
                     step.result = Some(result);
                     step.completed_at = Some(Utc::now());
-                    self.store.put_step(agency, &step).await?;
+                    self.store
+                        .replace_step(agency, &step, StepStatus::Running)
+                        .await?;
                 }
             }
             Ok(Outcome::AwaitAssignee) => {
@@ -177,14 +185,18 @@ impl ChainRunner {
             }
             Err(ExecError::Retryable(cause)) => {
                 step.error = Some(cause.clone());
-                self.store.put_step(agency, &step).await?;
+                self.store
+                    .replace_step(agency, &step, StepStatus::Running)
+                    .await?;
                 self.orchestrator
                     .fail(token, &retryable_error(config.max_attempts), &cause)
                     .await?;
             }
             Err(ExecError::Permanent(cause)) => {
                 step.error = Some(cause.clone());
-                self.store.put_step(agency, &step).await?;
+                self.store
+                    .replace_step(agency, &step, StepStatus::Running)
+                    .await?;
                 self.orchestrator
                     .fail(token, PERMANENT_ERROR, &cause)
                     .await?;
@@ -269,7 +281,7 @@ impl ChainRunner {
         error: &Value,
         token: &str,
     ) -> Result<(), AppError> {
-        let Some((mut task, mut step)) = self.load(agency, id, name).await? else {
+        let Some((mut task, step)) = self.load(agency, id, name).await? else {
             self.orchestrator
                 .succeed(token, &json!({"failTask": "yes"}))
                 .await?;
@@ -277,12 +289,12 @@ impl ChainRunner {
         };
         let cause = describe_error(error);
         let now = Utc::now();
-        if !step.is_finished() {
+        settle_step(self.store.as_ref(), agency, step.clone(), |step| {
             step.status = StepStatus::Failed;
             step.error = Some(cause.clone());
             step.completed_at = Some(now);
-            self.store.put_step(agency, &step).await?;
-        }
+        })
+        .await?;
         let policy = StepConfig::parse(&step.config)
             .map(|c| c.on_failure)
             .unwrap_or(OnFailure::FailTask);
@@ -356,15 +368,45 @@ pub(crate) async fn skip_unfinished(
     reason: &str,
 ) -> Result<(), AppError> {
     let now = Utc::now();
-    for mut step in store.steps(agency, id).await? {
-        if !step.is_finished() {
+    for step in store.steps(agency, id).await? {
+        settle_step(store, agency, step, |step| {
             step.status = StepStatus::Skipped;
             step.error = Some(reason.to_owned());
             step.completed_at = Some(now);
-            store.put_step(agency, &step).await?;
-        }
+        })
+        .await?;
     }
     Ok(())
+}
+
+/// Gives an unfinished step its final state with `settle`. A worker may write the same step
+/// at the same moment (marking it running), so a lost race re-reads and settles again; a
+/// step that finished meanwhile keeps its outcome.
+async fn settle_step(
+    store: &dyn TaskStore,
+    agency: &AgencyId,
+    mut step: TaskStep,
+    settle: impl Fn(&mut TaskStep),
+) -> Result<(), AppError> {
+    const ATTEMPTS: usize = 5;
+    for _ in 0..ATTEMPTS {
+        if step.is_finished() {
+            return Ok(());
+        }
+        let read = step.status;
+        settle(&mut step);
+        if store.replace_step(agency, &step, read).await? {
+            return Ok(());
+        }
+        match store.get_step(agency, step.task_id, &step.name).await? {
+            Some(current) => step = current,
+            None => return Ok(()),
+        }
+    }
+    Err(AppError::Unavailable(format!(
+        "step '{}' kept changing while it was being settled",
+        step.name
+    )))
 }
 
 /// `{"Error": "...", "Cause": "..."}` from a Catch, as one readable line.

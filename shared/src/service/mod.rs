@@ -7,6 +7,8 @@ pub mod batches;
 #[cfg(test)]
 mod batches_tests;
 pub mod chains;
+#[cfg(test)]
+mod chains_tests;
 pub mod input;
 pub mod queues;
 pub mod runner;

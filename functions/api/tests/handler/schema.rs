@@ -22,6 +22,7 @@ const CHECKED: &[&str] = &[
     "maximum",
     "pattern",
     "format",
+    "not",
 ];
 /// Keywords that only annotate.
 const ANNOTATIONS: &[&str] = &["description", "examples", "default"];
@@ -105,6 +106,7 @@ fn pattern_matches(pattern: &str, s: &str) -> bool {
                 && s.chars()
                     .all(|c| c.is_ascii_alphanumeric() || "._@:-".contains(c))
         }
+        "\\S" => s.chars().any(|c| !c.is_whitespace()),
         "^[A-Za-z0-9._:-]+$" => {
             !s.is_empty()
                 && s.chars()
@@ -152,6 +154,13 @@ fn validate(root: &Value, schema: &Value, instance: &Value, at: &str, out: &mut 
             CHECKED.contains(&key.as_str()) || ANNOTATIONS.contains(&key.as_str()),
             "{at}: keyword {key} is not supported by this checker"
         );
+    }
+    if let Some(forbidden) = schema.get("not") {
+        if problems(root, forbidden, instance).is_empty() {
+            out.push(format!(
+                "{at}: {instance} matches a schema it must not (`not`)"
+            ));
+        }
     }
     let mut fail = |problem: String| out.push(format!("{at}: {problem}"));
     if let Some(types) = schema.get("type") {
@@ -272,6 +281,7 @@ pub fn lint(root: &Value, schema: &Value, at: &str) -> usize {
                 }
             }
             "items" => visited += lint(root, value, &format!("{at}[]")),
+            "not" => visited += lint(root, value, &format!("{at}!")),
             "additionalProperties" if value.is_object() => {
                 visited += lint(root, value, &format!("{at}.*"))
             }

@@ -531,7 +531,15 @@ impl TaskService {
                 "step '{name}' stopped waiting (timed out or the chain ended)"
             )));
         }
-        self.store.put_step(&task.agency_id, &step).await?;
+        if !self
+            .store
+            .replace_step(&task.agency_id, &step, StepStatus::Running)
+            .await?
+        {
+            return Err(AppError::Conflict(format!(
+                "step '{name}' changed while it was being completed"
+            )));
+        }
         Ok(step)
     }
 

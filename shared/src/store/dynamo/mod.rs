@@ -14,7 +14,7 @@ use self::keys::{
     n, s, Index, AGENCY_INDEX, ASSIGNEE_INDEX, IDEMPOTENCY_SK, PK, SK, STEP_SK_PREFIX, TASK_SK,
 };
 use super::from_sdk;
-use crate::domain::{AgencyId, Task, TaskId, TaskStatus, TaskStep};
+use crate::domain::{AgencyId, StepStatus, Task, TaskId, TaskStatus, TaskStep};
 use crate::error::AppError;
 use crate::ports::{IdempotencyRecord, InsertOutcome, Page, TaskQuery, TaskStore};
 use async_trait::async_trait;
@@ -487,12 +487,38 @@ impl TaskStore for DynamoTaskStore {
         out.item.map(from_item).transpose()
     }
 
-    async fn put_step(&self, agency: &AgencyId, step: &TaskStep) -> Result<(), AppError> {
+    async fn replace_step(
+        &self,
+        agency: &AgencyId,
+        step: &TaskStep,
+        read_status: StepStatus,
+    ) -> Result<bool, AppError> {
         let mut item = to_item(step)?;
         item.insert(PK.into(), s(keys::task_pk(agency, step.task_id)));
         item.insert(SK.into(), s(keys::step_sk(&step.name)));
         item.insert("entity".into(), s("step"));
-        self.put_unconditional(item).await
+        let result = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .condition_expression("#status = :read")
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_values(":read", s(read_status.as_str()))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(true),
+            Err(err)
+                if matches!(
+                    err.as_service_error(),
+                    Some(PutItemError::ConditionalCheckFailedException(_))
+                ) =>
+            {
+                Ok(false)
+            }
+            Err(err) => Err(from_sdk("dynamodb:PutItem", err)),
+        }
     }
 
     async fn set_step_token(

@@ -1,0 +1,257 @@
+//! Chain step writes that race, against the in-memory ports.
+
+use crate::domain::{
+    AgencyId, Caller, ChainMessage, Role, StepStatus, Task, TaskId, TaskStep, UserId,
+};
+use crate::error::AppError;
+use crate::executors::ExecutorRegistry;
+use crate::ports::{IdempotencyRecord, InsertOutcome, Page, TaskQuery, TaskStore};
+use crate::service::{ChainRunner, Delivery};
+use crate::testing::{MemoryStore, MemoryWorld};
+use async_trait::async_trait;
+use serde_json::json;
+use std::sync::{Arc, Mutex};
+
+fn boss() -> Caller {
+    Caller {
+        user: UserId::parse("boss").unwrap(),
+        agency: AgencyId::parse("a1").unwrap(),
+        role: Role::Manager,
+    }
+}
+
+/// A store through which another writer settles a step between a worker's read and its
+/// write, as a state machine timeout can.
+struct RacingStore {
+    inner: Arc<MemoryStore>,
+    /// The status the other writer gives the step, once, just before the next step write.
+    settle_first: Mutex<Option<StepStatus>>,
+}
+
+#[async_trait]
+impl TaskStore for RacingStore {
+    async fn insert(
+        &self,
+        task: &Task,
+        steps: &[TaskStep],
+        idempotency: Option<&IdempotencyRecord>,
+    ) -> Result<InsertOutcome, AppError> {
+        self.inner.insert(task, steps, idempotency).await
+    }
+    async fn get(&self, agency: &AgencyId, id: TaskId) -> Result<Option<Task>, AppError> {
+        self.inner.get(agency, id).await
+    }
+    async fn replace(&self, task: &Task, expected_version: u64) -> Result<(), AppError> {
+        self.inner.replace(task, expected_version).await
+    }
+    async fn delete(&self, agency: &AgencyId, id: TaskId) -> Result<bool, AppError> {
+        self.inner.delete(agency, id).await
+    }
+    async fn list(&self, agency: &AgencyId, query: &TaskQuery) -> Result<Page<Task>, AppError> {
+        self.inner.list(agency, query).await
+    }
+    async fn steps(&self, agency: &AgencyId, id: TaskId) -> Result<Vec<TaskStep>, AppError> {
+        self.inner.steps(agency, id).await
+    }
+    async fn idempotency_record(
+        &self,
+        agency: &AgencyId,
+        key: &str,
+    ) -> Result<Option<IdempotencyRecord>, AppError> {
+        self.inner.idempotency_record(agency, key).await
+    }
+    async fn forget_idempotency_record(
+        &self,
+        agency: &AgencyId,
+        key: &str,
+    ) -> Result<(), AppError> {
+        self.inner.forget_idempotency_record(agency, key).await
+    }
+    async fn get_step(
+        &self,
+        agency: &AgencyId,
+        id: TaskId,
+        step: &str,
+    ) -> Result<Option<TaskStep>, AppError> {
+        self.inner.get_step(agency, id, step).await
+    }
+    async fn replace_step(
+        &self,
+        agency: &AgencyId,
+        step: &TaskStep,
+        read_status: StepStatus,
+    ) -> Result<bool, AppError> {
+        let other = self.settle_first.lock().unwrap().take();
+        if let Some(status) = other {
+            let mut theirs = self
+                .inner
+                .get_step(agency, step.task_id, &step.name)
+                .await?
+                .expect("step");
+            let read = theirs.status;
+            theirs.status = status;
+            theirs.error = Some("States.Timeout".into());
+            assert!(self.inner.replace_step(agency, &theirs, read).await?);
+        }
+        self.inner.replace_step(agency, step, read_status).await
+    }
+    async fn set_step_token(
+        &self,
+        agency: &AgencyId,
+        id: TaskId,
+        step: &str,
+        token: &str,
+    ) -> Result<(), AppError> {
+        self.inner.set_step_token(agency, id, step, token).await
+    }
+    async fn step_token(
+        &self,
+        agency: &AgencyId,
+        id: TaskId,
+        step: &str,
+    ) -> Result<Option<String>, AppError> {
+        self.inner.step_token(agency, id, step).await
+    }
+}
+
+async fn create_chain(world: &MemoryWorld, steps: serde_json::Value) -> TaskId {
+    let created = world
+        .services()
+        .tasks
+        .create(
+            &boss(),
+            &json!({"title": "t", "type": "multi_step", "autoDispatch": true, "steps": steps}),
+            None,
+        )
+        .await
+        .unwrap();
+    TaskId::parse(created.task["id"].as_str().unwrap()).unwrap()
+}
+
+fn runner(world: &MemoryWorld, store: Arc<dyn TaskStore>) -> ChainRunner {
+    ChainRunner {
+        store,
+        orchestrator: world.orchestrator.clone(),
+        executors: ExecutorRegistry::builtin(),
+        lease: std::time::Duration::from_secs(30),
+    }
+}
+
+fn step_message(id: TaskId, step: &str) -> ChainMessage {
+    ChainMessage::Step {
+        task_id: id,
+        agency_id: boss().agency,
+        step: step.into(),
+        task_token: "run-token".into(),
+    }
+}
+
+/// The timeout settled the step after the worker read it pending and before the worker
+/// marked it running: the worker must neither run it nor overwrite the failure.
+#[tokio::test]
+async fn a_worker_that_loses_the_race_to_a_timeout_never_runs_the_step() {
+    let world = MemoryWorld::new();
+    let id = create_chain(
+        &world,
+        json!([{"name": "slow", "config": {"executor": {"type": "echo"}}}]),
+    )
+    .await;
+    let racing = Arc::new(RacingStore {
+        inner: world.store.clone(),
+        settle_first: Mutex::new(Some(StepStatus::Failed)),
+    });
+    let delivery = runner(&world, racing)
+        .process(step_message(id, "slow"))
+        .await;
+    assert_eq!(delivery, Delivery::Ack);
+
+    let slow = world
+        .store
+        .get_step(&boss().agency, id, "slow")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(slow.status, StepStatus::Failed, "{slow:?}");
+    assert_eq!(slow.attempts, 0, "the worker did not run it");
+    assert!(
+        world.orchestrator.answers.lock().unwrap().is_empty(),
+        "nothing answered the dead token"
+    );
+}
+
+/// A worker marked the step running between the chain stopping and its skip: the skip
+/// re-reads and still settles the step instead of leaving it running forever.
+#[tokio::test]
+async fn stopping_a_chain_settles_a_step_a_worker_just_started() {
+    let world = MemoryWorld::new();
+    let id = create_chain(
+        &world,
+        json!([{"name": "first", "config": {"executor": {"type": "echo"}}}]),
+    )
+    .await;
+    let racing = RacingStore {
+        inner: world.store.clone(),
+        settle_first: Mutex::new(Some(StepStatus::Running)),
+    };
+    super::chains::skip_unfinished(&racing, &boss().agency, id, "skipped: the chain stopped")
+        .await
+        .unwrap();
+    let first = world
+        .store
+        .get_step(&boss().agency, id, "first")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.status, StepStatus::Skipped, "{first:?}");
+}
+
+/// The other order: the worker marked the step running, then the timeout settles it.
+#[tokio::test]
+async fn a_timeout_settles_a_running_step_as_failed() {
+    let world = MemoryWorld::new();
+    let services = world.services();
+    let created = services
+        .tasks
+        .create(
+            &boss(),
+            &json!({"title": "t", "type": "multi_step", "autoDispatch": true, "steps": [
+                {"name": "wait", "config": {"executor": {"type": "manual"}, "assignee": "carol"}},
+            ]}),
+            None,
+        )
+        .await
+        .unwrap();
+    let id = TaskId::parse(created.task["id"].as_str().unwrap()).unwrap();
+    let agency = boss().agency;
+    let run = ChainMessage::Step {
+        task_id: id,
+        agency_id: agency.clone(),
+        step: "wait".into(),
+        task_token: "run-token".into(),
+    };
+    assert_eq!(services.chains.process(run).await, Delivery::Ack);
+    let running = world
+        .store
+        .get_step(&agency, id, "wait")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(running.status, StepStatus::Running);
+
+    let timed_out = ChainMessage::StepFailed {
+        task_id: id,
+        agency_id: agency.clone(),
+        step: "wait".into(),
+        error: json!({"Error": "States.Timeout"}),
+        task_token: "catch-token".into(),
+    };
+    assert_eq!(services.chains.process(timed_out).await, Delivery::Ack);
+    let failed = world
+        .store
+        .get_step(&agency, id, "wait")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(failed.status, StepStatus::Failed);
+    assert_eq!(failed.attempts, 1);
+}
