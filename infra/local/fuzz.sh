@@ -30,6 +30,6 @@ echo "==> schemathesis: $max_examples examples per operation"
   --header "Authorization: Bearer $token" \
   --checks not_a_server_error,status_code_conformance,content_type_conformance,response_headers_conformance,response_schema_conformance \
   --max-examples "$max_examples" \
-  --workers 2 \
+  --workers 1 \
   --generation-deterministic
 

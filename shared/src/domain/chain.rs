@@ -139,9 +139,13 @@ impl StepConfig {
             None => OnFailure::FailTask,
             Some(p) => p.parse().map_err(|e| ("onFailure".to_owned(), e))?,
         };
+        let input = map.get("input").cloned();
+        if let Some(input) = &input {
+            super::storable::check(input).map_err(|problem| ("input".to_owned(), problem))?;
+        }
         Ok(StepConfig {
             executor,
-            input: map.get("input").cloned(),
+            input,
             max_attempts,
             timeout_seconds,
             heartbeat_seconds,

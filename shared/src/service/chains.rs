@@ -4,7 +4,6 @@
 //! answers the task tokens. Results stay in DynamoDB: only a status word
 //! travels back through the state machine, so no payload limit applies.
 
-use crate::domain::limits::MAX_RESULT_BYTES;
 use crate::domain::{
     AgencyId, ChainMessage, OnFailure, StepConfig, StepStatus, Task, TaskId, TaskStatus, TaskStep,
 };
@@ -157,11 +156,7 @@ impl ChainRunner {
         }
         match outcome {
             Ok(Outcome::Done(result)) => {
-                let size = serde_json::to_vec(&result)
-                    .map(|v| v.len())
-                    .unwrap_or(usize::MAX);
-                if size > MAX_RESULT_BYTES {
-                    let cause = format!("result is {size} bytes; the limit is {MAX_RESULT_BYTES}");
+                if let Some(cause) = crate::domain::storable::result_problem(&result) {
                     self.orchestrator
                         .fail(token, PERMANENT_ERROR, &cause)
                         .await?;

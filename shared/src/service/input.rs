@@ -203,6 +203,8 @@ impl NewTaskInput {
                     "input",
                     format!("must be at most {MAX_INPUT_BYTES} bytes as JSON (got {size})"),
                 );
+            } else if let Err(problem) = crate::domain::storable::check(input) {
+                f.errors.add("input", problem);
             }
         }
         let retry = f
@@ -511,6 +513,8 @@ impl CompleteInput {
                     "result",
                     format!("must be at most {MAX_RESULT_BYTES} bytes as JSON (got {size})"),
                 );
+            } else if let Err(problem) = crate::domain::storable::check(r) {
+                f.errors.add("result", problem);
             }
         }
         f.finish()?;

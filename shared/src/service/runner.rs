@@ -3,7 +3,6 @@
 //! current dispatch id acts, finished tasks are never run again, and a
 //! conditional claim (with a lease) keeps two workers from running one task.
 
-use crate::domain::limits::MAX_RESULT_BYTES;
 use crate::domain::{DispatchMessage, Priority, Task, TaskStatus};
 use crate::error::AppError;
 use crate::executors::{ExecError, ExecutorRegistry, Job, Outcome};
@@ -132,11 +131,7 @@ impl TaskRunner {
         let finished = Utc::now();
         let (delivery, label) = match outcome {
             Ok(Outcome::Done(result)) => {
-                let size = serde_json::to_vec(&result)
-                    .map(|v| v.len())
-                    .unwrap_or(usize::MAX);
-                if size > MAX_RESULT_BYTES {
-                    let error = format!("result is {size} bytes; the limit is {MAX_RESULT_BYTES}");
+                if let Some(error) = crate::domain::storable::result_problem(&result) {
                     fail(&mut task, &error, finished)?;
                     (Delivery::DeadLetter(error), "failed")
                 } else {

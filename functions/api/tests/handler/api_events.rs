@@ -372,6 +372,34 @@ async fn bad_input_names_every_bad_field() {
         .unwrap()
         .contains("critical, high, normal, low, background"));
 
+    // JSON DynamoDB cannot store: an empty key anywhere, a number out of its range.
+    let unstorable = json!({"title": "t", "metadata": {"a": {"": 1}}, "input": [1e-200]});
+    let reply = api
+        .send(&Event::load("api-create-task").body(&unstorable))
+        .await
+        .expect(400);
+    assert_eq!(reply.fields(), ["input", "metadata"]);
+    let fields = &reply.body["error"]["fields"];
+    assert!(
+        fields["metadata"]
+            .as_str()
+            .unwrap()
+            .contains("empty key at a"),
+        "{fields}"
+    );
+    assert!(
+        fields["input"].as_str().unwrap().contains("at [0]"),
+        "{fields}"
+    );
+    let step_input = json!({"title": "t", "type": "multi_step",
+        "steps": [{"name": "s", "config": {"input": {"x": 1e130}}}]});
+    let reply = api
+        .send(&Event::load("api-create-task").body(&step_input))
+        .await
+        .expect(400);
+    assert_eq!(reply.fields(), ["steps[0].config.input"]);
+    assert!(api.store.all_tasks().is_empty());
+
     let steps = json!({"title": "t", "type": "multi_step", "steps": [
         {"name": "a", "depends_on": ["b"]}, {"name": "a"}, {"name": "c", "dependsOn": ["zzz"]}]});
     let reply = api
