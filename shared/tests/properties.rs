@@ -671,10 +671,13 @@ proptest! {
     ) {
         let map: Map<String, Value> = entries.into_iter().collect();
         let size = serde_json::to_vec(&map).unwrap().len();
+        let object = Value::Object(map);
+        let map = object.as_object().unwrap();
+        // Nested values must be storable too (their own rules are unit-tested in `storable`).
         let expected_ok = map.len() <= MAX_METADATA_KEYS
             && !map.keys().any(String::is_empty)
-            && size <= MAX_METADATA_BYTES;
-        let object = Value::Object(map);
+            && size <= MAX_METADATA_BYTES
+            && shared::domain::storable::check(&object).is_ok();
         let parsed = Metadata::parse(object.clone());
         prop_assert_eq!(parsed.is_ok(), expected_ok, "{} keys, {} bytes", object.as_object().unwrap().len(), size);
         if let Ok(metadata) = parsed {
