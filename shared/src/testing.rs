@@ -631,6 +631,8 @@ pub struct MemoryBatches {
     failures: Mutex<BTreeMap<(TaskKey, u64), String>>,
     dedupe: Mutex<HashMap<String, TaskId>>,
     pub tasks: std::sync::Arc<MemoryStore>,
+    /// When set, the next `put` fails as if DynamoDB were unreachable (once).
+    pub refuse_next_put: std::sync::atomic::AtomicBool,
 }
 
 #[async_trait]
@@ -668,6 +670,12 @@ impl crate::ports::BatchStore for MemoryBatches {
             .cloned())
     }
     async fn put(&self, batch: &crate::domain::BatchJob) -> Result<(), AppError> {
+        if self
+            .refuse_next_put
+            .swap(false, std::sync::atomic::Ordering::SeqCst)
+        {
+            return Err(AppError::Unavailable("dynamodb:PutItem refused".into()));
+        }
         self.jobs
             .lock()
             .expect("not poisoned")

@@ -274,10 +274,12 @@ impl BatchService {
         self.batches.create(&task, &batch, None).await?;
         let batch = match self.launch(batch.clone(), &items).await {
             Ok(batch) => batch,
-            Err(err) => {
+            Err(RoundError::NotStarted(err)) => {
                 self.record_start_failure(batch, &err).await;
                 return Err(err);
             }
+            // It runs; its finalizer records the outcome.
+            Err(RoundError::NotRecorded(err)) => return Err(err),
         };
         self.view(batch).await
     }
@@ -477,7 +479,7 @@ impl BatchService {
     }
 
     /// Writes the chunks and the manifest, then starts the Distributed Map.
-    async fn launch(&self, mut batch: BatchJob, items: &[Value]) -> Result<BatchJob, AppError> {
+    async fn launch(&self, mut batch: BatchJob, items: &[Value]) -> Result<BatchJob, RoundError> {
         let indexed: Vec<ChunkItem> = items
             .iter()
             .enumerate()
@@ -490,7 +492,31 @@ impl BatchService {
         Ok(batch)
     }
 
-    async fn run_round(&self, batch: &mut BatchJob, items: &[ChunkItem]) -> Result<(), AppError> {
+    /// Starts a round, then records it on the batch as processing.
+    async fn run_round(&self, batch: &mut BatchJob, items: &[ChunkItem]) -> Result<(), RoundError> {
+        let started = self
+            .start_round(batch, items)
+            .await
+            .map_err(RoundError::NotStarted)?;
+        batch.status = BatchStatus::Processing;
+        batch.chunk_count = started.chunk_count;
+        batch.manifest_key = Some(started.manifest_key);
+        batch.execution_arn = Some(started.execution_arn);
+        batch.started_at.get_or_insert(Utc::now());
+        batch.completed_at = None;
+        batch.error = None;
+        self.batches
+            .put(batch)
+            .await
+            .map_err(RoundError::NotRecorded)
+    }
+
+    /// Writes the round's chunks and manifest and starts its execution.
+    async fn start_round(
+        &self,
+        batch: &BatchJob,
+        items: &[ChunkItem],
+    ) -> Result<StartedRound, AppError> {
         let prefix = format!(
             "batches/{}/{}/round-{:03}",
             batch.agency_id, batch.id, batch.round
@@ -528,19 +554,15 @@ impl BatchService {
             "queueUrl": queue_url,
             "parallelism": batch.parallelism,
         });
-        let arn = self
+        let execution_arn = self
             .orchestrator
             .start(&format!("{}-r{}", batch.id, batch.round), &input)
             .await?;
-        let now = Utc::now();
-        batch.status = BatchStatus::Processing;
-        batch.chunk_count = manifest.len() as u32;
-        batch.manifest_key = Some(manifest_key);
-        batch.execution_arn = Some(arn);
-        batch.started_at.get_or_insert(now);
-        batch.completed_at = None;
-        batch.error = None;
-        self.batches.put(batch).await
+        Ok(StartedRound {
+            execution_arn,
+            manifest_key,
+            chunk_count: manifest.len() as u32,
+        })
     }
 
     pub async fn get(&self, caller: &Caller, id: TaskId) -> Result<BatchView, AppError> {
@@ -686,6 +708,29 @@ impl BatchService {
             );
         }
         Ok(items)
+    }
+}
+
+/// A round's execution, started.
+struct StartedRound {
+    execution_arn: String,
+    manifest_key: String,
+    chunk_count: u32,
+}
+
+/// Why a batch round did not get going.
+enum RoundError {
+    /// Nothing runs: the chunks, the manifest or the execution could not be started.
+    NotStarted(AppError),
+    /// The execution runs, but marking the batch as processing failed.
+    NotRecorded(AppError),
+}
+
+impl From<RoundError> for AppError {
+    fn from(err: RoundError) -> AppError {
+        match err {
+            RoundError::NotStarted(err) | RoundError::NotRecorded(err) => err,
+        }
     }
 }
 

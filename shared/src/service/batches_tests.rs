@@ -48,6 +48,34 @@ async fn a_batch_that_cannot_start_is_failed_with_the_reason() {
     assert!(retry.to_string().contains("never ran"), "{retry}");
 }
 
+/// The execution started but marking the batch processing failed: it runs, so it must not
+/// be recorded as a batch that could not start.
+#[tokio::test]
+async fn a_started_batch_whose_record_failed_is_not_marked_failed() {
+    let world = MemoryWorld::new();
+    let batches = world.services().batches;
+    world.batches.refuse_next_put.store(true, Ordering::SeqCst);
+    let err = batches
+        .create(&boss(), &json!({"items": [1, 2, 3]}))
+        .await
+        .unwrap_err();
+    assert_eq!(err.status_code(), 503);
+    assert_eq!(world.orchestrator.started.lock().unwrap().len(), 1);
+    let task = world.store.all_tasks().pop().expect("the batch's task");
+    assert_eq!(
+        task.status,
+        TaskStatus::InProgress,
+        "its finalizer settles it"
+    );
+    let batch = world
+        .batches
+        .get(&task.agency_id, task.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_ne!(batch.status, BatchStatus::Failed);
+}
+
 #[tokio::test]
 async fn a_redelivered_upload_event_starts_the_batch_an_earlier_delivery_could_not() {
     let world = MemoryWorld::new();
