@@ -66,11 +66,11 @@ pub fn if_match(request: &Request) -> Result<Option<u64>, AppError> {
         .strip_prefix('"')
         .and_then(|t| t.strip_suffix('"'))
         .unwrap_or(tag);
-    let version = digits
-        .bytes()
-        .all(|b| b.is_ascii_digit())
-        .then(|| digits.parse::<u64>().ok())
-        .flatten();
+    let version = if digits.bytes().all(|b| b.is_ascii_digit()) {
+        digits.parse::<u64>().ok()
+    } else {
+        None
+    };
     version.map(Some).ok_or_else(|| {
         let mut errors = FieldErrors::new();
         errors.add(

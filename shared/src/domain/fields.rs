@@ -209,11 +209,7 @@ impl Metadata {
         if map.keys().any(|k| k.is_empty()) {
             return Err("keys must not be empty".into());
         }
-        let map = serde_json::Value::Object(map);
-        super::storable::check(&map)?;
-        let serde_json::Value::Object(map) = map else {
-            unreachable!("built as an object just above")
-        };
+        super::storable::check_object(&map)?;
         let size = serde_json::to_vec(&map)
             .map(|v| v.len())
             .unwrap_or(usize::MAX);

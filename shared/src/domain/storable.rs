@@ -12,6 +12,11 @@ pub fn check(value: &Value) -> Result<(), String> {
     walk(value, "")
 }
 
+/// [`check`] for an object already taken apart, such as a task's metadata.
+pub fn check_object(map: &serde_json::Map<String, Value>) -> Result<(), String> {
+    walk_object(map, "")
+}
+
 /// Why an executor's result cannot be recorded on its task or step, if it cannot.
 pub fn result_problem(result: &Value) -> Option<String> {
     use super::limits::MAX_RESULT_BYTES;
@@ -30,12 +35,7 @@ pub fn result_problem(result: &Value) -> Option<String> {
 
 fn walk(value: &Value, at: &str) -> Result<(), String> {
     match value {
-        Value::Object(map) => map.iter().try_for_each(|(key, inner)| {
-            if key.is_empty() {
-                return Err(format!("has an empty key at {}", place(at)));
-            }
-            walk(inner, &format!("{at}.{key}"))
-        }),
+        Value::Object(map) => walk_object(map, at),
         Value::Array(items) => items
             .iter()
             .enumerate()
@@ -52,6 +52,15 @@ fn walk(value: &Value, at: &str) -> Result<(), String> {
         }
         Value::Null | Value::Bool(_) | Value::String(_) => Ok(()),
     }
+}
+
+fn walk_object(map: &serde_json::Map<String, Value>, at: &str) -> Result<(), String> {
+    map.iter().try_for_each(|(key, inner)| {
+        if key.is_empty() {
+            return Err(format!("has an empty key at {}", place(at)));
+        }
+        walk(inner, &format!("{at}.{key}"))
+    })
 }
 
 fn place(at: &str) -> &str {
