@@ -23,6 +23,10 @@ type TaskKey = (AgencyId, TaskId);
 #[derive(Debug, Default)]
 pub struct MemoryStore {
     state: Mutex<State>,
+    /// When set, the next `get` fails as if DynamoDB were unreachable (once).
+    pub refuse_next_get: std::sync::atomic::AtomicBool,
+    /// When set, the next `replace` fails with this error instead of writing (once).
+    pub fail_next_replace: Mutex<Option<AppError>>,
 }
 
 #[derive(Debug, Default)]
@@ -111,10 +115,24 @@ impl TaskStore for MemoryStore {
     }
 
     async fn get(&self, agency: &AgencyId, id: TaskId) -> Result<Option<Task>, AppError> {
+        if self
+            .refuse_next_get
+            .swap(false, std::sync::atomic::Ordering::SeqCst)
+        {
+            return Err(AppError::Unavailable("dynamodb:GetItem refused".into()));
+        }
         Ok(self.lock().tasks.get(&(agency.clone(), id)).cloned())
     }
 
     async fn replace(&self, task: &Task, expected_version: u64) -> Result<(), AppError> {
+        let injected = self
+            .fail_next_replace
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(err) = injected {
+            return Err(err);
+        }
         let mut state = self.lock();
         let current = state
             .tasks
@@ -537,18 +555,21 @@ impl MemoryWorld {
 
     /// Services with the built-in executors, a 30 s lease and aging at half the SLA.
     pub fn services(&self) -> crate::services::Services {
+        self.services_with(crate::executors::ExecutorRegistry::builtin())
+    }
+
+    /// Services with these executors, a 30 s lease and aging at half the SLA.
+    pub fn services_with(
+        &self,
+        executors: crate::executors::ExecutorRegistry,
+    ) -> crate::services::Services {
         let config = crate::config::Config::from_lookup(|key| match key {
             "LEASE_SECONDS" => Some("30".into()),
             "AGING_FRACTION" => Some("0.5".into()),
             other => Some(format!("memory://{other}")),
         })
         .expect("complete test config");
-        crate::services::Services::from_ports(
-            self.ports(),
-            self.index.clone(),
-            crate::executors::ExecutorRegistry::builtin(),
-            &config,
-        )
+        crate::services::Services::from_ports(self.ports(), self.index.clone(), executors, &config)
     }
 }
 

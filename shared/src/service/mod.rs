@@ -3,6 +3,8 @@
 
 pub mod agents;
 pub mod batch_runner;
+#[cfg(test)]
+mod batch_runner_tests;
 pub mod batches;
 #[cfg(test)]
 mod batches_tests;
@@ -12,6 +14,8 @@ mod chains_tests;
 pub mod input;
 pub mod queues;
 pub mod runner;
+#[cfg(test)]
+mod runner_tests;
 pub mod sweeper;
 #[cfg(test)]
 mod sweeper_tests;

@@ -1,0 +1,675 @@
+//! `BatchRunner`: chunk runs and finalization, against the in-memory ports.
+
+use super::batch_runner::CHUNK_RETRYABLE;
+use super::{BatchRunner, Delivery};
+use crate::domain::{
+    AgencyId, BatchJob, BatchMessage, BatchStatus, Caller, ChunkCounts, ItemFailure, Role, TaskId,
+    TaskStatus, UserId,
+};
+use crate::executors::{ExecError, Executor, ExecutorRegistry, Job, Outcome};
+use crate::ports::{BatchStore, ObjectStore, TaskStore};
+use crate::services::Services;
+use crate::testing::{MemoryBatches, MemoryWorld};
+use async_trait::async_trait;
+use serde_json::{json, Value};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+fn boss() -> Caller {
+    Caller {
+        user: UserId::parse("boss").unwrap(),
+        agency: AgencyId::parse("a1").unwrap(),
+        role: Role::Manager,
+    }
+}
+
+/// Runs batch items by what they say: `{"fail": why}` fails for good, `{"failUntil": n}`
+/// fails while the attempt is at most n, `{"await": true}` waits for a person,
+/// `{"takeover": chunk}` lets a newer attempt of that chunk start; anything else succeeds
+/// with the item doubled.
+struct Picky {
+    batches: Arc<MemoryBatches>,
+    runs: AtomicUsize,
+}
+
+#[async_trait]
+impl Executor for Picky {
+    fn validate(&self, _config: &Value) -> Result<(), String> {
+        Ok(())
+    }
+
+    async fn run(&self, job: &Job<'_>) -> Result<Outcome, ExecError> {
+        self.runs.fetch_add(1, Ordering::SeqCst);
+        let item = job.input;
+        if let Some(why) = item["fail"].as_str() {
+            return Err(ExecError::Permanent(why.into()));
+        }
+        if let Some(until) = item["failUntil"].as_u64() {
+            if u64::from(job.attempt) <= until {
+                return Err(ExecError::Retryable(format!("not yet at {}", job.attempt)));
+            }
+        }
+        if item["await"] == json!(true) {
+            return Ok(Outcome::AwaitAssignee);
+        }
+        if let Some(chunk) = item["takeover"].as_u64() {
+            self.batches
+                .start_chunk(
+                    &boss().agency,
+                    job.task_id,
+                    job.attempt - 1,
+                    chunk as u32,
+                    "a-newer-attempt",
+                )
+                .await
+                .unwrap();
+        }
+        Ok(Outcome::Done(json!({"twice": item})))
+    }
+}
+
+struct Fixture {
+    world: MemoryWorld,
+    picky: Arc<Picky>,
+    services: Services,
+    runner: BatchRunner,
+}
+
+impl Fixture {
+    fn new() -> Self {
+        let world = MemoryWorld::new();
+        let picky = Arc::new(Picky {
+            batches: world.batches.clone(),
+            runs: AtomicUsize::new(0),
+        });
+        let mut registry = ExecutorRegistry::builtin();
+        registry.register("picky", picky.clone());
+        let services = world.services_with(registry.clone());
+        let runner = services.batch_runner.clone();
+        Self {
+            world,
+            picky,
+            services,
+            runner,
+        }
+    }
+
+    /// Creates a batch of `items` run by `picky`, two items per chunk unless `fields` say.
+    async fn create(&self, items: Value, fields: Value) -> TaskId {
+        let mut body = json!({"items": items, "executor": {"type": "picky"}, "itemsPerBatch": 2});
+        for (key, value) in fields.as_object().unwrap() {
+            body[key] = value.clone();
+        }
+        let view = self.services.batches.create(&boss(), &body).await.unwrap();
+        let id = self.world.store.all_tasks().pop().unwrap().id;
+        assert_eq!(
+            self.batch(id).await.status,
+            BatchStatus::Processing,
+            "{view:?}"
+        );
+        id
+    }
+
+    async fn batch(&self, id: TaskId) -> BatchJob {
+        self.world
+            .batches
+            .get(&boss().agency, id)
+            .await
+            .unwrap()
+            .expect("the batch")
+    }
+
+    async fn counts(&self, id: TaskId, round: u32) -> ChunkCounts {
+        self.world
+            .batches
+            .round_counts(&boss().agency, id, round)
+            .await
+            .unwrap()
+    }
+
+    async fn failures(&self, id: TaskId) -> Vec<ItemFailure> {
+        self.world
+            .batches
+            .failures(&boss().agency, id, None, 100)
+            .await
+            .unwrap()
+            .items
+    }
+
+    async fn object(&self, key: &str) -> Option<Value> {
+        self.world
+            .objects
+            .get(key, usize::MAX)
+            .await
+            .ok()
+            .map(|bytes| serde_json::from_slice(&bytes).unwrap())
+    }
+
+    /// (token, "success" | error name, output or cause)
+    fn answers(&self) -> Vec<(String, String, String)> {
+        self.world.orchestrator.answers.lock().unwrap().clone()
+    }
+
+    fn answer(&self, token: &str) -> Option<(String, String)> {
+        self.answers()
+            .into_iter()
+            .rev()
+            .find(|(t, _, _)| t == token)
+            .map(|(_, kind, detail)| (kind, detail))
+    }
+}
+
+fn chunk(id: TaskId, round: u32, index: u32) -> BatchMessage {
+    BatchMessage::Chunk {
+        batch_id: id,
+        agency_id: boss().agency,
+        chunk_key: format!("batches/a1/{id}/round-{round:03}/chunks/{index:05}.json"),
+        chunk_index: index,
+        round,
+        task_token: format!("chunk-{round}-{index}"),
+    }
+}
+
+fn finalize(id: TaskId, round: u32) -> BatchMessage {
+    BatchMessage::BatchFinalize {
+        batch_id: id,
+        agency_id: boss().agency,
+        round,
+        task_token: format!("finalize-{round}"),
+    }
+}
+
+fn results_key(id: TaskId, round: u32, chunk: u32) -> String {
+    format!("batches/a1/{id}/round-{round:03}/results/{chunk:05}.json")
+}
+
+fn succeeded(output: &str) -> Option<(String, String)> {
+    Some(("success".into(), output.into()))
+}
+
+#[tokio::test]
+async fn a_chunk_runs_its_items_counts_them_and_writes_its_results() {
+    let f = Fixture::new();
+    let id = f
+        .create(
+            json!([1, {"fail": "bad item"}, 3, {"await": true}]),
+            json!({}),
+        )
+        .await;
+
+    assert_eq!(f.runner.process(chunk(id, 0, 0)).await, Delivery::Ack);
+    assert_eq!(f.answer("chunk-0-0"), succeeded(r#"{"status":"done"}"#));
+    assert_eq!(
+        f.counts(id, 0).await,
+        ChunkCounts {
+            processed: 2,
+            success: 1,
+            failed: 1
+        }
+    );
+    assert_eq!(
+        f.object(&results_key(id, 0, 0)).await,
+        Some(json!([
+            {"index": 0, "status": "completed", "result": {"twice": 1}},
+            {"index": 1, "status": "failed", "error": "bad item"},
+        ]))
+    );
+
+    assert_eq!(f.runner.process(chunk(id, 0, 1)).await, Delivery::Ack);
+    assert_eq!(
+        f.counts(id, 0).await,
+        ChunkCounts {
+            processed: 4,
+            success: 2,
+            failed: 2
+        }
+    );
+    assert_eq!(
+        f.object(&results_key(id, 0, 1)).await.unwrap()[1],
+        json!({"index": 3, "status": "failed", "error": "the manual executor cannot run batch items"})
+    );
+    assert_eq!(
+        f.failures(id).await,
+        vec![
+            ItemFailure {
+                index: 1,
+                error: "bad item".into()
+            },
+            ItemFailure {
+                index: 3,
+                error: "the manual executor cannot run batch items".into()
+            },
+        ]
+    );
+    assert_eq!(f.picky.runs.load(Ordering::SeqCst), 4);
+}
+
+#[tokio::test]
+async fn a_chunk_of_a_missing_batch_fails_its_token_for_good() {
+    let f = Fixture::new();
+    let gone = TaskId::generate();
+    assert_eq!(f.runner.process(chunk(gone, 0, 0)).await, Delivery::Ack);
+    assert_eq!(
+        f.answer("chunk-0-0"),
+        Some((
+            "Taskflow.Permanent".into(),
+            "the batch no longer exists".into()
+        ))
+    );
+    assert_eq!(f.picky.runs.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn a_chunk_of_a_settled_batch_or_another_round_fails_its_token_for_good() {
+    let f = Fixture::new();
+    let id = f.create(json!([1, 2]), json!({})).await;
+    assert_eq!(f.runner.process(chunk(id, 1, 0)).await, Delivery::Ack);
+    assert_eq!(
+        f.answer("chunk-1-0"),
+        Some((
+            "Taskflow.Permanent".into(),
+            "batch is processing (round 0)".into()
+        ))
+    );
+
+    let mut batch = f.batch(id).await;
+    batch.status = BatchStatus::Completed;
+    f.world.batches.put(&batch).await.unwrap();
+    assert_eq!(f.runner.process(chunk(id, 0, 0)).await, Delivery::Ack);
+    assert_eq!(
+        f.answer("chunk-0-0"),
+        Some((
+            "Taskflow.Permanent".into(),
+            "batch is completed (round 0)".into()
+        ))
+    );
+    assert_eq!(f.picky.runs.load(Ordering::SeqCst), 0);
+    assert_eq!(f.counts(id, 0).await, ChunkCounts::default());
+}
+
+#[tokio::test]
+async fn an_unreadable_chunk_fails_its_token_as_retryable() {
+    let f = Fixture::new();
+    let id = f.create(json!([1, 2]), json!({})).await;
+    assert_eq!(f.runner.process(chunk(id, 0, 7)).await, Delivery::Ack);
+    let (error, cause) = f.answer("chunk-0-7").unwrap();
+    assert_eq!(error, CHUNK_RETRYABLE);
+    assert_eq!(CHUNK_RETRYABLE, "Taskflow.Retryable");
+    assert!(
+        cause.starts_with(&format!(
+            "reading batches/a1/{id}/round-000/chunks/00007.json: "
+        )),
+        "{cause}"
+    );
+    assert_eq!(f.picky.runs.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn a_chunk_that_is_not_json_is_retried_without_answering() {
+    let f = Fixture::new();
+    let id = f.create(json!([1, 2]), json!({})).await;
+    let BatchMessage::Chunk { chunk_key, .. } = chunk(id, 0, 0) else {
+        unreachable!()
+    };
+    f.world
+        .objects
+        .put(&chunk_key, b"not json".to_vec(), "application/json")
+        .await
+        .unwrap();
+    assert_eq!(
+        f.runner.process(chunk(id, 0, 0)).await,
+        Delivery::RetryAfter(Duration::from_secs(5))
+    );
+    assert!(f.answers().is_empty());
+}
+
+#[tokio::test]
+async fn a_batch_whose_executor_cannot_run_fails_the_chunk_for_good() {
+    let f = Fixture::new();
+    let id = f.create(json!([1, 2]), json!({})).await;
+    let runner = BatchRunner {
+        executors: ExecutorRegistry::empty(),
+        ..f.runner.clone()
+    };
+    assert_eq!(runner.process(chunk(id, 0, 0)).await, Delivery::Ack);
+    let (error, cause) = f.answer("chunk-0-0").unwrap();
+    assert_eq!(error, "Taskflow.Permanent");
+    assert!(cause.starts_with("unknown executor 'picky'"), "{cause}");
+    assert_eq!(f.counts(id, 0).await, ChunkCounts::default());
+}
+
+#[tokio::test]
+async fn a_retried_chunk_is_not_counted_twice() {
+    let f = Fixture::new();
+    let id = f.create(json!([1, {"fail": "bad"}]), json!({})).await;
+    f.runner.process(chunk(id, 0, 0)).await;
+    f.runner.process(chunk(id, 0, 0)).await;
+    assert_eq!(f.picky.runs.load(Ordering::SeqCst), 4, "both attempts ran");
+    assert_eq!(
+        f.counts(id, 0).await,
+        ChunkCounts {
+            processed: 2,
+            success: 1,
+            failed: 1
+        }
+    );
+    assert_eq!(f.failures(id).await.len(), 1);
+    f.runner.process(finalize(id, 0)).await;
+    let batch = f.batch(id).await;
+    assert_eq!(
+        (
+            batch.processed_items,
+            batch.success_items,
+            batch.failed_items
+        ),
+        (2, 1, 1)
+    );
+}
+
+/// A newer attempt of the chunk started while this one runs (its message came back):
+/// the older attempt stops at its next flush and answers nothing.
+#[tokio::test]
+async fn an_attempt_overtaken_by_a_newer_one_stops_and_answers_nothing() {
+    let f = Fixture::new();
+    let mut items = vec![json!({"takeover": 0})];
+    items.extend((1..100).map(|n| json!(n)));
+    let id = f
+        .create(Value::Array(items), json!({"itemsPerBatch": 100}))
+        .await;
+    assert_eq!(f.runner.process(chunk(id, 0, 0)).await, Delivery::Ack);
+    let runs = f.picky.runs.load(Ordering::SeqCst);
+    assert!(
+        (50..100).contains(&runs),
+        "it stopped at its first flush, after 50 items: {runs}"
+    );
+    assert_eq!(
+        f.counts(id, 0).await,
+        ChunkCounts::default(),
+        "nothing counted against the newer attempt"
+    );
+    assert!(f.answers().is_empty());
+    assert_eq!(f.object(&results_key(id, 0, 0)).await, None);
+}
+
+#[tokio::test]
+async fn finalize_settles_a_batch_within_its_tolerance_as_completed() {
+    let f = Fixture::new();
+    let id = f
+        .create(
+            json!([1, {"fail": "bad"}, 3, 4]),
+            json!({"toleratedFailurePercentage": 25}),
+        )
+        .await;
+    f.runner.process(chunk(id, 0, 0)).await;
+    f.runner.process(chunk(id, 0, 1)).await;
+    assert_eq!(f.runner.process(finalize(id, 0)).await, Delivery::Ack);
+    assert_eq!(
+        f.answer("finalize-0"),
+        succeeded(r#"{"status":"finalized"}"#)
+    );
+
+    let batch = f.batch(id).await;
+    assert_eq!(batch.status, BatchStatus::Completed);
+    assert_eq!(
+        (
+            batch.processed_items,
+            batch.success_items,
+            batch.failed_items
+        ),
+        (4, 3, 1)
+    );
+    assert_eq!(batch.error, None);
+    assert!(batch.completed_at.is_some());
+    let summary_key = format!("batches/a1/{id}/round-000/results/summary.json");
+    assert_eq!(batch.results_key.as_deref(), Some(summary_key.as_str()));
+    let summary = f.object(&summary_key).await.unwrap();
+    assert_eq!(summary["status"], "completed");
+    assert_eq!(summary["round"], 0);
+    assert_eq!(
+        (
+            &summary["totalItems"],
+            &summary["successItems"],
+            &summary["failedItems"]
+        ),
+        (&json!(4), &json!(3), &json!(1))
+    );
+    assert_eq!(
+        summary["chunkResults"],
+        json!([results_key(id, 0, 0), results_key(id, 0, 1)])
+    );
+    assert_eq!(
+        summary["failures"],
+        format!("GET /api/batches/{id}/failures")
+    );
+    assert!(summary["durationSeconds"].as_f64().unwrap() > 0.0);
+
+    let task = f
+        .world
+        .store
+        .get(&boss().agency, id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(task.status, TaskStatus::Completed);
+    assert_eq!((task.error, task.result), (None, Some(summary)));
+}
+
+#[tokio::test]
+async fn finalize_fails_a_batch_above_its_tolerance_and_its_task() {
+    let f = Fixture::new();
+    let id = f
+        .create(
+            json!([1, {"fail": "bad"}, 3, 4]),
+            json!({"toleratedFailurePercentage": 24.9}),
+        )
+        .await;
+    f.runner.process(chunk(id, 0, 0)).await;
+    f.runner.process(chunk(id, 0, 1)).await;
+    f.runner.process(finalize(id, 0)).await;
+    let batch = f.batch(id).await;
+    assert_eq!(batch.status, BatchStatus::Failed);
+    let error = "1 of 4 items failed (25.00 %), above the tolerated 24.9 %";
+    assert_eq!(batch.error.as_deref(), Some(error));
+    let task = f
+        .world
+        .store
+        .get(&boss().agency, id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(task.status, TaskStatus::Failed);
+    assert_eq!(task.error.as_deref(), Some(error));
+    assert_eq!(task.result.unwrap()["status"], "failed");
+}
+
+#[tokio::test]
+async fn items_of_chunks_that_never_reported_count_as_failed() {
+    let f = Fixture::new();
+    let id = f
+        .create(
+            json!([1, 2, 3, 4, 5]),
+            json!({"toleratedFailurePercentage": 10}),
+        )
+        .await;
+    f.runner.process(chunk(id, 0, 0)).await;
+    f.runner.process(chunk(id, 0, 1)).await;
+    // Chunk 2 (item 4) was lost: its map iteration failed and never reported.
+    f.runner.process(finalize(id, 0)).await;
+    let batch = f.batch(id).await;
+    assert_eq!(
+        (
+            batch.processed_items,
+            batch.success_items,
+            batch.failed_items
+        ),
+        (5, 4, 1)
+    );
+    assert_eq!(batch.status, BatchStatus::Failed);
+    assert_eq!(
+        batch.error.as_deref(),
+        Some("1 items failed, 1 of them in chunks that could not run")
+    );
+}
+
+#[tokio::test]
+async fn a_retry_round_clears_healed_failures_and_reopens_the_task() {
+    let f = Fixture::new();
+    let id = f
+        .create(
+            json!([{"failUntil": 1}, 2, {"failUntil": 1}, {"fail": "never"}]),
+            json!({"toleratedFailurePercentage": 25}),
+        )
+        .await;
+    f.runner.process(chunk(id, 0, 0)).await;
+    f.runner.process(chunk(id, 0, 1)).await;
+    f.runner.process(finalize(id, 0)).await;
+    assert_eq!(f.batch(id).await.status, BatchStatus::Failed);
+    let failed: Vec<u64> = f.failures(id).await.iter().map(|x| x.index).collect();
+    assert_eq!(failed, [0, 2, 3]);
+
+    f.services.batches.retry_failed(&boss(), id).await.unwrap();
+    assert_eq!(f.batch(id).await.round, 1);
+    // Round 1 holds items 0, 2 (chunk 0) and 3 (chunk 1).
+    f.runner.process(chunk(id, 1, 0)).await;
+    f.runner.process(chunk(id, 1, 1)).await;
+    assert_eq!(f.answer("chunk-1-1"), succeeded(r#"{"status":"done"}"#));
+    let failures = f.failures(id).await;
+    assert_eq!(
+        failures,
+        vec![ItemFailure {
+            index: 3,
+            error: "never".into()
+        }]
+    );
+    assert_eq!(
+        f.counts(id, 1).await,
+        ChunkCounts {
+            processed: 3,
+            success: 2,
+            failed: 1
+        }
+    );
+
+    f.runner.process(finalize(id, 1)).await;
+    let batch = f.batch(id).await;
+    assert_eq!(
+        (
+            batch.status,
+            batch.processed_items,
+            batch.success_items,
+            batch.failed_items
+        ),
+        (BatchStatus::Completed, 4, 3, 1)
+    );
+    let summary_key = format!("batches/a1/{id}/round-001/results/summary.json");
+    assert_eq!(batch.results_key.as_deref(), Some(summary_key.as_str()));
+    let task = f
+        .world
+        .store
+        .get(&boss().agency, id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((task.status, task.error), (TaskStatus::Completed, None));
+}
+
+#[tokio::test]
+async fn a_round_whose_chunks_were_lost_counts_its_items_as_failed() {
+    let f = Fixture::new();
+    let id = f
+        .create(json!([1, {"fail": "bad"}, 3, {"fail": "bad"}]), json!({}))
+        .await;
+    f.runner.process(chunk(id, 0, 0)).await;
+    f.runner.process(chunk(id, 0, 1)).await;
+    f.runner.process(finalize(id, 0)).await;
+    f.services.batches.retry_failed(&boss(), id).await.unwrap();
+    // No chunk of round 1 reports.
+    f.runner.process(finalize(id, 1)).await;
+    let batch = f.batch(id).await;
+    assert_eq!(
+        (batch.success_items, batch.failed_items, batch.status),
+        (2, 2, BatchStatus::Failed)
+    );
+    assert_eq!(
+        batch.error.as_deref(),
+        Some("2 items failed, 2 of them in chunks that could not run")
+    );
+}
+
+#[tokio::test]
+async fn finalize_for_a_gone_batch_only_answers() {
+    let f = Fixture::new();
+    assert_eq!(
+        f.runner.process(finalize(TaskId::generate(), 0)).await,
+        Delivery::Ack
+    );
+    assert_eq!(f.answer("finalize-0"), succeeded(r#"{"status":"gone"}"#));
+}
+
+#[tokio::test]
+async fn finalize_of_a_settled_batch_or_another_round_only_answers() {
+    let f = Fixture::new();
+    let id = f.create(json!([1, 2]), json!({})).await;
+    f.runner.process(chunk(id, 0, 0)).await;
+    let before = f.batch(id).await;
+    // A finalize of a round that is not the batch's changes nothing.
+    f.runner.process(finalize(id, 3)).await;
+    assert_eq!(
+        f.answer("finalize-3"),
+        succeeded(r#"{"status":"finalized"}"#)
+    );
+    assert_eq!(f.batch(id).await, before);
+
+    f.runner.process(finalize(id, 0)).await;
+    let settled = f.batch(id).await;
+    assert_eq!(settled.status, BatchStatus::Completed);
+    let task = f
+        .world
+        .store
+        .get(&boss().agency, id)
+        .await
+        .unwrap()
+        .unwrap();
+    // Redelivered: the settled batch and its task stay as they are.
+    f.runner.process(finalize(id, 0)).await;
+    assert_eq!(f.batch(id).await, settled);
+    assert_eq!(
+        f.world
+            .store
+            .get(&boss().agency, id)
+            .await
+            .unwrap()
+            .unwrap(),
+        task
+    );
+    let finalized = f
+        .answers()
+        .iter()
+        .filter(|(t, _, _)| t == "finalize-0")
+        .count();
+    assert_eq!(finalized, 2);
+}
+
+#[tokio::test]
+async fn finalize_retries_when_the_batch_cannot_be_written() {
+    let f = Fixture::new();
+    let id = f.create(json!([1, 2]), json!({})).await;
+    f.runner.process(chunk(id, 0, 0)).await;
+    f.world
+        .batches
+        .refuse_next_put
+        .store(true, Ordering::SeqCst);
+    assert_eq!(
+        f.runner.process(finalize(id, 0)).await,
+        Delivery::RetryAfter(Duration::from_secs(5))
+    );
+    assert_eq!(
+        f.answer("finalize-0"),
+        None,
+        "the token waits for the retry"
+    );
+    assert_eq!(f.batch(id).await.status, BatchStatus::Processing);
+    assert_eq!(f.runner.process(finalize(id, 0)).await, Delivery::Ack);
+    assert_eq!(f.batch(id).await.status, BatchStatus::Completed);
+}
