@@ -1,4 +1,4 @@
-use super::{number, only_fields, ExecError, Executor, Job, Outcome};
+use super::{number, only_fields, ExecError, Executor, Job, Outcome, WorkUnit};
 use async_trait::async_trait;
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -8,8 +8,10 @@ const MAX_TIMEOUT_SECONDS: f64 = 60.0;
 /// Larger responses would not fit on the task item.
 const MAX_RESPONSE_BYTES: usize = 64 * 1024;
 
-/// POSTs `{"taskId", "attempt", "input"}` to `config.url`. 2xx: the response
-/// body is the result. 5xx, timeouts and connection errors are retried; 4xx are not.
+/// POSTs `{"taskId", "attempt", "input"}` to `config.url`, plus what part of the task runs:
+/// `dispatchId` for a whole task, `step` for a chain step, `itemIndex` for a batch item.
+/// 2xx: the response body is the result. 5xx, timeouts and connection errors are retried;
+/// 4xx are not.
 pub struct Http {
     client: reqwest::Client,
 }
@@ -44,6 +46,18 @@ fn settings(config: &Value) -> Result<(reqwest::Url, Duration), String> {
     Ok((url, Duration::from_secs_f64(timeout)))
 }
 
+/// The request body: the run's identity and its input.
+fn payload(job: &Job<'_>) -> Value {
+    let mut payload = json!({"taskId": job.task_id, "attempt": job.attempt, "input": job.input});
+    let (field, unit) = match job.unit {
+        WorkUnit::Task { dispatch_id } => ("dispatchId", json!(dispatch_id)),
+        WorkUnit::Step { name } => ("step", json!(name)),
+        WorkUnit::Item { index } => ("itemIndex", json!(index)),
+    };
+    payload[field] = unit;
+    payload
+}
+
 #[async_trait]
 impl Executor for Http {
     fn validate(&self, config: &Value) -> Result<(), String> {
@@ -52,7 +66,7 @@ impl Executor for Http {
 
     async fn run(&self, job: &Job<'_>) -> Result<Outcome, ExecError> {
         let (url, timeout) = settings(job.config).map_err(ExecError::Permanent)?;
-        let payload = json!({"taskId": job.task_id, "attempt": job.attempt, "input": job.input});
+        let payload = payload(job);
         let response = self
             .client
             .post(url.clone())
@@ -93,5 +107,31 @@ impl Executor for Http {
         let result = serde_json::from_slice(&body)
             .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into_owned()));
         Ok(Outcome::Done(result))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::TaskId;
+
+    #[test]
+    fn the_payload_names_the_unit_of_work() {
+        let task_id = TaskId::generate();
+        let input = json!({"n": 1});
+        let job = |unit| Job {
+            task_id,
+            unit,
+            config: &Value::Null,
+            input: &input,
+            attempt: 2,
+        };
+        let body = payload(&job(WorkUnit::Task { dispatch_id: "d-1" }));
+        assert_eq!(
+            body,
+            json!({"taskId": task_id, "attempt": 2, "input": {"n": 1}, "dispatchId": "d-1"})
+        );
+        assert_eq!(payload(&job(WorkUnit::Step { name: "sign" }))["step"], "sign");
+        assert_eq!(payload(&job(WorkUnit::Item { index: 7 }))["itemIndex"], 7);
     }
 }

@@ -33,10 +33,25 @@ pub enum ExecError {
 
 pub struct Job<'a> {
     pub task_id: TaskId,
+    /// Which part of the task this run is for.
+    pub unit: WorkUnit<'a>,
     pub config: &'a Value,
     pub input: &'a Value,
     /// 1 for the first run.
     pub attempt: u32,
+}
+
+/// The unit of work a run belongs to. The `http` executor sends it along, so a receiver can
+/// tell runs apart and make its effect idempotent (a redelivery of the same unit and attempt
+/// is the same effect).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum WorkUnit<'a> {
+    /// A whole task, dispatched with this id (a manual retry dispatches it anew).
+    Task { dispatch_id: &'a str },
+    /// One step of a chain.
+    Step { name: &'a str },
+    /// One item of a batch, by its index in the input.
+    Item { index: u64 },
 }
 
 #[async_trait]
@@ -160,6 +175,7 @@ mod tests {
         let input = json!({"a": [1, 2]});
         let job = Job {
             task_id: TaskId::generate(),
+            unit: WorkUnit::Task { dispatch_id: "d1" },
             config: &json!({}),
             input: &input,
             attempt: 1,
@@ -177,6 +193,7 @@ mod tests {
         let sleep = registry.resolve(&spec("sleep", config.clone())).unwrap();
         let job = |attempt| Job {
             task_id: TaskId::generate(),
+            unit: WorkUnit::Item { index: 0 },
             config: &config,
             input: &Value::Null,
             attempt,

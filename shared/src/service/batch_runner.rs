@@ -7,7 +7,7 @@ use crate::domain::{
     AgencyId, BatchMessage, BatchStatus, ChunkCounts, ChunkItem, ItemFailure, TaskId, TaskStatus,
 };
 use crate::error::AppError;
-use crate::executors::{ExecutorRegistry, Job, Outcome};
+use crate::executors::{ExecutorRegistry, Job, Outcome, WorkUnit};
 use crate::ports::{BatchStore, ObjectStore, Orchestrator, TaskStore};
 use crate::service::Delivery;
 use chrono::Utc;
@@ -130,6 +130,7 @@ impl BatchRunner {
                 async move {
                     let job = Job {
                         task_id: id,
+                        unit: WorkUnit::Item { index: item.index },
                         config: &config,
                         input: &item.item,
                         attempt: round + 1,

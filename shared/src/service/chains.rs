@@ -8,7 +8,7 @@ use crate::domain::{
     AgencyId, ChainMessage, OnFailure, StepConfig, StepStatus, Task, TaskId, TaskStatus, TaskStep,
 };
 use crate::error::AppError;
-use crate::executors::{ExecError, ExecutorRegistry, Job, Outcome};
+use crate::executors::{ExecError, ExecutorRegistry, Job, Outcome, WorkUnit};
 use crate::ports::{Orchestrator, TaskStore};
 use crate::service::Delivery;
 use chrono::Utc;
@@ -215,6 +215,7 @@ impl ChainRunner {
         let input = config.input.clone().unwrap_or(Value::Null);
         let job = Job {
             task_id: task.id,
+            unit: WorkUnit::Step { name: &step.name },
             config: &config.executor.config,
             input: &input,
             attempt: step.attempts,

@@ -5,7 +5,7 @@
 
 use crate::domain::{DispatchMessage, Priority, Task, TaskStatus};
 use crate::error::AppError;
-use crate::executors::{ExecError, ExecutorRegistry, Job, Outcome};
+use crate::executors::{ExecError, ExecutorRegistry, Job, Outcome, WorkUnit};
 use crate::ports::TaskStore;
 use chrono::{DateTime, Utc};
 use std::sync::Arc;
@@ -124,7 +124,7 @@ impl TaskRunner {
                 policy.max_attempts
             )))
         } else {
-            self.run(&task).await
+            self.run(&task, &message.dispatch_id).await
         };
         let run_ms = started.elapsed().as_millis() as u64;
         let claimed_version = task.version;
@@ -180,7 +180,7 @@ impl TaskRunner {
         Ok((delivery, Some(report)))
     }
 
-    async fn run(&self, task: &Task) -> Result<Outcome, ExecError> {
+    async fn run(&self, task: &Task, dispatch_id: &str) -> Result<Outcome, ExecError> {
         let Some(spec) = &task.executor else {
             return Err(ExecError::Permanent("task has no executor".into()));
         };
@@ -188,6 +188,7 @@ impl TaskRunner {
         let input = task.input.clone().unwrap_or(serde_json::Value::Null);
         let job = Job {
             task_id: task.id,
+            unit: WorkUnit::Task { dispatch_id },
             config: &spec.config,
             input: &input,
             attempt: task.attempts,
