@@ -217,7 +217,13 @@ pub trait SchedulingIndex: Send + Sync {
         at: DateTime<Utc>,
     ) -> Result<(), AppError>;
 
-    async fn breaches_since(&self, tier: Priority, since: DateTime<Utc>) -> Result<u64, AppError>;
+    /// Breaches recorded from `from` up to and including `until`.
+    async fn breaches_between(
+        &self,
+        tier: Priority,
+        from: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> Result<u64, AppError>;
 }
 
 /// The Step Functions side of chains: start and stop executions, and answer

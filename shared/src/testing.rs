@@ -433,8 +433,15 @@ impl crate::ports::AgentStore for MemoryAgents {
 #[derive(Debug)]
 pub struct MemoryIndex {
     pub store: std::sync::Arc<MemoryStore>,
-    pub breaches: Mutex<Vec<(crate::domain::Priority, TaskId)>>,
+    pub breaches: Mutex<Vec<BreachRecord>>,
 }
+
+/// A recorded SLA breach: tier, task, when.
+pub type BreachRecord = (
+    crate::domain::Priority,
+    TaskId,
+    chrono::DateTime<chrono::Utc>,
+);
 
 #[async_trait]
 impl crate::ports::SchedulingIndex for MemoryIndex {
@@ -490,22 +497,26 @@ impl crate::ports::SchedulingIndex for MemoryIndex {
         &self,
         tier: crate::domain::Priority,
         task: &crate::ports::WaitingTask,
-        _at: chrono::DateTime<chrono::Utc>,
+        at: chrono::DateTime<chrono::Utc>,
     ) -> Result<(), AppError> {
         self.breaches
             .lock()
             .expect("not poisoned")
-            .push((tier, task.id));
+            .push((tier, task.id, at));
         Ok(())
     }
 
-    async fn breaches_since(
+    async fn breaches_between(
         &self,
         tier: crate::domain::Priority,
-        _since: chrono::DateTime<chrono::Utc>,
+        from: chrono::DateTime<chrono::Utc>,
+        until: chrono::DateTime<chrono::Utc>,
     ) -> Result<u64, AppError> {
         let breaches = self.breaches.lock().expect("not poisoned");
-        Ok(breaches.iter().filter(|(t, _)| *t == tier).count() as u64)
+        Ok(breaches
+            .iter()
+            .filter(|(t, _, at)| *t == tier && (from..=until).contains(at))
+            .count() as u64)
     }
 }
 

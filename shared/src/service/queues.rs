@@ -3,7 +3,7 @@
 use crate::domain::Priority;
 use crate::error::AppError;
 use crate::ports::{Dispatcher, SchedulingIndex};
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 use std::sync::Arc;
 
@@ -31,7 +31,11 @@ pub struct QueueOverview {
 
 impl QueueOverview {
     pub async fn tiers(&self) -> Result<Vec<TierStats>, AppError> {
-        let now = Utc::now();
+        self.tiers_at(Utc::now()).await
+    }
+
+    /// The overview as of `now`: waits and the breach window are measured from it.
+    pub async fn tiers_at(&self, now: DateTime<Utc>) -> Result<Vec<TierStats>, AppError> {
         let mut stats = Vec::new();
         for tier in Priority::ALL {
             let depth = self.dispatcher.depth(*tier).await?;
@@ -49,7 +53,7 @@ impl QueueOverview {
                 sla_seconds: tier.sla().map(|d| d.as_secs()),
                 breaches_last_hour: self
                     .index
-                    .breaches_since(*tier, now - chrono::Duration::hours(1))
+                    .breaches_between(*tier, now - chrono::Duration::hours(1), now)
                     .await?,
             });
         }

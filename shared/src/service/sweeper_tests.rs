@@ -78,6 +78,42 @@ async fn work_past_its_sla_is_recorded_once_and_critical_work_is_redispatched() 
 }
 
 #[tokio::test]
+async fn breaches_count_only_inside_the_last_hour() {
+    let world = MemoryWorld::new();
+    create(&world, json!({"title": "t", "priority": "critical", "autoDispatch": true, "executor": {"type": "echo"}})).await;
+    let breached_at = Utc::now() + Duration::minutes(2);
+    let report = world.services().sweeper.sweep(breached_at).await.unwrap();
+    assert_eq!(report.breaches, 1);
+    let queues = world.services().queues;
+    let critical_breaches = |now| {
+        let queues = queues.clone();
+        async move {
+            let tiers = queues.tiers_at(now).await.unwrap();
+            tiers
+                .into_iter()
+                .find(|t| t.tier == Priority::Critical)
+                .unwrap()
+                .breaches_last_hour
+        }
+    };
+    assert_eq!(critical_breaches(breached_at).await, 1, "at the breach");
+    assert_eq!(
+        critical_breaches(breached_at + Duration::minutes(59)).await,
+        1
+    );
+    assert_eq!(
+        critical_breaches(breached_at + Duration::minutes(61)).await,
+        0,
+        "an hour later it has left the window"
+    );
+    assert_eq!(
+        critical_breaches(breached_at - Duration::seconds(1)).await,
+        0,
+        "before it happened it is not in the window"
+    );
+}
+
+#[tokio::test]
 async fn tasks_due_soon_are_escalated_and_overdue_ones_become_critical() {
     let world = MemoryWorld::new();
     let now = Utc::now();

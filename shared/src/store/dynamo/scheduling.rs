@@ -124,7 +124,15 @@ impl SchedulingIndex for DynamoSchedulingIndex {
         Ok(())
     }
 
-    async fn breaches_since(&self, tier: Priority, since: DateTime<Utc>) -> Result<u64, AppError> {
+    async fn breaches_between(
+        &self,
+        tier: Priority,
+        from: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> Result<u64, AppError> {
+        // Sort keys are `<time>#<agency>#<task>`: '$' sorts after '#', so every breach recorded
+        // at `until` itself is inside the range.
+        let upper = format!("{}$", keys::sortable_time(until));
         let mut total = 0u64;
         let mut start = None;
         loop {
@@ -132,9 +140,10 @@ impl SchedulingIndex for DynamoSchedulingIndex {
                 .client
                 .query()
                 .table_name(&self.table)
-                .key_condition_expression("PK = :p AND SK >= :since")
+                .key_condition_expression("PK = :p AND SK BETWEEN :from AND :until")
                 .expression_attribute_values(":p", s(keys::breach_pk(tier)))
-                .expression_attribute_values(":since", s(keys::sortable_time(since)))
+                .expression_attribute_values(":from", s(keys::sortable_time(from)))
+                .expression_attribute_values(":until", s(upper.clone()))
                 .select(Select::Count)
                 .set_exclusive_start_key(start)
                 .send()
