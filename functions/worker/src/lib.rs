@@ -3,6 +3,7 @@
 //! here, and only records that must come back are reported as batch failures.
 
 mod metrics;
+pub mod queue;
 
 use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent, SqsMessage};
 use shared::aws::AwsClients;
@@ -11,23 +12,32 @@ use shared::domain::{BatchMessage, ChainMessage};
 use shared::service::{BatchRunner, ChainRunner, Delivery, TaskRunner};
 use shared::services::Services;
 use shared::AppError;
+use std::sync::Arc;
+
+pub use queue::{QueueActions, SqsQueue};
 
 pub struct Worker {
     runner: TaskRunner,
     chains: ChainRunner,
     batches: BatchRunner,
-    sqs: aws_sdk_sqs::Client,
+    queue: Arc<dyn QueueActions>,
     config: Config,
 }
 
 impl Worker {
     pub fn new(config: Config, clients: &AwsClients) -> Self {
         let services = Services::new(&config, clients);
+        let queue = Arc::new(SqsQueue::new(clients.sqs.clone()));
+        Self::from_parts(config, services, queue)
+    }
+
+    /// A worker over any services and queue adapter (tests use in-memory ones).
+    pub fn from_parts(config: Config, services: Services, queue: Arc<dyn QueueActions>) -> Self {
         Self {
             runner: services.runner,
             chains: services.chains,
             batches: services.batch_runner,
-            sqs: clients.sqs.clone(),
+            queue,
             config,
         }
     }
@@ -81,16 +91,12 @@ impl Worker {
                 if let Some(receipt) = &record.receipt_handle {
                     let visibility = delay.as_secs().clamp(0, 43_200) as i32;
                     if let Err(err) = self
-                        .sqs
-                        .change_message_visibility()
-                        .queue_url(self.source_queue_url(record))
-                        .receipt_handle(receipt)
-                        .visibility_timeout(visibility)
-                        .send()
+                        .queue
+                        .change_visibility(&self.source_queue_url(record), receipt, visibility)
                         .await
                     {
                         // The queue's own visibility timeout applies instead.
-                        tracing::warn!(error = ?err, "could not set the retry delay");
+                        tracing::warn!(error = %err, "could not set the retry delay");
                     }
                 }
                 true
@@ -110,41 +116,26 @@ impl Worker {
         let Some(dlq) = self.config.dlq_urls.get(&tier) else {
             return false;
         };
-        let attribute = |value: &str| {
-            aws_sdk_sqs::types::MessageAttributeValue::builder()
-                .data_type("String")
-                .string_value(value)
-                .build()
-                .ok()
-        };
         let excerpt: String = error.chars().take(1000).collect();
-        let sent = self
-            .sqs
-            .send_message()
-            .queue_url(dlq)
-            .message_body(body)
-            .set_message_attributes(Some(
-                [
-                    ("error", attribute(&excerpt)),
-                    ("failedAt", attribute(&chrono::Utc::now().to_rfc3339())),
-                    (
-                        "sourceQueue",
-                        attribute(record.event_source_arn.as_deref().unwrap_or("unknown")),
-                    ),
-                ]
-                .into_iter()
-                .filter_map(|(k, v)| Some((k.to_owned(), v?)))
-                .collect(),
-            ))
-            .send()
-            .await;
+        let attributes = [
+            ("error", excerpt.clone()),
+            ("failedAt", chrono::Utc::now().to_rfc3339()),
+            (
+                "sourceQueue",
+                record
+                    .event_source_arn
+                    .clone()
+                    .unwrap_or_else(|| "unknown".to_owned()),
+            ),
+        ];
+        let sent = self.queue.send(dlq, body, &attributes).await;
         match sent {
             Ok(_) => {
                 tracing::warn!(%tier, error = %excerpt, "message moved to the dead-letter queue");
                 true
             }
             Err(err) => {
-                tracing::error!(error = ?err, "could not dead-letter a message; it stays on its queue");
+                tracing::error!(error = %err, "could not dead-letter a message; it stays on its queue");
                 false
             }
         }
@@ -159,3 +150,7 @@ impl Worker {
             .unwrap_or_default()
     }
 }
+
+#[cfg(test)]
+#[path = "lib_tests.rs"]
+mod tests;

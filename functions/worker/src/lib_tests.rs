@@ -1,0 +1,380 @@
+//! The worker's SQS side, against the in-memory ports and a recording queue: which
+//! runner a body goes to, which records come back, retry delays and dead letters.
+
+use super::{QueueActions, Worker};
+use async_trait::async_trait;
+use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
+use serde_json::{json, Value};
+use shared::config::Config;
+use shared::domain::{
+    AgencyId, BatchMessage, Caller, ChainMessage, DispatchMessage, Priority, Role, TaskId,
+    TaskStatus, UserId,
+};
+use shared::executors::{ExecError, Executor, ExecutorRegistry, Job, Outcome};
+use shared::ports::TaskStore;
+use shared::testing::MemoryWorld;
+use shared::AppError;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// (queue URL, receipt handle, seconds)
+type VisibilityCall = (String, String, i32);
+/// (queue URL, body, attributes)
+type SentMessage = (String, String, BTreeMap<String, String>);
+
+/// Records the queue actions instead of calling SQS.
+#[derive(Default)]
+struct RecordingQueue {
+    visibility: Mutex<Vec<VisibilityCall>>,
+    sent: Mutex<Vec<SentMessage>>,
+    refuse_visibility: AtomicBool,
+    refuse_sends: AtomicBool,
+}
+
+#[async_trait]
+impl QueueActions for RecordingQueue {
+    async fn change_visibility(
+        &self,
+        queue_url: &str,
+        receipt_handle: &str,
+        seconds: i32,
+    ) -> Result<(), AppError> {
+        if self.refuse_visibility.load(Ordering::SeqCst) {
+            return Err(AppError::Unavailable("sqs:ChangeMessageVisibility".into()));
+        }
+        self.visibility
+            .lock()
+            .unwrap()
+            .push((queue_url.into(), receipt_handle.into(), seconds));
+        Ok(())
+    }
+
+    async fn send(
+        &self,
+        queue_url: &str,
+        body: &str,
+        attributes: &[(&str, String)],
+    ) -> Result<(), AppError> {
+        if self.refuse_sends.load(Ordering::SeqCst) {
+            return Err(AppError::Unavailable("sqs:SendMessage".into()));
+        }
+        let attributes = attributes
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), v.clone()))
+            .collect();
+        self.sent
+            .lock()
+            .unwrap()
+            .push((queue_url.into(), body.into(), attributes));
+        Ok(())
+    }
+}
+
+/// Fails for good with a long error: 1,500 two-byte characters.
+struct Grumpy;
+
+#[async_trait]
+impl Executor for Grumpy {
+    fn validate(&self, _config: &Value) -> Result<(), String> {
+        Ok(())
+    }
+    async fn run(&self, _job: &Job<'_>) -> Result<Outcome, ExecError> {
+        Err(ExecError::Permanent("é".repeat(1500)))
+    }
+}
+
+fn executors() -> ExecutorRegistry {
+    let mut executors = ExecutorRegistry::builtin();
+    executors.register("grumpy", Arc::new(Grumpy));
+    executors
+}
+
+fn boss() -> Caller {
+    Caller {
+        user: UserId::parse("boss").unwrap(),
+        agency: AgencyId::parse("a1").unwrap(),
+        role: Role::Manager,
+    }
+}
+
+fn queue_url(tier: Priority) -> String {
+    format!("https://sqs.us-east-1.amazonaws.com/123456789012/taskflow-{tier}")
+}
+
+fn dlq_url(tier: Priority) -> String {
+    format!("{}-dlq", queue_url(tier))
+}
+
+fn arn(tier: Priority) -> String {
+    format!("arn:aws:sqs:us-east-1:123456789012:taskflow-{tier}")
+}
+
+fn config() -> Config {
+    Config::from_lookup(|key| {
+        let tier = |name: &str| name.to_ascii_lowercase().parse::<Priority>().unwrap();
+        if let Some(name) = key.strip_prefix("QUEUE_URL_") {
+            return Some(queue_url(tier(name)));
+        }
+        if let Some(name) = key.strip_prefix("DLQ_URL_") {
+            return Some(dlq_url(tier(name)));
+        }
+        match key {
+            "LEASE_SECONDS" | "AGING_FRACTION" => None,
+            other => Some(format!("memory://{other}")),
+        }
+    })
+    .unwrap()
+}
+
+struct Fixture {
+    world: MemoryWorld,
+    queue: Arc<RecordingQueue>,
+    worker: Worker,
+}
+
+impl Fixture {
+    fn new() -> Self {
+        let world = MemoryWorld::new();
+        let queue = Arc::new(RecordingQueue::default());
+        let worker = Worker::from_parts(config(), world.services_with(executors()), queue.clone());
+        Self {
+            world,
+            queue,
+            worker,
+        }
+    }
+
+    /// An auto-dispatched task and its queue message.
+    async fn dispatched(&self, executor: &str) -> (TaskId, DispatchMessage) {
+        let body = json!({"title": "t", "priority": "high", "autoDispatch": true,
+            "executor": {"type": executor}});
+        let created = self
+            .world
+            .services_with(executors())
+            .tasks
+            .create(&boss(), &body, None)
+            .await
+            .unwrap();
+        let id = TaskId::parse(created.task["id"].as_str().unwrap()).unwrap();
+        let message = self.world.dispatcher.sent.lock().unwrap().pop().unwrap();
+        (id, message)
+    }
+
+    async fn status(&self, id: TaskId) -> TaskStatus {
+        self.world
+            .store
+            .get(&boss().agency, id)
+            .await
+            .unwrap()
+            .unwrap()
+            .status
+    }
+
+    async fn handle(&self, records: Vec<Value>) -> Vec<String> {
+        let event: SqsEvent = serde_json::from_value(json!({ "Records": records })).unwrap();
+        let response: SqsBatchResponse = self.worker.handle_batch(event).await;
+        response
+            .batch_item_failures
+            .into_iter()
+            .map(|f| f.item_identifier)
+            .collect()
+    }
+
+    fn visibility(&self) -> Vec<VisibilityCall> {
+        self.queue.visibility.lock().unwrap().clone()
+    }
+
+    fn sent(&self) -> Vec<SentMessage> {
+        self.queue.sent.lock().unwrap().clone()
+    }
+}
+
+fn record(id: &str, body: &str, tier: Priority) -> Value {
+    json!({
+        "messageId": id,
+        "receiptHandle": format!("receipt-{id}"),
+        "body": body,
+        "eventSource": "aws:sqs",
+        "eventSourceARN": arn(tier),
+    })
+}
+
+fn text(value: &impl serde::Serialize) -> String {
+    serde_json::to_string(value).unwrap()
+}
+
+#[tokio::test]
+async fn task_chain_and_batch_bodies_go_to_their_runners() {
+    let f = Fixture::new();
+    let (id, dispatch) = f.dispatched("echo").await;
+    let step = ChainMessage::Step {
+        task_id: TaskId::generate(),
+        agency_id: boss().agency,
+        step: "s".into(),
+        task_token: "step-token".into(),
+    };
+    let finalize = BatchMessage::BatchFinalize {
+        batch_id: TaskId::generate(),
+        agency_id: boss().agency,
+        round: 0,
+        task_token: "batch-token".into(),
+    };
+    let failures = f
+        .handle(vec![
+            record("task", &text(&dispatch), Priority::High),
+            record("step", &text(&step), Priority::High),
+            record("batch", &text(&finalize), Priority::High),
+        ])
+        .await;
+    assert!(failures.is_empty(), "{failures:?}");
+    assert_eq!(f.status(id).await, TaskStatus::Completed);
+    let answers = f.world.orchestrator.answers.lock().unwrap().clone();
+    assert_eq!(
+        answers,
+        vec![
+            (
+                "step-token".to_owned(),
+                "Taskflow.Permanent".to_owned(),
+                "the task or step no longer exists".to_owned()
+            ),
+            (
+                "batch-token".to_owned(),
+                "success".to_owned(),
+                r#"{"status":"gone"}"#.to_owned()
+            ),
+        ]
+    );
+    assert!(f.sent().is_empty() && f.visibility().is_empty());
+}
+
+#[tokio::test]
+async fn only_records_that_must_come_back_are_reported() {
+    let f = Fixture::new();
+    let (_, mut stale) = f.dispatched("echo").await;
+    stale.dispatch_id = "superseded".into();
+    let (held, leased) = f.dispatched("echo").await;
+    let mut task = f
+        .world
+        .store
+        .get(&boss().agency, held)
+        .await
+        .unwrap()
+        .unwrap();
+    let read = task.version;
+    task.status = TaskStatus::InProgress;
+    task.lease_expires_at = Some(chrono::Utc::now() + chrono::Duration::seconds(20));
+    task.version += 1;
+    f.world.store.replace(&task, read).await.unwrap();
+    let mut no_receipt = record("no-receipt", &text(&leased), Priority::High);
+    no_receipt["receiptHandle"] = Value::Null;
+    let mut no_id = record("x", &text(&leased), Priority::High);
+    no_id["messageId"] = Value::Null;
+
+    let failures = f
+        .handle(vec![
+            record("acked", &text(&stale), Priority::High),
+            record("leased", &text(&leased), Priority::High),
+            record("dead", "not a message", Priority::High),
+            no_receipt,
+            no_id,
+        ])
+        .await;
+    assert_eq!(failures, ["leased", "no-receipt"]);
+    // The kept record returns when the other worker's lease ends.
+    let visibility = f.visibility();
+    assert_eq!(visibility.len(), 2, "{visibility:?}");
+    let (url, receipt, seconds) = &visibility[0];
+    assert_eq!(
+        (url.as_str(), receipt.as_str()),
+        (queue_url(Priority::High).as_str(), "receipt-leased")
+    );
+    assert!((20..=21).contains(seconds), "{seconds}");
+    assert_eq!(f.sent().len(), 1, "the malformed one was dead-lettered");
+}
+
+#[tokio::test]
+async fn a_retry_delay_is_clamped_to_the_sqs_maximum_of_twelve_hours() {
+    let f = Fixture::new();
+    let (id, message) = f.dispatched("echo").await;
+    let mut task = f
+        .world
+        .store
+        .get(&boss().agency, id)
+        .await
+        .unwrap()
+        .unwrap();
+    let read = task.version;
+    task.status = TaskStatus::InProgress;
+    task.lease_expires_at = Some(chrono::Utc::now() + chrono::Duration::hours(20));
+    task.version += 1;
+    f.world.store.replace(&task, read).await.unwrap();
+    let failures = f
+        .handle(vec![record("m", &text(&message), Priority::Normal)])
+        .await;
+    assert_eq!(failures, ["m"]);
+    assert_eq!(
+        f.visibility(),
+        [(queue_url(Priority::Normal), "receipt-m".to_owned(), 43_200)]
+    );
+
+    // When the delay cannot be set, the message still comes back (after the queue's own timeout).
+    f.queue.refuse_visibility.store(true, Ordering::SeqCst);
+    let failures = f
+        .handle(vec![record("m", &text(&message), Priority::Normal)])
+        .await;
+    assert_eq!(failures, ["m"]);
+}
+
+#[tokio::test]
+async fn a_dead_letter_carries_the_body_an_error_excerpt_the_time_and_the_source() {
+    let f = Fixture::new();
+    let (id, message) = f.dispatched("grumpy").await;
+    let body = text(&message);
+    let before = chrono::Utc::now();
+    let failures = f.handle(vec![record("m", &body, Priority::Low)]).await;
+    let after = chrono::Utc::now();
+    assert!(failures.is_empty(), "moved, so not kept: {failures:?}");
+    assert_eq!(f.status(id).await, TaskStatus::Failed);
+
+    let sent = f.sent();
+    assert_eq!(sent.len(), 1);
+    let (url, sent_body, attributes) = &sent[0];
+    assert_eq!(
+        url,
+        &dlq_url(Priority::Low),
+        "the DLQ of the queue it came from"
+    );
+    assert_eq!(sent_body, &body);
+    assert_eq!(
+        attributes.keys().collect::<Vec<_>>(),
+        ["error", "failedAt", "sourceQueue"]
+    );
+    assert_eq!(attributes["error"], "é".repeat(1000), "1,000 characters");
+    let failed_at = chrono::DateTime::parse_from_rfc3339(&attributes["failedAt"]).unwrap();
+    assert!(before <= failed_at && failed_at <= after, "{failed_at}");
+    assert_eq!(attributes["sourceQueue"], arn(Priority::Low));
+}
+
+#[tokio::test]
+async fn a_record_without_a_source_goes_to_the_default_tiers_dlq() {
+    let f = Fixture::new();
+    let mut orphan = record("m", "not a message", Priority::Low);
+    orphan["eventSourceARN"] = Value::Null;
+    assert!(f.handle(vec![orphan]).await.is_empty());
+    let sent = f.sent();
+    assert_eq!(sent[0].0, dlq_url(Priority::default()));
+    assert_eq!(sent[0].2["sourceQueue"], "unknown");
+    assert!(sent[0].2["error"].starts_with("malformed dispatch message"));
+}
+
+#[tokio::test]
+async fn a_message_that_cannot_be_dead_lettered_stays_on_its_queue() {
+    let f = Fixture::new();
+    f.queue.refuse_sends.store(true, Ordering::SeqCst);
+    let failures = f
+        .handle(vec![record("m", "not a message", Priority::Critical)])
+        .await;
+    assert_eq!(failures, ["m"]);
+    assert!(f.sent().is_empty());
+}

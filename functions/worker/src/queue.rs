@@ -1,0 +1,86 @@
+//! The two queue actions the worker takes itself, behind a port so its decisions can be
+//! tested without SQS: setting a kept message's retry delay, and copying a message to a
+//! dead-letter queue. `SqsQueue` is the production adapter.
+
+use async_trait::async_trait;
+use aws_sdk_sqs::error::DisplayErrorContext;
+use aws_sdk_sqs::types::MessageAttributeValue;
+use shared::AppError;
+
+#[async_trait]
+pub trait QueueActions: Send + Sync {
+    /// Makes a received message visible again `seconds` from now (ChangeMessageVisibility).
+    async fn change_visibility(
+        &self,
+        queue_url: &str,
+        receipt_handle: &str,
+        seconds: i32,
+    ) -> Result<(), AppError>;
+
+    /// Sends `body` to a queue with these string message attributes (SendMessage).
+    async fn send(
+        &self,
+        queue_url: &str,
+        body: &str,
+        attributes: &[(&str, String)],
+    ) -> Result<(), AppError>;
+}
+
+/// `QueueActions` on Amazon SQS.
+pub struct SqsQueue {
+    client: aws_sdk_sqs::Client,
+}
+
+impl SqsQueue {
+    pub fn new(client: aws_sdk_sqs::Client) -> Self {
+        Self { client }
+    }
+}
+
+#[async_trait]
+impl QueueActions for SqsQueue {
+    async fn change_visibility(
+        &self,
+        queue_url: &str,
+        receipt_handle: &str,
+        seconds: i32,
+    ) -> Result<(), AppError> {
+        self.client
+            .change_message_visibility()
+            .queue_url(queue_url)
+            .receipt_handle(receipt_handle)
+            .visibility_timeout(seconds)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|err| AppError::Unavailable(DisplayErrorContext(err).to_string()))
+    }
+
+    async fn send(
+        &self,
+        queue_url: &str,
+        body: &str,
+        attributes: &[(&str, String)],
+    ) -> Result<(), AppError> {
+        let attributes = attributes
+            .iter()
+            .filter_map(|(name, value)| {
+                let value = MessageAttributeValue::builder()
+                    .data_type("String")
+                    .string_value(value)
+                    .build()
+                    .ok()?;
+                Some(((*name).to_owned(), value))
+            })
+            .collect();
+        self.client
+            .send_message()
+            .queue_url(queue_url)
+            .message_body(body)
+            .set_message_attributes(Some(attributes))
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|err| AppError::Unavailable(DisplayErrorContext(err).to_string()))
+    }
+}
