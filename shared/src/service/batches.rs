@@ -274,12 +274,10 @@ impl BatchService {
         self.batches.create(&task, &batch, None).await?;
         let batch = match self.launch(batch.clone(), &items).await {
             Ok(batch) => batch,
-            Err(RoundError::NotStarted(err)) => {
+            Err(err) => {
                 self.record_start_failure(batch, &err).await;
                 return Err(err);
             }
-            // It runs; its finalizer records the outcome.
-            Err(RoundError::NotRecorded(err)) => return Err(err),
         };
         self.view(batch).await
     }
@@ -479,7 +477,7 @@ impl BatchService {
     }
 
     /// Writes the chunks and the manifest, then starts the Distributed Map.
-    async fn launch(&self, mut batch: BatchJob, items: &[Value]) -> Result<BatchJob, RoundError> {
+    async fn launch(&self, mut batch: BatchJob, items: &[Value]) -> Result<BatchJob, AppError> {
         let indexed: Vec<ChunkItem> = items
             .iter()
             .enumerate()
@@ -488,35 +486,61 @@ impl BatchService {
                 item: item.clone(),
             })
             .collect();
-        self.run_round(&mut batch, &indexed).await?;
+        let before = batch.clone();
+        self.run_round(&mut batch, &before, &indexed).await?;
         Ok(batch)
     }
 
-    /// Starts a round, then records it on the batch as processing.
-    async fn run_round(&self, batch: &mut BatchJob, items: &[ChunkItem]) -> Result<(), RoundError> {
-        let started = self
-            .start_round(batch, items)
-            .await
-            .map_err(RoundError::NotStarted)?;
+    /// Writes the round's chunks and manifest, records the batch as processing under the
+    /// execution it is about to start, then starts it. Recorded first, so a chunk can never
+    /// find its batch anything but processing (it would refuse to run, and the batch would
+    /// never end). If the start fails, the batch is put back as `before` the round: nothing
+    /// ran, and a redelivered upload or a new retry starts it afresh.
+    async fn run_round(
+        &self,
+        batch: &mut BatchJob,
+        before: &BatchJob,
+        items: &[ChunkItem],
+    ) -> Result<(), AppError> {        let (manifest_key, chunk_count) = self.write_round(batch, items).await?;
+        let name = format!("{}-r{}", batch.id, batch.round);
         batch.status = BatchStatus::Processing;
-        batch.chunk_count = started.chunk_count;
-        batch.manifest_key = Some(started.manifest_key);
-        batch.execution_arn = Some(started.execution_arn);
+        batch.chunk_count = chunk_count;
+        batch.manifest_key = Some(manifest_key.clone());
+        batch.execution_arn = Some(self.orchestrator.execution_arn(&name));
         batch.started_at.get_or_insert(Utc::now());
         batch.completed_at = None;
         batch.error = None;
-        self.batches
-            .put(batch)
-            .await
-            .map_err(RoundError::NotRecorded)
+        self.batches.put(batch).await?;
+        let queue_url = self
+            .dispatcher
+            .queue_url(batch.priority)
+            .ok_or_else(|| AppError::internal(format!("no queue for tier {}", batch.priority)))?;
+        let input = json!({
+            "batchId": batch.id,
+            "agencyId": batch.agency_id,
+            "round": batch.round,
+            "bucket": self.objects.bucket(),
+            "manifestKey": manifest_key,
+            "queueUrl": queue_url,
+            "parallelism": batch.parallelism,
+        });
+        if let Err(err) = self.orchestrator.start(&name, &input).await {
+            if let Err(put_back) = self.batches.put(before).await {
+                tracing::error!(batch = %batch.id, error = %put_back, start_error = %err, "the round could not start, and the batch could not be put back; it shows processing with no execution");
+            }
+            *batch = before.clone();
+            return Err(err);
+        }
+        Ok(())
     }
 
-    /// Writes the round's chunks and manifest and starts its execution.
-    async fn start_round(
+    /// Writes the round's chunks and its manifest; returns the manifest's key and the number
+    /// of chunks.
+    async fn write_round(
         &self,
         batch: &BatchJob,
         items: &[ChunkItem],
-    ) -> Result<StartedRound, AppError> {
+    ) -> Result<(String, u32), AppError> {
         let prefix = format!(
             "batches/{}/{}/round-{:03}",
             batch.agency_id, batch.id, batch.round
@@ -541,28 +565,7 @@ impl BatchService {
                 "application/json",
             )
             .await?;
-        let queue_url = self
-            .dispatcher
-            .queue_url(batch.priority)
-            .ok_or_else(|| AppError::internal(format!("no queue for tier {}", batch.priority)))?;
-        let input = json!({
-            "batchId": batch.id,
-            "agencyId": batch.agency_id,
-            "round": batch.round,
-            "bucket": self.objects.bucket(),
-            "manifestKey": manifest_key,
-            "queueUrl": queue_url,
-            "parallelism": batch.parallelism,
-        });
-        let execution_arn = self
-            .orchestrator
-            .start(&format!("{}-r{}", batch.id, batch.round), &input)
-            .await?;
-        Ok(StartedRound {
-            execution_arn,
-            manifest_key,
-            chunk_count: manifest.len() as u32,
-        })
+        Ok((manifest_key, manifest.len() as u32))
     }
 
     pub async fn get(&self, caller: &Caller, id: TaskId) -> Result<BatchView, AppError> {
@@ -674,10 +677,11 @@ impl BatchService {
             ));
         }
         let items = self.load_items(&batch, &failed_indexes).await?;
+        let before = batch.clone();
         batch.round += 1;
         batch.failed_items = items.len() as u64;
         batch.results_key = None;
-        self.run_round(&mut batch, &items).await?;
+        self.run_round(&mut batch, &before, &items).await?;
         self.view(batch).await
     }
 
@@ -708,29 +712,6 @@ impl BatchService {
             );
         }
         Ok(items)
-    }
-}
-
-/// A round's execution, started.
-struct StartedRound {
-    execution_arn: String,
-    manifest_key: String,
-    chunk_count: u32,
-}
-
-/// Why a batch round did not get going.
-enum RoundError {
-    /// Nothing runs: the chunks, the manifest or the execution could not be started.
-    NotStarted(AppError),
-    /// The execution runs, but marking the batch as processing failed.
-    NotRecorded(AppError),
-}
-
-impl From<RoundError> for AppError {
-    fn from(err: RoundError) -> AppError {
-        match err {
-            RoundError::NotStarted(err) | RoundError::NotRecorded(err) => err,
-        }
     }
 }
 

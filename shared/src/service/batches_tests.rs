@@ -1,7 +1,7 @@
 //! Batch starts that fail, against the in-memory ports: nothing is left pending.
 
 use crate::domain::{AgencyId, BatchStatus, Caller, Role, TaskId, TaskStatus, UserId};
-use crate::ports::{BatchStore, ObjectStore, TaskStore};
+use crate::ports::{BatchStore, ObjectStore, Orchestrator, TaskStore};
 use crate::testing::MemoryWorld;
 use serde_json::json;
 use std::sync::atomic::Ordering;
@@ -48,10 +48,11 @@ async fn a_batch_that_cannot_start_is_failed_with_the_reason() {
     assert!(retry.to_string().contains("never ran"), "{retry}");
 }
 
-/// The execution started but marking the batch processing failed: it runs, so it must not
-/// be recorded as a batch that could not start.
+/// The batch is recorded as processing before its execution starts: when that write fails,
+/// nothing is started (a started execution would find its batch pending, and every chunk would
+/// refuse to run), and the batch is failed with the reason.
 #[tokio::test]
-async fn a_started_batch_whose_record_failed_is_not_marked_failed() {
+async fn a_batch_whose_processing_mark_fails_never_starts() {
     let world = MemoryWorld::new();
     let batches = world.services().batches;
     world.batches.refuse_next_put.store(true, Ordering::SeqCst);
@@ -60,20 +61,88 @@ async fn a_started_batch_whose_record_failed_is_not_marked_failed() {
         .await
         .unwrap_err();
     assert_eq!(err.status_code(), 503);
-    assert_eq!(world.orchestrator.started.lock().unwrap().len(), 1);
+    assert!(world.orchestrator.started.lock().unwrap().is_empty());
     let task = world.store.all_tasks().pop().expect("the batch's task");
-    assert_eq!(
-        task.status,
-        TaskStatus::InProgress,
-        "its finalizer settles it"
-    );
+    assert_eq!(task.status, TaskStatus::Failed);
     let batch = world
         .batches
         .get(&task.agency_id, task.id)
         .await
         .unwrap()
         .unwrap();
-    assert_ne!(batch.status, BatchStatus::Failed);
+    assert_eq!(batch.status, BatchStatus::Failed);
+}
+
+#[tokio::test]
+async fn a_started_batch_is_already_processing_under_its_execution() {
+    let world = MemoryWorld::new();
+    let view = world
+        .services()
+        .batches
+        .create(&boss(), &json!({"items": [1, 2, 3]}))
+        .await
+        .unwrap();
+    let started = world.orchestrator.started.lock().unwrap().clone();
+    assert_eq!(started.len(), 1);
+    let batch = world
+        .batches
+        .get(&boss().agency, view.batch.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(batch.status, BatchStatus::Processing);
+    assert_eq!(
+        batch.execution_arn.as_deref(),
+        Some(world.orchestrator.execution_arn(&started[0].0).as_str())
+    );
+}
+
+#[tokio::test]
+async fn a_retry_round_that_cannot_start_leaves_the_batch_as_it_was() {
+    let world = MemoryWorld::new();
+    let batches = world.services().batches;
+    let view = batches
+        .create(&boss(), &json!({"items": [1, 2, 3]}))
+        .await
+        .unwrap();
+    let id = view.batch.id;
+    // Its round ended with one failed item.
+    let mut batch = world.batches.get(&boss().agency, id).await.unwrap().unwrap();
+    batch.status = BatchStatus::Failed;
+    batch.failed_items = 1;
+    world.batches.put(&batch).await.unwrap();
+    world
+        .batches
+        .record_failures(
+            &boss().agency,
+            id,
+            &[crate::domain::ItemFailure {
+                index: 1,
+                error: "boom".into(),
+            }],
+        )
+        .await
+        .unwrap();
+
+    world
+        .orchestrator
+        .refuse_starts
+        .store(true, Ordering::SeqCst);
+    let err = batches.retry_failed(&boss(), id).await.unwrap_err();
+    assert_eq!(err.status_code(), 503);
+    let after = world.batches.get(&boss().agency, id).await.unwrap().unwrap();
+    assert_eq!(after, batch, "put back as it was before the round");
+
+    // Once the engine answers again, the same retry goes through as round 1.
+    world
+        .orchestrator
+        .refuse_starts
+        .store(false, Ordering::SeqCst);
+    let retried = batches.retry_failed(&boss(), id).await.unwrap();
+    assert_eq!(
+        (retried.batch.round, retried.batch.status),
+        (1, BatchStatus::Processing)
+    );
 }
 
 #[tokio::test]
