@@ -10,6 +10,7 @@ mod faults;
 mod lifecycle;
 mod paging;
 mod priority;
+mod promises;
 mod soak;
 mod tenancy;
 mod tiers;

@@ -7,12 +7,14 @@ use async_trait::async_trait;
 use aws_sdk_s3::presigning::PresigningConfig;
 use aws_sdk_s3::primitives::ByteStream;
 use std::collections::HashMap;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 #[derive(Debug, Clone)]
 pub struct S3ObjectStore {
     client: aws_sdk_s3::Client,
     bucket: String,
+    /// When presigned URLs are signed; their validity runs from here for `expires_in`.
+    clock: fn() -> SystemTime,
 }
 
 impl S3ObjectStore {
@@ -20,7 +22,23 @@ impl S3ObjectStore {
         Self {
             client,
             bucket: bucket.into(),
+            clock: SystemTime::now,
         }
+    }
+
+    /// Signs presigned URLs at the time `clock` gives (tests use a fixed one).
+    pub fn with_clock(mut self, clock: fn() -> SystemTime) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Valid from `clock()` for `expires_in`: the URL carries both (X-Amz-Date, X-Amz-Expires).
+    fn presigning(&self, expires_in: Duration) -> Result<PresigningConfig, AppError> {
+        PresigningConfig::builder()
+            .start_time((self.clock)())
+            .expires_in(expires_in)
+            .build()
+            .map_err(AppError::internal)
     }
 }
 
@@ -80,7 +98,7 @@ impl ObjectStore for S3ObjectStore {
     }
 
     async fn presign_get(&self, key: &str, expires_in: Duration) -> Result<String, AppError> {
-        let presigning = PresigningConfig::expires_in(expires_in).map_err(AppError::internal)?;
+        let presigning = self.presigning(expires_in)?;
         let request = self
             .client
             .get_object()
@@ -98,7 +116,7 @@ impl ObjectStore for S3ObjectStore {
         content_type: &str,
         expires_in: Duration,
     ) -> Result<String, AppError> {
-        let presigning = PresigningConfig::expires_in(expires_in).map_err(AppError::internal)?;
+        let presigning = self.presigning(expires_in)?;
         let request = self
             .client
             .put_object()
@@ -109,5 +127,147 @@ impl ObjectStore for S3ObjectStore {
             .await
             .map_err(|e| from_sdk("s3:PutObject presign", e))?;
         Ok(request.uri().to_owned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The batch URLs' lifetime, signed at a fixed time. S3 refuses a presigned URL once
+    //! X-Amz-Date + X-Amz-Expires has passed, and both are covered by the signature; the
+    //! emulators check neither, so this is where the 15 minutes are pinned down.
+    use super::*;
+    use crate::domain::{AgencyId, BatchStatus, Caller, Role, UserId};
+    use crate::ports::BatchStore;
+    use crate::service::BatchService;
+    use crate::testing::MemoryWorld;
+    use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
+    use serde_json::json;
+    use std::sync::Arc;
+
+    /// 2027-01-01T00:00:00Z.
+    fn signing_time() -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_798_761_600)
+    }
+
+    fn a_second_later() -> SystemTime {
+        signing_time() + Duration::from_secs(1)
+    }
+
+    /// A client that only signs: nothing here sends a request.
+    fn signing_client() -> aws_sdk_s3::Client {
+        let config = aws_sdk_s3::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new("us-east-1"))
+            .credentials_provider(Credentials::new(
+                "AKIDEXAMPLE",
+                "secret",
+                None,
+                None,
+                "test",
+            ))
+            .endpoint_url("http://127.0.0.1:1")
+            .force_path_style(true)
+            .build();
+        aws_sdk_s3::Client::from_conf(config)
+    }
+
+    fn query(url: &str) -> HashMap<String, String> {
+        let (_, query) = url.split_once('?').expect("a query string");
+        query
+            .split('&')
+            .filter_map(|pair| pair.split_once('='))
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect()
+    }
+
+    fn boss() -> Caller {
+        Caller {
+            user: UserId::parse("boss").unwrap(),
+            agency: AgencyId::parse("a1").unwrap(),
+            role: Role::Manager,
+        }
+    }
+
+    /// The batch service with S3 presigning at the fixed time (everything else in memory).
+    fn batches(world: &MemoryWorld) -> BatchService {
+        BatchService {
+            objects: Arc::new(
+                S3ObjectStore::new(signing_client(), "batch-bucket").with_clock(signing_time),
+            ),
+            ..world.services().batches
+        }
+    }
+
+    /// Signed at 2027-01-01T00:00:00Z for 900 s: S3 honours it until 00:15:00 and not after.
+    fn assert_valid_for_15_minutes_from_signing(url: &str) {
+        let query = query(url);
+        assert_eq!(query["X-Amz-Date"], "20270101T000000Z", "{url}");
+        assert_eq!(query["X-Amz-Expires"], "900", "{url}");
+        // The signing scope is that day, so the date cannot be moved without a new signature.
+        assert!(
+            query["X-Amz-Credential"].contains("%2F20270101%2Fus-east-1%2Fs3%2F"),
+            "{url}"
+        );
+        assert!(query["X-Amz-SignedHeaders"].contains("host"), "{url}");
+    }
+
+    #[tokio::test]
+    async fn a_batch_upload_url_is_signed_for_15_minutes_from_its_signing_time() {
+        let world = MemoryWorld::new();
+        let reply = batches(&world)
+            .upload_url(&boss(), &json!({"fileName": "skus.csv"}))
+            .await
+            .unwrap();
+        let url = reply["upload"]["url"].as_str().unwrap();
+        assert_valid_for_15_minutes_from_signing(url);
+        assert!(url.contains("/batch-bucket/inputs/a1/"), "{url}");
+    }
+
+    #[tokio::test]
+    async fn a_batch_results_url_is_signed_for_15_minutes_from_its_signing_time() {
+        let world = MemoryWorld::new();
+        let created = world
+            .services()
+            .batches
+            .create(&boss(), &json!({"items": [1, 2]}))
+            .await
+            .unwrap();
+        let mut batch = created.batch;
+        assert_eq!(
+            batches(&world)
+                .get(&boss(), batch.id)
+                .await
+                .unwrap()
+                .results_url,
+            None
+        );
+        batch.status = BatchStatus::Completed;
+        batch.results_key = Some(format!("batches/a1/{}/results/summary.json", batch.id));
+        world.batches.put(&batch).await.unwrap();
+
+        let view = batches(&world).get(&boss(), batch.id).await.unwrap();
+        let url = view.results_url.expect("a results URL once finished");
+        assert_valid_for_15_minutes_from_signing(&url);
+        assert!(url.contains("/results/summary.json?"), "{url}");
+    }
+
+    /// The expiry is part of what is signed: the same URL signed a second later carries
+    /// another date and another signature, so neither can be edited to extend it.
+    #[tokio::test]
+    async fn the_signing_time_and_lifetime_are_covered_by_the_signature() {
+        let store = |clock| S3ObjectStore::new(signing_client(), "b").with_clock(clock);
+        let ttl = Duration::from_secs(900);
+        let now = query(&store(signing_time).presign_get("k", ttl).await.unwrap());
+        let later = query(&store(a_second_later).presign_get("k", ttl).await.unwrap());
+        assert_eq!(later["X-Amz-Date"], "20270101T000001Z");
+        assert_ne!(now["X-Amz-Signature"], later["X-Amz-Signature"]);
+        let shorter = query(
+            &store(signing_time)
+                .presign_get("k", Duration::from_secs(899))
+                .await
+                .unwrap(),
+        );
+        assert_eq!(shorter["X-Amz-Expires"], "899");
+        assert_ne!(now["X-Amz-Signature"], shorter["X-Amz-Signature"]);
     }
 }
