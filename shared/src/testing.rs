@@ -599,6 +599,8 @@ pub struct RecordingOrchestrator {
     pub answers: Mutex<Vec<(String, String, String)>>,
     /// When set, `start` fails as if Step Functions were unreachable.
     pub refuse_starts: std::sync::atomic::AtomicBool,
+    /// Tokens heartbeats were sent for, in order.
+    pub heartbeats: Mutex<Vec<String>>,
 }
 
 #[async_trait]
@@ -645,7 +647,11 @@ impl crate::ports::Orchestrator for RecordingOrchestrator {
         Ok(true)
     }
 
-    async fn heartbeat(&self, _token: &str) -> Result<bool, AppError> {
+    async fn heartbeat(&self, token: &str) -> Result<bool, AppError> {
+        self.heartbeats
+            .lock()
+            .expect("not poisoned")
+            .push(token.to_owned());
         Ok(true)
     }
 }

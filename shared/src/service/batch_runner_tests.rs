@@ -243,6 +243,10 @@ async fn a_chunk_runs_its_items_counts_them_and_writes_its_results() {
         ]
     );
     assert_eq!(f.picky.runs.load(Ordering::SeqCst), 4);
+    assert!(
+        f.world.orchestrator.heartbeats.lock().unwrap().is_empty(),
+        "a chunk that takes less than 30 s sends no heartbeat"
+    );
 }
 
 #[tokio::test]

@@ -681,3 +681,31 @@ async fn the_report_names_the_tier_outcome_attempt_and_times() {
     );
     assert_eq!(f.task(id).await.queue_wait_ms, Some(0));
 }
+
+/// The backoff grows with the attempt: before attempt 6 (base 1 s) the jitter's ceiling is
+/// 16 s. Thirty draws all below 16 s and at least one above 8 s (the ceiling before attempt 5);
+/// a correct runner fails this with probability 2^-30.
+#[tokio::test]
+async fn the_backoff_ceiling_follows_the_attempt_number() {
+    let f = Fixture::new();
+    let mut delays = Vec::new();
+    for _ in 0..30 {
+        let (id, message) = f
+            .queued(json!({"executor": probe("retry"), "retry": {"maxAttempts": 10, "baseDelaySeconds": 1}}))
+            .await;
+        f.edit(id, |t| t.attempts = 4).await;
+        let (delivery, _) = f.runner(30).process(&body(&message)).await;
+        let Delivery::RetryAfter(delay) = delivery else {
+            panic!("{delivery:?}")
+        };
+        delays.push(delay);
+    }
+    assert!(
+        delays.iter().all(|d| *d < Duration::from_secs(16)),
+        "{delays:?}"
+    );
+    assert!(
+        delays.iter().any(|d| *d > Duration::from_secs(8)),
+        "{delays:?}"
+    );
+}
