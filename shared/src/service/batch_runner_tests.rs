@@ -31,6 +31,10 @@ fn boss() -> Caller {
 struct Picky {
     batches: Arc<MemoryBatches>,
     runs: AtomicUsize,
+    /// `{"flakyOnce": key}` items fail the first time their key is seen.
+    flaky_seen: std::sync::Mutex<std::collections::HashSet<u64>>,
+    /// A takeover happens once per test.
+    took_over: std::sync::atomic::AtomicBool,
 }
 
 #[async_trait]
@@ -50,10 +54,18 @@ impl Executor for Picky {
                 return Err(ExecError::Retryable(format!("not yet at {}", job.attempt)));
             }
         }
+        if let Some(key) = item["flakyOnce"].as_u64() {
+            if self.flaky_seen.lock().unwrap().insert(key) {
+                return Err(ExecError::Retryable("flaked".into()));
+            }
+        }
         if item["await"] == json!(true) {
             return Ok(Outcome::AwaitAssignee);
         }
         if let Some(chunk) = item["takeover"].as_u64() {
+            if self.took_over.swap(true, Ordering::SeqCst) {
+                return Ok(Outcome::Done(json!({"twice": item})));
+            }
             self.batches
                 .start_chunk(
                     &boss().agency,
@@ -82,6 +94,8 @@ impl Fixture {
         let picky = Arc::new(Picky {
             batches: world.batches.clone(),
             runs: AtomicUsize::new(0),
+            flaky_seen: Default::default(),
+            took_over: Default::default(),
         });
         let mut registry = ExecutorRegistry::builtin();
         registry.register("picky", picky.clone());
@@ -676,4 +690,33 @@ async fn finalize_retries_when_the_batch_cannot_be_written() {
     assert_eq!(f.batch(id).await.status, BatchStatus::Processing);
     assert_eq!(f.runner.process(finalize(id, 0)).await, Delivery::Ack);
     assert_eq!(f.batch(id).await.status, BatchStatus::Completed);
+}
+
+/// Known bug, kept as a failing test: an item that failed in an overtaken (or crashed)
+/// attempt of a round-0 chunk and then succeeded in the chunk's next attempt stays in the
+/// failures list, because successes clear failures only in rounds after the first. The
+/// counts say 0 failed, GET …/failures lists the item, and retry-failed reruns it, counting
+/// its success twice.
+#[tokio::test]
+#[ignore = "known bug: a round-0 retried chunk leaves stale item failures (see report)"]
+async fn an_item_that_succeeds_on_the_chunks_next_attempt_is_no_longer_a_failure() {
+    let f = Fixture::new();
+    let mut items = vec![json!({"takeover": 0}), json!({"flakyOnce": 1})];
+    items.extend((2..100).map(|n| json!(n)));
+    let id = f
+        .create(Value::Array(items), json!({"itemsPerBatch": 100}))
+        .await;
+    // The first attempt flushes its failure of item 1 and stops: it was overtaken.
+    f.runner.process(chunk(id, 0, 0)).await;
+    // The chunk's message comes back; this attempt runs everything and item 1 succeeds.
+    f.runner.process(chunk(id, 0, 0)).await;
+    assert_eq!(
+        f.counts(id, 0).await,
+        ChunkCounts {
+            processed: 100,
+            success: 100,
+            failed: 0
+        }
+    );
+    assert_eq!(f.failures(id).await, vec![], "item 1 succeeded");
 }
