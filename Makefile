@@ -19,7 +19,7 @@ ROLE ?= manager
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: bench soak package fuzz help venv venv-localstack build dev token test test-unit test-integration test-localstack lint fmt fmt-check clippy sam-validate clean
+.PHONY: mutants bench soak package fuzz help venv venv-localstack build dev token test test-unit test-integration test-localstack lint fmt fmt-check clippy sam-validate clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -69,6 +69,26 @@ $(LOCALSTACK_VENV)/.installed: infra/localstack/requirements.txt infra/localstac
 	touch $@
 
 venv-localstack: $(LOCALSTACK_VENV)/.installed ## Install LocalStack's host runtime (Python 3.13, pinned) into .venv-localstack
+
+# Mutation testing (not part of `make test`): cargo-mutants, pinned, over the worker path's decision
+# code, judged by the unit tests of shared and worker (.cargo/mutants.toml). Its own target dir keeps
+# mutated builds away from everyone else's; one job, since a mutant build wants both cores.
+MUTANTS_VERSION := 27.1.0
+MUTANTS_FILES ?= shared/src/service/runner.rs shared/src/service/batch_runner.rs shared/src/service/chains.rs functions/worker/src/lib.rs
+MUTANTS_OUT ?= mutants
+MUTANTS_JOBS ?= 1
+
+mutants: ## Mutation testing of the runner, batch runner, chains and worker (cargo-mutants; hours on 2 cores; MUTANTS_FILES=… to narrow); output in mutants/
+	@$(CARGO) mutants --version 2>/dev/null | grep -qx 'cargo-mutants $(MUTANTS_VERSION)' \
+		|| $(CARGO) install cargo-mutants --locked --version $(MUTANTS_VERSION)
+	mkdir -p $(MUTANTS_OUT)
+	CARGO_TARGET_DIR=$(CURDIR)/target/mutants $(CARGO) mutants --jobs $(MUTANTS_JOBS) --output $(MUTANTS_OUT) \
+		$(foreach f,$(MUTANTS_FILES),--file $(f)); \
+		status=$$?; \
+		for outcome in caught missed timeout unviable; do \
+			printf '%-9s %s\n' $$outcome "$$(wc -l < $(MUTANTS_OUT)/mutants.out/$$outcome.txt 2>/dev/null || echo 0)"; \
+		done; \
+		exit $$status
 
 build: ## Build every crate (debug)
 	$(CARGO) build --workspace --all-targets
