@@ -5,7 +5,7 @@
 use aws_sdk_dynamodb::types::AttributeValue;
 use aws_sdk_sqs::types::QueueAttributeName;
 use chrono::{DateTime, Utc};
-use integration_tests::{eventually, isolated_stack, stack, unique_agency, Client};
+use integration_tests::{eventually, isolated_options, stack, unique_agency, Client};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use shared::ports::AgentStore;
@@ -449,20 +449,39 @@ async fn step_named(client: &Client, id: &str, name: &str) -> Value {
         .unwrap_or(Value::Null)
 }
 
+/// A host of its own (quiet queues, so a step message is picked up at once) with a lease
+/// long enough for steps that outlast their heartbeatSeconds. A step's heartbeat window
+/// opens when its message is sent, so a busy shared queue would eat into it; the worker's
+/// first heartbeat comes after half of heartbeatSeconds.
+async fn heartbeat_stack(stack_name: &str) -> local_stack::LocalStack {
+    let mut options = isolated_options(stack_name);
+    options.parameter_overrides = [
+        ("LeaseSeconds", "45"),
+        ("WorkerTimeoutSeconds", "50"),
+        ("QueueVisibilitySeconds", "70"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    local_stack::LocalStack::start(options)
+        .await
+        .expect("isolated stack")
+}
+
 #[tokio::test]
 async fn a_chain_step_whose_worker_stops_heartbeating_fails_on_its_heartbeat_timeout() {
-    // A host of its own, so its workers can be killed mid-step without touching other tests.
+    // Its own host, so its workers can be killed mid-step without touching other tests.
     let stack_name = "taskflow-promise-heartbeat";
-    let mut first = isolated_stack(stack_name).await;
+    let mut first = heartbeat_stack(stack_name).await;
     let boss = Client::as_user(&unique_agency("heartbeat"), "boss", "manager").at(&first.api_url());
-    // Eight seconds of work under a ten-minute timeout, heartbeating every second (half of
+    // Thirty seconds of work under a ten-minute timeout, heartbeating every 5 s (half of
     // heartbeatSeconds): only silence can end it early.
     let id = boss
         .create_task(
             &json!({"title": "silent worker", "type": "multi_step", "priority": "critical",
             "autoDispatch": true, "steps": [
-            {"name": "silent", "config": {"executor": {"type": "sleep", "config": {"seconds": 8}},
-             "heartbeatSeconds": 2, "timeoutSeconds": 600}}]}),
+            {"name": "silent", "config": {"executor": {"type": "sleep", "config": {"seconds": 30}},
+             "heartbeatSeconds": 10, "timeoutSeconds": 600}}]}),
         )
         .await;
     eventually("the step to be running", PATIENCE, || async {
@@ -474,7 +493,7 @@ async fn a_chain_step_whose_worker_stops_heartbeating_fails_on_its_heartbeat_tim
     let killed = std::time::Instant::now();
 
     // A fresh host on the same queues records the failure the state machine reports.
-    let second = isolated_stack(stack_name).await;
+    let second = heartbeat_stack(stack_name).await;
     let boss = boss.at(&second.api_url());
     let task = wait_for(&boss, &id, &["completed", "failed"]).await;
     let waited = killed.elapsed();
@@ -500,19 +519,35 @@ async fn a_chain_step_whose_worker_stops_heartbeating_fails_on_its_heartbeat_tim
 /// heartbeatSeconds is kept alive by its worker's heartbeats.
 #[tokio::test]
 async fn a_chain_step_that_heartbeats_outlives_its_heartbeat_window() {
-    let boss = Client::as_user(&unique_agency("heartbeat-ok"), "boss", "manager");
+    let host = heartbeat_stack("taskflow-promise-heartbeat-ok").await;
+    let boss =
+        Client::as_user(&unique_agency("heartbeat-ok"), "boss", "manager").at(&host.api_url());
+    // Twenty seconds of work, twice its heartbeatSeconds.
     let id = boss
         .create_task(
             &json!({"title": "steady worker", "type": "multi_step", "priority": "critical",
             "autoDispatch": true, "steps": [
-            {"name": "steady", "config": {"executor": {"type": "sleep", "config": {"seconds": 6}},
-             "heartbeatSeconds": 2, "timeoutSeconds": 60}}]}),
+            {"name": "steady", "config": {"executor": {"type": "sleep", "config": {"seconds": 20}},
+             "heartbeatSeconds": 10, "timeoutSeconds": 120}}]}),
         )
         .await;
     let task = wait_for(&boss, &id, &["completed", "failed"]).await;
     let step = step_named(&boss, &id, "steady").await;
     assert_eq!(task["status"], "completed", "{task} {step}");
     assert_eq!(step["status"], "completed", "{step}");
+    let ran = (step["completedAt"]
+        .as_str()
+        .unwrap()
+        .parse::<DateTime<Utc>>()
+        .unwrap()
+        - step["startedAt"]
+            .as_str()
+            .unwrap()
+            .parse::<DateTime<Utc>>()
+            .unwrap())
+    .num_seconds();
+    assert!(ran >= 20, "it ran past its heartbeatSeconds: {step}");
+    host.stop().await;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -585,12 +620,17 @@ async fn batch_upload_and_results_urls_are_signed_for_15_minutes_and_work() {
         .await;
     assert!(created.status.is_success(), "{}", created.body);
     let batch_id = created.body["id"].as_str().unwrap().to_owned();
-    let batch = eventually(&format!("batch {batch_id} to finish"), PATIENCE, || async {
-        let view = boss.get(&format!("/api/batches/{batch_id}")).await.body;
-        ["completed", "failed"]
-            .contains(&view["status"].as_str().unwrap_or_default())
-            .then_some(view)
-    })
+    // A batch goes through the Distributed Map on the emulator: slow when the suite is busy.
+    let batch = eventually(
+        &format!("batch {batch_id} to finish"),
+        PATIENCE * 3,
+        || async {
+            let view = boss.get(&format!("/api/batches/{batch_id}")).await.body;
+            ["completed", "failed"]
+                .contains(&view["status"].as_str().unwrap_or_default())
+                .then_some(view)
+        },
+    )
     .await;
     assert_eq!(batch["status"], "completed", "{batch}");
     let results = batch["resultsUrl"].as_str().expect("results url");
