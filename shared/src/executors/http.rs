@@ -131,7 +131,10 @@ mod tests {
             body,
             json!({"taskId": task_id, "attempt": 2, "input": {"n": 1}, "dispatchId": "d-1"})
         );
-        assert_eq!(payload(&job(WorkUnit::Step { name: "sign" }))["step"], "sign");
+        assert_eq!(
+            payload(&job(WorkUnit::Step { name: "sign" }))["step"],
+            "sign"
+        );
         assert_eq!(payload(&job(WorkUnit::Item { index: 7 }))["itemIndex"], 7);
     }
 }

@@ -149,9 +149,19 @@ impl ChainRunner {
             return Ok(());
         }
         let outcome = self.execute(&task, &step, &config, token).await;
-        // A timed-out or stopped execution may already have settled this step.
+        // A timed-out or stopped execution may already have settled this step. Its token is
+        // answered all the same: an execution whose StopExecution failed, or an engine that
+        // applies a stop only once the waiting state returns (moto), is still waiting on it; a
+        // token that has expired just says no.
         let current = self.store.get_step(agency, id, name).await?;
-        if current.as_ref().is_some_and(|s| s.is_finished()) {
+        if let Some(settled) = current.filter(|s| s.is_finished()) {
+            self.orchestrator
+                .fail(
+                    token,
+                    PERMANENT_ERROR,
+                    &format!("the step was {} while it ran", settled.status.as_str()),
+                )
+                .await?;
             return Ok(());
         }
         match outcome {

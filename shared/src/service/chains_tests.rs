@@ -255,3 +255,75 @@ async fn a_timeout_settles_a_running_step_as_failed() {
     assert_eq!(failed.status, StepStatus::Failed);
     assert_eq!(failed.attempts, 1);
 }
+
+/// Cancels the chain's task (as `POST /cancel` does: the task, then its unfinished steps)
+/// while the step runs.
+struct CancelsWhileRunning {
+    store: Arc<MemoryStore>,
+}
+
+#[async_trait]
+impl crate::executors::Executor for CancelsWhileRunning {
+    fn validate(&self, _config: &serde_json::Value) -> Result<(), String> {
+        Ok(())
+    }
+
+    async fn run(
+        &self,
+        job: &crate::executors::Job<'_>,
+    ) -> Result<crate::executors::Outcome, crate::executors::ExecError> {
+        let agency = boss().agency;
+        let mut task = self.store.get(&agency, job.task_id).await.unwrap().unwrap();
+        let read = task.version;
+        task.move_to(crate::domain::TaskStatus::Cancelled, chrono::Utc::now())
+            .unwrap();
+        self.store.replace(&task, read).await.unwrap();
+        super::chains::skip_unfinished(self.store.as_ref(), &agency, job.task_id, "cancelled")
+            .await
+            .unwrap();
+        Ok(crate::executors::Outcome::Done(json!("late")))
+    }
+}
+
+/// The chain was cancelled while its step ran: the result is dropped, and the token is still
+/// answered (a failure), so an execution still waiting on it ends instead of hanging until
+/// the step's timeout.
+#[tokio::test]
+async fn a_step_cancelled_while_it_runs_answers_its_token_with_a_failure() {
+    let world = MemoryWorld::new();
+    let id = create_chain(
+        &world,
+        json!([{"name": "long", "config": {"executor": {"type": "echo"}}}]),
+    )
+    .await;
+    // The worker's "echo" is the canceller.
+    let mut executors = ExecutorRegistry::builtin();
+    executors.register(
+        "echo",
+        Arc::new(CancelsWhileRunning {
+            store: world.store.clone(),
+        }),
+    );
+    let chains = ChainRunner {
+        executors,
+        ..runner(&world, world.store.clone())
+    };
+    assert_eq!(
+        chains.process(step_message(id, "long")).await,
+        Delivery::Ack
+    );
+    let step = world
+        .store
+        .get_step(&boss().agency, id, "long")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(step.status, StepStatus::Skipped);
+    assert_eq!(step.result, None, "the late result is dropped");
+    let answers = world.orchestrator.answers.lock().unwrap().clone();
+    assert_eq!(answers.len(), 1, "{answers:?}");
+    let (token, error, cause) = &answers[0];
+    assert_eq!(token, "run-token");
+    assert_ne!(error, "success");
+    assert!(cause.contains("skipped while it ran"), "{cause}");
+}
