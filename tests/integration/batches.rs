@@ -75,6 +75,15 @@ async fn partial_failures_below_and_above_the_tolerance_and_retry_failed() {
         ),
         (Some(95), Some(5))
     );
+    // Every item ran exactly once: one run per index in the ledger.
+    let mut indexes: Vec<u64> = endpoint
+        .ledger
+        .runs_of(&tolerant)
+        .iter()
+        .map(|r| r.item_index.expect("an item run"))
+        .collect();
+    indexes.sort();
+    assert_eq!(indexes, (0..100).collect::<Vec<u64>>());
     let batch = wait_for_batch(&boss, &strict).await;
     assert_eq!(batch["status"], "failed", "{batch}");
     assert_eq!(batch["failedItems"], 5);
@@ -113,7 +122,7 @@ async fn partial_failures_below_and_above_the_tolerance_and_retry_failed() {
 
     // Once the endpoint accepts them, retry-failed runs only those five again.
     endpoint.accept_all();
-    let hits_before = endpoint.hits.load(std::sync::atomic::Ordering::SeqCst);
+    let runs_before = endpoint.ledger.runs().len();
     let retry = boss
         .post(&format!("/api/batches/{strict}/retry-failed"), &json!({}))
         .await;
@@ -135,10 +144,13 @@ async fn partial_failures_below_and_above_the_tolerance_and_retry_failed() {
         ),
         (Some(100), Some(0))
     );
-    assert_eq!(
-        endpoint.hits.load(std::sync::atomic::Ordering::SeqCst) - hits_before,
-        5
-    );
+    // The ledger saw exactly those five items again, once each.
+    let mut rerun: Vec<u64> = endpoint.ledger.runs()[runs_before..]
+        .iter()
+        .map(|r| r.item_index.expect("an item run"))
+        .collect();
+    rerun.sort();
+    assert_eq!(rerun, [0, 20, 40, 60, 80]);
     let failures = boss
         .get(&format!("/api/batches/{strict}/failures"))
         .await

@@ -1,12 +1,12 @@
 //! Faults: AWS briefly unreachable, poison messages, and a host killed mid-load.
 
 use integration_tests::{
-    eventually, isolated_options, isolated_stack, stack, unique_agency, wait_for_status, Client,
-    Outage,
+    eventually, isolated_options, isolated_stack, scaled, stack, unique_agency, wait_for_status,
+    Client, Ledger, Outage,
 };
 use local_stack::LocalStack;
 use reqwest::StatusCode;
-use serde_json::json;
+use serde_json::{json, Value};
 use std::time::Duration;
 
 #[tokio::test]
@@ -19,17 +19,22 @@ async fn a_brief_outage_gives_retryable_errors_and_loses_nothing() {
         .await
         .expect("host behind the proxy");
     let boss = Client::as_user(&unique_agency("outage"), "boss", "manager").at(&host.api_url());
+    let ledger = Ledger::start();
+    // Runs are held open until AWS is down: work is provably in flight when the outage begins.
+    ledger.hold();
     let mut ids = Vec::new();
     for n in 0..6 {
         ids.push(
             boss.create_task(
                 &json!({"title": format!("work {n}"), "priority": "critical", "autoDispatch": true,
-                "executor": {"type": "sleep", "config": {"seconds": 0.5}}}),
+                "executor": {"type": "http", "config": {"url": ledger.url}}}),
             )
             .await,
         );
     }
+    ledger.wait_for("a run in flight", 1, |_| true).await;
     outage.set_down(true);
+    let in_flight = ledger.runs();
     let refused = boss
         .post("/api/tasks", &json!({"title": "during the outage"}))
         .await;
@@ -41,14 +46,44 @@ async fn a_brief_outage_gives_retryable_errors_and_loses_nothing() {
     );
     assert_eq!(refused.error_code(), "service_unavailable");
     assert_eq!(refused.headers["retry-after"], "1");
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // The held runs finish while AWS is unreachable: their results cannot be recorded then.
+    ledger.release();
+    eventually(
+        "the in-flight runs to be answered during the outage",
+        scaled(Duration::from_secs(30)),
+        || std::future::ready(ledger.open().is_empty().then_some(())),
+    )
+    .await;
     outage.set_down(false);
 
     for id in &ids {
         let task = wait_for_status(&boss, id, &["completed", "failed"]).await;
         assert_eq!(task["status"], "completed", "{task}");
+        assert_runs_match_the_record(&ledger, &task);
+    }
+    // Work that had not started when AWS went away ran exactly once.
+    let started_before: Vec<&str> = in_flight.iter().map(|r| r.task_id.as_str()).collect();
+    for id in ids
+        .iter()
+        .filter(|id| !started_before.contains(&id.as_str()))
+    {
+        assert_eq!(ledger.runs_of(id).len(), 1, "task {id} ran more than once");
     }
     host.stop().await;
+}
+
+/// A task's runs in the ledger agree with its record: attempts only go up (no attempt ran
+/// twice), the last run is the task's last attempt, and its answer is the task's result.
+fn assert_runs_match_the_record(ledger: &Ledger, task: &Value) {
+    let id = task["id"].as_str().unwrap();
+    let runs = ledger.runs_of(id);
+    let last = runs.last().unwrap_or_else(|| panic!("task {id} never ran"));
+    assert!(
+        runs.windows(2).all(|w| w[0].attempt < w[1].attempt),
+        "an attempt of {id} ran twice: {runs:?}"
+    );
+    assert_eq!(Some(last.attempt), task["attempts"].as_u64(), "{task}");
+    assert_eq!(task["result"], json!({"run": last.seq}), "{task}");
 }
 
 #[tokio::test]
@@ -106,48 +141,40 @@ async fn a_poison_message_cannot_block_its_queue() {
 async fn a_host_killed_mid_load_still_finishes_every_task_once() {
     let mut first = isolated_stack("taskflow-kill-load").await;
     let boss = Client::as_user(&unique_agency("killload"), "boss", "manager").at(&first.api_url());
+    let ledger = Ledger::start();
+    // Held runs: the first host dies with work provably in flight.
+    ledger.hold();
     let mut ids = Vec::new();
     for n in 0..20 {
         let priority = ["critical", "high", "normal"][n % 3];
         ids.push(
             boss.create_task_retrying(
                 &json!({"title": format!("load {n}"), "priority": priority, "autoDispatch": true,
-                "executor": {"type": "sleep", "config": {"seconds": 1}}}),
+                "executor": {"type": "http", "config": {"url": ledger.url}}}),
             )
             .await,
         );
     }
-    // Kill it while work is in flight.
-    eventually(
-        "some work to be running",
-        Duration::from_secs(30),
-        || async {
-            let running = boss.get("/api/tasks?status=in_progress&limit=1").await.body;
-            (!running["items"].as_array().unwrap().is_empty()).then_some(())
-        },
-    )
-    .await;
+    ledger.wait_for("work in flight", 1, |_| true).await;
     first.kill_functions();
+    // Every run so far belongs to the dead host; none of them was answered.
+    let killed = ledger.runs();
+    assert!(killed.iter().all(|r| !r.answered));
+    ledger.release();
 
     let second = isolated_stack("taskflow-kill-load").await;
     let boss = boss.at(&second.api_url());
     for id in &ids {
         let task = wait_for_status(&boss, id, &["completed", "failed"]).await;
         assert_eq!(task["status"], "completed", "{task}");
-        // One final state: completed once, never re-opened afterwards.
-        assert!(task["attempts"].as_u64().unwrap() >= 1);
+        assert_runs_match_the_record(&ledger, &task);
+        // Exactly once on the surviving host; plus the lost run if the dead host had one.
+        let after_kill =
+            ledger.runs_of(id).len() - killed.iter().filter(|r| &r.task_id == id).count();
+        assert_eq!(
+            after_kill, 1,
+            "task {id} ran {after_kill} times after the kill"
+        );
     }
-    let listed = boss.get("/api/tasks?limit=100").await.body;
-    let completed = listed["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|t| t["status"] == "completed")
-        .count();
-    assert_eq!(
-        completed,
-        ids.len(),
-        "every task completed, none duplicated"
-    );
     second.stop().await;
 }

@@ -1,9 +1,8 @@
 //! The soak: a steady rate of tasks for SOAK_SECONDS (default 600), then every
 //! task must complete exactly once. `make soak`; not part of `make test`.
 
-use integration_tests::{eventually, unique_agency, Client, PickyEndpoint};
+use integration_tests::{eventually, unique_agency, Client, Ledger};
 use serde_json::json;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 #[tokio::test]
@@ -17,7 +16,7 @@ async fn steady_load_loses_and_duplicates_nothing() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(5);
-    let endpoint = PickyEndpoint::start().await;
+    let endpoint = Ledger::start();
     let boss = Client::as_user(&unique_agency("soak"), "boss", "manager");
     let started = Instant::now();
     let mut created = 0u64;
@@ -56,8 +55,13 @@ async fn steady_load_loses_and_duplicates_nothing() {
         },
     )
     .await;
-    let executions = endpoint.hits.load(Ordering::SeqCst) as u64;
+    let runs = endpoint.runs();
+    let executions = runs.len() as u64;
+    let mut units: Vec<_> = runs.iter().map(|r| r.task_id.clone()).collect();
+    units.sort();
+    units.dedup();
     eprintln!("soak: created {created}, completed {completed}, executor calls {executions}");
     assert_eq!(completed, created, "lost tasks");
+    assert_eq!(units.len() as u64, created, "tasks that never ran");
     assert_eq!(executions, created, "duplicated executions");
 }

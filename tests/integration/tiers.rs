@@ -1,9 +1,10 @@
 //! Priority tiers end to end: dispatch, workers, retries, the DLQ, exactly-once
 //! effects, takeover after a crash, auto-assignment and aging.
 
+use integration_tests::ledger::attempts;
 use integration_tests::{
-    eventually, isolated_stack, stack, unique_agency, wait_for_status, worker_config, Client,
-    ScriptedEndpoint,
+    eventually, isolated_stack, scaled, stack, unique_agency, wait_for_status, worker_config,
+    Client, Ledger,
 };
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -31,7 +32,8 @@ async fn echo_task_runs_and_records_its_timings() {
 #[tokio::test]
 async fn http_executor_retries_5xx_then_succeeds_and_never_retries_4xx() {
     let boss = manager();
-    let flaky = ScriptedEndpoint::start(vec![503]).await;
+    // The first run of each task gets a 503, later runs a 200.
+    let flaky = Ledger::answering(|_, earlier| if earlier.is_empty() { 503 } else { 200 });
     let id = boss
         .create_task(
             &json!({"title": "Flaky hook", "priority": "critical", "autoDispatch": true,
@@ -42,10 +44,20 @@ async fn http_executor_retries_5xx_then_succeeds_and_never_retries_4xx() {
     let task = wait_for_status(&boss, &id, &["completed", "failed"]).await;
     assert_eq!(task["status"], "completed", "{task}");
     assert_eq!(task["attempts"], 2);
-    assert_eq!(task["result"], json!({"call": 2}));
-    assert_eq!(flaky.hits(), 2);
+    let runs = flaky.runs_of(&id);
+    let dispatch = task["dispatchId"].as_str().map(str::to_owned);
+    assert_eq!(
+        attempts(&runs),
+        [(1, dispatch.clone()), (2, dispatch)],
+        "one run per attempt"
+    );
+    assert_eq!(
+        task["result"],
+        json!({"run": runs[1].seq}),
+        "the last run's answer"
+    );
 
-    let rejecting = ScriptedEndpoint::start(vec![422, 422, 422]).await;
+    let rejecting = Ledger::answering(|_, _| 422);
     let id = boss
         .create_task(
             &json!({"title": "Bad request", "priority": "critical", "autoDispatch": true,
@@ -57,96 +69,151 @@ async fn http_executor_retries_5xx_then_succeeds_and_never_retries_4xx() {
     assert_eq!(task["status"], "failed");
     assert_eq!(task["attempts"], 1, "4xx is not retried: {task}");
     assert!(task["error"].as_str().unwrap().contains("422"), "{task}");
-    assert_eq!(rejecting.hits(), 1);
+    assert_eq!(rejecting.runs_of(&id).len(), 1);
 }
 
 #[tokio::test]
-async fn exhausted_retries_fail_the_task_and_dead_letter_the_message() {
+async fn exhausted_retries_fail_the_task_and_a_manual_retry_runs_it_again() {
     let boss = manager();
+    // Two failing runs exhaust the task's attempts; the run after the manual retry succeeds.
+    let ledger = Ledger::answering(|_, earlier| if earlier.len() < 2 { 503 } else { 200 });
     let id = boss
         .create_task(
-            &json!({"title": "Always fails", "priority": "high", "autoDispatch": true,
-            "executor": {"type": "sleep", "config": {"seconds": 0, "failAttempts": 10}},
+            &json!({"title": "Fails, then is fixed", "priority": "high", "autoDispatch": true,
+            "executor": {"type": "http", "config": {"url": ledger.url}},
             "retry": {"maxAttempts": 2, "baseDelaySeconds": 1}}),
         )
         .await;
     let task = wait_for_status(&boss, &id, &["completed", "failed"]).await;
     assert_eq!(task["status"], "failed");
     assert_eq!(task["attempts"], 2);
-    assert!(
-        task["error"].as_str().unwrap().contains("fails by request"),
-        "{task}"
-    );
+    assert!(task["error"].as_str().unwrap().contains("503"), "{task}");
+    let first_dispatch = task["dispatchId"].as_str().map(str::to_owned);
 
     // The message is on the high tier's DLQ, with the error recorded.
     let clients = stack().clients().await;
     let dlq = &stack().refs["HighDeadLetterQueue"];
-    let dead = eventually("the dead letter", Duration::from_secs(20), || async {
-        let out = clients
-            .sqs
-            .receive_message()
-            .queue_url(dlq)
-            .max_number_of_messages(10)
-            .message_attribute_names("All")
-            .visibility_timeout(0)
-            .send()
-            .await
-            .ok()?;
-        out.messages
-            .unwrap_or_default()
-            .into_iter()
-            .find(|m| m.body.as_deref().is_some_and(|b| b.contains(&id)))
-    })
+    let dead = eventually(
+        "the dead letter",
+        scaled(Duration::from_secs(20)),
+        || async {
+            let out = clients
+                .sqs
+                .receive_message()
+                .queue_url(dlq)
+                .max_number_of_messages(10)
+                .message_attribute_names("All")
+                .visibility_timeout(0)
+                .send()
+                .await
+                .ok()?;
+            out.messages
+                .unwrap_or_default()
+                .into_iter()
+                .find(|m| m.body.as_deref().is_some_and(|b| b.contains(&id)))
+        },
+    )
     .await;
     let error = dead.message_attributes.unwrap_or_default()["error"]
         .string_value
         .clone()
         .unwrap_or_default();
-    assert!(error.contains("fails by request"), "{error}");
+    assert!(error.contains("503"), "{error}");
 
-    // A manual retry queues it again from the first attempt.
+    // A manual retry queues it again from the first attempt, under a new dispatch, and it runs.
     let retried = boss
         .post(&format!("/api/tasks/{id}/retry"), &json!({}))
         .await;
     assert_eq!(retried.status, StatusCode::OK, "{}", retried.body);
-    assert!(["queued", "in_progress", "failed"].contains(&retried.body["status"].as_str().unwrap()));
     assert_eq!(retried.body["attempts"], 0);
+    let task = wait_for_status(&boss, &id, &["completed"]).await;
+    let second_dispatch = task["dispatchId"].as_str().map(str::to_owned);
+    assert_ne!(second_dispatch, first_dispatch);
+    let runs = ledger.runs_of(&id);
+    assert_eq!(
+        attempts(&runs),
+        [
+            (1, first_dispatch.clone()),
+            (2, first_dispatch),
+            (1, second_dispatch)
+        ],
+        "two failed runs, then exactly one run after the retry"
+    );
+    assert_eq!(task["attempts"], 1);
+    assert_eq!(task["result"], json!({"run": runs[2].seq}));
+}
+
+/// Sends a dispatch message for `task` with `dispatch_id` to the critical queue, as a
+/// redelivery (or a stale message) would arrive.
+async fn deliver(task: &Value, dispatch_id: &Value) {
+    let message = json!({
+        "taskId": task["id"], "agencyId": task["agencyId"], "dispatchId": dispatch_id,
+        "priority": "critical", "enqueuedAt": task["queuedAt"],
+    });
+    stack()
+        .clients()
+        .await
+        .sqs
+        .send_message()
+        .queue_url(&stack().refs["CriticalQueue"])
+        .message_body(message.to_string())
+        .send()
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
-async fn a_duplicate_delivery_runs_the_task_once() {
+async fn duplicate_and_stale_deliveries_never_run_a_task_again() {
     let boss = manager();
-    let endpoint = ScriptedEndpoint::start(vec![]).await;
+    // Each task's first run is refused (a permanent 4xx), later runs succeed.
+    let ledger = Ledger::answering(|_, earlier| if earlier.is_empty() { 422 } else { 200 });
+    ledger.hold();
     let created = boss
         .post(
             "/api/tasks",
             &json!({"title": "Once", "priority": "critical", "autoDispatch": true,
-            "executor": {"type": "http", "config": {"url": endpoint.url}}}),
+            "executor": {"type": "http", "config": {"url": ledger.url}}}),
         )
         .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
     let id = created.body["id"].as_str().unwrap().to_owned();
-    // Deliver the very same dispatch a second time, as SQS may.
-    let duplicate = json!({
-        "taskId": id, "agencyId": created.body["agencyId"], "dispatchId": created.body["dispatchId"],
-        "priority": "critical", "enqueuedAt": created.body["queuedAt"],
-    });
-    let clients = stack().clients().await;
-    clients
-        .sqs
-        .send_message()
-        .queue_url(&stack().refs["CriticalQueue"])
-        .message_body(duplicate.to_string())
-        .send()
-        .await
-        .unwrap();
-    let task = wait_for_status(&boss, &id, &["completed", "failed"]).await;
-    assert_eq!(task["status"], "completed");
-    // Both deliveries have been consumed once the critical queue holds nothing for this task.
+    let first_dispatch = created.body["dispatchId"].clone();
+    // A duplicate of the live dispatch while its run is held open: the lease keeps it out.
+    ledger
+        .wait_for("the first run", 1, |r| r.task_id == id)
+        .await;
+    deliver(&created.body, &first_dispatch).await;
+    ledger.release();
+    let failed = wait_for_status(&boss, &id, &["failed"]).await;
+    // A duplicate of a finished (failed) task's dispatch: a redriven message, ignored.
+    deliver(&failed, &first_dispatch).await;
+
+    // The manual retry dispatches anew; the old dispatch id is now stale.
+    let retried = boss
+        .post(&format!("/api/tasks/{id}/retry"), &json!({}))
+        .await;
+    assert_eq!(retried.status, StatusCode::OK, "{}", retried.body);
+    let completed = wait_for_status(&boss, &id, &["completed"]).await;
+    deliver(&completed, &first_dispatch).await;
+    deliver(&completed, &completed["dispatchId"]).await;
+    // Every delivery has been consumed once the critical queue holds nothing.
     integration_tests::wait_until_drained(&stack().refs["CriticalQueue"]).await;
-    assert_eq!(endpoint.hits(), 1, "the executor ran once");
+
+    let runs = ledger.runs_of(&id);
+    assert_eq!(
+        attempts(&runs),
+        [
+            (1, first_dispatch.as_str().map(str::to_owned)),
+            (1, completed["dispatchId"].as_str().map(str::to_owned))
+        ],
+        "one run per dispatch: {runs:?}"
+    );
     let after = boss.get(&format!("/api/tasks/{id}")).await.body;
     assert_eq!(after["attempts"], 1);
-    assert_eq!(after["version"], task["version"]);
+    assert_eq!(
+        after["version"], completed["version"],
+        "nothing wrote it again"
+    );
 }
 
 #[tokio::test]
@@ -302,6 +369,21 @@ async fn aging_promotes_a_starved_low_priority_task_and_records_the_breach() {
     assert_eq!(task["priority"], "normal");
     assert_eq!(task["promotedFrom"], "low");
     assert!(task["slaBreachedAt"].is_string());
+    // The breach happened at `later`: it counts in the hour up to `later`, and neither an
+    // hour after it nor now, before it happened (the window is bounded on both sides).
+    let low_breaches = |at| {
+        let queues = services.queues.clone();
+        async move {
+            let tiers = queues.tiers_at(at).await.expect("queue overview");
+            tiers
+                .into_iter()
+                .find(|t| t.tier == shared::domain::Priority::Low)
+                .expect("low tier")
+                .breaches_last_hour
+        }
+    };
+    assert_eq!(low_breaches(later).await, 1);
+    assert_eq!(low_breaches(later + chrono::Duration::minutes(61)).await, 0);
     let queues = boss.get("/api/queues").await.body;
     let low = queues["tiers"]
         .as_array()
@@ -310,7 +392,7 @@ async fn aging_promotes_a_starved_low_priority_task_and_records_the_breach() {
         .find(|t| t["tier"] == "low")
         .cloned()
         .unwrap();
-    assert_eq!(low["breachesLastHour"], 1, "{queues}");
+    assert_eq!(low["breachesLastHour"], 0, "not yet happened: {queues}");
     assert_eq!(low["slaSeconds"], 7200);
     isolated.stop().await;
 }

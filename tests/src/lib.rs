@@ -6,6 +6,9 @@
 //! on the hybrid backend: DynamoDB on moto; SQS, Step Functions and S3 on LocalStack, started
 //! from `LOCALSTACK_VENV` (default `.venv-localstack`), or the one at `LOCALSTACK_ENDPOINT`.
 
+pub mod ledger;
+
+pub use ledger::Ledger;
 use local_stack::emulator::Endpoints;
 use local_stack::{jwt, Backend, LocalStack, LocalStackSource, StackOptions};
 use reqwest::{Method, StatusCode};
@@ -340,6 +343,34 @@ pub fn test_parameters() -> Vec<(String, String)> {
     .collect()
 }
 
+/// How much longer than on an idle machine waits may take here, measured once per test binary:
+/// 1 + the one-minute load average per core, from 1 to 4 (so a 2-core machine also busy
+/// compiling waits about twice as long). `TASKFLOW_TEST_TIME_FACTOR` sets it instead.
+pub fn time_factor() -> f64 {
+    static FACTOR: OnceLock<f64> = OnceLock::new();
+    *FACTOR.get_or_init(|| {
+        let set = std::env::var("TASKFLOW_TEST_TIME_FACTOR")
+            .ok()
+            .and_then(|v| v.parse::<f64>().ok());
+        let factor = set.unwrap_or_else(|| {
+            let load = std::fs::read_to_string("/proc/loadavg")
+                .ok()
+                .and_then(|l| l.split_whitespace().next()?.parse::<f64>().ok())
+                .unwrap_or(0.0);
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+            1.0 + load / cores
+        });
+        let factor = factor.clamp(1.0, 4.0);
+        eprintln!("test deadlines scaled by {factor:.2} for this machine's load");
+        factor
+    })
+}
+
+/// A deadline sized for an idle machine, scaled by [`time_factor`].
+pub fn scaled(idle: std::time::Duration) -> std::time::Duration {
+    idle.mul_f64(time_factor())
+}
+
 /// Polls `check` until it returns Some, or panics after `timeout` naming `what`.
 pub async fn eventually<T, F, Fut>(what: &str, timeout: std::time::Duration, mut check: F) -> T
 where
@@ -363,7 +394,7 @@ where
 pub async fn wait_for_status(client: &Client, id: &str, statuses: &[&str]) -> Value {
     eventually(
         &format!("task {id} to reach {statuses:?}"),
-        std::time::Duration::from_secs(60),
+        scaled(std::time::Duration::from_secs(60)),
         || async {
             let reply = client.get(&format!("/api/tasks/{id}")).await;
             let status = reply.body["status"].as_str().unwrap_or_default().to_owned();
@@ -371,55 +402,6 @@ pub async fn wait_for_status(client: &Client, id: &str, statuses: &[&str]) -> Va
         },
     )
     .await
-}
-
-/// A tiny HTTP endpoint for the http executor: answers each POST with the next
-/// status from `script` (then 200 forever) and counts the requests.
-pub struct ScriptedEndpoint {
-    pub url: String,
-    pub hits: std::sync::Arc<std::sync::atomic::AtomicUsize>,
-}
-
-impl ScriptedEndpoint {
-    pub async fn start(script: Vec<u16>) -> ScriptedEndpoint {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let url = format!("http://{}/hook", listener.local_addr().expect("addr"));
-        let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let counter = hits.clone();
-        let script = std::sync::Arc::new(script);
-        // A runtime of its own so the endpoint outlives the calling test's runtime.
-        let std_listener = listener.into_std().expect("std listener");
-        std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            runtime.block_on(async move {
-                let listener = tokio::net::TcpListener::from_std(std_listener).expect("listener");
-                loop {
-                    let Ok((mut stream, _)) = listener.accept().await else { continue };
-                    let n = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                    let status = script.get(n).copied().unwrap_or(200);
-                    let mut buffer = vec![0u8; 65536];
-                    let _ = stream.read(&mut buffer).await;
-                    let body = format!("{{\"call\":{}}}", n + 1);
-                    let response = format!(
-                        "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                        body.len()
-                    );
-                    let _ = stream.write_all(response.as_bytes()).await;
-                }
-            });
-        });
-        ScriptedEndpoint { url, hits }
-    }
-
-    pub fn hits(&self) -> usize {
-        self.hits.load(std::sync::atomic::Ordering::SeqCst)
-    }
 }
 
 /// A second host with its own table and queues (`stack_name`) on the shared
@@ -452,65 +434,31 @@ pub fn worker_config(stack: &local_stack::LocalStack) -> shared::config::Config 
 }
 
 /// An HTTP endpoint for batch items: answers 422 to any item whose JSON
-/// contains `"bad":true`, 200 (echoing a count) otherwise. `accept_all()` heals it.
+/// contains `"bad":true`, 200 otherwise. `accept_all()` heals it.
 pub struct PickyEndpoint {
     pub url: String,
-    pub hits: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    pub ledger: Ledger,
     healed: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl PickyEndpoint {
     pub async fn start() -> PickyEndpoint {
         use std::sync::atomic::Ordering;
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        listener.set_nonblocking(true).expect("nonblocking");
-        let url = format!("http://{}/item", listener.local_addr().expect("addr"));
-        let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let healed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let (counter, heal) = (hits.clone(), healed.clone());
-        std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .expect("runtime");
-            runtime.block_on(async move {
-                let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
-                loop {
-                    let Ok((mut stream, _)) = listener.accept().await else { continue };
-                    let (counter, heal) = (counter.clone(), heal.clone());
-                    tokio::spawn(async move {
-                        let mut request = Vec::new();
-                        let mut buffer = [0u8; 8192];
-                        // Read headers and the body announced by Content-Length.
-                        loop {
-                            let Ok(n) = stream.read(&mut buffer).await else { return };
-                            if n == 0 { break; }
-                            request.extend_from_slice(&buffer[..n]);
-                            let text = String::from_utf8_lossy(&request).to_string();
-                            if let Some(split) = text.find("\r\n\r\n") {
-                                let length = text[..split]
-                                    .lines()
-                                    .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap_or(0)))
-                                    .unwrap_or(0);
-                                if request.len() >= split + 4 + length { break; }
-                            }
-                        }
-                        counter.fetch_add(1, Ordering::SeqCst);
-                        let text = String::from_utf8_lossy(&request).replace(' ', "");
-                        let bad = text.contains("\"bad\":true") && !heal.load(Ordering::SeqCst);
-                        let (status, body) = if bad { (422, "{\"error\":\"bad item\"}") } else { (200, "{\"ok\":true}") };
-                        let response = format!(
-                            "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                            body.len()
-                        );
-                        let _ = stream.write_all(response.as_bytes()).await;
-                    });
-                }
-            });
+        let heal = healed.clone();
+        let ledger = Ledger::answering(move |run, _| {
+            let bad = run.input.get("bad") == Some(&Value::Bool(true));
+            if bad && !heal.load(Ordering::SeqCst) {
+                422
+            } else {
+                200
+            }
         });
-        PickyEndpoint { url, hits, healed }
+        PickyEndpoint {
+            url: ledger.url.clone(),
+            ledger,
+            healed,
+        }
     }
 
     /// From now on every item succeeds.
@@ -523,7 +471,7 @@ impl PickyEndpoint {
 pub async fn wait_for_batch(client: &Client, id: &str) -> Value {
     eventually(
         &format!("batch {id} to finish"),
-        std::time::Duration::from_secs(120),
+        scaled(std::time::Duration::from_secs(120)),
         || async {
             let reply = client.get(&format!("/api/batches/{id}")).await;
             let status = reply.body["status"].as_str().unwrap_or_default().to_owned();
@@ -614,7 +562,7 @@ pub async fn wait_until_drained(queue_url: &str) {
     let clients = stack().clients().await;
     eventually(
         &format!("{queue_url} to drain"),
-        std::time::Duration::from_secs(30),
+        scaled(std::time::Duration::from_secs(30)),
         || async {
             let attrs = clients
                 .sqs
