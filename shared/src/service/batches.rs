@@ -501,7 +501,8 @@ impl BatchService {
         batch: &mut BatchJob,
         before: &BatchJob,
         items: &[ChunkItem],
-    ) -> Result<(), AppError> {        let (manifest_key, chunk_count) = self.write_round(batch, items).await?;
+    ) -> Result<(), AppError> {
+        let (manifest_key, chunk_count) = self.write_round(batch, items).await?;
         let name = format!("{}-r{}", batch.id, batch.round);
         batch.status = BatchStatus::Processing;
         batch.chunk_count = chunk_count;

@@ -107,7 +107,12 @@ async fn a_retry_round_that_cannot_start_leaves_the_batch_as_it_was() {
         .unwrap();
     let id = view.batch.id;
     // Its round ended with one failed item.
-    let mut batch = world.batches.get(&boss().agency, id).await.unwrap().unwrap();
+    let mut batch = world
+        .batches
+        .get(&boss().agency, id)
+        .await
+        .unwrap()
+        .unwrap();
     batch.status = BatchStatus::Failed;
     batch.failed_items = 1;
     world.batches.put(&batch).await.unwrap();
@@ -130,7 +135,12 @@ async fn a_retry_round_that_cannot_start_leaves_the_batch_as_it_was() {
         .store(true, Ordering::SeqCst);
     let err = batches.retry_failed(&boss(), id).await.unwrap_err();
     assert_eq!(err.status_code(), 503);
-    let after = world.batches.get(&boss().agency, id).await.unwrap().unwrap();
+    let after = world
+        .batches
+        .get(&boss().agency, id)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(after, batch, "put back as it was before the round");
 
     // Once the engine answers again, the same retry goes through as round 1.
