@@ -847,13 +847,22 @@ impl crate::ports::ObjectStore for MemoryObjects {
             .insert(key.to_owned(), (body, HashMap::new()));
         Ok(())
     }
-    async fn get(&self, key: &str, _max_bytes: usize) -> Result<Vec<u8>, AppError> {
-        self.objects
+    /// Like the S3 adapter, refuses an object larger than `max_bytes`.
+    async fn get(&self, key: &str, max_bytes: usize) -> Result<Vec<u8>, AppError> {
+        let body = self
+            .objects
             .lock()
             .expect("not poisoned")
             .get(key)
             .map(|(body, _)| body.clone())
-            .ok_or_else(|| AppError::internal(format!("no object {key}")))
+            .ok_or_else(|| AppError::internal(format!("no object {key}")))?;
+        if body.len() > max_bytes {
+            return Err(AppError::Conflict(format!(
+                "object is {} bytes; the limit is {max_bytes}",
+                body.len()
+            )));
+        }
+        Ok(body)
     }
     async fn metadata(&self, key: &str) -> Result<HashMap<String, String>, AppError> {
         Ok(self

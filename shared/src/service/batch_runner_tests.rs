@@ -263,6 +263,19 @@ async fn a_chunk_runs_its_items_counts_them_and_writes_its_results() {
     );
 }
 
+/// Chunks are read with a generous size limit (256 MiB): a chunk of a few hundred kilobytes runs.
+#[tokio::test]
+async fn a_large_chunk_is_read_and_run() {
+    let f = Fixture::new();
+    let items: Vec<Value> = (0..100).map(|n| json!(format!("{n:0>4000}"))).collect();
+    let id = f
+        .create(Value::Array(items), json!({"itemsPerBatch": 100}))
+        .await;
+    f.runner.process(chunk(id, 0, 0)).await;
+    assert_eq!(f.answer("chunk-0-0"), succeeded(r#"{"status":"done"}"#));
+    assert_eq!(f.counts(id, 0).await.success, 100);
+}
+
 #[tokio::test]
 async fn a_chunk_of_a_missing_batch_fails_its_token_for_good() {
     let f = Fixture::new();
