@@ -16,6 +16,9 @@ use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// When a running step first heartbeats its token.
+const FIRST_BEAT: Duration = Duration::from_secs(1);
+
 /// Error names the chain definition's Retry blocks match (`Taskflow.Retryable.<maxAttempts>`).
 pub fn retryable_error(max_attempts: u32) -> String {
     format!("Taskflow.Retryable.{max_attempts}")
@@ -236,8 +239,11 @@ impl ChainRunner {
         let beat = Duration::from_secs(u64::from(config.heartbeat_seconds).div_ceil(2).max(1));
         let run = tokio::time::timeout(budget, executor.run(&job));
         tokio::pin!(run);
-        let mut ticks = tokio::time::interval(beat);
-        ticks.tick().await;
+        // The heartbeat clock started when the step's message was sent, so its wait on the
+        // queue has used part of the window: a step still running after a second heartbeats
+        // at once, then every half window. Quicker steps answer before any heartbeat.
+        let mut ticks =
+            tokio::time::interval_at(tokio::time::Instant::now() + FIRST_BEAT.min(beat), beat);
         loop {
             tokio::select! {
                 result = &mut run => {

@@ -327,3 +327,34 @@ async fn a_step_cancelled_while_it_runs_answers_its_token_with_a_failure() {
     assert_ne!(error, "success");
     assert!(cause.contains("skipped while it ran"), "{cause}");
 }
+
+/// The heartbeat window opened when the step's message was sent, so a running step heartbeats
+/// a second after it starts instead of half a window later; a quick step never does.
+#[tokio::test(start_paused = true)]
+async fn a_running_step_heartbeats_within_a_second_and_a_quick_one_never() {
+    let world = MemoryWorld::new();
+    let step = |seconds: u32| {
+        json!({"executor": {"type": "sleep", "config": {"seconds": seconds}},
+            "heartbeatSeconds": 10, "timeoutSeconds": 60})
+    };
+    let id = create_chain(
+        &world,
+        json!([{"name": "slow", "config": step(3)}, {"name": "quick", "config": step(0)}]),
+    )
+    .await;
+    let chains = runner(&world, world.store.clone());
+    assert_eq!(
+        chains.process(step_message(id, "quick")).await,
+        Delivery::Ack
+    );
+    assert!(world.orchestrator.heartbeats.lock().unwrap().is_empty());
+    assert_eq!(
+        chains.process(step_message(id, "slow")).await,
+        Delivery::Ack
+    );
+    // Three seconds of work: a heartbeat at one second, the next would be at six.
+    assert_eq!(
+        *world.orchestrator.heartbeats.lock().unwrap(),
+        ["run-token"]
+    );
+}
