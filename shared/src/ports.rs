@@ -181,7 +181,14 @@ pub trait AgentStore: Send + Sync {
     /// Online agents whose last heartbeat is older than `before`, across agencies.
     async fn stale(&self, before: DateTime<Utc>) -> Result<Vec<crate::domain::Agent>, AppError>;
 
-    async fn mark_offline(&self, agency: &AgencyId, id: &UserId) -> Result<(), AppError>;
+    /// Marks the agent offline if its last heartbeat is still older than `before`; false when a
+    /// heartbeat arrived meanwhile (the agent is alive and keeps its work).
+    async fn mark_offline(
+        &self,
+        agency: &AgencyId,
+        id: &UserId,
+        before: DateTime<Utc>,
+    ) -> Result<bool, AppError>;
 }
 
 /// A task waiting for a worker, as the aging and deadline scans see it.

@@ -326,6 +326,9 @@ impl crate::ports::Dispatcher for RecordingDispatcher {
 #[derive(Debug, Default)]
 pub struct MemoryAgents {
     agents: Mutex<BTreeMap<(AgencyId, String), crate::domain::Agent>>,
+    /// When set, every agent a `stale` scan lists heartbeats right after the scan: the race
+    /// between the sweeper's scan and its offline write.
+    pub heartbeat_after_scan: std::sync::atomic::AtomicBool,
 }
 
 #[async_trait]
@@ -406,26 +409,39 @@ impl crate::ports::AgentStore for MemoryAgents {
         &self,
         before: chrono::DateTime<chrono::Utc>,
     ) -> Result<Vec<crate::domain::Agent>, AppError> {
-        let agents = self.agents.lock().expect("not poisoned");
-        Ok(agents
+        let mut agents = self.agents.lock().expect("not poisoned");
+        let stale: Vec<crate::domain::Agent> = agents
             .values()
             .filter(|a| {
                 a.status == crate::domain::AgentStatus::Online && a.last_heartbeat_at < before
             })
             .cloned()
-            .collect())
+            .collect();
+        if self
+            .heartbeat_after_scan
+            .load(std::sync::atomic::Ordering::SeqCst)
+        {
+            for agent in agents.values_mut() {
+                agent.last_heartbeat_at = chrono::Utc::now();
+            }
+        }
+        Ok(stale)
     }
 
     async fn mark_offline(
         &self,
         agency: &AgencyId,
         id: &crate::domain::UserId,
-    ) -> Result<(), AppError> {
+        before: chrono::DateTime<chrono::Utc>,
+    ) -> Result<bool, AppError> {
         let mut agents = self.agents.lock().expect("not poisoned");
-        if let Some(a) = agents.get_mut(&(agency.clone(), id.to_string())) {
-            a.status = crate::domain::AgentStatus::Offline;
+        match agents.get_mut(&(agency.clone(), id.to_string())) {
+            Some(a) if a.last_heartbeat_at < before => {
+                a.status = crate::domain::AgentStatus::Offline;
+                Ok(true)
+            }
+            _ => Ok(false),
         }
-        Ok(())
     }
 }
 

@@ -146,9 +146,13 @@ impl Sweeper {
     ) -> Result<(), AppError> {
         let cutoff = now - chrono::Duration::from_std(HEARTBEAT_TIMEOUT).unwrap_or_default();
         for agent in self.agents.stale(cutoff).await? {
-            self.agents
-                .mark_offline(&agent.agency_id, &agent.id)
-                .await?;
+            if !self
+                .agents
+                .mark_offline(&agent.agency_id, &agent.id, cutoff)
+                .await?
+            {
+                continue; // it heartbeated since the scan: alive, and keeps its work
+            }
             report.agents_offline += 1;
             let system = Caller {
                 user: UserId::parse("system:sweeper").expect("valid id"),

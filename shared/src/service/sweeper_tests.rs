@@ -194,3 +194,47 @@ async fn a_silent_agent_goes_offline_and_its_tasks_move_to_another() {
         1
     );
 }
+
+/// The agent heartbeats between the sweep's scan and its offline write: it stays online and
+/// keeps its work.
+#[tokio::test]
+async fn an_agent_that_heartbeats_during_the_sweep_keeps_its_tasks() {
+    let world = MemoryWorld::new();
+    let agency = boss().agency;
+    let busy = UserId::parse("busy").unwrap();
+    let other = UserId::parse("other").unwrap();
+    world
+        .agents
+        .heartbeat(&agency, &busy, &[], 5, Utc::now())
+        .await
+        .unwrap();
+    let services = world.services();
+    let id = create(&world, json!({"title": "t"})).await;
+    services
+        .tasks
+        .assign(&boss(), id, &AssignInput::Auto, None)
+        .await
+        .unwrap();
+    world
+        .agents
+        .heartbeat(&agency, &busy, &[], 5, Utc::now() - Duration::minutes(10))
+        .await
+        .unwrap();
+    world
+        .agents
+        .heartbeat(&agency, &other, &[], 5, Utc::now())
+        .await
+        .unwrap();
+    world
+        .agents
+        .heartbeat_after_scan
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+
+    let report = services.sweeper.sweep(Utc::now()).await.unwrap();
+    assert_eq!((report.agents_offline, report.reassigned), (0, 0));
+    let task = world.store.get(&agency, id).await.unwrap().unwrap();
+    assert_eq!(task.assigned_to, Some(busy.clone()));
+    let agent = world.agents.get(&agency, &busy).await.unwrap().unwrap();
+    assert_eq!(agent.status, crate::domain::AgentStatus::Online);
+    assert_eq!(agent.active_tasks, 1);
+}

@@ -196,8 +196,12 @@ impl AgentStore for DynamoAgentStore {
         Ok(agents)
     }
 
-    async fn mark_offline(&self, agency: &AgencyId, id: &UserId) -> Result<(), AppError> {
-        let cutoff = Utc::now() - chrono::Duration::from_std(HEARTBEAT_TIMEOUT).unwrap_or_default();
+    async fn mark_offline(
+        &self,
+        agency: &AgencyId,
+        id: &UserId,
+        before: DateTime<Utc>,
+    ) -> Result<bool, AppError> {
         let result = self
             .client
             .update_item()
@@ -208,12 +212,12 @@ impl AgentStore for DynamoAgentStore {
             .condition_expression("lastHeartbeatAt < :cutoff")
             .expression_attribute_names("#status", "status")
             .expression_attribute_values(":offline", s(AgentStatus::Offline.as_str()))
-            .expression_attribute_values(":cutoff", s(keys::sortable_time(cutoff)))
+            .expression_attribute_values(":cutoff", s(keys::sortable_time(before)))
             .send()
             .await;
         match result {
-            Ok(_) => Ok(()),
-            Err(err) if conditional_failed(&err) => Ok(()),
+            Ok(_) => Ok(true),
+            Err(err) if conditional_failed(&err) => Ok(false),
             Err(err) => Err(from_sdk("dynamodb:UpdateItem", err)),
         }
     }
