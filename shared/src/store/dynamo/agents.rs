@@ -2,7 +2,6 @@
 
 use super::keys::{self, n, s, AGENT_SK, ONLINE_AGENTS, PENDING_INDEX, PK, SK};
 use super::{from_item, Item};
-use crate::domain::agent::HEARTBEAT_TIMEOUT;
 use crate::domain::{AgencyId, Agent, AgentStatus, UserId};
 use crate::error::AppError;
 use crate::ports::AgentStore;
