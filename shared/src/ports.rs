@@ -277,6 +277,7 @@ pub trait BatchStore: Send + Sync {
     async fn put(&self, batch: &crate::domain::BatchJob) -> Result<(), AppError>;
 
     /// Resets a chunk's counters for a new attempt; later counts must carry `attempt`.
+    /// True when an earlier attempt of the chunk had started (it may have recorded failures).
     async fn start_chunk(
         &self,
         agency: &AgencyId,
@@ -284,7 +285,7 @@ pub trait BatchStore: Send + Sync {
         round: u32,
         chunk: u32,
         attempt: &str,
-    ) -> Result<(), AppError>;
+    ) -> Result<bool, AppError>;
 
     /// Adds to a chunk's counters if `attempt` is still the chunk's current one.
     async fn add_counts(

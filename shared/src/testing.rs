@@ -743,12 +743,12 @@ impl crate::ports::BatchStore for MemoryBatches {
         round: u32,
         chunk: u32,
         attempt: &str,
-    ) -> Result<(), AppError> {
-        self.chunks.lock().expect("not poisoned").insert(
+    ) -> Result<bool, AppError> {
+        let earlier = self.chunks.lock().expect("not poisoned").insert(
             ((agency.clone(), id), round, chunk),
             (attempt.to_owned(), Default::default()),
         );
-        Ok(())
+        Ok(earlier.is_some())
     }
     async fn add_counts(
         &self,

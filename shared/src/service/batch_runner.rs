@@ -119,9 +119,13 @@ impl BatchRunner {
             }
         };
         let attempt = ulid::Ulid::new().to_string();
-        self.batches
+        let rerun = self
+            .batches
             .start_chunk(agency, id, round, chunk, &attempt)
             .await?;
+        // Items that succeed may hold a failure record from an earlier round, or from an
+        // earlier attempt of this chunk; only then is it worth a delete per success.
+        let clears_failures = round > 0 || rerun;
 
         let config = Arc::new(batch.executor.config.clone());
         let mut runs = stream::iter(items)
@@ -150,7 +154,9 @@ impl BatchRunner {
             match outcome {
                 Ok(Outcome::Done(result)) => {
                     pending.success += 1;
-                    succeeded.push(index);
+                    if clears_failures {
+                        succeeded.push(index);
+                    }
                     results.push(json!({"index": index, "status": "completed", "result": result}));
                 }
                 Ok(Outcome::AwaitAssignee) => {
@@ -236,7 +242,7 @@ impl BatchRunner {
             self.batches.record_failures(agency, id, failures).await?;
             failures.clear();
         }
-        if round > 0 && !succeeded.is_empty() {
+        if !succeeded.is_empty() {
             // A retried item that now succeeds is no longer a failure.
             self.batches.clear_failures(agency, id, succeeded).await?;
         }

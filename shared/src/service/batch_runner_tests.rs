@@ -711,7 +711,6 @@ async fn finalize_retries_when_the_batch_cannot_be_written() {
 /// counts say 0 failed, GET …/failures lists the item, and retry-failed reruns it, counting
 /// its success twice.
 #[tokio::test]
-#[ignore = "known bug: a round-0 retried chunk leaves stale item failures (see report)"]
 async fn an_item_that_succeeds_on_the_chunks_next_attempt_is_no_longer_a_failure() {
     let f = Fixture::new();
     let mut items = vec![json!({"takeover": 0}), json!({"flakyOnce": 1})];

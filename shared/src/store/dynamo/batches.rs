@@ -181,14 +181,23 @@ impl BatchStore for DynamoBatchStore {
         round: u32,
         chunk: u32,
         attempt: &str,
-    ) -> Result<(), AppError> {
+    ) -> Result<bool, AppError> {
         let mut item = Self::key(agency, id, chunk_sk(round, chunk));
         item.insert("entity".into(), s("chunk"));
         item.insert("attempt".into(), s(attempt));
         for counter in ["processed", "success", "failed"] {
             item.insert(counter.into(), n(0));
         }
-        self.tasks.put_unconditional(item).await
+        let out = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .return_values(aws_sdk_dynamodb::types::ReturnValue::AllOld)
+            .send()
+            .await
+            .map_err(|e| from_sdk("dynamodb:PutItem", e))?;
+        Ok(out.attributes.is_some_and(|old| !old.is_empty()))
     }
 
     async fn add_counts(
