@@ -156,7 +156,7 @@ async fn a_host_killed_mid_load_still_finishes_every_task_once() {
         );
     }
     ledger.wait_for("work in flight", 1, |_| true).await;
-    first.kill_functions();
+    first.kill_functions().await;
     // Every run so far belongs to the dead host; none of them was answered.
     let killed = ledger.runs();
     assert!(killed.iter().all(|r| !r.answered));

@@ -489,7 +489,7 @@ async fn a_chain_step_whose_worker_stops_heartbeating_fails_on_its_heartbeat_tim
     })
     .await;
     // The worker dies mid-step: no more heartbeats, no answer.
-    first.kill_functions();
+    first.kill_functions().await;
     let killed = std::time::Instant::now();
 
     // A fresh host on the same queues records the failure the state machine reports.

@@ -227,7 +227,7 @@ async fn a_killed_workers_task_still_completes() {
         )
         .await;
     wait_for_status(&boss, &id, &["in_progress"]).await;
-    first.kill_functions();
+    first.kill_functions().await;
 
     // A new host on the same queues and table takes over once the lease and visibility lapse.
     let second = isolated_stack("taskflow-crash").await;

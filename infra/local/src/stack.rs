@@ -239,11 +239,16 @@ impl LocalStack {
         }
     }
 
-    /// Ends every hosted function at once, mid-work, as a crash would. The
-    /// emulator keeps running, so another host can pick up where this one died.
-    pub fn kill_functions(&mut self) {
-        for task in self.tasks.drain(..) {
+    /// Ends every hosted function at once, mid-work, as a crash would, and returns once all
+    /// of them are gone (nothing of this host acts afterwards). The emulator keeps running, so
+    /// another host can pick up where this one died.
+    pub async fn kill_functions(&mut self) {
+        let tasks: Vec<_> = self.tasks.drain(..).collect();
+        for task in &tasks {
             task.abort();
+        }
+        for task in tasks {
+            let _ = task.await;
         }
     }
 

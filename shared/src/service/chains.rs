@@ -436,3 +436,27 @@ fn describe_error(error: &Value) -> String {
         _ => format!("{name}: {cause}"),
     }
 }
+
+#[cfg(test)]
+mod error_text {
+    use super::describe_error;
+    use serde_json::json;
+
+    #[test]
+    fn a_catch_error_reads_as_one_line() {
+        assert_eq!(
+            describe_error(&json!({"Error": "States.HeartbeatTimeout", "Cause": "x"})),
+            "States.HeartbeatTimeout: the step did not finish (or heartbeat) in time"
+        );
+        assert_eq!(
+            describe_error(&json!({"Error": "States.Timeout"})),
+            "States.Timeout: the step did not finish (or heartbeat) in time"
+        );
+        assert_eq!(
+            describe_error(&json!({"Error": "Taskflow.Permanent", "Cause": "POST returned 422"})),
+            "Taskflow.Permanent: POST returned 422"
+        );
+        assert_eq!(describe_error(&json!({"Error": "Boom"})), "Boom");
+        assert_eq!(describe_error(&json!({})), "error");
+    }
+}

@@ -358,3 +358,130 @@ async fn a_running_step_heartbeats_within_a_second_and_a_quick_one_never() {
         ["run-token"]
     );
 }
+
+/// Gives a chain's step a final status directly, as the worker or a Catch would have.
+async fn settle(world: &MemoryWorld, id: TaskId, name: &str, status: StepStatus) {
+    let agency = boss().agency;
+    let mut step = world
+        .store
+        .get_step(&agency, id, name)
+        .await
+        .unwrap()
+        .unwrap();
+    let read = step.status;
+    step.status = status;
+    assert!(world
+        .store
+        .replace_step(&agency, &step, read)
+        .await
+        .unwrap());
+}
+
+fn finalize(id: TaskId) -> ChainMessage {
+    ChainMessage::Finalize {
+        task_id: id,
+        agency_id: boss().agency,
+        task_token: "final-token".into(),
+    }
+}
+
+/// Finalize: a failed step fails the task unless its policy is `continue`.
+#[tokio::test]
+async fn finalize_fails_the_task_only_for_failures_that_count() {
+    let world = MemoryWorld::new();
+    let chains = runner(&world, world.store.clone());
+    let tolerant = create_chain(
+        &world,
+        json!([{"name": "a", "config": {"onFailure": "continue"}}, {"name": "b"}]),
+    )
+    .await;
+    settle(&world, tolerant, "a", StepStatus::Failed).await;
+    settle(&world, tolerant, "b", StepStatus::Completed).await;
+    assert_eq!(chains.process(finalize(tolerant)).await, Delivery::Ack);
+    let task = world
+        .store
+        .get(&boss().agency, tolerant)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        task.status,
+        crate::domain::TaskStatus::Completed,
+        "{task:?}"
+    );
+
+    let strict = create_chain(&world, json!([{"name": "a"}, {"name": "b"}])).await;
+    settle(&world, strict, "a", StepStatus::Completed).await;
+    settle(&world, strict, "b", StepStatus::Failed).await;
+    assert_eq!(chains.process(finalize(strict)).await, Delivery::Ack);
+    let task = world
+        .store
+        .get(&boss().agency, strict)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(task.status, crate::domain::TaskStatus::Failed);
+    assert_eq!(task.error.as_deref(), Some("steps failed: b"));
+    // Each finalize answered its token.
+    let answers = world.orchestrator.answers.lock().unwrap().clone();
+    assert_eq!(answers.iter().filter(|a| a.0 == "final-token").count(), 2);
+}
+
+/// A retryable failure names the step's attempt count, so the definition's matching Retry
+/// block applies; a dependent of a step failed with skip_dependents is skipped, not run.
+#[tokio::test]
+async fn retryable_failures_name_their_attempts_and_failed_dependencies_skip() {
+    let world = MemoryWorld::new();
+    let chains = runner(&world, world.store.clone());
+    let id = create_chain(
+        &world,
+        json!([
+            {"name": "flaky", "config": {"executor": {"type": "sleep", "config": {"failAttempts": 9}}, "retry": {"maxAttempts": 3}, "onFailure": "skip_dependents"}},
+            {"name": "after", "dependsOn": ["flaky"]},
+            {"name": "tolerant", "config": {"onFailure": "continue"}},
+            {"name": "after-tolerant", "dependsOn": ["tolerant"]},
+        ]),
+    )
+    .await;
+    assert_eq!(
+        chains.process(step_message(id, "flaky")).await,
+        Delivery::Ack
+    );
+    let answers = world.orchestrator.answers.lock().unwrap().clone();
+    assert_eq!(
+        answers.last().unwrap().1,
+        "Taskflow.Retryable.3",
+        "{answers:?}"
+    );
+
+    settle(&world, id, "flaky", StepStatus::Failed).await;
+    assert_eq!(
+        chains.process(step_message(id, "after")).await,
+        Delivery::Ack
+    );
+    let after = world
+        .store
+        .get_step(&boss().agency, id, "after")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(after.status, StepStatus::Skipped);
+    assert_eq!(after.attempts, 0, "never ran");
+
+    settle(&world, id, "tolerant", StepStatus::Failed).await;
+    assert_eq!(
+        chains.process(step_message(id, "after-tolerant")).await,
+        Delivery::Ack
+    );
+    let runs = world
+        .store
+        .get_step(&boss().agency, id, "after-tolerant")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        runs.status,
+        StepStatus::Completed,
+        "continue lets dependents run"
+    );
+}
