@@ -687,6 +687,8 @@ pub struct MemoryBatches {
     pub tasks: std::sync::Arc<MemoryStore>,
     /// When set, the next `put` fails as if DynamoDB were unreachable (once).
     pub refuse_next_put: std::sync::atomic::AtomicBool,
+    /// Failure records deleted so far (each one a DynamoDB delete on AWS).
+    pub cleared: std::sync::atomic::AtomicUsize,
 }
 
 #[async_trait]
@@ -809,6 +811,8 @@ impl crate::ports::BatchStore for MemoryBatches {
         for index in indexes {
             all.remove(&((agency.clone(), id), *index));
         }
+        self.cleared
+            .fetch_add(indexes.len(), std::sync::atomic::Ordering::SeqCst);
         Ok(())
     }
     async fn failures(

@@ -267,7 +267,8 @@ async fn a_chunk_runs_its_items_counts_them_and_writes_its_results() {
 #[tokio::test]
 async fn a_large_chunk_is_read_and_run() {
     let f = Fixture::new();
-    let items: Vec<Value> = (0..100).map(|n| json!(format!("{n:0>4000}"))).collect();
+    // About 2 MB: above the sizes a mistyped limit (256 + 1024 * 1024 bytes) would allow.
+    let items: Vec<Value> = (0..100).map(|n| json!(format!("{n:0>20000}"))).collect();
     let id = f
         .create(Value::Array(items), json!({"itemsPerBatch": 100}))
         .await;
@@ -731,4 +732,21 @@ async fn an_item_that_succeeds_on_the_chunks_next_attempt_is_no_longer_a_failure
         }
     );
     assert_eq!(f.failures(id).await, vec![], "item 1 succeeded");
+}
+
+/// Clearing failure records costs a delete per item: a chunk's first attempt in round 0 has
+/// none to clear and sends none.
+#[tokio::test]
+async fn a_first_attempt_in_round_zero_clears_no_failures() {
+    let f = Fixture::new();
+    let id = f
+        .create(
+            Value::Array((0..10).map(|n| json!(n)).collect()),
+            json!({"itemsPerBatch": 10}),
+        )
+        .await;
+    f.runner.process(chunk(id, 0, 0)).await;
+    assert_eq!(f.counts(id, 0).await.processed, 10);
+    assert!(f.counts(id, 0).await.success > 0);
+    assert_eq!(f.world.batches.cleared.load(Ordering::SeqCst), 0);
 }
