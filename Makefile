@@ -19,7 +19,7 @@ ROLE ?= manager
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: mutants bench soak package fuzz help venv venv-localstack build dev token test test-unit test-integration test-localstack lint fmt fmt-check clippy sam-validate clean
+.PHONY: functions mutants bench soak package fuzz help venv venv-localstack build dev token test test-unit test-integration test-localstack lint fmt fmt-check clippy sam-validate clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -90,10 +90,15 @@ mutants: ## Mutation testing of the runner, batch runner, chains and worker (car
 		done; \
 		exit $$status
 
+# The functions' own binaries, which the local Lambda runtime runs (make dev, the end-to-end tests).
+FUNCTION_CRATES := -p api -p worker -p sweeper -p batch-trigger
+functions:
+	$(CARGO) build --quiet $(FUNCTION_CRATES)
+
 build: ## Build every crate (debug)
 	$(CARGO) build --workspace --all-targets
 
-dev: venv ## Run the whole system locally: emulator, resources from template.yaml, API on :$(PORT)
+dev: venv functions ## Run the whole system locally: emulator, resources from template.yaml, each function's binary under the local Lambda runtime, API on :$(PORT)
 	$(CARGO) run --quiet -p local-stack -- dev --port $(PORT) --emulator-port $(EMULATOR_PORT)
 
 token: ## Print a local bearer token: make token AGENCY=acme USER=alice ROLE=manager
@@ -105,11 +110,11 @@ test: venv fmt-check clippy test-unit test-integration fuzz sam-validate ## Ever
 test-unit: ## Unit and handler tests (no emulator)
 	$(CARGO) test --workspace --exclude integration-tests
 
-test-integration: venv ## End-to-end tests over HTTP against a local stack the tests start themselves
+test-integration: venv functions ## End-to-end tests over HTTP against a local stack the tests start themselves (functions as processes under the local Lambda runtime)
 	MOTO_VENV=$(CURDIR)/$(VENV) $(CARGO) test -p integration-tests -- --test-threads 4
 
 # LOCALSTACK_ENDPOINT=http://localhost:4566 uses a running LocalStack (Docker) instead of starting one.
-test-localstack: venv $(if $(LOCALSTACK_ENDPOINT),,venv-localstack) ## The end-to-end tests with SQS, Step Functions and S3 on LocalStack (host process), DynamoDB on moto
+test-localstack: venv functions $(if $(LOCALSTACK_ENDPOINT),,venv-localstack) ## The end-to-end tests with SQS, Step Functions and S3 on LocalStack (host process), DynamoDB on moto
 	rm -rf .local/localstack
 	TASKFLOW_TEST_BACKEND=localstack MOTO_VENV=$(CURDIR)/$(VENV) LOCALSTACK_VENV=$(CURDIR)/$(LOCALSTACK_VENV) \
 		$(CARGO) test -p integration-tests -- --test-threads 4; \

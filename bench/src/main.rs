@@ -92,6 +92,8 @@ async fn main() -> Result<()> {
         api_port: 0,
         jwt_secret: SECRET.to_vec(),
         parameter_overrides: Vec::new(),
+        // The harness measures one process hosting every function (see BENCHMARKS.md).
+        functions: local_stack::FunctionHost::InProcess,
     })
     .await?;
     let api_url = stack.api_url();

@@ -178,3 +178,68 @@ async fn a_host_killed_mid_load_still_finishes_every_task_once() {
     }
     second.stop().await;
 }
+
+/// The worker runs as its real binary under the local Lambda runtime. Here its `Timeout` (5 s)
+/// is below the lease (40 s), so a run that hangs is ended by Lambda, not by the runner's own
+/// budget: the invocation is killed without writing anything, its message comes back after
+/// the visibility timeout, and once the lease has lapsed the task is taken over and finishes
+/// once.
+#[tokio::test]
+async fn a_worker_killed_at_its_timeout_leaves_the_task_to_finish_once() {
+    if !matches!(
+        isolated_options("x").functions,
+        local_stack::FunctionHost::Processes { .. }
+    ) {
+        println!("SKIPPED: needs the functions as processes (TASKFLOW_FUNCTIONS=in-process)");
+        return;
+    }
+    let mut options = isolated_options("taskflow-lambda-timeout");
+    options.parameter_overrides = vec![
+        ("LeaseSeconds".into(), "40".into()),
+        ("WorkerTimeoutSeconds".into(), "5".into()),
+        ("QueueVisibilitySeconds".into(), "22".into()),
+    ];
+    let host = LocalStack::start(options).await.expect("host");
+    let boss =
+        Client::as_user(&unique_agency("lambdatimeout"), "boss", "manager").at(&host.api_url());
+    let ledger = Ledger::start();
+    // Every run is held until a second one arrives: the first is still running when its
+    // invocation reaches the worker's Timeout.
+    ledger.hold();
+    let id = boss
+        .create_task(
+            &json!({"title": "hangs once", "priority": "critical", "autoDispatch": true,
+            "executor": {"type": "http", "config": {"url": ledger.url, "timeoutSeconds": 60}}}),
+        )
+        .await;
+    ledger
+        .wait_for("the first run", 1, |r| r.task_id == id)
+        .await;
+    let running = boss.get(&format!("/api/tasks/{id}")).await.body;
+    assert_eq!(running["status"], "in_progress", "{running}");
+    ledger
+        .wait_for("the run after the timeout", 2, |r| r.task_id == id)
+        .await;
+    ledger.release();
+    let task = wait_for_status(&boss, &id, &["completed", "failed"]).await;
+    assert_eq!(task["status"], "completed", "{task}");
+    let worker = host.function_runtime("WorkerFunction").expect("processes");
+    assert!(worker.stats().timeouts >= 1, "{:?}", worker.stats());
+    // The killed run, then the takeover. (On a loaded machine a takeover's cold start can
+    // itself outlast 5 s; then there is one more killed attempt, never a second completion.)
+    let runs = ledger.runs_of(&id);
+    let last = runs.last().expect("runs");
+    assert_eq!(runs[0].attempt, 1);
+    assert!(runs.len() >= 2, "{runs:?}");
+    assert!(
+        runs.windows(2).all(|w| w[0].attempt < w[1].attempt),
+        "{runs:?}"
+    );
+    assert_eq!(task["attempts"].as_u64(), Some(last.attempt));
+    assert_eq!(
+        task["result"],
+        json!({"run": last.seq}),
+        "the takeover's answer"
+    );
+    host.stop().await;
+}

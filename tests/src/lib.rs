@@ -110,6 +110,7 @@ pub fn stack() -> &'static TestStack {
                         api_port: 0,
                         jwt_secret: TEST_SECRET.to_vec(),
                         parameter_overrides: test_parameters(),
+                        functions: local_stack::FunctionHost::from_env(&StackOptions::repo_root()),
                     };
                     match LocalStack::start(options).await {
                         Ok(stack) => {
@@ -420,6 +421,7 @@ pub fn isolated_options(stack_name: &str) -> StackOptions {
         api_port: 0,
         jwt_secret: TEST_SECRET.to_vec(),
         parameter_overrides: test_parameters(),
+        functions: local_stack::FunctionHost::from_env(&StackOptions::repo_root()),
     }
 }
 

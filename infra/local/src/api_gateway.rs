@@ -79,12 +79,10 @@ impl ApiRoute {
     }
 }
 
-/// The function behind the API: takes a proxy event, returns a proxy response.
+/// The function behind the API: takes the proxy event, returns the HTTP response the
+/// gateway sends back (the function's own, or the gateway's error when the integration failed).
 pub type Invoke = Arc<
-    dyn Fn(
-            lambda_http::Request,
-        )
-            -> Pin<Box<dyn Future<Output = lambda_http::Response<lambda_http::Body>> + Send>>
+    dyn Fn(Value) -> Pin<Box<dyn Future<Output = hyper::Response<Full<Bytes>>> + Send>>
         + Send
         + Sync,
 >;
@@ -174,24 +172,13 @@ impl ApiGateway {
             &request_id,
             peer,
         );
-        let request = match lambda_http::request::from_str(&event.to_string()) {
-            Ok(request) => request,
-            Err(err) => {
-                tracing::error!(%err, "could not build the proxy event");
-                return gateway_error(
-                    500,
-                    "internal_error",
-                    "the local gateway could not build the event",
-                );
-            }
-        };
         let started = std::time::Instant::now();
-        let response = (self.invoke)(request).await;
+        let response = (self.invoke)(event).await;
         tracing::info!(
             %method, %path, status = response.status().as_u16(),
             ms = started.elapsed().as_millis() as u64, "api request"
         );
-        to_hyper(response)
+        response
     }
 
     fn authorize(&self, headers: &http::HeaderMap) -> Result<Map<String, Value>, &'static str> {
@@ -301,7 +288,10 @@ fn proxy_event(
     })
 }
 
-fn to_hyper(response: lambda_http::Response<lambda_http::Body>) -> hyper::Response<Full<Bytes>> {
+/// A response of the in-process API handler as the gateway sends it.
+pub fn to_hyper(
+    response: lambda_http::Response<lambda_http::Body>,
+) -> hyper::Response<Full<Bytes>> {
     let (parts, body) = response.into_parts();
     let bytes = match body {
         lambda_http::Body::Empty => Bytes::new(),
@@ -312,9 +302,80 @@ fn to_hyper(response: lambda_http::Response<lambda_http::Body>) -> hyper::Respon
     hyper::Response::from_parts(parts, Full::new(bytes))
 }
 
+/// API Gateway's integration timeout for REST APIs.
+pub const INTEGRATION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(29);
+/// Lambda's limit on a synchronous response.
+pub const MAX_RESPONSE_BYTES: usize = 6 * 1024 * 1024;
+
+/// The HTTP response for a Lambda proxy integration's answer (`statusCode`, `headers`,
+/// `multiValueHeaders`, `body`, `isBase64Encoded`); a 502 when it is not one, or too large.
+pub fn from_proxy_response(body: &[u8]) -> hyper::Response<Full<Bytes>> {
+    if body.len() > MAX_RESPONSE_BYTES {
+        tracing::warn!(
+            bytes = body.len(),
+            "the function's response is over Lambda's 6 MB limit"
+        );
+        return integration_failure();
+    }
+    let Ok(reply) = serde_json::from_slice::<Value>(body) else {
+        return integration_failure();
+    };
+    let Some(status) = reply["statusCode"]
+        .as_u64()
+        .and_then(|s| hyper::StatusCode::from_u16(s as u16).ok())
+    else {
+        return integration_failure();
+    };
+    let text = reply["body"].as_str().unwrap_or_default();
+    let bytes = if reply["isBase64Encoded"] == Value::Bool(true) {
+        use base64::Engine as _;
+        match base64::engine::general_purpose::STANDARD.decode(text) {
+            Ok(bytes) => Bytes::from(bytes),
+            Err(_) => return integration_failure(),
+        }
+    } else {
+        Bytes::from(text.to_owned())
+    };
+    let mut response = hyper::Response::builder().status(status);
+    if let Some(headers) = reply["multiValueHeaders"].as_object() {
+        for (name, values) in headers {
+            for value in values.as_array().into_iter().flatten() {
+                if let Some(value) = value.as_str() {
+                    response = response.header(name, value);
+                }
+            }
+        }
+    }
+    if let Some(headers) = reply["headers"].as_object() {
+        for (name, value) in headers {
+            let already = reply["multiValueHeaders"].get(name).is_some();
+            if let (Some(value), false) = (value.as_str(), already) {
+                response = response.header(name, value);
+            }
+        }
+    }
+    response
+        .body(Full::new(bytes))
+        .unwrap_or_else(|_| integration_failure())
+}
+
+/// 502: the function failed or answered with something API Gateway cannot send.
+pub fn integration_failure() -> hyper::Response<Full<Bytes>> {
+    gateway_error(502, "bad_gateway", "the function failed to answer")
+}
+
+/// 504: no answer within the integration timeout.
+pub fn integration_timeout() -> hyper::Response<Full<Bytes>> {
+    gateway_error(
+        504,
+        "gateway_timeout",
+        "the function did not answer in time",
+    )
+}
+
 /// Responses API Gateway produces itself, in the project's error shape
 /// (template.yaml sets the same bodies through GatewayResponses).
-fn gateway_error(status: u16, code: &str, message: &str) -> hyper::Response<Full<Bytes>> {
+pub fn gateway_error(status: u16, code: &str, message: &str) -> hyper::Response<Full<Bytes>> {
     let body = json!({"error": {"code": code, "message": message, "fields": {}}});
     hyper::Response::builder()
         .status(status)

@@ -8,9 +8,11 @@ pub mod functions;
 pub mod intrinsics;
 pub mod jwt;
 pub mod provision;
+pub mod runtime;
 pub mod scheduler;
 pub mod sqs_poller;
 pub mod stack;
 pub mod template;
 
+pub use functions::FunctionHost;
 pub use stack::{Backend, LocalStack, LocalStackSource, StackOptions};

@@ -71,6 +71,7 @@ async fn dev(flags: &HashMap<String, String>) -> Result<()> {
         api_port: port_flag(flags, "port", "PORT", 3000)?,
         jwt_secret: jwt::secret_from_env(),
         parameter_overrides: Vec::new(),
+        functions: local_stack::FunctionHost::from_env(&StackOptions::repo_root()),
     };
     let stack = LocalStack::start(options).await?;
     let mut summary = format!(

@@ -71,6 +71,8 @@ pub struct FunctionSpec {
     pub environment: HashMap<String, String>,
     /// The function's `Timeout`, else `Globals.Function.Timeout`, else 3.
     pub timeout_seconds: u64,
+    /// The function's `MemorySize` in MB, else `Globals.Function.MemorySize`, else 128.
+    pub memory_mb: u64,
     /// Enabled events, in template order.
     pub events: Vec<FunctionEvent>,
 }
@@ -1503,6 +1505,17 @@ impl Provisioner<'_> {
                     .ok_or_else(|| anyhow!("Timeout must be a number of seconds, got {t:?}"))?;
             }
         }
+        let mut memory_mb = 128;
+        for source in [
+            globals.and_then(|g| g.get("MemorySize")),
+            r.property("MemorySize"),
+        ] {
+            if let Some(m) = resolved_prop(source)? {
+                memory_mb = scalar_string(&m)
+                    .and_then(|s| s.parse().ok())
+                    .ok_or_else(|| anyhow!("MemorySize must be a number of MB, got {m:?}"))?;
+            }
+        }
         let code_uri = r.property("CodeUri").and_then(scalar_string);
 
         let mut events = Vec::new();
@@ -1525,6 +1538,7 @@ impl Provisioner<'_> {
             code_uri,
             environment,
             timeout_seconds,
+            memory_mb,
             events,
         })
     }

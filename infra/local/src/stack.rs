@@ -3,8 +3,9 @@
 
 use crate::api_gateway::{ApiGateway, ApiRoute};
 use crate::emulator::{self, Emulator, Endpoints, LocalStackServer};
-use crate::functions::{self, API_FUNCTION};
+use crate::functions::{self, FunctionHost, API_FUNCTION};
 use crate::provision::{self, FunctionEvent, ProvisionedStack};
+use crate::runtime::FunctionRuntime;
 use crate::scheduler;
 use crate::sqs_poller::{self, EventSourceMapping};
 use crate::template::Template;
@@ -58,6 +59,8 @@ pub struct StackOptions {
     pub jwt_secret: Vec<u8>,
     /// Template parameter values, as `sam deploy --parameter-overrides` gives them.
     pub parameter_overrides: Vec<(String, String)>,
+    /// In-process handlers, or each function's binary under the local Lambda runtime.
+    pub functions: FunctionHost,
 }
 
 impl StackOptions {
@@ -80,6 +83,8 @@ pub struct LocalStack {
     pub api_addr: SocketAddr,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    /// Each function's execution environments, when they run as processes.
+    runtimes: std::collections::HashMap<String, FunctionRuntime>,
 }
 
 impl LocalStack {
@@ -139,9 +144,27 @@ impl LocalStack {
         let api_spec = resources
             .function(API_FUNCTION)
             .with_context(|| format!("template.yaml has no {API_FUNCTION}"))?;
+        // One pool of execution environments per function, shared by all its event sources.
+        let mut runtimes: std::collections::HashMap<String, FunctionRuntime> = Default::default();
+        let mut runtime_of = |spec: &crate::provision::FunctionSpec,
+                              binaries: &std::path::Path|
+         -> Result<FunctionRuntime> {
+            if let Some(runtime) = runtimes.get(&spec.logical_id) {
+                return Ok(runtime.clone());
+            }
+            let runtime = functions::runtime_for(spec, binaries, &endpoints)?;
+            runtimes.insert(spec.logical_id.clone(), runtime.clone());
+            Ok(runtime)
+        };
+        let api_invoke = match &options.functions {
+            FunctionHost::InProcess => functions::api_handler(api_spec, &clients)?,
+            FunctionHost::Processes { binaries } => {
+                functions::api_process_handler(runtime_of(api_spec, binaries)?)
+            }
+        };
         let gateway = Arc::new(ApiGateway::new(
             ApiRoute::from_events(&api_spec.events),
-            functions::api_handler(api_spec, &clients)?,
+            api_invoke,
             options.jwt_secret.clone(),
         ));
         let listener = TcpListener::bind(("127.0.0.1", options.api_port))
@@ -177,14 +200,19 @@ impl LocalStack {
                                 .unwrap_or(DEFAULT_LOCAL_CONCURRENCY),
                             report_batch_item_failures: *report_batch_item_failures,
                         };
-                        let handler = match name {
-                            functions::WORKER_FUNCTION => {
+                        let handler = match (&options.functions, name) {
+                            (FunctionHost::Processes { binaries }, _) => {
+                                functions::sqs_process_handler(runtime_of(spec, binaries)?)
+                            }
+                            (_, functions::WORKER_FUNCTION) => {
                                 functions::worker_handler(spec, &clients)?
                             }
-                            functions::BATCH_TRIGGER_FUNCTION => {
+                            (_, functions::BATCH_TRIGGER_FUNCTION) => {
                                 functions::batch_trigger_handler(spec, &clients)?
                             }
-                            other => anyhow::bail!("no local handler for {other}'s SQS event"),
+                            (_, other) => {
+                                anyhow::bail!("no local handler for {other}'s SQS event")
+                            }
                         };
                         tasks.extend(sqs_poller::spawn(
                             mapping,
@@ -200,7 +228,12 @@ impl LocalStack {
                             ..
                         },
                     ) => {
-                        let handler = functions::sweeper_handler(spec, &clients)?;
+                        let handler = match &options.functions {
+                            FunctionHost::InProcess => functions::sweeper_handler(spec, &clients)?,
+                            FunctionHost::Processes { binaries } => {
+                                functions::scheduled_process_handler(runtime_of(spec, binaries)?)
+                            }
+                        };
                         tasks.push(scheduler::spawn(*period, handler, shutdown_rx.clone()));
                     }
                     (_, FunctionEvent::Api { .. }) => {}
@@ -219,7 +252,13 @@ impl LocalStack {
             api_addr,
             shutdown,
             tasks,
+            runtimes,
         })
+    }
+
+    /// A function's execution environments (when the functions run as processes), by logical id.
+    pub fn function_runtime(&self, logical_id: &str) -> Option<&FunctionRuntime> {
+        self.runtimes.get(logical_id)
     }
 
     pub fn api_url(&self) -> String {
@@ -250,6 +289,9 @@ impl LocalStack {
         for task in tasks {
             let _ = task.await;
         }
+        for runtime in self.runtimes.values() {
+            runtime.shut_down();
+        }
     }
 
     /// Stops the hosted functions, then the emulators this stack started.
@@ -257,6 +299,9 @@ impl LocalStack {
         let _ = self.shutdown.send(true);
         for task in self.tasks {
             let _ = task.await;
+        }
+        for runtime in self.runtimes.values() {
+            runtime.shut_down();
         }
         if let Some(localstack) = self.localstack {
             localstack.stop().await;

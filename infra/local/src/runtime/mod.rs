@@ -1,0 +1,359 @@
+//! The local Lambda runtime: each function's real binary (the same `main.rs` Lambda runs) as
+//! a process, speaking the Runtime API to this host, with the template's environment,
+//! `Timeout` and `MemorySize`.
+//!
+//! As on Lambda:
+//! - an environment (one process) serves one invocation at a time and is reused while warm;
+//!   more concurrent invocations start more environments (cold starts);
+//! - an invocation that passes `Timeout` is ended and its environment killed and replaced;
+//! - a process whose resident memory passes `MemorySize` is killed, with a log line saying so.
+//!   The check samples `VmRSS` in `/proc/<pid>/status` every [`MEMORY_POLL`]: it needs no
+//!   privileges (cgroups would), and unlike `RLIMIT_AS` it counts memory actually used rather
+//!   than reserved address space (a tokio runtime reserves far more than 128 MB). A burst that
+//!   rises and falls between two samples is missed;
+//! - a process that exits or crashes fails the invocation it was running; the next invocation
+//!   cold-starts a new one;
+//! - a panic in the handler is reported by `lambda_runtime` on `/invocation/{id}/error` and fails
+//!   that invocation only; the environment stays warm.
+
+mod api;
+
+use api::{Answer, Pending, RuntimeApi};
+use hyper::body::Bytes;
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::sync::{mpsc, oneshot};
+
+/// How often an environment's resident memory is sampled.
+pub const MEMORY_POLL: Duration = Duration::from_millis(20);
+/// Log lines kept per environment, for the error of a crashed invocation.
+const LOG_TAIL: usize = 20;
+
+/// What one function runs with.
+#[derive(Debug, Clone)]
+pub struct FunctionConfig {
+    /// The logical id (also the function name the process sees).
+    pub name: String,
+    pub binary: PathBuf,
+    /// The template's variables and the AWS endpoints and credentials.
+    pub environment: Vec<(String, String)>,
+    pub timeout: Duration,
+    pub memory_mb: u64,
+}
+
+/// Why an invocation produced no response.
+#[derive(Debug, Clone, PartialEq)]
+pub enum InvokeError {
+    /// The function reported an error (`lambda_runtime` posts a panic this way too).
+    Function { error_type: String, message: String },
+    /// Ended at the function's `Timeout`; the environment was replaced.
+    Timeout { seconds: f64 },
+    /// Killed above `MemorySize`.
+    OutOfMemory { limit_mb: u64, used_mb: u64 },
+    /// The process exited or could not start.
+    Crashed(String),
+}
+
+impl std::fmt::Display for InvokeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            InvokeError::Function {
+                error_type,
+                message,
+            } => write!(f, "{error_type}: {message}"),
+            InvokeError::Timeout { seconds } => {
+                write!(f, "Task timed out after {seconds:.2} seconds")
+            }
+            InvokeError::OutOfMemory { limit_mb, used_mb } => write!(
+                f,
+                "Runtime exited: memory size {limit_mb} MB exceeded ({used_mb} MB used)"
+            ),
+            InvokeError::Crashed(why) => write!(f, "Runtime exited: {why}"),
+        }
+    }
+}
+
+/// One function's pool of execution environments.
+#[derive(Clone)]
+pub struct FunctionRuntime {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: FunctionConfig,
+    warm: Mutex<Vec<Environment>>,
+    stats: Mutex<RuntimeStats>,
+}
+
+/// What a function's environments have done so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RuntimeStats {
+    pub invocations: u64,
+    pub cold_starts: u64,
+    pub timeouts: u64,
+    pub out_of_memory: u64,
+    pub crashes: u64,
+    pub function_errors: u64,
+}
+
+impl FunctionRuntime {
+    pub fn new(config: FunctionConfig) -> FunctionRuntime {
+        FunctionRuntime {
+            inner: Arc::new(Inner {
+                config,
+                warm: Mutex::default(),
+                stats: Mutex::default(),
+            }),
+        }
+    }
+
+    pub fn config(&self) -> &FunctionConfig {
+        &self.inner.config
+    }
+
+    /// Runs one invocation on a warm environment, or a new one.
+    pub async fn invoke(&self, payload: Vec<u8>) -> Result<Vec<u8>, InvokeError> {
+        let warm = self.inner.warm.lock().expect("not poisoned").pop();
+        let cold = warm.is_none();
+        let started = match warm {
+            Some(environment) => Ok(environment),
+            None => Environment::start(&self.inner.config).await,
+        };
+        let outcome = match started {
+            Ok(mut environment) => {
+                let outcome = environment.invoke(&self.inner.config, payload).await;
+                self.keep_if_warm(environment, &outcome);
+                outcome
+            }
+            Err(err) => Err(err),
+        };
+        self.count(cold, &outcome);
+        outcome
+    }
+
+    /// What this function's environments have done so far.
+    pub fn stats(&self) -> RuntimeStats {
+        *self.inner.stats.lock().expect("not poisoned")
+    }
+
+    fn count(&self, cold: bool, outcome: &Result<Vec<u8>, InvokeError>) {
+        let mut stats = self.inner.stats.lock().expect("not poisoned");
+        stats.invocations += 1;
+        stats.cold_starts += u64::from(cold);
+        match outcome {
+            Ok(_) => {}
+            Err(InvokeError::Function { .. }) => stats.function_errors += 1,
+            Err(InvokeError::Timeout { .. }) => stats.timeouts += 1,
+            Err(InvokeError::OutOfMemory { .. }) => stats.out_of_memory += 1,
+            Err(InvokeError::Crashed(_)) => stats.crashes += 1,
+        }
+    }
+
+    fn keep_if_warm(&self, environment: Environment, outcome: &Result<Vec<u8>, InvokeError>) {
+        match outcome {
+            // A handled error leaves the environment as it was: it stays warm.
+            Ok(_) | Err(InvokeError::Function { .. }) => {
+                self.inner
+                    .warm
+                    .lock()
+                    .expect("not poisoned")
+                    .push(environment);
+            }
+            // Dropping it kills the process.
+            Err(_) => {}
+        }
+    }
+
+    /// Kills every warm environment (an invocation in flight ends with its caller).
+    pub fn shut_down(&self) {
+        self.inner.warm.lock().expect("not poisoned").clear();
+    }
+
+    /// Warm environments right now (for tests and logs).
+    pub fn warm_environments(&self) -> usize {
+        self.inner.warm.lock().expect("not poisoned").len()
+    }
+}
+
+/// One process and its Runtime API.
+struct Environment {
+    child: tokio::process::Child,
+    pid: u32,
+    invocations: mpsc::Sender<Pending>,
+    init_error: oneshot::Receiver<Answer>,
+    logs: Arc<Mutex<VecDeque<String>>>,
+    _api: RuntimeApi,
+}
+
+impl Environment {
+    async fn start(config: &FunctionConfig) -> Result<Environment, InvokeError> {
+        let (invocations, next) = mpsc::channel(1);
+        let (init_sender, init_error) = oneshot::channel();
+        let arn = format!(
+            "arn:aws:lambda:us-east-1:123456789012:function:{}",
+            config.name
+        );
+        let api = RuntimeApi::start(arn, next, init_sender)
+            .await
+            .map_err(|e| InvokeError::Crashed(format!("runtime API: {e}")))?;
+        let mut command = tokio::process::Command::new(&config.binary);
+        command
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("AWS_LAMBDA_FUNCTION_NAME", &config.name)
+            .env(
+                "AWS_LAMBDA_FUNCTION_MEMORY_SIZE",
+                config.memory_mb.to_string(),
+            )
+            .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
+            .env(
+                "AWS_LAMBDA_LOG_GROUP_NAME",
+                format!("/aws/lambda/{}", config.name),
+            )
+            .env("AWS_LAMBDA_LOG_STREAM_NAME", "local")
+            .env("AWS_LAMBDA_RUNTIME_API", api.addr.to_string())
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_DEFAULT_REGION", "us-east-1")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .envs(config.environment.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = command.spawn().map_err(|e| {
+            InvokeError::Crashed(format!("starting {}: {e}", config.binary.display()))
+        })?;
+        let pid = child
+            .id()
+            .ok_or_else(|| InvokeError::Crashed("exited at once".into()))?;
+        let logs = Arc::new(Mutex::new(VecDeque::new()));
+        if let Some(out) = child.stdout.take() {
+            forward_logs(config.name.clone(), out, logs.clone());
+        }
+        if let Some(err) = child.stderr.take() {
+            forward_logs(config.name.clone(), err, logs.clone());
+        }
+        tracing::debug!(function = %config.name, pid, "environment started (cold start)");
+        Ok(Environment {
+            child,
+            pid,
+            invocations,
+            init_error,
+            logs,
+            _api: api,
+        })
+    }
+
+    async fn invoke(
+        &mut self,
+        config: &FunctionConfig,
+        payload: Vec<u8>,
+    ) -> Result<Vec<u8>, InvokeError> {
+        let (answer, answered) = oneshot::channel();
+        let pending = Pending {
+            request_id: ulid::Ulid::new().to_string().to_lowercase(),
+            payload: Bytes::from(payload),
+            timeout: config.timeout,
+            answer,
+        };
+        if self.invocations.send(pending).await.is_err() {
+            return Err(InvokeError::Crashed("the runtime API is gone".into()));
+        }
+        let started = std::time::Instant::now();
+        let outcome = tokio::select! {
+            answer = answered => match answer {
+                Ok(Answer::Response(body)) => Ok(body.to_vec()),
+                Ok(Answer::Error(body)) => Err(function_error(&body)),
+                Ok(Answer::InitError(body)) => Err(InvokeError::Crashed(format!("init error: {}", String::from_utf8_lossy(&body)))),
+                Err(_) => Err(InvokeError::Crashed("no answer".into())),
+            },
+            answer = &mut self.init_error => {
+                let detail = match answer {
+                    Ok(Answer::InitError(body)) => String::from_utf8_lossy(&body).into_owned(),
+                    _ => "init failed".into(),
+                };
+                Err(InvokeError::Crashed(format!("init error: {detail}")))
+            }
+            status = self.child.wait() => {
+                let status = status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
+                Err(InvokeError::Crashed(format!("{status}; last log lines:\n{}", self.log_tail())))
+            }
+            used_mb = over_memory(self.pid, config.memory_mb) => {
+                Err(InvokeError::OutOfMemory { limit_mb: config.memory_mb, used_mb })
+            }
+            _ = tokio::time::sleep(config.timeout) => {
+                Err(InvokeError::Timeout { seconds: started.elapsed().as_secs_f64() })
+            }
+        };
+        match &outcome {
+            Err(err @ (InvokeError::Timeout { .. } | InvokeError::OutOfMemory { .. })) => {
+                let _ = self.child.start_kill();
+                tracing::warn!(function = %config.name, pid = self.pid, "{err}; environment killed");
+            }
+            Err(err @ InvokeError::Crashed(_)) => {
+                tracing::warn!(function = %config.name, pid = self.pid, "{err}");
+            }
+            _ => {}
+        }
+        outcome
+    }
+
+    fn log_tail(&self) -> String {
+        let logs = self.logs.lock().expect("not poisoned");
+        logs.iter().cloned().collect::<Vec<_>>().join("\n")
+    }
+}
+
+/// The error `lambda_runtime` posted, as the function's own words.
+fn function_error(body: &[u8]) -> InvokeError {
+    let parsed: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+    let text = |field: &str| parsed[field].as_str().unwrap_or_default().to_owned();
+    InvokeError::Function {
+        error_type: text("errorType"),
+        message: text("errorMessage"),
+    }
+}
+
+/// Resolves with the MB used once the process's resident memory passes `limit_mb`.
+async fn over_memory(pid: u32, limit_mb: u64) -> u64 {
+    let mut ticks = tokio::time::interval(MEMORY_POLL);
+    loop {
+        ticks.tick().await;
+        if let Some(kib) = resident_kib(pid) {
+            if kib > limit_mb * 1024 {
+                return kib / 1024;
+            }
+        }
+    }
+}
+
+/// `VmRSS` of a process, in KiB.
+fn resident_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// Copies a function's output into this host's log, keeping the last lines.
+fn forward_logs<R>(name: String, output: R, tail: Arc<Mutex<VecDeque<String>>>)
+where
+    R: tokio::io::AsyncRead + Unpin + Send + 'static,
+{
+    tokio::spawn(async move {
+        let mut lines = BufReader::new(output).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            tracing::info!(target: "taskflow::function", function = %name, "{line}");
+            let mut tail = tail.lock().expect("not poisoned");
+            if tail.len() == LOG_TAIL {
+                tail.pop_front();
+            }
+            tail.push_back(line);
+        }
+    });
+}
