@@ -750,3 +750,28 @@ async fn a_first_attempt_in_round_zero_clears_no_failures() {
     assert!(f.counts(id, 0).await.success > 0);
     assert_eq!(f.world.batches.cleared.load(Ordering::SeqCst), 0);
 }
+
+/// The summary's duration and rate come from the batch's start.
+#[tokio::test]
+async fn the_summary_measures_the_batch_from_its_start() {
+    let f = Fixture::new();
+    let id = f.create(json!([1, 3, 4, 5]), json!({})).await;
+    let mut batch = f.batch(id).await;
+    batch.started_at = Some(chrono::Utc::now() - chrono::Duration::seconds(10));
+    f.world.batches.put(&batch).await.unwrap();
+    f.runner.process(chunk(id, 0, 0)).await;
+    f.runner.process(chunk(id, 0, 1)).await;
+    f.runner.process(finalize(id, 0)).await;
+    let task = f
+        .world
+        .store
+        .get(&boss().agency, id)
+        .await
+        .unwrap()
+        .unwrap();
+    let summary = task.result.expect("the summary");
+    let seconds = summary["durationSeconds"].as_f64().unwrap();
+    assert!((10.0..11.0).contains(&seconds), "{summary}");
+    let rate = summary["itemsPerSecond"].as_f64().unwrap();
+    assert!((0.3..=0.4).contains(&rate), "{summary}");
+}

@@ -333,13 +333,13 @@ async fn a_step_cancelled_while_it_runs_answers_its_token_with_a_failure() {
 #[tokio::test(start_paused = true)]
 async fn a_running_step_heartbeats_within_a_second_and_a_quick_one_never() {
     let world = MemoryWorld::new();
-    let step = |seconds: u32| {
+    let step = |seconds: f64| {
         json!({"executor": {"type": "sleep", "config": {"seconds": seconds}},
             "heartbeatSeconds": 10, "timeoutSeconds": 60})
     };
     let id = create_chain(
         &world,
-        json!([{"name": "slow", "config": step(3)}, {"name": "quick", "config": step(0)}]),
+        json!([{"name": "slow", "config": step(4.5)}, {"name": "quick", "config": step(0.0)}]),
     )
     .await;
     let chains = runner(&world, world.store.clone());
@@ -352,7 +352,8 @@ async fn a_running_step_heartbeats_within_a_second_and_a_quick_one_never() {
         chains.process(step_message(id, "slow")).await,
         Delivery::Ack
     );
-    // Three seconds of work: a heartbeat at one second, the next would be at six.
+    // 4.5 seconds of work: a heartbeat at one second, the next would be at six. (Beating at
+    // once, then every five seconds, would send two.)
     assert_eq!(
         *world.orchestrator.heartbeats.lock().unwrap(),
         ["run-token"]
@@ -438,6 +439,7 @@ async fn retryable_failures_name_their_attempts_and_failed_dependencies_skip() {
         json!([
             {"name": "flaky", "config": {"executor": {"type": "sleep", "config": {"failAttempts": 9}}, "retry": {"maxAttempts": 3}, "onFailure": "skip_dependents"}},
             {"name": "after", "dependsOn": ["flaky"]},
+            {"name": "after-after", "dependsOn": ["after"]},
             {"name": "tolerant", "config": {"onFailure": "continue"}},
             {"name": "after-tolerant", "dependsOn": ["tolerant"]},
         ]),
@@ -467,6 +469,18 @@ async fn retryable_failures_name_their_attempts_and_failed_dependencies_skip() {
         .unwrap();
     assert_eq!(after.status, StepStatus::Skipped);
     assert_eq!(after.attempts, 0, "never ran");
+    // A skipped dependency skips its dependents in turn.
+    assert_eq!(
+        chains.process(step_message(id, "after-after")).await,
+        Delivery::Ack
+    );
+    let after_after = world
+        .store
+        .get_step(&boss().agency, id, "after-after")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(after_after.status, StepStatus::Skipped);
 
     settle(&world, id, "tolerant", StepStatus::Failed).await;
     assert_eq!(
@@ -484,4 +498,55 @@ async fn retryable_failures_name_their_attempts_and_failed_dependencies_skip() {
         StepStatus::Completed,
         "continue lets dependents run"
     );
+}
+
+/// A step's Catch (`StepFailed`): with `fail_task` the task fails naming the step and the rest
+/// of the chain is skipped; with `continue` the chain goes on.
+#[tokio::test]
+async fn a_failed_step_stops_the_chain_only_under_fail_task() {
+    let world = MemoryWorld::new();
+    let chains = runner(&world, world.store.clone());
+    let id = create_chain(
+        &world,
+        json!([
+            {"name": "tolerant", "config": {"onFailure": "continue"}},
+            {"name": "strict"},
+            {"name": "later", "dependsOn": ["strict"]},
+        ]),
+    )
+    .await;
+    let failed = |step: &str, token: &str| ChainMessage::StepFailed {
+        task_id: id,
+        agency_id: boss().agency,
+        step: step.into(),
+        error: json!({"Error": "Taskflow.Permanent", "Cause": "no"}),
+        task_token: token.into(),
+    };
+    let task_status = || async { world.store.get(&boss().agency, id).await.unwrap().unwrap() };
+    assert_eq!(
+        chains.process(failed("tolerant", "t1")).await,
+        Delivery::Ack
+    );
+    assert_eq!(
+        task_status().await.status,
+        crate::domain::TaskStatus::InProgress
+    );
+    assert_eq!(chains.process(failed("strict", "t2")).await, Delivery::Ack);
+    let task = task_status().await;
+    assert_eq!(task.status, crate::domain::TaskStatus::Failed);
+    assert_eq!(
+        task.error.as_deref(),
+        Some("step 'strict' failed: Taskflow.Permanent: no")
+    );
+    let later = world
+        .store
+        .get_step(&boss().agency, id, "later")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(later.status, StepStatus::Skipped);
+    let answers = world.orchestrator.answers.lock().unwrap().clone();
+    let answer = |token: &str| answers.iter().find(|a| a.0 == token).unwrap().2.clone();
+    assert_eq!(answer("t1"), r#"{"failTask":"no"}"#);
+    assert_eq!(answer("t2"), r#"{"failTask":"yes"}"#);
 }
