@@ -43,6 +43,10 @@ async fn ten_thousand_items_complete_with_exact_counts() {
         (Some(10_000), Some(0))
     );
     assert_eq!(batch["chunkCount"], 20);
+    let clients = integration_tests::stack().clients().await;
+    let arn = batch["executionArn"].as_str().expect("executionArn");
+    let oversize = integration_tests::limits::oversize_states(&clients.sfn, arn).await;
+    assert!(oversize.is_empty(), "{oversize:?}");
     assert_eq!(batch["progressPercent"], 100.0);
     // The results summary is downloadable.
     let url = batch["resultsUrl"].as_str().expect("results url");

@@ -88,6 +88,9 @@ async fn a_diamond_runs_in_dependency_order() {
     assert_eq!(steps["merge"]["result"], json!({"done": true}));
     let view = boss.get(&format!("/api/tasks/{id}/steps")).await.body;
     assert_eq!(view["progress"]["percent"], 100.0);
+    // No state of the run came near Step Functions' 256 KiB payload limit.
+    let oversize = integration_tests::limits::oversize_states(&clients.sfn, arn).await;
+    assert!(oversize.is_empty(), "{oversize:?}");
 }
 
 #[tokio::test]

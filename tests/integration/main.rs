@@ -8,6 +8,7 @@ mod concurrency;
 mod errors;
 mod faults;
 mod lifecycle;
+mod limits;
 mod paging;
 mod priority;
 mod promises;

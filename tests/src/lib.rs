@@ -7,6 +7,7 @@
 //! from `LOCALSTACK_VENV` (default `.venv-localstack`), or the one at `LOCALSTACK_ENDPOINT`.
 
 pub mod ledger;
+pub mod limits;
 
 pub use ledger::Ledger;
 use local_stack::emulator::Endpoints;

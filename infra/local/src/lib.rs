@@ -7,6 +7,7 @@ pub mod emulator;
 pub mod functions;
 pub mod intrinsics;
 pub mod jwt;
+pub mod limits;
 pub mod provision;
 pub mod runtime;
 pub mod scheduler;

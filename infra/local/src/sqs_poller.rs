@@ -3,6 +3,7 @@
 //! batching window to fill them), runs at most `MaximumConcurrency` batches at
 //! once, and deletes every record the handler did not report as failed.
 
+use crate::limits::{sqs_message_bytes, LimitViolations, MAX_SQS_MESSAGE_BYTES};
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use aws_sdk_sqs::types::{Message, MessageSystemAttributeName};
 use std::collections::{HashMap, HashSet};
@@ -34,18 +35,20 @@ pub fn spawn(
     mapping: EventSourceMapping,
     sqs: aws_sdk_sqs::Client,
     handler: BatchHandler,
+    violations: LimitViolations,
     shutdown: watch::Receiver<bool>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
     let mapping = Arc::new(mapping);
     (0..mapping.maximum_concurrency.max(1))
         .map(|_| {
-            let (mapping, sqs, handler, shutdown) = (
+            let (mapping, sqs, handler, violations, shutdown) = (
                 mapping.clone(),
                 sqs.clone(),
                 handler.clone(),
+                violations.clone(),
                 shutdown.clone(),
             );
-            tokio::spawn(poll(mapping, sqs, handler, shutdown))
+            tokio::spawn(poll(mapping, sqs, handler, violations, shutdown))
         })
         .collect()
 }
@@ -54,6 +57,7 @@ async fn poll(
     mapping: Arc<EventSourceMapping>,
     sqs: aws_sdk_sqs::Client,
     handler: BatchHandler,
+    violations: LimitViolations,
     mut shutdown: watch::Receiver<bool>,
 ) {
     while !*shutdown.borrow() {
@@ -69,6 +73,7 @@ async fn poll(
                 continue;
             }
         };
+        let messages = refuse_oversize(&mapping, &sqs, &violations, messages).await;
         if messages.is_empty() {
             continue;
         }
@@ -110,6 +115,36 @@ async fn poll(
             }
         }
     }
+}
+
+/// Messages over SQS's 256 KiB limit could never have been sent on AWS (moto accepts them):
+/// each is recorded as a violation and deleted instead of delivered, so the sender's flaw
+/// shows up as lost work in the tests rather than as a success.
+async fn refuse_oversize(
+    mapping: &EventSourceMapping,
+    sqs: &aws_sdk_sqs::Client,
+    violations: &LimitViolations,
+    messages: Vec<Message>,
+) -> Vec<Message> {
+    let (oversize, fitting): (Vec<Message>, Vec<Message>) = messages
+        .into_iter()
+        .partition(|m| sqs_message_bytes(m) > MAX_SQS_MESSAGE_BYTES);
+    for message in oversize {
+        violations.record(format!(
+            "a {} byte message reached {}: SQS refuses messages over {MAX_SQS_MESSAGE_BYTES} bytes, so its sender would have failed",
+            sqs_message_bytes(&message),
+            mapping.queue_url
+        ));
+        if let Some(receipt) = message.receipt_handle {
+            let _ = sqs
+                .delete_message()
+                .queue_url(&mapping.queue_url)
+                .receipt_handle(receipt)
+                .send()
+                .await;
+        }
+    }
+    fitting
 }
 
 async fn receive_batch(

@@ -4,6 +4,7 @@
 use crate::api_gateway::{ApiGateway, ApiRoute};
 use crate::emulator::{self, Emulator, Endpoints, LocalStackServer};
 use crate::functions::{self, FunctionHost, API_FUNCTION};
+use crate::limits::LimitViolations;
 use crate::provision::{self, FunctionEvent, ProvisionedStack};
 use crate::runtime::FunctionRuntime;
 use crate::scheduler;
@@ -85,6 +86,7 @@ pub struct LocalStack {
     tasks: Vec<JoinHandle<()>>,
     /// Each function's execution environments, when they run as processes.
     runtimes: std::collections::HashMap<String, FunctionRuntime>,
+    violations: LimitViolations,
 }
 
 impl LocalStack {
@@ -140,6 +142,7 @@ impl LocalStack {
         let clients = AwsClients::new(&sdk);
 
         let (shutdown, shutdown_rx) = watch::channel(false);
+        let violations = LimitViolations::default();
         let mut tasks = Vec::new();
         let api_spec = resources
             .function(API_FUNCTION)
@@ -218,6 +221,7 @@ impl LocalStack {
                             mapping,
                             clients.sqs.clone(),
                             handler,
+                            violations.clone(),
                             shutdown_rx.clone(),
                         ));
                     }
@@ -253,7 +257,13 @@ impl LocalStack {
             shutdown,
             tasks,
             runtimes,
+            violations,
         })
+    }
+
+    /// AWS limits exceeded so far that the emulator let through (see [`crate::limits`]).
+    pub fn limit_violations(&self) -> Vec<String> {
+        self.violations.all()
     }
 
     /// A function's execution environments (when the functions run as processes), by logical id.
