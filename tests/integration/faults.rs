@@ -179,8 +179,8 @@ async fn a_host_killed_mid_load_still_finishes_every_task_once() {
     second.stop().await;
 }
 
-/// The worker runs as its real binary under the local Lambda runtime. Here its `Timeout` (5 s)
-/// is below the lease (40 s), so a run that hangs is ended by Lambda, not by the runner's own
+/// The worker runs as its real binary under the local Lambda runtime. Here its `Timeout` (8 s)
+/// is below the lease (20 s), so a run that hangs is ended by Lambda, not by the runner's own
 /// budget: the invocation is killed without writing anything, its message comes back after
 /// the visibility timeout, and once the lease has lapsed the task is taken over and finishes
 /// once.
@@ -195,8 +195,8 @@ async fn a_worker_killed_at_its_timeout_leaves_the_task_to_finish_once() {
     }
     let mut options = isolated_options("taskflow-lambda-timeout");
     options.parameter_overrides = vec![
-        ("LeaseSeconds".into(), "40".into()),
-        ("WorkerTimeoutSeconds".into(), "5".into()),
+        ("LeaseSeconds".into(), "20".into()),
+        ("WorkerTimeoutSeconds".into(), "8".into()),
         ("QueueVisibilitySeconds".into(), "22".into()),
     ];
     let host = LocalStack::start(options).await.expect("host");
@@ -226,7 +226,7 @@ async fn a_worker_killed_at_its_timeout_leaves_the_task_to_finish_once() {
     let worker = host.function_runtime("WorkerFunction").expect("processes");
     assert!(worker.stats().timeouts >= 1, "{:?}", worker.stats());
     // The killed run, then the takeover. (On a loaded machine a takeover's cold start can
-    // itself outlast 5 s; then there is one more killed attempt, never a second completion.)
+    // itself outlast 8 s; then there is one more killed attempt, never a second completion.)
     let runs = ledger.runs_of(&id);
     let last = runs.last().expect("runs");
     assert_eq!(runs[0].attempt, 1);
