@@ -19,7 +19,7 @@ ROLE ?= manager
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: functions mutants bench soak package fuzz help venv venv-localstack build dev token test test-unit test-integration test-localstack lint fmt fmt-check clippy sam-validate clean
+.PHONY: functions invoke mutants bench soak package fuzz help venv venv-localstack build dev token test test-unit test-integration test-localstack lint fmt fmt-check clippy sam-validate clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -93,13 +93,19 @@ mutants: ## Mutation testing of the runner, batch runner, chains and worker (car
 # The functions' own binaries, which the local Lambda runtime runs (make dev, the end-to-end tests).
 FUNCTION_CRATES := -p api -p worker -p sweeper -p batch-trigger
 functions:
-	$(CARGO) build --quiet $(FUNCTION_CRATES)
+	@$(CARGO) build --quiet $(FUNCTION_CRATES)
 
 build: ## Build every crate (debug)
 	$(CARGO) build --workspace --all-targets
 
 dev: venv functions ## Run the whole system locally: emulator, resources from template.yaml, each function's binary under the local Lambda runtime, API on :$(PORT)
 	$(CARGO) run --quiet -p local-stack -- dev --port $(PORT) --emulator-port $(EMULATOR_PORT)
+
+FUNCTION ?=
+EVENT ?=
+invoke: functions ## One invocation of a function's binary against the running make dev stack: make invoke FUNCTION=ApiFunction EVENT=events/api-openapi.json
+	@test -n "$(FUNCTION)" -a -n "$(EVENT)" || { echo "usage: make invoke FUNCTION=<LogicalId> EVENT=events/<file>.json"; exit 2; }
+	@$(CARGO) run --quiet -p local-stack -- invoke --function $(FUNCTION) --event $(EVENT)
 
 token: ## Print a local bearer token: make token AGENCY=acme USER=alice ROLE=manager
 	@$(CARGO) run --quiet -p local-stack -- token --agency $(AGENCY) --user $(USER) --role $(ROLE)

@@ -7,6 +7,7 @@ mod chains;
 mod concurrency;
 mod errors;
 mod faults;
+mod fixtures;
 mod lifecycle;
 mod limits;
 mod paging;

@@ -33,6 +33,8 @@ pub struct TestStack {
     pub refs: std::collections::HashMap<String, String>,
     /// The worker's configuration, as template.yaml sets it.
     pub config: shared::config::Config,
+    /// How each function runs (empty when they run in-process).
+    pub functions: Vec<local_stack::runtime::FunctionConfig>,
 }
 
 impl TestStack {
@@ -130,6 +132,7 @@ pub fn stack() -> &'static TestStack {
                                 attach: stack.attach_backend(),
                                 refs: stack.resources.refs.clone(),
                                 config,
+                                functions: stack.function_configs(),
                             };
                             tx.send(Ok(info)).ok();
                             // Serve until the test process exits.

@@ -6,21 +6,34 @@ use local_stack::{jwt, Backend, LocalStack, StackOptions};
 use std::collections::HashMap;
 
 const USAGE: &str = "usage:
-  local-stack dev   [--port 3000] [--emulator-port 5050] [--stack taskflow-local]
-  local-stack token --agency ID --user ID --role manager|member|agent [--ttl SECONDS]
+  local-stack dev    [--port 3000] [--emulator-port 5050] [--stack taskflow-local]
+  local-stack token  --agency ID --user ID --role manager|member|agent [--ttl SECONDS]
+  local-stack invoke --function LogicalId --event FILE [--stack taskflow-local]
+                     (one invocation of the function's binary against the running `dev` stack;
+                     the response goes to stdout, the function's logs to stderr)
 
 environment: AWS_ENDPOINT_URL uses an already running emulator (e.g. LocalStack)
 instead of starting moto; LOCAL_JWT_SECRET overrides the development signing secret.";
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    shared::telemetry::init();
     let mut args = std::env::args().skip(1);
     let command = args.next().unwrap_or_default();
+    if command == "invoke" {
+        // The response is the output; everything else goes to stderr.
+        tracing_subscriber::fmt()
+            .with_writer(std::io::stderr)
+            .with_target(false)
+            .without_time()
+            .init();
+    } else {
+        shared::telemetry::init();
+    }
     let flags = parse_flags(args.collect())?;
     match command.as_str() {
         "dev" => dev(&flags).await,
         "token" => token(&flags),
+        "invoke" => invoke(&flags).await,
         _ => {
             eprintln!("{USAGE}");
             std::process::exit(2);
@@ -73,7 +86,15 @@ async fn dev(flags: &HashMap<String, String>) -> Result<()> {
         parameter_overrides: Vec::new(),
         functions: local_stack::FunctionHost::from_env(&StackOptions::repo_root()),
     };
+    let stack_name = options.stack_name.clone();
     let stack = LocalStack::start(options).await?;
+    // What `local-stack invoke` needs to run a function against this stack.
+    let manifest = functions_manifest(&stack_name);
+    std::fs::create_dir_all(manifest.parent().expect("a directory"))?;
+    std::fs::write(
+        &manifest,
+        serde_json::to_vec_pretty(&stack.function_configs())?,
+    )?;
     let mut summary = format!(
         "\nTaskflow is running.\n  API        {}/api  (OpenAPI: {}/api/openapi.json)\n  emulator   {}\n",
         stack.api_url(),
@@ -123,4 +144,67 @@ fn token(flags: &HashMap<String, String>) -> Result<()> {
     let mut out = std::io::stdout().lock();
     std::io::Write::write_all(&mut out, format!("{token}\n").as_bytes())?;
     Ok(())
+}
+
+/// Where `dev` records how each function runs, for `invoke`.
+fn functions_manifest(stack: &str) -> std::path::PathBuf {
+    StackOptions::repo_root()
+        .join(".local")
+        .join(stack)
+        .join("functions.json")
+}
+
+/// One invocation of a function's binary, as `sam local invoke` does it, against the stack
+/// `dev` is running: that function's environment, Timeout and MemorySize.
+async fn invoke(flags: &HashMap<String, String>) -> Result<()> {
+    let function = flags
+        .get("function")
+        .with_context(|| format!("--function is required\n{USAGE}"))?;
+    let event_file = flags
+        .get("event")
+        .with_context(|| format!("--event is required\n{USAGE}"))?;
+    let stack = flags
+        .get("stack")
+        .cloned()
+        .unwrap_or_else(|| "taskflow-local".into());
+    let manifest = functions_manifest(&stack);
+    let configs: Vec<local_stack::runtime::FunctionConfig> =
+        serde_json::from_slice(&std::fs::read(&manifest).with_context(|| {
+            format!(
+                "reading {} (start the stack first: make dev)",
+                manifest.display()
+            )
+        })?)
+        .with_context(|| format!("{} is not a functions manifest", manifest.display()))?;
+    let names: Vec<String> = configs.iter().map(|c| c.name.clone()).collect();
+    let Some(config) = configs.into_iter().find(|c| &c.name == function) else {
+        bail!(
+            "no function '{function}' in {}; the stack has: {}",
+            manifest.display(),
+            names.join(", ")
+        );
+    };
+    let event = std::fs::read(event_file).with_context(|| format!("reading {event_file}"))?;
+    serde_json::from_slice::<serde_json::Value>(&event)
+        .with_context(|| format!("{event_file} is not JSON"))?;
+    let runtime = local_stack::runtime::FunctionRuntime::new(config);
+    let started = std::time::Instant::now();
+    let outcome = runtime.invoke(event).await;
+    let millis = started.elapsed().as_millis();
+    match outcome {
+        Ok(body) => {
+            let pretty = serde_json::from_slice::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| serde_json::to_string_pretty(&v).ok())
+                .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
+            tracing::info!("REPORT {function}: {millis} ms, cold start");
+            let mut out = std::io::stdout().lock();
+            std::io::Write::write_all(&mut out, format!("{pretty}\n").as_bytes())?;
+            Ok(())
+        }
+        Err(err) => {
+            tracing::error!("REPORT {function}: {millis} ms, failed");
+            bail!("{function}: {err}")
+        }
+    }
 }

@@ -266,6 +266,13 @@ impl LocalStack {
         self.violations.all()
     }
 
+    /// What each function runs with, when the functions run as processes.
+    pub fn function_configs(&self) -> Vec<crate::runtime::FunctionConfig> {
+        let mut configs: Vec<_> = self.runtimes.values().map(|r| r.config().clone()).collect();
+        configs.sort_by(|a, b| a.name.cmp(&b.name));
+        configs
+    }
+
     /// A function's execution environments (when the functions run as processes), by logical id.
     pub fn function_runtime(&self, logical_id: &str) -> Option<&FunctionRuntime> {
         self.runtimes.get(logical_id)

@@ -33,16 +33,33 @@ pub const MEMORY_POLL: Duration = Duration::from_millis(20);
 /// Log lines kept per environment, for the error of a crashed invocation.
 const LOG_TAIL: usize = 20;
 
-/// What one function runs with.
-#[derive(Debug, Clone)]
+/// What one function runs with (also what `make dev` writes to `.local/<stack>/functions.json`
+/// for `local-stack invoke`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct FunctionConfig {
     /// The logical id (also the function name the process sees).
     pub name: String,
     pub binary: PathBuf,
     /// The template's variables and the AWS endpoints and credentials.
     pub environment: Vec<(String, String)>,
+    #[serde(with = "seconds")]
     pub timeout: Duration,
     pub memory_mb: u64,
+}
+
+/// A duration as (fractional) seconds in JSON.
+mod seconds {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_f64(d.as_secs_f64())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let secs = f64::deserialize(d)?;
+        Duration::try_from_secs_f64(secs).map_err(serde::de::Error::custom)
+    }
 }
 
 /// Why an invocation produced no response.
