@@ -181,8 +181,9 @@ pub trait AgentStore: Send + Sync {
     /// Online agents whose last heartbeat is older than `before`, across agencies.
     async fn stale(&self, before: DateTime<Utc>) -> Result<Vec<crate::domain::Agent>, AppError>;
 
-    /// Marks the agent offline if its last heartbeat is still older than `before`; false when a
-    /// heartbeat arrived meanwhile (the agent is alive and keeps its work).
+    /// Marks the agent offline if it is online and its last heartbeat is still older than
+    /// `before`; false when a heartbeat arrived meanwhile (the agent is alive and keeps its
+    /// work) or another sweep marked it first (that sweep reassigns its work).
     async fn mark_offline(
         &self,
         agency: &AgencyId,

@@ -436,7 +436,10 @@ impl crate::ports::AgentStore for MemoryAgents {
     ) -> Result<bool, AppError> {
         let mut agents = self.agents.lock().expect("not poisoned");
         match agents.get_mut(&(agency.clone(), id.to_string())) {
-            Some(a) if a.last_heartbeat_at < before => {
+            Some(a)
+                if a.last_heartbeat_at < before
+                    && a.status == crate::domain::AgentStatus::Online =>
+            {
                 a.status = crate::domain::AgentStatus::Offline;
                 Ok(true)
             }

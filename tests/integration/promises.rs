@@ -242,16 +242,20 @@ async fn a_silent_agent_goes_offline_and_its_open_tasks_go_to_a_live_agent() {
         .expect("backdated heartbeat");
     register("b-live").await;
 
-    // One sweep, as the scheduled sweeper runs it (the stack's own schedule may get there first).
+    // One sweep, as the scheduled sweeper runs it. The stack's own schedule may get there
+    // first; then that sweep does the work (only the sweep whose offline mark applies
+    // reassigns), so the outcome is awaited rather than assumed done when this one returns.
     let services = shared::services::Services::new(&stack().config, &clients);
     services.sweeper.sweep(Utc::now()).await.expect("sweep");
-
-    let stored = agents.get(&agency, &a_gone).await.unwrap().expect("a-gone");
-    assert_eq!(
-        stored.status,
-        shared::domain::AgentStatus::Offline,
-        "{stored:?}"
-    );
+    let stored = eventually("a-gone's tasks to move", PATIENCE, || async {
+        let stored = agents.get(&agency, &a_gone).await.ok()??;
+        let live = agents.get(&agency, &b_live).await.ok()??;
+        let moved = stored.status == shared::domain::AgentStatus::Offline
+            && stored.active_tasks == 0
+            && live.active_tasks == 2;
+        moved.then_some(stored)
+    })
+    .await;
     assert_eq!(stored.active_tasks, 0, "its reservations were released");
     let live = agents.get(&agency, &b_live).await.unwrap().expect("b-live");
     assert_eq!(live.status, shared::domain::AgentStatus::Online);

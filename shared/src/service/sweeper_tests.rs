@@ -238,3 +238,30 @@ async fn an_agent_that_heartbeats_during_the_sweep_keeps_its_tasks() {
     assert_eq!(agent.status, crate::domain::AgentStatus::Online);
     assert_eq!(agent.active_tasks, 1);
 }
+
+/// Two sweeps that both found the agent silent: only the one whose mark applies reassigns.
+#[tokio::test]
+async fn an_agent_is_marked_offline_once() {
+    let world = MemoryWorld::new();
+    let agency = boss().agency;
+    let ghost = UserId::parse("ghost").unwrap();
+    world
+        .agents
+        .heartbeat(&agency, &ghost, &[], 5, Utc::now() - Duration::minutes(10))
+        .await
+        .unwrap();
+    let cutoff = Utc::now() - Duration::seconds(90);
+    assert!(world
+        .agents
+        .mark_offline(&agency, &ghost, cutoff)
+        .await
+        .unwrap());
+    assert!(
+        !world
+            .agents
+            .mark_offline(&agency, &ghost, cutoff)
+            .await
+            .unwrap(),
+        "the second sweep finds it already offline"
+    );
+}

@@ -207,10 +207,13 @@ impl AgentStore for DynamoAgentStore {
             .table_name(&self.table)
             .set_key(Some(Self::key(agency, id.as_str())))
             .update_expression("SET #status = :offline REMOVE GSI3PK, GSI3SK")
-            // A heartbeat that just arrived wins.
-            .condition_expression("lastHeartbeatAt < :cutoff")
+            // A heartbeat that just arrived wins, and so does another sweep that got there
+            // first (EventBridge may deliver a schedule twice; sweeps may overlap): only the
+            // sweep whose mark applies reassigns the agent's tasks.
+            .condition_expression("lastHeartbeatAt < :cutoff AND #status = :online")
             .expression_attribute_names("#status", "status")
             .expression_attribute_values(":offline", s(AgentStatus::Offline.as_str()))
+            .expression_attribute_values(":online", s(AgentStatus::Online.as_str()))
             .expression_attribute_values(":cutoff", s(keys::sortable_time(before)))
             .send()
             .await;
