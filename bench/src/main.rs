@@ -94,6 +94,7 @@ async fn main() -> Result<()> {
         parameter_overrides: Vec::new(),
         // The harness measures one process hosting every function (see BENCHMARKS.md).
         functions: local_stack::FunctionHost::InProcess,
+        api_timeout: local_stack::api_gateway::INTEGRATION_TIMEOUT,
     })
     .await?;
     let api_url = stack.api_url();

@@ -463,9 +463,9 @@ async fn step_named(client: &Client, id: &str, name: &str) -> Value {
 async fn heartbeat_stack(stack_name: &str) -> local_stack::LocalStack {
     let mut options = isolated_options(stack_name);
     options.parameter_overrides = [
-        ("LeaseSeconds", "50"),
-        ("WorkerTimeoutSeconds", "65"),
-        ("QueueVisibilitySeconds", "85"),
+        ("LeaseSeconds", "60"),
+        ("WorkerTimeoutSeconds", "75"),
+        ("QueueVisibilitySeconds", "95"),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v.to_owned()))
@@ -529,15 +529,23 @@ async fn a_chain_step_that_heartbeats_outlives_its_heartbeat_window() {
     let host = heartbeat_stack("taskflow-promise-heartbeat-ok").await;
     let boss =
         Client::as_user(&unique_agency("heartbeat-ok"), "boss", "manager").at(&host.api_url());
-    // Forty seconds of work, over twice its heartbeatSeconds. The heartbeat window opens when
-    // the step's message is sent, so it must also cover the wait for a worker (a cold start
-    // of the worker's binary, on a busy machine): 15 s.
+    // The heartbeat window opens when the step's message is sent, so it also covers the wait
+    // for a worker. A first chain warms this host's workers (no cold start of the worker's
+    // binary inside the window), and the window is 20 s for a busy machine.
+    let warm_up = boss
+        .create_task(
+            &json!({"title": "warm up", "type": "multi_step", "priority": "critical",
+            "autoDispatch": true, "steps": [{"name": "quick"}]}),
+        )
+        .await;
+    wait_for(&boss, &warm_up, &["completed"]).await;
+    // 45 seconds of work, over twice its heartbeatSeconds.
     let id = boss
         .create_task(
             &json!({"title": "steady worker", "type": "multi_step", "priority": "critical",
             "autoDispatch": true, "steps": [
-            {"name": "steady", "config": {"executor": {"type": "sleep", "config": {"seconds": 40}},
-             "heartbeatSeconds": 15, "timeoutSeconds": 120}}]}),
+            {"name": "steady", "config": {"executor": {"type": "sleep", "config": {"seconds": 45}},
+             "heartbeatSeconds": 20, "timeoutSeconds": 120}}]}),
         )
         .await;
     let task = wait_for(&boss, &id, &["completed", "failed"]).await;
@@ -555,7 +563,7 @@ async fn a_chain_step_that_heartbeats_outlives_its_heartbeat_window() {
             .parse::<DateTime<Utc>>()
             .unwrap())
     .num_seconds();
-    assert!(ran >= 40, "it ran past its heartbeatSeconds: {step}");
+    assert!(ran >= 45, "it ran past its heartbeatSeconds: {step}");
     host.stop().await;
 }
 

@@ -19,6 +19,12 @@ use std::sync::OnceLock;
 
 pub const TEST_SECRET: &[u8] = b"integration-test-secret";
 
+/// The local API Gateway's wait for the API function in these tests. On AWS it is 29 s; here
+/// moto serves DynamoDB one request at a time, and on a 2-core machine that is also compiling,
+/// a burst of tests (the priority test's 500 creates) can queue one call past 29 s. The 504
+/// itself is tested on the gateway (`infra/local/tests/gateway_responses.rs`).
+pub const TEST_API_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+
 pub struct TestStack {
     pub api_url: String,
     /// moto's endpoint: every service, or DynamoDB only on the hybrid backend. Build SDK
@@ -114,6 +120,7 @@ pub fn stack() -> &'static TestStack {
                         jwt_secret: TEST_SECRET.to_vec(),
                         parameter_overrides: test_parameters(),
                         functions: local_stack::FunctionHost::from_env(&StackOptions::repo_root()),
+                        api_timeout: TEST_API_TIMEOUT,
                     };
                     match LocalStack::start(options).await {
                         Ok(stack) => {
@@ -424,6 +431,7 @@ pub fn isolated_options(stack_name: &str) -> StackOptions {
         jwt_secret: TEST_SECRET.to_vec(),
         parameter_overrides: test_parameters(),
         functions: local_stack::FunctionHost::from_env(&StackOptions::repo_root()),
+        api_timeout: TEST_API_TIMEOUT,
     }
 }
 

@@ -140,6 +140,18 @@ pub fn runtime_for(
     binaries: &Path,
     endpoints: &Endpoints,
 ) -> Result<FunctionRuntime> {
+    Ok(FunctionRuntime::new(function_config(
+        spec, binaries, endpoints,
+    )?))
+}
+
+/// What a function runs with under the local runtime: its template environment, the
+/// emulator's endpoints and credentials, its `Timeout` and `MemorySize`.
+pub fn function_config(
+    spec: &FunctionSpec,
+    binaries: &Path,
+    endpoints: &Endpoints,
+) -> Result<FunctionConfig> {
     let mut environment: Vec<(String, String)> = spec
         .environment
         .iter()
@@ -152,13 +164,13 @@ pub fn runtime_for(
     if let Ok(filter) = std::env::var("RUST_LOG") {
         environment.push(("RUST_LOG".into(), filter));
     }
-    Ok(FunctionRuntime::new(FunctionConfig {
+    Ok(FunctionConfig {
         name: spec.logical_id.clone(),
         binary: binary_for(spec, binaries)?,
         environment,
         timeout: Duration::from_secs(spec.timeout_seconds),
         memory_mb: spec.memory_mb,
-    }))
+    })
 }
 
 /// An SQS-triggered function (worker, batch trigger) run by the local runtime. An invocation
@@ -227,12 +239,12 @@ pub fn scheduled_process_handler(runtime: FunctionRuntime) -> crate::scheduler::
 /// The API function run by the local runtime, behind API Gateway's limits: no answer within
 /// 29 s (or the function's own `Timeout`) is a 504; a failed invocation, or a response over
 /// 6 MB or not in the proxy format, is a 502.
-pub fn api_process_handler(runtime: FunctionRuntime) -> Invoke {
+pub fn api_process_handler(runtime: FunctionRuntime, integration_timeout: Duration) -> Invoke {
     Arc::new(move |event: serde_json::Value| {
         let runtime = runtime.clone();
         Box::pin(async move {
             let invocation = runtime.invoke(event.to_string().into_bytes());
-            match tokio::time::timeout(api_gateway::INTEGRATION_TIMEOUT, invocation).await {
+            match tokio::time::timeout(integration_timeout, invocation).await {
                 Ok(Ok(body)) => api_gateway::from_proxy_response(&body),
                 Ok(Err(crate::runtime::InvokeError::Timeout { .. })) | Err(_) => {
                     api_gateway::integration_timeout()

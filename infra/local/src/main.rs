@@ -85,6 +85,7 @@ async fn dev(flags: &HashMap<String, String>) -> Result<()> {
         jwt_secret: jwt::secret_from_env(),
         parameter_overrides: Vec::new(),
         functions: local_stack::FunctionHost::from_env(&StackOptions::repo_root()),
+        api_timeout: local_stack::api_gateway::INTEGRATION_TIMEOUT,
     };
     let stack_name = options.stack_name.clone();
     let stack = LocalStack::start(options).await?;

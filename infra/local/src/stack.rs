@@ -62,6 +62,9 @@ pub struct StackOptions {
     pub parameter_overrides: Vec<(String, String)>,
     /// In-process handlers, or each function's binary under the local Lambda runtime.
     pub functions: FunctionHost,
+    /// How long the local API Gateway waits for the API function before answering 504:
+    /// [`crate::api_gateway::INTEGRATION_TIMEOUT`] (29 s, as on AWS) unless a test needs more.
+    pub api_timeout: Duration,
 }
 
 impl StackOptions {
@@ -149,6 +152,17 @@ impl LocalStack {
             .with_context(|| format!("template.yaml has no {API_FUNCTION}"))?;
         // One pool of execution environments per function, shared by all its event sources.
         let mut runtimes: std::collections::HashMap<String, FunctionRuntime> = Default::default();
+        let api_invoke = match &options.functions {
+            FunctionHost::InProcess => functions::api_handler(api_spec, &clients)?,
+            FunctionHost::Processes { binaries } => {
+                // A longer gateway wait (tests only) lengthens the API function's Timeout too.
+                let mut config = functions::function_config(api_spec, binaries, &endpoints)?;
+                config.timeout = config.timeout.max(options.api_timeout);
+                let runtime = FunctionRuntime::new(config);
+                runtimes.insert(api_spec.logical_id.clone(), runtime.clone());
+                functions::api_process_handler(runtime, options.api_timeout)
+            }
+        };
         let mut runtime_of = |spec: &crate::provision::FunctionSpec,
                               binaries: &std::path::Path|
          -> Result<FunctionRuntime> {
@@ -158,12 +172,6 @@ impl LocalStack {
             let runtime = functions::runtime_for(spec, binaries, &endpoints)?;
             runtimes.insert(spec.logical_id.clone(), runtime.clone());
             Ok(runtime)
-        };
-        let api_invoke = match &options.functions {
-            FunctionHost::InProcess => functions::api_handler(api_spec, &clients)?,
-            FunctionHost::Processes { binaries } => {
-                functions::api_process_handler(runtime_of(api_spec, binaries)?)
-            }
         };
         let gateway = Arc::new(ApiGateway::new(
             ApiRoute::from_events(&api_spec.events),
