@@ -185,7 +185,7 @@ async fn duplicate_and_stale_deliveries_never_run_a_task_again() {
     deliver(&created.body, &first_dispatch).await;
     ledger.release();
     let failed = wait_for_status(&boss, &id, &["failed"]).await;
-    // A duplicate of a finished (failed) task's dispatch: a redriven message, ignored.
+    // A duplicate of a failed task's dispatch (a redrive): back to the DLQ, never run.
     deliver(&failed, &first_dispatch).await;
 
     // The manual retry dispatches anew; the old dispatch id is now stale.

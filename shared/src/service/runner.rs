@@ -92,6 +92,17 @@ impl TaskRunner {
                 let wait = (until - now).to_std().unwrap_or_default() + Duration::from_secs(1);
                 return Ok((Delivery::RetryAfter(wait), None));
             }
+            // Failed under this very dispatch: the delivery that failed it may have died
+            // before its dead-letter copy was sent (a Lambda timeout in between). Dead-letter
+            // again rather than lose it; never run it. (A message redriven from the DLQ before
+            // `POST /retry` goes back there, until the retry dispatches the task anew.)
+            (TaskStatus::Failed, _) => {
+                let error = task
+                    .error
+                    .clone()
+                    .unwrap_or_else(|| "the task failed".into());
+                return Ok((Delivery::DeadLetter(error), None));
+            }
             // Finished, waiting for a person, or not queued: nothing to run.
             _ => return Ok((Delivery::Ack, None)),
         }
