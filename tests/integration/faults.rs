@@ -1,8 +1,8 @@
 //! Faults: AWS briefly unreachable, poison messages, and a host killed mid-load.
 
 use integration_tests::{
-    eventually, isolated_options, isolated_stack, scaled, stack, unique_agency, wait_for_status,
-    Client, Ledger, Outage,
+    dead_letter, eventually, isolated_options, isolated_stack, scaled, stack, unique_agency,
+    wait_for_status, Client, Ledger, Outage,
 };
 use local_stack::LocalStack;
 use reqwest::StatusCode;
@@ -108,27 +108,9 @@ async fn a_poison_message_cannot_block_its_queue() {
     assert_eq!(task["status"], "completed");
     // The garbage was dead-lettered with its error, not retried forever.
     let dlq = &stack().refs["HighDeadLetterQueue"];
-    let dead = eventually(
-        "the poison messages in the DLQ",
-        Duration::from_secs(30),
-        || async {
-            let out = clients
-                .sqs
-                .receive_message()
-                .queue_url(dlq)
-                .max_number_of_messages(10)
-                .message_attribute_names("All")
-                .visibility_timeout(0)
-                .send()
-                .await
-                .ok()?;
-            let messages = out.messages.unwrap_or_default();
-            messages
-                .iter()
-                .find(|m| m.body.as_deref() == Some("not json at all"))
-                .cloned()
-        },
-    )
+    let dead = dead_letter(dlq, "the poison message in the DLQ", |body| {
+        body == "not json at all"
+    })
     .await;
     let error = dead.message_attributes.unwrap_or_default()["error"]
         .string_value

@@ -109,25 +109,9 @@ async fn a_dead_lettered_message_carries_error_failed_at_and_source_queue() {
 
     let clients = stack().clients().await;
     let dlq = &stack().refs["NormalDeadLetterQueue"];
-    let dead = eventually("the task's dead letter", PATIENCE, || async {
-        // A visibility of one second pages through a queue holding more than ten
-        // messages without hiding anyone's for long.
-        let out = clients
-            .sqs
-            .receive_message()
-            .queue_url(dlq)
-            .max_number_of_messages(10)
-            .message_attribute_names("All")
-            .visibility_timeout(1)
-            .send()
-            .await
-            .ok()?;
-        out.messages
-            .unwrap_or_default()
-            .into_iter()
-            .find(|m| m.body.as_deref().is_some_and(|b| b.contains(&id)))
-    })
-    .await;
+    let dead =
+        integration_tests::dead_letter(dlq, "the task's dead letter", |body| body.contains(&id))
+            .await;
     let attributes = dead.message_attributes.clone().unwrap_or_default();
     let text = |name: &str| {
         attributes

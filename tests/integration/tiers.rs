@@ -3,12 +3,11 @@
 
 use integration_tests::ledger::attempts;
 use integration_tests::{
-    eventually, isolated_stack, scaled, stack, unique_agency, wait_for_status, worker_config,
-    Client, Ledger,
+    dead_letter, isolated_stack, stack, unique_agency, wait_for_status, worker_config, Client,
+    Ledger,
 };
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-use std::time::Duration;
 
 fn manager() -> Client {
     Client::as_user(&unique_agency("tiers"), "boss", "manager")
@@ -91,29 +90,8 @@ async fn exhausted_retries_fail_the_task_and_a_manual_retry_runs_it_again() {
     let first_dispatch = task["dispatchId"].as_str().map(str::to_owned);
 
     // The message is on the high tier's DLQ, with the error recorded.
-    let clients = stack().clients().await;
     let dlq = &stack().refs["HighDeadLetterQueue"];
-    let dead = eventually(
-        "the dead letter",
-        scaled(Duration::from_secs(20)),
-        || async {
-            let out = clients
-                .sqs
-                .receive_message()
-                .queue_url(dlq)
-                .max_number_of_messages(10)
-                .message_attribute_names("All")
-                .visibility_timeout(0)
-                .send()
-                .await
-                .ok()?;
-            out.messages
-                .unwrap_or_default()
-                .into_iter()
-                .find(|m| m.body.as_deref().is_some_and(|b| b.contains(&id)))
-        },
-    )
-    .await;
+    let dead = dead_letter(dlq, "the dead letter", |body| body.contains(&id)).await;
     let error = dead.message_attributes.unwrap_or_default()["error"]
         .string_value
         .clone()

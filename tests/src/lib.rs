@@ -568,6 +568,34 @@ fn proxy(target: &str, down: &std::sync::Arc<tokio::sync::watch::Sender<bool>>) 
     endpoint
 }
 
+/// Waits for the message on the dead-letter queue `dlq` whose body `matches`, and returns it
+/// with its attributes. It receives with a one-second visibility, which pages through a queue
+/// of more than ten messages without hiding anyone's for long.
+pub async fn dead_letter(
+    dlq: &str,
+    what: &str,
+    matches: impl Fn(&str) -> bool,
+) -> aws_sdk_sqs::types::Message {
+    let clients = stack().clients().await;
+    eventually(what, scaled(std::time::Duration::from_secs(60)), || async {
+        let out = clients
+            .sqs
+            .receive_message()
+            .queue_url(dlq)
+            .max_number_of_messages(10)
+            .message_attribute_names("All")
+            .visibility_timeout(1)
+            .send()
+            .await
+            .ok()?;
+        out.messages
+            .unwrap_or_default()
+            .into_iter()
+            .find(|m| m.body.as_deref().is_some_and(&matches))
+    })
+    .await
+}
+
 /// Waits until a queue holds no message, waiting or in flight: every delivery has been consumed.
 pub async fn wait_until_drained(queue_url: &str) {
     use aws_sdk_sqs::types::QueueAttributeName;
