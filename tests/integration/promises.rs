@@ -206,8 +206,10 @@ async fn a_silent_agent_goes_offline_and_its_open_tasks_go_to_a_live_agent() {
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
     assert_eq!(reply.body["status"], "in_progress");
 
-    // Its last heartbeat was five minutes ago (instead of waiting 90 s for it to lapse);
-    // b-live registers now.
+    // b-live registers; then a-gone's last heartbeat is set five minutes back (instead of
+    // waiting 90 s for it to lapse). In this order, a sweep of the stack's own schedule that
+    // comes in between always finds a live agent to hand the work to.
+    register("b-live").await;
     let clients = stack().clients().await;
     let agents =
         shared::store::DynamoAgentStore::new(clients.dynamodb.clone(), &stack().config.table_name);
@@ -224,7 +226,6 @@ async fn a_silent_agent_goes_offline_and_its_open_tasks_go_to_a_live_agent() {
         )
         .await
         .expect("backdated heartbeat");
-    register("b-live").await;
 
     // One sweep, as the scheduled sweeper runs it. The stack's own schedule may get there
     // first; then that sweep does the work (only the sweep whose offline mark applies
