@@ -445,8 +445,24 @@ async fn step_named(client: &Client, id: &str, name: &str) -> Value {
 /// long enough for steps that outlast their heartbeatSeconds. A step's heartbeat window
 /// opens when its message is sent, so a busy shared queue would eat into it; the worker's
 /// first heartbeat comes after half of heartbeatSeconds.
-async fn heartbeat_stack(stack_name: &str) -> local_stack::LocalStack {
+/// A host with long leases. Without `attach`, it starts an emulator of its own on moto: the
+/// shared one queues requests behind the other tests' load (the priority test's 500 tasks),
+/// and a step's heartbeat window cannot tell a slow emulator from a silent worker.
+async fn heartbeat_stack(
+    stack_name: &str,
+    attach: Option<local_stack::Backend>,
+) -> local_stack::LocalStack {
     let mut options = isolated_options(stack_name);
+    match attach {
+        Some(backend) => options.backend = backend,
+        None if matches!(options.backend, local_stack::Backend::Existing { .. }) => {
+            options.backend = local_stack::Backend::Moto {
+                venv: integration_tests::venv_dir(),
+                port: 0,
+            };
+        }
+        None => {}
+    }
     options.parameter_overrides = [
         ("LeaseSeconds", "60"),
         ("WorkerTimeoutSeconds", "75"),
@@ -464,7 +480,7 @@ async fn heartbeat_stack(stack_name: &str) -> local_stack::LocalStack {
 async fn a_chain_step_whose_worker_stops_heartbeating_fails_on_its_heartbeat_timeout() {
     // Its own host, so its workers can be killed mid-step without touching other tests.
     let stack_name = "taskflow-promise-heartbeat";
-    let mut first = heartbeat_stack(stack_name).await;
+    let mut first = heartbeat_stack(stack_name, None).await;
     let boss = Client::as_user(&unique_agency("heartbeat"), "boss", "manager").at(&first.api_url());
     // Thirty seconds of work under a ten-minute timeout, heartbeating every 5 s (half of
     // heartbeatSeconds): only silence can end it early.
@@ -485,7 +501,7 @@ async fn a_chain_step_whose_worker_stops_heartbeating_fails_on_its_heartbeat_tim
     let killed = std::time::Instant::now();
 
     // A fresh host on the same queues records the failure the state machine reports.
-    let second = heartbeat_stack(stack_name).await;
+    let second = heartbeat_stack(stack_name, Some(first.attach_backend())).await;
     let boss = boss.at(&second.api_url());
     let task = wait_for(&boss, &id, &["completed", "failed"]).await;
     let waited = killed.elapsed();
@@ -505,13 +521,14 @@ async fn a_chain_step_whose_worker_stops_heartbeating_fails_on_its_heartbeat_tim
     assert!(task_error.contains("step 'silent' failed"), "{task}");
     assert!(task_error.contains("Timeout"), "{task}");
     second.stop().await;
+    first.stop().await; // its emulator
 }
 
 /// The other half of the heartbeat promise: a step that runs longer than its
 /// heartbeatSeconds is kept alive by its worker's heartbeats.
 #[tokio::test]
 async fn a_chain_step_that_heartbeats_outlives_its_heartbeat_window() {
-    let host = heartbeat_stack("taskflow-promise-heartbeat-ok").await;
+    let host = heartbeat_stack("taskflow-promise-heartbeat-ok", None).await;
     let boss =
         Client::as_user(&unique_agency("heartbeat-ok"), "boss", "manager").at(&host.api_url());
     // The heartbeat window opens when the step's message is sent, so it also covers the wait
