@@ -170,8 +170,14 @@ async fn a_dead_lettered_message_carries_error_failed_at_and_source_queue() {
 
 #[tokio::test]
 async fn a_silent_agent_goes_offline_and_its_open_tasks_go_to_a_live_agent() {
+    // A host with an emulator of its own: a sweep covers every agency's agents, and on the
+    // shared table other tests' agents go silent too, which made this one slow and racy.
+    let host = heartbeat_stack("taskflow-promise-agents", None).await;
+    let sdk = local_stack::emulator::sdk_config_for(&host.endpoints).await;
+    let clients = shared::aws::AwsClients::new(&sdk);
+    let config = integration_tests::worker_config(&host);
     let agency_name = unique_agency("agents-offline");
-    let boss = Client::as_user(&agency_name, "boss", "manager");
+    let boss = Client::as_user(&agency_name, "boss", "manager").at(&host.api_url());
     // a-gone registers first and takes both tasks by auto-assignment (capacity reserved).
     let register = |agent: &'static str| {
         let boss = boss.clone();
@@ -199,7 +205,7 @@ async fn a_silent_agent_goes_offline_and_its_open_tasks_go_to_a_live_agent() {
         ids.push(id);
     }
     // a-gone starts one of them (in progress, a person's task: no lease), then falls silent.
-    let gone = Client::as_user(&agency_name, "a-gone", "agent");
+    let gone = Client::as_user(&agency_name, "a-gone", "agent").at(&host.api_url());
     let reply = gone
         .post(&format!("/api/tasks/{}/start", ids[1]), &json!({}))
         .await;
@@ -210,9 +216,7 @@ async fn a_silent_agent_goes_offline_and_its_open_tasks_go_to_a_live_agent() {
     // waiting 90 s for it to lapse). In this order, a sweep of the stack's own schedule that
     // comes in between always finds a live agent to hand the work to.
     register("b-live").await;
-    let clients = stack().clients().await;
-    let agents =
-        shared::store::DynamoAgentStore::new(clients.dynamodb.clone(), &stack().config.table_name);
+    let agents = shared::store::DynamoAgentStore::new(clients.dynamodb.clone(), &config.table_name);
     let agency = shared::domain::AgencyId::parse(&agency_name).unwrap();
     let a_gone = shared::domain::UserId::parse("a-gone").unwrap();
     let b_live = shared::domain::UserId::parse("b-live").unwrap();
@@ -230,7 +234,7 @@ async fn a_silent_agent_goes_offline_and_its_open_tasks_go_to_a_live_agent() {
     // One sweep, as the scheduled sweeper runs it. The stack's own schedule may get there
     // first; then that sweep does the work (only the sweep whose offline mark applies
     // reassigns), so the outcome is awaited rather than assumed done when this one returns.
-    let services = shared::services::Services::new(&stack().config, &clients);
+    let services = shared::services::Services::new(&config, &clients);
     services.sweeper.sweep(Utc::now()).await.expect("sweep");
     let stored = eventually("a-gone's tasks to move", PATIENCE, || async {
         let stored = agents.get(&agency, &a_gone).await.ok()??;
@@ -262,6 +266,7 @@ async fn a_silent_agent_goes_offline_and_its_open_tasks_go_to_a_live_agent() {
     };
     assert_eq!(status_of("a-gone"), Some(json!("offline")), "{listed}");
     assert_eq!(status_of("b-live"), Some(json!("online")), "{listed}");
+    host.stop().await;
 }
 
 // ---------------------------------------------------------------------------------------
