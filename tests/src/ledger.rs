@@ -49,31 +49,14 @@ impl Ledger {
     /// Answers each run with the status `answer` picks.
     pub fn answering(answer: impl Fn(&Run, &[Run]) -> u16 + Send + Sync + 'static) -> Ledger {
         let answer: Arc<Answer> = Arc::new(answer);
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        listener.set_nonblocking(true).expect("nonblocking");
-        let url = format!("http://{}/run", listener.local_addr().expect("addr"));
         let state = Arc::new(Mutex::new(State::default()));
         let (held, _) = tokio::sync::watch::channel(false);
         let held = Arc::new(held);
         let (shared, gate) = (state.clone(), held.clone());
-        // A runtime of its own, so the ledger outlives the calling test's runtime.
-        std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .expect("runtime");
-            runtime.block_on(async move {
-                let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
-                loop {
-                    let Ok((stream, _)) = listener.accept().await else {
-                        continue;
-                    };
-                    let (state, answer, gate) = (shared.clone(), answer.clone(), gate.subscribe());
-                    tokio::spawn(serve(stream, state, answer, gate));
-                }
-            });
+        let addr = crate::serve_loopback(move |stream| {
+            serve(stream, shared.clone(), answer.clone(), gate.subscribe())
         });
+        let url = format!("http://{addr}/run");
         Ledger { url, state, held }
     }
 

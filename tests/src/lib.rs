@@ -531,10 +531,36 @@ impl Outage {
 /// Forwards a free local port to `target` until the process ends; returns its endpoint.
 fn proxy(target: &str, down: &std::sync::Arc<tokio::sync::watch::Sender<bool>>) -> String {
     let target = target.trim_start_matches("http://").to_owned();
+    let switch = down.clone();
+    let addr = serve_loopback(move |mut inbound| {
+        let (target, switch) = (target.clone(), switch.clone());
+        async move {
+            if *switch.borrow() {
+                return; // dropped: the connection is refused
+            }
+            let mut state = switch.subscribe();
+            let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await else {
+                return;
+            };
+            tokio::select! {
+                _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                _ = state.wait_for(|down| *down) => {}
+            }
+        }
+    });
+    format!("http://{addr}")
+}
+
+/// Listens on a free loopback port and handles each connection with `handle`, on a runtime of
+/// its own so the server outlives the calling test's runtime. Returns the address.
+pub fn serve_loopback<F, Fut>(handle: F) -> std::net::SocketAddr
+where
+    F: Fn(tokio::net::TcpStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     listener.set_nonblocking(true).expect("nonblocking");
-    let endpoint = format!("http://{}", listener.local_addr().expect("addr"));
-    let switch = down.clone();
+    let addr = listener.local_addr().expect("addr");
     std::thread::spawn(move || {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -544,28 +570,13 @@ fn proxy(target: &str, down: &std::sync::Arc<tokio::sync::watch::Sender<bool>>) 
         runtime.block_on(async move {
             let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
             loop {
-                let Ok((mut inbound, _)) = listener.accept().await else {
-                    continue;
-                };
-                if *switch.borrow() {
-                    drop(inbound);
-                    continue;
+                if let Ok((stream, _)) = listener.accept().await {
+                    tokio::spawn(handle(stream));
                 }
-                let mut state = switch.subscribe();
-                let target = target.clone();
-                tokio::spawn(async move {
-                    let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await else {
-                        return;
-                    };
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
-                        _ = state.wait_for(|down| *down) => {}
-                    }
-                });
             }
         });
     });
-    endpoint
+    addr
 }
 
 /// Waits for the message on the dead-letter queue `dlq` whose body `matches`, and returns it
