@@ -11,6 +11,7 @@ mod fixtures;
 mod lifecycle;
 mod limits;
 mod paging;
+mod permissions;
 mod priority;
 mod promises;
 mod soak;

@@ -26,26 +26,9 @@ fn moto_config() -> serde_json::Value {
     })
 }
 
-/// `python -c` script: `moto_server` (same application, request handler and threading)
-/// with one lock around DynamoDB requests (`X-Amz-Target: DynamoDB_…`). Arguments: host, port.
-const SERIALIZED_DYNAMODB_MOTO: &str = r#"
-import signal, sys, threading
-from werkzeug.serving import run_simple
-from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
-
-app = DomainDispatcherApplication(create_backend_app)
-app.debug = True
-lock = threading.Lock()
-
-def serialized(environ, start_response):
-    if environ.get("HTTP_X_AMZ_TARGET", "").startswith("DynamoDB_"):
-        with lock:
-            return list(app(environ, start_response))
-    return app(environ, start_response)
-
-signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-run_simple(sys.argv[1], int(sys.argv[2]), serialized, threaded=True, request_handler=MotoRequestHandler)
-"#;
+/// `python -c` script: `moto_server` with DynamoDB requests serialized and IAM enforced for
+/// IAM users' keys (each function's credentials). Arguments: host, port. The file says why.
+const MOTO_LAUNCHER: &str = include_str!("moto_launcher.py");
 
 /// A running (or attached) moto server.
 pub struct Emulator {
@@ -54,6 +37,8 @@ pub struct Emulator {
     child: Option<tokio::process::Child>,
     log_path: Option<PathBuf>,
     http: reqwest::Client,
+    /// moto took its configuration (LocalStack, say, does not).
+    moto: bool,
 }
 
 impl std::fmt::Debug for Emulator {
@@ -134,16 +119,11 @@ impl Emulator {
             }
         };
 
-        // moto's own server and application with DynamoDB requests serialized: moto 5.2.5's
-        // TransactWriteItems is not thread-safe (see `start_for_dynamodb`), and concurrent
-        // creates are exactly what the tests and benchmarks do.
+        // moto's own server and application, with DynamoDB requests serialized (moto 5.2.5's
+        // TransactWriteItems is not thread-safe; see `start_for_dynamodb`) and IAM checked
+        // for the functions' keys (see moto_launcher.py).
         let mut command = tokio::process::Command::new(venv_dir.join("bin").join("python"));
-        command.args([
-            "-c",
-            SERIALIZED_DYNAMODB_MOTO,
-            "127.0.0.1",
-            &port.to_string(),
-        ]);
+        command.args(["-c", MOTO_LAUNCHER, "127.0.0.1", &port.to_string()]);
         // What moto_server sets when MOTO_PORT is unset.
         command.env("MOTO_PORT", port.to_string());
         command
@@ -162,6 +142,7 @@ impl Emulator {
             child: Some(child),
             log_path,
             http: http_client()?,
+            moto: true,
         };
         let log_hint = match &emulator.log_path {
             Some(p) => format!("see its log {}", p.display()),
@@ -208,11 +189,12 @@ impl Emulator {
     /// configuration (only warns if the endpoint is not moto, e.g. LocalStack). Nothing is
     /// owned: [`Emulator::stop`] leaves it running.
     pub async fn attach(endpoint: &str) -> Result<Emulator> {
-        let emulator = Emulator {
+        let mut emulator = Emulator {
             endpoint: endpoint.trim_end_matches('/').to_string(),
             child: None,
             log_path: None,
             http: http_client()?,
+            moto: true,
         };
         let deadline = Instant::now() + Duration::from_secs(5);
         while !emulator.answers().await {
@@ -223,12 +205,18 @@ impl Emulator {
         }
         if let Err(e) = emulator.configure().await {
             // Not moto (LocalStack, say): nothing to configure.
+            emulator.moto = false;
             tracing::warn!(
                 "{} did not take the moto configuration ({e:#}); assuming another emulator",
                 emulator.endpoint
             );
         }
         Ok(emulator)
+    }
+
+    /// Whether this is moto (started here, or attached and configured).
+    pub fn is_moto(&self) -> bool {
+        self.moto
     }
 
     /// Clears all emulator state (`POST /moto-api/reset`) and re-applies the configuration.

@@ -4,6 +4,7 @@
 
 use crate::api_gateway::{self, Invoke};
 use crate::emulator::Endpoints;
+use crate::iam::AccessKey;
 use crate::provision::FunctionSpec;
 use crate::runtime::{FunctionConfig, FunctionRuntime};
 use anyhow::{Context, Result};
@@ -139,18 +140,24 @@ pub fn runtime_for(
     spec: &FunctionSpec,
     binaries: &Path,
     endpoints: &Endpoints,
+    credentials: Option<&AccessKey>,
 ) -> Result<FunctionRuntime> {
     Ok(FunctionRuntime::new(function_config(
-        spec, binaries, endpoints,
+        spec,
+        binaries,
+        endpoints,
+        credentials,
     )?))
 }
 
 /// What a function runs with under the local runtime: its template environment, the
-/// emulator's endpoints and credentials, its `Timeout` and `MemorySize`.
+/// emulator's endpoints, its own credentials (see [`crate::iam`]; without them, dummy ones
+/// that the emulator treats as the account root), its `Timeout` and `MemorySize`.
 pub fn function_config(
     spec: &FunctionSpec,
     binaries: &Path,
     endpoints: &Endpoints,
+    credentials: Option<&AccessKey>,
 ) -> Result<FunctionConfig> {
     let mut environment: Vec<(String, String)> = spec
         .environment
@@ -158,9 +165,13 @@ pub fn function_config(
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     environment.extend(endpoints.env_vars());
-    // The emulators accept any credentials; presigning needs some.
-    environment.push(("AWS_ACCESS_KEY_ID".into(), "test".into()));
-    environment.push(("AWS_SECRET_ACCESS_KEY".into(), "test".into()));
+    let (key_id, secret) = match credentials {
+        Some(key) => (key.access_key_id.clone(), key.secret_access_key.clone()),
+        // Presigning needs some credentials even where nothing checks them.
+        None => ("test".to_string(), "test".to_string()),
+    };
+    environment.push(("AWS_ACCESS_KEY_ID".into(), key_id));
+    environment.push(("AWS_SECRET_ACCESS_KEY".into(), secret));
     if let Ok(filter) = std::env::var("RUST_LOG") {
         environment.push(("RUST_LOG".into(), filter));
     }

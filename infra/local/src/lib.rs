@@ -5,6 +5,7 @@
 pub mod api_gateway;
 pub mod emulator;
 pub mod functions;
+pub mod iam;
 pub mod intrinsics;
 pub mod jwt;
 pub mod limits;

@@ -4,6 +4,8 @@
 use crate::api_gateway::{ApiGateway, ApiRoute};
 use crate::emulator::{self, Emulator, Endpoints, LocalStackServer};
 use crate::functions::{self, FunctionHost, API_FUNCTION};
+use crate::iam;
+use crate::intrinsics::MapScope;
 use crate::limits::LimitViolations;
 use crate::provision::{self, FunctionEvent, ProvisionedStack};
 use crate::runtime::FunctionRuntime;
@@ -12,6 +14,7 @@ use crate::sqs_poller::{self, EventSourceMapping};
 use crate::template::Template;
 use anyhow::{Context, Result};
 use shared::aws::AwsClients;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -19,6 +22,43 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+
+/// An IAM user per function holding its template policies (see [`crate::iam`]), by logical id.
+async fn function_identities(
+    template: &Template,
+    resources: &ProvisionedStack,
+    sdk: &aws_config::SdkConfig,
+    repo_root: &std::path::Path,
+    venv: Option<&std::path::Path>,
+) -> Result<BTreeMap<String, iam::AccessKey>> {
+    let templates = iam::PolicyTemplates::from_venv(&iam::venv_for(repo_root, venv))?;
+    let scope = MapScope {
+        refs: resources.refs.clone(),
+        attributes: resources.attributes.clone(),
+        ..Default::default()
+    };
+    let mut policies = BTreeMap::new();
+    for logical_id in resources.functions.keys() {
+        let function = template
+            .resource(logical_id)
+            .with_context(|| format!("{logical_id} is not in the template"))?;
+        policies.insert(
+            logical_id.clone(),
+            iam::function_policies(function, &scope, &templates)?,
+        );
+    }
+    let keys = iam::create_function_users(
+        &aws_sdk_iam::Client::new(sdk),
+        &resources.stack_name,
+        &policies,
+    )
+    .await?;
+    tracing::info!(
+        functions = keys.len(),
+        "each function signs with its own IAM user; the emulator checks its policies"
+    );
+    Ok(keys)
+}
 
 /// Concurrent batches for an SQS event without `ScalingConfig.MaximumConcurrency`.
 const DEFAULT_LOCAL_CONCURRENCY: u32 = 5;
@@ -143,6 +183,19 @@ impl LocalStack {
             .await
             .context("provisioning template.yaml on the emulator")?;
         let clients = AwsClients::new(&sdk);
+        let credentials = match (&options.functions, &localstack) {
+            // Function processes on moto alone: each gets its own identity, checked by moto.
+            (FunctionHost::Processes { .. }, None) if emulator.is_moto() => {
+                let venv = match &options.backend {
+                    Backend::Moto { venv, .. } => Some(venv.as_path()),
+                    _ => None,
+                };
+                function_identities(&template, &resources, &sdk, &options.repo_root, venv)
+                    .await
+                    .context("creating each function's IAM identity on the emulator")?
+            }
+            _ => Default::default(),
+        };
 
         let (shutdown, shutdown_rx) = watch::channel(false);
         let violations = LimitViolations::default();
@@ -156,7 +209,12 @@ impl LocalStack {
             FunctionHost::InProcess => functions::api_handler(api_spec, &clients)?,
             FunctionHost::Processes { binaries } => {
                 // A longer gateway wait (tests only) lengthens the API function's Timeout too.
-                let mut config = functions::function_config(api_spec, binaries, &endpoints)?;
+                let mut config = functions::function_config(
+                    api_spec,
+                    binaries,
+                    &endpoints,
+                    credentials.get(&api_spec.logical_id),
+                )?;
                 config.timeout = config.timeout.max(options.api_timeout);
                 let runtime = FunctionRuntime::new(config);
                 runtimes.insert(api_spec.logical_id.clone(), runtime.clone());
@@ -169,7 +227,12 @@ impl LocalStack {
             if let Some(runtime) = runtimes.get(&spec.logical_id) {
                 return Ok(runtime.clone());
             }
-            let runtime = functions::runtime_for(spec, binaries, &endpoints)?;
+            let runtime = functions::runtime_for(
+                spec,
+                binaries,
+                &endpoints,
+                credentials.get(&spec.logical_id),
+            )?;
             runtimes.insert(spec.logical_id.clone(), runtime.clone());
             Ok(runtime)
         };

@@ -1,0 +1,235 @@
+# moto_server as the local host runs it. Arguments: host, port.
+#
+# The same application, request handler and threading as `moto_server`, with two changes:
+#
+# 1. DynamoDB requests (`X-Amz-Target: DynamoDB_...`) are handled one at a time. moto 5.2.5's
+#    TransactWriteItems deep-copies the whole table without a lock, so a concurrent write fails
+#    with HTTP 500 ("dictionary changed size during iteration"); the GIL bounds moto anyway.
+#
+# 2. IAM is enforced for IAM users, as AWS enforces it for a function's role. A request signed
+#    with an IAM user's access key (the local host gives each function a user holding that
+#    function's policies) has its SigV4 signature checked (header or presigned query) and its
+#    action checked against the user's policies by moto's own evaluator. A request signed with
+#    any other key (the host itself, the tests, an `aws` CLI with dummy credentials, Step
+#    Functions' own calls) acts as the account's root user, which identity policies do not
+#    restrict on AWS either.
+import datetime
+import hashlib
+import hmac
+import html
+import json
+import re
+import signal
+import sys
+import threading
+from urllib.parse import parse_qsl, quote, urlparse
+
+from werkzeug.exceptions import HTTPException
+from werkzeug.serving import run_simple
+
+from moto import settings
+from moto.core.authorization import ActionAuthenticatorMixin
+from moto.iam.models import iam_backends
+from moto.moto_server.werkzeug_app import (
+    DomainDispatcherApplication,
+    MotoRequestHandler,
+    create_backend_app,
+)
+from moto.s3.exceptions import S3ClientError, S3SignatureDoesNotMatchError
+from moto.utilities.utils import get_partition
+
+# Every request goes through the authorization hook; `root_or_checked` decides per request.
+settings.INITIAL_NO_AUTH_ACTION_COUNT = 0
+moto_authorize = ActionAuthenticatorMixin._authenticate_and_authorize_action
+
+
+def credential_scope(request):
+    """The `Credential=` scope of a header- or query-signed request, split on '/'."""
+    authorization = request.headers.get("Authorization", "")
+    if "Credential=" in authorization:
+        return authorization.partition("Credential=")[2].partition(",")[0].split("/")
+    query = dict(parse_qsl(urlparse(request.uri).query, keep_blank_values=True))
+    if "X-Amz-Credential" in query:
+        return query["X-Amz-Credential"].split("/")
+    return None
+
+
+def iam_user_secret(account_id, region, access_key_id):
+    backend = iam_backends[account_id][get_partition(region)]
+    for user in backend.list_users("/", None, None):
+        for key in user.access_keys:
+            if key.access_key_id == access_key_id:
+                return key.secret_access_key
+    return None
+
+
+def uri_encode(value):
+    return quote(value, safe="-_.~")
+
+
+def check_presigned(request, secret):
+    """SigV4 query authentication (a presigned URL): signature and expiry."""
+    parsed = urlparse(request.uri)
+    params = parse_qsl(parsed.query, keep_blank_values=True)
+    query = dict(params)
+    signed_headers = query.get("X-Amz-SignedHeaders", "host").split(";")
+    canonical_query = "&".join(
+        f"{uri_encode(k)}={uri_encode(v)}"
+        for k, v in sorted(params)
+        if k != "X-Amz-Signature"
+    )
+    headers = {k.lower(): v for k, v in request.headers.items()}
+    canonical_headers = "".join(
+        f"{name}:{' '.join(headers.get(name, '').split())}\n" for name in signed_headers
+    )
+    canonical_request = "\n".join(
+        [
+            request.method,
+            request.raw_path,
+            canonical_query,
+            canonical_headers,
+            ";".join(signed_headers),
+            "UNSIGNED-PAYLOAD",
+        ]
+    )
+    amz_date = query.get("X-Amz-Date", "")
+    _, date, region, service, terminal = query["X-Amz-Credential"].split("/")
+    string_to_sign = "\n".join(
+        [
+            "AWS4-HMAC-SHA256",
+            amz_date,
+            f"{date}/{region}/{service}/{terminal}",
+            hashlib.sha256(canonical_request.encode()).hexdigest(),
+        ]
+    )
+    key = ("AWS4" + secret).encode()
+    for part in (date, region, service, terminal):
+        key = hmac.new(key, part.encode(), hashlib.sha256).digest()
+    expected = hmac.new(key, string_to_sign.encode(), hashlib.sha256).hexdigest()
+    if not hmac.compare_digest(expected, query.get("X-Amz-Signature", "")):
+        raise S3SignatureDoesNotMatchError()
+    try:
+        signed_at = datetime.datetime.strptime(amz_date, "%Y%m%dT%H%M%SZ").replace(
+            tzinfo=datetime.timezone.utc
+        )
+        lifetime = datetime.timedelta(seconds=int(query.get("X-Amz-Expires", "0")))
+    except ValueError:
+        raise S3ClientError("AuthorizationQueryParametersError", "X-Amz-Date or X-Amz-Expires is malformed")
+    if datetime.datetime.now(datetime.timezone.utc) > signed_at + lifetime:
+        raise S3ClientError("AccessDenied", "Request has expired")
+    # moto's evaluator reads the key and scope from an Authorization header.
+    return {
+        **dict(request.headers),
+        "Authorization": f"AWS4-HMAC-SHA256 Credential={query['X-Amz-Credential']}, "
+        f"SignedHeaders={query.get('X-Amz-SignedHeaders', 'host')}, "
+        f"Signature={query.get('X-Amz-Signature', '')}",
+    }
+
+
+# AWS authorizes a transaction by the actions inside it (there is no IAM action
+# TransactWriteItems); moto 5.2.5 checks the transaction's own name instead.
+TRANSACT_PARTS = {
+    "Put": "PutItem",
+    "Update": "UpdateItem",
+    "Delete": "DeleteItem",
+    "ConditionCheck": "ConditionCheckItem",
+    "Get": "GetItem",
+}
+
+
+def actions_of(request):
+    action = request._get_action()
+    if action in ("TransactWriteItems", "TransactGetItems"):
+        try:
+            items = json.loads(request.raw_body)["TransactItems"]
+            return sorted({TRANSACT_PARTS.get(kind, kind) for item in items for kind in item})
+        except (ValueError, KeyError, TypeError):
+            pass  # malformed: DynamoDB itself answers it
+    return [action]
+
+
+def iam_request(request, iam_request_cls, headers, action):
+    query = urlparse(request.uri).query
+    return iam_request_cls(
+        account_id=request.current_account,
+        method=request.method,
+        path=request.raw_path + (f"?{query}" if query else ""),
+        data=request.data,
+        body=request.raw_body,
+        headers=headers,
+        action=action,
+    )
+
+
+class JsonProtocolError(HTTPException):
+    """An auth failure as the JSON-protocol services (DynamoDB, Step Functions, SQS) answer
+    it; moto answers XML, which their SDKs cannot read."""
+
+    code = 400
+    JSON_TYPES = {
+        "AccessDenied": "AccessDeniedException",
+        "SignatureDoesNotMatch": "InvalidSignatureException",
+        "InvalidClientTokenId": "UnrecognizedClientException",
+    }
+
+    def __init__(self, xml_error):
+        text = str(xml_error.description or "")
+        code = re.search(r"<Code>(.*?)</Code>", text)
+        message = re.search(r"<Message>(.*?)</Message>", text, re.S)
+        code = code.group(1) if code else "AccessDenied"
+        super().__init__(
+            description=json.dumps(
+                {
+                    "__type": self.JSON_TYPES.get(code, code),
+                    "message": html.unescape(message.group(1)) if message else code,
+                }
+            )
+        )
+
+
+def root_or_checked(self, iam_request_cls, resource="*"):
+    try:
+        check(self, iam_request_cls, resource)
+    except HTTPException as error:
+        if "json" in self.headers.get("Content-Type", "") and not isinstance(
+            error, JsonProtocolError
+        ):
+            raise JsonProtocolError(error)
+        raise
+
+
+def check(self, iam_request_cls, resource):
+    if self.headers.get("X-Amz-Target") in ActionAuthenticatorMixin.PUBLIC_OPERATIONS:
+        return
+    scope = credential_scope(self)
+    if scope is None or len(scope) < 3:
+        return  # unsigned: moto's S3 handles anonymous access by its own ACL checks
+    secret = iam_user_secret(self.current_account, scope[2], scope[0])
+    if secret is None:
+        return  # not an IAM user's key: the account root
+    if "Credential=" in self.headers.get("Authorization", ""):
+        headers = self.headers
+        iam_request(self, iam_request_cls, headers, self._get_action()).check_signature()
+    else:
+        # A presigned URL (S3): moto's evaluator reads header signatures only.
+        headers = check_presigned(self, secret)
+    for action in actions_of(self):
+        iam_request(self, iam_request_cls, headers, action).check_action_permitted(resource)
+
+
+ActionAuthenticatorMixin._authenticate_and_authorize_action = root_or_checked
+
+app = DomainDispatcherApplication(create_backend_app)
+app.debug = True
+lock = threading.Lock()
+
+
+def serialized(environ, start_response):
+    if environ.get("HTTP_X_AMZ_TARGET", "").startswith("DynamoDB_"):
+        with lock:
+            return list(app(environ, start_response))
+    return app(environ, start_response)
+
+
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+run_simple(sys.argv[1], int(sys.argv[2]), serialized, threaded=True, request_handler=MotoRequestHandler)
