@@ -66,6 +66,7 @@ impl Services {
         config: &Config,
     ) -> Self {
         let lease = Duration::from_secs(config.lease_seconds);
+        let executors = executors.with_run_limit(crate::service::runner::run_limit(lease));
         let tasks = TaskService::new(ports.clone(), executors.clone());
         Self {
             agents: AgentService::new(ports.agents.clone()),

@@ -186,12 +186,13 @@ async fn a_worker_killed_at_its_timeout_leaves_the_task_to_finish_once() {
         Client::as_user(&unique_agency("lambdatimeout"), "boss", "manager").at(&host.api_url());
     let ledger = Ledger::start();
     // Every run is held until a second one arrives: the first is still running when its
-    // invocation reaches the worker's Timeout.
+    // invocation reaches the worker's Timeout (8 s; the request's own 15 s timeout is the most
+    // the 20 s lease accepts, and comes later).
     ledger.hold();
     let id = boss
         .create_task(
             &json!({"title": "hangs once", "priority": "critical", "autoDispatch": true,
-            "executor": {"type": "http", "config": {"url": ledger.url, "timeoutSeconds": 60}}}),
+            "executor": {"type": "http", "config": {"url": ledger.url, "timeoutSeconds": 15}}}),
         )
         .await;
     ledger

@@ -36,7 +36,7 @@ async fn http_executor_retries_5xx_then_succeeds_and_never_retries_4xx() {
     let id = boss
         .create_task(
             &json!({"title": "Flaky hook", "priority": "critical", "autoDispatch": true,
-            "executor": {"type": "http", "config": {"url": flaky.url, "timeoutSeconds": 10}},
+            "executor": {"type": "http", "config": {"url": flaky.url, "timeoutSeconds": 5}},
             "retry": {"maxAttempts": 3, "baseDelaySeconds": 1}}),
         )
         .await;

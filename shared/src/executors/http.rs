@@ -64,6 +64,14 @@ impl Executor for Http {
         settings(config).map(|_| ())
     }
 
+    /// Only an explicit timeoutSeconds: the 10 s default fits any lease a deployment uses
+    /// (test stacks run with 10 s leases and rely on quick receivers).
+    fn max_run(&self, config: &Value) -> Option<(&'static str, Duration)> {
+        config.get("timeoutSeconds").filter(|v| !v.is_null())?;
+        let (_, timeout) = settings(config).ok()?;
+        Some(("timeoutSeconds", timeout))
+    }
+
     async fn run(&self, job: &Job<'_>) -> Result<Outcome, ExecError> {
         let (url, timeout) = settings(job.config).map_err(ExecError::Permanent)?;
         let payload = payload(job);

@@ -12,6 +12,7 @@ use async_trait::async_trait;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// What one run of an executor produced.
 #[derive(Debug, Clone, PartialEq)]
@@ -59,17 +60,55 @@ pub trait Executor: Send + Sync {
     /// Checks the config; the error names what is wrong with it.
     fn validate(&self, config: &Value) -> Result<(), String>;
     async fn run(&self, job: &Job<'_>) -> Result<Outcome, ExecError>;
+    /// The longest one run may take as its config asks, and the config field that asks it.
+    /// None when the config asks for nothing longer than our own defaults.
+    fn max_run(&self, _config: &Value) -> Option<(&'static str, Duration)> {
+        None
+    }
 }
 
 #[derive(Clone)]
 pub struct ExecutorRegistry {
     executors: BTreeMap<&'static str, Arc<dyn Executor>>,
+    /// How long a worker lets one run take (see `runner::run_limit`), when known.
+    run_limit: Option<Duration>,
 }
 
 impl ExecutorRegistry {
     pub fn empty() -> Self {
         Self {
             executors: BTreeMap::new(),
+            run_limit: None,
+        }
+    }
+
+    /// Creation refuses configs that ask for runs longer than `limit`.
+    pub fn with_run_limit(mut self, limit: Duration) -> Self {
+        self.run_limit = Some(limit);
+        self
+    }
+
+    /// A config whose run would outlast what a worker gives one run is refused at creation:
+    /// the worker would cut it off at the limit, every attempt, with no word to its author.
+    /// The error is (the config field, the problem naming the limit). Call after `resolve`.
+    pub fn check_run_limit(&self, spec: &ExecutorSpec) -> Result<(), (String, String)> {
+        let (Some(limit), Some(executor)) =
+            (self.run_limit, self.executors.get(spec.kind.as_str()))
+        else {
+            return Ok(());
+        };
+        match executor.max_run(&spec.config) {
+            Some((field, run)) if run > limit => Err((
+                field.to_owned(),
+                format!(
+                    "asks for {} s, but a worker cuts a run off after {} s (the deployment's \
+                     LeaseSeconds less a 2 s margin): at most {}",
+                    run.as_secs_f64(),
+                    limit.as_secs(),
+                    limit.as_secs()
+                ),
+            )),
+            _ => Ok(()),
         }
     }
 

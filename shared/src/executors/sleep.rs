@@ -29,6 +29,11 @@ impl Executor for Sleep {
         settings(config).map(|_| ())
     }
 
+    fn max_run(&self, config: &Value) -> Option<(&'static str, Duration)> {
+        let (seconds, _) = settings(config).ok()?;
+        Some(("seconds", Duration::from_secs_f64(seconds)))
+    }
+
     async fn run(&self, job: &Job<'_>) -> Result<Outcome, ExecError> {
         let (seconds, fail_attempts) = settings(job.config).map_err(ExecError::Permanent)?;
         tokio::time::sleep(Duration::from_secs_f64(seconds)).await;

@@ -473,6 +473,10 @@ impl BatchService {
             errors.add(field, "batch items cannot use the manual executor");
         } else if let Err(problem) = self.executors.resolve(&params.executor) {
             errors.add(field, problem);
+        } else if let Err((config_field, problem)) =
+            self.executors.check_run_limit(&params.executor)
+        {
+            errors.add(format!("{field}.config.{config_field}"), problem);
         }
     }
 

@@ -204,10 +204,7 @@ impl TaskRunner {
             input: &input,
             attempt: task.attempts,
         };
-        let budget = self
-            .lease
-            .saturating_sub(LEASE_MARGIN)
-            .max(Duration::from_secs(1));
+        let budget = run_limit(self.lease);
         match tokio::time::timeout(budget, executor.run(&job)).await {
             Ok(result) => result,
             Err(_) => Err(ExecError::Retryable(format!(
@@ -216,6 +213,14 @@ impl TaskRunner {
             ))),
         }
     }
+}
+
+/// How long a worker lets one run take under this lease: the lease less a margin for the writes
+/// around the run. Creation refuses executor configs that ask for longer.
+pub fn run_limit(lease: Duration) -> Duration {
+    lease
+        .saturating_sub(LEASE_MARGIN)
+        .max(Duration::from_secs(1))
 }
 
 fn fail(task: &mut Task, error: &str, now: DateTime<Utc>) -> Result<(), AppError> {

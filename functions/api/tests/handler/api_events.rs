@@ -893,3 +893,68 @@ async fn completing_a_manual_step() {
         .expect(405);
     assert_eq!(wrong.header("allow"), Some("POST"));
 }
+
+/// A worker cuts a run off at its lease less 2 s (28 s with the handler tests' 30 s lease).
+/// An executor config asking for a longer run is refused at creation, naming its field and
+/// the limit, for a task, a chain step and a batch; at the limit it is accepted.
+#[tokio::test]
+async fn runs_longer_than_a_worker_gives_are_refused_at_creation() {
+    let api = Api::new();
+    let create = |body: Value| {
+        Event::load("api-create-task")
+            .without_header("Idempotency-Key")
+            .body(&body)
+    };
+    let sleep = |seconds: f64| json!({"type": "sleep", "config": {"seconds": seconds}});
+    let hook = |seconds: u64| json!({"type": "http", "config": {"url": "https://hooks.example/run", "timeoutSeconds": seconds}});
+
+    let reply = api
+        .send(&create(
+            json!({"title": "Long sleep", "executor": sleep(28.5), "autoDispatch": true}),
+        ))
+        .await
+        .expect(400);
+    assert_eq!(reply.code(), "validation_failed");
+    assert_eq!(reply.fields(), ["executor.config.seconds"]);
+    let problem = reply.body["error"]["fields"]["executor.config.seconds"]
+        .as_str()
+        .unwrap();
+    assert!(
+        problem.contains("28.5 s") && problem.contains("at most 28"),
+        "{problem}"
+    );
+
+    let chain = json!({"title": "Slow hook", "type": "multi_step", "steps": [
+        {"name": "quick", "config": {"executor": hook(28)}},
+        {"name": "slow", "config": {"executor": hook(29), "timeoutSeconds": 600}},
+    ]});
+    let reply = api.send(&create(chain)).await.expect(400);
+    assert_eq!(
+        reply.fields(),
+        ["steps[1].config.executor.config.timeoutSeconds"]
+    );
+    assert!(
+        reply.body["error"]["fields"]["steps[1].config.executor.config.timeoutSeconds"]
+            .as_str()
+            .unwrap()
+            .contains("at most 28"),
+        "{}",
+        reply.body
+    );
+
+    let batch = json!({"items": [1], "executor": sleep(60.0)});
+    let reply = api
+        .send(&Event::load("api-create-batch").body(&batch))
+        .await
+        .expect(400);
+    assert_eq!(reply.fields(), ["executor.config.seconds"]);
+    assert!(api.store.all_tasks().is_empty(), "nothing was created");
+
+    // At the limit, and a step window longer than the lease (it also covers the queue wait).
+    api.send(&create(json!({"title": "Fits", "executor": sleep(28.0)})))
+        .await
+        .expect(201);
+    let fits = json!({"title": "Fits", "type": "multi_step", "steps": [
+        {"name": "hook", "config": {"executor": hook(28), "timeoutSeconds": 600}}]});
+    api.send(&create(fits)).await.expect(201);
+}

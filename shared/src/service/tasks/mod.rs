@@ -83,11 +83,13 @@ impl TaskService {
         caller.require_manager("create tasks")?;
         let input = NewTaskInput::parse(body)?;
         if let Some(spec) = &input.executor {
+            let mut errors = FieldErrors::new();
             if let Err(problem) = self.executors.resolve(spec) {
-                let mut errors = FieldErrors::new();
                 errors.add("executor", problem);
-                return Err(AppError::Validation(errors));
+            } else if let Err((field, problem)) = self.executors.check_run_limit(spec) {
+                errors.add(format!("executor.config.{field}"), problem);
             }
+            errors.into_result()?;
         }
         self.check_step_configs(&input)?;
         let request_hash = fingerprint(body);
@@ -543,7 +545,7 @@ impl TaskService {
         Ok(step)
     }
 
-    /// Every step config must parse and name a usable executor.
+    /// Every step config must parse and name a usable executor whose runs fit a worker's.
     fn check_step_configs(&self, input: &NewTaskInput) -> Result<(), AppError> {
         let mut errors = FieldErrors::new();
         for (i, step) in input.steps.iter().enumerate() {
@@ -551,6 +553,13 @@ impl TaskService {
                 Ok(config) => {
                     if let Err(problem) = self.executors.resolve(&config.executor) {
                         errors.add(format!("steps[{i}].config.executor"), problem);
+                    } else if let Err((field, problem)) =
+                        self.executors.check_run_limit(&config.executor)
+                    {
+                        errors.add(
+                            format!("steps[{i}].config.executor.config.{field}"),
+                            problem,
+                        );
                     }
                 }
                 Err((field, problem)) => errors.add(format!("steps[{i}].config.{field}"), problem),
