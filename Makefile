@@ -55,6 +55,7 @@ bench: venv ## Benchmarks against the local stack and a BullMQ peer; writes benc
 	@command -v redis-server >/dev/null || { echo "==> Installing redis-server (Debian)"; (apt-get update -qq && apt-get install -y -qq redis-server) >/dev/null; }
 	@test -d bench/peer/node_modules || { echo "==> Installing the BullMQ peer (npm ci)"; cd bench/peer && npm ci --silent --no-audit --no-fund; }
 	$(CARGO) build --release --quiet -p api -p worker -p sweeper -p batch-trigger -p bench
+	$(CARGO) build --release --quiet -p local-stack --bin lambda-fixture
 	QUICK=$(QUICK) ./target/release/taskflow-bench
 
 soak: venv ## Ten minutes of steady load (SOAK_SECONDS, SOAK_RATE per second): 0 lost, 0 duplicated

@@ -10,6 +10,7 @@ mod cost;
 mod counting_proxy;
 mod peer;
 mod report;
+mod runtime_overhead;
 mod stats;
 mod workloads;
 
@@ -176,6 +177,11 @@ async fn main() -> Result<()> {
     )
     .await;
 
+    info!("==> the local Lambda runtime's own cost per invocation");
+    let local_runtime =
+        runtime_overhead::measure(&repo.join("target/release"), if quick { 200 } else { 2000 })
+            .await;
+
     info!("==> BullMQ peer, same machine");
     let peer = run_peer(&repo, &size).await;
 
@@ -197,6 +203,10 @@ async fn main() -> Result<()> {
         requests_per_unit: units,
         cold_start: match cold {
             Ok(c) => serde_json::to_value(c)?,
+            Err(e) => json!({"error": format!("{e:#}")}),
+        },
+        local_runtime: match local_runtime {
+            Ok(r) => serde_json::to_value(r)?,
             Err(e) => json!({"error": format!("{e:#}")}),
         },
         peer: match peer {

@@ -25,6 +25,8 @@ pub struct Results {
     pub batch: Value,
     pub requests_per_unit: Value,
     pub cold_start: Value,
+    /// What the local Lambda runtime adds per invocation (`runtime_overhead`).
+    pub local_runtime: Value,
     pub peer: Value,
     pub wall_seconds: f64,
 }
@@ -258,6 +260,18 @@ pub fn write(repo: &Path, results: &Results) -> Result<()> {
             writeln!(md, "| Cold start, {}: binary / peak RSS / first response | {:.1} MB / {:.1} MB / {:.1} ms |", c["function"].as_str().unwrap_or("?"),
                 c["binary_bytes"].as_f64().unwrap_or(0.0) / 1e6, c["peak_rss_kib"].as_f64().unwrap_or(0.0) / 1024.0, c["first_response_ms"].as_f64().unwrap_or(0.0))?;
         }
+    }
+    let runtime = &results.local_runtime;
+    if runtime.get("warm_invocation_ms").is_some() {
+        writeln!(
+            md,
+            "| Local Lambda runtime, per invocation: cold / warm p50 / warm p99 / invocations per second ({} callers) | {} ms / {} ms / {} ms / {} |",
+            runtime["concurrency"],
+            runtime["cold_invocation_ms"],
+            runtime["warm_invocation_ms"]["p50"],
+            runtime["warm_invocation_ms"]["p99"],
+            runtime["concurrent_invocations_per_second"]
+        )?;
     }
     writeln!(md, "\nRaw figures, per-operation request counts and the price table: `bench/results/latest.json`.")?;
     std::fs::write(dir.join("latest.md"), md)?;
