@@ -49,10 +49,7 @@ impl Worker {
 
     /// Runs a batch; the records in the response come back later (partial batch failure).
     pub async fn handle_batch(&self, event: SqsEvent) -> SqsBatchResponse {
-        let runs = event
-            .records
-            .iter()
-            .map(|record| self.handle_record(record));
+        let runs = event.records.iter().map(|record| self.isolated(record));
         let results = futures::future::join_all(runs).await;
         let batch_item_failures = event
             .records
@@ -69,6 +66,33 @@ impl Worker {
         let mut response = SqsBatchResponse::default();
         response.batch_item_failures = batch_item_failures;
         response
+    }
+
+    /// `handle_record`, with a panic failing only its own record: the record stays on the queue
+    /// (SQS's receive limit ends a record that always panics), the batch's others are reported
+    /// as they went. Without this, lambda_runtime would fail the invocation and the whole batch
+    /// would come back, finished records included.
+    async fn isolated(&self, record: &SqsMessage) -> bool {
+        use futures::FutureExt;
+        match std::panic::AssertUnwindSafe(self.handle_record(record))
+            .catch_unwind()
+            .await
+        {
+            Ok(keep) => keep,
+            Err(panic) => {
+                let message = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                tracing::error!(
+                    message_id = record.message_id.as_deref().unwrap_or_default(),
+                    panic = %message,
+                    "a record panicked; it stays on the queue"
+                );
+                true
+            }
+        }
     }
 
     /// True when the message must stay on the queue.

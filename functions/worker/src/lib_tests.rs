@@ -84,9 +84,23 @@ impl Executor for Grumpy {
     }
 }
 
+/// Panics: a bug on one record's data.
+struct Panicky;
+
+#[async_trait]
+impl Executor for Panicky {
+    fn validate(&self, _config: &Value) -> Result<(), String> {
+        Ok(())
+    }
+    async fn run(&self, _job: &Job<'_>) -> Result<Outcome, ExecError> {
+        panic!("index out of bounds on item 7")
+    }
+}
+
 fn executors() -> ExecutorRegistry {
     let mut executors = ExecutorRegistry::builtin();
     executors.register("grumpy", Arc::new(Grumpy));
+    executors.register("panicky", Arc::new(Panicky));
     executors
 }
 
@@ -377,4 +391,24 @@ async fn a_message_that_cannot_be_dead_lettered_stays_on_its_queue() {
         .await;
     assert_eq!(failures, ["m"]);
     assert!(f.sent().is_empty());
+}
+
+#[tokio::test]
+async fn a_panicking_record_stays_and_the_rest_of_its_batch_is_settled() {
+    let f = Fixture::new();
+    let (bad, bad_message) = f.dispatched("panicky").await;
+    let (good, good_message) = f.dispatched("echo").await;
+    let kept = f
+        .handle(vec![
+            record("m-bad", &text(&bad_message), Priority::High),
+            record("m-good", &text(&good_message), Priority::High),
+        ])
+        .await;
+    assert_eq!(kept, ["m-bad"], "only the panicking record comes back");
+    assert_eq!(f.status(good).await, TaskStatus::Completed);
+    assert_eq!(
+        f.status(bad).await,
+        TaskStatus::InProgress,
+        "claimed; its lease lets a later delivery take it over"
+    );
 }
