@@ -18,7 +18,7 @@ impl Provisioner<'_> {
         let region = self.state.region.clone();
         let name = match opt_str(props, "BucketName") {
             Some(n) => n,
-            None => bucket_name(&self.state.stack, id),
+            None => bucket_name(&self.state.stack, id, &region),
         };
 
         // moto (like AWS in us-east-1) answers CreateBucket for an owned bucket with 200.
@@ -279,35 +279,101 @@ impl Provisioner<'_> {
 /// A queue notification, compared as (queue ARN, events, (filter rule name, value)).
 type QueueNotification = (String, Vec<String>, Vec<(String, String)>);
 
-/// A valid S3 bucket name `<stack>-<logical id>`, lower case.
-fn bucket_name(stack: &str, logical_id: &str) -> String {
-    let raw = format!("{stack}-{logical_id}").to_lowercase();
-    let mut name: String = raw
+/// The longest S3 bucket name.
+const MAX_BUCKET_NAME: usize = 63;
+
+/// A name for a bucket the template leaves unnamed, as CloudFormation generates one: S3 names
+/// are global, lower case and at most 63 characters, while stack names may be upper case and
+/// 128 long. `<stack>-<logical id>-<region>` in lower case, `[a-z0-9-]` only (dots would break
+/// virtual-hosted HTTPS); a longer one is cut and ends in a hash of the whole, so two long stack
+/// names never share a bucket, nor do two Regions.
+fn bucket_name(stack: &str, logical_id: &str, region: &str) -> String {
+    let full: String = format!("{stack}-{logical_id}-{region}")
+        .to_lowercase()
         .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
-                c
-            } else {
-                '-'
-            }
-        })
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
         .collect();
-    name.truncate(63);
-    name.trim_matches(|c: char| c == '-' || c == '.')
-        .to_string()
+    let mut name = full.trim_matches('-').to_string();
+    // S3 reserves these prefixes.
+    if ["xn--", "sthree-", "amzn-s3-demo-"]
+        .iter()
+        .any(|p| name.starts_with(p))
+    {
+        name.insert_str(0, "b-");
+    }
+    if name.len() < 3 || name.len() > MAX_BUCKET_NAME {
+        use sha2::{Digest, Sha256};
+        let hash: String = Sha256::digest(full.as_bytes())[..4]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        name.truncate(MAX_BUCKET_NAME - hash.len() - 1);
+        name = format!("{}-{hash}", name.trim_end_matches('-'));
+    }
+    name
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// S3's rules for a general purpose bucket name, as far as these names can break them.
+    fn valid(name: &str) -> bool {
+        (3..=MAX_BUCKET_NAME).contains(&name.len())
+            && name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && name.ends_with(|c: char| c.is_ascii_alphanumeric())
+            && !name.starts_with("xn--")
+            && !name.starts_with("sthree-")
+    }
+
     #[test]
-    fn bucket_names_are_valid() {
+    fn bucket_names_are_lower_case_and_carry_the_region() {
         assert_eq!(
-            bucket_name("Taskflow-Dev", "BatchBucket"),
-            "taskflow-dev-batchbucket"
+            bucket_name("Taskflow-Dev", "AttachmentsBucket", "eu-west-1"),
+            "taskflow-dev-attachmentsbucket-eu-west-1"
         );
-        assert_eq!(bucket_name("a_b", "C"), "a-b-c");
-        assert!(bucket_name(&"x".repeat(70), "B").len() <= 63);
+        assert_eq!(bucket_name("a_b", "C", "us-east-1"), "a-b-c-us-east-1");
+        assert_ne!(
+            bucket_name("Taskflow", "Bucket", "us-east-1"),
+            bucket_name("Taskflow", "Bucket", "eu-west-1")
+        );
+        assert!(valid(&bucket_name("xn--Stack", "B", "us-east-1")));
+    }
+
+    #[test]
+    fn long_stack_names_get_valid_names_of_their_own() {
+        // CloudFormation allows 128 characters; two stacks sharing their first 100.
+        let stem = format!("Team-{}", "X".repeat(95));
+        let a = bucket_name(
+            &format!("{stem}-Alpha-{}", "y".repeat(22)),
+            "AttachmentsBucket",
+            "ap-southeast-2",
+        );
+        let b = bucket_name(
+            &format!("{stem}-Bravo-{}", "y".repeat(22)),
+            "AttachmentsBucket",
+            "ap-southeast-2",
+        );
+        assert!(valid(&a) && valid(&b), "{a} {b}");
+        assert_eq!(a.len(), MAX_BUCKET_NAME);
+        assert_ne!(a, b);
+        let other_region = bucket_name(
+            &format!("{stem}-Alpha-{}", "y".repeat(22)),
+            "AttachmentsBucket",
+            "eu-west-1",
+        );
+        assert_ne!(a, other_region);
+        // Stable: the same stack finds its bucket again.
+        assert_eq!(
+            a,
+            bucket_name(
+                &format!("{stem}-Alpha-{}", "y".repeat(22)),
+                "AttachmentsBucket",
+                "ap-southeast-2"
+            )
+        );
     }
 }

@@ -28,10 +28,7 @@ impl<'t> State<'t> {
         let mut refs = HashMap::new();
         for (k, v) in [
             ("AWS::StackName", stack.to_string()),
-            (
-                "AWS::StackId",
-                format!("arn:aws:cloudformation:{region}:{ACCOUNT_ID}:stack/{stack}/local"),
-            ),
+            ("AWS::StackId", stack_id(stack, region)),
             ("AWS::Region", region.to_string()),
             ("AWS::AccountId", ACCOUNT_ID.to_string()),
             ("AWS::Partition", "aws".to_string()),
@@ -351,12 +348,44 @@ pub(super) fn creation_order<'t>(
     Ok(order)
 }
 
+/// The stack's id as CloudFormation forms it, `…:stack/<name>/<uuid>`. Names built from it
+/// (the batch bucket's) must differ between stacks as they do on AWS, and stay the same when the
+/// same stack is provisioned again, so the uuid is a hash of the Region and the stack name.
+pub(super) fn stack_id(stack: &str, region: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let hash = Sha256::digest(format!("{region}/{stack}"));
+    let hex: String = hash[..16].iter().map(|b| format!("{b:02x}")).collect();
+    let uuid = format!(
+        "{}-{}-{}-{}-{}",
+        &hex[..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..]
+    );
+    format!("arn:aws:cloudformation:{region}:{ACCOUNT_ID}:stack/{stack}/{uuid}")
+}
+
 #[cfg(test)]
 mod tests {
     use std::path::Path;
 
     use super::*;
     use crate::template::Template;
+
+    #[test]
+    fn stack_ids_are_stable_and_differ_by_stack_and_region() {
+        let id = stack_id("Taskflow-Dev", "eu-west-1");
+        assert_eq!(id, stack_id("Taskflow-Dev", "eu-west-1"));
+        assert_ne!(id, stack_id("Taskflow-Dev", "us-east-1"));
+        assert_ne!(id, stack_id("taskflow-dev", "eu-west-1"));
+        let uuid = id.rsplit('/').next().unwrap();
+        let groups: Vec<usize> = uuid.split('-').map(str::len).collect();
+        assert_eq!(groups, [8, 4, 4, 4, 12], "{uuid}");
+        assert!(uuid
+            .chars()
+            .all(|c| c == '-' || c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
+    }
 
     #[test]
     fn creation_order_puts_dependencies_first() {

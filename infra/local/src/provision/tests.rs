@@ -320,7 +320,10 @@ async fn provisions_queues_buckets_state_machines_and_function_wiring() {
 
     // Bucket notification to the queue, with the prefix filter.
     let bucket = stack.ref_value("BatchBucket").unwrap().to_string();
-    assert_eq!(bucket, "inline-batchbucket");
+    assert_eq!(
+        bucket, "inline-batchbucket-us-east-1",
+        "named like CloudFormation would"
+    );
     let batch_arn = stack.attribute("BatchQueue", "Arn").unwrap();
     let n = s3
         .get_bucket_notification_configuration()
