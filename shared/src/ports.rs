@@ -98,6 +98,16 @@ pub trait TaskStore: Send + Sync {
         read_status: StepStatus,
     ) -> Result<bool, AppError>;
 
+    /// Records the outcome of run `run` (the step's `attempts` when the run claimed it): writes
+    /// only if the stored step is still `running` under that run. False when it was settled
+    /// (timeout, stop) or claimed by a later run meanwhile, so a stale run never overwrites.
+    async fn replace_step_run(
+        &self,
+        agency: &AgencyId,
+        step: &TaskStep,
+        run: u32,
+    ) -> Result<bool, AppError>;
+
     /// The callback token a waiting (manual) step resumes its chain with.
     async fn set_step_token(
         &self,

@@ -224,6 +224,28 @@ impl TaskStore for MemoryStore {
         }
     }
 
+    async fn replace_step_run(
+        &self,
+        agency: &AgencyId,
+        step: &TaskStep,
+        run: u32,
+    ) -> Result<bool, AppError> {
+        let mut state = self.lock();
+        let steps = state
+            .steps
+            .entry((agency.clone(), step.task_id))
+            .or_default();
+        match steps.iter_mut().find(|s| s.name == step.name) {
+            Some(existing)
+                if existing.status == StepStatus::Running && existing.attempts == run =>
+            {
+                *existing = step.clone();
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
     async fn set_step_token(
         &self,
         agency: &AgencyId,

@@ -104,7 +104,8 @@ impl ChainRunner {
             return Ok(());
         }
         if step.is_finished() {
-            // A redelivery of a step already done: repeat the answer, do not rerun.
+            // A redelivery of a step already done (its outcome is written before its token is
+            // answered, so the answer may have failed): answer from the record, do not rerun.
             self.orchestrator
                 .succeed(token, &json!({"status": step.status.as_str()}))
                 .await?;
@@ -151,41 +152,45 @@ impl ChainRunner {
             self.store.set_step_token(agency, id, name, token).await?;
             return Ok(());
         }
+        // This run's number: its outcome is recorded only while the step is still this run's.
+        let run = step.attempts;
         let outcome = self.execute(&task, &step, &config, token).await;
-        // A timed-out or stopped execution may already have settled this step. Its token is
-        // answered all the same: an execution whose StopExecution failed, or an engine that
-        // applies a stop only once the waiting state returns (moto), is still waiting on it; a
-        // token that has expired just says no.
-        let current = self.store.get_step(agency, id, name).await?;
-        if let Some(settled) = current.filter(|s| s.is_finished()) {
-            self.orchestrator
-                .fail(
-                    token,
-                    PERMANENT_ERROR,
-                    &format!("the step was {} while it ran", settled.status.as_str()),
-                )
-                .await?;
-            return Ok(());
-        }
+        // The outcome is written before the token is answered: once the chain moves on, the
+        // step's record already holds it (Finalize reads it), and a redelivery after a failed
+        // answer finds the step completed and answers from the record instead of rerunning.
         match outcome {
             Ok(Outcome::Done(result)) => {
                 if let Some(cause) = crate::domain::storable::result_problem(&result) {
-                    self.orchestrator
-                        .fail(token, PERMANENT_ERROR, &cause)
-                        .await?;
+                    step.error = Some(cause.clone());
+                    if self.record_run(agency, &step, run, token).await? {
+                        self.orchestrator
+                            .fail(token, PERMANENT_ERROR, &cause)
+                            .await?;
+                    }
                     return Ok(());
                 }
-                if self
+                step.status = StepStatus::Completed;
+                step.result = Some(result);
+                step.completed_at = Some(Utc::now());
+                if !self.record_run(agency, &step, run, token).await? {
+                    return Ok(());
+                }
+                if !self
                     .orchestrator
                     .succeed(token, &json!({"status": "completed"}))
                     .await?
                 {
-                    step.status = StepStatus::Completed;
-                    step.result = Some(result);
-                    step.completed_at = Some(Utc::now());
-                    self.store
-                        .replace_step(agency, &step, StepStatus::Running)
-                        .await?;
+                    // The token timed out or its execution stopped: the chain counts the step
+                    // as failed, so the record says so too (the result stays for reference).
+                    let late = step.clone();
+                    step.status = StepStatus::Failed;
+                    step.error = Some(
+                        "finished after the chain stopped waiting for it (timed out or stopped)"
+                            .into(),
+                    );
+                    if !self.store.replace_step(agency, &step, late.status).await? {
+                        tracing::info!(step = %name, "a late step was settled meanwhile");
+                    }
                 }
             }
             Ok(Outcome::AwaitAssignee) => {
@@ -193,24 +198,69 @@ impl ChainRunner {
             }
             Err(ExecError::Retryable(cause)) => {
                 step.error = Some(cause.clone());
-                self.store
-                    .replace_step(agency, &step, StepStatus::Running)
-                    .await?;
-                self.orchestrator
-                    .fail(token, &retryable_error(config.max_attempts), &cause)
-                    .await?;
+                if self.record_run(agency, &step, run, token).await? {
+                    self.orchestrator
+                        .fail(token, &retryable_error(config.max_attempts), &cause)
+                        .await?;
+                }
             }
             Err(ExecError::Permanent(cause)) => {
                 step.error = Some(cause.clone());
-                self.store
-                    .replace_step(agency, &step, StepStatus::Running)
-                    .await?;
-                self.orchestrator
-                    .fail(token, PERMANENT_ERROR, &cause)
-                    .await?;
+                if self.record_run(agency, &step, run, token).await? {
+                    self.orchestrator
+                        .fail(token, PERMANENT_ERROR, &cause)
+                        .await?;
+                }
             }
         }
         Ok(())
+    }
+
+    /// Writes run `run`'s outcome if the step is still running under that run. When it is
+    /// not, the step changed while it ran and the token gets the answer its record gives: a
+    /// step settled meanwhile (cancelled, timed out) is a failure (an execution whose
+    /// StopExecution did not take effect, or an engine that applies a stop only once the
+    /// waiting state returns, as moto does, is still waiting on the token; an expired token
+    /// just says no), a step another delivery completed is a success, and a step a later run
+    /// holds is that run's to answer. False when this run's outcome was dropped.
+    async fn record_run(
+        &self,
+        agency: &AgencyId,
+        step: &TaskStep,
+        run: u32,
+        token: &str,
+    ) -> Result<bool, AppError> {
+        if self.store.replace_step_run(agency, step, run).await? {
+            return Ok(true);
+        }
+        let current = self
+            .store
+            .get_step(agency, step.task_id, &step.name)
+            .await?;
+        match current {
+            Some(current) if current.status == StepStatus::Completed => {
+                self.orchestrator
+                    .succeed(token, &json!({"status": "completed"}))
+                    .await?;
+            }
+            Some(current) if current.is_finished() => {
+                self.orchestrator
+                    .fail(
+                        token,
+                        PERMANENT_ERROR,
+                        &format!("the step was {} while it ran", current.status.as_str()),
+                    )
+                    .await?;
+            }
+            Some(current) => tracing::info!(
+                step = %step.name,
+                run,
+                current_run = current.attempts,
+                "a later run holds the step; this run's outcome is dropped"
+            ),
+            None => {}
+        }
+        Ok(false)
     }
 
     /// Runs the executor, heartbeating the token while it works.

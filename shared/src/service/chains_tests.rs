@@ -95,6 +95,14 @@ impl TaskStore for RacingStore {
         }
         self.inner.replace_step(agency, step, read_status).await
     }
+    async fn replace_step_run(
+        &self,
+        agency: &AgencyId,
+        step: &TaskStep,
+        run: u32,
+    ) -> Result<bool, AppError> {
+        self.inner.replace_step_run(agency, step, run).await
+    }
     async fn set_step_token(
         &self,
         agency: &AgencyId,
@@ -549,4 +557,230 @@ async fn a_failed_step_stops_the_chain_only_under_fail_task() {
     let answer = |token: &str| answers.iter().find(|a| a.0 == token).unwrap().2.clone();
     assert_eq!(answer("t1"), r#"{"failTask":"no"}"#);
     assert_eq!(answer("t2"), r#"{"failTask":"yes"}"#);
+}
+
+/// Scripts the first SendTaskSuccess answers: `None` is an error (a crash or an outage between
+/// the write and the answer looks the same to the chain), `Some(false)` a token that expired.
+struct ScriptedSuccess {
+    inner: Arc<crate::testing::RecordingOrchestrator>,
+    script: Mutex<Vec<Option<bool>>>,
+}
+
+#[async_trait]
+impl crate::ports::Orchestrator for ScriptedSuccess {
+    async fn start(&self, name: &str, input: &serde_json::Value) -> Result<String, AppError> {
+        self.inner.start(name, input).await
+    }
+    fn execution_arn(&self, name: &str) -> String {
+        self.inner.execution_arn(name)
+    }
+    async fn stop(&self, execution_arn: &str, cause: &str) -> Result<(), AppError> {
+        self.inner.stop(execution_arn, cause).await
+    }
+    async fn succeed(&self, token: &str, output: &serde_json::Value) -> Result<bool, AppError> {
+        let scripted = {
+            let mut script = self.script.lock().unwrap();
+            (!script.is_empty()).then(|| script.remove(0))
+        };
+        match scripted {
+            Some(None) => Err(AppError::Unavailable("states:SendTaskSuccess".into())),
+            Some(Some(accepted)) => Ok(accepted),
+            None => self.inner.succeed(token, output).await,
+        }
+    }
+    async fn fail(&self, token: &str, error: &str, cause: &str) -> Result<bool, AppError> {
+        self.inner.fail(token, error, cause).await
+    }
+    async fn heartbeat(&self, token: &str) -> Result<bool, AppError> {
+        self.inner.heartbeat(token).await
+    }
+}
+
+/// Counts its runs and answers with the run number.
+#[derive(Default)]
+struct CountingExecutor {
+    runs: std::sync::atomic::AtomicU32,
+}
+
+#[async_trait]
+impl crate::executors::Executor for CountingExecutor {
+    fn validate(&self, _config: &serde_json::Value) -> Result<(), String> {
+        Ok(())
+    }
+
+    async fn run(
+        &self,
+        _job: &crate::executors::Job<'_>,
+    ) -> Result<crate::executors::Outcome, crate::executors::ExecError> {
+        let run = self.runs.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+        Ok(crate::executors::Outcome::Done(json!({"run": run})))
+    }
+}
+
+/// Issue 13 item 6: the result is written before the token is answered. When the answer fails,
+/// the step already holds its result (Finalize reads it as completed), and the redelivery
+/// answers from the record without running the step again.
+#[tokio::test]
+async fn a_step_result_is_recorded_before_its_token_and_a_failed_answer_never_reruns_it() {
+    let world = MemoryWorld::new();
+    let id = create_chain(
+        &world,
+        json!([{"name": "only", "config": {"executor": {"type": "echo"}}}]),
+    )
+    .await;
+    let counting = Arc::new(CountingExecutor::default());
+    let mut executors = ExecutorRegistry::builtin();
+    executors.register("echo", counting.clone());
+    let chains = ChainRunner {
+        executors,
+        orchestrator: Arc::new(ScriptedSuccess {
+            inner: world.orchestrator.clone(),
+            script: Mutex::new(vec![None]),
+        }),
+        ..runner(&world, world.store.clone())
+    };
+    assert!(matches!(
+        chains.process(step_message(id, "only")).await,
+        Delivery::RetryAfter(_)
+    ));
+    let step = world
+        .store
+        .get_step(&boss().agency, id, "only")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(step.status, StepStatus::Completed, "{step:?}");
+    assert_eq!(step.result, Some(json!({"run": 1})));
+    assert!(world.orchestrator.answers.lock().unwrap().is_empty());
+
+    // The redelivered message answers the token from the record.
+    assert_eq!(
+        chains.process(step_message(id, "only")).await,
+        Delivery::Ack
+    );
+    assert_eq!(
+        counting.runs.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "the step ran once"
+    );
+    let answers = world.orchestrator.answers.lock().unwrap().clone();
+    assert_eq!(
+        answers,
+        [(
+            "run-token".to_owned(),
+            "success".to_owned(),
+            r#"{"status":"completed"}"#.to_owned()
+        )]
+    );
+    assert_eq!(chains.process(finalize(id)).await, Delivery::Ack);
+    let task = world.store.get(&boss().agency, id).await.unwrap().unwrap();
+    assert_eq!(task.status, crate::domain::TaskStatus::Completed);
+    assert_eq!(task.result, Some(json!({"steps": {"only": "completed"}})));
+}
+
+/// Claims the step for a later run (as a second delivery would) while this run works.
+struct SupersededWhileRunning {
+    store: Arc<MemoryStore>,
+}
+
+#[async_trait]
+impl crate::executors::Executor for SupersededWhileRunning {
+    fn validate(&self, _config: &serde_json::Value) -> Result<(), String> {
+        Ok(())
+    }
+
+    async fn run(
+        &self,
+        job: &crate::executors::Job<'_>,
+    ) -> Result<crate::executors::Outcome, crate::executors::ExecError> {
+        let agency = boss().agency;
+        let mut step = self
+            .store
+            .get_step(&agency, job.task_id, "only")
+            .await
+            .unwrap()
+            .unwrap();
+        step.attempts += 1;
+        assert!(self
+            .store
+            .replace_step(&agency, &step, StepStatus::Running)
+            .await
+            .unwrap());
+        Ok(crate::executors::Outcome::Done(json!("stale")))
+    }
+}
+
+/// The outcome is written only while the step is still this run's: a run that a later
+/// delivery took over neither overwrites the step nor answers for it.
+#[tokio::test]
+async fn a_run_superseded_by_a_later_one_does_not_record_its_result() {
+    let world = MemoryWorld::new();
+    let id = create_chain(
+        &world,
+        json!([{"name": "only", "config": {"executor": {"type": "echo"}}}]),
+    )
+    .await;
+    let mut executors = ExecutorRegistry::builtin();
+    executors.register(
+        "echo",
+        Arc::new(SupersededWhileRunning {
+            store: world.store.clone(),
+        }),
+    );
+    let chains = ChainRunner {
+        executors,
+        ..runner(&world, world.store.clone())
+    };
+    assert_eq!(
+        chains.process(step_message(id, "only")).await,
+        Delivery::Ack
+    );
+    let step = world
+        .store
+        .get_step(&boss().agency, id, "only")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(step.status, StepStatus::Running, "{step:?}");
+    assert_eq!(step.attempts, 2);
+    assert_eq!(step.result, None, "the stale run's result is dropped");
+    assert!(world.orchestrator.answers.lock().unwrap().is_empty());
+}
+
+/// The token expired (or its execution stopped) while the step ran: the recorded result is
+/// kept, but the step is failed, as the chain's Catch counts it.
+#[tokio::test]
+async fn a_result_whose_token_expired_leaves_the_step_failed() {
+    let world = MemoryWorld::new();
+    let id = create_chain(
+        &world,
+        json!([{"name": "only", "config": {"executor": {"type": "echo"}}}]),
+    )
+    .await;
+    let chains = ChainRunner {
+        orchestrator: Arc::new(ScriptedSuccess {
+            inner: world.orchestrator.clone(),
+            script: Mutex::new(vec![Some(false)]),
+        }),
+        ..runner(&world, world.store.clone())
+    };
+    assert_eq!(
+        chains.process(step_message(id, "only")).await,
+        Delivery::Ack
+    );
+    let step = world
+        .store
+        .get_step(&boss().agency, id, "only")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(step.status, StepStatus::Failed, "{step:?}");
+    assert!(step.result.is_some());
+    assert!(
+        step.error
+            .as_deref()
+            .unwrap_or("")
+            .contains("stopped waiting"),
+        "{step:?}"
+    );
 }

@@ -56,6 +56,45 @@ impl DynamoTaskStore {
         }
     }
 
+    /// Puts a step's record if `condition` holds; false when it does not.
+    async fn put_step_if(
+        &self,
+        agency: &AgencyId,
+        step: &TaskStep,
+        condition: &str,
+        names: &[(&str, &str)],
+        values: Vec<(&str, AttributeValue)>,
+    ) -> Result<bool, AppError> {
+        let mut item = to_item(step)?;
+        item.insert(PK.into(), s(keys::task_pk(agency, step.task_id)));
+        item.insert(SK.into(), s(keys::step_sk(&step.name)));
+        item.insert("entity".into(), s("step"));
+        let mut put = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .condition_expression(condition);
+        for (name, attribute) in names {
+            put = put.expression_attribute_names(*name, *attribute);
+        }
+        for (name, value) in values {
+            put = put.expression_attribute_values(name, value);
+        }
+        match put.send().await {
+            Ok(_) => Ok(true),
+            Err(err)
+                if matches!(
+                    err.as_service_error(),
+                    Some(PutItemError::ConditionalCheckFailedException(_))
+                ) =>
+            {
+                Ok(false)
+            }
+            Err(err) => Err(from_sdk("dynamodb:PutItem", err)),
+        }
+    }
+
     async fn write_steps(&self, steps: &[TaskStep], task: &Task) -> Result<(), AppError> {
         let pk = keys::task_pk(&task.agency_id, task.id);
         let mut requests = Vec::with_capacity(steps.len());
@@ -493,32 +532,33 @@ impl TaskStore for DynamoTaskStore {
         step: &TaskStep,
         read_status: StepStatus,
     ) -> Result<bool, AppError> {
-        let mut item = to_item(step)?;
-        item.insert(PK.into(), s(keys::task_pk(agency, step.task_id)));
-        item.insert(SK.into(), s(keys::step_sk(&step.name)));
-        item.insert("entity".into(), s("step"));
-        let result = self
-            .client
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(item))
-            .condition_expression("#status = :read")
-            .expression_attribute_names("#status", "status")
-            .expression_attribute_values(":read", s(read_status.as_str()))
-            .send()
-            .await;
-        match result {
-            Ok(_) => Ok(true),
-            Err(err)
-                if matches!(
-                    err.as_service_error(),
-                    Some(PutItemError::ConditionalCheckFailedException(_))
-                ) =>
-            {
-                Ok(false)
-            }
-            Err(err) => Err(from_sdk("dynamodb:PutItem", err)),
-        }
+        self.put_step_if(
+            agency,
+            step,
+            "#status = :read",
+            &[("#status", "status")],
+            vec![(":read", s(read_status.as_str()))],
+        )
+        .await
+    }
+
+    async fn replace_step_run(
+        &self,
+        agency: &AgencyId,
+        step: &TaskStep,
+        run: u32,
+    ) -> Result<bool, AppError> {
+        self.put_step_if(
+            agency,
+            step,
+            "#status = :running AND #attempts = :run",
+            &[("#status", "status"), ("#attempts", "attempts")],
+            vec![
+                (":running", s(StepStatus::Running.as_str())),
+                (":run", n(run)),
+            ],
+        )
+        .await
     }
 
     async fn set_step_token(
