@@ -268,6 +268,15 @@ pub enum BatchCreated {
 }
 
 /// Batch jobs, their per-chunk counters and their failed items.
+/// What [`BatchStore::start_chunk`] found of earlier attempts of a chunk.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ChunkStart {
+    /// An earlier attempt had started (it may have recorded failures).
+    pub earlier: bool,
+    /// Items whose outcome earlier attempts counted.
+    pub done: std::collections::BTreeSet<u64>,
+}
+
 #[async_trait]
 pub trait BatchStore: Send + Sync {
     /// Writes the batch's task and job together. With `dedupe_key`, a second
@@ -287,8 +296,8 @@ pub trait BatchStore: Send + Sync {
 
     async fn put(&self, batch: &crate::domain::BatchJob) -> Result<(), AppError>;
 
-    /// Resets a chunk's counters for a new attempt; later counts must carry `attempt`.
-    /// True when an earlier attempt of the chunk had started (it may have recorded failures).
+    /// Makes `attempt` the chunk's current one (later counts must carry it), keeping what
+    /// earlier attempts counted: the items in [`ChunkStart::done`] are not to run again.
     async fn start_chunk(
         &self,
         agency: &AgencyId,
@@ -296,9 +305,11 @@ pub trait BatchStore: Send + Sync {
         round: u32,
         chunk: u32,
         attempt: &str,
-    ) -> Result<bool, AppError>;
+    ) -> Result<ChunkStart, AppError>;
 
-    /// Adds to a chunk's counters if `attempt` is still the chunk's current one.
+    /// Adds to a chunk's counters, and marks the items `done` (the ones these counts are
+    /// for), if `attempt` is still the chunk's current one.
+    #[allow(clippy::too_many_arguments)]
     async fn add_counts(
         &self,
         agency: &AgencyId,
@@ -307,6 +318,7 @@ pub trait BatchStore: Send + Sync {
         chunk: u32,
         attempt: &str,
         counts: crate::domain::ChunkCounts,
+        done: &[u64],
     ) -> Result<bool, AppError>;
 
     /// Sum of the chunk counters of one round.

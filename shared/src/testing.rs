@@ -703,10 +703,18 @@ type ChunkKey = (TaskKey, u32, u32);
 type StoredObject = (Vec<u8>, HashMap<String, String>);
 
 /// Batches in process memory (counters summed per round like the DynamoDB adapter).
+/// One chunk's record: its current attempt, counters and the items counted.
+#[derive(Debug, Default)]
+struct MemoryChunk {
+    attempt: String,
+    counts: crate::domain::ChunkCounts,
+    done: std::collections::BTreeSet<u64>,
+}
+
 #[derive(Debug, Default)]
 pub struct MemoryBatches {
     jobs: Mutex<BTreeMap<TaskKey, crate::domain::BatchJob>>,
-    chunks: Mutex<HashMap<ChunkKey, (String, crate::domain::ChunkCounts)>>,
+    chunks: Mutex<HashMap<ChunkKey, MemoryChunk>>,
     failures: Mutex<BTreeMap<(TaskKey, u64), String>>,
     dedupe: Mutex<HashMap<String, TaskId>>,
     pub tasks: std::sync::Arc<MemoryStore>,
@@ -770,12 +778,16 @@ impl crate::ports::BatchStore for MemoryBatches {
         round: u32,
         chunk: u32,
         attempt: &str,
-    ) -> Result<bool, AppError> {
-        let earlier = self.chunks.lock().expect("not poisoned").insert(
-            ((agency.clone(), id), round, chunk),
-            (attempt.to_owned(), Default::default()),
-        );
-        Ok(earlier.is_some())
+    ) -> Result<crate::ports::ChunkStart, AppError> {
+        let mut chunks = self.chunks.lock().expect("not poisoned");
+        let key = ((agency.clone(), id), round, chunk);
+        let earlier = chunks.contains_key(&key);
+        let entry = chunks.entry(key).or_default();
+        entry.attempt = attempt.to_owned();
+        Ok(crate::ports::ChunkStart {
+            earlier,
+            done: entry.done.clone(),
+        })
     }
     async fn add_counts(
         &self,
@@ -785,13 +797,15 @@ impl crate::ports::BatchStore for MemoryBatches {
         chunk: u32,
         attempt: &str,
         counts: crate::domain::ChunkCounts,
+        done: &[u64],
     ) -> Result<bool, AppError> {
         let mut chunks = self.chunks.lock().expect("not poisoned");
         match chunks.get_mut(&((agency.clone(), id), round, chunk)) {
-            Some((current, total)) if current == attempt => {
-                total.processed += counts.processed;
-                total.success += counts.success;
-                total.failed += counts.failed;
+            Some(current) if current.attempt == attempt => {
+                current.counts.processed += counts.processed;
+                current.counts.success += counts.success;
+                current.counts.failed += counts.failed;
+                current.done.extend(done.iter().copied());
                 Ok(true)
             }
             _ => Ok(false),
@@ -805,11 +819,11 @@ impl crate::ports::BatchStore for MemoryBatches {
     ) -> Result<crate::domain::ChunkCounts, AppError> {
         let chunks = self.chunks.lock().expect("not poisoned");
         let mut total = crate::domain::ChunkCounts::default();
-        for ((key, r, _), (_, counts)) in chunks.iter() {
+        for ((key, r, _), chunk) in chunks.iter() {
             if key == &(agency.clone(), id) && *r == round {
-                total.processed += counts.processed;
-                total.success += counts.success;
-                total.failed += counts.failed;
+                total.processed += chunk.counts.processed;
+                total.success += chunk.counts.success;
+                total.failed += chunk.counts.failed;
             }
         }
         Ok(total)

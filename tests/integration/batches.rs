@@ -59,6 +59,46 @@ async fn ten_thousand_items_complete_with_exact_counts() {
     );
 }
 
+/// A chunk that needs longer than the worker's Timeout (20 s in the test stack: 240 items of
+/// 2 s, 16 at a time) stops starting items in time and goes on in a new delivery, so every
+/// item runs exactly once. Before, the chunk ran until Lambda killed it, came back, and started
+/// again from item 0.
+#[tokio::test]
+async fn a_chunk_longer_than_the_worker_timeout_runs_each_item_once() {
+    if stack().functions.is_empty() {
+        return; // in-process hosting cuts no invocation off
+    }
+    let ledger = integration_tests::ledger::Ledger::start();
+    let (_, boss) = manager();
+    let items: Vec<Value> = (0..240).map(|n| json!({"n": n, "delayMs": 2000})).collect();
+    let id = create(
+        &boss,
+        json!({"items": items, "itemsPerBatch": 240, "priority": "low",
+            "executor": {"type": "http", "config": {"url": ledger.url, "timeoutSeconds": 5}}}),
+    )
+    .await;
+    let batch = wait_for_batch(&boss, &id).await;
+    assert_eq!(batch["status"], "completed", "{batch}");
+    assert_eq!(
+        (
+            batch["successItems"].as_u64(),
+            batch["failedItems"].as_u64()
+        ),
+        (Some(240), Some(0))
+    );
+    let mut indexes: Vec<u64> = ledger
+        .runs_of(&id)
+        .iter()
+        .filter_map(|r| r.item_index)
+        .collect();
+    indexes.sort_unstable();
+    assert_eq!(
+        indexes,
+        (0..240).collect::<Vec<u64>>(),
+        "each item exactly once"
+    );
+}
+
 #[tokio::test]
 async fn partial_failures_below_and_above_the_tolerance_and_retry_failed() {
     let (_, boss) = manager();

@@ -4,7 +4,8 @@
 //! Each run is kept with what the executor sends: the task, the attempt, and the unit of work
 //! (`dispatchId` for a task, `step` for a chain step, `itemIndex` for a batch item). A test can
 //! hold runs open ([`Ledger::hold`]) to have work provably in flight while it breaks something,
-//! and script answers per run ([`Ledger::answering`]).
+//! script answers per run ([`Ledger::answering`]), and make a run slow (`{"delayMs": n}` in its
+//! input).
 
 use serde_json::{json, Value};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -151,6 +152,10 @@ async fn serve(
     };
     // Held runs stay open; a dropped connection (the executor's host died) ends them unanswered.
     let _ = gate.wait_for(|held| !*held).await;
+    // An input may ask the endpoint to be slow: `{"delayMs": n}` answers n ms later.
+    if let Some(ms) = payload["input"]["delayMs"].as_u64() {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
     let body = json!({"run": seq}).to_string();
     if write_response(&mut stream, status, &body).await.is_ok() {
         lock(&state).runs[seq].answered = true;

@@ -13,6 +13,7 @@ use shared::service::{BatchRunner, ChainRunner, Delivery, TaskRunner};
 use shared::services::Services;
 use shared::AppError;
 use std::sync::Arc;
+use std::time::Instant;
 
 pub use queue::{QueueActions, SqsQueue};
 
@@ -49,7 +50,20 @@ impl Worker {
 
     /// Runs a batch; the records in the response come back later (partial batch failure).
     pub async fn handle_batch(&self, event: SqsEvent) -> SqsBatchResponse {
-        let runs = event.records.iter().map(|record| self.isolated(record));
+        self.handle_batch_until(event, None).await
+    }
+
+    /// [`Worker::handle_batch`] in an invocation that ends at `deadline`: long work (batch
+    /// chunks) stops in time and continues in a new delivery.
+    pub async fn handle_batch_until(
+        &self,
+        event: SqsEvent,
+        deadline: Option<Instant>,
+    ) -> SqsBatchResponse {
+        let runs = event
+            .records
+            .iter()
+            .map(|record| self.isolated(record, deadline));
         let results = futures::future::join_all(runs).await;
         let batch_item_failures = event
             .records
@@ -72,9 +86,9 @@ impl Worker {
     /// (SQS's receive limit ends a record that always panics), the batch's others are reported
     /// as they went. Without this, lambda_runtime would fail the invocation and the whole batch
     /// would come back, finished records included.
-    async fn isolated(&self, record: &SqsMessage) -> bool {
+    async fn isolated(&self, record: &SqsMessage, deadline: Option<Instant>) -> bool {
         use futures::FutureExt;
-        match std::panic::AssertUnwindSafe(self.handle_record(record))
+        match std::panic::AssertUnwindSafe(self.handle_record(record, deadline))
             .catch_unwind()
             .await
         {
@@ -96,13 +110,13 @@ impl Worker {
     }
 
     /// True when the message must stay on the queue.
-    async fn handle_record(&self, record: &SqsMessage) -> bool {
+    async fn handle_record(&self, record: &SqsMessage, deadline: Option<Instant>) -> bool {
         let body = record.body.as_deref().unwrap_or_default();
         // Chain steps and batch chunks carry a `kind`; whole tasks are plain dispatch messages.
         let (delivery, report) = if let Ok(message) = serde_json::from_str::<ChainMessage>(body) {
             (self.chains.process(message).await, None)
         } else if let Ok(message) = serde_json::from_str::<BatchMessage>(body) {
-            (self.batches.process(message).await, None)
+            (self.batches.process_until(message, deadline).await, None)
         } else {
             self.runner.process(body).await
         };
@@ -126,6 +140,20 @@ impl Worker {
                 true
             }
             Delivery::DeadLetter(error) => !self.dead_letter(record, body, &error).await,
+            Delivery::Requeue => {
+                match self
+                    .queue
+                    .send(&self.source_queue_url(record), body, &[])
+                    .await
+                {
+                    Ok(()) => false,
+                    Err(err) => {
+                        // It comes back after the visibility timeout instead.
+                        tracing::warn!(error = %err, "could not requeue a message; it stays");
+                        true
+                    }
+                }
+            }
         }
     }
 

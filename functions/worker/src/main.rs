@@ -9,7 +9,17 @@ async fn main() -> Result<(), Error> {
     let worker = worker::Worker::from_env().await?;
     let worker = &worker;
     run(service_fn(move |event: LambdaEvent<SqsEvent>| async move {
-        Ok::<_, Error>(worker.handle_batch(event.payload).await)
+        // The invocation's deadline (ms since the epoch) as an instant on this clock.
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let left = std::time::Duration::from_millis(event.context.deadline.saturating_sub(now_ms));
+        let deadline = std::time::Instant::now() + left;
+        Ok::<_, Error>(
+            worker
+                .handle_batch_until(event.payload, Some(deadline))
+                .await,
+        )
     }))
     .await
 }

@@ -55,6 +55,10 @@ pub enum WorkUnit<'a> {
     Item { index: u64 },
 }
 
+/// How long a run may take when its config asks for nothing (the http executor's default
+/// timeout, the longest of the built-in defaults).
+pub const DEFAULT_LONGEST_RUN: Duration = Duration::from_secs(10);
+
 #[async_trait]
 pub trait Executor: Send + Sync {
     /// Checks the config; the error names what is wrong with it.
@@ -109,6 +113,20 @@ impl ExecutorRegistry {
                 ),
             )),
             _ => Ok(()),
+        }
+    }
+
+    /// The longest one run of `spec` may take: what its config asks (see
+    /// [`Executor::max_run`]), else [`DEFAULT_LONGEST_RUN`], never more than the run limit.
+    pub fn longest_run(&self, spec: &ExecutorSpec) -> Duration {
+        let asked = self
+            .executors
+            .get(spec.kind.as_str())
+            .and_then(|executor| executor.max_run(&spec.config))
+            .map_or(DEFAULT_LONGEST_RUN, |(_, run)| run);
+        match self.run_limit {
+            Some(limit) => asked.min(limit),
+            None => asked,
         }
     }
 

@@ -7,7 +7,7 @@ use crate::domain::{
     AgencyId, BatchMessage, BatchStatus, ChunkCounts, ChunkItem, ItemFailure, TaskId, TaskStatus,
 };
 use crate::error::AppError;
-use crate::executors::{ExecutorRegistry, Job, Outcome, WorkUnit};
+use crate::executors::{ExecError, ExecutorRegistry, Job, Outcome, WorkUnit};
 use crate::ports::{BatchStore, ObjectStore, Orchestrator, TaskStore};
 use crate::service::Delivery;
 use chrono::Utc;
@@ -24,6 +24,9 @@ const FLUSH_EVERY: Duration = Duration::from_secs(1);
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(30);
 pub const CHUNK_RETRYABLE: &str = "Taskflow.Retryable";
 const MAX_CHUNK_BYTES: usize = 256 * 1024 * 1024;
+/// Time kept back at the end of an invocation for the last flush and the hand-off (a tenth
+/// of the invocation when that is less).
+const HAND_OFF_MARGIN: Duration = Duration::from_secs(10);
 
 #[derive(Clone)]
 pub struct BatchRunner {
@@ -34,8 +37,71 @@ pub struct BatchRunner {
     pub executors: ExecutorRegistry,
 }
 
+/// The chunk a message names.
+struct ChunkRef<'a> {
+    agency: &'a AgencyId,
+    id: TaskId,
+    key: &'a str,
+    chunk: u32,
+    round: u32,
+    token: &'a str,
+}
+
+/// What ran since the last flush.
+#[derive(Default)]
+struct Progress {
+    counts: ChunkCounts,
+    /// Items whose outcome is in `counts`.
+    done: Vec<u64>,
+    failures: Vec<ItemFailure>,
+    /// Items that succeeded and may hold an earlier failure record.
+    succeeded: Vec<u64>,
+    results: Vec<Value>,
+}
+
+impl Progress {
+    fn record(&mut self, index: u64, outcome: Result<Outcome, ExecError>, clears_failures: bool) {
+        self.counts.processed += 1;
+        self.done.push(index);
+        let error = match outcome {
+            Ok(Outcome::Done(result)) => {
+                self.counts.success += 1;
+                if clears_failures {
+                    self.succeeded.push(index);
+                }
+                self.results
+                    .push(json!({"index": index, "status": "completed", "result": result}));
+                return;
+            }
+            Ok(Outcome::AwaitAssignee) => "the manual executor cannot run batch items".to_owned(),
+            Err(err) => err.to_string(),
+        };
+        self.counts.failed += 1;
+        self.results
+            .push(json!({"index": index, "status": "failed", "error": error}));
+        self.failures.push(ItemFailure { index, error });
+    }
+}
+
+/// Where a round's results go: one JSON array per flushed part, under `<chunk>/`.
+fn results_prefix(agency: &AgencyId, id: TaskId, round: u32) -> String {
+    format!("batches/{agency}/{id}/round-{round:03}/results/")
+}
+
 impl BatchRunner {
+    /// Runs one batch message with no deadline (hosts that do not cut invocations off).
     pub async fn process(&self, message: BatchMessage) -> Delivery {
+        self.process_until(message, None).await
+    }
+
+    /// Runs one batch message within an invocation that ends at `deadline`. A chunk that
+    /// cannot finish in time stops starting items, records what it did, and asks for
+    /// [`Delivery::Requeue`]: its next delivery skips the items already done.
+    pub async fn process_until(
+        &self,
+        message: BatchMessage,
+        deadline: Option<Instant>,
+    ) -> Delivery {
         let result = match &message {
             BatchMessage::Chunk {
                 batch_id,
@@ -45,28 +111,28 @@ impl BatchRunner {
                 round,
                 task_token,
             } => {
-                self.run_chunk(
-                    agency_id,
-                    *batch_id,
-                    chunk_key,
-                    *chunk_index,
-                    *round,
-                    task_token,
-                )
-                .await
+                let chunk = ChunkRef {
+                    agency: agency_id,
+                    id: *batch_id,
+                    key: chunk_key,
+                    chunk: *chunk_index,
+                    round: *round,
+                    token: task_token,
+                };
+                self.run_chunk(&chunk, deadline).await
             }
             BatchMessage::BatchFinalize {
                 batch_id,
                 agency_id,
                 round,
                 task_token,
-            } => {
-                self.finalize(agency_id, *batch_id, *round, task_token)
-                    .await
-            }
+            } => self
+                .finalize(agency_id, *batch_id, *round, task_token)
+                .await
+                .map(|()| Delivery::Ack),
         };
         match result {
-            Ok(()) => Delivery::Ack,
+            Ok(delivery) => delivery,
             Err(err) => {
                 tracing::warn!(error = %err, "batch message will be retried");
                 Delivery::RetryAfter(Duration::from_secs(5))
@@ -76,18 +142,15 @@ impl BatchRunner {
 
     async fn run_chunk(
         &self,
-        agency: &AgencyId,
-        id: TaskId,
-        key: &str,
-        chunk: u32,
-        round: u32,
-        token: &str,
-    ) -> Result<(), AppError> {
+        c: &ChunkRef<'_>,
+        deadline: Option<Instant>,
+    ) -> Result<Delivery, AppError> {
+        let (agency, id, round, chunk, token) = (c.agency, c.id, c.round, c.chunk, c.token);
         let Some(batch) = self.batches.get(agency, id).await? else {
             self.orchestrator
                 .fail(token, "Taskflow.Permanent", "the batch no longer exists")
                 .await?;
-            return Ok(());
+            return Ok(Delivery::Ack);
         };
         if batch.status != BatchStatus::Processing || batch.round != round {
             self.orchestrator
@@ -97,16 +160,16 @@ impl BatchRunner {
                     &format!("batch is {} (round {})", batch.status, batch.round),
                 )
                 .await?;
-            return Ok(());
+            return Ok(Delivery::Ack);
         }
-        let items: Vec<ChunkItem> = match self.objects.get(key, MAX_CHUNK_BYTES).await {
+        let items: Vec<ChunkItem> = match self.objects.get(c.key, MAX_CHUNK_BYTES).await {
             Ok(bytes) => serde_json::from_slice(&bytes)
-                .map_err(|e| AppError::internal(format!("chunk {key}: {e}")))?,
+                .map_err(|e| AppError::internal(format!("chunk {}: {e}", c.key)))?,
             Err(err) => {
                 self.orchestrator
-                    .fail(token, CHUNK_RETRYABLE, &format!("reading {key}: {err}"))
+                    .fail(token, CHUNK_RETRYABLE, &format!("reading {}: {err}", c.key))
                     .await?;
-                return Ok(());
+                return Ok(Delivery::Ack);
             }
         };
         let executor = match self.executors.resolve(&batch.executor) {
@@ -115,20 +178,38 @@ impl BatchRunner {
                 self.orchestrator
                     .fail(token, "Taskflow.Permanent", &problem)
                     .await?;
-                return Ok(());
+                return Ok(Delivery::Ack);
             }
         };
         let attempt = ulid::Ulid::new().to_string();
-        let rerun = self
+        let start = self
             .batches
             .start_chunk(agency, id, round, chunk, &attempt)
             .await?;
         // Items that succeed may hold a failure record from an earlier round, or from an
         // earlier attempt of this chunk; only then is it worth a delete per success.
-        let clears_failures = round > 0 || rerun;
+        let clears_failures = round > 0 || start.earlier;
+        let remaining: Vec<ChunkItem> = items
+            .into_iter()
+            .filter(|item| !start.done.contains(&item.index))
+            .collect();
+        let left_to_run = remaining.len();
+        // An item is started only if it can finish, and be recorded, before the deadline; the
+        // first wave always starts, so that every delivery makes progress.
+        let margin = deadline.map_or(HAND_OFF_MARGIN, |end| {
+            HAND_OFF_MARGIN.min(end.saturating_duration_since(Instant::now()) / 10)
+        });
+        let longest_item = self.executors.longest_run(&batch.executor) + margin;
+        let mut started = 0usize;
+        let mut in_time = move || {
+            started += 1;
+            started <= ITEM_CONCURRENCY
+                || deadline.is_none_or(|end| Instant::now() + longest_item < end)
+        };
 
         let config = Arc::new(batch.executor.config.clone());
-        let mut runs = stream::iter(items)
+        let mut runs = stream::iter(remaining)
+            .take_while(move |_| std::future::ready(in_time()))
             .map(move |item: ChunkItem| {
                 let config = config.clone();
                 async move {
@@ -143,50 +224,18 @@ impl BatchRunner {
                 }
             })
             .buffer_unordered(ITEM_CONCURRENCY);
-        let mut pending = ChunkCounts::default();
-        let mut failures = Vec::new();
-        let mut succeeded = Vec::new();
-        let mut results = Vec::new();
+        let mut progress = Progress::default();
+        let mut ran = 0usize;
+        let mut part = 0u32;
         let mut last_flush = Instant::now();
         let mut last_beat = Instant::now();
         while let Some((index, outcome)) = runs.next().await {
-            pending.processed += 1;
-            match outcome {
-                Ok(Outcome::Done(result)) => {
-                    pending.success += 1;
-                    if clears_failures {
-                        succeeded.push(index);
-                    }
-                    results.push(json!({"index": index, "status": "completed", "result": result}));
-                }
-                Ok(Outcome::AwaitAssignee) => {
-                    pending.failed += 1;
-                    let error = "the manual executor cannot run batch items".to_owned();
-                    results.push(json!({"index": index, "status": "failed", "error": error}));
-                    failures.push(ItemFailure { index, error });
-                }
-                Err(err) => {
-                    pending.failed += 1;
-                    let error = err.to_string();
-                    results.push(json!({"index": index, "status": "failed", "error": error}));
-                    failures.push(ItemFailure { index, error });
-                }
-            }
-            if pending.processed >= FLUSH_EVERY_ITEMS || last_flush.elapsed() >= FLUSH_EVERY {
-                if !self
-                    .flush(
-                        agency,
-                        id,
-                        round,
-                        chunk,
-                        &attempt,
-                        &mut pending,
-                        &mut failures,
-                        &mut succeeded,
-                    )
-                    .await?
-                {
-                    return Ok(()); // a newer attempt owns this chunk now
+            ran += 1;
+            progress.record(index, outcome, clears_failures);
+            if progress.counts.processed >= FLUSH_EVERY_ITEMS || last_flush.elapsed() >= FLUSH_EVERY
+            {
+                if !self.flush(c, &attempt, &mut part, &mut progress).await? {
+                    return Ok(Delivery::Ack); // a newer attempt owns this chunk now
                 }
                 last_flush = Instant::now();
             }
@@ -196,65 +245,80 @@ impl BatchRunner {
             }
         }
         drop(runs);
-        if !self
-            .flush(
-                agency,
-                id,
-                round,
-                chunk,
-                &attempt,
-                &mut pending,
-                &mut failures,
-                &mut succeeded,
-            )
-            .await?
-        {
-            return Ok(());
+        if !self.flush(c, &attempt, &mut part, &mut progress).await? {
+            return Ok(Delivery::Ack);
         }
-        results.sort_by_key(|r| r["index"].as_u64());
-        let results_key = format!("batches/{agency}/{id}/round-{round:03}/results/{chunk:05}.json");
-        self.objects
-            .put(
-                &results_key,
-                serde_json::to_vec(&results).map_err(AppError::internal)?,
-                "application/json",
-            )
-            .await?;
+        if ran < left_to_run {
+            // Out of time: the rest runs in a new delivery, which skips what is done here.
+            self.orchestrator.heartbeat(token).await?;
+            tracing::info!(
+                batch = %id,
+                chunk,
+                ran,
+                left = left_to_run - ran,
+                "the invocation's deadline is near; the chunk continues in a new delivery"
+            );
+            return Ok(Delivery::Requeue);
+        }
         self.orchestrator
             .succeed(token, &json!({"status": "done"}))
             .await?;
-        Ok(())
+        Ok(Delivery::Ack)
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// Writes what ran since the last flush: its results as one part object, its failures,
+    /// then its counters and done items. False when a newer attempt owns the chunk.
     async fn flush(
         &self,
-        agency: &AgencyId,
-        id: TaskId,
-        round: u32,
-        chunk: u32,
+        c: &ChunkRef<'_>,
         attempt: &str,
-        pending: &mut ChunkCounts,
-        failures: &mut Vec<ItemFailure>,
-        succeeded: &mut Vec<u64>,
+        part: &mut u32,
+        progress: &mut Progress,
     ) -> Result<bool, AppError> {
-        if !failures.is_empty() {
-            self.batches.record_failures(agency, id, failures).await?;
-            failures.clear();
-        }
-        if !succeeded.is_empty() {
-            // A retried item that now succeeds is no longer a failure.
-            self.batches.clear_failures(agency, id, succeeded).await?;
-        }
-        succeeded.clear();
-        if pending.processed == 0 {
+        if progress.done.is_empty() {
             return Ok(true);
+        }
+        // Results first: a crash before the counters reruns these items, so an item may be in
+        // two parts (same index), but a counted item always has its result.
+        progress.results.sort_by_key(|r| r["index"].as_u64());
+        let key = format!(
+            "{}{:05}/{attempt}-{:04}.json",
+            results_prefix(c.agency, c.id, c.round),
+            c.chunk,
+            *part
+        );
+        self.objects
+            .put(
+                &key,
+                serde_json::to_vec(&progress.results).map_err(AppError::internal)?,
+                "application/json",
+            )
+            .await?;
+        *part += 1;
+        if !progress.failures.is_empty() {
+            self.batches
+                .record_failures(c.agency, c.id, &progress.failures)
+                .await?;
+        }
+        if !progress.succeeded.is_empty() {
+            // A retried item that now succeeds is no longer a failure.
+            self.batches
+                .clear_failures(c.agency, c.id, &progress.succeeded)
+                .await?;
         }
         let kept = self
             .batches
-            .add_counts(agency, id, round, chunk, attempt, *pending)
+            .add_counts(
+                c.agency,
+                c.id,
+                c.round,
+                c.chunk,
+                attempt,
+                progress.counts,
+                &progress.done,
+            )
             .await?;
-        *pending = ChunkCounts::default();
+        *progress = Progress::default();
         Ok(kept)
     }
 
@@ -311,9 +375,6 @@ impl BatchRunner {
                 _ => None,
             };
             batch.completed_at = Some(now);
-            let chunk_results: Vec<String> = (0..batch.chunk_count)
-                .map(|c| format!("batches/{agency}/{id}/round-{round:03}/results/{c:05}.json"))
-                .collect();
             let summary = json!({
                 "batchId": id,
                 "status": batch.status,
@@ -323,7 +384,10 @@ impl BatchRunner {
                 "failedItems": failed,
                 "durationSeconds": seconds,
                 "itemsPerSecond": (batch.total_items as f64 / seconds * 10.0).round() / 10.0,
-                "chunkResults": chunk_results,
+                // A prefix, not a list of keys: the summary is also the task's result, and a
+                // key per chunk would pass DynamoDB's 400 KB item limit at about 5,500 chunks.
+                "chunkCount": batch.chunk_count,
+                "resultsPrefix": results_prefix(agency, id, round),
                 "failures": format!("GET /api/batches/{id}/failures"),
             });
             let summary_key =

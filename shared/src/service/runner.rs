@@ -20,6 +20,9 @@ pub enum Delivery {
     RetryAfter(Duration),
     /// Move it to the tier's dead-letter queue with this error, then delete.
     DeadLetter(String),
+    /// Send a fresh copy to the same queue, then delete this one: the work goes on in a new
+    /// delivery (a batch chunk out of invocation time), with a fresh receive count.
+    Requeue,
 }
 
 /// What happened, for metrics and logs.

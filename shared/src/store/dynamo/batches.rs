@@ -6,12 +6,14 @@ use super::keys::{self, n, s, PK, SK};
 use super::{cursor, from_item, task_item, to_item, Item};
 use crate::domain::{AgencyId, BatchJob, ChunkCounts, ItemFailure, Task, TaskId};
 use crate::error::AppError;
-use crate::ports::{BatchCreated, BatchStore, Page};
+use crate::ports::{BatchCreated, BatchStore, ChunkStart, Page};
 use crate::store::from_sdk;
 use async_trait::async_trait;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
-use aws_sdk_dynamodb::types::{DeleteRequest, Put, PutRequest, TransactWriteItem, WriteRequest};
+use aws_sdk_dynamodb::types::{
+    AttributeValue, DeleteRequest, Put, PutRequest, TransactWriteItem, WriteRequest,
+};
 use aws_sdk_dynamodb::Client;
 use sha2::{Digest, Sha256};
 
@@ -181,23 +183,41 @@ impl BatchStore for DynamoBatchStore {
         round: u32,
         chunk: u32,
         attempt: &str,
-    ) -> Result<bool, AppError> {
-        let mut item = Self::key(agency, id, chunk_sk(round, chunk));
-        item.insert("entity".into(), s("chunk"));
-        item.insert("attempt".into(), s(attempt));
-        for counter in ["processed", "success", "failed"] {
-            item.insert(counter.into(), n(0));
-        }
+    ) -> Result<ChunkStart, AppError> {
+        // Takes the chunk over; counters and the done set stay, so nothing runs twice.
         let out = self
             .client
-            .put_item()
+            .update_item()
             .table_name(&self.table)
-            .set_item(Some(item))
+            .set_key(Some(Self::key(agency, id, chunk_sk(round, chunk))))
+            .update_expression(
+                "SET #entity = :chunk, #attempt = :attempt, #processed = if_not_exists(#processed, :zero), \
+                 #success = if_not_exists(#success, :zero), #failed = if_not_exists(#failed, :zero)",
+            )
+            .expression_attribute_names("#entity", "entity")
+            .expression_attribute_names("#attempt", "attempt")
+            .expression_attribute_names("#processed", "processed")
+            .expression_attribute_names("#success", "success")
+            .expression_attribute_names("#failed", "failed")
+            .expression_attribute_values(":chunk", s("chunk"))
+            .expression_attribute_values(":attempt", s(attempt))
+            .expression_attribute_values(":zero", n(0))
             .return_values(aws_sdk_dynamodb::types::ReturnValue::AllOld)
             .send()
             .await
-            .map_err(|e| from_sdk("dynamodb:PutItem", e))?;
-        Ok(out.attributes.is_some_and(|old| !old.is_empty()))
+            .map_err(|e| from_sdk("dynamodb:UpdateItem", e))?;
+        let old = out.attributes.unwrap_or_default();
+        let done = match old.get("done") {
+            Some(AttributeValue::Ns(indexes)) => indexes
+                .iter()
+                .filter_map(|i| i.parse::<u64>().ok())
+                .collect(),
+            _ => Default::default(),
+        };
+        Ok(ChunkStart {
+            earlier: !old.is_empty(),
+            done,
+        })
     }
 
     async fn add_counts(
@@ -208,13 +228,13 @@ impl BatchStore for DynamoBatchStore {
         chunk: u32,
         attempt: &str,
         counts: ChunkCounts,
+        done: &[u64],
     ) -> Result<bool, AppError> {
-        let result = self
+        let mut update = self
             .client
             .update_item()
             .table_name(&self.table)
             .set_key(Some(Self::key(agency, id, chunk_sk(round, chunk))))
-            .update_expression("SET #processed = #processed + :p, #success = #success + :s, #failed = #failed + :f")
             .condition_expression("#attempt = :attempt")
             .expression_attribute_names("#processed", "processed")
             .expression_attribute_names("#success", "success")
@@ -223,10 +243,22 @@ impl BatchStore for DynamoBatchStore {
             .expression_attribute_values(":p", n(counts.processed))
             .expression_attribute_values(":s", n(counts.success))
             .expression_attribute_values(":f", n(counts.failed))
-            .expression_attribute_values(":attempt", s(attempt))
-            .send()
-            .await;
-        match result {
+            .expression_attribute_values(":attempt", s(attempt));
+        let counters =
+            "SET #processed = #processed + :p, #success = #success + :s, #failed = #failed + :f";
+        update = if done.is_empty() {
+            update.update_expression(counters)
+        } else {
+            // A number set: at most one chunk's indexes (a few KB), added once each.
+            update
+                .update_expression(format!("{counters} ADD #done :done"))
+                .expression_attribute_names("#done", "done")
+                .expression_attribute_values(
+                    ":done",
+                    AttributeValue::Ns(done.iter().map(u64::to_string).collect()),
+                )
+        };
+        match update.send().await {
             Ok(_) => Ok(true),
             Err(err)
                 if matches!(
