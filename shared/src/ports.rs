@@ -213,18 +213,30 @@ pub struct WaitingTask {
 /// Cross-agency scans for the sweeper, and SLA breach records.
 #[async_trait]
 pub trait SchedulingIndex: Send + Sync {
-    /// Tasks waiting on a tier since before `before`, oldest first.
+    /// Tasks waiting on a tier since before `before`, oldest first, resuming after the entry
+    /// `after` (the last one of the previous page). With `breached`, the waiting work whose
+    /// breach is recorded and whose tier can rise no further ([`Task::waits_breached_at_top`]),
+    /// which the index keeps apart; without, all other waiting work.
+    ///
+    /// [`Task::waits_breached_at_top`]: crate::domain::Task::waits_breached_at_top
     async fn waiting(
         &self,
         tier: Priority,
+        breached: bool,
         before: DateTime<Utc>,
+        after: Option<&WaitingTask>,
         limit: usize,
     ) -> Result<Vec<WaitingTask>, AppError>;
 
-    /// Open tasks due before `deadline`.
+    /// Open tasks whose deadline escalation is due at or before `before`
+    /// ([`Task::escalation_due_at`], which `since` holds), earliest first, resuming after
+    /// `after`. Escalated tasks are no longer listed.
+    ///
+    /// [`Task::escalation_due_at`]: crate::domain::Task::escalation_due_at
     async fn due_before(
         &self,
-        deadline: DateTime<Utc>,
+        before: DateTime<Utc>,
+        after: Option<&WaitingTask>,
         limit: usize,
     ) -> Result<Vec<WaitingTask>, AppError>;
 

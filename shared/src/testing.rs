@@ -470,6 +470,21 @@ impl crate::ports::AgentStore for MemoryAgents {
     }
 }
 
+/// One page of index entries in the index's order (time, agency, id), after `after`.
+fn index_page(
+    entries: impl Iterator<Item = crate::ports::WaitingTask>,
+    after: Option<&crate::ports::WaitingTask>,
+    limit: usize,
+) -> Vec<crate::ports::WaitingTask> {
+    let key = |w: &crate::ports::WaitingTask| (w.since, w.agency.to_string(), w.id.to_string());
+    let mut page: Vec<_> = entries
+        .filter(|w| after.is_none_or(|a| key(w) > key(a)))
+        .collect();
+    page.sort_by_key(key);
+    page.truncate(limit);
+    page
+}
+
 /// Scheduling scans over a `MemoryStore`.
 #[derive(Debug)]
 pub struct MemoryIndex {
@@ -489,49 +504,44 @@ impl crate::ports::SchedulingIndex for MemoryIndex {
     async fn waiting(
         &self,
         tier: crate::domain::Priority,
+        breached: bool,
         before: chrono::DateTime<chrono::Utc>,
+        after: Option<&crate::ports::WaitingTask>,
         limit: usize,
     ) -> Result<Vec<crate::ports::WaitingTask>, AppError> {
-        let mut waiting: Vec<_> = self
+        let entries = self
             .store
             .all_tasks()
             .into_iter()
             .filter(|t| {
-                t.priority == tier && matches!(t.status, TaskStatus::Pending | TaskStatus::Queued)
+                t.priority == tier
+                    && matches!(t.status, TaskStatus::Pending | TaskStatus::Queued)
+                    && t.waits_breached_at_top() == breached
             })
             .map(|t| crate::ports::WaitingTask {
                 since: t.queued_at.unwrap_or(t.updated_at),
                 agency: t.agency_id,
                 id: t.id,
             })
-            .filter(|w| w.since < before)
-            .collect();
-        waiting.sort_by_key(|w| w.since);
-        waiting.truncate(limit);
-        Ok(waiting)
+            .filter(|w| w.since < before);
+        Ok(index_page(entries, after, limit))
     }
 
     async fn due_before(
         &self,
-        deadline: chrono::DateTime<chrono::Utc>,
+        before: chrono::DateTime<chrono::Utc>,
+        after: Option<&crate::ports::WaitingTask>,
         limit: usize,
     ) -> Result<Vec<crate::ports::WaitingTask>, AppError> {
-        let mut due: Vec<_> = self
-            .store
-            .all_tasks()
-            .into_iter()
-            .filter(|t| !t.status.is_final())
-            .filter_map(|t| {
-                let since = t.due_at.filter(|d| *d <= deadline)?;
-                Some(crate::ports::WaitingTask {
-                    since,
-                    agency: t.agency_id,
-                    id: t.id,
-                })
+        let entries = self.store.all_tasks().into_iter().filter_map(|t| {
+            let since = t.escalation_due_at().filter(|at| *at <= before)?;
+            Some(crate::ports::WaitingTask {
+                since,
+                agency: t.agency_id,
+                id: t.id,
             })
-            .collect();
-        due.truncate(limit);
-        Ok(due)
+        });
+        Ok(index_page(entries, after, limit))
     }
 
     async fn record_breach(

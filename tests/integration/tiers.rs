@@ -374,3 +374,72 @@ async fn aging_promotes_a_starved_low_priority_task_and_records_the_breach() {
     assert_eq!(low["slaSeconds"], 7200);
     isolated.stop().await;
 }
+
+/// Issue 13 item 8 on DynamoDB: the sweeper pages through more overdue work than one index
+/// page (GSI4 paged by its own cursor), escalated tasks leave the index, and breached critical
+/// work moves to a partition of its own while the queue overview still reports its wait.
+#[tokio::test]
+async fn the_sweeper_pages_past_a_full_page_and_handled_work_leaves_the_index() {
+    let isolated = isolated_stack("taskflow-sweep-pages").await;
+    let clients = stack().clients().await;
+    let services = shared::services::Services::new(&worker_config(&isolated), &clients);
+    let agency = unique_agency("sweep");
+    let boss = shared::domain::Caller {
+        user: shared::domain::UserId::parse("boss").unwrap(),
+        agency: shared::domain::AgencyId::parse(&agency).unwrap(),
+        role: shared::domain::Role::Manager,
+    };
+    let now = chrono::Utc::now();
+    let overdue = (now - chrono::Duration::minutes(5)).to_rfc3339();
+    for i in 0..150 {
+        services
+            .tasks
+            .create(
+                &boss,
+                &json!({"title": format!("late {i}"), "priority": "normal", "dueAt": overdue}),
+                None,
+            )
+            .await
+            .expect("create");
+    }
+    let waiting = services
+        .tasks
+        .create(
+            &boss,
+            &json!({"title": "waits", "priority": "critical"}),
+            None,
+        )
+        .await
+        .expect("create");
+    let waiting_id = waiting.task["id"].as_str().unwrap().to_owned();
+
+    let later = now + chrono::Duration::minutes(2);
+    let report = services.sweeper.sweep(later).await.expect("sweep");
+    assert_eq!(report.escalated, 150, "{report:?}");
+    assert_eq!(report.breaches, 1, "{report:?}");
+    let api = Client::as_user(&agency, "boss", "manager").at(&isolated.api_url());
+    let page = api.get("/api/tasks?priority=critical&limit=100").await.body;
+    assert_eq!(page["items"].as_array().unwrap().len(), 100, "{page}");
+    let task = api.get(&format!("/api/tasks/{waiting_id}")).await.body;
+    assert!(task["slaBreachedAt"].is_string(), "{task}");
+
+    // Everything handled left the pages: the next pass (before the escalated tasks have
+    // waited long as critical work) escalates and records nothing.
+    let report = services
+        .sweeper
+        .sweep(later + chrono::Duration::seconds(20))
+        .await
+        .expect("sweep");
+    assert_eq!((report.escalated, report.breaches), (0, 0), "{report:?}");
+    let critical = services
+        .queues
+        .tiers_at(later)
+        .await
+        .expect("overview")
+        .into_iter()
+        .find(|t| t.tier == shared::domain::Priority::Critical)
+        .unwrap();
+    // About two minutes (the task was created just after `now`); 0 had the breach write reset it.
+    assert!(critical.oldest_waiting_seconds >= 100, "{critical:?}");
+    isolated.stop().await;
+}

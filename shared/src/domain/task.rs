@@ -138,4 +138,30 @@ impl Task {
     pub fn etag(&self) -> String {
         format!("\"{}\"", self.version)
     }
+
+    /// When the sweeper's deadline escalation next has something to do for this task: when it
+    /// falls due within [`DUE_SOON`] (to `high`), for a `high` task when it is overdue (to
+    /// `critical`). None once nothing is left to escalate (critical, or finished), so an
+    /// escalated task leaves the deadline index instead of filling the sweeper's pages.
+    pub fn escalation_due_at(&self) -> Option<DateTime<Utc>> {
+        let due = self.due_at?;
+        if self.status.is_final() {
+            return None;
+        }
+        match self.priority {
+            Priority::Critical => None,
+            Priority::High => Some(due),
+            _ => Some(due - chrono::Duration::from_std(DUE_SOON).unwrap_or_default()),
+        }
+    }
+
+    /// Waiting work with nothing left for the sweeper but lost-message recovery: its breach is
+    /// recorded and its tier can rise no further. The scheduling index keeps it apart, so it
+    /// never fills the pages the aging and breach scan reads.
+    pub fn waits_breached_at_top(&self) -> bool {
+        self.sla_breached_at.is_some() && self.priority.promoted() == self.priority
+    }
 }
+
+/// Open tasks due within this window are escalated to at least `high`.
+pub const DUE_SOON: std::time::Duration = std::time::Duration::from_secs(15 * 60);

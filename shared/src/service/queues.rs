@@ -39,10 +39,15 @@ impl QueueOverview {
         let mut stats = Vec::new();
         for tier in Priority::ALL {
             let depth = self.dispatcher.depth(*tier).await?;
-            let oldest = self.index.waiting(*tier, now, 1).await?;
+            // The index keeps breached top-tier work apart: the oldest is either partition's first.
+            let mut oldest = self.index.waiting(*tier, false, now, None, 1).await?;
+            if tier.promoted() == *tier {
+                oldest.extend(self.index.waiting(*tier, true, now, None, 1).await?);
+            }
             let oldest_waiting_seconds = oldest
-                .first()
+                .iter()
                 .map(|w| (now - w.since).num_seconds().max(0) as u64)
+                .max()
                 .unwrap_or(0);
             stats.push(TierStats {
                 tier: *tier,

@@ -5,17 +5,21 @@
 use super::input::AssignInput;
 use super::tasks::{queue, TaskService};
 use crate::domain::agent::HEARTBEAT_TIMEOUT;
-use crate::domain::{Caller, Priority, Role, Task, TaskStatus, UserId};
+use crate::domain::{Caller, DispatchMessage, Priority, Role, Task, TaskStatus, UserId};
 use crate::error::AppError;
-use crate::ports::{AgentStore, Dispatcher, SchedulingIndex, TaskQuery, TaskStore};
+use crate::ports::{AgentStore, Dispatcher, SchedulingIndex, TaskQuery, TaskStore, WaitingTask};
 use chrono::{DateTime, Utc};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Tasks looked at per tier per pass.
-const BATCH: usize = 100;
+/// Index entries read per page.
+const PAGE: usize = 100;
+/// Most entries one pass handles per tier, and for deadlines. Handled entries leave the pages
+/// the scans read (promoted work moves tier, breached top-tier work moves partition,
+/// escalated work leaves the deadline index), so the next pass continues with the rest.
+pub(crate) const PER_PASS: usize = 500;
 /// Open tasks due within this window are escalated to at least `high`.
-pub const DUE_SOON: Duration = Duration::from_secs(15 * 60);
+pub use crate::domain::task::DUE_SOON;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SweepReport {
@@ -58,64 +62,159 @@ impl Sweeper {
     ) -> Result<(), AppError> {
         let threshold = chrono::Duration::from_std(tier.aging_threshold(self.aging_fraction))
             .unwrap_or_default();
-        for waiting in self.index.waiting(tier, now - threshold, BATCH).await? {
-            let Some(mut task) = self.store.get(&waiting.agency, waiting.id).await? else {
-                continue;
-            };
-            if task.priority != tier
-                || !matches!(task.status, TaskStatus::Pending | TaskStatus::Queued)
-            {
-                continue;
+        let before = now - threshold;
+        // Breached work on the top tier only needs a lost message recovered: the oldest page.
+        // (First, so work that breaches in this pass is not sent twice.)
+        if tier.promoted() == tier {
+            for waiting in self.index.waiting(tier, true, before, None, PAGE).await? {
+                self.age(tier, &waiting, now, report).await?;
             }
-            let waited = (now - waiting.since).to_std().unwrap_or_default();
-            let breached =
-                tier.sla().is_some_and(|sla| waited > sla) && task.sla_breached_at.is_none();
-            if breached {
-                self.index.record_breach(tier, &waiting, now).await?;
-                task.sla_breached_at = Some(now);
-                report.breaches += 1;
+        }
+        let mut after: Option<WaitingTask> = None;
+        let mut handled = 0;
+        while handled < PER_PASS {
+            let want = PAGE.min(PER_PASS - handled);
+            let page = self
+                .index
+                .waiting(tier, false, before, after.as_ref(), want)
+                .await?;
+            handled += page.len();
+            for waiting in &page {
+                self.age(tier, waiting, now, report).await?;
             }
-            let next = tier.promoted();
-            if next != tier {
-                task.promoted_from.get_or_insert(tier);
-                task.priority = next;
-                report.promoted += 1;
-            } else {
-                report.redispatched += 1;
+            if page.len() < want {
+                break;
             }
-            self.requeue(task, now).await?;
+            after = page.last().cloned();
         }
         Ok(())
     }
 
+    async fn age(
+        &self,
+        tier: Priority,
+        waiting: &WaitingTask,
+        now: DateTime<Utc>,
+        report: &mut SweepReport,
+    ) -> Result<(), AppError> {
+        let Some(mut task) = self.store.get(&waiting.agency, waiting.id).await? else {
+            return Ok(());
+        };
+        if task.priority != tier || !matches!(task.status, TaskStatus::Pending | TaskStatus::Queued)
+        {
+            return Ok(());
+        }
+        let waited = (now - waiting.since).to_std().unwrap_or_default();
+        let breached = tier.sla().is_some_and(|sla| waited > sla) && task.sla_breached_at.is_none();
+        if breached {
+            self.index.record_breach(tier, waiting, now).await?;
+            task.sla_breached_at = Some(now);
+            report.breaches += 1;
+        }
+        let next = tier.promoted();
+        if next != tier {
+            task.promoted_from.get_or_insert(tier);
+            task.priority = next;
+            report.promoted += 1;
+            // A new tier: a new dispatch on its queue, and the wait there starts now.
+            return self.requeue(task, now).await;
+        }
+        report.redispatched += 1;
+        if breached {
+            // Work never queued (a person's) measures its wait from its last change: keep
+            // that start, which the breach write would otherwise move.
+            task.queued_at.get_or_insert(waiting.since);
+        }
+        self.redispatch(task, breached, now).await
+    }
+
+    /// Sends waiting top-tier work again, recovering a message that was lost. The copy carries
+    /// the live dispatch id: the task keeps its place (its first message is not made stale,
+    /// and whichever copy arrives first runs it; the runner drops the other) and its wait
+    /// (`queuedAt`, the SLA clock) goes on. Only a new breach is written.
+    async fn redispatch(
+        &self,
+        mut task: Task,
+        breached: bool,
+        now: DateTime<Utc>,
+    ) -> Result<(), AppError> {
+        if breached {
+            let read_version = task.version;
+            task.touch(now);
+            match self.store.replace(&task, read_version).await {
+                Ok(()) => {}
+                // Someone else moved it on; the next pass sees the new state.
+                Err(AppError::VersionConflict { .. } | AppError::NotFound { .. }) => return Ok(()),
+                Err(err) => return Err(err),
+            }
+        }
+        if let (TaskStatus::Queued, Some(dispatch_id)) = (task.status, task.dispatch_id.clone()) {
+            let message = DispatchMessage {
+                task_id: task.id,
+                agency_id: task.agency_id.clone(),
+                dispatch_id,
+                priority: task.priority,
+                enqueued_at: task.queued_at.unwrap_or(now),
+            };
+            self.dispatcher.dispatch(&message, Duration::ZERO).await?;
+        }
+        Ok(())
+    }
+
+    /// Escalates open work by its deadline, paging through every entry whose escalation is due
+    /// (up to [`PER_PASS`]; escalated tasks leave the index, so the next pass goes on).
     async fn escalate_due(
         &self,
         now: DateTime<Utc>,
         report: &mut SweepReport,
     ) -> Result<(), AppError> {
-        let soon = now + chrono::Duration::from_std(DUE_SOON).unwrap_or_default();
-        for due in self.index.due_before(soon, BATCH).await? {
-            let Some(mut task) = self.store.get(&due.agency, due.id).await? else {
-                continue;
-            };
-            let Some(due_at) = task.due_at else { continue };
-            let wanted = if due_at <= now {
-                Priority::Critical
-            } else {
-                Priority::High
-            };
-            if task.status.is_final() || task.priority <= wanted {
-                continue;
+        let mut after: Option<WaitingTask> = None;
+        let mut handled = 0;
+        while handled < PER_PASS {
+            let want = PAGE.min(PER_PASS - handled);
+            let page = self.index.due_before(now, after.as_ref(), want).await?;
+            handled += page.len();
+            for due in &page {
+                self.escalate(due, now, report).await?;
             }
-            task.promoted_from.get_or_insert(task.priority);
-            task.priority = wanted;
-            report.escalated += 1;
-            self.requeue(task, now).await?;
+            if page.len() < want {
+                break;
+            }
+            after = page.last().cloned();
         }
         Ok(())
     }
 
-    /// Saves a changed task; queued work gets a fresh dispatch on its (new) tier.
+    async fn escalate(
+        &self,
+        due: &WaitingTask,
+        now: DateTime<Utc>,
+        report: &mut SweepReport,
+    ) -> Result<(), AppError> {
+        let Some(mut task) = self.store.get(&due.agency, due.id).await? else {
+            return Ok(());
+        };
+        let Some(due_at) = task.due_at else {
+            return Ok(());
+        };
+        let soon = now + chrono::Duration::from_std(DUE_SOON).unwrap_or_default();
+        let wanted = if due_at <= now {
+            Priority::Critical
+        } else if due_at <= soon {
+            Priority::High
+        } else {
+            return Ok(());
+        };
+        if task.status.is_final() || task.priority <= wanted {
+            return Ok(());
+        }
+        task.promoted_from.get_or_insert(task.priority);
+        task.priority = wanted;
+        report.escalated += 1;
+        self.requeue(task, now).await
+    }
+
+    /// Saves a task moved to a new tier; queued work gets a fresh dispatch on that tier.
     async fn requeue(&self, mut task: Task, now: DateTime<Utc>) -> Result<(), AppError> {
         let read_version = task.version;
         let message = if task.status == TaskStatus::Queued {

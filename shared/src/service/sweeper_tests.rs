@@ -265,3 +265,168 @@ async fn an_agent_is_marked_offline_once() {
         "the second sweep finds it already offline"
     );
 }
+
+/// Issue 13 item 8: more overdue tasks than one index page are all escalated in one pass, and
+/// escalated tasks leave the deadline index (they used to stay and fill its first page).
+#[tokio::test]
+async fn a_hundred_and_fifty_overdue_tasks_are_all_escalated_in_one_pass() {
+    let world = MemoryWorld::new();
+    let now = Utc::now();
+    let due = (now - Duration::minutes(5)).to_rfc3339();
+    let mut ids = Vec::new();
+    for i in 0..150 {
+        ids.push(
+            create(
+                &world,
+                json!({"title": format!("t{i}"), "priority": "normal", "dueAt": due}),
+            )
+            .await,
+        );
+    }
+    let sweeper = world.services().sweeper;
+    assert_eq!(sweeper.sweep(now).await.unwrap().escalated, 150);
+    for id in ids {
+        let task = world.store.get(&boss().agency, id).await.unwrap().unwrap();
+        assert_eq!(task.priority, Priority::Critical);
+    }
+    assert_eq!(
+        crate::ports::SchedulingIndex::due_before(world.index.as_ref(), now, None, 1000)
+            .await
+            .unwrap(),
+        [],
+        "escalated tasks left the deadline index"
+    );
+    assert_eq!(sweeper.sweep(now).await.unwrap().escalated, 0);
+}
+
+/// Work a pass cannot finish is continued by the next one: nothing handled is read again.
+#[tokio::test]
+async fn escalation_beyond_one_pass_continues_in_the_next() {
+    let world = MemoryWorld::new();
+    let now = Utc::now();
+    let due = (now - Duration::minutes(5)).to_rfc3339();
+    for i in 0..(super::sweeper::PER_PASS + 20) {
+        create(
+            &world,
+            json!({"title": format!("t{i}"), "priority": "low", "dueAt": due}),
+        )
+        .await;
+    }
+    let sweeper = world.services().sweeper;
+    assert_eq!(
+        sweeper.sweep(now).await.unwrap().escalated,
+        super::sweeper::PER_PASS
+    );
+    assert_eq!(
+        sweeper
+            .sweep(now + Duration::minutes(1))
+            .await
+            .unwrap()
+            .escalated,
+        20
+    );
+}
+
+/// Tasks already at the tier their deadline asks for do not hold back one that is not.
+#[tokio::test]
+async fn tasks_already_escalated_do_not_block_a_later_one() {
+    let world = MemoryWorld::new();
+    let now = Utc::now();
+    let soon = (now + Duration::minutes(10)).to_rfc3339();
+    for i in 0..100 {
+        create(
+            &world,
+            json!({"title": format!("h{i}"), "priority": "high", "dueAt": soon}),
+        )
+        .await;
+    }
+    let low = create(
+        &world,
+        json!({"title": "low", "priority": "low", "dueAt": soon}),
+    )
+    .await;
+    assert_eq!(
+        world.services().sweeper.sweep(now).await.unwrap().escalated,
+        1
+    );
+    let task = world.store.get(&boss().agency, low).await.unwrap().unwrap();
+    assert_eq!(task.priority, Priority::High);
+}
+
+/// Re-dispatching waiting critical work neither resets its wait nor moves it back: the copy
+/// carries the live dispatch id, `queuedAt` stays, and the breach is counted from the
+/// original wait (sweeps every 45 s used to reset the clock each time: never a breach).
+#[tokio::test]
+async fn a_redispatched_critical_task_keeps_its_wait_and_its_breach_is_counted() {
+    let world = MemoryWorld::new();
+    let id = create(&world, json!({"title": "t", "priority": "critical", "autoDispatch": true, "executor": {"type": "echo"}})).await;
+    let queued = world.store.get(&boss().agency, id).await.unwrap().unwrap();
+    let sweeper = world.services().sweeper;
+    let start = queued.queued_at.unwrap();
+    let mut breaches = 0;
+    for step in 1..=3 {
+        let report = sweeper
+            .sweep(start + Duration::seconds(45 * step))
+            .await
+            .unwrap();
+        assert_eq!(report.redispatched, 1, "sweep {step}");
+        breaches += report.breaches;
+    }
+    assert_eq!(
+        breaches, 1,
+        "the wait passed the 60 s SLA at the second sweep"
+    );
+    let task = world.store.get(&boss().agency, id).await.unwrap().unwrap();
+    assert_eq!(task.queued_at, queued.queued_at, "the wait was not reset");
+    assert_eq!(
+        task.dispatch_id, queued.dispatch_id,
+        "the live message stays live"
+    );
+    let sent = world.dispatcher.sent.lock().unwrap().clone();
+    assert_eq!(sent.len(), 4, "the first send and three copies");
+    assert!(sent
+        .iter()
+        .all(|m| Some(&m.dispatch_id) == queued.dispatch_id.as_ref()));
+}
+
+/// Breached critical work, which only needs lost messages recovered, no longer fills the page
+/// the breach scan reads: every one of 150 waiting past the SLA has its breach recorded.
+#[tokio::test]
+async fn every_critical_task_past_its_sla_is_counted_not_only_the_oldest_hundred() {
+    let world = MemoryWorld::new();
+    for i in 0..150 {
+        create(&world, json!({"title": format!("t{i}"), "priority": "critical", "autoDispatch": true, "executor": {"type": "echo"}})).await;
+    }
+    let sweeper = world.services().sweeper;
+    let later = Utc::now() + Duration::minutes(2);
+    assert_eq!(sweeper.sweep(later).await.unwrap().breaches, 150);
+    let report = sweeper.sweep(later + Duration::minutes(1)).await.unwrap();
+    assert_eq!(report.breaches, 0);
+    assert_eq!(
+        report.redispatched, 100,
+        "recovery re-sends the oldest page"
+    );
+    assert_eq!(world.index.breaches.lock().unwrap().len(), 150);
+}
+
+/// A person's critical task (never queued) keeps its wait when its breach is written: the
+/// queue overview still reports how long it has waited.
+#[tokio::test]
+async fn a_breached_waiting_task_keeps_its_wait_in_the_overview() {
+    let world = MemoryWorld::new();
+    create(&world, json!({"title": "t", "priority": "critical"})).await;
+    let later = Utc::now() + Duration::minutes(2);
+    assert_eq!(
+        world
+            .services()
+            .sweeper
+            .sweep(later)
+            .await
+            .unwrap()
+            .breaches,
+        1
+    );
+    let tiers = world.services().queues.tiers_at(later).await.unwrap();
+    let critical = tiers.iter().find(|t| t.tier == Priority::Critical).unwrap();
+    assert!(critical.oldest_waiting_seconds >= 119, "{critical:?}");
+}

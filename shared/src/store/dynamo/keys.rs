@@ -30,7 +30,8 @@ pub const PENDING_INDEX: Index = Index {
     pk: "GSI3PK",
     sk: "GSI3SK",
 };
-/// GSI4 (sparse): open tasks with a deadline, bucketed by due day, soonest first.
+/// GSI4 (sparse): open tasks with a deadline escalation ahead, bucketed by the day it falls
+/// due, soonest first ([`crate::domain::Task::escalation_due_at`]).
 pub const DUE_INDEX: Index = Index {
     name: "GSI4",
     pk: "GSI4PK",
@@ -67,6 +68,12 @@ pub fn step_token_sk(name: &str) -> String {
 
 pub fn tier_partition(tier: crate::domain::Priority) -> String {
     format!("TIER#{tier}")
+}
+
+/// Waiting work whose breach is recorded and whose tier can rise no further
+/// ([`Task::waits_breached_at_top`]): kept out of the partition the aging scan pages through.
+pub fn breached_tier_partition(tier: crate::domain::Priority) -> String {
+    format!("TIER#{tier}#BREACHED")
 }
 
 pub fn due_partition(day: chrono::NaiveDate) -> String {
@@ -141,7 +148,12 @@ pub fn task_keys(task: &Task) -> HashMap<String, AttributeValue> {
     // Waiting work: human tasks not yet picked up, and automated tasks on a queue.
     if matches!(task.status, TaskStatus::Pending | TaskStatus::Queued) {
         let since = task.queued_at.unwrap_or(task.updated_at);
-        keys.insert(PENDING_INDEX.pk.into(), s(tier_partition(task.priority)));
+        let partition = if task.waits_breached_at_top() {
+            breached_tier_partition(task.priority)
+        } else {
+            tier_partition(task.priority)
+        };
+        keys.insert(PENDING_INDEX.pk.into(), s(partition));
         keys.insert(
             PENDING_INDEX.sk.into(),
             s(format!(
@@ -154,14 +166,13 @@ pub fn task_keys(task: &Task) -> HashMap<String, AttributeValue> {
     }
     if let Some(due) = task.due_at {
         keys.insert("dueEpochMs".into(), n(due.timestamp_millis()));
-        if !task.status.is_final() {
-            keys.insert(
-                DUE_INDEX.pk.into(),
-                s(format!("DUE#{}", due.format("%Y-%m-%d"))),
-            );
+        // Keyed by when escalation next has work to do, and only while it has: escalated
+        // tasks leave the index, so the sweeper's pages hold only actionable entries.
+        if let Some(at) = task.escalation_due_at() {
+            keys.insert(DUE_INDEX.pk.into(), s(due_partition(at.date_naive())));
             keys.insert(
                 DUE_INDEX.sk.into(),
-                s(format!("{}#{}#{}", sortable_time(due), task.agency_id, id)),
+                s(format!("{}#{}#{}", sortable_time(at), task.agency_id, id)),
             );
         }
     }

@@ -1,14 +1,15 @@
 //! Cross-agency scans for the sweeper (sparse GSI3 and GSI4) and SLA breach records.
 
-use super::keys::{self, n, s, DUE_INDEX, PENDING_INDEX, PK, SK};
+use super::keys::{self, n, s, Index, DUE_INDEX, PENDING_INDEX, PK, SK, TASK_SK};
 use crate::domain::Priority;
 use crate::error::AppError;
 use crate::ports::{SchedulingIndex, WaitingTask};
 use crate::store::from_sdk;
 use async_trait::async_trait;
-use aws_sdk_dynamodb::types::Select;
+use aws_sdk_dynamodb::types::{AttributeValue, Select};
 use aws_sdk_dynamodb::Client;
 use chrono::{DateTime, Utc};
+use std::collections::HashMap;
 
 /// Breach records are kept this long (the API reports the last hour).
 const BREACH_TTL_SECS: i64 = 2 * 24 * 60 * 60;
@@ -30,53 +31,31 @@ impl DynamoSchedulingIndex {
     }
 }
 
-#[async_trait]
-impl SchedulingIndex for DynamoSchedulingIndex {
-    async fn waiting(
+impl DynamoSchedulingIndex {
+    /// Appends the entries of one index partition whose sort key is `op` `upper` (`<`, `<=`),
+    /// in order, from `start` on, until `found` holds `limit` entries or the partition ends.
+    #[allow(clippy::too_many_arguments)]
+    async fn read_partition(
         &self,
-        tier: Priority,
-        before: DateTime<Utc>,
+        index: &Index,
+        partition: &str,
+        op: &str,
+        upper: &str,
+        mut start: Option<HashMap<String, AttributeValue>>,
         limit: usize,
-    ) -> Result<Vec<WaitingTask>, AppError> {
-        let out = self
-            .client
-            .query()
-            .table_name(&self.table)
-            .index_name(PENDING_INDEX.name)
-            .key_condition_expression("GSI3PK = :p AND GSI3SK < :before")
-            .expression_attribute_values(":p", s(keys::tier_partition(tier)))
-            .expression_attribute_values(":before", s(keys::sortable_time(before)))
-            .limit(limit as i32)
-            .send()
-            .await
-            .map_err(|e| from_sdk("dynamodb:Query", e))?;
-        Ok(out
-            .items
-            .unwrap_or_default()
-            .iter()
-            .filter_map(|item| item.get(PENDING_INDEX.sk)?.as_s().ok().cloned())
-            .filter_map(|sk| keys::parse_time_agency_id(&sk))
-            .map(|(since, agency, id)| WaitingTask { agency, id, since })
-            .collect())
-    }
-
-    async fn due_before(
-        &self,
-        deadline: DateTime<Utc>,
-        limit: usize,
-    ) -> Result<Vec<WaitingTask>, AppError> {
-        let mut found = Vec::new();
-        let mut day = (Utc::now() - chrono::Duration::days(OVERDUE_LOOKBACK_DAYS)).date_naive();
-        while day <= deadline.date_naive() && found.len() < limit {
+        found: &mut Vec<WaitingTask>,
+    ) -> Result<(), AppError> {
+        while found.len() < limit {
             let out = self
                 .client
                 .query()
                 .table_name(&self.table)
-                .index_name(DUE_INDEX.name)
-                .key_condition_expression("GSI4PK = :p AND GSI4SK <= :deadline")
-                .expression_attribute_values(":p", s(keys::due_partition(day)))
-                .expression_attribute_values(":deadline", s(keys::sortable_time(deadline)))
-                .limit((limit - found.len()) as i32)
+                .index_name(index.name)
+                .key_condition_expression(format!("{} = :p AND {} {op} :upper", index.pk, index.sk))
+                .expression_attribute_values(":p", s(partition))
+                .expression_attribute_values(":upper", s(upper))
+                .limit(i32::try_from(limit - found.len()).unwrap_or(i32::MAX))
+                .set_exclusive_start_key(start)
                 .send()
                 .await
                 .map_err(|e| from_sdk("dynamodb:Query", e))?;
@@ -84,14 +63,92 @@ impl SchedulingIndex for DynamoSchedulingIndex {
                 out.items
                     .unwrap_or_default()
                     .iter()
-                    .filter_map(|item| item.get(DUE_INDEX.sk)?.as_s().ok().cloned())
+                    .filter_map(|item| item.get(index.sk)?.as_s().ok().cloned())
                     .filter_map(|sk| keys::parse_time_agency_id(&sk))
                     .map(|(since, agency, id)| WaitingTask { agency, id, since }),
             );
-            day = day.succ_opt().unwrap_or(day);
-            if day == deadline.date_naive().succ_opt().unwrap_or(day) {
+            start = out.last_evaluated_key;
+            if start.is_none() {
                 break;
             }
+        }
+        Ok(())
+    }
+}
+
+/// The exclusive start key that resumes a partition's query right after `after`'s entry.
+fn start_after(
+    index: &Index,
+    partition: &str,
+    after: &WaitingTask,
+) -> HashMap<String, AttributeValue> {
+    HashMap::from([
+        (index.pk.to_owned(), s(partition)),
+        (
+            index.sk.to_owned(),
+            s(format!(
+                "{}#{}#{}",
+                keys::sortable_time(after.since),
+                after.agency,
+                after.id
+            )),
+        ),
+        (PK.to_owned(), s(keys::task_pk(&after.agency, after.id))),
+        (SK.to_owned(), s(TASK_SK)),
+    ])
+}
+
+#[async_trait]
+impl SchedulingIndex for DynamoSchedulingIndex {
+    async fn waiting(
+        &self,
+        tier: Priority,
+        breached: bool,
+        before: DateTime<Utc>,
+        after: Option<&WaitingTask>,
+        limit: usize,
+    ) -> Result<Vec<WaitingTask>, AppError> {
+        let partition = if breached {
+            keys::breached_tier_partition(tier)
+        } else {
+            keys::tier_partition(tier)
+        };
+        let mut found = Vec::new();
+        self.read_partition(
+            &PENDING_INDEX,
+            &partition,
+            "<",
+            &keys::sortable_time(before),
+            after.map(|a| start_after(&PENDING_INDEX, &partition, a)),
+            limit,
+            &mut found,
+        )
+        .await?;
+        Ok(found)
+    }
+
+    async fn due_before(
+        &self,
+        before: DateTime<Utc>,
+        after: Option<&WaitingTask>,
+        limit: usize,
+    ) -> Result<Vec<WaitingTask>, AppError> {
+        // One partition per day: walk the days in order, resuming in `after`'s own day.
+        let lookback = (before - chrono::Duration::days(OVERDUE_LOOKBACK_DAYS)).date_naive();
+        let mut day = after.map_or(lookback, |a| a.since.date_naive().max(lookback));
+        let upper = keys::sortable_time(before);
+        let mut found = Vec::new();
+        while day <= before.date_naive() && found.len() < limit {
+            let partition = keys::due_partition(day);
+            let start = after
+                .filter(|a| a.since.date_naive() == day)
+                .map(|a| start_after(&DUE_INDEX, &partition, a));
+            self.read_partition(
+                &DUE_INDEX, &partition, "<=", &upper, start, limit, &mut found,
+            )
+            .await?;
+            let Some(next) = day.succ_opt() else { break };
+            day = next;
         }
         Ok(found)
     }
