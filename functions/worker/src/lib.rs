@@ -13,9 +13,22 @@ use shared::service::{BatchRunner, ChainRunner, Delivery, TaskRunner};
 use shared::services::Services;
 use shared::AppError;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-pub use queue::{QueueActions, SqsQueue};
+pub use queue::{QueueActions, SqsQueue, MAX_DELAY};
+
+/// Retry waits up to this long hold the message in flight (ChangeMessageVisibility); longer
+/// ones send a delayed copy and delete the message. A held message counts toward a standard
+/// queue's in-flight cap of about 120,000, and retries at a rate r waiting d each hold r × d:
+/// task backoffs of up to 15 minutes during an outage at 150 tasks/s would hold 135,000 and
+/// stop the queue. Waits up to 30 s hold at most 4,500 at that rate. They stay in flight
+/// because they are the store's hiccups, write conflicts and short backoffs, and a held
+/// message keeps its receive count, so one that keeps failing that way still ends in the DLQ
+/// (maxReceiveCount); a copy starts a fresh count, which is safe for backoffs (the task's
+/// attempts bound them) and for lease waits (the lease ends).
+const HOLD_IN_FLIGHT_UP_TO: Duration = Duration::from_secs(30);
+/// SQS caps a message's visibility timeout at 12 hours.
+const MAX_VISIBILITY_SECONDS: u64 = 43_200;
 
 pub struct Worker {
     runner: TaskRunner,
@@ -125,25 +138,12 @@ impl Worker {
         }
         match delivery {
             Delivery::Ack => false,
-            Delivery::RetryAfter(delay) => {
-                if let Some(receipt) = &record.receipt_handle {
-                    let visibility = delay.as_secs().clamp(0, 43_200) as i32;
-                    if let Err(err) = self
-                        .queue
-                        .change_visibility(&self.source_queue_url(record), receipt, visibility)
-                        .await
-                    {
-                        // The queue's own visibility timeout applies instead.
-                        tracing::warn!(error = %err, "could not set the retry delay");
-                    }
-                }
-                true
-            }
+            Delivery::RetryAfter(delay) => self.retry_later(record, body, delay).await,
             Delivery::DeadLetter(error) => !self.dead_letter(record, body, &error).await,
             Delivery::Requeue => {
                 match self
                     .queue
-                    .send(&self.source_queue_url(record), body, &[])
+                    .send(&self.source_queue_url(record), body, &[], Duration::ZERO)
                     .await
                 {
                     Ok(()) => false,
@@ -155,6 +155,41 @@ impl Worker {
                 }
             }
         }
+    }
+
+    /// Brings the message back after `delay`; true when the record must stay on the queue.
+    /// A long wait is a delayed copy of the message (and this one is deleted), so it does not
+    /// count as in flight; a short one, or one whose copy could not be sent, holds the message
+    /// in flight. The copy has the same body, dispatch id included, so the runner treats it
+    /// exactly as it would have treated this message coming back.
+    async fn retry_later(&self, record: &SqsMessage, body: &str, delay: Duration) -> bool {
+        let queue_url = self.source_queue_url(record);
+        if delay > HOLD_IN_FLIGHT_UP_TO && !queue_url.is_empty() {
+            // Past 15 minutes (a lease that long) the copy comes back early and the runner
+            // asks for the rest of the wait again.
+            match self
+                .queue
+                .send(&queue_url, body, &[], delay.min(MAX_DELAY))
+                .await
+            {
+                Ok(()) => return false,
+                Err(err) => {
+                    tracing::warn!(error = %err, delay_s = delay.as_secs(), "could not send a delayed copy; the message is held in flight instead")
+                }
+            }
+        }
+        if let Some(receipt) = &record.receipt_handle {
+            let visibility = delay.as_secs().min(MAX_VISIBILITY_SECONDS) as i32;
+            if let Err(err) = self
+                .queue
+                .change_visibility(&queue_url, receipt, visibility)
+                .await
+            {
+                // The queue's own visibility timeout applies instead.
+                tracing::warn!(error = %err, "could not set the retry delay");
+            }
+        }
+        true
     }
 
     /// Copies the message to its tier's DLQ with the error; false if that failed
@@ -180,7 +215,10 @@ impl Worker {
                     .unwrap_or_else(|| "unknown".to_owned()),
             ),
         ];
-        let sent = self.queue.send(dlq, body, &attributes).await;
+        let sent = self
+            .queue
+            .send(dlq, body, &attributes, Duration::ZERO)
+            .await;
         match sent {
             Ok(_) => {
                 tracing::warn!(%tier, error = %excerpt, "message moved to the dead-letter queue");

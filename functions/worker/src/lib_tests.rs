@@ -17,11 +17,12 @@ use shared::AppError;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 /// (queue URL, receipt handle, seconds)
 type VisibilityCall = (String, String, i32);
-/// (queue URL, body, attributes)
-type SentMessage = (String, String, BTreeMap<String, String>);
+/// (queue URL, body, attributes, DelaySeconds)
+type SentMessage = (String, String, BTreeMap<String, String>, u64);
 
 /// Records the queue actions instead of calling SQS.
 #[derive(Default)]
@@ -55,6 +56,7 @@ impl QueueActions for RecordingQueue {
         queue_url: &str,
         body: &str,
         attributes: &[(&str, String)],
+        delay: Duration,
     ) -> Result<(), AppError> {
         if self.refuse_sends.load(Ordering::SeqCst) {
             return Err(AppError::Unavailable("sqs:SendMessage".into()));
@@ -63,10 +65,12 @@ impl QueueActions for RecordingQueue {
             .iter()
             .map(|(k, v)| ((*k).to_owned(), v.clone()))
             .collect();
-        self.sent
-            .lock()
-            .unwrap()
-            .push((queue_url.into(), body.into(), attributes));
+        self.sent.lock().unwrap().push((
+            queue_url.into(),
+            body.into(),
+            attributes,
+            delay.as_secs(),
+        ));
         Ok(())
     }
 }
@@ -81,6 +85,19 @@ impl Executor for Grumpy {
     }
     async fn run(&self, _job: &Job<'_>) -> Result<Outcome, ExecError> {
         Err(ExecError::Permanent("é".repeat(1500)))
+    }
+}
+
+/// Fails in a way worth retrying: a downstream outage.
+struct Flaky;
+
+#[async_trait]
+impl Executor for Flaky {
+    fn validate(&self, _config: &Value) -> Result<(), String> {
+        Ok(())
+    }
+    async fn run(&self, _job: &Job<'_>) -> Result<Outcome, ExecError> {
+        Err(ExecError::Retryable("503 from downstream".into()))
     }
 }
 
@@ -101,6 +118,7 @@ fn executors() -> ExecutorRegistry {
     let mut executors = ExecutorRegistry::builtin();
     executors.register("grumpy", Arc::new(Grumpy));
     executors.register("panicky", Arc::new(Panicky));
+    executors.register("flaky", Arc::new(Flaky));
     executors
 }
 
@@ -307,37 +325,174 @@ async fn only_records_that_must_come_back_are_reported() {
     assert_eq!(f.sent().len(), 1, "the malformed one was dead-lettered");
 }
 
+impl Fixture {
+    /// Puts the task in progress under someone else's lease, ending `seconds` from now.
+    async fn leased_for(&self, id: TaskId, seconds: i64) {
+        let mut task = self
+            .world
+            .store
+            .get(&boss().agency, id)
+            .await
+            .unwrap()
+            .unwrap();
+        let read = task.version;
+        task.status = TaskStatus::InProgress;
+        task.lease_expires_at = Some(chrono::Utc::now() + chrono::Duration::seconds(seconds));
+        task.version += 1;
+        self.world.store.replace(&task, read).await.unwrap();
+    }
+}
+
 #[tokio::test]
-async fn a_retry_delay_is_clamped_to_the_sqs_maximum_of_twelve_hours() {
+async fn a_long_wait_is_a_delayed_copy_of_the_message_not_a_message_held_in_flight() {
     let f = Fixture::new();
     let (id, message) = f.dispatched("echo").await;
-    let mut task = f
-        .world
-        .store
-        .get(&boss().agency, id)
+    f.leased_for(id, 100).await;
+    let body = text(&message);
+    let kept = f.handle(vec![record("m", &body, Priority::Normal)]).await;
+    assert!(kept.is_empty(), "the copy replaces it: {kept:?}");
+    assert!(f.visibility().is_empty(), "{:?}", f.visibility());
+    let sent = f.sent();
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    let (url, sent_body, attributes, delay) = &sent[0];
+    assert_eq!(
+        url,
+        &queue_url(Priority::Normal),
+        "back to its own tier queue"
+    );
+    assert_eq!(sent_body, &body, "the same body, so the same dispatch id");
+    assert!(attributes.is_empty());
+    assert!((100..=101).contains(delay), "until the lease ends: {delay}");
+}
+
+#[tokio::test]
+async fn a_wait_past_fifteen_minutes_is_copied_with_the_sqs_maximum_and_asked_again() {
+    let f = Fixture::new();
+    let (id, message) = f.dispatched("echo").await;
+    f.leased_for(id, 20 * 3600).await;
+    let body = text(&message);
+    assert!(f
+        .handle(vec![record("m", &body, Priority::Normal)])
         .await
-        .unwrap()
-        .unwrap();
-    let read = task.version;
-    task.status = TaskStatus::InProgress;
-    task.lease_expires_at = Some(chrono::Utc::now() + chrono::Duration::hours(20));
-    task.version += 1;
-    f.world.store.replace(&task, read).await.unwrap();
+        .is_empty());
+    assert_eq!(f.sent()[0].3, 900, "DelaySeconds is at most 900");
+    // The copy comes back with most of the lease left, and waits again.
+    assert!(f
+        .handle(vec![record("m2", &body, Priority::Normal)])
+        .await
+        .is_empty());
+    assert_eq!(f.sent().len(), 2);
+    assert_eq!(
+        f.status(id).await,
+        TaskStatus::InProgress,
+        "never taken over early"
+    );
+}
+
+#[tokio::test]
+async fn a_copy_that_cannot_be_sent_leaves_the_message_held_in_flight() {
+    let f = Fixture::new();
+    let (id, message) = f.dispatched("echo").await;
+    f.leased_for(id, 20 * 3600).await;
+    f.queue.refuse_sends.store(true, Ordering::SeqCst);
     let failures = f
         .handle(vec![record("m", &text(&message), Priority::Normal)])
         .await;
-    assert_eq!(failures, ["m"]);
+    assert_eq!(failures, ["m"], "kept: nothing is lost");
     assert_eq!(
         f.visibility(),
-        [(queue_url(Priority::Normal), "receipt-m".to_owned(), 43_200)]
+        [(queue_url(Priority::Normal), "receipt-m".to_owned(), 43_200)],
+        "held as before, up to the 12-hour visibility maximum"
     );
 
-    // When the delay cannot be set, the message still comes back (after the queue's own timeout).
+    // When the delay cannot be set either, the message still comes back (after the queue's
+    // own timeout).
     f.queue.refuse_visibility.store(true, Ordering::SeqCst);
     let failures = f
         .handle(vec![record("m", &text(&message), Priority::Normal)])
         .await;
     assert_eq!(failures, ["m"]);
+}
+
+#[tokio::test]
+async fn backoffs_past_thirty_seconds_wait_as_delayed_copies_and_run_the_next_attempt() {
+    let f = Fixture::new();
+    let mut copies = Vec::new();
+    // Full jitter draws each first backoff from [0, 900 s): six tasks all drawing under 30 s
+    // has a chance of (1/30)^6.
+    for n in 0..6 {
+        let body = json!({"title": "t", "priority": "low", "autoDispatch": true,
+            "executor": {"type": "flaky"}, "retry": {"maxAttempts": 3, "baseDelaySeconds": 900}});
+        let created = f
+            .world
+            .services_with(executors())
+            .tasks
+            .create(&boss(), &body, None)
+            .await
+            .unwrap();
+        let id = TaskId::parse(created.task["id"].as_str().unwrap()).unwrap();
+        let message = text(&f.world.dispatcher.sent.lock().unwrap().pop().unwrap());
+        let (sent_before, held_before) = (f.sent().len(), f.visibility().len());
+        let kept = f
+            .handle(vec![record(&format!("m{n}"), &message, Priority::Low)])
+            .await;
+        let task = f
+            .world
+            .store
+            .get(&boss().agency, id)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((task.status, task.attempts), (TaskStatus::Queued, 1));
+        // The runner's backoff: it queues the task until the retry is due.
+        let delay = (task.queued_at.unwrap() - task.updated_at)
+            .to_std()
+            .unwrap();
+        if delay > Duration::from_secs(30) {
+            assert!(kept.is_empty(), "{kept:?}");
+            assert_eq!(f.visibility().len(), held_before);
+            let (url, sent_body, _, seconds) = f.sent().pop().unwrap();
+            assert_eq!(f.sent().len(), sent_before + 1);
+            assert_eq!((url, seconds), (queue_url(Priority::Low), delay.as_secs()));
+            assert_eq!(sent_body, message);
+            copies.push((id, message));
+        } else {
+            assert_eq!(kept, [format!("m{n}")], "a short backoff is held in flight");
+            assert_eq!(f.visibility().pop().unwrap().2 as u64, delay.as_secs());
+        }
+    }
+    assert!(!copies.is_empty());
+
+    // A copy is the same delivery as before: it runs attempt 2 of the same dispatch, and a
+    // duplicate of it while that attempt's backoff runs takes attempt 3, never more.
+    let (id, copy) = &copies[0];
+    let _ = f.handle(vec![record("copy", copy, Priority::Low)]).await;
+    let task = f
+        .world
+        .store
+        .get(&boss().agency, *id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((task.status, task.attempts), (TaskStatus::Queued, 2));
+    let _ = f
+        .handle(vec![record("copy-again", copy, Priority::Low)])
+        .await;
+    let _ = f
+        .handle(vec![record("copy-thrice", copy, Priority::Low)])
+        .await;
+    let task = f
+        .world
+        .store
+        .get(&boss().agency, *id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (task.status, task.attempts),
+        (TaskStatus::Failed, 3),
+        "maxAttempts holds"
+    );
 }
 
 #[tokio::test]
@@ -353,7 +508,8 @@ async fn a_dead_letter_carries_the_body_an_error_excerpt_the_time_and_the_source
 
     let sent = f.sent();
     assert_eq!(sent.len(), 1);
-    let (url, sent_body, attributes) = &sent[0];
+    let (url, sent_body, attributes, delay) = &sent[0];
+    assert_eq!(*delay, 0);
     assert_eq!(
         url,
         &dlq_url(Priority::Low),

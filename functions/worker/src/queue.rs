@@ -1,11 +1,16 @@
 //! The two queue actions the worker takes itself, behind a port so its decisions can be
-//! tested without SQS: setting a kept message's retry delay, and copying a message to a
-//! dead-letter queue. `SqsQueue` is the production adapter.
+//! tested without SQS: setting a kept message's retry delay, and sending a message (a
+//! delayed copy for a long retry, a chunk's continuation, a dead letter). `SqsQueue` is the
+//! production adapter.
 
 use async_trait::async_trait;
 use aws_sdk_sqs::error::DisplayErrorContext;
 use aws_sdk_sqs::types::MessageAttributeValue;
 use shared::AppError;
+use std::time::Duration;
+
+/// SQS caps DelaySeconds at 15 minutes.
+pub const MAX_DELAY: Duration = Duration::from_secs(900);
 
 #[async_trait]
 pub trait QueueActions: Send + Sync {
@@ -17,12 +22,14 @@ pub trait QueueActions: Send + Sync {
         seconds: i32,
     ) -> Result<(), AppError>;
 
-    /// Sends `body` to a queue with these string message attributes (SendMessage).
+    /// Sends `body` to a queue with these string message attributes (SendMessage), visible
+    /// after `delay` (DelaySeconds, whole seconds, at most [`MAX_DELAY`]).
     async fn send(
         &self,
         queue_url: &str,
         body: &str,
         attributes: &[(&str, String)],
+        delay: Duration,
     ) -> Result<(), AppError>;
 }
 
@@ -61,6 +68,7 @@ impl QueueActions for SqsQueue {
         queue_url: &str,
         body: &str,
         attributes: &[(&str, String)],
+        delay: Duration,
     ) -> Result<(), AppError> {
         let attributes = attributes
             .iter()
@@ -78,6 +86,7 @@ impl QueueActions for SqsQueue {
             .queue_url(queue_url)
             .message_body(body)
             .set_message_attributes(Some(attributes))
+            .delay_seconds(delay.min(MAX_DELAY).as_secs() as i32)
             .send()
             .await
             .map(|_| ())

@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 pub enum Delivery {
     /// Finished with it: delete.
     Ack,
-    /// Keep it; it comes back after this long (backoff, or someone else holds the task).
+    /// It comes back after this long (backoff, or someone else holds the task): the worker
+    /// holds it in flight for a short wait, and sends a delayed copy for a long one.
     RetryAfter(Duration),
     /// Move it to the tier's dead-letter queue with this error, then delete.
     DeadLetter(String),
