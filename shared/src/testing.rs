@@ -167,16 +167,30 @@ impl TaskStore for MemoryStore {
             n => n,
         };
         let state = self.lock();
-        let mut matching = state
+        let matching = state
             .tasks
             .iter()
             .rev()
             .filter(|((a, id), _)| a == agency && after.is_none_or(|after| *id < after))
             .map(|(_, task)| task)
             .filter(|task| matches(task, query));
-        let items: Vec<Task> = matching.by_ref().take(limit).cloned().collect();
-        let next_cursor = match (items.last(), matching.next()) {
-            (Some(last), Some(_)) => Some(last.id.to_string()),
+        // Like the DynamoDB store: `limit` items, or fewer when more would pass the byte budget.
+        let mut items: Vec<Task> = Vec::new();
+        let mut bytes = 0;
+        let mut more = false;
+        for task in matching {
+            let size = crate::domain::limits::page_item_bytes(task);
+            if items.len() == limit
+                || (!items.is_empty() && bytes + size > crate::domain::limits::MAX_PAGE_BYTES)
+            {
+                more = true;
+                break;
+            }
+            bytes += size;
+            items.push(task.clone());
+        }
+        let next_cursor = match items.last() {
+            Some(last) if more => Some(last.id.to_string()),
             _ => None,
         };
         Ok(Page { items, next_cursor })

@@ -1,4 +1,4 @@
-use integration_tests::{unique_agency, Client};
+use integration_tests::{unique_agency, wait_for_status, Client};
 use reqwest::StatusCode;
 use serde_json::json;
 use std::collections::HashSet;
@@ -76,4 +76,66 @@ async fn pages_through_250_tasks_newest_first_with_filters() {
     let reply = other.get(&format!("/api/tasks?cursor={stolen}")).await;
     assert_eq!(reply.status, StatusCode::BAD_REQUEST);
     assert!(reply.body["error"]["fields"]["cursor"].is_string());
+}
+
+/// Issue 13 item 10: a page of the largest tasks the API accepts used to pass Lambda's 6 MB
+/// response limit (a 502). Pages now end at a byte budget with a cursor: every page is
+/// answered, stays under the limit with room to spare, and paging still returns every task
+/// exactly once.
+#[tokio::test]
+async fn pages_of_the_largest_tasks_stay_under_the_response_limit_and_miss_none() {
+    use shared::domain::limits::{
+        MAX_DESCRIPTION_CHARS, MAX_INPUT_BYTES, MAX_METADATA_BYTES, MAX_PAGE_BYTES, MAX_TITLE_CHARS,
+    };
+    const TASKS: usize = 100;
+    let agency = unique_agency("bigpage");
+    let boss = Client::as_user(&agency, "boss", "manager");
+    // Each at its limit, in the characters that serialize largest: `"` becomes `\"`, and a
+    // control character `\u0001`, six bytes.
+    let title = "\"".repeat(MAX_TITLE_CHARS);
+    let description = "\u{1}".repeat(MAX_DESCRIPTION_CHARS);
+    let metadata = json!({"m": "x".repeat(MAX_METADATA_BYTES - r#"{"m":""}"#.len())});
+    // The echo executor answers with its input, so the result is at its 64 KiB limit too.
+    let input = json!({"i": "y".repeat(MAX_INPUT_BYTES - r#"{"i":""}"#.len())});
+    let body = json!({"title": title, "description": description, "metadata": metadata,
+        "executor": {"type": "echo"}, "input": input, "autoDispatch": true});
+    let mut created = HashSet::new();
+    for _ in 0..TASKS {
+        created.insert(boss.create_task_retrying(&body).await);
+    }
+    for id in &created {
+        let task = wait_for_status(&boss, id, &["completed", "failed"]).await;
+        assert_eq!(task["status"], "completed", "{}", task["error"]);
+    }
+
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    let mut short_pages = 0;
+    for _ in 0..TASKS {
+        let path = match &cursor {
+            Some(c) => format!("/api/tasks?limit=100&cursor={c}"),
+            None => "/api/tasks?limit=100".to_owned(),
+        };
+        let page = boss.get(&path).await;
+        assert_eq!(page.status, StatusCode::OK, "{}", page.error_code());
+        let body = serde_json::to_string(&page.body).unwrap();
+        // The proxy response carries the body as a JSON string: its escaped size is what
+        // Lambda measures against 6 MB.
+        let proxied = serde_json::to_string(&body).unwrap().len();
+        assert!(body.len() <= MAX_PAGE_BYTES + 1024, "{} bytes", body.len());
+        assert!(proxied < 6_000_000, "{proxied} bytes once escaped");
+        let items = page.body["items"].as_array().unwrap();
+        assert!(!items.is_empty());
+        if items.len() < 100 && page.body["nextCursor"].is_string() {
+            short_pages += 1;
+        }
+        seen.extend(items.iter().map(|t| t["id"].as_str().unwrap().to_owned()));
+        match page.body["nextCursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => break,
+        }
+    }
+    assert!(short_pages > 0, "the byte budget ended pages early");
+    assert_eq!(seen.len(), TASKS, "every task once");
+    assert_eq!(seen.into_iter().collect::<HashSet<_>>(), created);
 }

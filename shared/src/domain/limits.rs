@@ -18,6 +18,16 @@ pub const MAX_FILE_NAME_CHARS: usize = 255;
 pub const MAX_IDEMPOTENCY_KEY_CHARS: usize = 255;
 pub const DEFAULT_PAGE_SIZE: usize = 50;
 pub const MAX_PAGE_SIZE: usize = 100;
+/// Most bytes of serialized items one page of a list holds; a page ends early (with a cursor)
+/// rather than pass it. Lambda refuses a response over 6 MB, measured on the API Gateway proxy
+/// response, whose body is a JSON string: escaping can double the body (each `"` and `\`
+/// gains a `\`), so pages stay under 2 MiB. One task is at most about 0.5 MB.
+pub const MAX_PAGE_BYTES: usize = 2 * 1024 * 1024;
+
+/// What one item adds to a page: its serialized size and a separating comma.
+pub fn page_item_bytes<T: serde::Serialize>(item: &T) -> usize {
+    serde_json::to_vec(item).map_or(MAX_PAGE_BYTES, |json| json.len()) + 1
+}
 /// Most runs a task may ask for (queues' maxReceiveCount must stay above this).
 pub const MAX_ATTEMPTS: u32 = 10;
 pub const MAX_BASE_DELAY_SECONDS: u32 = 900;

@@ -14,6 +14,7 @@ use self::keys::{
     n, s, Index, AGENCY_INDEX, ASSIGNEE_INDEX, IDEMPOTENCY_SK, PK, SK, STEP_SK_PREFIX, TASK_SK,
 };
 use super::from_sdk;
+use crate::domain::limits::{self, MAX_PAGE_BYTES};
 use crate::domain::{AgencyId, StepStatus, Task, TaskId, TaskStatus, TaskStep};
 use crate::error::AppError;
 use crate::ports::{IdempotencyRecord, InsertOutcome, Page, TaskQuery, TaskStore};
@@ -446,8 +447,17 @@ impl TaskStore for DynamoTaskStore {
             None => None,
         };
         let (filter, names, values) = list_filter(query);
-        let mut items: Vec<Item> = Vec::new();
-        for _ in 0..MAX_QUERIES_PER_PAGE {
+        // Resumes right after an item returned.
+        let cursor_after = |item: &Item| -> HashMap<String, AttributeValue> {
+            cursor_attrs
+                .iter()
+                .filter_map(|a| Some(((*a).to_owned(), item.get(*a)?.clone())))
+                .collect()
+        };
+        let mut tasks: Vec<Task> = Vec::new();
+        let mut bytes = 0;
+        'pages: for _ in 0..MAX_QUERIES_PER_PAGE {
+            let from = start.take();
             let mut request = self
                 .client
                 .query()
@@ -459,7 +469,7 @@ impl TaskStore for DynamoTaskStore {
                 .scan_index_forward(false)
                 // Read ahead so sparse filters fill a page in few round trips.
                 .limit(query.limit.max(QUERY_READ_AHEAD) as i32)
-                .set_exclusive_start_key(start.take())
+                .set_exclusive_start_key(from.clone())
                 .set_filter_expression(filter.clone());
             for (k, v) in &names {
                 request = request.expression_attribute_names(k, v);
@@ -471,29 +481,31 @@ impl TaskStore for DynamoTaskStore {
                 .send()
                 .await
                 .map_err(|e| from_sdk("dynamodb:Query", e))?;
-            items.extend(out.items.unwrap_or_default());
-            start = out.last_evaluated_key;
-            if items.len() >= query.limit {
-                if items.len() > query.limit {
-                    items.truncate(query.limit);
-                    // Resume right after the last item returned.
-                    start = items.last().map(|last| {
-                        cursor_attrs
-                            .iter()
-                            .filter_map(|a| Some(((*a).to_owned(), last.get(*a)?.clone())))
-                            .collect()
-                    });
+            let mut previous: Option<Item> = None;
+            for item in out.items.unwrap_or_default() {
+                let task = from_item::<Task>(item.clone())?;
+                // The page ends at `limit` items or before its items would pass the byte
+                // budget (the first item always fits: one task is far below it).
+                let size = limits::page_item_bytes(&task);
+                if tasks.len() == query.limit
+                    || (!tasks.is_empty() && bytes + size > MAX_PAGE_BYTES)
+                {
+                    start = match previous {
+                        Some(previous) => Some(cursor_after(&previous)),
+                        // The page ended with the previous query: resume where it stopped.
+                        None => from,
+                    };
+                    break 'pages;
                 }
-                break;
+                bytes += size;
+                tasks.push(task);
+                previous = Some(item);
             }
-            if start.is_none() {
+            start = out.last_evaluated_key;
+            if tasks.len() >= query.limit || start.is_none() {
                 break;
             }
         }
-        let tasks = items
-            .into_iter()
-            .map(from_item::<Task>)
-            .collect::<Result<_, _>>()?;
         Ok(Page {
             items: tasks,
             next_cursor: start.as_ref().map(cursor::encode),
