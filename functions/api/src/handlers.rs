@@ -98,8 +98,23 @@ pub async fn dispatch(
             task_reply(200, &tasks.cancel(caller, id, if_match(request)?).await?)
         }
         Route::TaskSteps(id) => {
+            let from = match query_params(request).get("cursor") {
+                None => 0,
+                Some(cursor) => cursor.parse::<usize>().map_err(|_| {
+                    invalid_field(
+                        "cursor",
+                        "is not a cursor returned by this API for this query",
+                    )
+                })?,
+            };
             let (task, steps) = tasks.steps(caller, id).await?;
-            Ok(json(200, &steps_body(&task, &steps)))
+            if from > steps.len() {
+                return Err(invalid_field(
+                    "cursor",
+                    "is not a cursor returned by this API for this query",
+                ));
+            }
+            Ok(json(200, &steps_body(&task, &steps, from)))
         }
         Route::RetryTask(id) => {
             task_reply(200, &tasks.retry(caller, id, if_match(request)?).await?)
@@ -215,9 +230,15 @@ fn invalid_field(field: &str, problem: &str) -> AppError {
     AppError::Validation(errors)
 }
 
-fn steps_body(task: &Task, steps: &[TaskStep]) -> Value {
+/// Progress over all of a task's steps, and the steps themselves from index `from` on, as
+/// many as fit in a page's byte budget: 100 steps with results at their limit would pass
+/// Lambda's 6 MB response. `nextCursor` is the index of the first step left out.
+fn steps_body(task: &Task, steps: &[TaskStep], from: usize) -> Value {
     let count = |status: StepStatus| steps.iter().filter(|s| s.status == status).count();
     let total = steps.len();
+    let rest = &steps[from.min(total)..];
+    let page = &rest[..shared::domain::limits::items_within_budget(rest)];
+    let next_cursor = (from + page.len() < total).then(|| (from + page.len()).to_string());
     let done =
         count(StepStatus::Completed) + count(StepStatus::Failed) + count(StepStatus::Skipped);
     let percent = if total == 0 {
@@ -237,6 +258,7 @@ fn steps_body(task: &Task, steps: &[TaskStep]) -> Value {
             "skipped": count(StepStatus::Skipped),
             "percent": percent,
         },
-        "steps": steps,
+        "steps": page,
+        "nextCursor": next_cursor,
     })
 }

@@ -28,6 +28,18 @@ pub const MAX_PAGE_BYTES: usize = 2 * 1024 * 1024;
 pub fn page_item_bytes<T: serde::Serialize>(item: &T) -> usize {
     serde_json::to_vec(item).map_or(MAX_PAGE_BYTES, |json| json.len()) + 1
 }
+
+/// How many of `items` a page holds: as many as fit in [`MAX_PAGE_BYTES`], and always one.
+pub fn items_within_budget<T: serde::Serialize>(items: &[T]) -> usize {
+    let mut bytes = 0;
+    for (i, item) in items.iter().enumerate() {
+        bytes += page_item_bytes(item);
+        if i > 0 && bytes > MAX_PAGE_BYTES {
+            return i;
+        }
+    }
+    items.len()
+}
 /// Most runs a task may ask for (queues' maxReceiveCount must stay above this).
 pub const MAX_ATTEMPTS: u32 = 10;
 pub const MAX_BASE_DELAY_SECONDS: u32 = 900;

@@ -958,3 +958,80 @@ async fn runs_longer_than_a_worker_gives_are_refused_at_creation() {
         {"name": "hook", "config": {"executor": hook(28), "timeoutSeconds": 600}}]});
     api.send(&create(fits)).await.expect(201);
 }
+
+/// Issue 13 item 10: a chain of 100 steps with results at their 64 KiB limit came back as one
+/// reply of about 6.6 MB, past Lambda's 6 MB response limit. The steps view now ends each page
+/// at the byte budget with a cursor; `progress` still counts every step, and the pages hold
+/// every step once, in order.
+#[tokio::test]
+async fn the_steps_of_the_largest_chain_come_in_pages_under_the_response_limit() {
+    use shared::domain::limits::{MAX_PAGE_BYTES, MAX_RESULT_BYTES, MAX_STEPS};
+    use shared::ports::TaskStore;
+    let api = Api::new();
+    let names: Vec<String> = (0..MAX_STEPS).map(|i| format!("step-{i:03}")).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let task = api
+        .seed_with_steps(
+            |t| {
+                t.task_type = TaskType::MultiStep;
+                t.status = TaskStatus::InProgress;
+            },
+            &refs,
+        )
+        .await;
+    // `"` serializes as two bytes: the largest result the worker records.
+    let result = json!({"r": "\"".repeat((MAX_RESULT_BYTES - r#"{"r":""}"#.len()) / 2)});
+    assert!(serde_json::to_vec(&result).unwrap().len() <= MAX_RESULT_BYTES);
+    for mut step in api.store.steps(&task.agency_id, task.id).await.unwrap() {
+        let read = step.status;
+        step.status = StepStatus::Completed;
+        step.result = Some(result.clone());
+        assert!(api
+            .store
+            .replace_step(&task.agency_id, &step, read)
+            .await
+            .unwrap());
+    }
+
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let mut event = Event::load("api-task-steps");
+        if let Some(cursor) = &cursor {
+            event = event.query(&[("cursor", cursor)]);
+        }
+        let reply = api.send(&event).await.expect(200);
+        let body = serde_json::to_string(&reply.body).unwrap();
+        assert!(body.len() <= MAX_PAGE_BYTES + 1024, "{} bytes", body.len());
+        assert_eq!(reply.body["progress"]["completed"], MAX_STEPS);
+        seen.extend(
+            reply.body["steps"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|s| s["name"].as_str().unwrap().to_owned()),
+        );
+        pages += 1;
+        match reply.body["nextCursor"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => break,
+        }
+        assert!(pages < MAX_STEPS, "paging does not end");
+    }
+    assert!(pages > 1, "{pages} page(s)");
+    assert_eq!(seen, names);
+
+    // A cursor this API did not hand out is a 400 naming it.
+    for bad in ["x", "101"] {
+        let reply = api
+            .send(&Event::load("api-task-steps").query(&[("cursor", bad)]))
+            .await
+            .expect(400);
+        assert!(
+            reply.body["error"]["fields"]["cursor"].is_string(),
+            "{}",
+            reply.body
+        );
+    }
+}
