@@ -307,6 +307,15 @@ pub trait BatchStore: Send + Sync {
     ) -> Result<Option<crate::domain::BatchJob>, AppError>;
 
     async fn put(&self, batch: &crate::domain::BatchJob) -> Result<(), AppError>;
+    /// Writes the batch only if the stored one is still in `status` and `round` (what the
+    /// writer read): false when another writer got there first, a cancel above all, which
+    /// a finalizer or a starting round must never overwrite.
+    async fn put_if(
+        &self,
+        batch: &crate::domain::BatchJob,
+        status: crate::domain::BatchStatus,
+        round: u32,
+    ) -> Result<bool, AppError>;
 
     /// Makes `attempt` the chunk's current one (later counts must carry it), keeping what
     /// earlier attempts counted: the items in [`ChunkStart::done`] are not to run again.

@@ -795,6 +795,28 @@ impl crate::ports::BatchStore for MemoryBatches {
             .insert((batch.agency_id.clone(), batch.id), batch.clone());
         Ok(())
     }
+    async fn put_if(
+        &self,
+        batch: &crate::domain::BatchJob,
+        status: crate::domain::BatchStatus,
+        round: u32,
+    ) -> Result<bool, AppError> {
+        if self
+            .refuse_next_put
+            .swap(false, std::sync::atomic::Ordering::SeqCst)
+        {
+            return Err(AppError::Unavailable("dynamodb:PutItem refused".into()));
+        }
+        let mut jobs = self.jobs.lock().expect("not poisoned");
+        let key = (batch.agency_id.clone(), batch.id);
+        match jobs.get(&key) {
+            Some(stored) if stored.status == status && stored.round == round => {
+                jobs.insert(key, batch.clone());
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
     async fn start_chunk(
         &self,
         agency: &AgencyId,

@@ -1,5 +1,6 @@
 //! Batch jobs on the Distributed Map, against the local stack.
 
+use aws_sdk_sfn::types::ExecutionStatus;
 use integration_tests::{eventually, stack, unique_agency, wait_for_batch, Client, PickyEndpoint};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -97,6 +98,92 @@ async fn a_chunk_longer_than_the_worker_timeout_runs_each_item_once() {
         (0..240).collect::<Vec<u64>>(),
         "each item exactly once"
     );
+}
+
+/// Cancelling a batch task stops the batch: the running chunk starts no item after its next
+/// flush, later chunks never run, the execution ends, and neither the batch nor its task is
+/// settled afterwards. Before, only the task was cancelled: every chunk ran, and the finalizer
+/// set the task to completed.
+#[tokio::test]
+async fn cancelling_a_running_batch_stops_it_and_it_stays_cancelled() {
+    let ledger = integration_tests::ledger::Ledger::start();
+    let (_, boss) = manager();
+    // Three chunks of 100, one at a time; the first chunk's first items are held open, so the
+    // batch is provably running when it is cancelled.
+    ledger.hold();
+    let items: Vec<Value> = (0..300).map(|n| json!({"n": n, "delayMs": 20})).collect();
+    let id = create(
+        &boss,
+        json!({"items": items, "itemsPerBatch": 100, "parallelism": 1, "priority": "high",
+            "executor": {"type": "http", "config": {"url": ledger.url}}}),
+    )
+    .await;
+    ledger
+        .wait_for("the first items to run", 1, |r| r.task_id == id)
+        .await;
+    let reply = boss
+        .post(&format!("/api/tasks/{id}/cancel"), &json!({}))
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    assert_eq!(reply.body["status"], "cancelled");
+    let batch = boss.get(&format!("/api/batches/{id}")).await.body;
+    assert_eq!(batch["status"], "cancelled", "{batch}");
+    ledger.release();
+
+    // The execution ends. AWS aborts it at once; moto 5.2.5 keeps an execution waiting on a
+    // task token running after StopExecution, so there it ends because the chunk answers its
+    // token and the other chunks and the finalizer find the batch cancelled.
+    let arn = batch["executionArn"]
+        .as_str()
+        .expect("executionArn")
+        .to_owned();
+    let sfn = stack().clients().await.sfn;
+    let status = eventually(
+        "the batch's execution to end",
+        integration_tests::scaled(Duration::from_secs(60)),
+        || async {
+            let out = sfn
+                .describe_execution()
+                .execution_arn(&arn)
+                .send()
+                .await
+                .ok()?;
+            (out.status != ExecutionStatus::Running).then_some(out.status)
+        },
+    )
+    .await;
+    assert!(
+        matches!(
+            status,
+            ExecutionStatus::Aborted | ExecutionStatus::Succeeded | ExecutionStatus::Failed
+        ),
+        "{status:?}"
+    );
+
+    // Only the first chunk ran, and it stopped: after the cancel, at most the items up to
+    // its next flush (50, or a second's worth) and those already running (16) started.
+    let runs = ledger.runs_of(&id);
+    let mut indexes: Vec<u64> = runs.iter().filter_map(|r| r.item_index).collect();
+    indexes.sort_unstable();
+    indexes.dedup();
+    assert_eq!(indexes.len(), runs.len(), "no item ran twice: {runs:?}");
+    assert!(
+        indexes.iter().all(|&i| i < 100),
+        "a later chunk ran: {indexes:?}"
+    );
+    assert!(
+        runs.len() < 100,
+        "the first chunk ran to its end ({} runs)",
+        runs.len()
+    );
+
+    // Whatever finished after the cancel settled nothing.
+    let batch = boss.get(&format!("/api/batches/{id}")).await.body;
+    assert_eq!(batch["status"], "cancelled", "{batch}");
+    let task = boss.get(&format!("/api/tasks/{id}")).await.body;
+    assert_eq!(task["status"], "cancelled", "{task}");
+    assert!(task["result"].is_null(), "{task}");
+    assert_eq!(ledger.runs_of(&id).len(), runs.len(), "nothing ran since");
 }
 
 #[tokio::test]

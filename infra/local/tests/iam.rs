@@ -643,3 +643,40 @@ Resources:
     );
     assert!(!queue_problems.contains("Fine"), "{queue_problems}");
 }
+
+/// Cancelling a task stops its chain's or its batch's execution: the API may call
+/// StopExecution on the executions of both state machines.
+#[test]
+fn the_api_may_stop_chain_and_batch_executions() {
+    let template = project_template();
+    let api = template
+        .resources()
+        .iter()
+        .find(|r| r.logical_id == "ApiFunction")
+        .expect("ApiFunction");
+    let mut resources = Vec::new();
+    for policy in items(api.property("Policies").expect("policies")) {
+        let Some(statements) = policy.get("Statement") else {
+            continue;
+        };
+        for statement in items(statements) {
+            let stops = statement.get("Action").is_some_and(|a| {
+                items(a)
+                    .iter()
+                    .any(|a| a.as_str() == Some("states:StopExecution"))
+            });
+            if stops {
+                for resource in items(statement.get("Resource").expect("a resource")) {
+                    resources.push(serde_yaml::to_string(resource).unwrap());
+                }
+            }
+        }
+    }
+    for machine in ["ChainStateMachine", "BatchStateMachine"] {
+        let wanted = format!(":execution:${{{machine}.Name}}:*");
+        assert!(
+            resources.iter().any(|r| r.contains(&wanted)),
+            "no StopExecution on {wanted} in {resources:?}"
+        );
+    }
+}

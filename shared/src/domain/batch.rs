@@ -14,6 +14,8 @@ string_enum!(
         Processing => "processing",
         Completed => "completed",
         Failed => "failed",
+        // Cancelled with its task: chunks stop, and no finalizer settles it afterwards.
+        Cancelled => "cancelled",
     }
 );
 

@@ -13,6 +13,7 @@ use crate::service::Delivery;
 use chrono::Utc;
 use futures::stream::{self, StreamExt};
 use serde_json::{json, Value};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,6 +22,9 @@ const ITEM_CONCURRENCY: usize = 16;
 /// Counters are written at least this often while a chunk runs.
 const FLUSH_EVERY_ITEMS: u64 = 50;
 const FLUSH_EVERY: Duration = Duration::from_secs(1);
+/// A running chunk re-reads its batch at a flush (its first, then at most this often) to stop
+/// when the batch was cancelled: one read a second per running chunk at most.
+const STATUS_CHECK_EVERY: Duration = Duration::from_secs(1);
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(30);
 pub const CHUNK_RETRYABLE: &str = "Taskflow.Retryable";
 const MAX_CHUNK_BYTES: usize = 256 * 1024 * 1024;
@@ -200,11 +204,15 @@ impl BatchRunner {
             HAND_OFF_MARGIN.min(end.saturating_duration_since(Instant::now()) / 10)
         });
         let longest_item = self.executors.longest_run(&batch.executor) + margin;
+        // Set when the batch is found cancelled: no item starts after that.
+        let stopped = Arc::new(AtomicBool::new(false));
         let mut started = 0usize;
+        let stop = stopped.clone();
         let mut in_time = move || {
             started += 1;
-            started <= ITEM_CONCURRENCY
-                || deadline.is_none_or(|end| Instant::now() + longest_item < end)
+            !stop.load(Ordering::SeqCst)
+                && (started <= ITEM_CONCURRENCY
+                    || deadline.is_none_or(|end| Instant::now() + longest_item < end))
         };
 
         let config = Arc::new(batch.executor.config.clone());
@@ -229,6 +237,8 @@ impl BatchRunner {
         let mut part = 0u32;
         let mut last_flush = Instant::now();
         let mut last_beat = Instant::now();
+        // The first check comes at the first flush, then at most one a second.
+        let mut last_check: Option<Instant> = None;
         while let Some((index, outcome)) = runs.next().await {
             ran += 1;
             progress.record(index, outcome, clears_failures);
@@ -238,6 +248,14 @@ impl BatchRunner {
                     return Ok(Delivery::Ack); // a newer attempt owns this chunk now
                 }
                 last_flush = Instant::now();
+                let due = last_check.is_none_or(|at| at.elapsed() >= STATUS_CHECK_EVERY);
+                if due && !stopped.load(Ordering::SeqCst) {
+                    // Items already running finish and are recorded; no new one starts.
+                    if !self.still_running(agency, id, round).await? {
+                        stopped.store(true, Ordering::SeqCst);
+                    }
+                    last_check = Some(Instant::now());
+                }
             }
             if last_beat.elapsed() >= HEARTBEAT_EVERY {
                 self.orchestrator.heartbeat(token).await?;
@@ -246,6 +264,15 @@ impl BatchRunner {
         }
         drop(runs);
         if !self.flush(c, &attempt, &mut part, &mut progress).await? {
+            return Ok(Delivery::Ack);
+        }
+        if stopped.load(Ordering::SeqCst) {
+            tracing::info!(batch = %id, chunk, round, ran, "the batch was cancelled; the chunk stops");
+            // On AWS the stopped execution has closed the token already; locally (moto keeps
+            // executions waiting on a token running) this answer ends the chunk's child.
+            self.orchestrator
+                .fail(token, "Taskflow.Permanent", "the batch was cancelled")
+                .await?;
             return Ok(Delivery::Ack);
         }
         if ran < left_to_run {
@@ -264,6 +291,20 @@ impl BatchRunner {
             .succeed(token, &json!({"status": "done"}))
             .await?;
         Ok(Delivery::Ack)
+    }
+
+    /// Whether the batch still runs this round (a cancel, or anything else, ends it).
+    async fn still_running(
+        &self,
+        agency: &AgencyId,
+        id: TaskId,
+        round: u32,
+    ) -> Result<bool, AppError> {
+        Ok(self
+            .batches
+            .get(agency, id)
+            .await?
+            .is_some_and(|b| b.status == BatchStatus::Processing && b.round == round))
     }
 
     /// Writes what ran since the last flush: its results as one part object, its failures,
@@ -400,8 +441,16 @@ impl BatchRunner {
                 )
                 .await?;
             batch.results_key = Some(summary_key);
-            self.batches.put(&batch).await?;
-            settle_batch_task(self.tasks.as_ref(), agency, id, &batch, Some(summary)).await?;
+            // Conditional on the batch as read: a cancel that came meanwhile stands.
+            if self
+                .batches
+                .put_if(&batch, BatchStatus::Processing, round)
+                .await?
+            {
+                settle_batch_task(self.tasks.as_ref(), agency, id, &batch, Some(summary)).await?;
+            } else {
+                tracing::info!(batch = %id, round, "the batch changed while it was finalized; left as it is");
+            }
         }
         self.orchestrator
             .succeed(token, &json!({"status": "finalized"}))
@@ -422,6 +471,14 @@ pub(crate) async fn settle_batch_task(
     let Some(mut task) = tasks.get(agency, id).await? else {
         return Ok(());
     };
+    // A cancelled or archived task is a person's decision; a settling round never undoes it.
+    if !matches!(
+        task.status,
+        TaskStatus::InProgress | TaskStatus::Completed | TaskStatus::Failed
+    ) {
+        tracing::info!(batch = %id, status = %task.status, "the batch's task stays as it is");
+        return Ok(());
+    }
     let read_version = task.version;
     let now = Utc::now();
     let next = if batch.status == BatchStatus::Completed {

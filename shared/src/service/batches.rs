@@ -286,13 +286,16 @@ impl BatchService {
     /// left pending. Nothing ran, so the caller simply creates it again.
     async fn record_start_failure(&self, mut batch: BatchJob, err: &AppError) {
         let now = Utc::now();
-        batch.status = BatchStatus::Failed;
         batch.error = Some(format!(
             "the batch could not start ({err}); nothing ran, create it again"
         ));
         batch.completed_at = Some(now);
+        let (status, round) = (batch.status, batch.round);
+        batch.status = BatchStatus::Failed;
         let recorded = async {
-            self.batches.put(&batch).await?;
+            if !self.batches.put_if(&batch, status, round).await? {
+                return Ok(()); // cancelled meanwhile: that stands
+            }
             super::batch_runner::settle_batch_task(
                 self.tasks.as_ref(),
                 &batch.agency_id,
@@ -515,7 +518,19 @@ impl BatchService {
         batch.started_at.get_or_insert(Utc::now());
         batch.completed_at = None;
         batch.error = None;
-        self.batches.put(batch).await?;
+        // Only over the batch as read: one cancelled meanwhile stays cancelled, unstarted.
+        if !self
+            .batches
+            .put_if(batch, before.status, before.round)
+            .await?
+        {
+            let now = self.batches.get(&batch.agency_id, batch.id).await?;
+            *batch = before.clone();
+            return Err(AppError::Conflict(format!(
+                "the batch is {} now; its round was not started",
+                now.map_or("gone".to_owned(), |b| b.status.to_string())
+            )));
+        }
         let queue_url = self
             .dispatcher
             .queue_url(batch.priority)
@@ -530,7 +545,11 @@ impl BatchService {
             "parallelism": batch.parallelism,
         });
         if let Err(err) = self.orchestrator.start(&name, &input).await {
-            if let Err(put_back) = self.batches.put(before).await {
+            let put_back = self
+                .batches
+                .put_if(before, BatchStatus::Processing, batch.round)
+                .await;
+            if let Err(put_back) = put_back {
                 tracing::error!(batch = %batch.id, error = %put_back, start_error = %err, "the round could not start, and the batch could not be put back; it shows processing with no execution");
             }
             *batch = before.clone();
@@ -654,6 +673,11 @@ impl BatchService {
                 "the batch never ran, so it has no failed items to retry: {}",
                 batch.error.as_deref().unwrap_or("it was rejected")
             )));
+        }
+        if batch.status == BatchStatus::Cancelled {
+            return Err(AppError::Conflict(
+                "a cancelled batch cannot be retried; create it again".into(),
+            ));
         }
         if !matches!(batch.status, BatchStatus::Completed | BatchStatus::Failed)
             || batch.manifest_key.is_none()

@@ -218,3 +218,72 @@ async fn a_redelivered_upload_event_starts_the_batch_an_earlier_delivery_could_n
         .unwrap()
         .is_some());
 }
+
+#[tokio::test]
+async fn a_pending_batch_cancelled_before_its_start_never_starts() {
+    let world = MemoryWorld::new();
+    let batches = world.services().batches;
+    world
+        .services()
+        .tasks
+        .create(&boss(), &json!({"title": "first"}), None)
+        .await
+        .unwrap();
+    let key = "uploads/a1/orders.json";
+    world
+        .objects
+        .put(key, b"[1, 2]".to_vec(), "application/json")
+        .await
+        .unwrap();
+    // Recorded, but its start failed: the upload event will come again.
+    world
+        .orchestrator
+        .refuse_starts
+        .store(true, Ordering::SeqCst);
+    batches.create_from_upload(key, "v1").await.unwrap_err();
+    world
+        .orchestrator
+        .refuse_starts
+        .store(false, Ordering::SeqCst);
+    let id = world
+        .store
+        .all_tasks()
+        .into_iter()
+        .find(|t| t.task_type == crate::domain::TaskType::Batch)
+        .unwrap()
+        .id;
+
+    let task = world
+        .services()
+        .tasks
+        .cancel(&boss(), id, None)
+        .await
+        .unwrap();
+    assert_eq!(task.status, TaskStatus::Cancelled);
+    let batch = world
+        .batches
+        .get(&boss().agency, id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(batch.status, BatchStatus::Cancelled);
+    assert!(
+        world.orchestrator.stopped.lock().unwrap().is_empty(),
+        "nothing ran"
+    );
+
+    assert_eq!(batches.create_from_upload(key, "v1").await.unwrap(), None);
+    assert!(
+        world.orchestrator.started.lock().unwrap().is_empty(),
+        "the redelivered event starts nothing"
+    );
+    assert_eq!(
+        world
+            .batches
+            .get(&boss().agency, id)
+            .await
+            .unwrap()
+            .unwrap(),
+        batch
+    );
+}

@@ -4,8 +4,8 @@
 use super::input::{AssignInput, AttachmentInput, CompleteInput, NewTaskInput, TaskPatch};
 use crate::domain::limits::MAX_ATTACHMENTS;
 use crate::domain::{
-    Attachment, AttachmentId, Caller, DispatchMessage, StepConfig, StepStatus, Task, TaskId,
-    TaskStatus, TaskStep,
+    Attachment, AttachmentId, BatchStatus, Caller, DispatchMessage, StepConfig, StepStatus, Task,
+    TaskId, TaskStatus, TaskStep, TaskType,
 };
 use crate::error::{AppError, FieldErrors};
 use crate::executors::ExecutorRegistry;
@@ -42,6 +42,8 @@ pub struct TaskService {
     dispatcher: Arc<dyn Dispatcher>,
     agents: Arc<dyn AgentStore>,
     orchestrator: Arc<dyn Orchestrator>,
+    batches: Arc<dyn crate::ports::BatchStore>,
+    batch_orchestrator: Arc<dyn Orchestrator>,
     executors: ExecutorRegistry,
 }
 
@@ -68,6 +70,8 @@ impl TaskService {
             dispatcher: ports.dispatcher,
             agents: ports.agents,
             orchestrator: ports.orchestrator,
+            batches: ports.batches,
+            batch_orchestrator: ports.batch_orchestrator,
             executors,
         }
     }
@@ -618,6 +622,13 @@ impl TaskService {
         if_match: Option<u64>,
     ) -> Result<Task, AppError> {
         caller.require_manager("cancel tasks")?;
+        let current = self.get(caller, id).await?;
+        if current.task_type == TaskType::Batch && current.status == TaskStatus::Cancelled {
+            // Cancelling again finishes a cancel whose batch part failed (the store or Step
+            // Functions was out): the task was cancelled first.
+            self.cancel_batch(&current).await?;
+            return Ok(current);
+        }
         let task = self
             .mutate(caller, id, if_match, |task, now| {
                 // A queued message for this task is now stale and will be dropped.
@@ -627,6 +638,9 @@ impl TaskService {
             })
             .await?;
         self.release_agent(&task).await;
+        if task.task_type == TaskType::Batch {
+            self.cancel_batch(&task).await?;
+        }
         if let Some(arn) = &task.execution_arn {
             self.orchestrator.stop(arn, "task cancelled").await?;
             super::chains::skip_unfinished(
@@ -638,6 +652,39 @@ impl TaskService {
             .await?;
         }
         Ok(task)
+    }
+
+    /// Marks a cancelled task's batch cancelled, then stops its execution. The mark is what
+    /// counts: chunks refuse to start, running ones stop at their next flush, and the
+    /// finalizer leaves a cancelled batch alone, so the outcome holds even where
+    /// StopExecution does not take effect (moto keeps executions waiting on a token running).
+    /// A batch that finished first keeps its outcome.
+    async fn cancel_batch(&self, task: &Task) -> Result<(), AppError> {
+        // A few tries: a round starting or settling at the same moment wins the first.
+        for _ in 0..3 {
+            let Some(mut batch) = self.batches.get(&task.agency_id, task.id).await? else {
+                return Ok(());
+            };
+            let (status, round) = (batch.status, batch.round);
+            if !matches!(status, BatchStatus::Pending | BatchStatus::Processing) {
+                return Ok(());
+            }
+            batch.status = BatchStatus::Cancelled;
+            batch.error = Some("the batch was cancelled".into());
+            batch.completed_at = Some(Utc::now());
+            if !self.batches.put_if(&batch, status, round).await? {
+                continue;
+            }
+            if status == BatchStatus::Processing {
+                if let Some(arn) = &batch.execution_arn {
+                    self.batch_orchestrator.stop(arn, "batch cancelled").await?;
+                }
+            }
+            return Ok(());
+        }
+        Err(AppError::Unavailable(
+            "the batch kept changing while it was cancelled; cancel it again".into(),
+        ))
     }
 
     /// DELETE without `hard`: the task stays readable but leaves default lists.

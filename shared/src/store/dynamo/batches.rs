@@ -4,11 +4,12 @@
 
 use super::keys::{self, n, s, PK, SK};
 use super::{cursor, from_item, task_item, to_item, Item};
-use crate::domain::{AgencyId, BatchJob, ChunkCounts, ItemFailure, Task, TaskId};
+use crate::domain::{AgencyId, BatchJob, BatchStatus, ChunkCounts, ItemFailure, Task, TaskId};
 use crate::error::AppError;
 use crate::ports::{BatchCreated, BatchStore, ChunkStart, Page};
 use crate::store::from_sdk;
 use async_trait::async_trait;
+use aws_sdk_dynamodb::operation::put_item::PutItemError;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::{
@@ -174,6 +175,41 @@ impl BatchStore for DynamoBatchStore {
         item.extend(Self::key(&batch.agency_id, batch.id, BATCH_SK.to_owned()));
         item.insert("entity".into(), s("batch"));
         self.tasks.put_unconditional(item).await
+    }
+
+    async fn put_if(
+        &self,
+        batch: &BatchJob,
+        status: BatchStatus,
+        round: u32,
+    ) -> Result<bool, AppError> {
+        let mut item = to_item(batch)?;
+        item.extend(Self::key(&batch.agency_id, batch.id, BATCH_SK.to_owned()));
+        item.insert("entity".into(), s("batch"));
+        let result = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .condition_expression("#status = :status AND #round = :round")
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_names("#round", "round")
+            .expression_attribute_values(":status", s(status.as_str()))
+            .expression_attribute_values(":round", n(round))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(true),
+            Err(err)
+                if matches!(
+                    err.as_service_error(),
+                    Some(PutItemError::ConditionalCheckFailedException(_))
+                ) =>
+            {
+                Ok(false)
+            }
+            Err(err) => Err(from_sdk("dynamodb:PutItem", err)),
+        }
     }
 
     async fn start_chunk(
