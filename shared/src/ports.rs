@@ -123,6 +123,14 @@ pub trait TaskStore: Send + Sync {
         id: TaskId,
         step: &str,
     ) -> Result<Option<String>, AppError>;
+
+    /// Forgets a waiting step's token once its chain has been answered.
+    async fn clear_step_token(
+        &self,
+        agency: &AgencyId,
+        id: TaskId,
+        step: &str,
+    ) -> Result<(), AppError>;
 }
 
 /// Where attachments live: hands out short-lived, single-object upload URLs.

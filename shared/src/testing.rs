@@ -286,6 +286,18 @@ impl TaskStore for MemoryStore {
             .cloned())
     }
 
+    async fn clear_step_token(
+        &self,
+        agency: &AgencyId,
+        id: TaskId,
+        step: &str,
+    ) -> Result<(), AppError> {
+        self.lock()
+            .tokens
+            .remove(&(agency.clone(), id, step.to_owned()));
+        Ok(())
+    }
+
     async fn idempotency_record(
         &self,
         agency: &AgencyId,

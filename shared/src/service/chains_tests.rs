@@ -120,6 +120,14 @@ impl TaskStore for RacingStore {
     ) -> Result<Option<String>, AppError> {
         self.inner.step_token(agency, id, step).await
     }
+    async fn clear_step_token(
+        &self,
+        agency: &AgencyId,
+        id: TaskId,
+        step: &str,
+    ) -> Result<(), AppError> {
+        self.inner.clear_step_token(agency, id, step).await
+    }
 }
 
 async fn create_chain(world: &MemoryWorld, steps: serde_json::Value) -> TaskId {
@@ -783,4 +791,83 @@ async fn a_result_whose_token_expired_leaves_the_step_failed() {
             .contains("stopped waiting"),
         "{step:?}"
     );
+}
+
+/// A manual step's completion is recorded before its token is answered too. When the answer
+/// fails the caller gets the error, the step already holds its result, and the caller's retry
+/// answers the token from the record; once answered, another completion is a 409.
+#[tokio::test]
+async fn a_manual_completion_is_recorded_first_and_its_retry_answers_from_the_record() {
+    let world = MemoryWorld::new();
+    let id = create_chain(
+        &world,
+        json!([{"name": "approve", "config": {"executor": {"type": "manual"}, "assignee": "carol"}}]),
+    )
+    .await;
+    let chains = runner(&world, world.store.clone());
+    assert_eq!(
+        chains.process(step_message(id, "approve")).await,
+        Delivery::Ack
+    );
+    let mut ports = world.ports();
+    ports.orchestrator = Arc::new(ScriptedSuccess {
+        inner: world.orchestrator.clone(),
+        script: Mutex::new(vec![None]),
+    });
+    let config = crate::config::Config::from_lookup(|key| match key {
+        "LEASE_SECONDS" => Some("30".into()),
+        "AGING_FRACTION" => Some("0.5".into()),
+        other => Some(format!("memory://{other}")),
+    })
+    .unwrap();
+    let services = crate::services::Services::from_ports(
+        ports,
+        world.index.clone(),
+        ExecutorRegistry::builtin(),
+        &config,
+    );
+    let carol = Caller {
+        user: UserId::parse("carol").unwrap(),
+        agency: boss().agency,
+        role: Role::Member,
+    };
+    let outcome = crate::service::CompleteInput::Succeeded(Some(json!({"approved": true})));
+    let refused = services
+        .tasks
+        .complete_step(&carol, id, "approve", &outcome)
+        .await;
+    assert!(
+        matches!(refused, Err(AppError::Unavailable(_))),
+        "{refused:?}"
+    );
+    let step = world
+        .store
+        .get_step(&boss().agency, id, "approve")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(step.status, StepStatus::Completed, "{step:?}");
+    assert_eq!(step.result, Some(json!({"approved": true})));
+    assert!(world.orchestrator.answers.lock().unwrap().is_empty());
+
+    let retried = services
+        .tasks
+        .complete_step(&carol, id, "approve", &outcome)
+        .await
+        .unwrap();
+    assert_eq!(retried.result, Some(json!({"approved": true})));
+    assert_eq!(
+        world.orchestrator.answers.lock().unwrap().clone(),
+        [(
+            "run-token".to_owned(),
+            "success".to_owned(),
+            r#"{"status":"completed"}"#.to_owned()
+        )]
+    );
+    let again = services
+        .tasks
+        .complete_step(&carol, id, "approve", &outcome)
+        .await;
+    assert!(matches!(again, Err(AppError::Conflict(_))), "{again:?}");
+    assert_eq!(world.orchestrator.answers.lock().unwrap().len(), 1);
 }

@@ -499,6 +499,24 @@ impl TaskService {
                 "only the step's assignee (or a manager) may complete it".into(),
             ));
         }
+        let agency = &task.agency_id;
+        // An earlier completion was recorded but its answer to the chain failed (the token is
+        // kept until answered): this retry answers from the record instead of recording again.
+        if step.status == StepStatus::Completed && matches!(outcome, CompleteInput::Succeeded(_)) {
+            if let Some(token) = self.store.step_token(agency, id, name).await? {
+                let accepted = self
+                    .orchestrator
+                    .succeed(&token, &serde_json::json!({"status": "completed"}))
+                    .await?;
+                self.store.clear_step_token(agency, id, name).await?;
+                if !accepted {
+                    return Err(AppError::Conflict(format!(
+                        "step '{name}' stopped waiting (timed out or the chain ended)"
+                    )));
+                }
+                return Ok(step);
+            }
+        }
         if step.status != StepStatus::Running {
             return Err(AppError::Conflict(format!(
                 "step '{name}' is {}, not waiting for completion",
@@ -507,45 +525,56 @@ impl TaskService {
         }
         let token = self
             .store
-            .step_token(&task.agency_id, id, name)
+            .step_token(agency, id, name)
             .await?
             .ok_or_else(|| {
                 AppError::Conflict(format!("step '{name}' is not waiting for completion yet"))
             })?;
-        let accepted = match outcome {
+        let run = step.attempts;
+        match outcome {
             CompleteInput::Succeeded(result) => {
-                let accepted = self
-                    .orchestrator
+                step.status = StepStatus::Completed;
+                step.result = result.clone();
+                step.completed_at = Some(Utc::now());
+            }
+            CompleteInput::Failed(error) => step.error = Some(error.clone()),
+        }
+        // The outcome is recorded before the chain is answered, as a worker does: once the
+        // chain moves on, the step's record holds it.
+        if !self.store.replace_step_run(agency, &step, run).await? {
+            return Err(AppError::Conflict(format!(
+                "step '{name}' changed while it was being completed"
+            )));
+        }
+        let accepted = match outcome {
+            CompleteInput::Succeeded(_) => {
+                self.orchestrator
                     .succeed(&token, &serde_json::json!({"status": "completed"}))
-                    .await?;
-                if accepted {
-                    step.status = StepStatus::Completed;
-                    step.result = result.clone();
-                    step.completed_at = Some(Utc::now());
-                }
-                accepted
+                    .await?
             }
             CompleteInput::Failed(error) => {
-                step.error = Some(error.clone());
                 self.orchestrator
                     .fail(&token, super::chains::PERMANENT_ERROR, error)
                     .await?
             }
         };
         if !accepted {
+            if step.status == StepStatus::Completed {
+                // The chain already counts the step as failed: so does its record.
+                step.status = StepStatus::Failed;
+                step.error = Some(
+                    "completed after the chain stopped waiting for it (timed out or ended)".into(),
+                );
+                self.store
+                    .replace_step(agency, &step, StepStatus::Completed)
+                    .await?;
+            }
             return Err(AppError::Conflict(format!(
                 "step '{name}' stopped waiting (timed out or the chain ended)"
             )));
         }
-        if !self
-            .store
-            .replace_step(&task.agency_id, &step, StepStatus::Running)
-            .await?
-        {
-            return Err(AppError::Conflict(format!(
-                "step '{name}' changed while it was being completed"
-            )));
-        }
+        // Answered: the step no longer waits, and a repeated call is a 409.
+        self.store.clear_step_token(agency, id, name).await?;
         Ok(step)
     }
 

@@ -610,6 +610,23 @@ impl TaskStore for DynamoTaskStore {
             .and_then(|i| i.get(STEP_TOKEN).and_then(|v| v.as_s().ok()).cloned()))
     }
 
+    async fn clear_step_token(
+        &self,
+        agency: &AgencyId,
+        id: TaskId,
+        step: &str,
+    ) -> Result<(), AppError> {
+        self.client
+            .delete_item()
+            .table_name(&self.table)
+            .key(PK, s(keys::task_pk(agency, id)))
+            .key(SK, s(keys::step_token_sk(step)))
+            .send()
+            .await
+            .map_err(|e| from_sdk("dynamodb:DeleteItem", e))?;
+        Ok(())
+    }
+
     async fn idempotency_record(
         &self,
         agency: &AgencyId,
