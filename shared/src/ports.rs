@@ -190,6 +190,16 @@ pub trait AgentStore: Send + Sync {
 
     async fn list(&self, agency: &AgencyId) -> Result<Vec<crate::domain::Agent>, AppError>;
 
+    /// One page of an agency's agents in id order, after the agent `after`: at most `limit`,
+    /// fewer when more would pass the page byte budget. `next_cursor` (the last agent's id)
+    /// is set when more follow.
+    async fn page(
+        &self,
+        agency: &AgencyId,
+        after: Option<&UserId>,
+        limit: usize,
+    ) -> Result<Page<crate::domain::Agent>, AppError>;
+
     /// Takes one unit of capacity if the agent is online and below capacity.
     async fn reserve(&self, agency: &AgencyId, id: &UserId) -> Result<bool, AppError>;
 

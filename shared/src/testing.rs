@@ -418,6 +418,37 @@ impl crate::ports::AgentStore for MemoryAgents {
         Ok(agents.get(&(agency.clone(), id.to_string())).cloned())
     }
 
+    async fn page(
+        &self,
+        agency: &AgencyId,
+        after: Option<&crate::domain::UserId>,
+        limit: usize,
+    ) -> Result<Page<crate::domain::Agent>, AppError> {
+        use crate::domain::limits::{page_item_bytes, MAX_PAGE_BYTES};
+        let agents = self.agents.lock().expect("not poisoned");
+        let mut items: Vec<crate::domain::Agent> = Vec::new();
+        let mut bytes = 0;
+        let mut more = false;
+        // Keyed by (agency, id): id order within an agency, as GSI1 sorts agents.
+        for agent in agents
+            .iter()
+            .filter(|((a, id), _)| {
+                a == agency && after.is_none_or(|after| id.as_str() > after.as_str())
+            })
+            .map(|(_, agent)| agent)
+        {
+            let size = page_item_bytes(agent);
+            if items.len() == limit || (!items.is_empty() && bytes + size > MAX_PAGE_BYTES) {
+                more = true;
+                break;
+            }
+            bytes += size;
+            items.push(agent.clone());
+        }
+        let next_cursor = items.last().filter(|_| more).map(|a| a.id.to_string());
+        Ok(Page { items, next_cursor })
+    }
+
     async fn list(&self, agency: &AgencyId) -> Result<Vec<crate::domain::Agent>, AppError> {
         let agents = self.agents.lock().expect("not poisoned");
         Ok(agents

@@ -139,3 +139,34 @@ async fn pages_of_the_largest_tasks_stay_under_the_response_limit_and_miss_none(
     assert_eq!(seen.len(), TASKS, "every task once");
     assert_eq!(seen.into_iter().collect::<HashSet<_>>(), created);
 }
+
+/// The agent list pages on DynamoDB too: its cursor resumes GSI1 after the last agent.
+#[tokio::test]
+async fn agents_page_by_cursor() {
+    let agency = unique_agency("agentpage");
+    let boss = Client::as_user(&agency, "boss", "manager");
+    let mut registered = Vec::new();
+    for i in 0..5 {
+        let id = format!("bot-{i}");
+        let agent = Client::as_user(&agency, &id, "agent");
+        let reply = agent
+            .put(&format!("/api/agents/{id}"), &json!({"capacity": 1}))
+            .await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+        registered.push(id);
+    }
+    let mut seen = Vec::new();
+    let mut path = "/api/agents?limit=2".to_owned();
+    for _ in 0..5 {
+        let page = boss.get(&path).await;
+        assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+        let items = page.body["items"].as_array().unwrap();
+        assert!(items.len() <= 2);
+        seen.extend(items.iter().map(|a| a["id"].as_str().unwrap().to_owned()));
+        match page.body["nextCursor"].as_str() {
+            Some(c) => path = format!("/api/agents?limit=2&cursor={c}"),
+            None => break,
+        }
+    }
+    assert_eq!(seen, registered);
+}

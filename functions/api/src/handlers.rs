@@ -6,6 +6,7 @@ use crate::routes::Route;
 use crate::{openapi, App};
 use lambda_http::{Body, Request, Response};
 use serde_json::{json, Value};
+use shared::domain::limits::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
 use shared::domain::{Caller, StepStatus, Task, TaskStep};
 use shared::service::input::parse_task_query;
 use shared::service::{AssignInput, AttachmentInput, CompleteInput, TaskPatch};
@@ -180,8 +181,28 @@ pub async fn dispatch(
             ))
         }
         Route::ListAgents => {
-            let agents = app.services.agents.list(caller).await?;
-            Ok(json(200, &json!({"items": agents})))
+            let params = query_params(request);
+            let limit = match params.get("limit") {
+                None => DEFAULT_PAGE_SIZE,
+                Some(l) => match l.parse::<usize>() {
+                    Ok(n) if (1..=MAX_PAGE_SIZE).contains(&n) => n,
+                    _ => {
+                        return Err(invalid_field(
+                            "limit",
+                            &format!("must be an integer from 1 to {MAX_PAGE_SIZE}"),
+                        ))
+                    }
+                },
+            };
+            let page = app
+                .services
+                .agents
+                .list(caller, params.get("cursor").map(String::as_str), limit)
+                .await?;
+            Ok(json(
+                200,
+                &json!({"items": page.items, "nextCursor": page.next_cursor}),
+            ))
         }
         Route::PutAgent(id) => {
             let agent = app

@@ -40,16 +40,37 @@ impl AgentService {
             .await
     }
 
-    pub async fn list(&self, caller: &Caller) -> Result<Vec<Agent>, AppError> {
+    /// A page of the caller's agency's agents, in id order, after the agent named by `cursor`.
+    pub async fn list(
+        &self,
+        caller: &Caller,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<crate::ports::Page<Agent>, AppError> {
+        let after = cursor
+            .map(|c| {
+                UserId::parse(c).map_err(|_| {
+                    let mut errors = FieldErrors::new();
+                    errors.add(
+                        "cursor",
+                        "is not a cursor returned by this API for this query",
+                    );
+                    AppError::Validation(errors)
+                })
+            })
+            .transpose()?;
         let now = Utc::now();
-        let mut agents = self.agents.list(&caller.agency).await?;
-        for agent in &mut agents {
+        let mut page = self
+            .agents
+            .page(&caller.agency, after.as_ref(), limit)
+            .await?;
+        for agent in &mut page.items {
             // Report what callers would see if the sweeper ran right now.
             if agent.heartbeat_expired(now) {
                 agent.status = crate::domain::AgentStatus::Offline;
             }
         }
-        Ok(agents)
+        Ok(page)
     }
 }
 

@@ -1035,3 +1035,68 @@ async fn the_steps_of_the_largest_chain_come_in_pages_under_the_response_limit()
         );
     }
 }
+
+/// Issue 13 item 10: the agent list returned every agent of the agency in one reply, which
+/// grows without bound (about 2.5 KB per agent at the capability limits: some 2,500 agents
+/// pass Lambda's 6 MB). It now pages like the task list: at most `limit`, never past the byte
+/// budget, every agent exactly once.
+#[tokio::test]
+async fn the_agent_list_comes_in_pages() {
+    use shared::domain::limits::{MAX_CAPABILITIES, MAX_PAGE_BYTES, MAX_STEP_NAME_CHARS};
+    let api = Api::new();
+    let at = |method: &str, path: &str| Event::load("api-get-task").to(method, path);
+    let capabilities: Vec<String> = (0..MAX_CAPABILITIES)
+        .map(|i| format!("{i:02}{}", "c".repeat(MAX_STEP_NAME_CHARS - 2)))
+        .collect();
+    let body = json!({"capabilities": capabilities, "capacity": 5});
+    let mut registered = Vec::new();
+    for i in 0..250 {
+        let id = format!("agent-{i:03}");
+        api.send(
+            &at("PUT", &format!("/api/agents/{id}"))
+                .caller(&id, AGENCY, "agent")
+                .body(&body),
+        )
+        .await
+        .expect(200);
+        registered.push(id);
+    }
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let mut event = at("GET", "/api/agents");
+        if let Some(cursor) = &cursor {
+            event = event.query(&[("limit", "100"), ("cursor", cursor)]);
+        } else {
+            event = event.query(&[("limit", "100")]);
+        }
+        let reply = api.send(&event).await.expect(200);
+        let items = reply.body["items"].as_array().unwrap();
+        assert!(items.len() <= 100);
+        assert!(serde_json::to_string(&reply.body).unwrap().len() <= MAX_PAGE_BYTES + 1024);
+        seen.extend(items.iter().map(|a| a["id"].as_str().unwrap().to_owned()));
+        pages += 1;
+        match reply.body["nextCursor"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => break,
+        }
+        assert!(pages < 10, "paging does not end");
+    }
+    assert_eq!(pages, 3);
+    assert_eq!(seen, registered, "every agent once, in id order");
+    // The default page is 50; a bad limit or cursor is a 400 naming it.
+    let first = api.send(&at("GET", "/api/agents")).await.expect(200);
+    assert_eq!(first.body["items"].as_array().unwrap().len(), 50);
+    for (name, value) in [("limit", "0"), ("limit", "101"), ("cursor", "no$such")] {
+        let reply = api
+            .send(&at("GET", "/api/agents").query(&[(name, value)]))
+            .await
+            .expect(400);
+        assert!(
+            reply.body["error"]["fields"][name].is_string(),
+            "{}",
+            reply.body
+        );
+    }
+}

@@ -2,9 +2,10 @@
 
 use super::keys::{self, n, s, AGENT_SK, ONLINE_AGENTS, PENDING_INDEX, PK, SK};
 use super::{from_item, Item};
+use crate::domain::limits::{page_item_bytes, MAX_PAGE_BYTES};
 use crate::domain::{AgencyId, Agent, AgentStatus, UserId};
 use crate::error::AppError;
-use crate::ports::AgentStore;
+use crate::ports::{AgentStore, Page};
 use crate::store::from_sdk;
 use async_trait::async_trait;
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
@@ -127,6 +128,59 @@ impl AgentStore for DynamoAgentStore {
                 return Ok(agents);
             }
         }
+    }
+
+    async fn page(
+        &self,
+        agency: &AgencyId,
+        after: Option<&UserId>,
+        limit: usize,
+    ) -> Result<Page<Agent>, AppError> {
+        let partition = keys::agents_partition(agency);
+        let mut start = after.map(|id| {
+            let mut key = Self::key(agency, id.as_str());
+            key.insert(keys::AGENCY_INDEX.pk.to_owned(), s(partition.clone()));
+            key.insert(keys::AGENCY_INDEX.sk.to_owned(), s(id.as_str()));
+            key
+        });
+        let mut agents: Vec<Agent> = Vec::new();
+        let mut bytes = 0;
+        let mut more = false;
+        'read: loop {
+            // One more than the page needs: it tells whether another page follows.
+            let want = limit + 1 - agents.len();
+            let out = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .index_name(keys::AGENCY_INDEX.name)
+                .key_condition_expression("GSI1PK = :p")
+                .expression_attribute_values(":p", s(partition.clone()))
+                .limit(i32::try_from(want).unwrap_or(i32::MAX))
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(|e| from_sdk("dynamodb:Query", e))?;
+            for item in out.items.unwrap_or_default() {
+                let agent: Agent = from_item(item)?;
+                let size = page_item_bytes(&agent);
+                if agents.len() == limit || (!agents.is_empty() && bytes + size > MAX_PAGE_BYTES) {
+                    more = true;
+                    break 'read;
+                }
+                bytes += size;
+                agents.push(agent);
+            }
+            start = out.last_evaluated_key;
+            if start.is_none() {
+                break;
+            }
+        }
+        let next_cursor = agents.last().filter(|_| more).map(|a| a.id.to_string());
+        Ok(Page {
+            items: agents,
+            next_cursor,
+        })
     }
 
     async fn reserve(&self, agency: &AgencyId, id: &UserId) -> Result<bool, AppError> {
