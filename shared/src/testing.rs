@@ -709,6 +709,8 @@ pub struct RecordingOrchestrator {
     pub refuse_starts: std::sync::atomic::AtomicBool,
     /// Tokens heartbeats were sent for, in order.
     pub heartbeats: Mutex<Vec<String>>,
+    /// Tokens Step Functions no longer holds (timed out, answered): a heartbeat says so.
+    pub closed: Mutex<std::collections::HashSet<String>>,
 }
 
 #[async_trait]
@@ -760,7 +762,7 @@ impl crate::ports::Orchestrator for RecordingOrchestrator {
             .lock()
             .expect("not poisoned")
             .push(token.to_owned());
-        Ok(true)
+        Ok(!self.closed.lock().expect("not poisoned").contains(token))
     }
 }
 

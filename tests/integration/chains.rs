@@ -205,7 +205,7 @@ async fn a_step_that_fails_once_succeeds_on_retry_and_a_slow_step_times_out() {
         .await;
     let slow = boss
         .create_task(&json!({"title": "timeout", "type": "multi_step", "autoDispatch": true, "steps": [
-            {"name": "slow", "config": {"executor": {"type": "sleep", "config": {"seconds": 4}}, "timeoutSeconds": 1, "onFailure": "fail_task"}},
+            {"name": "slow", "config": {"executor": {"type": "sleep", "config": {"seconds": 4}}, "timeoutSeconds": 2, "onFailure": "fail_task"}},
         ]}))
         .await;
     let task = wait_for_status(&boss, &id, &["completed", "failed"]).await;

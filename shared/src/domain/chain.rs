@@ -124,9 +124,17 @@ impl StepConfig {
                     .into(),
             );
         }
-        let heartbeat_seconds = seconds("heartbeatSeconds", timeout_seconds)?;
-        if heartbeat_seconds > timeout_seconds {
-            return err("heartbeatSeconds", "must not exceed timeoutSeconds".into());
+        if timeout_seconds < 2 {
+            return err("timeoutSeconds", "must be at least 2 seconds".into());
+        }
+        // Step Functions requires a heartbeat shorter than the timeout; without one asked
+        // for, the heartbeat is just under it (in effect, none).
+        let heartbeat_seconds = seconds("heartbeatSeconds", timeout_seconds - 1)?;
+        if heartbeat_seconds >= timeout_seconds {
+            return err(
+                "heartbeatSeconds",
+                "must be less than timeoutSeconds (Step Functions requires it)".into(),
+            );
         }
         let assignee = match map.get("assignee").and_then(Value::as_str) {
             None => None,
@@ -266,6 +274,19 @@ mod tests {
                 .0,
             "heartbeatSeconds"
         );
+        // Step Functions refuses a heartbeat equal to the timeout, and so does this.
+        assert_eq!(
+            StepConfig::parse(&json!({"timeoutSeconds": 5, "heartbeatSeconds": 5}))
+                .unwrap_err()
+                .0,
+            "heartbeatSeconds"
+        );
+        assert_eq!(
+            StepConfig::parse(&json!({"timeoutSeconds": 1}))
+                .unwrap_err()
+                .0,
+            "timeoutSeconds"
+        );
         assert_eq!(
             StepConfig::parse(&json!({"executor": {"type": "manual"}, "assignee": "carol",
                 "timeoutSeconds": 600, "heartbeatSeconds": 60}))
@@ -273,6 +294,21 @@ mod tests {
             .0,
             "heartbeatSeconds"
         );
+    }
+
+    #[test]
+    fn a_step_s_heartbeat_is_always_shorter_than_its_timeout() {
+        for config in [
+            json!({}),
+            json!({"timeoutSeconds": 2}),
+            json!({"executor": {"type": "manual"}, "assignee": "carol"}),
+        ] {
+            let step = StepConfig::parse(&config).unwrap();
+            assert!(
+                step.heartbeat_seconds < step.timeout_seconds,
+                "{config}: {step:?}"
+            );
+        }
     }
 
     #[test]

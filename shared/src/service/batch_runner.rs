@@ -166,6 +166,12 @@ impl BatchRunner {
                 .await?;
             return Ok(Delivery::Ack);
         }
+        // A copy whose token Step Functions has closed (it timed out and was retried, or was
+        // answered) must neither run nor take the chunk over from the live copy.
+        if !self.orchestrator.heartbeat(token).await? {
+            tracing::info!(batch = %id, chunk, round, "a stale copy of a chunk: dropped");
+            return Ok(Delivery::Ack);
+        }
         let items: Vec<ChunkItem> = match self.objects.get(c.key, MAX_CHUNK_BYTES).await {
             Ok(bytes) => serde_json::from_slice(&bytes)
                 .map_err(|e| AppError::internal(format!("chunk {}: {e}", c.key)))?,

@@ -285,9 +285,11 @@ async fn a_chunk_runs_its_items_counts_them_and_writes_its_results() {
         ]
     );
     assert_eq!(f.picky.runs.load(Ordering::SeqCst), 4);
-    assert!(
-        f.world.orchestrator.heartbeats.lock().unwrap().is_empty(),
-        "a chunk that takes less than 30 s sends no heartbeat"
+    assert_eq!(
+        f.world.orchestrator.heartbeats.lock().unwrap().as_slice(),
+        ["chunk-0-0", "chunk-0-1"],
+        "one heartbeat per chunk, at its start (is the token still open?), and none while it \
+         runs under 30 s"
     );
 }
 
@@ -970,8 +972,8 @@ async fn a_chunk_out_of_time_hands_off_and_its_next_delivery_runs_only_the_rest(
     assert_eq!(f.answer("chunk-0-0"), None, "not answered yet");
     assert_eq!(
         f.world.orchestrator.heartbeats.lock().unwrap().as_slice(),
-        ["chunk-0-0"],
-        "the token is kept alive for the next delivery"
+        ["chunk-0-0", "chunk-0-0"],
+        "at the start, and to keep the token alive for the next delivery"
     );
 
     assert_eq!(f.runner.process(chunk(id, 0, 0)).await, Delivery::Ack);
@@ -1025,4 +1027,44 @@ async fn the_summary_on_the_task_stays_small_for_any_number_of_chunks() {
         String::from_utf8_lossy(&result)
     );
     assert_eq!(task.result.unwrap()["chunkCount"], 100_000);
+}
+
+/// A chunk that waited in the queue past its token (Step Functions timed it out and sent a
+/// retry) is dropped: it neither runs nor takes the chunk over from the live copy.
+#[tokio::test]
+async fn a_copy_whose_token_is_closed_neither_runs_nor_takes_over() {
+    let f = Fixture::new();
+    let id = f.create(json!([1, 2]), json!({})).await;
+    f.world
+        .orchestrator
+        .closed
+        .lock()
+        .unwrap()
+        .insert("chunk-0-0".into());
+    assert_eq!(f.runner.process(chunk(id, 0, 0)).await, Delivery::Ack);
+    assert_eq!(f.picky.runs.load(Ordering::SeqCst), 0);
+    assert_eq!(f.answer("chunk-0-0"), None);
+
+    let BatchMessage::Chunk {
+        batch_id,
+        agency_id,
+        chunk_key,
+        chunk_index,
+        round,
+        ..
+    } = chunk(id, 0, 0)
+    else {
+        unreachable!()
+    };
+    let retried = BatchMessage::Chunk {
+        batch_id,
+        agency_id,
+        chunk_key,
+        chunk_index,
+        round,
+        task_token: "retried".into(),
+    };
+    assert_eq!(f.runner.process(retried).await, Delivery::Ack);
+    assert_eq!(f.picky.runs.load(Ordering::SeqCst), 2);
+    assert_eq!(f.answer("retried"), succeeded(r#"{"status":"done"}"#));
 }

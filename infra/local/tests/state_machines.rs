@@ -1,0 +1,96 @@
+//! The state machines' timing rules, checked on the ASL files themselves:
+//!
+//! - a `HeartbeatSeconds` is always shorter than its state's `TimeoutSeconds` (the language
+//!   requires it; AWS fails the state at run time otherwise);
+//! - work sent through a queue and waiting on a task token has no literal heartbeat shorter
+//!   than its timeout allows (`TimeoutSeconds - 1`, in effect none): its clock starts at the
+//!   send, so a busy tier would time out work that merely waits its turn (a step's
+//!   `HeartbeatSecondsPath` is the task author's choice, validated at creation). It is there
+//!   at all because moto answers InvalidToken to a heartbeat for a task without one.
+
+use serde_json::Value;
+use std::path::Path;
+
+fn definition(name: &str) -> Value {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(name);
+    let text = std::fs::read_to_string(&path).expect("the ASL file");
+    serde_json::from_str(&text).expect("ASL is JSON")
+}
+
+/// Every state of a definition, nested ones (Map processors, Parallel branches) included,
+/// as (name, state).
+fn states(definition: &Value) -> Vec<(String, Value)> {
+    let mut found = Vec::new();
+    let Some(named) = definition["States"].as_object() else {
+        return found;
+    };
+    for (name, state) in named {
+        found.push((name.clone(), state.clone()));
+        for nested in ["ItemProcessor", "Iterator"] {
+            if state.get(nested).is_some() {
+                found.extend(states(&state[nested]));
+            }
+        }
+        for branch in state["Branches"].as_array().into_iter().flatten() {
+            found.extend(states(branch));
+        }
+    }
+    found
+}
+
+fn problems(definition: &Value) -> Vec<String> {
+    let mut problems = Vec::new();
+    for (name, state) in states(definition) {
+        let heartbeat = state["HeartbeatSeconds"].as_u64();
+        if let (Some(beat), Some(timeout)) = (heartbeat, state["TimeoutSeconds"].as_u64()) {
+            if beat >= timeout {
+                problems.push(format!(
+                    "{name}: HeartbeatSeconds {beat} is not less than TimeoutSeconds {timeout}"
+                ));
+            }
+        }
+        let queued = state["Resource"]
+            .as_str()
+            .is_some_and(|r| r.ends_with(":sqs:sendMessage.waitForTaskToken"));
+        let effectively_none =
+            heartbeat.is_none() || heartbeat.map(|b| b + 1) == state["TimeoutSeconds"].as_u64();
+        if queued && !effectively_none {
+            problems.push(format!(
+                "{name}: a queued task with HeartbeatSeconds times out while it waits in the queue"
+            ));
+        }
+    }
+    problems
+}
+
+#[test]
+fn the_project_state_machines_keep_the_timing_rules() {
+    for file in ["infra/chain.asl.json", "infra/batch.asl.json"] {
+        let definition = definition(file);
+        assert!(states(&definition).len() >= 3, "{file}: states not found");
+        let problems = problems(&definition);
+        assert!(problems.is_empty(), "{file}:\n{}", problems.join("\n"));
+    }
+}
+
+#[test]
+fn the_checks_catch_what_they_are_for() {
+    let definition: Value = serde_json::from_str(
+        r#"{"StartAt": "M", "States": {
+            "M": {"Type": "Map", "ItemProcessor": {"StartAt": "Q", "States": {
+                "Q": {"Type": "Task", "Resource": "arn:aws:states:::sqs:sendMessage.waitForTaskToken",
+                      "TimeoutSeconds": 60, "HeartbeatSeconds": 30, "End": true}}}, "Next": "T"},
+            "T": {"Type": "Task", "Resource": "arn:aws:states:::lambda:invoke",
+                  "TimeoutSeconds": 30, "HeartbeatSeconds": 30, "End": true}}}"#,
+    )
+    .unwrap();
+    let problems = problems(&definition);
+    assert_eq!(problems.len(), 2, "{problems:?}");
+    assert!(problems[0].starts_with("Q: a queued task"), "{problems:?}");
+    assert!(
+        problems[1].starts_with("T: HeartbeatSeconds 30"),
+        "{problems:?}"
+    );
+}
