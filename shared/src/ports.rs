@@ -303,8 +303,8 @@ pub enum BatchCreated {
 pub struct ChunkStart {
     /// An earlier attempt had started (it may have recorded failures).
     pub earlier: bool,
-    /// Items whose outcome earlier attempts counted.
-    pub done: std::collections::BTreeSet<u64>,
+    /// Items (positions in the chunk file) whose outcome earlier attempts counted.
+    pub done: crate::domain::ChunkDone,
 }
 
 #[async_trait]
@@ -346,8 +346,8 @@ pub trait BatchStore: Send + Sync {
         attempt: &str,
     ) -> Result<ChunkStart, AppError>;
 
-    /// Adds to a chunk's counters, and marks the items `done` (the ones these counts are
-    /// for), if `attempt` is still the chunk's current one.
+    /// Adds to a chunk's counters and sets its done items (all of them, these counts' included)
+    /// if `attempt` is still the chunk's current one.
     #[allow(clippy::too_many_arguments)]
     async fn add_counts(
         &self,
@@ -357,7 +357,7 @@ pub trait BatchStore: Send + Sync {
         chunk: u32,
         attempt: &str,
         counts: crate::domain::ChunkCounts,
-        done: &[u64],
+        done: &crate::domain::ChunkDone,
     ) -> Result<bool, AppError>;
 
     /// Sum of the chunk counters of one round.

@@ -777,7 +777,7 @@ type StoredObject = (Vec<u8>, HashMap<String, String>);
 struct MemoryChunk {
     attempt: String,
     counts: crate::domain::ChunkCounts,
-    done: std::collections::BTreeSet<u64>,
+    done: crate::domain::ChunkDone,
 }
 
 #[derive(Debug, Default)]
@@ -888,7 +888,7 @@ impl crate::ports::BatchStore for MemoryBatches {
         chunk: u32,
         attempt: &str,
         counts: crate::domain::ChunkCounts,
-        done: &[u64],
+        done: &crate::domain::ChunkDone,
     ) -> Result<bool, AppError> {
         let mut chunks = self.chunks.lock().expect("not poisoned");
         match chunks.get_mut(&((agency.clone(), id), round, chunk)) {
@@ -896,7 +896,7 @@ impl crate::ports::BatchStore for MemoryBatches {
                 current.counts.processed += counts.processed;
                 current.counts.success += counts.success;
                 current.counts.failed += counts.failed;
-                current.done.extend(done.iter().copied());
+                current.done = done.clone();
                 Ok(true)
             }
             _ => Ok(false),

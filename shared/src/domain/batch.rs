@@ -79,6 +79,43 @@ pub struct ChunkCounts {
     pub failed: u64,
 }
 
+/// Which items of a chunk have been counted, by their position in the chunk file: one bit
+/// each, so at most `itemsPerBatch` (10,000) bits, 1,250 bytes on the chunk's record. (A set of
+/// indexes would grow to ~60 KB, and DynamoDB bills every rewrite by the item's size.)
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ChunkDone(Vec<u8>);
+
+impl ChunkDone {
+    pub fn from_bytes(bytes: Vec<u8>) -> ChunkDone {
+        ChunkDone(bytes)
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    pub fn contains(&self, position: usize) -> bool {
+        self.0
+            .get(position / 8)
+            .is_some_and(|byte| byte & (1 << (position % 8)) != 0)
+    }
+
+    pub fn insert(&mut self, position: usize) {
+        if self.0.len() <= position / 8 {
+            self.0.resize(position / 8 + 1, 0);
+        }
+        self.0[position / 8] |= 1 << (position % 8);
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.iter().map(|byte| byte.count_ones() as usize).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// One line of the manifest the Distributed Map reads.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ManifestEntry {
@@ -140,4 +177,26 @@ pub enum BatchMessage {
         #[serde(rename = "taskToken")]
         task_token: String,
     },
+}
+
+#[cfg(test)]
+mod chunk_done_tests {
+    use super::ChunkDone;
+
+    #[test]
+    fn positions_round_trip_through_bytes() {
+        let mut done = ChunkDone::default();
+        for position in [0, 7, 8, 9_999] {
+            done.insert(position);
+        }
+        let done = ChunkDone::from_bytes(done.as_bytes().to_vec());
+        assert!(done.contains(0) && done.contains(7) && done.contains(8) && done.contains(9_999));
+        assert!(!done.contains(1) && !done.contains(9_998) && !done.contains(20_000));
+        assert_eq!(done.len(), 4);
+        assert_eq!(
+            done.as_bytes().len(),
+            1_250,
+            "10,000 items fit in 1,250 bytes"
+        );
+    }
 }

@@ -17,8 +17,8 @@ pub mod task;
 
 pub use agent::{Agent, AgentStatus};
 pub use batch::{
-    BatchJob, BatchMessage, BatchSource, BatchStatus, ChunkCounts, ChunkItem, ItemFailure,
-    ManifestEntry,
+    BatchJob, BatchMessage, BatchSource, BatchStatus, ChunkCounts, ChunkDone, ChunkItem,
+    ItemFailure, ManifestEntry,
 };
 pub use chain::{ChainMessage, OnFailure, StepConfig};
 pub use execution::{DispatchMessage, ExecutorSpec, RetryPolicy};

@@ -4,7 +4,8 @@
 //! chunk never double-counts.
 
 use crate::domain::{
-    AgencyId, BatchMessage, BatchStatus, ChunkCounts, ChunkItem, ItemFailure, TaskId, TaskStatus,
+    AgencyId, BatchMessage, BatchStatus, ChunkCounts, ChunkDone, ChunkItem, ItemFailure, TaskId,
+    TaskStatus,
 };
 use crate::error::AppError;
 use crate::executors::{ExecError, ExecutorRegistry, Job, Outcome, WorkUnit};
@@ -55,8 +56,8 @@ struct ChunkRef<'a> {
 #[derive(Default)]
 struct Progress {
     counts: ChunkCounts,
-    /// Items whose outcome is in `counts`.
-    done: Vec<u64>,
+    /// Items (positions in the chunk file) whose outcome is in `counts`.
+    done: Vec<usize>,
     failures: Vec<ItemFailure>,
     /// Items that succeeded and may hold an earlier failure record.
     succeeded: Vec<u64>,
@@ -64,9 +65,14 @@ struct Progress {
 }
 
 impl Progress {
-    fn record(&mut self, index: u64, outcome: Result<Outcome, ExecError>, clears_failures: bool) {
+    fn record(
+        &mut self,
+        (position, index): (usize, u64),
+        outcome: Result<Outcome, ExecError>,
+        clears_failures: bool,
+    ) {
         self.counts.processed += 1;
-        self.done.push(index);
+        self.done.push(position);
         let error = match outcome {
             Ok(Outcome::Done(result)) => {
                 self.counts.success += 1;
@@ -199,9 +205,11 @@ impl BatchRunner {
         // Items that succeed may hold a failure record from an earlier round, or from an
         // earlier attempt of this chunk; only then is it worth a delete per success.
         let clears_failures = round > 0 || start.earlier;
-        let remaining: Vec<ChunkItem> = items
+        let mut done = start.done;
+        let remaining: Vec<(usize, ChunkItem)> = items
             .into_iter()
-            .filter(|item| !start.done.contains(&item.index))
+            .enumerate()
+            .filter(|(position, _)| !done.contains(*position))
             .collect();
         let left_to_run = remaining.len();
         // An item is started only if it can finish, and be recorded, before the deadline; the
@@ -224,7 +232,7 @@ impl BatchRunner {
         let config = Arc::new(batch.executor.config.clone());
         let mut runs = stream::iter(remaining)
             .take_while(move |_| std::future::ready(in_time()))
-            .map(move |item: ChunkItem| {
+            .map(move |(position, item): (usize, ChunkItem)| {
                 let config = config.clone();
                 async move {
                     let job = Job {
@@ -234,7 +242,7 @@ impl BatchRunner {
                         input: &item.item,
                         attempt: round + 1,
                     };
-                    (item.index, executor.run(&job).await)
+                    ((position, item.index), executor.run(&job).await)
                 }
             })
             .buffer_unordered(ITEM_CONCURRENCY);
@@ -245,12 +253,15 @@ impl BatchRunner {
         let mut last_beat = Instant::now();
         // The first check comes at the first flush, then at most one a second.
         let mut last_check: Option<Instant> = None;
-        while let Some((index, outcome)) = runs.next().await {
+        while let Some((item, outcome)) = runs.next().await {
             ran += 1;
-            progress.record(index, outcome, clears_failures);
+            progress.record(item, outcome, clears_failures);
             if progress.counts.processed >= FLUSH_EVERY_ITEMS || last_flush.elapsed() >= FLUSH_EVERY
             {
-                if !self.flush(c, &attempt, &mut part, &mut progress).await? {
+                if !self
+                    .flush(c, &attempt, &mut part, &mut progress, &mut done)
+                    .await?
+                {
                     return Ok(Delivery::Ack); // a newer attempt owns this chunk now
                 }
                 last_flush = Instant::now();
@@ -269,7 +280,10 @@ impl BatchRunner {
             }
         }
         drop(runs);
-        if !self.flush(c, &attempt, &mut part, &mut progress).await? {
+        if !self
+            .flush(c, &attempt, &mut part, &mut progress, &mut done)
+            .await?
+        {
             return Ok(Delivery::Ack);
         }
         if stopped.load(Ordering::SeqCst) {
@@ -321,6 +335,7 @@ impl BatchRunner {
         attempt: &str,
         part: &mut u32,
         progress: &mut Progress,
+        done: &mut ChunkDone,
     ) -> Result<bool, AppError> {
         if progress.done.is_empty() {
             return Ok(true);
@@ -353,6 +368,9 @@ impl BatchRunner {
                 .clear_failures(c.agency, c.id, &progress.succeeded)
                 .await?;
         }
+        for position in &progress.done {
+            done.insert(*position);
+        }
         let kept = self
             .batches
             .add_counts(
@@ -362,7 +380,7 @@ impl BatchRunner {
                 c.chunk,
                 attempt,
                 progress.counts,
-                &progress.done,
+                done,
             )
             .await?;
         *progress = Progress::default();

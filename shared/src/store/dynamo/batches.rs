@@ -4,7 +4,9 @@
 
 use super::keys::{self, n, s, PK, SK};
 use super::{cursor, from_item, task_item, to_item, Item};
-use crate::domain::{AgencyId, BatchJob, BatchStatus, ChunkCounts, ItemFailure, Task, TaskId};
+use crate::domain::{
+    AgencyId, BatchJob, BatchStatus, ChunkCounts, ChunkDone, ItemFailure, Task, TaskId,
+};
 use crate::error::AppError;
 use crate::ports::{BatchCreated, BatchStore, ChunkStart, Page};
 use crate::store::from_sdk;
@@ -244,11 +246,8 @@ impl BatchStore for DynamoBatchStore {
             .map_err(|e| from_sdk("dynamodb:UpdateItem", e))?;
         let old = out.attributes.unwrap_or_default();
         let done = match old.get("done") {
-            Some(AttributeValue::Ns(indexes)) => indexes
-                .iter()
-                .filter_map(|i| i.parse::<u64>().ok())
-                .collect(),
-            _ => Default::default(),
+            Some(AttributeValue::B(bitmap)) => ChunkDone::from_bytes(bitmap.as_ref().to_vec()),
+            _ => ChunkDone::default(),
         };
         Ok(ChunkStart {
             earlier: !old.is_empty(),
@@ -264,7 +263,7 @@ impl BatchStore for DynamoBatchStore {
         chunk: u32,
         attempt: &str,
         counts: ChunkCounts,
-        done: &[u64],
+        done: &ChunkDone,
     ) -> Result<bool, AppError> {
         let mut update = self
             .client
@@ -285,13 +284,15 @@ impl BatchStore for DynamoBatchStore {
         update = if done.is_empty() {
             update.update_expression(counters)
         } else {
-            // A number set: at most one chunk's indexes (a few KB), added once each.
+            // The whole bitmap each time: at most 1,250 bytes, and only this attempt writes it.
             update
-                .update_expression(format!("{counters} ADD #done :done"))
+                .update_expression(format!("{counters}, #done = :done"))
                 .expression_attribute_names("#done", "done")
                 .expression_attribute_values(
                     ":done",
-                    AttributeValue::Ns(done.iter().map(u64::to_string).collect()),
+                    AttributeValue::B(aws_sdk_dynamodb::primitives::Blob::new(
+                        done.as_bytes().to_vec(),
+                    )),
                 )
         };
         match update.send().await {
