@@ -106,9 +106,16 @@ impl ChainRunner {
         if step.is_finished() {
             // A redelivery of a step already done (its outcome is written before its token is
             // answered, so the answer may have failed): answer from the record, do not rerun.
-            self.orchestrator
-                .succeed(token, &json!({"status": step.status.as_str()}))
-                .await?;
+            if step.status == StepStatus::Failed {
+                let cause = step.error.as_deref().unwrap_or("the step failed");
+                self.orchestrator
+                    .fail(token, PERMANENT_ERROR, cause)
+                    .await?;
+            } else {
+                self.orchestrator
+                    .succeed(token, &json!({"status": step.status.as_str()}))
+                    .await?;
+            }
             return Ok(());
         }
         if let Some(reason) = self.blocked_by(agency, id, &step).await? {
@@ -161,13 +168,9 @@ impl ChainRunner {
         match outcome {
             Ok(Outcome::Done(result)) => {
                 if let Some(cause) = crate::domain::storable::result_problem(&result) {
-                    step.error = Some(cause.clone());
-                    if self.record_run(agency, &step, run, token).await? {
-                        self.orchestrator
-                            .fail(token, PERMANENT_ERROR, &cause)
-                            .await?;
-                    }
-                    return Ok(());
+                    return self
+                        .fail_for_good(agency, &mut step, run, token, &cause)
+                        .await;
                 }
                 step.status = StepStatus::Completed;
                 step.result = Some(result);
@@ -205,13 +208,33 @@ impl ChainRunner {
                 }
             }
             Err(ExecError::Permanent(cause)) => {
-                step.error = Some(cause.clone());
-                if self.record_run(agency, &step, run, token).await? {
-                    self.orchestrator
-                        .fail(token, PERMANENT_ERROR, &cause)
-                        .await?;
-                }
+                self.fail_for_good(agency, &mut step, run, token, &cause)
+                    .await?;
             }
+        }
+        Ok(())
+    }
+
+    /// A permanent failure is final at once (no retry can change it): the step is recorded
+    /// failed, as the chain's Catch would record it, before the token is answered, so a
+    /// redelivery after a lost answer repeats the failure from the record instead of running
+    /// the step again. The Catch then applies the step's onFailure policy.
+    async fn fail_for_good(
+        &self,
+        agency: &AgencyId,
+        step: &mut TaskStep,
+        run: u32,
+        token: &str,
+        cause: &str,
+    ) -> Result<(), AppError> {
+        step.status = StepStatus::Failed;
+        // The cause as the answer carries it, so a repeated answer is the same one.
+        step.error = Some(cause.to_owned());
+        step.completed_at = Some(Utc::now());
+        if self.record_run(agency, step, run, token).await? {
+            self.orchestrator
+                .fail(token, PERMANENT_ERROR, cause)
+                .await?;
         }
         Ok(())
     }

@@ -6,6 +6,7 @@ use crate::domain::{
 use crate::error::AppError;
 use crate::executors::ExecutorRegistry;
 use crate::ports::{IdempotencyRecord, InsertOutcome, Page, TaskQuery, TaskStore};
+use crate::service::chains::PERMANENT_ERROR;
 use crate::service::{ChainRunner, Delivery};
 use crate::testing::{MemoryStore, MemoryWorld};
 use async_trait::async_trait;
@@ -567,11 +568,19 @@ async fn a_failed_step_stops_the_chain_only_under_fail_task() {
     assert_eq!(answer("t2"), r#"{"failTask":"yes"}"#);
 }
 
-/// Scripts the first SendTaskSuccess answers: `None` is an error (a crash or an outage between
-/// the write and the answer looks the same to the chain), `Some(false)` a token that expired.
+/// Scripts the first SendTaskSuccess (`script`) and SendTaskFailure (`failures`) answers:
+/// `None` is an error (a crash or an outage between the write and the answer looks the same
+/// to the chain), `Some(false)` a token that expired.
 struct ScriptedSuccess {
     inner: Arc<crate::testing::RecordingOrchestrator>,
     script: Mutex<Vec<Option<bool>>>,
+    failures: Mutex<Vec<Option<bool>>>,
+}
+
+/// The next scripted answer, if any is left.
+fn next_scripted(script: &Mutex<Vec<Option<bool>>>) -> Option<Option<bool>> {
+    let mut script = script.lock().unwrap();
+    (!script.is_empty()).then(|| script.remove(0))
 }
 
 #[async_trait]
@@ -586,18 +595,18 @@ impl crate::ports::Orchestrator for ScriptedSuccess {
         self.inner.stop(execution_arn, cause).await
     }
     async fn succeed(&self, token: &str, output: &serde_json::Value) -> Result<bool, AppError> {
-        let scripted = {
-            let mut script = self.script.lock().unwrap();
-            (!script.is_empty()).then(|| script.remove(0))
-        };
-        match scripted {
+        match next_scripted(&self.script) {
             Some(None) => Err(AppError::Unavailable("states:SendTaskSuccess".into())),
             Some(Some(accepted)) => Ok(accepted),
             None => self.inner.succeed(token, output).await,
         }
     }
     async fn fail(&self, token: &str, error: &str, cause: &str) -> Result<bool, AppError> {
-        self.inner.fail(token, error, cause).await
+        match next_scripted(&self.failures) {
+            Some(None) => Err(AppError::Unavailable("states:SendTaskFailure".into())),
+            Some(Some(accepted)) => Ok(accepted),
+            None => self.inner.fail(token, error, cause).await,
+        }
     }
     async fn heartbeat(&self, token: &str) -> Result<bool, AppError> {
         self.inner.heartbeat(token).await
@@ -644,6 +653,7 @@ async fn a_step_result_is_recorded_before_its_token_and_a_failed_answer_never_re
         orchestrator: Arc::new(ScriptedSuccess {
             inner: world.orchestrator.clone(),
             script: Mutex::new(vec![None]),
+            failures: Mutex::default(),
         }),
         ..runner(&world, world.store.clone())
     };
@@ -769,6 +779,7 @@ async fn a_result_whose_token_expired_leaves_the_step_failed() {
         orchestrator: Arc::new(ScriptedSuccess {
             inner: world.orchestrator.clone(),
             script: Mutex::new(vec![Some(false)]),
+            failures: Mutex::default(),
         }),
         ..runner(&world, world.store.clone())
     };
@@ -813,6 +824,7 @@ async fn a_manual_completion_is_recorded_first_and_its_retry_answers_from_the_re
     ports.orchestrator = Arc::new(ScriptedSuccess {
         inner: world.orchestrator.clone(),
         script: Mutex::new(vec![None]),
+        failures: Mutex::default(),
     });
     let config = crate::config::Config::from_lookup(|key| match key {
         "LEASE_SECONDS" => Some("30".into()),
@@ -870,4 +882,76 @@ async fn a_manual_completion_is_recorded_first_and_its_retry_answers_from_the_re
         .await;
     assert!(matches!(again, Err(AppError::Conflict(_))), "{again:?}");
     assert_eq!(world.orchestrator.answers.lock().unwrap().len(), 1);
+}
+
+/// Fails for good and counts its runs.
+#[derive(Default)]
+struct CountingRefusal {
+    runs: std::sync::atomic::AtomicU32,
+}
+
+#[async_trait]
+impl crate::executors::Executor for CountingRefusal {
+    fn validate(&self, _config: &serde_json::Value) -> Result<(), String> {
+        Ok(())
+    }
+
+    async fn run(
+        &self,
+        _job: &crate::executors::Job<'_>,
+    ) -> Result<crate::executors::Outcome, crate::executors::ExecError> {
+        self.runs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Err(crate::executors::ExecError::Permanent("refused".into()))
+    }
+}
+
+/// A permanent failure is recorded (failed) before its token is answered, so a redelivery
+/// after a refused SendTaskFailure repeats the failure from the record without running the
+/// step again.
+#[tokio::test]
+async fn a_permanent_failure_is_recorded_first_and_never_rerun_by_a_redelivery() {
+    let world = MemoryWorld::new();
+    let id = create_chain(
+        &world,
+        json!([{"name": "only", "config": {"executor": {"type": "echo"}}}]),
+    )
+    .await;
+    let refusing = Arc::new(CountingRefusal::default());
+    let mut executors = ExecutorRegistry::builtin();
+    executors.register("echo", refusing.clone());
+    let chains = ChainRunner {
+        executors,
+        orchestrator: Arc::new(ScriptedSuccess {
+            inner: world.orchestrator.clone(),
+            script: Mutex::default(),
+            failures: Mutex::new(vec![None]),
+        }),
+        ..runner(&world, world.store.clone())
+    };
+    assert!(matches!(
+        chains.process(step_message(id, "only")).await,
+        Delivery::RetryAfter(_)
+    ));
+    let step = world
+        .store
+        .get_step(&boss().agency, id, "only")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(step.status, StepStatus::Failed, "{step:?}");
+    assert_eq!(step.error.as_deref(), Some("refused"));
+    assert_eq!(
+        chains.process(step_message(id, "only")).await,
+        Delivery::Ack
+    );
+    assert_eq!(refusing.runs.load(std::sync::atomic::Ordering::SeqCst), 1);
+    let answers = world.orchestrator.answers.lock().unwrap().clone();
+    assert_eq!(
+        answers,
+        [(
+            "run-token".to_owned(),
+            PERMANENT_ERROR.to_owned(),
+            "refused".to_owned()
+        )]
+    );
 }
