@@ -269,7 +269,7 @@ async fn failing_a_task_and_the_steps_view_of_a_chain() {
     let executions = api.orchestrator.started.lock().unwrap().clone();
     assert_eq!(executions.len(), 1);
     assert!(arn.ends_with(&executions[0].0) && executions[0].0.starts_with(&id));
-    let wave = |name: &str| json!({"steps": [{"name": name, "timeoutSeconds": 300, "heartbeatSeconds": 300}]});
+    let wave = |name: &str| json!({"steps": [{"name": name, "timeoutSeconds": 300, "heartbeatSeconds": 299}]});
     assert_eq!(
         executions[0].1["waves"],
         json!([wave("build"), wave("publish")])

@@ -535,11 +535,12 @@ fn step_config_schema_agrees_with_the_parser() {
     }
     let parsed = StepConfig::parse(&json!({"executor": {"type": "manual"}, "assignee": WORKER}));
     let manual = parsed.unwrap();
+    // Step Functions requires a heartbeat shorter than the timeout: one second less, in effect none.
     assert_eq!(
         (manual.timeout_seconds, manual.heartbeat_seconds),
         (
             DEFAULT_MANUAL_TIMEOUT_SECONDS,
-            DEFAULT_MANUAL_TIMEOUT_SECONDS
+            DEFAULT_MANUAL_TIMEOUT_SECONDS - 1
         )
     );
     let defaults = StepConfig::parse(&json!({})).unwrap();
@@ -594,12 +595,17 @@ fn step_config_schema_agrees_with_the_parser() {
         (
             json!({"timeoutSeconds": 5, "heartbeatSeconds": 9}),
             "heartbeatSeconds",
-            "At most timeoutSeconds",
+            "Less than timeoutSeconds",
         ),
         (
-            json!({"heartbeatSeconds": DEFAULT_STEP_TIMEOUT_SECONDS + 1}),
+            json!({"timeoutSeconds": 5, "heartbeatSeconds": 5}),
             "heartbeatSeconds",
-            "At most timeoutSeconds",
+            "Less than timeoutSeconds",
+        ),
+        (
+            json!({"heartbeatSeconds": DEFAULT_STEP_TIMEOUT_SECONDS}),
+            "heartbeatSeconds",
+            "Less than timeoutSeconds",
         ),
     ];
     for (config, field, rule) in &across {
