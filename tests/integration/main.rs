@@ -6,6 +6,7 @@ mod batches;
 mod chains;
 mod concurrency;
 mod errors;
+mod fairness;
 mod faults;
 mod fixtures;
 mod lifecycle;

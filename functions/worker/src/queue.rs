@@ -84,6 +84,8 @@ impl QueueActions for SqsQueue {
         self.client
             .send_message()
             .queue_url(queue_url)
+            // Copies keep the original's group (its agency), as every tier message carries.
+            .set_message_group_id(shared::domain::message_group(body))
             .message_body(body)
             .set_message_attributes(Some(attributes))
             .delay_seconds(delay.min(MAX_DELAY).as_secs() as i32)

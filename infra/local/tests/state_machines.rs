@@ -6,7 +6,9 @@
 //!   than its timeout allows (`TimeoutSeconds - 1`, in effect none): its clock starts at the
 //!   send, so a busy tier would time out work that merely waits its turn (a step's
 //!   `HeartbeatSecondsPath` is the task author's choice, validated at creation). It is there
-//!   at all because moto answers InvalidToken to a heartbeat for a task without one.
+//!   at all because moto answers InvalidToken to a heartbeat for a task without one;
+//! - every message sent to a tier queue carries `MessageGroupId` = its agency, so SQS fair
+//!   queues share a tier between agencies.
 
 use serde_json::Value;
 use std::path::Path;
@@ -54,6 +56,11 @@ fn problems(definition: &Value) -> Vec<String> {
         let queued = state["Resource"]
             .as_str()
             .is_some_and(|r| r.ends_with(":sqs:sendMessage.waitForTaskToken"));
+        if queued && state["Parameters"]["MessageGroupId.$"] != "$.agencyId" {
+            problems.push(format!(
+                "{name}: a message to a tier queue must carry MessageGroupId = its agency (fair queues)"
+            ));
+        }
         let effectively_none =
             heartbeat.is_none() || heartbeat.map(|b| b + 1) == state["TimeoutSeconds"].as_u64();
         if queued && !effectively_none {
@@ -87,10 +94,14 @@ fn the_checks_catch_what_they_are_for() {
     )
     .unwrap();
     let problems = problems(&definition);
-    assert_eq!(problems.len(), 2, "{problems:?}");
-    assert!(problems[0].starts_with("Q: a queued task"), "{problems:?}");
+    assert_eq!(problems.len(), 3, "{problems:?}");
     assert!(
-        problems[1].starts_with("T: HeartbeatSeconds 30"),
+        problems[0].starts_with("Q: a message to a tier queue"),
+        "{problems:?}"
+    );
+    assert!(problems[1].starts_with("Q: a queued task"), "{problems:?}");
+    assert!(
+        problems[2].starts_with("T: HeartbeatSeconds 30"),
         "{problems:?}"
     );
 }

@@ -79,6 +79,22 @@ impl RetryPolicy {
     }
 }
 
+/// The SQS message group of a tier-queue message: the agency it belongs to. Every message sent
+/// to a tier queue carries it, so that SQS fair queues share a tier between agencies (one
+/// agency's backlog does not hold up another's). All three kinds of tier message (a task's run,
+/// a chain step, a batch chunk) name their agency as `agencyId`.
+pub fn message_group(body: &str) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Agency {
+        #[serde(rename = "agencyId")]
+        agency_id: String,
+    }
+    serde_json::from_str::<Agency>(body)
+        .ok()
+        .map(|a| a.agency_id)
+        .filter(|a| !a.is_empty())
+}
+
 /// The message a tier queue carries for one run of a task.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -94,6 +110,25 @@ pub struct DispatchMessage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_tier_message_names_its_message_group() {
+        let run = DispatchMessage {
+            task_id: TaskId::generate(),
+            agency_id: AgencyId::parse("acme").unwrap(),
+            dispatch_id: "d".into(),
+            priority: Priority::Normal,
+            enqueued_at: Utc::now(),
+        };
+        let step =
+            r#"{"kind": "step", "taskId": "t", "agencyId": "acme", "step": "a", "taskToken": "x"}"#;
+        let chunk = r#"{"kind": "chunk", "batchId": "b", "agencyId": "acme", "chunkKey": "k", "chunkIndex": 0, "round": 0, "taskToken": "x"}"#;
+        for body in [serde_json::to_string(&run).unwrap().as_str(), step, chunk] {
+            assert_eq!(message_group(body).as_deref(), Some("acme"), "{body}");
+        }
+        assert_eq!(message_group("not json"), None);
+        assert_eq!(message_group(r#"{"agencyId": ""}"#), None);
+    }
 
     #[test]
     fn backoff_grows_exponentially_with_full_jitter() {

@@ -69,6 +69,7 @@ impl Dispatcher for SqsDispatcher {
         self.client
             .send_message()
             .queue_url(Self::url(&self.queue_urls, message.priority)?)
+            .set_message_group_id(crate::domain::message_group(&body))
             .message_body(body)
             .delay_seconds(delay.min(MAX_DELAY).as_secs() as i32)
             .send()
