@@ -231,8 +231,7 @@ pub async fn create_function_users(
                     .as_service_error()
                     .is_some_and(|e| e.is_entity_already_exists_exception()) => {}
             Err(err) => {
-                return Err(anyhow!(aws_sdk_iam::error::DisplayErrorContext(err)))
-                    .with_context(|| format!("creating the IAM user {user}"))
+                return Err(iam_error(err)).with_context(|| format!("creating the IAM user {user}"))
             }
         }
         for (name, document) in policies {
@@ -242,7 +241,7 @@ pub async fn create_function_users(
                 .policy_document(document.to_string())
                 .send()
                 .await
-                .map_err(|e| anyhow!(aws_sdk_iam::error::DisplayErrorContext(e)))
+                .map_err(iam_error)
                 .with_context(|| format!("putting {name} on {user}"))?;
         }
         let existing = iam
@@ -250,7 +249,7 @@ pub async fn create_function_users(
             .user_name(&user)
             .send()
             .await
-            .map_err(|e| anyhow!(aws_sdk_iam::error::DisplayErrorContext(e)))
+            .map_err(iam_error)
             .with_context(|| format!("listing the keys of {user}"))?;
         let mut existing = existing.access_key_metadata;
         existing.sort_by_key(|k| k.create_date);
@@ -261,7 +260,7 @@ pub async fn create_function_users(
                     .access_key_id(oldest)
                     .send()
                     .await
-                    .map_err(|e| anyhow!(aws_sdk_iam::error::DisplayErrorContext(e)))
+                    .map_err(iam_error)
                     .with_context(|| format!("deleting an old key of {user}"))?;
             }
         }
@@ -270,7 +269,7 @@ pub async fn create_function_users(
             .user_name(&user)
             .send()
             .await
-            .map_err(|e| anyhow!(aws_sdk_iam::error::DisplayErrorContext(e)))
+            .map_err(iam_error)
             .with_context(|| format!("creating a key for {user}"))?;
         let key = created
             .access_key
@@ -284,6 +283,13 @@ pub async fn create_function_users(
         );
     }
     Ok(keys)
+}
+
+/// An IAM SDK error with the service's code and message.
+fn iam_error<E: std::error::Error + Send + Sync + 'static>(
+    err: aws_sdk_iam::error::SdkError<E>,
+) -> anyhow::Error {
+    anyhow!(aws_sdk_iam::error::DisplayErrorContext(err).to_string())
 }
 
 /// The project venv's policy templates: `MOTO_VENV`, else `<repo>/.venv`.
