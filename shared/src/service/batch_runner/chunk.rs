@@ -1,17 +1,13 @@
-//! The worker side of batches: one chunk per message, one task token per
-//! chunk. Items run with bounded concurrency; counters are flushed to the
-//! chunk's record as items finish, guarded by the chunk attempt so a retried
-//! chunk never double-counts.
+//! One chunk of a batch: its items run with bounded concurrency against the invocation's
+//! deadline, and each flush records results, failures, counters and done items.
 
+use super::{results_prefix, BatchRunner, CHUNK_RETRYABLE};
 use crate::domain::{
-    AgencyId, BatchMessage, BatchStatus, ChunkCounts, ChunkDone, ChunkItem, ItemFailure, TaskId,
-    TaskStatus,
+    AgencyId, BatchStatus, ChunkCounts, ChunkDone, ChunkItem, ItemFailure, TaskId,
 };
 use crate::error::AppError;
-use crate::executors::{ExecError, ExecutorRegistry, Job, Outcome, WorkUnit};
-use crate::ports::{BatchStore, ObjectStore, Orchestrator, TaskStore};
+use crate::executors::{ExecError, Job, Outcome, WorkUnit};
 use crate::service::Delivery;
-use chrono::Utc;
 use futures::stream::{self, StreamExt};
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -27,29 +23,19 @@ const FLUSH_EVERY: Duration = Duration::from_secs(1);
 /// when the batch was cancelled: one read a second per running chunk at most.
 const STATUS_CHECK_EVERY: Duration = Duration::from_secs(1);
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(30);
-pub const CHUNK_RETRYABLE: &str = "Taskflow.Retryable";
 const MAX_CHUNK_BYTES: usize = 256 * 1024 * 1024;
 /// Time kept back at the end of an invocation for the last flush and the hand-off (a tenth
 /// of the invocation when that is less).
 const HAND_OFF_MARGIN: Duration = Duration::from_secs(10);
 
-#[derive(Clone)]
-pub struct BatchRunner {
-    pub tasks: Arc<dyn TaskStore>,
-    pub batches: Arc<dyn BatchStore>,
-    pub objects: Arc<dyn ObjectStore>,
-    pub orchestrator: Arc<dyn Orchestrator>,
-    pub executors: ExecutorRegistry,
-}
-
 /// The chunk a message names.
-struct ChunkRef<'a> {
-    agency: &'a AgencyId,
-    id: TaskId,
-    key: &'a str,
-    chunk: u32,
-    round: u32,
-    token: &'a str,
+pub(super) struct ChunkRef<'a> {
+    pub agency: &'a AgencyId,
+    pub id: TaskId,
+    pub key: &'a str,
+    pub chunk: u32,
+    pub round: u32,
+    pub token: &'a str,
 }
 
 /// What ran since the last flush.
@@ -93,64 +79,8 @@ impl Progress {
     }
 }
 
-/// Where a round's results go: one JSON array per flushed part, under `<chunk>/`.
-fn results_prefix(agency: &AgencyId, id: TaskId, round: u32) -> String {
-    format!("batches/{agency}/{id}/round-{round:03}/results/")
-}
-
 impl BatchRunner {
-    /// Runs one batch message with no deadline (hosts that do not cut invocations off).
-    pub async fn process(&self, message: BatchMessage) -> Delivery {
-        self.process_until(message, None).await
-    }
-
-    /// Runs one batch message within an invocation that ends at `deadline`. A chunk that
-    /// cannot finish in time stops starting items, records what it did, and asks for
-    /// [`Delivery::Requeue`]: its next delivery skips the items already done.
-    pub async fn process_until(
-        &self,
-        message: BatchMessage,
-        deadline: Option<Instant>,
-    ) -> Delivery {
-        let result = match &message {
-            BatchMessage::Chunk {
-                batch_id,
-                agency_id,
-                chunk_key,
-                chunk_index,
-                round,
-                task_token,
-            } => {
-                let chunk = ChunkRef {
-                    agency: agency_id,
-                    id: *batch_id,
-                    key: chunk_key,
-                    chunk: *chunk_index,
-                    round: *round,
-                    token: task_token,
-                };
-                self.run_chunk(&chunk, deadline).await
-            }
-            BatchMessage::BatchFinalize {
-                batch_id,
-                agency_id,
-                round,
-                task_token,
-            } => self
-                .finalize(agency_id, *batch_id, *round, task_token)
-                .await
-                .map(|()| Delivery::Ack),
-        };
-        match result {
-            Ok(delivery) => delivery,
-            Err(err) => {
-                tracing::warn!(error = %err, "batch message will be retried");
-                Delivery::RetryAfter(Duration::from_secs(5))
-            }
-        }
-    }
-
-    async fn run_chunk(
+    pub(super) async fn run_chunk(
         &self,
         c: &ChunkRef<'_>,
         deadline: Option<Instant>,
@@ -385,140 +315,5 @@ impl BatchRunner {
             .await?;
         *progress = Progress::default();
         Ok(kept)
-    }
-
-    /// Settles the batch from its counters against the tolerance (the engine's
-    /// own threshold is not relied on), and writes the results summary.
-    async fn finalize(
-        &self,
-        agency: &AgencyId,
-        id: TaskId,
-        round: u32,
-        token: &str,
-    ) -> Result<(), AppError> {
-        let Some(mut batch) = self.batches.get(agency, id).await? else {
-            self.orchestrator
-                .succeed(token, &json!({"status": "gone"}))
-                .await?;
-            return Ok(());
-        };
-        if batch.status == BatchStatus::Processing && batch.round == round {
-            let counts = self.batches.round_counts(agency, id, round).await?;
-            let round_total = if round == 0 {
-                batch.total_items
-            } else {
-                batch.failed_items
-            };
-            let unprocessed = round_total.saturating_sub(counts.processed);
-            let success = if round == 0 {
-                counts.success
-            } else {
-                batch.success_items + counts.success
-            };
-            let failed = counts.failed + unprocessed;
-            let now = Utc::now();
-            let started = batch.started_at.unwrap_or(batch.created_at);
-            let seconds = (now - started).num_milliseconds().max(1) as f64 / 1000.0;
-            batch.success_items = success;
-            batch.failed_items = failed;
-            batch.processed_items = success + failed;
-            batch.status = if batch.exceeds_tolerance(failed) {
-                BatchStatus::Failed
-            } else {
-                BatchStatus::Completed
-            };
-            batch.error = match (batch.status, unprocessed) {
-                (BatchStatus::Failed, 0) => Some(format!(
-                    "{failed} of {} items failed ({:.2} %), above the tolerated {} %",
-                    batch.total_items,
-                    failed as f64 * 100.0 / batch.total_items.max(1) as f64,
-                    batch.tolerated_failure_percentage
-                )),
-                (BatchStatus::Failed, n) => Some(format!(
-                    "{failed} items failed, {n} of them in chunks that could not run"
-                )),
-                _ => None,
-            };
-            batch.completed_at = Some(now);
-            let summary = json!({
-                "batchId": id,
-                "status": batch.status,
-                "round": round,
-                "totalItems": batch.total_items,
-                "successItems": success,
-                "failedItems": failed,
-                "durationSeconds": seconds,
-                "itemsPerSecond": (batch.total_items as f64 / seconds * 10.0).round() / 10.0,
-                // A prefix, not a list of keys: the summary is also the task's result, and a
-                // key per chunk would pass DynamoDB's 400 KB item limit at about 5,500 chunks.
-                "chunkCount": batch.chunk_count,
-                "resultsPrefix": results_prefix(agency, id, round),
-                "failures": format!("GET /api/batches/{id}/failures"),
-            });
-            let summary_key =
-                format!("batches/{agency}/{id}/round-{round:03}/results/summary.json");
-            self.objects
-                .put(
-                    &summary_key,
-                    serde_json::to_vec_pretty(&summary).map_err(AppError::internal)?,
-                    "application/json",
-                )
-                .await?;
-            batch.results_key = Some(summary_key);
-            // Conditional on the batch as read: a cancel that came meanwhile stands.
-            if self
-                .batches
-                .put_if(&batch, BatchStatus::Processing, round)
-                .await?
-            {
-                settle_batch_task(self.tasks.as_ref(), agency, id, &batch, Some(summary)).await?;
-            } else {
-                tracing::info!(batch = %id, round, "the batch changed while it was finalized; left as it is");
-            }
-        }
-        self.orchestrator
-            .succeed(token, &json!({"status": "finalized"}))
-            .await?;
-        Ok(())
-    }
-}
-
-/// Moves a batch's task to the batch's final status, with its error and (when it ran) the
-/// results summary.
-pub(crate) async fn settle_batch_task(
-    tasks: &dyn TaskStore,
-    agency: &AgencyId,
-    id: TaskId,
-    batch: &crate::domain::BatchJob,
-    summary: Option<Value>,
-) -> Result<(), AppError> {
-    let Some(mut task) = tasks.get(agency, id).await? else {
-        return Ok(());
-    };
-    // A cancelled or archived task is a person's decision; a settling round never undoes it.
-    if !matches!(
-        task.status,
-        TaskStatus::InProgress | TaskStatus::Completed | TaskStatus::Failed
-    ) {
-        tracing::info!(batch = %id, status = %task.status, "the batch's task stays as it is");
-        return Ok(());
-    }
-    let read_version = task.version;
-    let now = Utc::now();
-    let next = if batch.status == BatchStatus::Completed {
-        TaskStatus::Completed
-    } else {
-        TaskStatus::Failed
-    };
-    if task.status != TaskStatus::InProgress {
-        // A retry round reopens a settled batch task.
-        task.status = TaskStatus::InProgress;
-    }
-    task.move_to(next, now)?;
-    task.error = batch.error.clone();
-    task.result = summary;
-    match tasks.replace(&task, read_version).await {
-        Ok(()) | Err(AppError::VersionConflict { .. }) => Ok(()),
-        Err(err) => Err(err),
     }
 }
