@@ -94,7 +94,8 @@ mutants: ## Mutation testing of the runner, batch runner, chains and worker (car
 # The functions' own binaries, which the local Lambda runtime runs (make dev, the end-to-end tests).
 FUNCTION_CRATES := -p api -p worker -p sweeper -p batch-trigger
 functions:
-	@$(CARGO) build --quiet $(FUNCTION_CRATES)
+	@echo "==> Building the function binaries (debug; a first build takes 2-4 minutes)"
+	@$(CARGO) build $(FUNCTION_CRATES)
 
 build: ## Build every crate (debug)
 	$(CARGO) build --workspace --all-targets

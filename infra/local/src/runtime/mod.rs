@@ -357,6 +357,35 @@ fn resident_kib(pid: u32) -> Option<u64> {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
+/// A function's JSON log line (`tracing_subscriber`'s JSON format, which the functions use on
+/// Lambda) as its level and `message key=value ...`; any other line as it is, at INFO.
+fn readable_log_line(line: &str) -> (tracing::Level, String) {
+    let Ok(serde_json::Value::Object(record)) = serde_json::from_str::<serde_json::Value>(line)
+    else {
+        return (tracing::Level::INFO, line.to_owned());
+    };
+    let level = match record.get("level").and_then(|l| l.as_str()) {
+        Some("ERROR") => tracing::Level::ERROR,
+        Some("WARN") => tracing::Level::WARN,
+        _ => tracing::Level::INFO,
+    };
+    let fields = record.get("fields").and_then(|f| f.as_object());
+    let mut text = fields
+        .and_then(|f| f.get("message"))
+        .and_then(|m| m.as_str())
+        .unwrap_or_default()
+        .to_owned();
+    for (key, value) in fields.into_iter().flatten() {
+        if key != "message" {
+            match value.as_str() {
+                Some(v) => text.push_str(&format!(" {key}={v}")),
+                None => text.push_str(&format!(" {key}={value}")),
+            }
+        }
+    }
+    (level, text)
+}
+
 /// Copies a function's output into this host's log, keeping the last lines.
 fn forward_logs<R>(name: String, output: R, tail: Arc<Mutex<VecDeque<String>>>)
 where
@@ -365,7 +394,17 @@ where
     tokio::spawn(async move {
         let mut lines = BufReader::new(output).lines();
         while let Ok(Some(line)) = lines.next_line().await {
-            tracing::info!(target: "taskflow::function", function = %name, "{line}");
+            // A function logs JSON lines, as on Lambda; the host shows them as plain text.
+            let (level, text) = readable_log_line(&line);
+            match level {
+                tracing::Level::ERROR => {
+                    tracing::error!(target: "taskflow::function", function = %name, "{text}")
+                }
+                tracing::Level::WARN => {
+                    tracing::warn!(target: "taskflow::function", function = %name, "{text}")
+                }
+                _ => tracing::info!(target: "taskflow::function", function = %name, "{text}"),
+            }
             let mut tail = tail.lock().expect("not poisoned");
             if tail.len() == LOG_TAIL {
                 tail.pop_front();
@@ -373,4 +412,28 @@ where
             tail.push_back(line);
         }
     });
+}
+
+#[cfg(test)]
+mod log_tests {
+    use super::readable_log_line;
+
+    #[test]
+    fn json_log_lines_read_as_text_and_other_lines_pass_through() {
+        let line = r#"{"level":"WARN","fields":{"message":"batch message will be retried","error":"boom","attempt":2},"span":{"requestId":"r1"}}"#;
+        assert_eq!(
+            readable_log_line(line),
+            (
+                tracing::Level::WARN,
+                "batch message will be retried attempt=2 error=boom".to_owned()
+            )
+        );
+        assert_eq!(
+            readable_log_line("thread 'main' panicked at src/main.rs:3:5"),
+            (
+                tracing::Level::INFO,
+                "thread 'main' panicked at src/main.rs:3:5".to_owned()
+            )
+        );
+    }
 }
