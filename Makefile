@@ -19,7 +19,7 @@ ROLE ?= manager
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: functions invoke mutants bench soak package fuzz help venv venv-localstack build dev token test test-unit test-integration test-localstack lint fmt fmt-check clippy sam-validate clean
+.PHONY: functions invoke redrive mutants bench soak package fuzz help venv venv-localstack build dev token test test-unit test-integration test-localstack lint fmt fmt-check clippy sam-validate clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -105,6 +105,10 @@ dev: venv functions ## Run the whole system locally: emulator, resources from te
 
 FUNCTION ?=
 EVENT ?=
+TIER ?= normal
+redrive: ## Move a tier's dead letters back to its queue on the running make dev stack (TIER=normal); AWS: aws sqs start-message-move-task
+	$(CARGO) run --quiet -p local-stack -- redrive --tier $(TIER)
+
 invoke: functions ## One invocation of a function's binary against the running make dev stack: make invoke FUNCTION=ApiFunction EVENT=events/api-openapi.json
 	@test -n "$(FUNCTION)" -a -n "$(EVENT)" || { echo "usage: make invoke FUNCTION=<LogicalId> EVENT=events/<file>.json"; exit 2; }
 	@$(CARGO) run --quiet -p local-stack -- invoke --function $(FUNCTION) --event $(EVENT)

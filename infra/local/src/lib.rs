@@ -10,6 +10,7 @@ pub mod intrinsics;
 pub mod jwt;
 pub mod limits;
 pub mod provision;
+pub mod redrive;
 pub mod runtime;
 pub mod scheduler;
 pub mod sqs_poller;

@@ -11,6 +11,9 @@ const USAGE: &str = "usage:
   local-stack invoke --function LogicalId --event FILE [--stack taskflow-local]
                      (one invocation of the function's binary against the running `dev` stack;
                      the response goes to stdout, the function's logs to stderr)
+  local-stack redrive --tier critical|high|normal|low|background [--stack taskflow-local]
+                     (moves the tier's dead letters back to its queue on the running `dev` stack,
+                     as SQS's StartMessageMoveTask does on AWS)
 
 environment: AWS_ENDPOINT_URL uses an already running emulator (e.g. LocalStack)
 instead of starting moto; LOCAL_JWT_SECRET overrides the development signing secret.";
@@ -34,6 +37,7 @@ async fn main() -> Result<()> {
         "dev" => dev(&flags).await,
         "token" => token(&flags),
         "invoke" => invoke(&flags).await,
+        "redrive" => redrive(&flags).await,
         _ => {
             eprintln!("{USAGE}");
             std::process::exit(2);
@@ -148,6 +152,62 @@ fn token(flags: &HashMap<String, String>) -> Result<()> {
 }
 
 /// Where `dev` records how each function runs, for `invoke`.
+/// The running `dev` stack's functions, from the manifest it wrote.
+fn stack_functions(stack: &str) -> Result<Vec<local_stack::runtime::FunctionConfig>> {
+    let manifest = functions_manifest(stack);
+    let text = std::fs::read(&manifest).with_context(|| {
+        format!(
+            "reading {} (start the stack first: make dev)",
+            manifest.display()
+        )
+    })?;
+    serde_json::from_slice(&text)
+        .with_context(|| format!("{} is not a functions manifest", manifest.display()))
+}
+
+/// Moves a tier's dead letters back to its queue on the running `dev` stack.
+async fn redrive(flags: &HashMap<String, String>) -> Result<()> {
+    let tier = flags
+        .get("tier")
+        .with_context(|| format!("--tier is required\n{USAGE}"))?;
+    if tier.parse::<shared::domain::Priority>().is_err() {
+        bail!("unknown tier '{tier}': one of critical, high, normal, low, background");
+    }
+    let tier = tier.to_ascii_uppercase();
+    let stack = flags
+        .get("stack")
+        .cloned()
+        .unwrap_or_else(|| "taskflow-local".into());
+    let configs = stack_functions(&stack)?;
+    let api = configs
+        .iter()
+        .find(|c| c.name == local_stack::functions::API_FUNCTION)
+        .context("the stack's manifest has no API function")?;
+    let env = |name: &str| {
+        api.environment
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+            .with_context(|| format!("no {name} in the stack's environment"))
+    };
+    let (queue, dead_letters) = (
+        env(&format!("QUEUE_URL_{tier}"))?,
+        env(&format!("DLQ_URL_{tier}"))?,
+    );
+    let endpoint = env("AWS_ENDPOINT_URL")?;
+    let sdk = local_stack::emulator::sdk_config(&endpoint).await;
+    let sqs = aws_sdk_sqs::Client::new(&sdk);
+    tracing::info!("moving the dead letters of {dead_letters} back to {queue}");
+    let moved = local_stack::redrive::redrive(&sqs, &dead_letters, &queue, |n| {
+        tracing::info!("{n} moved so far")
+    })
+    .await?;
+    tracing::info!(
+        "{moved} messages moved; now POST /api/tasks/{{id}}/retry for their failed tasks"
+    );
+    Ok(())
+}
+
 fn functions_manifest(stack: &str) -> std::path::PathBuf {
     StackOptions::repo_root()
         .join(".local")
@@ -169,14 +229,7 @@ async fn invoke(flags: &HashMap<String, String>) -> Result<()> {
         .cloned()
         .unwrap_or_else(|| "taskflow-local".into());
     let manifest = functions_manifest(&stack);
-    let configs: Vec<local_stack::runtime::FunctionConfig> =
-        serde_json::from_slice(&std::fs::read(&manifest).with_context(|| {
-            format!(
-                "reading {} (start the stack first: make dev)",
-                manifest.display()
-            )
-        })?)
-        .with_context(|| format!("{} is not a functions manifest", manifest.display()))?;
+    let configs = stack_functions(&stack)?;
     let names: Vec<String> = configs.iter().map(|c| c.name.clone()).collect();
     let Some(config) = configs.into_iter().find(|c| &c.name == function) else {
         bail!(
