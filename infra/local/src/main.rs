@@ -1,28 +1,75 @@
 //! `local-stack dev`: the whole system on this machine, no Docker, no AWS account.
 //! `local-stack token`: a bearer token for the local API.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
+use clap::{Parser, Subcommand};
 use local_stack::{jwt, Backend, LocalStack, StackOptions};
-use std::collections::HashMap;
 
-const USAGE: &str = "usage:
-  local-stack dev    [--port 3000] [--emulator-port 5050] [--stack taskflow-local]
-  local-stack token  --agency ID --user ID --role manager|member|agent [--ttl SECONDS]
-  local-stack invoke --function LogicalId --event FILE [--stack taskflow-local]
-                     (one invocation of the function's binary against the running `dev` stack;
-                     the response goes to stdout, the function's logs to stderr)
-  local-stack redrive --tier critical|high|normal|low|background [--stack taskflow-local]
-                     (moves the tier's dead letters back to its queue on the running `dev` stack,
-                     as SQS's StartMessageMoveTask does on AWS)
+/// The local Taskflow stack: moto, every resource from template.yaml, and each function's
+/// binary under a local Lambda runtime. No Docker, no AWS account.
+///
+/// Environment: AWS_ENDPOINT_URL uses an already running emulator (e.g. LocalStack) instead of
+/// starting moto; LOCAL_JWT_SECRET overrides the development signing secret.
+#[derive(Parser)]
+#[command(name = "local-stack", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
 
-environment: AWS_ENDPOINT_URL uses an already running emulator (e.g. LocalStack)
-instead of starting moto; LOCAL_JWT_SECRET overrides the development signing secret.";
+#[derive(Subcommand)]
+enum Command {
+    /// Run the whole system until Ctrl-C.
+    Dev {
+        /// The API's port on 127.0.0.1.
+        #[arg(long, env = "PORT", default_value_t = 3000)]
+        port: u16,
+        /// moto's port on 127.0.0.1.
+        #[arg(long, env = "EMULATOR_PORT", default_value_t = 5050)]
+        emulator_port: u16,
+        #[arg(long, default_value = "taskflow-local")]
+        stack: String,
+    },
+    /// Print a bearer token for the local API.
+    Token {
+        #[arg(long)]
+        agency: String,
+        #[arg(long)]
+        user: String,
+        /// The caller's role (manager, member, agent, ...).
+        #[arg(long)]
+        role: String,
+        /// Lifetime in seconds.
+        #[arg(long, default_value_t = 12 * 60 * 60)]
+        ttl: i64,
+    },
+    /// One invocation of a function's binary against the running `dev` stack, as `sam local
+    /// invoke` does: the response goes to stdout, the function's logs to stderr.
+    Invoke {
+        /// The function's logical id in template.yaml, e.g. ApiFunction.
+        #[arg(long)]
+        function: String,
+        /// A JSON event file, e.g. events/api-openapi.json.
+        #[arg(long)]
+        event: String,
+        #[arg(long, default_value = "taskflow-local")]
+        stack: String,
+    },
+    /// Move a tier's dead letters back to its queue on the running `dev` stack, as SQS's
+    /// StartMessageMoveTask does on AWS.
+    Redrive {
+        /// critical, high, normal, low or background.
+        #[arg(long)]
+        tier: String,
+        #[arg(long, default_value = "taskflow-local")]
+        stack: String,
+    },
+}
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    let mut args = std::env::args().skip(1);
-    let command = args.next().unwrap_or_default();
-    if command == "invoke" {
+    let cli = Cli::parse();
+    if matches!(cli.command, Command::Invoke { .. }) {
         // The response is the output; everything else goes to stderr.
         tracing_subscriber::fmt()
             .with_writer(std::io::stderr)
@@ -32,60 +79,41 @@ async fn main() -> Result<()> {
     } else {
         shared::telemetry::init();
     }
-    let flags = parse_flags(args.collect())?;
-    match command.as_str() {
-        "dev" => dev(&flags).await,
-        "token" => token(&flags),
-        "invoke" => invoke(&flags).await,
-        "redrive" => redrive(&flags).await,
-        _ => {
-            eprintln!("{USAGE}");
-            std::process::exit(2);
-        }
+    match cli.command {
+        Command::Dev {
+            port,
+            emulator_port,
+            stack,
+        } => dev(port, emulator_port, stack).await,
+        Command::Token {
+            agency,
+            user,
+            role,
+            ttl,
+        } => token(&agency, &user, &role, ttl),
+        Command::Invoke {
+            function,
+            event,
+            stack,
+        } => invoke(&function, &event, &stack).await,
+        Command::Redrive { tier, stack } => redrive(&tier, &stack).await,
     }
 }
 
-fn parse_flags(args: Vec<String>) -> Result<HashMap<String, String>> {
-    let mut flags = HashMap::new();
-    let mut iter = args.into_iter();
-    while let Some(flag) = iter.next() {
-        let Some(name) = flag.strip_prefix("--") else {
-            bail!("unexpected argument '{flag}'\n{USAGE}")
-        };
-        let value = iter
-            .next()
-            .with_context(|| format!("--{name} needs a value"))?;
-        flags.insert(name.to_owned(), value);
-    }
-    Ok(flags)
-}
-
-fn port_flag(flags: &HashMap<String, String>, name: &str, env: &str, default: u16) -> Result<u16> {
-    match flags.get(name).cloned().or_else(|| std::env::var(env).ok()) {
-        Some(v) => v
-            .parse()
-            .with_context(|| format!("--{name} must be a port number")),
-        None => Ok(default),
-    }
-}
-
-async fn dev(flags: &HashMap<String, String>) -> Result<()> {
+async fn dev(port: u16, emulator_port: u16, stack_name: String) -> Result<()> {
     let repo_root = StackOptions::repo_root();
     let backend = match std::env::var("AWS_ENDPOINT_URL") {
         Ok(endpoint) if !endpoint.is_empty() => Backend::Existing { endpoint },
         _ => Backend::Moto {
             venv: repo_root.join(".venv"),
-            port: port_flag(flags, "emulator-port", "EMULATOR_PORT", 5050)?,
+            port: emulator_port,
         },
     };
     let options = StackOptions {
         repo_root,
-        stack_name: flags
-            .get("stack")
-            .cloned()
-            .unwrap_or_else(|| "taskflow-local".into()),
+        stack_name,
         backend,
-        api_port: port_flag(flags, "port", "PORT", 3000)?,
+        api_port: port,
         jwt_secret: jwt::secret_from_env(),
         parameter_overrides: Vec::new(),
         functions: local_stack::FunctionHost::from_env(&StackOptions::repo_root()),
@@ -123,35 +151,16 @@ async fn dev(flags: &HashMap<String, String>) -> Result<()> {
     Ok(())
 }
 
-fn token(flags: &HashMap<String, String>) -> Result<()> {
-    let get = |name: &str| {
-        flags
-            .get(name)
-            .cloned()
-            .with_context(|| format!("--{name} is required\n{USAGE}"))
-    };
-    let role = get("role")?;
-    if role.parse::<shared::domain::Role>().is_err() {
-        bail!("--role must be manager, member or agent");
-    }
-    let ttl = match flags.get("ttl") {
-        Some(t) => t.parse().context("--ttl must be a number of seconds")?,
-        None => 12 * 60 * 60,
-    };
-    let token = jwt::sign(
-        &jwt::secret_from_env(),
-        &get("user")?,
-        &get("agency")?,
-        &role,
-        ttl,
-    );
+fn token(agency: &str, user: &str, role: &str, ttl: i64) -> Result<()> {
+    role.parse::<shared::domain::Role>()
+        .map_err(|problem| anyhow!("--role: {problem}"))?;
+    let token = jwt::sign(&jwt::secret_from_env(), user, agency, role, ttl);
     // The token is the command's output, for $(make -s token ...).
     let mut out = std::io::stdout().lock();
     std::io::Write::write_all(&mut out, format!("{token}\n").as_bytes())?;
     Ok(())
 }
 
-/// Where `dev` records how each function runs, for `invoke`.
 /// The running `dev` stack's functions, from the manifest it wrote.
 fn stack_functions(stack: &str) -> Result<Vec<local_stack::runtime::FunctionConfig>> {
     let manifest = functions_manifest(stack);
@@ -166,19 +175,12 @@ fn stack_functions(stack: &str) -> Result<Vec<local_stack::runtime::FunctionConf
 }
 
 /// Moves a tier's dead letters back to its queue on the running `dev` stack.
-async fn redrive(flags: &HashMap<String, String>) -> Result<()> {
-    let tier = flags
-        .get("tier")
-        .with_context(|| format!("--tier is required\n{USAGE}"))?;
+async fn redrive(tier: &str, stack: &str) -> Result<()> {
     if tier.parse::<shared::domain::Priority>().is_err() {
         bail!("unknown tier '{tier}': one of critical, high, normal, low, background");
     }
     let tier = tier.to_ascii_uppercase();
-    let stack = flags
-        .get("stack")
-        .cloned()
-        .unwrap_or_else(|| "taskflow-local".into());
-    let configs = stack_functions(&stack)?;
+    let configs = stack_functions(stack)?;
     let api = configs
         .iter()
         .find(|c| c.name == local_stack::functions::API_FUNCTION)
@@ -208,6 +210,7 @@ async fn redrive(flags: &HashMap<String, String>) -> Result<()> {
     Ok(())
 }
 
+/// Where `dev` records how each function runs, for `invoke` and `redrive`.
 fn functions_manifest(stack: &str) -> std::path::PathBuf {
     StackOptions::repo_root()
         .join(".local")
@@ -217,21 +220,11 @@ fn functions_manifest(stack: &str) -> std::path::PathBuf {
 
 /// One invocation of a function's binary, as `sam local invoke` does it, against the stack
 /// `dev` is running: that function's environment, Timeout and MemorySize.
-async fn invoke(flags: &HashMap<String, String>) -> Result<()> {
-    let function = flags
-        .get("function")
-        .with_context(|| format!("--function is required\n{USAGE}"))?;
-    let event_file = flags
-        .get("event")
-        .with_context(|| format!("--event is required\n{USAGE}"))?;
-    let stack = flags
-        .get("stack")
-        .cloned()
-        .unwrap_or_else(|| "taskflow-local".into());
-    let manifest = functions_manifest(&stack);
-    let configs = stack_functions(&stack)?;
+async fn invoke(function: &str, event_file: &str, stack: &str) -> Result<()> {
+    let manifest = functions_manifest(stack);
+    let configs = stack_functions(stack)?;
     let names: Vec<String> = configs.iter().map(|c| c.name.clone()).collect();
-    let Some(config) = configs.into_iter().find(|c| &c.name == function) else {
+    let Some(config) = configs.into_iter().find(|c| c.name == function) else {
         bail!(
             "no function '{function}' in {}; the stack has: {}",
             manifest.display(),
