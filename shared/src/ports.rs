@@ -274,12 +274,73 @@ pub trait SchedulingIndex: Send + Sync {
     ) -> Result<u64, AppError>;
 }
 
+/// Where an execution is, as DescribeExecution reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExecutionStatus {
+    Running,
+    Succeeded,
+    Failed,
+    TimedOut,
+    Aborted,
+    PendingRedrive,
+}
+
+impl ExecutionStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Running => "RUNNING",
+            Self::Succeeded => "SUCCEEDED",
+            Self::Failed => "FAILED",
+            Self::TimedOut => "TIMED_OUT",
+            Self::Aborted => "ABORTED",
+            Self::PendingRedrive => "PENDING_REDRIVE",
+        }
+    }
+}
+
+/// What [`Orchestrator::start_resolved`] found.
+#[derive(Debug)]
+pub enum StartOutcome {
+    /// The execution runs: started now, or by an earlier try of the same start.
+    Started,
+    /// An execution of that name had already run to its end: nothing runs now.
+    Closed(ExecutionStatus),
+    /// No execution of that name exists: the start did not happen.
+    NotStarted(AppError),
+}
+
 /// The Step Functions side of chains: start and stop executions, and answer
 /// the callbacks the chain definition waits on.
 #[async_trait]
 pub trait Orchestrator: Send + Sync {
-    /// Starts a chain execution named `name`; returns its ARN.
+    /// Starts a chain execution named `name`; returns its ARN. Any error (including
+    /// ExecutionAlreadyExists) may hide a start that happened: see [`Self::start_resolved`].
     async fn start(&self, name: &str, input: &serde_json::Value) -> Result<String, AppError>;
+    /// The status of the execution named `name`; None when there is none.
+    async fn describe(&self, name: &str) -> Result<Option<ExecutionStatus>, AppError>;
+    /// Starts `name` and resolves an ambiguous answer (a timeout, an error after the request
+    /// may have landed, ExecutionAlreadyExists) by describing that deterministic name, so a
+    /// caller neither undoes a running execution nor takes a closed one for started. An Err
+    /// means neither the start nor the describe gave an answer: it may be running.
+    async fn start_resolved(
+        &self,
+        name: &str,
+        input: &serde_json::Value,
+    ) -> Result<StartOutcome, AppError> {
+        let start_err = match self.start(name, input).await {
+            Ok(_) => return Ok(StartOutcome::Started),
+            Err(err) => err,
+        };
+        match self.describe(name).await {
+            Ok(Some(ExecutionStatus::Running)) => Ok(StartOutcome::Started),
+            Ok(Some(closed)) => Ok(StartOutcome::Closed(closed)),
+            Ok(None) => Ok(StartOutcome::NotStarted(start_err)),
+            Err(describe_err) => {
+                tracing::error!(execution = name, error = %describe_err, start_error = %start_err, "the start failed and the execution could not be described; it may be running");
+                Err(start_err)
+            }
+        }
+    }
     /// The ARN the execution named `name` has (or will have once started).
     fn execution_arn(&self, name: &str) -> String;
     async fn stop(&self, execution_arn: &str, cause: &str) -> Result<(), AppError>;

@@ -707,6 +707,12 @@ pub struct RecordingOrchestrator {
     pub answers: Mutex<Vec<(String, String, String)>>,
     /// When set, `start` fails as if Step Functions were unreachable.
     pub refuse_starts: std::sync::atomic::AtomicBool,
+    /// When set, `start` starts the execution but answers an error (a lost reply).
+    pub lose_start_replies: std::sync::atomic::AtomicBool,
+    /// When set, `describe` fails as if Step Functions were unreachable.
+    pub refuse_describes: std::sync::atomic::AtomicBool,
+    /// Every execution started, by name, with its status (tests may close one).
+    pub executions: Mutex<HashMap<String, crate::ports::ExecutionStatus>>,
     /// Tokens heartbeats were sent for, in order.
     pub heartbeats: Mutex<Vec<String>>,
     /// Tokens Step Functions no longer holds (timed out, answered): a heartbeat says so.
@@ -721,11 +727,49 @@ impl crate::ports::Orchestrator for RecordingOrchestrator {
                 "states:StartExecution refused".into(),
             ));
         }
+        // Names are unique per state machine, closed executions included.
+        {
+            let mut executions = self.executions.lock().expect("not poisoned");
+            if executions.contains_key(name) {
+                return Err(AppError::Internal(format!(
+                    "states:StartExecution: ExecutionAlreadyExists: {name}"
+                )));
+            }
+            executions.insert(name.to_owned(), crate::ports::ExecutionStatus::Running);
+        }
         self.started
             .lock()
             .expect("not poisoned")
             .push((name.to_owned(), input.clone()));
+        if self
+            .lose_start_replies
+            .load(std::sync::atomic::Ordering::SeqCst)
+        {
+            return Err(AppError::Unavailable(
+                "states:StartExecution: timed out".into(),
+            ));
+        }
         Ok(self.execution_arn(name))
+    }
+
+    async fn describe(
+        &self,
+        name: &str,
+    ) -> Result<Option<crate::ports::ExecutionStatus>, AppError> {
+        if self
+            .refuse_describes
+            .load(std::sync::atomic::Ordering::SeqCst)
+        {
+            return Err(AppError::Unavailable(
+                "states:DescribeExecution refused".into(),
+            ));
+        }
+        Ok(self
+            .executions
+            .lock()
+            .expect("not poisoned")
+            .get(name)
+            .copied())
     }
 
     fn execution_arn(&self, name: &str) -> String {
@@ -733,6 +777,10 @@ impl crate::ports::Orchestrator for RecordingOrchestrator {
     }
 
     async fn stop(&self, execution_arn: &str, _cause: &str) -> Result<(), AppError> {
+        let name = execution_arn.rsplit(':').next().unwrap_or_default();
+        if let Some(status) = self.executions.lock().expect("not poisoned").get_mut(name) {
+            *status = crate::ports::ExecutionStatus::Aborted;
+        }
         self.stopped
             .lock()
             .expect("not poisoned")

@@ -1,5 +1,6 @@
 //! Batch jobs on the Distributed Map, against the local stack.
 
+use aws_sdk_dynamodb::types::AttributeValue;
 use aws_sdk_sfn::types::ExecutionStatus;
 use integration_tests::{eventually, stack, unique_agency, wait_for_batch, Client, PickyEndpoint};
 use reqwest::StatusCode;
@@ -407,6 +408,87 @@ async fn uploads_in_each_format_trigger_batches_and_bad_ones_fail_clearly() {
     );
 }
 
+/// Sends the notification the bucket sent for `uploads/<agency>/<name>` again, `copies`
+/// times, as a redelivery would, and waits until the trigger has consumed them.
+async fn replay_upload_event(agency: &str, name: &str, copies: usize) {
+    let clients = stack().clients().await;
+    let key = format!("uploads/{agency}/{name}");
+    let head = clients
+        .s3
+        .head_object()
+        .bucket(stack().config.batch_bucket.clone())
+        .key(&key)
+        .send()
+        .await
+        .unwrap();
+    let event = json!({"Records": [{
+        "eventVersion": "2.1", "eventSource": "aws:s3", "awsRegion": "us-east-1", "eventTime": "2026-01-01T00:00:00.000Z",
+        "eventName": "ObjectCreated:Put", "userIdentity": {"principalId": "x"}, "requestParameters": {"sourceIPAddress": "127.0.0.1"},
+        "responseElements": {}, "s3": {"s3SchemaVersion": "1.0", "configurationId": "c",
+            "bucket": {"name": stack().config.batch_bucket, "ownerIdentity": {"principalId": "x"}, "arn": "arn:aws:s3:::b"},
+            "object": {"key": key, "size": head.content_length().unwrap_or_default(), "eTag": head.e_tag().unwrap_or_default().trim_matches('"'), "sequencer": "0"}}
+    }]});
+    for _ in 0..copies {
+        clients
+            .sqs
+            .send_message()
+            .queue_url(&stack().refs["BatchUploadsQueue"])
+            .message_body(event.to_string())
+            .send()
+            .await
+            .unwrap();
+    }
+    integration_tests::wait_until_drained(&stack().refs["BatchUploadsQueue"]).await;
+}
+
+/// A redelivered upload event finds its batch pending although the round's execution has
+/// already ended (a start whose record was put back): the start answers
+/// ExecutionAlreadyExists, a describe finds the execution closed, and the batch fails with the
+/// reason. Before, ExecutionAlreadyExists counted as started, and the batch showed processing
+/// under a closed execution for good.
+#[tokio::test]
+async fn a_redelivered_upload_whose_execution_already_ended_fails_its_batch() {
+    let (agency, boss) = manager();
+    boss.create_task(&json!({"title": "known"})).await;
+    upload(&agency, "ended.json", b"[1, 2]", &[]).await;
+    let id = eventually("the upload batch", Duration::from_secs(30), || async {
+        let batches = batches_of(&boss).await;
+        (batches.len() == 1).then(|| batches[0]["id"].as_str().unwrap().to_owned())
+    })
+    .await;
+    assert_eq!(wait_for_batch(&boss, &id).await["status"], "completed");
+    let clients = stack().clients().await;
+    clients
+        .dynamodb
+        .update_item()
+        .table_name(&stack().config.table_name)
+        .key(
+            "PK",
+            AttributeValue::S(format!("AGENCY#{agency}#TASK#{id}")),
+        )
+        .key("SK", AttributeValue::S("BATCH".into()))
+        .update_expression("SET #status = :pending")
+        .expression_attribute_names("#status", "status")
+        .expression_attribute_values(":pending", AttributeValue::S("pending".into()))
+        .send()
+        .await
+        .expect("show the batch pending");
+
+    replay_upload_event(&agency, "ended.json", 1).await;
+    let batch = eventually(
+        "the batch to settle",
+        integration_tests::scaled(Duration::from_secs(30)),
+        || async {
+            let batch = boss.get(&format!("/api/batches/{id}")).await.body;
+            (batch["status"] != "pending" && batch["status"] != "processing").then_some(batch)
+        },
+    )
+    .await;
+    assert_eq!(batch["status"], "failed", "{batch}");
+    let error = batch["error"].as_str().unwrap_or_default();
+    assert!(error.contains("already ended (SUCCEEDED)"), "{batch}");
+}
+
 #[tokio::test]
 async fn a_duplicate_upload_event_creates_no_second_batch_and_unknown_agencies_fail() {
     let (agency, boss) = manager();
@@ -418,35 +500,7 @@ async fn a_duplicate_upload_event_creates_no_second_batch_and_unknown_agencies_f
     })
     .await;
     wait_for_batch(&boss, &first).await;
-    // Replay the notification the bucket sent, as a redelivery would.
-    let clients = stack().clients().await;
-    let head = clients
-        .s3
-        .head_object()
-        .bucket(stack().config.batch_bucket.clone())
-        .key(format!("uploads/{agency}/once.json"))
-        .send()
-        .await
-        .unwrap();
-    let event = json!({"Records": [{
-        "eventVersion": "2.1", "eventSource": "aws:s3", "awsRegion": "us-east-1", "eventTime": "2026-01-01T00:00:00.000Z",
-        "eventName": "ObjectCreated:Put", "userIdentity": {"principalId": "x"}, "requestParameters": {"sourceIPAddress": "127.0.0.1"},
-        "responseElements": {}, "s3": {"s3SchemaVersion": "1.0", "configurationId": "c",
-            "bucket": {"name": stack().config.batch_bucket, "ownerIdentity": {"principalId": "x"}, "arn": "arn:aws:s3:::b"},
-            "object": {"key": format!("uploads/{agency}/once.json"), "size": 6, "eTag": head.e_tag().unwrap_or_default().trim_matches('"'), "sequencer": "0"}}
-    }]});
-    for _ in 0..2 {
-        clients
-            .sqs
-            .send_message()
-            .queue_url(&stack().refs["BatchUploadsQueue"])
-            .message_body(event.to_string())
-            .send()
-            .await
-            .unwrap();
-    }
-    // Wait until the trigger has consumed both replays, then count.
-    integration_tests::wait_until_drained(&stack().refs["BatchUploadsQueue"]).await;
+    replay_upload_event(&agency, "once.json", 2).await;
     let batches = batches_of(&boss).await;
     assert_eq!(
         batches.len(),

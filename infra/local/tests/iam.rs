@@ -644,34 +644,64 @@ Resources:
     assert!(!queue_problems.contains("Fine"), "{queue_problems}");
 }
 
-/// Cancelling a task stops its chain's or its batch's execution: the API may call
-/// StopExecution on the executions of both state machines.
-#[test]
-fn the_api_may_stop_chain_and_batch_executions() {
-    let template = project_template();
-    let api = template
+/// The resources (as YAML text) of a function's own statements that allow `action`.
+fn resources_allowing(template: &Template, function: &str, action: &str) -> Vec<String> {
+    let resource = template
         .resources()
         .iter()
-        .find(|r| r.logical_id == "ApiFunction")
-        .expect("ApiFunction");
+        .find(|r| r.logical_id == function)
+        .unwrap_or_else(|| panic!("{function}"));
     let mut resources = Vec::new();
-    for policy in items(api.property("Policies").expect("policies")) {
+    for policy in items(resource.property("Policies").expect("policies")) {
         let Some(statements) = policy.get("Statement") else {
             continue;
         };
         for statement in items(statements) {
-            let stops = statement.get("Action").is_some_and(|a| {
-                items(a)
-                    .iter()
-                    .any(|a| a.as_str() == Some("states:StopExecution"))
-            });
-            if stops {
+            let allows = statement
+                .get("Action")
+                .is_some_and(|a| items(a).iter().any(|a| a.as_str() == Some(action)));
+            if allows {
                 for resource in items(statement.get("Resource").expect("a resource")) {
                     resources.push(serde_yaml::to_string(resource).unwrap());
                 }
             }
         }
     }
+    resources
+}
+
+/// Whoever starts executions resolves an ambiguous start by describing the execution's
+/// deterministic name: the API for chains and batches, the upload trigger for batches.
+#[test]
+fn starters_may_describe_the_executions_they_start() {
+    let template = project_template();
+    let api = resources_allowing(&template, "ApiFunction", "states:DescribeExecution");
+    for machine in ["ChainStateMachine", "BatchStateMachine"] {
+        let wanted = format!(":execution:${{{machine}.Name}}:*");
+        assert!(
+            api.iter().any(|r| r.contains(&wanted)),
+            "no DescribeExecution on {wanted} in {api:?}"
+        );
+    }
+    let trigger = resources_allowing(
+        &template,
+        "BatchTriggerFunction",
+        "states:DescribeExecution",
+    );
+    assert!(
+        trigger
+            .iter()
+            .any(|r| r.contains(":execution:${AWS::StackName}-batch:*")),
+        "no DescribeExecution on the batch executions in {trigger:?}"
+    );
+}
+
+/// Cancelling a task stops its chain's or its batch's execution: the API may call
+/// StopExecution on the executions of both state machines.
+#[test]
+fn the_api_may_stop_chain_and_batch_executions() {
+    let template = project_template();
+    let resources = resources_allowing(&template, "ApiFunction", "states:StopExecution");
     for machine in ["ChainStateMachine", "BatchStateMachine"] {
         let wanted = format!(":execution:${{{machine}.Name}}:*");
         assert!(

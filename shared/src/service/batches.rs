@@ -10,7 +10,7 @@ use crate::domain::{
 use crate::error::{AppError, FieldErrors};
 use crate::executors::ExecutorRegistry;
 use crate::ports::{
-    BatchCreated, BatchStore, Dispatcher, ObjectStore, Orchestrator, Page, TaskStore,
+    BatchCreated, BatchStore, Dispatcher, ObjectStore, Orchestrator, Page, StartOutcome, TaskStore,
 };
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -438,9 +438,7 @@ impl BatchService {
                 .await;
         }
         match parsed {
-            Ok(items) => {
-                self.launch(batch.clone(), &items).await?;
-            }
+            Ok(items) => self.launch_upload(batch.clone(), &items).await?,
             Err(problem) => {
                 tracing::warn!(key, batch = %batch.id, %problem, "upload rejected; batch recorded as failed")
             }
@@ -461,8 +459,36 @@ impl BatchService {
         match (self.batches.get(agency, first).await?, parsed) {
             (Some(batch), Ok(items)) if batch.status == BatchStatus::Pending => {
                 tracing::warn!(key, batch = %first, "the upload's batch never started; starting it now");
-                self.launch(batch, &items).await?;
+                self.launch_upload(batch, &items).await?;
                 Ok(Some(first))
+            }
+            // An earlier delivery recorded the round but could not tell whether its execution
+            // started: start it if it did not (its chunks and manifest are written).
+            (Some(batch), _) if batch.status == BatchStatus::Processing && batch.round == 0 => {
+                let name = format!("{}-r0", batch.id);
+                if self.orchestrator.describe(&name).await?.is_some() {
+                    tracing::info!(key, batch = %first, "duplicate upload event; the batch runs");
+                    return Ok(None);
+                }
+                let Some(manifest_key) = batch.manifest_key.clone() else {
+                    return Err(AppError::internal(
+                        "a processing batch without its manifest",
+                    ));
+                };
+                tracing::warn!(key, batch = %first, "the upload's batch was recorded but never started; starting it now");
+                let input = self.round_input(&batch, &manifest_key)?;
+                match self.orchestrator.start_resolved(&name, &input).await? {
+                    StartOutcome::Started => Ok(Some(first)),
+                    StartOutcome::NotStarted(err) => Err(err),
+                    StartOutcome::Closed(status) => {
+                        let err = AppError::Conflict(format!(
+                            "execution {name} ended ({}) between a describe and a start",
+                            status.as_str()
+                        ));
+                        self.record_start_failure(batch, &err).await;
+                        Ok(Some(first))
+                    }
+                }
             }
             _ => {
                 tracing::info!(key, batch = %first, "duplicate upload event; the batch already exists");
@@ -480,6 +506,20 @@ impl BatchService {
             self.executors.check_run_limit(&params.executor)
         {
             errors.add(format!("{field}.config.{config_field}"), problem);
+        }
+    }
+
+    /// Launches an upload's batch. A round that can never start (its execution name already
+    /// ended, or the batch was cancelled) fails the batch instead of asking for a redelivery
+    /// that would find the same.
+    async fn launch_upload(&self, batch: BatchJob, items: &[Value]) -> Result<(), AppError> {
+        match self.launch(batch.clone(), items).await {
+            Ok(_) => Ok(()),
+            Err(err @ AppError::Conflict(_)) => {
+                self.record_start_failure(batch, &err).await;
+                Ok(())
+            }
+            Err(err) => Err(err),
         }
     }
 
@@ -531,11 +571,45 @@ impl BatchService {
                 now.map_or("gone".to_owned(), |b| b.status.to_string())
             )));
         }
+        let input = self.round_input(batch, &manifest_key)?;
+        let err = match self.orchestrator.start_resolved(&name, &input).await {
+            Ok(StartOutcome::Started) => return Ok(()),
+            Ok(StartOutcome::NotStarted(err)) => err,
+            // The name is the round's, so an execution that already ended was started for this
+            // round before (its record put back or lost): nothing runs it now, and marking it
+            // processing would wait forever for a finalizer that has been.
+            Ok(StartOutcome::Closed(status)) => AppError::Conflict(format!(
+                "execution {name} of round {} had already ended ({}) although the round was not recorded as running",
+                batch.round,
+                status.as_str()
+            )),
+            // Neither the start nor a describe answered: it may be running, so the round stays
+            // recorded (its chunks must find it processing). A redelivered upload checks again.
+            Err(err) => {
+                return Err(AppError::Unavailable(format!(
+                    "batch {} may not have started ({err}); GET it to see whether it runs",
+                    batch.id
+                )))
+            }
+        };
+        let put_back = self
+            .batches
+            .put_if(before, BatchStatus::Processing, batch.round)
+            .await;
+        if let Err(put_back) = put_back {
+            tracing::error!(batch = %batch.id, error = %put_back, start_error = %err, "the round could not start, and the batch could not be put back; it shows processing with no execution");
+        }
+        *batch = before.clone();
+        Err(err)
+    }
+
+    /// The state machine input of the batch's current round.
+    fn round_input(&self, batch: &BatchJob, manifest_key: &str) -> Result<Value, AppError> {
         let queue_url = self
             .dispatcher
             .queue_url(batch.priority)
             .ok_or_else(|| AppError::internal(format!("no queue for tier {}", batch.priority)))?;
-        let input = json!({
+        Ok(json!({
             "batchId": batch.id,
             "agencyId": batch.agency_id,
             "round": batch.round,
@@ -543,19 +617,7 @@ impl BatchService {
             "manifestKey": manifest_key,
             "queueUrl": queue_url,
             "parallelism": batch.parallelism,
-        });
-        if let Err(err) = self.orchestrator.start(&name, &input).await {
-            let put_back = self
-                .batches
-                .put_if(before, BatchStatus::Processing, batch.round)
-                .await;
-            if let Err(put_back) = put_back {
-                tracing::error!(batch = %batch.id, error = %put_back, start_error = %err, "the round could not start, and the batch could not be put back; it shows processing with no execution");
-            }
-            *batch = before.clone();
-            return Err(err);
-        }
-        Ok(())
+        }))
     }
 
     /// Writes the round's chunks and its manifest; returns the manifest's key and the number

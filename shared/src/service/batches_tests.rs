@@ -287,3 +287,207 @@ async fn a_pending_batch_cancelled_before_its_start_never_starts() {
         batch
     );
 }
+
+/// An upload recorded as a pending batch, whose first start was refused; returns its id.
+async fn pending_upload(world: &MemoryWorld, key: &str) -> TaskId {
+    world
+        .services()
+        .tasks
+        .create(&boss(), &json!({"title": "first"}), None)
+        .await
+        .unwrap();
+    world
+        .objects
+        .put(key, b"[1, 2]".to_vec(), "application/json")
+        .await
+        .unwrap();
+    world
+        .orchestrator
+        .refuse_starts
+        .store(true, Ordering::SeqCst);
+    world
+        .services()
+        .batches
+        .create_from_upload(key, "v1")
+        .await
+        .unwrap_err();
+    world
+        .orchestrator
+        .refuse_starts
+        .store(false, Ordering::SeqCst);
+    world
+        .store
+        .all_tasks()
+        .into_iter()
+        .find(|t| t.task_type == crate::domain::TaskType::Batch)
+        .unwrap()
+        .id
+}
+
+/// A start whose reply is lost is resolved by describing the round's execution: it runs, so
+/// the batch stays processing (before: failed, with its execution running and every chunk
+/// refusing to run).
+#[tokio::test]
+async fn a_batch_whose_start_reply_is_lost_is_processing() {
+    let world = MemoryWorld::new();
+    world
+        .orchestrator
+        .lose_start_replies
+        .store(true, Ordering::SeqCst);
+    let view = world
+        .services()
+        .batches
+        .create(&boss(), &json!({"items": [1, 2, 3]}))
+        .await
+        .unwrap();
+    assert_eq!(view.batch.status, BatchStatus::Processing);
+    let stored = world
+        .batches
+        .get(&boss().agency, view.batch.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.status, BatchStatus::Processing);
+    assert_eq!(world.orchestrator.started.lock().unwrap().len(), 1);
+}
+
+/// ExecutionAlreadyExists for an execution that has already ended is not a start: a
+/// redelivered upload event fails the batch with the reason instead of leaving it processing
+/// under a closed execution that will never finalize it.
+#[tokio::test]
+async fn a_redelivered_upload_whose_execution_already_ended_fails_the_batch() {
+    let world = MemoryWorld::new();
+    let id = pending_upload(&world, "uploads/a1/orders.json").await;
+    // The round's execution ran and ended although the batch shows pending (a start whose
+    // record was put back).
+    world
+        .orchestrator
+        .executions
+        .lock()
+        .unwrap()
+        .insert(format!("{id}-r0"), crate::ports::ExecutionStatus::Failed);
+    let batches = world.services().batches;
+    assert_eq!(
+        batches
+            .create_from_upload("uploads/a1/orders.json", "v1")
+            .await
+            .unwrap(),
+        Some(id),
+        "handled: no redelivery would change it"
+    );
+    let batch = world
+        .batches
+        .get(&boss().agency, id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(batch.status, BatchStatus::Failed);
+    let error = batch.error.clone().unwrap();
+    assert!(error.contains("already ended (FAILED)"), "{error}");
+    let task = world.store.get(&boss().agency, id).await.unwrap().unwrap();
+    assert_eq!(task.status, TaskStatus::Failed);
+    assert!(world.orchestrator.started.lock().unwrap().is_empty());
+}
+
+/// When neither the start nor a describe answers, the round stays recorded as processing
+/// (it may be running). The upload event's redelivery describes again: a running execution
+/// is left alone, a missing one is started.
+#[tokio::test]
+async fn an_unresolved_upload_start_is_finished_by_the_redelivery() {
+    for started_before in [true, false] {
+        let world = MemoryWorld::new();
+        let key = "uploads/a1/orders.json";
+        let id = pending_upload(&world, key).await;
+        let orchestrator = &world.orchestrator;
+        orchestrator.refuse_describes.store(true, Ordering::SeqCst);
+        if started_before {
+            orchestrator
+                .lose_start_replies
+                .store(true, Ordering::SeqCst);
+        } else {
+            orchestrator.refuse_starts.store(true, Ordering::SeqCst);
+        }
+        let batches = world.services().batches;
+        let err = batches.create_from_upload(key, "v1").await.unwrap_err();
+        assert!(err.to_string().contains("may not have started"), "{err}");
+        let batch = world
+            .batches
+            .get(&boss().agency, id)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(batch.status, BatchStatus::Processing, "not undone");
+
+        orchestrator.refuse_describes.store(false, Ordering::SeqCst);
+        orchestrator
+            .lose_start_replies
+            .store(false, Ordering::SeqCst);
+        orchestrator.refuse_starts.store(false, Ordering::SeqCst);
+        let again = batches.create_from_upload(key, "v1").await.unwrap();
+        assert_eq!(again, (!started_before).then_some(id));
+        assert_eq!(
+            orchestrator.started.lock().unwrap().len(),
+            1,
+            "started exactly once (started before: {started_before})"
+        );
+        assert_eq!(
+            orchestrator
+                .executions
+                .lock()
+                .unwrap()
+                .get(&format!("{id}-r0")),
+            Some(&crate::ports::ExecutionStatus::Running)
+        );
+        let batch = world
+            .batches
+            .get(&boss().agency, id)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(batch.status, BatchStatus::Processing);
+    }
+}
+
+/// A retry round whose start reply is lost runs: the batch shows the new round processing.
+#[tokio::test]
+async fn a_retry_round_whose_start_reply_is_lost_is_processing() {
+    let world = MemoryWorld::new();
+    let batches = world.services().batches;
+    let id = batches
+        .create(&boss(), &json!({"items": [1, 2, 3]}))
+        .await
+        .unwrap()
+        .batch
+        .id;
+    let mut batch = world
+        .batches
+        .get(&boss().agency, id)
+        .await
+        .unwrap()
+        .unwrap();
+    batch.status = BatchStatus::Failed;
+    batch.failed_items = 1;
+    world.batches.put(&batch).await.unwrap();
+    world
+        .batches
+        .record_failures(
+            &boss().agency,
+            id,
+            &[crate::domain::ItemFailure {
+                index: 1,
+                error: "boom".into(),
+            }],
+        )
+        .await
+        .unwrap();
+    world
+        .orchestrator
+        .lose_start_replies
+        .store(true, Ordering::SeqCst);
+    let retried = batches.retry_failed(&boss(), id).await.unwrap();
+    assert_eq!(
+        (retried.batch.round, retried.batch.status),
+        (1, BatchStatus::Processing)
+    );
+    assert_eq!(world.orchestrator.started.lock().unwrap().len(), 2);
+}

@@ -588,6 +588,12 @@ impl crate::ports::Orchestrator for ScriptedSuccess {
     async fn start(&self, name: &str, input: &serde_json::Value) -> Result<String, AppError> {
         self.inner.start(name, input).await
     }
+    async fn describe(
+        &self,
+        name: &str,
+    ) -> Result<Option<crate::ports::ExecutionStatus>, AppError> {
+        self.inner.describe(name).await
+    }
     fn execution_arn(&self, name: &str) -> String {
         self.inner.execution_arn(name)
     }

@@ -2,7 +2,7 @@
 
 use super::from_sdk;
 use crate::error::AppError;
-use crate::ports::Orchestrator;
+use crate::ports::{ExecutionStatus, Orchestrator};
 use async_trait::async_trait;
 use aws_sdk_sfn::error::ProvideErrorMetadata;
 
@@ -42,11 +42,32 @@ impl Orchestrator for SfnOrchestrator {
             .await;
         match result {
             Ok(out) => Ok(out.execution_arn),
-            // Same name and input: a retry of a start that already happened.
-            Err(err) if err.code() == Some("ExecutionAlreadyExists") => {
-                Ok(self.execution_arn(name))
-            }
+            // ExecutionAlreadyExists included: that execution may have closed long ago, so
+            // only a describe (start_resolved) tells whether it counts as started.
             Err(err) => Err(from_sdk("states:StartExecution", err)),
+        }
+    }
+
+    async fn describe(&self, name: &str) -> Result<Option<ExecutionStatus>, AppError> {
+        use aws_sdk_sfn::types::ExecutionStatus as Sdk;
+        match self
+            .client
+            .describe_execution()
+            .execution_arn(self.execution_arn(name))
+            .send()
+            .await
+        {
+            Ok(out) => Ok(Some(match out.status {
+                Sdk::Running => ExecutionStatus::Running,
+                Sdk::Succeeded => ExecutionStatus::Succeeded,
+                Sdk::TimedOut => ExecutionStatus::TimedOut,
+                Sdk::Aborted => ExecutionStatus::Aborted,
+                Sdk::PendingRedrive => ExecutionStatus::PendingRedrive,
+                // Failed, and any status newer than this SDK: not running.
+                _ => ExecutionStatus::Failed,
+            })),
+            Err(err) if err.code() == Some("ExecutionDoesNotExist") => Ok(None),
+            Err(err) => Err(from_sdk("states:DescribeExecution", err)),
         }
     }
 

@@ -11,7 +11,7 @@ use crate::error::{AppError, FieldErrors};
 use crate::executors::ExecutorRegistry;
 use crate::ports::{
     AgentStore, AttachmentStorage, Dispatcher, IdempotencyRecord, InsertOutcome, Orchestrator,
-    Page, TaskQuery, TaskStore,
+    Page, StartOutcome, TaskQuery, TaskStore,
 };
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
@@ -132,7 +132,7 @@ impl TaskService {
                     self.send(&message).await;
                 }
                 if let Some(launch) = launch {
-                    if let Err(err) = self.orchestrator.start(&launch.name, &launch.input).await {
+                    if let Some(err) = self.start_chain_execution(&task, &launch).await? {
                         self.undo_create(&task, idempotency_key).await;
                         return Err(err);
                     }
@@ -403,7 +403,7 @@ impl TaskService {
         let mut started = task.clone();
         let launch = self.prepare_chain(&mut started, &steps, Utc::now())?;
         self.store.replace(&started, task.version).await?;
-        if let Err(err) = self.orchestrator.start(&launch.name, &launch.input).await {
+        if let Some(err) = self.start_chain_execution(&started, &launch).await? {
             let mut reverted = task;
             reverted.version = started.version;
             reverted.touch(Utc::now());
@@ -413,6 +413,30 @@ impl TaskService {
             return Err(err);
         }
         Ok(started)
+    }
+
+    /// Starts a recorded chain's execution. Some(err) only when it surely did not start, so
+    /// the caller may undo the record; an error leaves the record as it is, because the
+    /// execution may be running and its steps need their task in progress.
+    async fn start_chain_execution(
+        &self,
+        task: &Task,
+        launch: &ChainLaunch,
+    ) -> Result<Option<AppError>, AppError> {
+        match self
+            .orchestrator
+            .start_resolved(&launch.name, &launch.input)
+            .await
+        {
+            // The name is this launch's own (a fresh dispatch id): an execution of it that has
+            // already ended is this very start, which ran to its end and settled the task.
+            Ok(StartOutcome::Started | StartOutcome::Closed(_)) => Ok(None),
+            Ok(StartOutcome::NotStarted(err)) => Ok(Some(err)),
+            Err(err) => Err(AppError::Unavailable(format!(
+                "the chain of task {} may not have started ({err}); GET the task to see whether it runs",
+                task.id
+            ))),
+        }
     }
 
     /// Moves a chain's task to in_progress under a fresh execution, and returns what to

@@ -404,3 +404,76 @@ async fn starting_a_chain_that_cannot_start_puts_the_task_back() {
     assert_eq!(started.status, TaskStatus::InProgress);
     assert_eq!(svc.get(&boss, id).await.unwrap(), started);
 }
+
+/// A start whose reply is lost (the request landed, the answer did not) is resolved by
+/// describing the execution's name: it runs, so the task stays, in progress under it.
+#[tokio::test]
+async fn a_chain_whose_start_reply_is_lost_is_kept_running() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let world = MemoryWorld::new();
+    let svc = world.services().tasks;
+    let boss = caller("boss", "a1", Role::Manager);
+    world.orchestrator.lose_start_replies.store(true, SeqCst);
+    let created = svc.create(&boss, &auto_chain(), Some("k1")).await.unwrap();
+    assert_eq!(created.task["status"], "in_progress");
+    let id = id_of(&created);
+    let task = svc.get(&boss, id).await.unwrap();
+    assert_eq!(task.status, TaskStatus::InProgress, "not undone");
+    let started = world.orchestrator.started.lock().unwrap().clone();
+    assert_eq!(started.len(), 1);
+    assert_eq!(
+        task.execution_arn.as_deref(),
+        Some(world.orchestrator.execution_arn(&started[0].0).as_str())
+    );
+
+    // The same for a chain started later by hand: not put back while its execution runs.
+    let mut body = auto_chain();
+    body["autoDispatch"] = json!(false);
+    let id = id_of(&svc.create(&boss, &body, None).await.unwrap());
+    let started = svc.start(&boss, id, None).await.unwrap();
+    assert_eq!(started.status, TaskStatus::InProgress);
+    assert_eq!(svc.get(&boss, id).await.unwrap(), started);
+    assert_eq!(world.orchestrator.started.lock().unwrap().len(), 2);
+}
+
+/// When neither the start nor a describe answers, the chain may be running: its task is
+/// kept in progress (its steps need it so) and the caller gets a 503 saying so.
+#[tokio::test]
+async fn a_chain_whose_start_cannot_be_resolved_is_not_undone() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let world = MemoryWorld::new();
+    let svc = world.services().tasks;
+    let boss = caller("boss", "a1", Role::Manager);
+    world.orchestrator.lose_start_replies.store(true, SeqCst);
+    world.orchestrator.refuse_describes.store(true, SeqCst);
+    let err = svc
+        .create(&boss, &auto_chain(), Some("k1"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.status_code(), 503);
+    assert!(err.to_string().contains("may not have started"), "{err}");
+    let tasks = world.store.all_tasks();
+    assert_eq!(tasks.len(), 1, "kept: its execution runs");
+    assert_eq!(tasks[0].status, TaskStatus::InProgress);
+    // The client's retry with its key replays the task instead of starting a second chain.
+    world.orchestrator.refuse_describes.store(false, SeqCst);
+    world.orchestrator.lose_start_replies.store(false, SeqCst);
+    let again = svc.create(&boss, &auto_chain(), Some("k1")).await.unwrap();
+    assert!(again.replayed);
+    assert_eq!(world.orchestrator.started.lock().unwrap().len(), 1);
+
+    // Started by hand: not put back either.
+    let mut body = auto_chain();
+    body["autoDispatch"] = json!(false);
+    let id = id_of(&svc.create(&boss, &body, None).await.unwrap());
+    world.orchestrator.lose_start_replies.store(true, SeqCst);
+    world.orchestrator.refuse_describes.store(true, SeqCst);
+    assert_eq!(
+        svc.start(&boss, id, None).await.unwrap_err().status_code(),
+        503
+    );
+    assert_eq!(
+        svc.get(&boss, id).await.unwrap().status,
+        TaskStatus::InProgress
+    );
+}
