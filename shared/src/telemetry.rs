@@ -12,6 +12,8 @@ pub fn init() {
     let _ = if on_lambda {
         builder.json().without_time().try_init()
     } else {
-        builder.try_init()
+        // Colours only on a terminal: a log file or a pipe gets plain text.
+        use std::io::IsTerminal;
+        builder.with_ansi(std::io::stdout().is_terminal()).try_init()
     };
 }
