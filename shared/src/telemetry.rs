@@ -14,6 +14,8 @@ pub fn init() {
     } else {
         // Colours only on a terminal: a log file or a pipe gets plain text.
         use std::io::IsTerminal;
-        builder.with_ansi(std::io::stdout().is_terminal()).try_init()
+        builder
+            .with_ansi(std::io::stdout().is_terminal())
+            .try_init()
     };
 }
