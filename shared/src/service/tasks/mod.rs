@@ -184,7 +184,9 @@ impl TaskService {
         id: TaskId,
     ) -> Result<(Task, Vec<TaskStep>), AppError> {
         let task = self.get(caller, id).await?;
-        let steps = self.store.steps(&caller.agency, id).await?;
+        let mut steps = self.store.steps(&caller.agency, id).await?;
+        // The store keeps steps by name (their sort key); the chain's order is `order`.
+        steps.sort_by(|a, b| (a.order, &a.name).cmp(&(b.order, &b.name)));
         Ok((task, steps))
     }
 

@@ -300,6 +300,22 @@ async fn list_filters_pages_newest_first_and_hides_archived() {
     assert_eq!(err.status_code(), 400);
 }
 
+/// The steps view lists steps by their `order`, not by name (the store keeps them by name).
+#[tokio::test]
+async fn steps_come_back_in_their_order_not_by_name() {
+    let svc = service();
+    let boss = caller("boss", "a1", Role::Manager);
+    let body = json!({"title": "chain", "type": "multi_step", "steps": [
+        {"name": "zeta", "order": 1},
+        {"name": "alpha", "order": 2, "dependsOn": ["zeta"]},
+        {"name": "mid", "order": 3, "dependsOn": ["alpha"]},
+    ]});
+    let id = id_of(&svc.create(&boss, &body, None).await.unwrap());
+    let (_, steps) = svc.steps(&boss, id).await.unwrap();
+    let names: Vec<&str> = steps.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["zeta", "alpha", "mid"]);
+}
+
 #[tokio::test]
 async fn steps_are_stored_in_order_and_removed_with_the_task() {
     let svc = service();
