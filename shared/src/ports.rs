@@ -396,6 +396,14 @@ pub trait BatchStore: Send + Sync {
         round: u32,
     ) -> Result<bool, AppError>;
 
+    /// Batches still `pending` that were created before `cutoff`, oldest first, at most
+    /// `limit`: preparations that never finished (for the sweeper to settle).
+    async fn pending_before(
+        &self,
+        cutoff: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<crate::domain::BatchJob>, AppError>;
+
     /// Makes `attempt` the chunk's current one (later counts must carry it), keeping what
     /// earlier attempts counted: the items in [`ChunkStart::done`] are not to run again.
     async fn start_chunk(

@@ -103,6 +103,8 @@ impl Services {
                 agents: ports.agents.clone(),
                 tasks: tasks.clone(),
                 aging_fraction: config.aging_fraction,
+                batches: ports.batches.clone(),
+                batch_orchestrator: ports.batch_orchestrator.clone(),
             },
             tasks,
         }

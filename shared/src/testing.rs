@@ -910,6 +910,23 @@ impl crate::ports::BatchStore for MemoryBatches {
             _ => Ok(false),
         }
     }
+    async fn pending_before(
+        &self,
+        cutoff: chrono::DateTime<chrono::Utc>,
+        limit: usize,
+    ) -> Result<Vec<crate::domain::BatchJob>, AppError> {
+        let mut pending: Vec<crate::domain::BatchJob> = self
+            .jobs
+            .lock()
+            .expect("not poisoned")
+            .values()
+            .filter(|b| b.status == crate::domain::BatchStatus::Pending && b.created_at < cutoff)
+            .cloned()
+            .collect();
+        pending.sort_by_key(|b| b.created_at);
+        pending.truncate(limit);
+        Ok(pending)
+    }
     async fn start_chunk(
         &self,
         agency: &AgencyId,

@@ -523,3 +523,97 @@ async fn a_duplicate_upload_event_creates_no_second_batch_and_unknown_agencies_f
         "{view}"
     );
 }
+
+/// Issue 13 item 5 on DynamoDB: a batch left pending (a preparation cut off, an upload whose
+/// message went to the DLQ) is found through its GSI3 entry and failed with the reason once it
+/// is 30 minutes old, and it leaves the index. Before, it showed pending for good.
+#[tokio::test]
+async fn the_sweeper_fails_a_batch_left_pending() {
+    let isolated = integration_tests::isolated_stack("taskflow-stuck-batches").await;
+    let clients = stack().clients().await;
+    let config = integration_tests::worker_config(&isolated);
+    let services = shared::services::Services::new(&config, &clients);
+    // The same wiring with a batch state machine that does not exist: its start is refused.
+    let worker = isolated.resources.function("WorkerFunction").unwrap();
+    let broken = shared::config::Config::from_lookup(|k| match k {
+        "BATCH_STATE_MACHINE_ARN" => worker.environment.get(k).map(|arn| format!("{arn}-gone")),
+        _ => worker.environment.get(k).cloned(),
+    })
+    .unwrap();
+    let broken = shared::services::Services::new(&broken, &clients);
+
+    let agency = unique_agency("stuck");
+    let boss = shared::domain::Caller {
+        user: shared::domain::UserId::parse("boss").unwrap(),
+        agency: shared::domain::AgencyId::parse(&agency).unwrap(),
+        role: shared::domain::Role::Manager,
+    };
+    // Created through the service (not an upload: the stack's own trigger would race it).
+    broken
+        .batches
+        .create(&boss, &json!({"items": [1, 2]}))
+        .await
+        .expect_err("the start is refused");
+    let id = services
+        .tasks
+        .list(
+            &boss,
+            &shared::ports::TaskQuery {
+                task_type: Some(shared::domain::TaskType::Batch),
+                limit: 10,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .next()
+        .expect("the batch")
+        .id;
+    let stored = || async {
+        services
+            .batches
+            .batches
+            .get(&boss.agency, id)
+            .await
+            .unwrap()
+            .unwrap()
+    };
+    // That batch was failed with the refusal; show it pending, as a preparation cut off
+    // before its round leaves it.
+    let mut batch = stored().await;
+    batch.status = shared::domain::BatchStatus::Pending;
+    services.batches.batches.put(&batch).await.unwrap();
+
+    let now = chrono::Utc::now();
+    let young = services
+        .sweeper
+        .sweep(now + chrono::Duration::minutes(20))
+        .await
+        .expect("sweep");
+    assert_eq!(young.batches_failed, 0, "{young:?}");
+    let old = services
+        .sweeper
+        .sweep(now + chrono::Duration::minutes(31))
+        .await
+        .expect("sweep");
+    assert_eq!(old.batches_failed, 1, "{old:?}");
+    let batch = stored().await;
+    assert_eq!(batch.status, shared::domain::BatchStatus::Failed);
+    assert!(
+        batch
+            .error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("preparation did not finish"),
+        "{batch:?}"
+    );
+    let again = services
+        .sweeper
+        .sweep(now + chrono::Duration::minutes(32))
+        .await
+        .expect("sweep");
+    assert_eq!(again.batches_failed, 0, "it left the index: {again:?}");
+    isolated.stop().await;
+}

@@ -22,6 +22,7 @@ async fn main() -> Result<(), Error> {
                 "breaches": report.breaches,
                 "agentsOffline": report.agents_offline,
                 "reassigned": report.reassigned,
+                "batchesFailed": report.batches_failed,
             }))
         },
     ))

@@ -694,6 +694,14 @@ fn starters_may_describe_the_executions_they_start() {
             .any(|r| r.contains(":execution:${AWS::StackName}-batch:*")),
         "no DescribeExecution on the batch executions in {trigger:?}"
     );
+    // The sweeper describes a stuck batch's execution before it fails the batch.
+    let sweeper = resources_allowing(&template, "SweeperFunction", "states:DescribeExecution");
+    assert!(
+        sweeper
+            .iter()
+            .any(|r| r.contains(":execution:${BatchStateMachine.Name}:*")),
+        "no DescribeExecution on the batch executions in {sweeper:?}"
+    );
 }
 
 /// Cancelling a task stops its chain's or its batch's execution: the API may call

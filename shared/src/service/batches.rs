@@ -284,29 +284,13 @@ impl BatchService {
 
     /// A batch whose execution could not start is failed with the reason instead of being
     /// left pending. Nothing ran, so the caller simply creates it again.
-    async fn record_start_failure(&self, mut batch: BatchJob, err: &AppError) {
-        let now = Utc::now();
-        batch.error = Some(format!(
-            "the batch could not start ({err}); nothing ran, create it again"
-        ));
-        batch.completed_at = Some(now);
-        let (status, round) = (batch.status, batch.round);
-        batch.status = BatchStatus::Failed;
-        let recorded = async {
-            if !self.batches.put_if(&batch, status, round).await? {
-                return Ok(()); // cancelled meanwhile: that stands
-            }
-            super::batch_runner::settle_batch_task(
-                self.tasks.as_ref(),
-                &batch.agency_id,
-                batch.id,
-                &batch,
-                None,
-            )
-            .await
-        };
-        if let Err(record_err) = recorded.await {
-            tracing::error!(batch = %batch.id, error = %record_err, start_error = %err, "batch could not start, and its failure could not be recorded; it shows pending");
+    async fn record_start_failure(&self, batch: BatchJob, err: &AppError) {
+        let id = batch.id;
+        let reason = format!("the batch could not start ({err}); nothing ran, create it again");
+        if let Err(record_err) =
+            fail_unstarted(self.batches.as_ref(), self.tasks.as_ref(), batch, reason).await
+        {
+            tracing::error!(batch = %id, error = %record_err, start_error = %err, "batch could not start, and its failure could not be recorded; it shows pending");
         }
     }
 
@@ -804,6 +788,25 @@ impl BatchService {
         }
         Ok(items)
     }
+}
+
+/// Fails a batch whose round never started, with `reason`, and settles its task; only over
+/// the batch as read (a cancel or a start meanwhile stands: false).
+pub(crate) async fn fail_unstarted(
+    batches: &dyn BatchStore,
+    tasks: &dyn TaskStore,
+    mut batch: BatchJob,
+    reason: String,
+) -> Result<bool, AppError> {
+    batch.error = Some(reason);
+    batch.completed_at = Some(Utc::now());
+    let (status, round) = (batch.status, batch.round);
+    batch.status = BatchStatus::Failed;
+    if !batches.put_if(&batch, status, round).await? {
+        return Ok(false);
+    }
+    super::batch_runner::settle_batch_task(tasks, &batch.agency_id, batch.id, &batch, None).await?;
+    Ok(true)
 }
 
 fn round1(value: f64) -> f64 {

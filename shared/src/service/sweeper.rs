@@ -7,7 +7,10 @@ use super::tasks::{queue, TaskService};
 use crate::domain::agent::HEARTBEAT_TIMEOUT;
 use crate::domain::{Caller, DispatchMessage, Priority, Role, Task, TaskStatus, UserId};
 use crate::error::AppError;
-use crate::ports::{AgentStore, Dispatcher, SchedulingIndex, TaskQuery, TaskStore, WaitingTask};
+use crate::ports::{
+    AgentStore, BatchStore, Dispatcher, Orchestrator, SchedulingIndex, TaskQuery, TaskStore,
+    WaitingTask,
+};
 use chrono::{DateTime, Utc};
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,7 +32,15 @@ pub struct SweepReport {
     pub breaches: usize,
     pub agents_offline: usize,
     pub reassigned: usize,
+    /// Batches left pending past [`STUCK_PENDING`], failed with the reason.
+    pub batches_failed: usize,
 }
+
+/// A batch still pending this long after its creation was abandoned by its preparation: longer
+/// than any preparation runs, an upload's redeliveries included (5 receives x 180 s visibility).
+pub const STUCK_PENDING: Duration = Duration::from_secs(30 * 60);
+/// Most stuck batches one pass settles (each a describe and two writes); the rest next minute.
+const BATCHES_PER_PASS: usize = 50;
 
 #[derive(Clone)]
 pub struct Sweeper {
@@ -39,6 +50,8 @@ pub struct Sweeper {
     pub agents: Arc<dyn AgentStore>,
     pub tasks: TaskService,
     pub aging_fraction: f64,
+    pub batches: Arc<dyn BatchStore>,
+    pub batch_orchestrator: Arc<dyn Orchestrator>,
 }
 
 impl Sweeper {
@@ -49,7 +62,55 @@ impl Sweeper {
         }
         self.escalate_due(now, &mut report).await?;
         self.retire_offline_agents(now, &mut report).await?;
+        self.fail_stuck_batches(now, &mut report).await?;
         Ok(report)
+    }
+
+    /// Batches left `pending` (a preparation killed or timed out, an upload whose message went
+    /// to the DLQ) would show pending for good: fail them with the reason. A batch whose round's
+    /// execution exists is not touched (it did start; its record is behind), and one the
+    /// describe cannot answer for waits for the next pass.
+    async fn fail_stuck_batches(
+        &self,
+        now: DateTime<Utc>,
+        report: &mut SweepReport,
+    ) -> Result<(), AppError> {
+        let cutoff = now - chrono::Duration::from_std(STUCK_PENDING).unwrap_or_default();
+        for batch in self
+            .batches
+            .pending_before(cutoff, BATCHES_PER_PASS)
+            .await?
+        {
+            let name = format!("{}-r{}", batch.id, batch.round);
+            match self.batch_orchestrator.describe(&name).await {
+                Ok(None) => {}
+                Ok(Some(status)) => {
+                    tracing::error!(batch = %batch.id, execution = name, status = status.as_str(), "a pending batch has an execution; left as it is");
+                    continue;
+                }
+                Err(err) => {
+                    tracing::warn!(batch = %batch.id, error = %err, "could not describe a stuck batch's execution; next pass");
+                    continue;
+                }
+            }
+            let reason = format!(
+                "the batch's preparation did not finish: it was still pending {} minutes after it was created, and nothing ran; create it again",
+                STUCK_PENDING.as_secs() / 60
+            );
+            let id = batch.id;
+            if super::batches::fail_unstarted(
+                self.batches.as_ref(),
+                self.store.as_ref(),
+                batch,
+                reason,
+            )
+            .await?
+            {
+                tracing::warn!(batch = %id, "failed a batch left pending");
+                report.batches_failed += 1;
+            }
+        }
+        Ok(())
     }
 
     /// Moves work that waited past its tier's aging threshold up one tier

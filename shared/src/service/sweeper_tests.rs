@@ -430,3 +430,131 @@ async fn a_breached_waiting_task_keeps_its_wait_in_the_overview() {
     let critical = tiers.iter().find(|t| t.tier == Priority::Critical).unwrap();
     assert!(critical.oldest_waiting_seconds >= 119, "{critical:?}");
 }
+
+/// `count` uploads whose batches were recorded but never started (their starts refused):
+/// the batches a killed preparation or a dead-lettered upload message leaves pending.
+async fn stuck_batches(world: &MemoryWorld, count: usize) -> Vec<crate::domain::TaskId> {
+    use crate::ports::ObjectStore;
+    use std::sync::atomic::Ordering::SeqCst;
+    create(world, json!({"title": "makes the agency known"})).await;
+    world.orchestrator.refuse_starts.store(true, SeqCst);
+    for n in 0..count {
+        let key = format!("uploads/a1/stuck-{n}.json");
+        world
+            .objects
+            .put(&key, b"[1, 2]".to_vec(), "application/json")
+            .await
+            .unwrap();
+        world
+            .services()
+            .batches
+            .create_from_upload(&key, "v1")
+            .await
+            .unwrap_err();
+    }
+    world.orchestrator.refuse_starts.store(false, SeqCst);
+    world
+        .store
+        .all_tasks()
+        .into_iter()
+        .filter(|t| t.task_type == crate::domain::TaskType::Batch)
+        .map(|t| t.id)
+        .collect()
+}
+
+async fn batch_of(world: &MemoryWorld, id: crate::domain::TaskId) -> crate::domain::BatchJob {
+    use crate::ports::BatchStore;
+    world
+        .batches
+        .get(&boss().agency, id)
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+/// A batch left pending (before: for good) is failed with the reason once it is older than
+/// any preparation runs, and its task with it; younger ones are left to their preparation.
+#[tokio::test]
+async fn a_batch_left_pending_is_failed_with_the_reason() {
+    let world = MemoryWorld::new();
+    let id = stuck_batches(&world, 1).await[0];
+    let sweeper = world.services().sweeper;
+    let report = sweeper
+        .sweep(Utc::now() + Duration::minutes(20))
+        .await
+        .unwrap();
+    assert_eq!(
+        report.batches_failed, 0,
+        "a preparation may still be at work"
+    );
+    assert_eq!(
+        batch_of(&world, id).await.status,
+        crate::domain::BatchStatus::Pending
+    );
+
+    let report = sweeper
+        .sweep(Utc::now() + Duration::minutes(31))
+        .await
+        .unwrap();
+    assert_eq!(report.batches_failed, 1);
+    let batch = batch_of(&world, id).await;
+    assert_eq!(batch.status, crate::domain::BatchStatus::Failed);
+    let error = batch.error.clone().unwrap();
+    assert!(error.contains("preparation did not finish"), "{error}");
+    let task = world.store.get(&boss().agency, id).await.unwrap().unwrap();
+    assert_eq!(task.status, TaskStatus::Failed);
+    assert_eq!(task.error, batch.error);
+    assert!(world.orchestrator.started.lock().unwrap().is_empty());
+
+    let again = sweeper
+        .sweep(Utc::now() + Duration::minutes(32))
+        .await
+        .unwrap();
+    assert_eq!(again.batches_failed, 0, "settled once");
+}
+
+/// A pending batch whose round's execution exists did start (its record is behind): it is left
+/// alone. One whose execution cannot be described waits for a later pass.
+#[tokio::test]
+async fn a_stuck_batch_is_described_before_it_is_failed() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let world = MemoryWorld::new();
+    let ids = stuck_batches(&world, 2).await;
+    world.orchestrator.executions.lock().unwrap().insert(
+        format!("{}-r0", ids[0]),
+        crate::ports::ExecutionStatus::Running,
+    );
+    let sweeper = world.services().sweeper;
+    world.orchestrator.refuse_describes.store(true, SeqCst);
+    let later = Utc::now() + Duration::minutes(40);
+    assert_eq!(sweeper.sweep(later).await.unwrap().batches_failed, 0);
+    world.orchestrator.refuse_describes.store(false, SeqCst);
+    assert_eq!(sweeper.sweep(later).await.unwrap().batches_failed, 1);
+    assert_eq!(
+        batch_of(&world, ids[0]).await.status,
+        crate::domain::BatchStatus::Pending,
+        "its execution runs"
+    );
+    assert_eq!(
+        batch_of(&world, ids[1]).await.status,
+        crate::domain::BatchStatus::Failed
+    );
+}
+
+/// Each pass settles a bounded number of stuck batches; the next pass continues.
+#[tokio::test]
+async fn stuck_batches_are_settled_a_bounded_number_per_pass() {
+    let world = MemoryWorld::new();
+    let ids = stuck_batches(&world, 60).await;
+    assert_eq!(ids.len(), 60);
+    let sweeper = world.services().sweeper;
+    let later = Utc::now() + Duration::minutes(40);
+    assert_eq!(sweeper.sweep(later).await.unwrap().batches_failed, 50);
+    assert_eq!(sweeper.sweep(later).await.unwrap().batches_failed, 10);
+    for id in ids {
+        assert_eq!(
+            batch_of(&world, id).await.status,
+            crate::domain::BatchStatus::Failed
+        );
+    }
+}

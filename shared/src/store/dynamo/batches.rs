@@ -23,6 +23,8 @@ use sha2::{Digest, Sha256};
 const BATCH_SK: &str = "BATCH";
 const FAIL_PREFIX: &str = "FAIL#";
 const DEDUPE_SK: &str = "DEDUPE";
+/// GSI3 partition of the batches still pending (batch creations only: a low write rate).
+const PENDING_BATCHES: &str = "BATCHES#PENDING";
 
 /// One item per dedupe key (an upload's bucket/key#version), hashed to bound its length.
 fn dedupe_pk(key: &str) -> String {
@@ -56,6 +58,29 @@ impl DynamoBatchStore {
             client,
             table,
         }
+    }
+
+    /// The batch's item. While it is pending it is also in GSI3 under `BATCHES#PENDING`, by
+    /// creation time, so the sweeper finds preparations that never finished; every write
+    /// replaces the whole item, so leaving pending leaves the index.
+    fn batch_item(batch: &BatchJob) -> Result<Item, AppError> {
+        let mut item = to_item(batch)?;
+        item.extend(Self::key(&batch.agency_id, batch.id, BATCH_SK.to_owned()));
+        item.insert("entity".into(), s("batch"));
+        if batch.status == BatchStatus::Pending {
+            let index = keys::PENDING_INDEX;
+            item.insert(index.pk.into(), s(PENDING_BATCHES));
+            item.insert(
+                index.sk.into(),
+                s(format!(
+                    "{}#{}#{}",
+                    keys::sortable_time(batch.created_at),
+                    batch.agency_id,
+                    batch.id
+                )),
+            );
+        }
+        Ok(item)
     }
 
     fn key(agency: &AgencyId, id: TaskId, sk: String) -> Item {
@@ -112,9 +137,7 @@ impl BatchStore for DynamoBatchStore {
         batch: &BatchJob,
         dedupe_key: Option<&str>,
     ) -> Result<BatchCreated, AppError> {
-        let mut batch_item = to_item(batch)?;
-        batch_item.extend(Self::key(&batch.agency_id, batch.id, BATCH_SK.to_owned()));
-        batch_item.insert("entity".into(), s("batch"));
+        let batch_item = Self::batch_item(batch)?;
         let put = |item: Item| {
             Put::builder()
                 .table_name(&self.table)
@@ -173,10 +196,46 @@ impl BatchStore for DynamoBatchStore {
     }
 
     async fn put(&self, batch: &BatchJob) -> Result<(), AppError> {
-        let mut item = to_item(batch)?;
-        item.extend(Self::key(&batch.agency_id, batch.id, BATCH_SK.to_owned()));
-        item.insert("entity".into(), s("batch"));
-        self.tasks.put_unconditional(item).await
+        self.tasks.put_unconditional(Self::batch_item(batch)?).await
+    }
+
+    async fn pending_before(
+        &self,
+        cutoff: chrono::DateTime<chrono::Utc>,
+        limit: usize,
+    ) -> Result<Vec<BatchJob>, AppError> {
+        let index = keys::PENDING_INDEX;
+        let out = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .index_name(index.name)
+            .key_condition_expression("#pk = :pk AND #sk < :cutoff")
+            .expression_attribute_names("#pk", index.pk)
+            .expression_attribute_names("#sk", index.sk)
+            .expression_attribute_values(":pk", s(PENDING_BATCHES))
+            .expression_attribute_values(":cutoff", s(keys::sortable_time(cutoff)))
+            .limit(i32::try_from(limit).unwrap_or(i32::MAX))
+            .send()
+            .await
+            .map_err(|e| from_sdk("dynamodb:Query", e))?;
+        let mut batches = Vec::new();
+        // The index holds keys only; the item itself says whether it is still pending.
+        for entry in out.items.unwrap_or_default() {
+            let Some((_, agency, id)) = entry
+                .get(index.sk)
+                .and_then(|v| v.as_s().ok())
+                .and_then(|sk| keys::parse_time_agency_id(sk))
+            else {
+                continue;
+            };
+            if let Some(batch) = self.get(&agency, id).await? {
+                if batch.status == BatchStatus::Pending {
+                    batches.push(batch);
+                }
+            }
+        }
+        Ok(batches)
     }
 
     async fn put_if(
@@ -185,9 +244,7 @@ impl BatchStore for DynamoBatchStore {
         status: BatchStatus,
         round: u32,
     ) -> Result<bool, AppError> {
-        let mut item = to_item(batch)?;
-        item.extend(Self::key(&batch.agency_id, batch.id, BATCH_SK.to_owned()));
-        item.insert("entity".into(), s("batch"));
+        let item = Self::batch_item(batch)?;
         let result = self
             .client
             .put_item()
