@@ -197,12 +197,15 @@ impl TaskStore for MemoryStore {
     }
 
     async fn steps(&self, agency: &AgencyId, id: TaskId) -> Result<Vec<TaskStep>, AppError> {
-        Ok(self
+        let mut steps = self
             .lock()
             .steps
             .get(&(agency.clone(), id))
             .cloned()
-            .unwrap_or_default())
+            .unwrap_or_default();
+        // As DynamoDB returns them: by sort key, `STEP#<name>`.
+        steps.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(steps)
     }
 
     async fn get_step(
