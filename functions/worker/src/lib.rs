@@ -179,7 +179,8 @@ impl Worker {
             }
         }
         if let Some(receipt) = &record.receipt_handle {
-            let visibility = delay.as_secs().min(MAX_VISIBILITY_SECONDS) as i32;
+            let visibility =
+                shared::domain::seconds_rounded_up(delay).min(MAX_VISIBILITY_SECONDS) as i32;
             if let Err(err) = self
                 .queue
                 .change_visibility(&queue_url, receipt, visibility)

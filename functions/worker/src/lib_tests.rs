@@ -69,7 +69,8 @@ impl QueueActions for RecordingQueue {
             queue_url.into(),
             body.into(),
             attributes,
-            delay.as_secs(),
+            // What SqsQueue sends as DelaySeconds.
+            shared::domain::seconds_rounded_up(delay),
         ));
         Ok(())
     }
@@ -453,12 +454,15 @@ async fn backoffs_past_thirty_seconds_wait_as_delayed_copies_and_run_the_next_at
             assert_eq!(f.visibility().len(), held_before);
             let (url, sent_body, _, seconds) = f.sent().pop().unwrap();
             assert_eq!(f.sent().len(), sent_before + 1);
-            assert_eq!((url, seconds), (queue_url(Priority::Low), delay.as_secs()));
+            let due = shared::domain::seconds_rounded_up(delay);
+            assert_eq!((url, seconds), (queue_url(Priority::Low), due));
             assert_eq!(sent_body, message);
             copies.push((id, message));
         } else {
             assert_eq!(kept, [format!("m{n}")], "a short backoff is held in flight");
-            assert_eq!(f.visibility().pop().unwrap().2 as u64, delay.as_secs());
+            // Rounded up: the message never comes back before the task's queuedAt.
+            let due = shared::domain::seconds_rounded_up(delay);
+            assert_eq!(f.visibility().pop().unwrap().2 as u64, due);
         }
     }
     assert!(!copies.is_empty());

@@ -88,7 +88,7 @@ impl QueueActions for SqsQueue {
             .set_message_group_id(shared::domain::message_group(body))
             .message_body(body)
             .set_message_attributes(Some(attributes))
-            .delay_seconds(delay.min(MAX_DELAY).as_secs() as i32)
+            .delay_seconds(shared::domain::seconds_rounded_up(delay.min(MAX_DELAY)) as i32)
             .send()
             .await
             .map(|_| ())

@@ -95,6 +95,13 @@ pub fn message_group(body: &str) -> Option<String> {
         .filter(|a| !a.is_empty())
 }
 
+/// A wait in whole seconds, rounded up, as SQS takes it (DelaySeconds, VisibilityTimeout): a
+/// message never comes back before its run is due (rounding down brought retries back early,
+/// before the task's queuedAt, and a quick failure then finished before it was queued).
+pub fn seconds_rounded_up(wait: Duration) -> u64 {
+    wait.as_secs() + u64::from(wait.subsec_nanos() > 0)
+}
+
 /// The message a tier queue carries for one run of a task.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -110,6 +117,14 @@ pub struct DispatchMessage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn waits_round_up_to_whole_seconds() {
+        assert_eq!(seconds_rounded_up(Duration::ZERO), 0);
+        assert_eq!(seconds_rounded_up(Duration::from_millis(1)), 1);
+        assert_eq!(seconds_rounded_up(Duration::from_millis(2_700)), 3);
+        assert_eq!(seconds_rounded_up(Duration::from_secs(900)), 900);
+    }
 
     #[test]
     fn every_tier_message_names_its_message_group() {

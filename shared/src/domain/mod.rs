@@ -21,7 +21,9 @@ pub use batch::{
     ItemFailure, ManifestEntry,
 };
 pub use chain::{ChainMessage, OnFailure, StepConfig};
-pub use execution::{message_group, DispatchMessage, ExecutorSpec, RetryPolicy};
+pub use execution::{
+    message_group, seconds_rounded_up, DispatchMessage, ExecutorSpec, RetryPolicy,
+};
 pub use fields::{Description, Metadata, Priority, TaskType, Title};
 pub use identity::{Caller, Role};
 pub use ids::{AgencyId, AttachmentId, TaskId, UserId};

@@ -71,7 +71,7 @@ impl Dispatcher for SqsDispatcher {
             .queue_url(Self::url(&self.queue_urls, message.priority)?)
             .set_message_group_id(crate::domain::message_group(&body))
             .message_body(body)
-            .delay_seconds(delay.min(MAX_DELAY).as_secs() as i32)
+            .delay_seconds(crate::domain::seconds_rounded_up(delay.min(MAX_DELAY)) as i32)
             .send()
             .await
             .map_err(|e| from_sdk("sqs:SendMessage", e))?;
