@@ -415,6 +415,45 @@ async fn a_copy_that_cannot_be_sent_leaves_the_message_held_in_flight() {
     assert_eq!(failures, ["m"]);
 }
 
+/// A short backoff is held in flight for its wait rounded up to whole seconds: rounded down,
+/// the retry came back before the task's `queuedAt`, and a quick failure then finished before
+/// it was queued.
+#[tokio::test]
+async fn a_held_retry_never_comes_back_before_its_queued_at() {
+    let f = Fixture::new();
+    // Backoffs from [0, 2 s): fractional, held in flight.
+    for n in 0..5 {
+        let body = json!({"title": "t", "priority": "low", "autoDispatch": true,
+            "executor": {"type": "flaky"}, "retry": {"maxAttempts": 3, "baseDelaySeconds": 2}});
+        let created = f
+            .world
+            .services_with(executors())
+            .tasks
+            .create(&boss(), &body, None)
+            .await
+            .unwrap();
+        let id = TaskId::parse(created.task["id"].as_str().unwrap()).unwrap();
+        let message = text(&f.world.dispatcher.sent.lock().unwrap().pop().unwrap());
+        let kept = f
+            .handle(vec![record(&format!("m{n}"), &message, Priority::Low)])
+            .await;
+        assert_eq!(kept, [format!("m{n}")]);
+        let task = f
+            .world
+            .store
+            .get(&boss().agency, id)
+            .await
+            .unwrap()
+            .unwrap();
+        let wait = (task.queued_at.unwrap() - task.updated_at).to_std().unwrap();
+        let held = f.visibility().pop().unwrap().2;
+        assert!(
+            std::time::Duration::from_secs(held as u64) >= wait,
+            "held {held} s, due in {wait:?}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn backoffs_past_thirty_seconds_wait_as_delayed_copies_and_run_the_next_attempt() {
     let f = Fixture::new();
