@@ -3,12 +3,19 @@
 
 use crate::domain::Priority;
 use crate::error::AppError;
+use crate::executors::egress::ALLOWED_HOSTS_VAR;
 use std::collections::BTreeMap;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     pub table_name: String,
     pub attachments_bucket: String,
+    /// Where the http executor may send requests beyond public addresses
+    /// (`HTTP_EXECUTOR_ALLOWED_HOSTS`, parsed by
+    /// [`crate::executors::egress::EgressPolicy::from_config`]), and the
+    /// Runtime API it never may (`AWS_LAMBDA_RUNTIME_API`).
+    pub http_allowed_hosts: String,
+    pub runtime_api: Option<String>,
     /// Tier queue URLs (`QUEUE_URL_CRITICAL`, …).
     pub queue_urls: BTreeMap<Priority, String>,
     /// Dead-letter queue URLs (`DLQ_URL_CRITICAL`, …).
@@ -56,6 +63,8 @@ impl Config {
         Ok(Self {
             table_name: required("TABLE_NAME")?,
             attachments_bucket: required("ATTACHMENTS_BUCKET")?,
+            http_allowed_hosts: lookup(ALLOWED_HOSTS_VAR).unwrap_or_default(),
+            runtime_api: lookup("AWS_LAMBDA_RUNTIME_API"),
             chain_state_machine_arn: required("CHAIN_STATE_MACHINE_ARN")?,
             batch_bucket: required("BATCH_BUCKET")?,
             batch_state_machine_arn: required("BATCH_STATE_MACHINE_ARN")?,

@@ -3,6 +3,7 @@
 
 use crate::aws::AwsClients;
 use crate::config::Config;
+use crate::executors::egress::EgressPolicy;
 use crate::executors::ExecutorRegistry;
 use crate::ports::SchedulingIndex;
 use crate::service::{
@@ -56,7 +57,8 @@ impl Services {
             )),
         };
         let index = Arc::new(DynamoSchedulingIndex::new(clients.dynamodb.clone(), table));
-        Self::from_ports(ports, index, ExecutorRegistry::builtin(), config)
+        let executors = ExecutorRegistry::builtin_with(EgressPolicy::from_config(config));
+        Self::from_ports(ports, index, executors, config)
     }
 
     pub fn from_ports(

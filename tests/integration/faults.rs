@@ -180,6 +180,10 @@ async fn a_worker_killed_at_its_timeout_leaves_the_task_to_finish_once() {
         ("LeaseSeconds".into(), "20".into()),
         ("WorkerTimeoutSeconds".into(), "8".into()),
         ("QueueVisibilitySeconds".into(), "22".into()),
+        (
+            "HttpExecutorAllowedHosts".into(),
+            integration_tests::LOOPBACK_ALLOWED.into(),
+        ),
     ];
     let host = LocalStack::start(options).await.expect("host");
     let boss =

@@ -472,6 +472,10 @@ async fn heartbeat_stack(
         ("LeaseSeconds", "60"),
         ("WorkerTimeoutSeconds", "75"),
         ("QueueVisibilitySeconds", "95"),
+        (
+            "HttpExecutorAllowedHosts",
+            integration_tests::LOOPBACK_ALLOWED,
+        ),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v.to_owned()))

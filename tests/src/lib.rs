@@ -341,6 +341,9 @@ impl Client {
     }
 }
 
+/// The allowlist that lets the http executor reach this machine (tests and `make dev`).
+pub const LOOPBACK_ALLOWED: &str = local_stack::LOOPBACK_ALLOWED;
+
 /// Short leases and visibility timeouts so takeover and retry tests run in seconds.
 /// The worker's Timeout leaves 10 s beyond the lease for the claim and the writes around a
 /// run, as the production values do (120 s and 150 s): the worker runs under the local Lambda
@@ -352,6 +355,8 @@ pub fn test_parameters() -> Vec<(String, String)> {
         ("LeaseSeconds", "10"),
         ("QueueVisibilitySeconds", "32"),
         ("WorkerTimeoutSeconds", "20"),
+        // The tests' receivers listen on 127.0.0.1, which the http executor refuses by default.
+        ("HttpExecutorAllowedHosts", LOOPBACK_ALLOWED),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v.to_owned()))

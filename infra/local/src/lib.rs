@@ -17,5 +17,10 @@ pub mod sqs_poller;
 pub mod stack;
 pub mod template;
 
+/// The `HttpExecutorAllowedHosts` value that opens this machine's loopback addresses to the
+/// http executor, which refuses them by default: `make dev` and the tests use it, so local
+/// receivers work (the Lambda Runtime API stays refused).
+pub const LOOPBACK_ALLOWED: &str = "127.0.0.0/8,::1";
+
 pub use functions::FunctionHost;
 pub use stack::{Backend, LocalStack, LocalStackSource, StackOptions};

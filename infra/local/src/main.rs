@@ -115,7 +115,11 @@ async fn dev(port: u16, emulator_port: u16, stack_name: String) -> Result<()> {
         backend,
         api_port: port,
         jwt_secret: jwt::secret_from_env(),
-        parameter_overrides: Vec::new(),
+        // Local demos post to receivers on this machine.
+        parameter_overrides: vec![(
+            "HttpExecutorAllowedHosts".to_owned(),
+            local_stack::LOOPBACK_ALLOWED.to_owned(),
+        )],
         functions: local_stack::FunctionHost::from_env(&StackOptions::repo_root()),
         api_timeout: local_stack::api_gateway::INTEGRATION_TIMEOUT,
     };
@@ -139,6 +143,10 @@ async fn dev(port: u16, emulator_port: u16, stack_name: String) -> Result<()> {
     for (logical, physical) in refs {
         summary.push_str(&format!("  {logical:<22} {physical}\n"));
     }
+    summary.push_str(&format!(
+        "\nThe http executor may reach loopback here (HttpExecutorAllowedHosts={}); on AWS it refuses it by default.\n",
+        local_stack::LOOPBACK_ALLOWED
+    ));
     summary.push_str(
         "\nGet a token: make token AGENCY=acme USER=alice ROLE=manager\nCtrl-C stops everything.\n",
     );

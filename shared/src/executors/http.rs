@@ -1,6 +1,10 @@
+use super::egress::{EgressPolicy, GuardedResolver, Refusal, RuntimeApiRefusal, SystemResolver};
 use super::{number, only_fields, ExecError, Executor, Job, Outcome, WorkUnit};
 use async_trait::async_trait;
+use reqwest::dns::{Name, Resolve, Resolving};
 use serde_json::{json, Value};
+use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 const DEFAULT_TIMEOUT_SECONDS: f64 = 10.0;
@@ -11,20 +15,112 @@ const MAX_RESPONSE_BYTES: usize = 64 * 1024;
 /// POSTs `{"taskId", "attempt", "input"}` to `config.url`, plus what part of the task runs:
 /// `dispatchId` for a whole task, `step` for a chain step, `itemIndex` for a batch item.
 /// 2xx: the response body is the result. 5xx, timeouts and connection errors are retried;
-/// 4xx are not.
+/// 4xx, redirects and destinations the egress policy refuses are not.
 pub struct Http {
     client: reqwest::Client,
+    policy: Arc<EgressPolicy>,
+    /// What the client resolves names with (the guard), for the Runtime API check.
+    resolver: Arc<dyn Resolve>,
+}
+
+/// Lets reqwest take a shared resolver (it wants a sized type).
+struct SharedResolver(Arc<dyn Resolve>);
+
+impl Resolve for SharedResolver {
+    fn resolve(&self, name: Name) -> Resolving {
+        self.0.resolve(name)
+    }
 }
 
 impl Http {
-    pub fn new() -> Self {
-        let client = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(5))
-            .redirect(reqwest::redirect::Policy::limited(3))
+    /// Resolves with the system's resolver, through the policy's guard.
+    pub fn new(policy: EgressPolicy) -> Self {
+        let policy = Arc::new(policy);
+        let guard = Arc::new(GuardedResolver {
+            inner: Arc::new(SystemResolver),
+            policy: policy.clone(),
+        });
+        Self::with_parts(policy, guard, base_client())
+    }
+
+    /// `resolver` is the whole chain the client resolves with (tests wrap the guard to watch
+    /// what it lets through); `builder` comes from [`base_client`].
+    fn with_parts(
+        policy: Arc<EgressPolicy>,
+        resolver: Arc<dyn Resolve>,
+        builder: reqwest::ClientBuilder,
+    ) -> Self {
+        let client = builder
+            .dns_resolver(Arc::new(SharedResolver(resolver.clone())))
             .build()
             .unwrap_or_default();
-        Self { client }
+        Self {
+            client,
+            policy,
+            resolver,
+        }
     }
+
+    /// Refuses IP-literal URLs the policy refuses (reqwest connects to those without
+    /// resolving) and the Lambda Runtime API, whatever the allowlist says.
+    async fn check_target(&self, url: &reqwest::Url) -> Result<(), ExecError> {
+        let port = url.port_or_known_default().unwrap_or(0);
+        let refused =
+            |e: &dyn std::fmt::Display| ExecError::Permanent(format!("POST {url} refused: {e}"));
+        let host = url.host_str().unwrap_or_default();
+        // An IPv6 literal's host is written in brackets.
+        let literal = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<IpAddr>()
+            .ok();
+        if let Some(ip) = literal {
+            if self.policy.is_runtime_api(ip, port) {
+                return Err(refused(&RuntimeApiRefusal(format!("{ip}:{port}"))));
+            }
+            return self.policy.admit(host, ip).map_err(|e| refused(&e));
+        }
+        // A name on the Runtime API's port: where it points now. (The connection itself only
+        // goes where the guard allows, so this matters only where loopback is allowed.)
+        if self.policy.runtime_api_port() == Some(port) {
+            if let Ok(name) = host.parse::<Name>() {
+                if let Ok(addrs) = self.resolver.resolve(name).await {
+                    if let Some(addr) = addrs
+                        .into_iter()
+                        .find(|a| self.policy.is_runtime_api(a.ip(), port))
+                    {
+                        return Err(refused(&RuntimeApiRefusal(format!(
+                            "{host} ({})",
+                            addr.ip()
+                        ))));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The client settings every `Http` uses.
+fn base_client() -> reqwest::ClientBuilder {
+    reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(5))
+        // Redirects are not followed: each hop could point anywhere, and a 3xx names where.
+        .redirect(reqwest::redirect::Policy::none())
+        // A proxy from the environment would resolve names itself, past the guard.
+        .no_proxy()
+}
+
+/// The refusal behind a failed send, if the guard refused its destination.
+fn refusal_in(error: &reqwest::Error) -> Option<&Refusal> {
+    let mut source = std::error::Error::source(error);
+    while let Some(e) = source {
+        if let Some(refusal) = e.downcast_ref::<Refusal>() {
+            return Some(refusal);
+        }
+        source = e.source();
+    }
+    None
 }
 
 fn settings(config: &Value) -> Result<(reqwest::Url, Duration), String> {
@@ -74,6 +170,7 @@ impl Executor for Http {
 
     async fn run(&self, job: &Job<'_>) -> Result<Outcome, ExecError> {
         let (url, timeout) = settings(job.config).map_err(ExecError::Permanent)?;
+        self.check_target(&url).await?;
         let payload = payload(job);
         let response = self
             .client
@@ -83,6 +180,9 @@ impl Executor for Http {
             .send()
             .await
             .map_err(|e| {
+                if let Some(refusal) = refusal_in(&e) {
+                    return ExecError::Permanent(format!("POST {url} refused: {refusal}"));
+                }
                 let what = if e.is_timeout() {
                     "timed out"
                 } else {
@@ -91,6 +191,17 @@ impl Executor for Http {
                 ExecError::Retryable(format!("POST {url} {what}: {e}"))
             })?;
         let status = response.status();
+        if status.is_redirection() {
+            let location = response
+                .headers()
+                .get(reqwest::header::LOCATION)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("nowhere");
+            return Err(ExecError::Permanent(format!(
+                "POST {url} returned {status}, a redirect to {location}; the http executor does \
+                 not follow redirects (a hop could lead to an address it refuses): use the final URL"
+            )));
+        }
         if status.is_server_error() {
             return Err(ExecError::Retryable(format!(
                 "POST {url} returned {status}"
@@ -183,16 +294,18 @@ mod tests {
     }
 
     /// What the loopback receiver answers.
-    enum Answer {
+    pub(super) enum Answer {
         /// This status and body, with its Content-Length.
         Fixed(u16, Vec<u8>),
         /// This status and a chunked body that never ends.
         Endless(u16),
+        /// 302 to this location.
+        Redirect(&'static str),
     }
 
     /// A one-request receiver on 127.0.0.1. The handle yields how many body bytes it wrote
     /// before the client went away.
-    async fn receiver(answer: Answer) -> (String, tokio::task::JoinHandle<u64>) {
+    pub(super) async fn receiver(answer: Answer) -> (String, tokio::task::JoinHandle<u64>) {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}/hook", listener.local_addr().unwrap());
@@ -229,6 +342,13 @@ mod tests {
                     let _ = socket.write_all(&body).await;
                     body.len() as u64
                 }
+                Answer::Redirect(location) => {
+                    let head = format!(
+                        "HTTP/1.1 302 Found\r\nlocation: {location}\r\ncontent-length: 0\r\n\r\n"
+                    );
+                    socket.write_all(head.as_bytes()).await.unwrap();
+                    0
+                }
                 Answer::Endless(status) => {
                     let head = format!("HTTP/1.1 {status} X\r\ntransfer-encoding: chunked\r\n\r\n");
                     socket.write_all(head.as_bytes()).await.unwrap();
@@ -251,6 +371,11 @@ mod tests {
     }
 
     async fn post(url: &str) -> Result<Outcome, ExecError> {
+        let loopback = EgressPolicy::parse("127.0.0.0/8").unwrap();
+        post_with(&Http::new(loopback), url).await
+    }
+
+    pub(super) async fn post_with(http: &Http, url: &str) -> Result<Outcome, ExecError> {
         let config = json!({"url": url, "timeoutSeconds": 30});
         let input = json!({});
         let job = Job {
@@ -260,7 +385,7 @@ mod tests {
             input: &input,
             attempt: 1,
         };
-        Http::new().run(&job).await
+        http.run(&job).await
     }
 
     #[tokio::test]
@@ -315,6 +440,344 @@ mod tests {
         assert!(
             matches!(&outcome, Err(ExecError::Retryable(e)) if e.contains("503")),
             "{outcome:?}"
+        );
+    }
+}
+/// The egress guard, tested where it decides, without a packet leaving 127.0.0.0/8: names
+/// resolve through a fixed map (never DNS), whatever the guard lets through passes a tripwire
+/// that refuses any address outside 127.0.0.0/8 and records it, and IP-literal URLs outside
+/// 127.0.0.0/8 (which reqwest connects to without resolving) are routed to a loopback "proxy"
+/// that only counts connections. A broken guard fails these tests; it never reaches the
+/// network.
+#[cfg(test)]
+mod egress_tests {
+    use super::tests::{post_with, receiver, Answer};
+    use super::*;
+    use std::net::SocketAddr;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Mutex;
+
+    /// A guarded executor and what reached its connector.
+    struct Guarded {
+        http: Http,
+        /// Addresses the guard let through for a name, in order.
+        resolved: Arc<Mutex<Vec<IpAddr>>>,
+        /// Connections to IP literals outside 127.0.0.0/8 (each would have left the machine).
+        literal_escapes: Arc<AtomicUsize>,
+    }
+
+    impl Guarded {
+        /// Asserts that nothing but 127.0.0.0/8 was ever handed to the connector.
+        fn assert_contained(&self) {
+            let resolved = self.resolved.lock().unwrap().clone();
+            assert!(
+                resolved.iter().all(|ip| is_loopback_v4(*ip)),
+                "the guard let {resolved:?} through to the connector"
+            );
+            assert_eq!(
+                self.literal_escapes.load(Ordering::SeqCst),
+                0,
+                "the guard let an IP-literal URL outside 127.0.0.0/8 through to the connector"
+            );
+        }
+
+        fn resolved(&self) -> Vec<IpAddr> {
+            self.resolved.lock().unwrap().clone()
+        }
+    }
+
+    fn is_loopback_v4(ip: IpAddr) -> bool {
+        matches!(ip, IpAddr::V4(v4) if v4.octets()[0] == 127)
+    }
+
+    /// Test names resolved from a map; anything else is an error, never a DNS query.
+    struct MapResolver(Vec<(&'static str, Vec<IpAddr>)>);
+
+    impl Resolve for MapResolver {
+        fn resolve(&self, name: Name) -> Resolving {
+            let found = self
+                .0
+                .iter()
+                .find(|(n, _)| *n == name.as_str())
+                .map(|(_, ips)| ips.clone());
+            let host = name.as_str().to_owned();
+            Box::pin(async move {
+                let ips = found.ok_or_else(|| format!("{host} is not a test name"))?;
+                let addrs: Vec<SocketAddr> =
+                    ips.into_iter().map(|ip| SocketAddr::new(ip, 0)).collect();
+                Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
+            })
+        }
+    }
+
+    /// Sits between the guard and the connector: records every address, and refuses (so
+    /// nothing connects) any outside 127.0.0.0/8.
+    struct Tripwire {
+        guard: GuardedResolver,
+        seen: Arc<Mutex<Vec<IpAddr>>>,
+    }
+
+    impl Resolve for Tripwire {
+        fn resolve(&self, name: Name) -> Resolving {
+            let pending = self.guard.resolve(name);
+            let seen = self.seen.clone();
+            Box::pin(async move {
+                let addrs: Vec<SocketAddr> = pending.await?.collect();
+                seen.lock()
+                    .unwrap()
+                    .extend(addrs.iter().map(SocketAddr::ip));
+                if addrs.iter().any(|a| !is_loopback_v4(a.ip())) {
+                    return Err(
+                        "tripwire: an address outside 127.0.0.0/8 reached the connector".into(),
+                    );
+                }
+                Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
+            })
+        }
+    }
+
+    /// A loopback listener that counts connections: where literal escapes are sent.
+    async fn escape_counter() -> (String, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let count = Arc::new(AtomicUsize::new(0));
+        let counted = count.clone();
+        tokio::spawn(async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                counted.fetch_add(1, Ordering::SeqCst);
+                drop(socket);
+            }
+        });
+        (url, count)
+    }
+
+    async fn guarded(policy: EgressPolicy, names: Vec<(&'static str, Vec<IpAddr>)>) -> Guarded {
+        let policy = Arc::new(policy);
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let tripwire = Arc::new(Tripwire {
+            guard: GuardedResolver {
+                inner: Arc::new(MapResolver(names)),
+                policy: policy.clone(),
+            },
+            seen: seen.clone(),
+        });
+        let (escape_url, literal_escapes) = escape_counter().await;
+        let divert = reqwest::Proxy::custom(move |url| {
+            let host = url
+                .host_str()?
+                .trim_start_matches('[')
+                .trim_end_matches(']');
+            let ip: IpAddr = host.parse().ok()?;
+            (!is_loopback_v4(ip)).then(|| escape_url.clone())
+        });
+        let http = Http::with_parts(policy, tripwire, base_client().proxy(divert));
+        Guarded {
+            http,
+            resolved: seen,
+            literal_escapes,
+        }
+    }
+
+    fn ip(raw: &str) -> IpAddr {
+        raw.parse().unwrap()
+    }
+
+    fn allow(raw: &str) -> EgressPolicy {
+        EgressPolicy::parse(raw).unwrap()
+    }
+
+    /// The run's permanent error; panics on anything else.
+    async fn refused(guarded: &Guarded, url: &str) -> String {
+        let outcome = post_with(&guarded.http, url).await;
+        guarded.assert_contained();
+        match outcome {
+            Err(ExecError::Permanent(error)) => error,
+            other => panic!("{url}: expected a permanent refusal, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn loopback_is_refused_unless_allowed() {
+        let (url, _server) = receiver(Answer::Fixed(200, b"{}".to_vec())).await;
+        let strict = guarded(EgressPolicy::default(), vec![]).await;
+        let error = refused(&strict, &url).await;
+        assert!(error.contains("a loopback address"), "{error}");
+        assert!(error.contains("HttpExecutorAllowedHosts"), "{error}");
+        for other in [
+            "http://[::1]:9/",
+            "http://[::ffff:127.0.0.1]:9/",
+            "http://127.8.9.10:9/",
+        ] {
+            let error = refused(&strict, other).await;
+            assert!(error.contains("loopback"), "{other}: {error}");
+        }
+
+        let open = guarded(allow("127.0.0.0/8"), vec![]).await;
+        assert_eq!(
+            post_with(&open.http, &url).await,
+            Ok(Outcome::Done(json!({})))
+        );
+    }
+
+    #[tokio::test]
+    async fn link_local_private_and_other_internal_literals_are_refused_by_class() {
+        // Loopback is allowed, as in the tests: the other classes stay refused.
+        let guard = guarded(allow("127.0.0.0/8"), vec![]).await;
+        for (url, class) in [
+            ("http://169.254.169.254/latest/meta-data/", "link-local"),
+            ("http://169.254.170.2/v2/credentials", "link-local"),
+            ("http://[fe80::1]/", "link-local"),
+            (
+                "http://[::ffff:169.254.169.254]/",
+                "IPv4-mapped IPv6 form of a link-local",
+            ),
+            ("http://10.0.0.1/", "private"),
+            ("http://172.16.5.4:8080/", "private"),
+            ("http://192.168.1.1/", "private"),
+            ("http://[fd00:ec2::254]/", "private"),
+            ("http://100.64.0.1/", "carrier-grade NAT"),
+            ("http://0.0.0.0/", "unspecified"),
+            ("http://[::]/", "unspecified"),
+            ("http://255.255.255.255/", "broadcast"),
+            ("http://224.0.0.1/", "multicast"),
+        ] {
+            let error = refused(&guard, url).await;
+            assert!(error.contains(class), "{url}: {error}");
+            assert!(error.contains("refused"), "{url}: {error}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_name_resolving_to_a_forbidden_address_is_refused_at_connect_time() {
+        let guard = guarded(
+            allow("127.0.0.0/8"),
+            vec![
+                ("metadata.test", vec![ip("169.254.169.254")]),
+                ("intranet.test", vec![ip("10.1.2.3"), ip("fd00::1")]),
+            ],
+        )
+        .await;
+        let error = refused(&guard, "http://metadata.test/latest/meta-data/").await;
+        assert!(
+            error.contains("metadata.test is 169.254.169.254, a link-local address"),
+            "{error}"
+        );
+        let error = refused(&guard, "https://intranet.test/hook").await;
+        assert!(
+            error.contains("intranet.test is 10.1.2.3, a private address"),
+            "{error}"
+        );
+        assert!(guard.resolved().is_empty());
+    }
+
+    #[tokio::test]
+    async fn only_the_allowed_addresses_of_a_name_are_connected_to() {
+        let (url, _server) = receiver(Answer::Fixed(200, b"\"ok\"".to_vec())).await;
+        let port = url.rsplit(':').next().unwrap().trim_end_matches("/hook");
+        let guard = guarded(
+            allow("127.0.0.0/8"),
+            vec![("mixed.test", vec![ip("10.0.0.7"), ip("127.0.0.1")])],
+        )
+        .await;
+        let outcome = post_with(&guard.http, &format!("http://mixed.test:{port}/hook")).await;
+        assert_eq!(outcome, Ok(Outcome::Done(json!("ok"))));
+        assert_eq!(guard.resolved(), vec![ip("127.0.0.1")]);
+        guard.assert_contained();
+    }
+
+    #[tokio::test]
+    async fn a_redirect_is_not_followed() {
+        let guard = guarded(
+            allow("127.0.0.0/8"),
+            vec![("metadata.test", vec![ip("169.254.169.254")])],
+        )
+        .await;
+        for location in [
+            "http://169.254.169.254/latest/meta-data/",
+            "http://metadata.test/latest/meta-data/",
+            "http://10.0.0.1/",
+        ] {
+            let (url, _server) = receiver(Answer::Redirect(location)).await;
+            let error = refused(&guard, &url).await;
+            assert!(error.contains("302"), "{error}");
+            assert!(
+                error.contains(&format!("a redirect to {location}")),
+                "{error}"
+            );
+            assert!(error.contains("does not follow redirects"), "{error}");
+        }
+        assert!(guard.resolved().is_empty());
+    }
+
+    #[tokio::test]
+    async fn the_allowlist_opens_named_hosts_and_ranges_only() {
+        let (url, _server) = receiver(Answer::Fixed(200, b"1".to_vec())).await;
+        let port = url.rsplit(':').next().unwrap().trim_end_matches("/hook");
+        let names = || {
+            vec![
+                ("hooks.internal.test", vec![ip("127.0.0.1")]),
+                ("other.internal.test", vec![ip("127.0.0.1")]),
+            ]
+        };
+        let guard = guarded(allow(" Hooks.Internal.Test. , 10.9.0.0/16"), names()).await;
+        let outcome = post_with(
+            &guard.http,
+            &format!("http://hooks.internal.test:{port}/hook"),
+        )
+        .await;
+        assert_eq!(outcome, Ok(Outcome::Done(json!(1))));
+        let error = refused(&guard, &format!("http://other.internal.test:{port}/hook")).await;
+        assert!(error.contains("loopback"), "{error}");
+        let error = refused(&guard, &url).await;
+        assert!(error.contains("loopback"), "{error}");
+        // The range opens its own addresses and no others (10.9.0.0/16 is diverted to the
+        // counter, so an allowed literal shows up as an escape rather than a packet).
+        assert!(EgressPolicy::parse("10.9.0.0/16")
+            .unwrap()
+            .admit("x", ip("10.9.200.1"))
+            .is_ok());
+        let error = refused(&guard, "http://10.10.0.1/").await;
+        assert!(error.contains("private"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn the_runtime_api_is_refused_even_with_loopback_allowed() {
+        let (url, _server) = receiver(Answer::Fixed(200, b"{}".to_vec())).await;
+        let address = url.trim_start_matches("http://").trim_end_matches("/hook");
+        let port = address.rsplit(':').next().unwrap();
+        let policy = allow("127.0.0.0/8").with_runtime_api(Some(address));
+        let guard = guarded(policy, vec![("runtime.test", vec![ip("127.0.0.1")])]).await;
+        let error = refused(&guard, &url).await;
+        assert!(error.contains("Lambda Runtime API"), "{error}");
+        let error = refused(
+            &guard,
+            &format!("http://runtime.test:{port}/2018-06-01/runtime/invocation/next"),
+        )
+        .await;
+        assert!(error.contains("Lambda Runtime API"), "{error}");
+    }
+
+    #[test]
+    fn the_allowlist_parses_names_addresses_and_ranges_and_names_a_bad_entry() {
+        let policy = EgressPolicy::parse("127.0.0.0/8, ::1, api.example.com,").unwrap();
+        assert!(policy.admit("x", ip("127.3.2.1")).is_ok());
+        assert!(policy.admit("x", ip("::ffff:127.0.0.1")).is_ok());
+        assert!(policy.admit("x", ip("::1")).is_ok());
+        assert!(policy.admit("API.example.com", ip("10.0.0.1")).is_ok());
+        assert!(policy.admit("x", ip("10.0.0.1")).is_err());
+        // Public addresses need no allowlist.
+        assert!(EgressPolicy::default()
+            .admit("x", ip("93.184.216.34"))
+            .is_ok());
+        assert!(EgressPolicy::default()
+            .admit("x", ip("2606:4700::1"))
+            .is_ok());
+        for bad in ["10.0.0.0/33", "::/129", "10.0.0.0/x", "host name", "a_b"] {
+            assert!(EgressPolicy::parse(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            EgressPolicy::parse("10.0.0.0/33").unwrap_err(),
+            "'10.0.0.0/33': the prefix length must be 0 to 32"
         );
     }
 }

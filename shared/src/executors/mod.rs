@@ -3,6 +3,7 @@
 //! task once with a clear error instead of looping through retries.
 
 mod echo;
+pub mod egress;
 mod http;
 mod manual;
 mod sleep;
@@ -130,11 +131,17 @@ impl ExecutorRegistry {
         }
     }
 
-    /// echo, http, sleep and manual.
+    /// echo, http, sleep and manual; http refuses every address class the default
+    /// [`egress::EgressPolicy`] refuses.
     pub fn builtin() -> Self {
+        Self::builtin_with(egress::EgressPolicy::default())
+    }
+
+    /// [`ExecutorRegistry::builtin`] with the http executor under `egress`.
+    pub fn builtin_with(egress: egress::EgressPolicy) -> Self {
         let mut registry = Self::empty();
         registry.register("echo", Arc::new(echo::Echo));
-        registry.register("http", Arc::new(http::Http::new()));
+        registry.register("http", Arc::new(http::Http::new(egress)));
         registry.register("sleep", Arc::new(sleep::Sleep));
         registry.register("manual", Arc::new(manual::Manual));
         registry
