@@ -272,6 +272,56 @@ pub trait SchedulingIndex: Send + Sync {
         from: DateTime<Utc>,
         until: DateTime<Utc>,
     ) -> Result<u64, AppError>;
+
+    // One agency's figures (`GET /api/queues` for a member). The indexes are keyed by tier, not
+    // agency, so each reads one bounded page and says whether that page held everything.
+
+    /// The agency's waiting work on a tier (both of its partitions), reading at most `limit`
+    /// index entries of each.
+    async fn agency_waiting(
+        &self,
+        tier: Priority,
+        agency: &AgencyId,
+        limit: usize,
+    ) -> Result<AgencyWaiting, AppError>;
+
+    /// The agency's breaches on a tier recorded from `from` up to and including `until`,
+    /// reading at most `limit` breach records.
+    async fn agency_breaches_between(
+        &self,
+        tier: Priority,
+        agency: &AgencyId,
+        from: DateTime<Utc>,
+        until: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Bounded, AppError>;
+
+    /// The agency's automated tasks a worker holds now (`in_progress` with an executor), per
+    /// tier, among its `limit` newest tasks.
+    async fn agency_in_flight(
+        &self,
+        agency: &AgencyId,
+        limit: usize,
+    ) -> Result<(std::collections::BTreeMap<Priority, u64>, bool), AppError>;
+}
+
+/// A count read from one bounded page: `exact` is false when the page did not hold everything
+/// (the count is then a lower bound).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Bounded {
+    pub count: u64,
+    pub exact: bool,
+}
+
+/// An agency's waiting work on a tier, from one bounded page per index partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AgencyWaiting {
+    pub count: u64,
+    /// Since when the oldest one seen has waited.
+    pub oldest: Option<DateTime<Utc>>,
+    /// False when a page did not hold the whole partition: `count` is a lower bound, and an
+    /// older entry of the agency's may lie beyond the page.
+    pub exact: bool,
 }
 
 /// Where an execution is, as DescribeExecution reports it.

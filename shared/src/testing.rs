@@ -629,6 +629,87 @@ impl crate::ports::SchedulingIndex for MemoryIndex {
             .filter(|(t, _, at)| *t == tier && (from..=until).contains(at))
             .count() as u64)
     }
+
+    async fn agency_waiting(
+        &self,
+        tier: crate::domain::Priority,
+        agency: &crate::domain::AgencyId,
+        limit: usize,
+    ) -> Result<crate::ports::AgencyWaiting, AppError> {
+        let mut waiting = crate::ports::AgencyWaiting {
+            count: 0,
+            oldest: None,
+            exact: true,
+        };
+        let far = chrono::Utc::now() + chrono::Duration::days(365 * 100);
+        for breached in [false, true] {
+            // Like the table: one page of the tier's partition, then the agency's share of it.
+            let page = self.waiting(tier, breached, far, None, limit + 1).await?;
+            waiting.exact &= page.len() <= limit;
+            let mine: Vec<_> = page
+                .iter()
+                .take(limit)
+                .filter(|w| &w.agency == agency)
+                .collect();
+            waiting.count += mine.len() as u64;
+            if let Some(first) = mine.first() {
+                waiting.oldest = Some(waiting.oldest.map_or(first.since, |o| o.min(first.since)));
+            }
+        }
+        Ok(waiting)
+    }
+
+    async fn agency_breaches_between(
+        &self,
+        tier: crate::domain::Priority,
+        agency: &crate::domain::AgencyId,
+        from: chrono::DateTime<chrono::Utc>,
+        until: chrono::DateTime<chrono::Utc>,
+        limit: usize,
+    ) -> Result<crate::ports::Bounded, AppError> {
+        let tasks = self.store.all_tasks();
+        let breaches = self.breaches.lock().expect("not poisoned");
+        let in_range: Vec<_> = breaches
+            .iter()
+            .filter(|(t, _, at)| *t == tier && (from..=until).contains(at))
+            .collect();
+        let count = in_range
+            .iter()
+            .take(limit)
+            .filter(|(_, id, _)| tasks.iter().any(|t| t.id == *id && &t.agency_id == agency))
+            .count() as u64;
+        Ok(crate::ports::Bounded {
+            count,
+            exact: in_range.len() <= limit,
+        })
+    }
+
+    async fn agency_in_flight(
+        &self,
+        agency: &crate::domain::AgencyId,
+        limit: usize,
+    ) -> Result<
+        (
+            std::collections::BTreeMap<crate::domain::Priority, u64>,
+            bool,
+        ),
+        AppError,
+    > {
+        let mut tasks: Vec<_> = self
+            .store
+            .all_tasks()
+            .into_iter()
+            .filter(|t| &t.agency_id == agency)
+            .collect();
+        tasks.sort_by_key(|t| std::cmp::Reverse(t.id.to_string()));
+        let mut per_tier = std::collections::BTreeMap::new();
+        for task in tasks.iter().take(limit) {
+            if task.status == TaskStatus::InProgress && task.executor.is_some() {
+                *per_tier.entry(task.priority).or_insert(0) += 1;
+            }
+        }
+        Ok((per_tier, tasks.len() <= limit))
+    }
 }
 
 /// Everything in memory: the store, fake presigned URLs, recorded dispatches, agents.

@@ -158,3 +158,68 @@ async fn another_agency_cannot_reach_batches_steps_agents_or_attachments() {
         before_file
     );
 }
+
+/// `GET /api/queues`: a member sees their own agency's figures per tier, never another's; the
+/// system-wide figures (the queues themselves, with dead letters) are the operator's.
+#[tokio::test]
+async fn a_member_sees_only_their_agencys_queue_figures() {
+    use integration_tests::{eventually, scaled};
+    let ours = unique_agency("queues-ours");
+    let boss = Client::as_user(&ours, "boss", "manager");
+    let member = Client::as_user(&ours, "alice", "member");
+    // People's tasks, not yet picked up: they wait in their tier without a worker touching them.
+    for n in 0..3 {
+        boss.create_task(&json!({"title": format!("ours {n}"), "priority": "low"}))
+            .await;
+    }
+    let theirs = Client::as_user(&unique_agency("queues-theirs"), "boss", "manager");
+    for n in 0..2 {
+        theirs
+            .create_task(&json!({"title": format!("theirs {n}"), "priority": "low"}))
+            .await;
+    }
+
+    let tier = |body: &serde_json::Value, name: &str| {
+        body["tiers"]
+            .as_array()
+            .and_then(|tiers| tiers.iter().find(|t| t["tier"] == name))
+            .cloned()
+            .unwrap_or_else(|| panic!("no {name} tier in {body}"))
+    };
+    // The index is read eventually consistently: poll until the tasks show.
+    let low = eventually(
+        "our low backlog shows 3",
+        scaled(std::time::Duration::from_secs(20)),
+        || async {
+            let reply = member.get("/api/queues").await;
+            assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+            let low = tier(&reply.body, "low");
+            (low["backlog"] == 3).then_some((reply.body, low))
+        },
+    )
+    .await;
+    let (body, low) = low;
+    assert_eq!(body["scope"], "agency");
+    assert_eq!(body["agencyId"], ours.as_str());
+    assert_eq!(low["exact"], true, "{low}");
+    assert_eq!(low["inFlight"], 0);
+    assert!(
+        low.get("deadLetters").is_none(),
+        "a queue's dead letters are every agency's: {low}"
+    );
+    for other in ["critical", "high", "normal", "background"] {
+        assert_eq!(tier(&body, other)["backlog"], 0, "{other}: {body}");
+    }
+
+    // The other agency sees its own two, not our three.
+    let their_low = tier(&theirs.get("/api/queues").await.body, "low");
+    assert_eq!(their_low["backlog"], 2, "{their_low}");
+
+    // An operator sees the deployment: the queues themselves.
+    let operator = Client::as_user(&ours, "ops", "operator");
+    let reply = operator.get("/api/queues").await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    assert_eq!(reply.body["scope"], "system");
+    assert!(reply.body.get("agencyId").is_none());
+    assert!(tier(&reply.body, "low").get("deadLetters").is_some());
+}

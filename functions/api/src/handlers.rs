@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use shared::domain::limits::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
 use shared::domain::{Caller, StepStatus, Task, TaskStep};
 use shared::service::input::parse_task_query;
-use shared::service::{AssignInput, AttachmentInput, CompleteInput, TaskPatch};
+use shared::service::{AssignInput, AttachmentInput, CompleteInput, QueueView, TaskPatch};
 use shared::AppError;
 
 type Reply = Result<Response<Body>, AppError>;
@@ -216,11 +216,18 @@ pub async fn dispatch(
             ))
         }
         Route::Queues => {
-            let tiers = app.services.queues.tiers().await?;
-            Ok(json(
-                200,
-                &json!({"tiers": tiers, "generatedAt": chrono::Utc::now()}),
-            ))
+            let body = match app.services.queues.view(caller).await? {
+                QueueView::System(tiers) => {
+                    json!({"scope": "system", "tiers": tiers, "generatedAt": chrono::Utc::now()})
+                }
+                QueueView::Agency(agency, tiers) => json!({
+                    "scope": "agency",
+                    "agencyId": agency,
+                    "tiers": tiers,
+                    "generatedAt": chrono::Utc::now(),
+                }),
+            };
+            Ok(json(200, &body))
         }
         Route::AddAttachment(id) => {
             let input = AttachmentInput::parse(&json_body(request, false)?)?;

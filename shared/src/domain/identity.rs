@@ -11,6 +11,9 @@ string_enum!(
         Manager => "manager",
         Member => "member",
         Agent => "agent",
+        /// Runs the deployment: sees system-wide queue figures; inside its own agency it may
+        /// do what a member may.
+        Operator => "operator",
     }
 );
 
@@ -43,6 +46,11 @@ impl Caller {
 
     pub fn is_manager(&self) -> bool {
         self.role == Role::Manager
+    }
+
+    /// Whether the caller may see figures across every agency.
+    pub fn is_operator(&self) -> bool {
+        self.role == Role::Operator
     }
 
     pub fn require_manager(&self, action: &str) -> Result<(), AppError> {

@@ -26,7 +26,7 @@ pub use batch_runner::BatchRunner;
 pub use batches::{BatchService, BatchView};
 pub use chains::ChainRunner;
 pub use input::{AssignInput, AttachmentInput, CompleteInput, NewTaskInput, TaskPatch};
-pub use queues::{QueueOverview, TierStats};
+pub use queues::{AgencyTierStats, QueueOverview, QueueView, TierStats};
 pub use runner::{Delivery, RunReport, TaskRunner};
 pub use sweeper::{SweepReport, Sweeper};
 pub use tasks::{Created, NewAttachment, Ports, TaskService};

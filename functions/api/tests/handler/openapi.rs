@@ -918,7 +918,34 @@ fn serialized_records_match_their_schemas_exactly() {
     })
     .unwrap();
     assert_valid(component("TierStats"), &tier, "tier stats");
-    assert_eq!(keys(&tier), strings(&component("TierStats")["required"]));
+    // Each scope emits the common fields plus its own: deadLetters (system), exact (agency).
+    let common = strings(&component("TierStats")["required"]);
+    let with = |field: &str| {
+        let mut all = common.clone();
+        all.insert(field.to_owned());
+        all
+    };
+    assert_eq!(keys(&tier), with("deadLetters"));
+    let agency_tier = serde_json::to_value(shared::service::AgencyTierStats {
+        tier: Priority::Low,
+        backlog: 2,
+        in_flight: 1,
+        oldest_waiting_seconds: 30,
+        sla_seconds: Some(14_400),
+        breaches_last_hour: 0,
+        exact: true,
+    })
+    .unwrap();
+    assert_valid(
+        component("TierStats"),
+        &agency_tier,
+        "an agency's tier stats",
+    );
+    assert_eq!(keys(&agency_tier), with("exact"));
+    assert_eq!(
+        keys(&component("TierStats")["properties"]),
+        with("deadLetters").union(&with("exact")).cloned().collect()
+    );
 }
 
 /// A batch as the API shows it: everything it can emit is declared, and

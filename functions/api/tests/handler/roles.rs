@@ -1,5 +1,5 @@
-//! Who may call what: every route × every role (manager, member, agent), plus
-//! the assignee, a manual step's assignee and the agent itself where the rule
+//! Who may call what: every route × every role (manager, member, agent; an operator is held
+//! to the member rule), plus the assignee, a manual step's assignee and the agent itself where the rule
 //! names them, as one table. Each row runs against a fresh in-memory world
 //! seeded with the state the call needs, so an allowed call gets a 2xx (not a
 //! 409 or 404 that would hide the role check) and a refused one gets a 403 that
@@ -19,6 +19,8 @@ use std::collections::BTreeSet;
 
 /// A member with no part in the task.
 const MEMBER: &str = "33333333-3333-4333-8333-333333333333";
+/// An operator with no part in any task.
+const OPERATOR: &str = "55555555-5555-4555-8555-555555555555";
 /// An agent that is neither the task's assignee nor the agent in the path.
 const AGENT: &str = "agent-ocr-1";
 /// The agent named by `PUT /api/agents/{id}`.
@@ -39,6 +41,9 @@ enum Who {
     StepAssignee,
     /// The caller whose id is the agent id in the path, with this role.
     Itself(&'static str),
+    /// An operator with no part in the task: inside its agency it may do what a member may,
+    /// so every row's member rule is also the operator's.
+    Operator,
 }
 
 impl Who {
@@ -50,6 +55,7 @@ impl Who {
             Who::Assignee(role) => (WORKER, role),
             Who::StepAssignee => (STEP_ASSIGNEE, "member"),
             Who::Itself(role) => (THE_AGENT, role),
+            Who::Operator => (OPERATOR, "operator"),
         }
     }
 }
@@ -556,7 +562,12 @@ async fn every_route_answers_every_role_as_the_table_says() {
     let mut wrong = Vec::new();
     let mut rows = 0;
     for case in TABLE {
-        for &(who, expect) in case.rules {
+        let operator = case
+            .rules
+            .iter()
+            .find(|(who, _)| *who == Member)
+            .map(|&(_, expect)| (Who::Operator, expect));
+        for &(who, expect) in case.rules.iter().chain(operator.iter()) {
             rows += 1;
             let world = MemoryWorld::new();
             let app = App::with_services(world.services());

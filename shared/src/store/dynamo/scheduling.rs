@@ -1,14 +1,15 @@
 //! Cross-agency scans for the sweeper (sparse GSI3 and GSI4) and SLA breach records.
 
-use super::keys::{self, n, s, Index, DUE_INDEX, PENDING_INDEX, PK, SK, TASK_SK};
-use crate::domain::Priority;
+use super::keys::{self, n, s, Index, AGENCY_INDEX, DUE_INDEX, PENDING_INDEX, PK, SK, TASK_SK};
+use crate::domain::{AgencyId, Priority, TaskStatus};
 use crate::error::AppError;
-use crate::ports::{SchedulingIndex, WaitingTask};
+use crate::ports::{AgencyWaiting, Bounded, SchedulingIndex, WaitingTask};
 use crate::store::from_sdk;
 use async_trait::async_trait;
 use aws_sdk_dynamodb::types::{AttributeValue, Select};
 use aws_sdk_dynamodb::Client;
 use chrono::{DateTime, Utc};
+use std::collections::BTreeMap;
 use std::collections::HashMap;
 
 /// Breach records are kept this long (the API reports the last hour).
@@ -74,6 +75,16 @@ impl DynamoSchedulingIndex {
         }
         Ok(())
     }
+}
+
+/// What an index or breach sort key (`<time>#<agency>#<task>`) holds for `agency`: ids cannot
+/// contain '#', so this matches that agency and no other.
+fn agency_tag(agency: &AgencyId) -> String {
+    format!("#{agency}#")
+}
+
+fn page_limit(limit: usize) -> i32 {
+    i32::try_from(limit.max(1)).unwrap_or(i32::MAX)
 }
 
 /// The exclusive start key that resumes a partition's query right after `after`'s entry.
@@ -179,6 +190,122 @@ impl SchedulingIndex for DynamoSchedulingIndex {
             .await
             .map_err(|e| from_sdk("dynamodb:PutItem", e))?;
         Ok(())
+    }
+
+    async fn agency_waiting(
+        &self,
+        tier: Priority,
+        agency: &AgencyId,
+        limit: usize,
+    ) -> Result<AgencyWaiting, AppError> {
+        let mut waiting = AgencyWaiting {
+            count: 0,
+            oldest: None,
+            exact: true,
+        };
+        for partition in [
+            keys::tier_partition(tier),
+            keys::breached_tier_partition(tier),
+        ] {
+            // One page, oldest first; Limit bounds the entries read, before the filter.
+            let out = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .index_name(PENDING_INDEX.name)
+                .key_condition_expression(format!("{} = :p", PENDING_INDEX.pk))
+                .filter_expression(format!("contains({}, :agency)", PENDING_INDEX.sk))
+                .projection_expression(PENDING_INDEX.sk)
+                .expression_attribute_values(":p", s(partition))
+                .expression_attribute_values(":agency", s(agency_tag(agency)))
+                .limit(page_limit(limit))
+                .send()
+                .await
+                .map_err(|e| from_sdk("dynamodb:Query", e))?;
+            waiting.count += out.count.max(0) as u64;
+            waiting.exact &= out.last_evaluated_key.is_none();
+            let first = out
+                .items
+                .unwrap_or_default()
+                .iter()
+                .filter_map(|item| item.get(PENDING_INDEX.sk)?.as_s().ok().cloned())
+                .find_map(|sk| keys::parse_time_agency_id(&sk))
+                .map(|(since, _, _)| since);
+            waiting.oldest = match (waiting.oldest, first) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+        }
+        Ok(waiting)
+    }
+
+    async fn agency_breaches_between(
+        &self,
+        tier: Priority,
+        agency: &AgencyId,
+        from: DateTime<Utc>,
+        until: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Bounded, AppError> {
+        let out = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression("PK = :p AND SK BETWEEN :from AND :until")
+            .filter_expression("contains(SK, :agency)")
+            .expression_attribute_values(":p", s(keys::breach_pk(tier)))
+            .expression_attribute_values(":from", s(keys::sortable_time(from)))
+            .expression_attribute_values(":until", s(format!("{}$", keys::sortable_time(until))))
+            .expression_attribute_values(":agency", s(agency_tag(agency)))
+            .select(Select::Count)
+            .limit(page_limit(limit))
+            .send()
+            .await
+            .map_err(|e| from_sdk("dynamodb:Query", e))?;
+        Ok(Bounded {
+            count: out.count.max(0) as u64,
+            exact: out.last_evaluated_key.is_none(),
+        })
+    }
+
+    async fn agency_in_flight(
+        &self,
+        agency: &AgencyId,
+        limit: usize,
+    ) -> Result<(BTreeMap<Priority, u64>, bool), AppError> {
+        // The agency's newest tasks: work a worker holds is recent, and GSI1 is the agency's own
+        // partition, so other agencies' volume cannot push it out of the page.
+        let out = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .index_name(AGENCY_INDEX.name)
+            .key_condition_expression(format!("{} = :p", AGENCY_INDEX.pk))
+            .filter_expression(
+                "entity = :task AND #status = :held AND attribute_type(executor, :map)",
+            )
+            .projection_expression("priority")
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_values(":p", s(keys::agency_partition(agency)))
+            .expression_attribute_values(":task", s("task"))
+            .expression_attribute_values(":held", s(TaskStatus::InProgress.as_str()))
+            .expression_attribute_values(":map", s("M"))
+            .scan_index_forward(false)
+            .limit(page_limit(limit))
+            .send()
+            .await
+            .map_err(|e| from_sdk("dynamodb:Query", e))?;
+        let mut per_tier = BTreeMap::new();
+        for item in out.items.unwrap_or_default() {
+            let tier = item
+                .get("priority")
+                .and_then(|v| v.as_s().ok())
+                .and_then(|v| v.parse::<Priority>().ok());
+            if let Some(tier) = tier {
+                *per_tier.entry(tier).or_insert(0) += 1;
+            }
+        }
+        Ok((per_tier, out.last_evaluated_key.is_none()))
     }
 
     async fn breaches_between(
