@@ -30,6 +30,29 @@ pub struct Config {
     pub lease_seconds: u64,
     /// Waiting longer than this fraction of the tier's SLA promotes a task one tier.
     pub aging_fraction: f64,
+    /// Per-agency quotas (README "Quotas").
+    pub quotas: Quotas,
+}
+
+/// Per-agency quotas, each refused with a 429 once used up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quotas {
+    /// API requests per second, sustained (`QUOTA_REQUESTS_PER_SECOND`, default 50).
+    pub requests_per_second: u64,
+    /// API requests an idle agency may send at once (`QUOTA_REQUEST_BURST`, default 100).
+    pub request_burst: u64,
+    /// Batch items created per UTC day (`QUOTA_BATCH_ITEMS_PER_DAY`, default 1,000,000).
+    pub batch_items_per_day: u64,
+}
+
+impl Default for Quotas {
+    fn default() -> Self {
+        Self {
+            requests_per_second: 50,
+            request_burst: 100,
+            batch_items_per_day: 1_000_000,
+        }
+    }
 }
 
 impl Config {
@@ -72,6 +95,7 @@ impl Config {
             dlq_urls,
             lease_seconds: number("LEASE_SECONDS", 120.0)? as u64,
             aging_fraction: number("AGING_FRACTION", 0.5)?,
+            quotas: Quotas::from_lookup(&lookup)?,
         })
     }
 
@@ -82,5 +106,30 @@ impl Config {
             .iter()
             .find(|(_, url)| url.rsplit('/').next() == Some(name))
             .map(|(tier, _)| *tier)
+    }
+}
+
+impl Quotas {
+    fn from_lookup(lookup: &impl Fn(&str) -> Option<String>) -> Result<Self, AppError> {
+        let defaults = Self::default();
+        // A quota of 0 would refuse everything; a typo must fail the cold start, not every request.
+        let positive = |key: &str, default: u64| match lookup(key).filter(|v| !v.is_empty()) {
+            None => Ok(default),
+            Some(v) => v.parse::<u64>().ok().filter(|n| *n > 0).ok_or_else(|| {
+                AppError::internal(format!("{key} must be a whole number of at least 1"))
+            }),
+        };
+        let quotas = Self {
+            requests_per_second: positive(
+                "QUOTA_REQUESTS_PER_SECOND",
+                defaults.requests_per_second,
+            )?,
+            request_burst: positive("QUOTA_REQUEST_BURST", defaults.request_burst)?,
+            batch_items_per_day: positive(
+                "QUOTA_BATCH_ITEMS_PER_DAY",
+                defaults.batch_items_per_day,
+            )?,
+        };
+        Ok(quotas)
     }
 }

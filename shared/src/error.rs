@@ -87,6 +87,15 @@ pub enum AppError {
     /// A dependency is briefly unavailable; the request can be retried as is.
     #[error("service temporarily unavailable: {0}")]
     Unavailable(String),
+    /// The agency used up one of its quotas; the same request may pass after `retry_after_seconds`.
+    #[error("{detail}")]
+    QuotaExceeded {
+        /// The quota's stable name (`requestRate`, `batchItemsPerDay`).
+        quota: &'static str,
+        limit: u64,
+        retry_after_seconds: u64,
+        detail: String,
+    },
 }
 
 impl AppError {
@@ -107,6 +116,7 @@ impl AppError {
             AppError::PayloadTooLarge { .. } => 413,
             AppError::UnsupportedMediaType(_) => 415,
             AppError::IdempotencyKeyReused => 422,
+            AppError::QuotaExceeded { .. } => 429,
             AppError::Internal(_) => 500,
             AppError::Unavailable(_) => 503,
         }
@@ -128,6 +138,7 @@ impl AppError {
             AppError::IdempotencyKeyReused => "idempotency_key_reused",
             AppError::PayloadTooLarge { .. } => "payload_too_large",
             AppError::UnsupportedMediaType(_) => "unsupported_media_type",
+            AppError::QuotaExceeded { .. } => "quota_exceeded",
             AppError::Internal(_) => "internal_error",
             AppError::Unavailable(_) => "service_unavailable",
         }
@@ -136,5 +147,17 @@ impl AppError {
     /// Whether retrying the same request later may succeed.
     pub fn is_retryable(&self) -> bool {
         matches!(self, AppError::Unavailable(_))
+    }
+
+    /// Seconds a client should wait before trying again, when waiting helps.
+    pub fn retry_after_seconds(&self) -> Option<u64> {
+        match self {
+            AppError::Unavailable(_) => Some(1),
+            AppError::QuotaExceeded {
+                retry_after_seconds,
+                ..
+            } => Some((*retry_after_seconds).max(1)),
+            _ => None,
+        }
     }
 }

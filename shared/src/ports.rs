@@ -533,3 +533,19 @@ pub trait ObjectStore: Send + Sync {
         expires_in: Duration,
     ) -> Result<String, AppError>;
 }
+
+/// Per-agency request buckets (GCRA, the token bucket kept as one timestamp), shared by
+/// every API instance. Times are microseconds since the Unix epoch.
+#[async_trait]
+pub trait RequestBuckets: Send + Sync {
+    /// Admits a request when the agency's theoretical arrival time `tat` is at most
+    /// `now + tolerance`, moving it to `max(tat, now) + interval` in one conditional write;
+    /// otherwise answers `Err(tat)` and writes nothing.
+    async fn admit(
+        &self,
+        agency: &crate::domain::AgencyId,
+        now_us: u64,
+        interval_us: u64,
+        tolerance_us: u64,
+    ) -> Result<Result<(), u64>, AppError>;
+}

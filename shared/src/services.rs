@@ -49,7 +49,10 @@ impl Services {
                 clients.sfn.clone(),
                 &config.chain_state_machine_arn,
             )),
-            batches: Arc::new(DynamoBatchStore::new(clients.dynamodb.clone(), table)),
+            batches: Arc::new(
+                DynamoBatchStore::new(clients.dynamodb.clone(), table)
+                    .with_daily_item_limit(config.quotas.batch_items_per_day),
+            ),
             objects: Arc::new(S3ObjectStore::new(clients.s3.clone(), &config.batch_bucket)),
             batch_orchestrator: Arc::new(SfnOrchestrator::new(
                 clients.sfn.clone(),

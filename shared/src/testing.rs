@@ -769,6 +769,8 @@ impl MemoryWorld {
         let config = crate::config::Config::from_lookup(|key| match key {
             "LEASE_SECONDS" => Some("30".into()),
             "AGING_FRACTION" => Some("0.5".into()),
+            // Quotas keep their defaults.
+            quota if quota.starts_with("QUOTA_") => None,
             other => Some(format!("memory://{other}")),
         })
         .expect("complete test config");
@@ -923,6 +925,10 @@ pub struct MemoryBatches {
     pub refuse_next_put: std::sync::atomic::AtomicBool,
     /// Failure records deleted so far (each one a DynamoDB delete on AWS).
     pub cleared: std::sync::atomic::AtomicUsize,
+    /// Batch items per agency and UTC day, as the DynamoDB adapter's `with_daily_item_limit`.
+    pub daily_item_limit: Mutex<Option<u64>>,
+    /// Items counted per (agency, UTC day).
+    pub daily_items: Mutex<HashMap<(AgencyId, String), u64>>,
 }
 
 #[async_trait]
@@ -933,12 +939,31 @@ impl crate::ports::BatchStore for MemoryBatches {
         batch: &crate::domain::BatchJob,
         dedupe_key: Option<&str>,
     ) -> Result<crate::ports::BatchCreated, AppError> {
-        if let Some(key) = dedupe_key {
+        // Checked and recorded under one lock, as the adapter's transaction does.
+        {
             let mut seen = self.dedupe.lock().expect("not poisoned");
-            if let Some(first) = seen.get(key) {
+            if let Some(first) = dedupe_key.and_then(|key| seen.get(key)) {
                 return Ok(crate::ports::BatchCreated::Duplicate(*first));
             }
-            seen.insert(key.to_owned(), batch.id);
+            let limit = *self.daily_item_limit.lock().expect("not poisoned");
+            if let Some(limit) =
+                limit.filter(|_| batch.status != crate::domain::BatchStatus::Failed)
+            {
+                let now = chrono::Utc::now();
+                let key = (
+                    batch.agency_id.clone(),
+                    crate::service::quotas::quota_day(now),
+                );
+                let mut counted = self.daily_items.lock().expect("not poisoned");
+                let used = counted.get(&key).copied().unwrap_or(0);
+                if used.saturating_add(batch.total_items) > limit {
+                    return Err(crate::service::quotas::batch_items_refused(limit, now));
+                }
+                counted.insert(key, used + batch.total_items);
+            }
+            if let Some(key) = dedupe_key {
+                seen.insert(key.to_owned(), batch.id);
+            }
         }
         self.tasks.insert(task, &[], None).await?;
         self.jobs
@@ -1182,5 +1207,30 @@ impl crate::ports::ObjectStore for MemoryObjects {
         _expires_in: Duration,
     ) -> Result<String, AppError> {
         Ok(format!("https://uploads.example/{key}"))
+    }
+}
+
+/// Request buckets in process memory, with the DynamoDB adapter's conditions.
+#[derive(Debug, Default)]
+pub struct MemoryBuckets {
+    tat: Mutex<HashMap<AgencyId, u64>>,
+}
+
+#[async_trait]
+impl crate::ports::RequestBuckets for MemoryBuckets {
+    async fn admit(
+        &self,
+        agency: &AgencyId,
+        now_us: u64,
+        interval_us: u64,
+        tolerance_us: u64,
+    ) -> Result<Result<(), u64>, AppError> {
+        let mut tats = self.tat.lock().unwrap_or_else(|e| e.into_inner());
+        let tat = tats.get(agency).copied().unwrap_or(0);
+        if tat > now_us.saturating_add(tolerance_us) {
+            return Ok(Err(tat));
+        }
+        tats.insert(agency.clone(), tat.max(now_us).saturating_add(interval_us));
+        Ok(Ok(()))
     }
 }

@@ -15,6 +15,7 @@ mod paging;
 mod permissions;
 mod priority;
 mod promises;
+mod quotas;
 mod redrive;
 mod soak;
 mod tenancy;

@@ -357,6 +357,11 @@ pub fn test_parameters() -> Vec<(String, String)> {
         ("WorkerTimeoutSeconds", "20"),
         // The tests' receivers listen on 127.0.0.1, which the http executor refuses by default.
         ("HttpExecutorAllowedHosts", LOOPBACK_ALLOWED),
+        // Generous quotas: the emulator serves far fewer requests than this, and tests create
+        // many batch items. tests/integration/quotas.rs tries small ones on a stack of its own.
+        ("QuotaRequestsPerSecond", "400"),
+        ("QuotaRequestBurst", "10000"),
+        ("QuotaBatchItemsPerDay", "100000000"),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v.to_owned()))

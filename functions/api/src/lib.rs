@@ -11,23 +11,39 @@ pub mod routes;
 use lambda_http::{Body, Request, Response};
 use shared::aws::AwsClients;
 use shared::config::Config;
+use shared::service::RequestQuota;
 use shared::services::Services;
+use shared::store::DynamoRequestBuckets;
 use shared::AppError;
+use std::sync::Arc;
 
 /// Everything a request needs, built once per cold start.
 #[derive(Clone)]
 pub struct App {
     services: Services,
+    /// The per-agency request rate; `None` admits everything (tests that do not need it).
+    request_quota: Option<RequestQuota>,
 }
 
 impl App {
     pub fn new(config: &Config, clients: &AwsClients) -> Self {
+        let buckets = DynamoRequestBuckets::new(clients.dynamodb.clone(), &config.table_name);
         Self::with_services(Services::new(config, clients))
+            .with_request_quota(RequestQuota::new(Arc::new(buckets), config.quotas))
     }
 
-    /// An app over any wiring (tests use in-memory ports).
+    /// An app over any wiring (tests use in-memory ports), without a request rate quota.
     pub fn with_services(services: Services) -> Self {
-        Self { services }
+        Self {
+            services,
+            request_quota: None,
+        }
+    }
+
+    /// Refuses an agency's requests past this rate with a 429.
+    pub fn with_request_quota(mut self, quota: RequestQuota) -> Self {
+        self.request_quota = Some(quota);
+        self
     }
 
     /// Configuration and SDK clients from the standard Lambda environment.
@@ -55,5 +71,12 @@ async fn route_and_run(app: &App, request: &Request) -> Result<Response<Body>, A
         Some(identity::caller(request)?)
     };
     let route = routes::Route::resolve(request)?;
+    // Every authenticated request to a route counts against its agency's rate, except the
+    // static OpenAPI document (no store behind it); unknown routes cost nothing to refuse.
+    if let (Some(quota), Some(caller)) = (&app.request_quota, &caller) {
+        if route != routes::Route::OpenApi {
+            quota.admit(&caller.agency).await?;
+        }
+    }
     handlers::dispatch(app, route, caller.as_ref(), request).await
 }

@@ -61,6 +61,10 @@ pub fn error(err: &AppError, request_id: &str) -> Response<Body> {
             fields.insert("expectedVersion".into(), json!(expected));
             fields.insert("currentVersion".into(), json!(current));
         }
+        AppError::QuotaExceeded { quota, limit, .. } => {
+            fields.insert("quota".into(), json!(quota));
+            fields.insert("limit".into(), json!(limit));
+        }
         _ => {}
     }
     let body = json!({"error": {"code": err.code(), "message": message, "fields": fields}});
@@ -72,10 +76,8 @@ pub fn error(err: &AppError, request_id: &str) -> Response<Body> {
             response.headers_mut().insert("allow", value);
         }
     }
-    if err.is_retryable() {
-        response
-            .headers_mut()
-            .insert("retry-after", "1".parse().expect("valid header"));
+    if let Some(seconds) = err.retry_after_seconds() {
+        response.headers_mut().insert("retry-after", seconds.into());
     }
     response
 }

@@ -154,6 +154,8 @@ fn config() -> Config {
         }
         match key {
             "LEASE_SECONDS" | "AGING_FRACTION" => None,
+            // Quotas keep their defaults.
+            quota if quota.starts_with("QUOTA_") => None,
             other => Some(format!("memory://{other}")),
         }
     })

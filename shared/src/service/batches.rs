@@ -378,7 +378,7 @@ impl BatchService {
         }
         self.check_executor(&params, &mut errors, "x-amz-meta-executor");
         // Parse before anything runs; any problem becomes the failed batch's error.
-        let parsed: Result<Vec<Value>, String> = if !errors.is_empty() {
+        let mut parsed: Result<Vec<Value>, String> = if !errors.is_empty() {
             Err(format!("invalid metadata: {errors}"))
         } else if !self.batches.agency_known(&agency).await? {
             Err(format!("unknown agency '{agency}'"))
@@ -406,17 +406,29 @@ impl BatchService {
             count,
         );
         let dedupe = format!("{}/{key}#{version}", self.objects.bucket());
-        if let Err(problem) = &parsed {
+        let fail = |task: &mut Task, batch: &mut BatchJob, problem: &str| {
             let now = Utc::now();
             batch.status = BatchStatus::Failed;
-            batch.error = Some(problem.clone());
+            batch.error = Some(problem.to_owned());
             batch.completed_at = Some(now);
-            task.move_to(TaskStatus::Failed, now)?;
-            task.error = Some(problem.clone());
+            task.error = Some(problem.to_owned());
+            task.move_to(TaskStatus::Failed, now)
+        };
+        if let Err(problem) = &parsed {
+            fail(&mut task, &mut batch, problem)?;
         }
-        if let BatchCreated::Duplicate(first) =
-            self.batches.create(&task, &batch, Some(&dedupe)).await?
-        {
+        let created = match self.batches.create(&task, &batch, Some(&dedupe)).await {
+            // Over the agency's daily item quota: redelivering the event cannot help before
+            // tomorrow, so the upload's batch is recorded as failed with the reason instead.
+            Err(quota @ AppError::QuotaExceeded { .. }) => {
+                let problem = quota.to_string();
+                fail(&mut task, &mut batch, &problem)?;
+                parsed = Err(problem);
+                self.batches.create(&task, &batch, Some(&dedupe)).await?
+            }
+            other => other?,
+        };
+        if let BatchCreated::Duplicate(first) = created {
             return self
                 .redelivered_upload(&batch.agency_id, first, parsed, key)
                 .await;

@@ -835,6 +835,8 @@ async fn a_manual_completion_is_recorded_first_and_its_retry_answers_from_the_re
     let config = crate::config::Config::from_lookup(|key| match key {
         "LEASE_SECONDS" => Some("30".into()),
         "AGING_FRACTION" => Some("0.5".into()),
+        // Quotas keep their defaults.
+        quota if quota.starts_with("QUOTA_") => None,
         other => Some(format!("memory://{other}")),
     })
     .unwrap();

@@ -13,6 +13,7 @@ pub mod chains;
 mod chains_tests;
 pub mod input;
 pub mod queues;
+pub mod quotas;
 pub mod runner;
 #[cfg(test)]
 mod runner_tests;
@@ -27,6 +28,7 @@ pub use batches::{BatchService, BatchView};
 pub use chains::ChainRunner;
 pub use input::{AssignInput, AttachmentInput, CompleteInput, NewTaskInput, TaskPatch};
 pub use queues::{AgencyTierStats, QueueOverview, QueueView, TierStats};
+pub use quotas::RequestQuota;
 pub use runner::{Delivery, RunReport, TaskRunner};
 pub use sweeper::{SweepReport, Sweeper};
 pub use tasks::{Created, NewAttachment, Ports, TaskService};

@@ -8,7 +8,10 @@ pub mod queues;
 mod sdk_error;
 
 pub use attachments::S3AttachmentStorage;
-pub use dynamo::{DynamoAgentStore, DynamoBatchStore, DynamoSchedulingIndex, DynamoTaskStore};
+pub use dynamo::{
+    DynamoAgentStore, DynamoBatchStore, DynamoRequestBuckets, DynamoSchedulingIndex,
+    DynamoTaskStore,
+};
 pub use objects::S3ObjectStore;
 pub use orchestrator::SfnOrchestrator;
 pub use queues::SqsDispatcher;

@@ -5,6 +5,7 @@ mod api_events;
 mod batches;
 mod lambda_events;
 mod openapi;
+mod quotas;
 mod roles;
 mod schema;
 mod support;

@@ -102,7 +102,8 @@ fn every_operation_but_the_document_needs_a_bearer_token() {
             responses.get("401").is_some(),
             "{method} {path} declares 401"
         );
-        for status in ["500", "503"] {
+        // 429: every authenticated request counts against its agency's request rate.
+        for status in ["429", "500", "503"] {
             assert!(
                 responses.get(status).is_some(),
                 "{method} {path} declares {status}"
@@ -423,6 +424,12 @@ fn enums_match_the_domain() {
         AppError::UnsupportedMediaType(String::new()),
         AppError::Internal(String::new()),
         AppError::Unavailable(String::new()),
+        AppError::QuotaExceeded {
+            quota: "requestRate",
+            limit: 1,
+            retry_after_seconds: 1,
+            detail: String::new(),
+        },
     ];
     let code = &component("Error")["properties"]["error"]["properties"]["code"]["enum"];
     assert_eq!(
@@ -442,6 +449,7 @@ fn enums_match_the_domain() {
             413 => "PayloadTooLarge",
             415 => "UnsupportedMediaType",
             422 => "IdempotencyKeyReused",
+            429 => "TooManyRequests",
             500 => "InternalError",
             503 => "ServiceUnavailable",
             other => panic!("undocumented status {other}"),

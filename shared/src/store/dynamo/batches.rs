@@ -3,19 +3,21 @@
 //! per failed input item.
 
 use super::keys::{self, n, s, PK, SK};
+use super::quotas::{quota_pk, BATCH_ITEMS_SK_PREFIX};
 use super::{cursor, from_item, task_item, to_item, Item};
 use crate::domain::{
     AgencyId, BatchJob, BatchStatus, ChunkCounts, ChunkDone, ItemFailure, Task, TaskId,
 };
 use crate::error::AppError;
 use crate::ports::{BatchCreated, BatchStore, ChunkStart, Page};
+use crate::service::quotas::{batch_items_refused, quota_day};
 use crate::store::from_sdk;
 use async_trait::async_trait;
 use aws_sdk_dynamodb::operation::put_item::PutItemError;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::{
-    AttributeValue, DeleteRequest, Put, PutRequest, TransactWriteItem, WriteRequest,
+    AttributeValue, DeleteRequest, Put, PutRequest, TransactWriteItem, Update, WriteRequest,
 };
 use aws_sdk_dynamodb::Client;
 use sha2::{Digest, Sha256};
@@ -48,6 +50,8 @@ pub struct DynamoBatchStore {
     client: Client,
     table: String,
     tasks: super::DynamoTaskStore,
+    /// Items an agency may create in batches per UTC day; `None` counts nothing.
+    daily_item_limit: Option<u64>,
 }
 
 impl DynamoBatchStore {
@@ -57,6 +61,7 @@ impl DynamoBatchStore {
             tasks: super::DynamoTaskStore::new(client.clone(), table.clone()),
             client,
             table,
+            daily_item_limit: None,
         }
     }
 
@@ -81,6 +86,50 @@ impl DynamoBatchStore {
             );
         }
         Ok(item)
+    }
+
+    /// Counts every new batch's items against `limit` per agency and UTC day, in the batch's
+    /// own creation transaction (so a refused or duplicate batch counts nothing).
+    pub fn with_daily_item_limit(mut self, limit: u64) -> Self {
+        self.daily_item_limit = Some(limit);
+        self
+    }
+
+    /// The conditional add to today's counter, or a refusal when the batch alone is too big.
+    fn charge_items(
+        &self,
+        batch: &BatchJob,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Option<TransactWriteItem>, AppError> {
+        // A batch recorded as failed (a rejected upload) runs nothing and costs nothing.
+        let items = match (self.daily_item_limit, batch.status) {
+            (_, BatchStatus::Failed) | (None, _) => return Ok(None),
+            (Some(_), _) if batch.total_items == 0 => return Ok(None),
+            (Some(limit), _) if batch.total_items > limit => {
+                return Err(batch_items_refused(limit, now))
+            }
+            (Some(_), _) => batch.total_items,
+        };
+        let limit = self.daily_item_limit.unwrap_or(u64::MAX);
+        // The counter expires a day after its day ends (TTL deletes within days; a late
+        // deletion only leaves a counter for a day that no longer counts).
+        let expires = now
+            .date_naive()
+            .and_hms_opt(0, 0, 0)
+            .map_or(0, |midnight| midnight.and_utc().timestamp() + 2 * 86_400);
+        Update::builder()
+            .table_name(&self.table)
+            .key(PK, s(quota_pk(&batch.agency_id)))
+            .key(SK, s(format!("{BATCH_ITEMS_SK_PREFIX}{}", quota_day(now))))
+            .update_expression("ADD #items :n SET expiresAt = :expires")
+            .condition_expression("attribute_not_exists(#items) OR #items <= :room")
+            .expression_attribute_names("#items", "items")
+            .expression_attribute_values(":n", n(items))
+            .expression_attribute_values(":room", n(limit - items))
+            .expression_attribute_values(":expires", n(expires))
+            .build()
+            .map(|u| Some(TransactWriteItem::builder().update(u).build()))
+            .map_err(AppError::internal)
     }
 
     fn key(agency: &AgencyId, id: TaskId, sk: String) -> Item {
@@ -157,28 +206,45 @@ impl BatchStore for DynamoBatchStore {
                 ("batchId".to_owned(), s(batch.id.to_string())),
             ]))?);
         }
-        match self
+        let now = chrono::Utc::now();
+        let charge_at = match self.charge_items(batch, now)? {
+            Some(charge) => {
+                writes.push(charge);
+                Some(writes.len() - 1)
+            }
+            None => None,
+        };
+        let err = match self
             .client
             .transact_write_items()
             .set_transact_items(Some(writes))
             .send()
             .await
         {
-            Ok(_) => Ok(BatchCreated::New),
-            Err(err) => match dedupe_key {
-                Some(key)
-                    if matches!(
-                        err.as_service_error(),
-                        Some(TransactWriteItemsError::TransactionCanceledException(_))
-                    ) =>
-                {
-                    self.deduped_batch(key)
-                        .await?
-                        .map(BatchCreated::Duplicate)
-                        .ok_or_else(|| from_sdk("dynamodb:TransactWriteItems", err))
-                }
-                _ => Err(from_sdk("dynamodb:TransactWriteItems", err)),
-            },
+            Ok(_) => return Ok(BatchCreated::New),
+            Err(err) => err,
+        };
+        let Some(TransactWriteItemsError::TransactionCanceledException(cancelled)) =
+            err.as_service_error()
+        else {
+            return Err(from_sdk("dynamodb:TransactWriteItems", err));
+        };
+        // A redelivered upload is a duplicate even when today's quota is also used up.
+        if let Some(key) = dedupe_key {
+            if let Some(first) = self.deduped_batch(key).await? {
+                return Ok(BatchCreated::Duplicate(first));
+            }
+        }
+        let quota_refused = charge_at.is_some_and(|at| {
+            cancelled
+                .cancellation_reasons()
+                .get(at)
+                .and_then(|reason| reason.code())
+                == Some("ConditionalCheckFailed")
+        });
+        match self.daily_item_limit {
+            Some(limit) if quota_refused => Err(batch_items_refused(limit, now)),
+            _ => Err(from_sdk("dynamodb:TransactWriteItems", err)),
         }
     }
 

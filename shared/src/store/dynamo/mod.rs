@@ -4,10 +4,12 @@ mod agents;
 mod batches;
 mod cursor;
 pub mod keys;
+mod quotas;
 mod scheduling;
 
 pub use agents::DynamoAgentStore;
 pub use batches::DynamoBatchStore;
+pub use quotas::DynamoRequestBuckets;
 pub use scheduling::DynamoSchedulingIndex;
 
 use self::keys::{

@@ -1,0 +1,146 @@
+//! The request-rate bucket of each agency: one item, `PK = AGENCY#<id>#QUOTA`, `SK = REQUESTS`,
+//! holding GCRA's theoretical arrival time `tat` (µs). Every admitted request writes it once
+//! or twice (see ARCHITECTURE "Quotas" for the per-key write rate).
+
+use super::keys::{PK, SK};
+use crate::domain::AgencyId;
+use crate::error::AppError;
+use crate::ports::RequestBuckets;
+use crate::store::from_sdk;
+use async_trait::async_trait;
+use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
+use aws_sdk_dynamodb::types::AttributeValue;
+use aws_sdk_dynamodb::Client;
+
+pub const REQUESTS_SK: &str = "REQUESTS";
+/// `SK` prefix of the per-UTC-day batch item counters (`BATCH_ITEMS#2026-11-30`).
+pub const BATCH_ITEMS_SK_PREFIX: &str = "BATCH_ITEMS#";
+
+/// The partition of an agency's quota items.
+pub fn quota_pk(agency: &AgencyId) -> String {
+    format!("AGENCY#{agency}#QUOTA")
+}
+/// An idle agency's bucket is full again after at most a few seconds; TTL removes it after a day.
+const BUCKET_TTL_SECONDS: u64 = 86_400;
+
+#[derive(Clone)]
+pub struct DynamoRequestBuckets {
+    client: Client,
+    table: String,
+}
+
+impl DynamoRequestBuckets {
+    pub fn new(client: Client, table: &str) -> Self {
+        Self {
+            client,
+            table: table.to_owned(),
+        }
+    }
+
+    /// One conditional update; `Ok(false)` when its condition did not hold.
+    async fn update(
+        &self,
+        agency: &AgencyId,
+        set: &str,
+        condition: &str,
+        values: &[(&str, u64)],
+        now_us: u64,
+    ) -> Result<bool, AppError> {
+        let n = |v: u64| AttributeValue::N(v.to_string());
+        let mut request = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key(PK, AttributeValue::S(quota_pk(agency)))
+            .key(SK, AttributeValue::S(REQUESTS_SK.to_owned()))
+            .update_expression(format!("SET {set}, expiresAt = :expires"))
+            .condition_expression(condition)
+            .expression_attribute_values(":expires", n(now_us / 1_000_000 + BUCKET_TTL_SECONDS));
+        for (name, value) in values {
+            request = request.expression_attribute_values(*name, n(*value));
+        }
+        match request.send().await {
+            Ok(_) => Ok(true),
+            Err(err)
+                if matches!(
+                    err.as_service_error(),
+                    Some(UpdateItemError::ConditionalCheckFailedException(_))
+                ) =>
+            {
+                Ok(false)
+            }
+            Err(err) => Err(from_sdk("dynamodb:UpdateItem", err)),
+        }
+    }
+
+    async fn tat(&self, agency: &AgencyId) -> Result<Option<u64>, AppError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key(PK, AttributeValue::S(quota_pk(agency)))
+            .key(SK, AttributeValue::S(REQUESTS_SK.to_owned()))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| from_sdk("dynamodb:GetItem", e))?;
+        Ok(out
+            .item
+            .and_then(|item| item.get("tat")?.as_n().ok()?.parse().ok()))
+    }
+}
+
+#[async_trait]
+impl RequestBuckets for DynamoRequestBuckets {
+    async fn admit(
+        &self,
+        agency: &AgencyId,
+        now_us: u64,
+        interval_us: u64,
+        tolerance_us: u64,
+    ) -> Result<Result<(), u64>, AppError> {
+        // DynamoDB cannot write max(tat, now) + interval in one expression, so each case is its
+        // own conditional write: a full bucket (tat in the past) restarts from now, a partly
+        // used one moves tat on. A lost race between them just tries again.
+        for _ in 0..3 {
+            if self
+                .update(
+                    agency,
+                    "tat = :next",
+                    "attribute_not_exists(tat) OR tat < :now",
+                    &[
+                        (":now", now_us),
+                        (":next", now_us.saturating_add(interval_us)),
+                    ],
+                    now_us,
+                )
+                .await?
+            {
+                return Ok(Ok(()));
+            }
+            if self
+                .update(
+                    agency,
+                    "tat = tat + :interval",
+                    "tat BETWEEN :now AND :latest",
+                    &[
+                        (":now", now_us),
+                        (":latest", now_us.saturating_add(tolerance_us)),
+                        (":interval", interval_us),
+                    ],
+                    now_us,
+                )
+                .await?
+            {
+                return Ok(Ok(()));
+            }
+            match self.tat(agency).await? {
+                Some(tat) if tat > now_us.saturating_add(tolerance_us) => return Ok(Err(tat)),
+                _ => continue,
+            }
+        }
+        Err(AppError::Unavailable(format!(
+            "the request bucket of agency {agency} is contended; retry"
+        )))
+    }
+}
