@@ -447,7 +447,9 @@ async fn a_held_retry_never_comes_back_before_its_queued_at() {
             .await
             .unwrap()
             .unwrap();
-        let wait = (task.queued_at.unwrap() - task.updated_at).to_std().unwrap();
+        let wait = (task.queued_at.unwrap() - task.updated_at)
+            .to_std()
+            .unwrap();
         let held = f.visibility().pop().unwrap().2;
         assert!(
             std::time::Duration::from_secs(held as u64) >= wait,
