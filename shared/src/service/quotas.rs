@@ -229,6 +229,79 @@ mod tests {
         }
     }
 
+    #[tokio::test]
+    async fn an_upload_over_the_daily_quota_is_recorded_as_a_failed_batch() {
+        use crate::domain::{BatchStatus, Caller, Role, TaskType, UserId};
+        use crate::ports::{BatchStore, ObjectStore};
+        let world = crate::testing::MemoryWorld::new();
+        let boss = Caller {
+            user: UserId::parse("boss").expect("valid"),
+            agency: agency("a1"),
+            role: Role::Manager,
+        };
+        // The agency is known once it has a task.
+        let services = world.services();
+        services
+            .tasks
+            .create(&boss, &serde_json::json!({"title": "first"}), None)
+            .await
+            .expect("created");
+        *world.batches.daily_item_limit.lock().expect("lock") = Some(1);
+        let key = "uploads/a1/orders.jsonl";
+        let body = b"{\"n\": 1}\n{\"n\": 2}\n".to_vec();
+        world
+            .objects
+            .put(key, body, "application/x-ndjson")
+            .await
+            .expect("stored");
+        let id = services
+            .batches
+            .create_from_upload(key, "v1")
+            .await
+            .expect("recorded, not retried")
+            .expect("a batch");
+        let batch = world
+            .batches
+            .get(&boss.agency, id)
+            .await
+            .expect("read")
+            .expect("recorded");
+        assert_eq!(batch.status, BatchStatus::Failed);
+        let error = batch.error.unwrap_or_default();
+        assert!(
+            error.contains(BATCH_ITEMS_PER_DAY) && error.contains('1'),
+            "{error}"
+        );
+        let task = world
+            .store
+            .all_tasks()
+            .into_iter()
+            .find(|t| t.task_type == TaskType::Batch)
+            .expect("the batch task");
+        assert_eq!(task.status, crate::domain::TaskStatus::Failed);
+        assert!(world.orchestrator.started.lock().expect("lock").is_empty());
+        let counted: u64 = world
+            .batches
+            .daily_items
+            .lock()
+            .expect("lock")
+            .values()
+            .sum();
+        assert_eq!(counted, 0, "a refused upload counts nothing");
+        // A redelivery of the same event creates nothing more.
+        let again = services.batches.create_from_upload(key, "v1").await;
+        assert!(matches!(again, Ok(None)), "{again:?}");
+        assert_eq!(
+            world
+                .store
+                .all_tasks()
+                .iter()
+                .filter(|t| t.task_type == TaskType::Batch)
+                .count(),
+            1
+        );
+    }
+
     #[test]
     fn the_daily_quota_waits_for_the_next_utc_day() {
         let at = chrono::DateTime::parse_from_rfc3339("2026-11-30T23:59:30Z")
