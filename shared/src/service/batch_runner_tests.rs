@@ -1068,3 +1068,43 @@ async fn a_copy_whose_token_is_closed_neither_runs_nor_takes_over() {
     assert_eq!(f.picky.runs.load(Ordering::SeqCst), 2);
     assert_eq!(f.answer("retried"), succeeded(r#"{"status":"done"}"#));
 }
+
+/// While a retry round runs, the counts add up: processed = success + failed, with the items
+/// being retried counted in neither until they settle again (the retry-failed reply showed
+/// `failedItems: 2` with `processedItems: 0`).
+#[tokio::test]
+async fn a_retry_round_reports_counts_that_add_up() {
+    let f = Fixture::new();
+    let id = f
+        .create(
+            json!([1, {"failUntil": 1}, 3, {"fail": "never"}]),
+            json!({"toleratedFailurePercentage": 100}),
+        )
+        .await;
+    f.runner.process(chunk(id, 0, 0)).await;
+    f.runner.process(chunk(id, 0, 1)).await;
+    f.runner.process(finalize(id, 0)).await;
+
+    let view = f.services.batches.retry_failed(&boss(), id).await.unwrap();
+    let counts = |v: &super::batches::BatchView| {
+        (
+            v.batch.processed_items,
+            v.batch.success_items,
+            v.batch.failed_items,
+        )
+    };
+    assert_eq!(
+        counts(&view),
+        (2, 2, 0),
+        "the two retried items are pending"
+    );
+
+    // Round 1: item 1 now succeeds, item 3 fails again.
+    f.runner.process(chunk(id, 1, 0)).await;
+    let view = f.services.batches.get(&boss(), id).await.unwrap();
+    let (processed, success, failed) = counts(&view);
+    assert_eq!(processed, success + failed, "{:?}", counts(&view));
+    f.runner.process(chunk(id, 1, 1)).await;
+    let view = f.services.batches.get(&boss(), id).await.unwrap();
+    assert_eq!(counts(&view), (4, 3, 1));
+}

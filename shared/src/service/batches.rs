@@ -671,9 +671,12 @@ impl BatchService {
                 batch.success_items = live.success;
                 batch.failed_items = live.failed;
             } else {
-                // A retry round re-runs only the failed items.
+                // A retry round re-runs only the failed items: until one settles again it is
+                // neither processed nor failed, so the counts add up while the round runs.
                 round_total = batch.failed_items;
                 batch.processed_items = batch.success_items + live.processed;
+                batch.success_items += live.success;
+                batch.failed_items = live.failed;
             }
             let progress = if round_total == 0 {
                 100.0
