@@ -15,4 +15,4 @@ pub use dynamo::{
 pub use objects::S3ObjectStore;
 pub use orchestrator::SfnOrchestrator;
 pub use queues::SqsDispatcher;
-pub(crate) use sdk_error::from_sdk;
+pub(crate) use sdk_error::{conditional_write, from_sdk};

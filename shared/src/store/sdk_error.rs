@@ -39,3 +39,24 @@ where
         AppError::Internal(detail)
     }
 }
+
+/// The outcome of a conditional write: `Ok(true)` when it took effect, `Ok(false)` when its
+/// condition did not hold (`ConditionalCheckFailedException`), any other failure as
+/// [`from_sdk`] maps it.
+pub(crate) fn conditional_write<T, E>(
+    operation: &str,
+    result: Result<T, SdkError<E, HttpResponse>>,
+) -> Result<bool, AppError>
+where
+    E: ProvideErrorMetadata + Debug,
+{
+    match result {
+        Ok(_) => Ok(true),
+        Err(SdkError::ServiceError(service))
+            if service.err().code() == Some("ConditionalCheckFailedException") =>
+        {
+            Ok(false)
+        }
+        Err(err) => Err(from_sdk(operation, err)),
+    }
+}

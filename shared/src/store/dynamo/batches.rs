@@ -11,11 +11,10 @@ use crate::domain::{
 use crate::error::AppError;
 use crate::ports::{BatchCreated, BatchStore, ChunkStart, Page};
 use crate::service::quotas::{batch_items_refused, quota_day};
+use crate::store::conditional_write;
 use crate::store::from_sdk;
 use async_trait::async_trait;
-use aws_sdk_dynamodb::operation::put_item::PutItemError;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
-use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::{
     AttributeValue, DeleteRequest, Put, PutRequest, TransactWriteItem, Update, WriteRequest,
 };
@@ -323,18 +322,7 @@ impl BatchStore for DynamoBatchStore {
             .expression_attribute_values(":round", n(round))
             .send()
             .await;
-        match result {
-            Ok(_) => Ok(true),
-            Err(err)
-                if matches!(
-                    err.as_service_error(),
-                    Some(PutItemError::ConditionalCheckFailedException(_))
-                ) =>
-            {
-                Ok(false)
-            }
-            Err(err) => Err(from_sdk("dynamodb:PutItem", err)),
-        }
+        conditional_write("dynamodb:PutItem", result)
     }
 
     async fn start_chunk(
@@ -418,18 +406,7 @@ impl BatchStore for DynamoBatchStore {
                     )),
                 )
         };
-        match update.send().await {
-            Ok(_) => Ok(true),
-            Err(err)
-                if matches!(
-                    err.as_service_error(),
-                    Some(UpdateItemError::ConditionalCheckFailedException(_))
-                ) =>
-            {
-                Ok(false)
-            }
-            Err(err) => Err(from_sdk("dynamodb:UpdateItem", err)),
-        }
+        conditional_write("dynamodb:UpdateItem", update.send().await)
     }
 
     async fn round_counts(

@@ -20,6 +20,7 @@ use crate::domain::limits::{self, MAX_PAGE_BYTES};
 use crate::domain::{AgencyId, StepStatus, Task, TaskId, TaskStatus, TaskStep};
 use crate::error::AppError;
 use crate::ports::{IdempotencyRecord, InsertOutcome, Page, TaskQuery, TaskStore};
+use crate::store::conditional_write;
 use async_trait::async_trait;
 use aws_sdk_dynamodb::operation::put_item::PutItemError;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
@@ -84,18 +85,7 @@ impl DynamoTaskStore {
         for (name, value) in values {
             put = put.expression_attribute_values(name, value);
         }
-        match put.send().await {
-            Ok(_) => Ok(true),
-            Err(err)
-                if matches!(
-                    err.as_service_error(),
-                    Some(PutItemError::ConditionalCheckFailedException(_))
-                ) =>
-            {
-                Ok(false)
-            }
-            Err(err) => Err(from_sdk("dynamodb:PutItem", err)),
-        }
+        conditional_write("dynamodb:PutItem", put.send().await)
     }
 
     async fn write_steps(&self, steps: &[TaskStep], task: &Task) -> Result<(), AppError> {

@@ -6,9 +6,9 @@ use super::keys::{PK, SK};
 use crate::domain::AgencyId;
 use crate::error::AppError;
 use crate::ports::RequestBuckets;
+use crate::store::conditional_write;
 use crate::store::from_sdk;
 use async_trait::async_trait;
-use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::AttributeValue;
 use aws_sdk_dynamodb::Client;
 
@@ -59,18 +59,7 @@ impl DynamoRequestBuckets {
         for (name, value) in values {
             request = request.expression_attribute_values(*name, n(*value));
         }
-        match request.send().await {
-            Ok(_) => Ok(true),
-            Err(err)
-                if matches!(
-                    err.as_service_error(),
-                    Some(UpdateItemError::ConditionalCheckFailedException(_))
-                ) =>
-            {
-                Ok(false)
-            }
-            Err(err) => Err(from_sdk("dynamodb:UpdateItem", err)),
-        }
+        conditional_write("dynamodb:UpdateItem", request.send().await)
     }
 
     async fn tat(&self, agency: &AgencyId) -> Result<Option<u64>, AppError> {
