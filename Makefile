@@ -123,11 +123,14 @@ test-unit: ## Unit and handler tests (no emulator)
 	$(CARGO) test --workspace --exclude integration-tests
 
 test-integration: venv functions ## End-to-end tests over HTTP against a local stack the tests start themselves (functions as processes under the local Lambda runtime)
+	@# The README test runs `make token` on this binary (cargo test holds the build lock).
+	@$(CARGO) build --quiet -p local-stack --bin local-stack
 	MOTO_VENV=$(CURDIR)/$(VENV) $(CARGO) test -p integration-tests -- --test-threads 4
 
 # LOCALSTACK_ENDPOINT=http://localhost:4566 uses a running LocalStack (Docker) instead of starting one.
 test-localstack: venv functions $(if $(LOCALSTACK_ENDPOINT),,venv-localstack) ## The end-to-end tests with SQS, Step Functions and S3 on LocalStack (host process), DynamoDB on moto
 	rm -rf .local/localstack
+	@$(CARGO) build --quiet -p local-stack --bin local-stack
 	TASKFLOW_TEST_BACKEND=localstack MOTO_VENV=$(CURDIR)/$(VENV) LOCALSTACK_VENV=$(CURDIR)/$(LOCALSTACK_VENV) \
 		$(CARGO) test -p integration-tests -- --test-threads 4; \
 		status=$$?; rm -rf .local/localstack; exit $$status

@@ -16,6 +16,7 @@ mod permissions;
 mod priority;
 mod promises;
 mod quotas;
+mod readme;
 mod redrive;
 mod soak;
 mod tenancy;
