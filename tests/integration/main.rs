@@ -9,6 +9,7 @@ mod errors;
 mod fairness;
 mod faults;
 mod fixtures;
+mod hot_keys;
 mod lifecycle;
 mod limits;
 mod paging;

@@ -1,6 +1,7 @@
 //! Agents in the single table, with capacity counted by conditional updates.
 
-use super::keys::{self, n, s, AGENT_SK, ONLINE_AGENTS, PENDING_INDEX, PK, SK};
+use super::keys::{self, n, s, AGENT_SK, PENDING_INDEX, PK, SK};
+use super::list::batch_get;
 use super::{from_item, Item};
 use crate::domain::limits::{page_item_bytes, MAX_PAGE_BYTES};
 use crate::domain::{AgencyId, Agent, AgentStatus, UserId};
@@ -12,6 +13,9 @@ use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue};
 use aws_sdk_dynamodb::Client;
 use chrono::{DateTime, Utc};
+
+/// Stale agents one sweep takes (oldest heartbeat first); the next sweep takes the rest.
+const STALE_PAGE: usize = 100;
 
 #[derive(Debug, Clone)]
 pub struct DynamoAgentStore {
@@ -34,6 +38,16 @@ impl DynamoAgentStore {
         ])
     }
 
+    /// The agents behind index entries' keys (strongly consistent, as `get` is); an agent
+    /// removed since the index was read is left out.
+    async fn read_agents(&self, keys: Vec<Item>) -> Result<Vec<Agent>, AppError> {
+        batch_get(&self.client, &self.table, keys, true)
+            .await?
+            .into_iter()
+            .map(from_item)
+            .collect()
+    }
+
     async fn get_by_key(&self, key: Item) -> Result<Option<Agent>, AppError> {
         let out = self
             .client
@@ -46,6 +60,14 @@ impl DynamoAgentStore {
             .map_err(|e| from_sdk("dynamodb:GetItem", e))?;
         out.item.map(from_item).transpose()
     }
+}
+
+/// The table key of an index entry (every index holds it).
+fn primary_key(entry: &Item) -> Item {
+    [PK, SK]
+        .iter()
+        .filter_map(|k| Some(((*k).to_owned(), entry.get(*k)?.clone())))
+        .collect()
 }
 
 fn conditional_failed(err: &aws_sdk_dynamodb::error::SdkError<UpdateItemError>) -> bool {
@@ -91,7 +113,10 @@ impl AgentStore for DynamoAgentStore {
             .expression_attribute_values(":now", s(stamp.clone()))
             .expression_attribute_values(":entity", s("agent"))
             .expression_attribute_values(":list", s(keys::agents_partition(agency)))
-            .expression_attribute_values(":online_pk", s(ONLINE_AGENTS))
+            .expression_attribute_values(
+                ":online_pk",
+                s(keys::online_agents_partition(agency, id.as_str())),
+            )
             .expression_attribute_values(":online_sk", s(format!("{stamp}#{agency}#{id}")))
             .expression_attribute_values(":zero", n(0))
             .return_values(ReturnValue::AllNew)
@@ -106,7 +131,7 @@ impl AgentStore for DynamoAgentStore {
     }
 
     async fn list(&self, agency: &AgencyId) -> Result<Vec<Agent>, AppError> {
-        let mut agents = Vec::new();
+        let mut keys = Vec::new();
         let mut start = None;
         loop {
             let out = self
@@ -120,14 +145,16 @@ impl AgentStore for DynamoAgentStore {
                 .send()
                 .await
                 .map_err(|e| from_sdk("dynamodb:Query", e))?;
-            for item in out.items.unwrap_or_default() {
-                agents.push(from_item(item)?);
-            }
+            keys.extend(out.items.unwrap_or_default().iter().map(primary_key));
             start = out.last_evaluated_key;
             if start.is_none() {
-                return Ok(agents);
+                break;
             }
         }
+        // GSI1 holds keys, not agents: read them, in the index's (id) order.
+        let mut agents: Vec<Agent> = self.read_agents(keys).await?;
+        agents.sort_by(|a, b| a.id.as_str().cmp(b.id.as_str()));
+        Ok(agents)
     }
 
     async fn page(
@@ -161,8 +188,13 @@ impl AgentStore for DynamoAgentStore {
                 .send()
                 .await
                 .map_err(|e| from_sdk("dynamodb:Query", e))?;
-            for item in out.items.unwrap_or_default() {
-                let agent: Agent = from_item(item)?;
+            // GSI1 holds keys, not agents: read the page's agents, in the index's (id) order.
+            let entries = out.items.unwrap_or_default();
+            let mut read = self
+                .read_agents(entries.iter().map(primary_key).collect())
+                .await?;
+            read.sort_by(|a, b| a.id.as_str().cmp(b.id.as_str()));
+            for agent in read {
                 let size = page_item_bytes(&agent);
                 if agents.len() == limit || (!agents.is_empty() && bytes + size > MAX_PAGE_BYTES) {
                     more = true;
@@ -224,24 +256,39 @@ impl AgentStore for DynamoAgentStore {
     }
 
     async fn stale(&self, before: DateTime<Utc>) -> Result<Vec<Agent>, AppError> {
-        let out = self
-            .client
-            .query()
-            .table_name(&self.table)
-            .index_name(PENDING_INDEX.name)
-            .key_condition_expression("GSI3PK = :p AND GSI3SK < :before")
-            .expression_attribute_values(":p", s(ONLINE_AGENTS))
-            .expression_attribute_values(":before", s(keys::sortable_time(before)))
-            .limit(100)
-            .send()
-            .await
-            .map_err(|e| from_sdk("dynamodb:Query", e))?;
+        // The online agents are sharded: each shard's oldest page, merged, gives the
+        // STALE_PAGE agents whose heartbeat is oldest across all of them.
+        let mut entries: Vec<(String, Item)> = Vec::new();
+        for partition in keys::online_agents_partitions() {
+            let out = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .index_name(PENDING_INDEX.name)
+                .key_condition_expression("GSI3PK = :p AND GSI3SK < :before")
+                .expression_attribute_values(":p", s(partition))
+                .expression_attribute_values(":before", s(keys::sortable_time(before)))
+                .limit(STALE_PAGE as i32)
+                .send()
+                .await
+                .map_err(|e| from_sdk("dynamodb:Query", e))?;
+            for item in out.items.unwrap_or_default() {
+                let since = item
+                    .get(PENDING_INDEX.sk)
+                    .and_then(|v| v.as_s().ok())
+                    .cloned()
+                    .unwrap_or_default();
+                let key = Item::from([
+                    (PK.to_owned(), item.get(PK).cloned().unwrap_or(s(""))),
+                    (SK.to_owned(), item.get(SK).cloned().unwrap_or(s(""))),
+                ]);
+                entries.push((since, key));
+            }
+        }
+        entries.sort_by(|a, b| a.0.cmp(&b.0));
+        entries.truncate(STALE_PAGE);
         let mut agents = Vec::new();
-        for item in out.items.unwrap_or_default() {
-            let key = Item::from([
-                (PK.to_owned(), item.get(PK).cloned().unwrap_or(s(""))),
-                (SK.to_owned(), item.get(SK).cloned().unwrap_or(s(""))),
-            ]);
+        for (_, key) in entries {
             if let Some(agent) = self.get_by_key(key).await? {
                 agents.push(agent);
             }

@@ -4,6 +4,7 @@ mod agents;
 mod batches;
 mod cursor;
 pub mod keys;
+mod list;
 mod quotas;
 mod scheduling;
 
@@ -12,12 +13,11 @@ pub use batches::DynamoBatchStore;
 pub use quotas::DynamoRequestBuckets;
 pub use scheduling::DynamoSchedulingIndex;
 
-use self::keys::{
-    n, s, Index, AGENCY_INDEX, ASSIGNEE_INDEX, IDEMPOTENCY_SK, PK, SK, STEP_SK_PREFIX, TASK_SK,
-};
+pub use self::list::LIST_INDEX_ATTRIBUTES;
+
+use self::keys::{n, s, IDEMPOTENCY_SK, PK, SK, STEP_SK_PREFIX, TASK_SK};
 use super::from_sdk;
-use crate::domain::limits::{self, MAX_PAGE_BYTES};
-use crate::domain::{AgencyId, StepStatus, Task, TaskId, TaskStatus, TaskStep};
+use crate::domain::{AgencyId, StepStatus, Task, TaskId, TaskStep};
 use crate::error::AppError;
 use crate::ports::{IdempotencyRecord, InsertOutcome, Page, TaskQuery, TaskStore};
 use crate::store::conditional_write;
@@ -40,11 +40,6 @@ const STEP_TOKEN: &str = "taskToken";
 
 /// How long an idempotency key is remembered.
 const IDEMPOTENCY_TTL_SECS: i64 = 24 * 60 * 60;
-/// Upper bound on DynamoDB round trips for one list page, so a very selective
-/// filter returns a short page with a cursor instead of scanning a whole partition.
-const MAX_QUERIES_PER_PAGE: usize = 8;
-/// Items each list query evaluates at least, before filtering.
-const QUERY_READ_AHEAD: usize = 100;
 
 #[derive(Debug, Clone)]
 pub struct DynamoTaskStore {
@@ -248,38 +243,6 @@ fn is_expired(item: &Item, now: DateTime<Utc>) -> bool {
         .is_some_and(|t| t <= now.timestamp())
 }
 
-/// Builds the filter for the optional query parameters.
-fn list_filter(query: &TaskQuery) -> (Option<String>, HashMap<String, String>, Item) {
-    let mut clauses = Vec::new();
-    let mut names = HashMap::new();
-    let mut values = HashMap::new();
-    if let Some(status) = query.status {
-        clauses.push("#status = :status");
-        values.insert(":status".to_owned(), s(status.as_str()));
-    } else if !query.include_archived {
-        clauses.push("#status <> :archived");
-        values.insert(":archived".to_owned(), s(TaskStatus::Archived.as_str()));
-    }
-    if clauses.iter().any(|c| c.contains("#status")) {
-        names.insert("#status".to_owned(), "status".to_owned());
-    }
-    if let Some(priority) = query.priority {
-        clauses.push("priority = :priority");
-        values.insert(":priority".to_owned(), s(priority.as_str()));
-    }
-    if let Some(task_type) = query.task_type {
-        clauses.push("#type = :type");
-        names.insert("#type".to_owned(), "type".to_owned());
-        values.insert(":type".to_owned(), s(task_type.as_str()));
-    }
-    if let Some(due) = query.due_before {
-        clauses.push("dueEpochMs < :due");
-        values.insert(":due".to_owned(), n(due.timestamp_millis()));
-    }
-    let expression = (!clauses.is_empty()).then(|| clauses.join(" AND "));
-    (expression, names, values)
-}
-
 #[async_trait]
 impl TaskStore for DynamoTaskStore {
     async fn insert(
@@ -426,82 +389,7 @@ impl TaskStore for DynamoTaskStore {
     }
 
     async fn list(&self, agency: &AgencyId, query: &TaskQuery) -> Result<Page<Task>, AppError> {
-        let (index, partition): (Index, String) = match &query.assignee {
-            Some(user) => (
-                ASSIGNEE_INDEX,
-                keys::assignee_partition(agency, user.as_str()),
-            ),
-            None => (AGENCY_INDEX, keys::agency_partition(agency)),
-        };
-        let cursor_attrs = [PK, SK, index.pk, index.sk];
-        let mut start = match &query.cursor {
-            Some(c) => Some(cursor::decode(c, &cursor_attrs, index.pk, &partition)?),
-            None => None,
-        };
-        let (filter, names, values) = list_filter(query);
-        // Resumes right after an item returned.
-        let cursor_after = |item: &Item| -> HashMap<String, AttributeValue> {
-            cursor_attrs
-                .iter()
-                .filter_map(|a| Some(((*a).to_owned(), item.get(*a)?.clone())))
-                .collect()
-        };
-        let mut tasks: Vec<Task> = Vec::new();
-        let mut bytes = 0;
-        'pages: for _ in 0..MAX_QUERIES_PER_PAGE {
-            let from = start.take();
-            let mut request = self
-                .client
-                .query()
-                .table_name(&self.table)
-                .index_name(index.name)
-                .key_condition_expression("#pk = :partition")
-                .expression_attribute_names("#pk", index.pk)
-                .expression_attribute_values(":partition", s(partition.clone()))
-                .scan_index_forward(false)
-                // Read ahead so sparse filters fill a page in few round trips.
-                .limit(query.limit.max(QUERY_READ_AHEAD) as i32)
-                .set_exclusive_start_key(from.clone())
-                .set_filter_expression(filter.clone());
-            for (k, v) in &names {
-                request = request.expression_attribute_names(k, v);
-            }
-            for (k, v) in &values {
-                request = request.expression_attribute_values(k, v.clone());
-            }
-            let out = request
-                .send()
-                .await
-                .map_err(|e| from_sdk("dynamodb:Query", e))?;
-            let mut previous: Option<Item> = None;
-            for item in out.items.unwrap_or_default() {
-                let task = from_item::<Task>(item.clone())?;
-                // The page ends at `limit` items or before its items would pass the byte
-                // budget (the first item always fits: one task is far below it).
-                let size = limits::page_item_bytes(&task);
-                if tasks.len() == query.limit
-                    || (!tasks.is_empty() && bytes + size > MAX_PAGE_BYTES)
-                {
-                    start = match previous {
-                        Some(previous) => Some(cursor_after(&previous)),
-                        // The page ended with the previous query: resume where it stopped.
-                        None => from,
-                    };
-                    break 'pages;
-                }
-                bytes += size;
-                tasks.push(task);
-                previous = Some(item);
-            }
-            start = out.last_evaluated_key;
-            if tasks.len() >= query.limit || start.is_none() {
-                break;
-            }
-        }
-        Ok(Page {
-            items: tasks,
-            next_cursor: start.as_ref().map(cursor::encode),
-        })
+        list::tasks(&self.client, &self.table, agency, query).await
     }
 
     async fn steps(&self, agency: &AgencyId, id: TaskId) -> Result<Vec<TaskStep>, AppError> {

@@ -1,6 +1,7 @@
 //! Cross-agency scans for the sweeper (sparse GSI3 and GSI4) and SLA breach records.
 
 use super::keys::{self, n, s, Index, AGENCY_INDEX, DUE_INDEX, PENDING_INDEX, PK, SK, TASK_SK};
+use super::list::batch_get;
 use crate::domain::{AgencyId, Priority, TaskStatus};
 use crate::error::AppError;
 use crate::ports::{AgencyWaiting, Bounded, SchedulingIndex, WaitingTask};
@@ -77,6 +78,26 @@ impl DynamoSchedulingIndex {
     }
 }
 
+/// Merges shards' pages (each oldest first) into the `limit` oldest entries, in index order
+/// (`<time>#<agency>#<task>`, so equal times stay in a stable order across pages).
+pub(crate) fn merge_oldest_first(shards: Vec<Vec<WaitingTask>>, limit: usize) -> Vec<WaitingTask> {
+    let mut all: Vec<WaitingTask> = shards.into_iter().flatten().collect();
+    all.sort_by_cached_key(index_order);
+    all.dedup_by(|a, b| a.agency == b.agency && a.id == b.id);
+    all.truncate(limit);
+    all
+}
+
+/// An entry's place in its index: its sort key.
+fn index_order(entry: &WaitingTask) -> String {
+    format!(
+        "{}#{}#{}",
+        keys::sortable_time(entry.since),
+        entry.agency,
+        entry.id
+    )
+}
+
 /// What an index or breach sort key (`<time>#<agency>#<task>`) holds for `agency`: ids cannot
 /// contain '#', so this matches that agency and no other.
 fn agency_tag(agency: &AgencyId) -> String {
@@ -119,23 +140,26 @@ impl SchedulingIndex for DynamoSchedulingIndex {
         after: Option<&WaitingTask>,
         limit: usize,
     ) -> Result<Vec<WaitingTask>, AppError> {
-        let partition = if breached {
-            keys::breached_tier_partition(tier)
-        } else {
-            keys::tier_partition(tier)
-        };
-        let mut found = Vec::new();
-        self.read_partition(
-            &PENDING_INDEX,
-            &partition,
-            "<",
-            &keys::sortable_time(before),
-            after.map(|a| start_after(&PENDING_INDEX, &partition, a)),
-            limit,
-            &mut found,
-        )
-        .await?;
-        Ok(found)
+        // The tier is sharded: each shard's `limit` oldest entries past `after` hold the tier's
+        // `limit` oldest, so the merge of those pages is the tier's page. `after` positions every
+        // shard (a start key need not be an entry of that shard).
+        let upper = keys::sortable_time(before);
+        let mut shards = Vec::new();
+        for partition in keys::tier_partitions(tier, breached) {
+            let mut found = Vec::new();
+            self.read_partition(
+                &PENDING_INDEX,
+                &partition,
+                "<",
+                &upper,
+                after.map(|a| start_after(&PENDING_INDEX, &partition, a)),
+                limit,
+                &mut found,
+            )
+            .await?;
+            shards.push(found);
+        }
+        Ok(merge_oldest_first(shards, limit))
     }
 
     async fn due_before(
@@ -203,11 +227,16 @@ impl SchedulingIndex for DynamoSchedulingIndex {
             oldest: None,
             exact: true,
         };
-        for partition in [
-            keys::tier_partition(tier),
-            keys::breached_tier_partition(tier),
-        ] {
-            // One page, oldest first; Limit bounds the entries read, before the filter.
+        // A page for the tier's waiting work and one for its breached work, each split over
+        // the shards (entries spread evenly over them), oldest first; Limit bounds the entries
+        // read, before the filter.
+        let per_partition = limit.div_ceil(keys::TIER_SHARDS as usize).max(1);
+        let partitions = [
+            keys::tier_partitions(tier, false),
+            keys::tier_partitions(tier, true),
+        ]
+        .concat();
+        for partition in partitions {
             let out = self
                 .client
                 .query()
@@ -218,7 +247,7 @@ impl SchedulingIndex for DynamoSchedulingIndex {
                 .projection_expression(PENDING_INDEX.sk)
                 .expression_attribute_values(":p", s(partition))
                 .expression_attribute_values(":agency", s(agency_tag(agency)))
-                .limit(page_limit(limit))
+                .limit(page_limit(per_partition))
                 .send()
                 .await
                 .map_err(|e| from_sdk("dynamodb:Query", e))?;
@@ -273,35 +302,39 @@ impl SchedulingIndex for DynamoSchedulingIndex {
         agency: &AgencyId,
         limit: usize,
     ) -> Result<(BTreeMap<Priority, u64>, bool), AppError> {
-        // The agency's newest tasks: work a worker holds is recent, and GSI1 is the agency's own
-        // partition, so other agencies' volume cannot push it out of the page.
+        // The agency's newest automated tasks: work a worker holds is recent, and GSI1 is the
+        // agency's own partition, so other agencies' volume cannot push it out of the page.
+        // The index holds no status (it would be written on every status change): the
+        // candidates are read (eventually consistent, half the read units) and counted by it.
         let out = self
             .client
             .query()
             .table_name(&self.table)
             .index_name(AGENCY_INDEX.name)
             .key_condition_expression(format!("{} = :p", AGENCY_INDEX.pk))
-            .filter_expression(
-                "entity = :task AND #status = :held AND attribute_type(executor, :map)",
-            )
-            .projection_expression("priority")
-            .expression_attribute_names("#status", "status")
+            .filter_expression(format!("entity = :task AND {} = :yes", keys::AUTOMATED))
+            .projection_expression("PK, SK")
             .expression_attribute_values(":p", s(keys::agency_partition(agency)))
             .expression_attribute_values(":task", s("task"))
-            .expression_attribute_values(":held", s(TaskStatus::InProgress.as_str()))
-            .expression_attribute_values(":map", s("M"))
+            .expression_attribute_values(":yes", s("yes"))
             .scan_index_forward(false)
             .limit(page_limit(limit))
             .send()
             .await
             .map_err(|e| from_sdk("dynamodb:Query", e))?;
+        let keys = out.items.unwrap_or_default();
         let mut per_tier = BTreeMap::new();
-        for item in out.items.unwrap_or_default() {
-            let tier = item
+        for task in batch_get(&self.client, &self.table, keys, false).await? {
+            let held = task
+                .get("status")
+                .and_then(|v| v.as_s().ok())
+                .map(String::as_str)
+                == Some(TaskStatus::InProgress.as_str());
+            let tier = task
                 .get("priority")
                 .and_then(|v| v.as_s().ok())
                 .and_then(|v| v.parse::<Priority>().ok());
-            if let Some(tier) = tier {
+            if let (true, Some(tier)) = (held, tier) {
                 *per_tier.entry(tier).or_insert(0) += 1;
             }
         }
@@ -339,5 +372,60 @@ impl SchedulingIndex for DynamoSchedulingIndex {
                 return Ok(total);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::TaskId;
+    use chrono::TimeZone;
+
+    fn entry(agency: &str, minute: u32) -> WaitingTask {
+        WaitingTask {
+            agency: AgencyId::parse(agency).unwrap(),
+            id: TaskId::generate(),
+            since: Utc.with_ymd_and_hms(2026, 1, 1, 0, minute, 0).unwrap(),
+        }
+    }
+
+    /// Pages across shards, as the sweeper pages through a tier: every entry once, oldest
+    /// first, whichever shard holds it, with no gap where one shard runs out before another.
+    #[test]
+    fn shard_pages_merge_oldest_first_with_no_duplicates_or_gaps_across_pages() {
+        // Four shards with interleaved and uneven entries (one shard empty, one deep).
+        let shards: Vec<Vec<WaitingTask>> = vec![
+            vec![entry("a", 1), entry("b", 5), entry("a", 9)],
+            vec![],
+            (10..30).map(|m| entry("c", m)).collect(),
+            vec![entry("a", 0), entry("d", 5)],
+        ];
+        let all: Vec<WaitingTask> = {
+            let mut all: Vec<WaitingTask> = shards.iter().flatten().cloned().collect();
+            all.sort_by_cached_key(index_order);
+            all
+        };
+        // What a shard's query returns for a page: its `limit` oldest entries after `after`.
+        let read = |shard: &Vec<WaitingTask>, after: Option<&WaitingTask>, limit: usize| {
+            shard
+                .iter()
+                .filter(|e| after.is_none_or(|a| index_order(e) > index_order(a)))
+                .take(limit)
+                .cloned()
+                .collect::<Vec<_>>()
+        };
+        let mut seen = Vec::new();
+        let mut after: Option<WaitingTask> = None;
+        loop {
+            let pages = shards.iter().map(|s| read(s, after.as_ref(), 4)).collect();
+            let page = merge_oldest_first(pages, 4);
+            seen.extend(page.iter().cloned());
+            if page.len() < 4 {
+                break;
+            }
+            after = page.last().cloned();
+        }
+        assert_eq!(seen, all);
+        assert_eq!(seen.len(), 25);
     }
 }
