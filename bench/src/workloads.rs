@@ -240,7 +240,7 @@ pub async fn batch(api: &Api, items: usize, per_chunk: usize) -> Result<Value> {
     let (status, created, _) = api
         .post("/api/batches", &json!({"items": list, "itemsPerBatch": per_chunk, "parallelism": 10, "priority": "high"}))
         .await?;
-    anyhow::ensure!(status == 201, "batch refused: {created}");
+    anyhow::ensure!(status == 202, "batch refused: {created}");
     let id = created["id"].as_str().context("id")?.to_owned();
     let deadline = Instant::now() + Duration::from_secs(900);
     let batch = loop {

@@ -22,6 +22,8 @@ pub struct Config {
     pub dlq_urls: BTreeMap<Priority, String>,
     /// Batch inputs, chunks and results (`BATCH_BUCKET`).
     pub batch_bucket: String,
+    /// The batch preparer's queue (`BATCH_PREPARATION_QUEUE_URL`).
+    pub batch_preparation_queue_url: String,
     /// The batch state machine (`BATCH_STATE_MACHINE_ARN`).
     pub batch_state_machine_arn: String,
     /// The chain state machine (`CHAIN_STATE_MACHINE_ARN`).
@@ -91,6 +93,7 @@ impl Config {
             chain_state_machine_arn: required("CHAIN_STATE_MACHINE_ARN")?,
             batch_bucket: required("BATCH_BUCKET")?,
             batch_state_machine_arn: required("BATCH_STATE_MACHINE_ARN")?,
+            batch_preparation_queue_url: required("BATCH_PREPARATION_QUEUE_URL")?,
             queue_urls,
             dlq_urls,
             lease_seconds: number("LEASE_SECONDS", 120.0)? as u64,

@@ -446,8 +446,20 @@ pub trait BatchStore: Send + Sync {
         round: u32,
     ) -> Result<bool, AppError>;
 
-    /// Batches still `pending` that were created before `cutoff`, oldest first, at most
-    /// `limit`: preparations that never finished (for the sweeper to settle).
+    /// [`BatchStore::put_if`], charging the batch's `total_items` to its agency's daily
+    /// batch-item quota in the same transaction: `QuotaExceeded` (and nothing written) when
+    /// today's quota has no room. For batches whose item count is known only once prepared.
+    async fn put_if_charging(
+        &self,
+        batch: &crate::domain::BatchJob,
+        status: crate::domain::BatchStatus,
+        round: u32,
+    ) -> Result<bool, AppError>;
+
+    /// Batches still `pending` whose last progress ([`BatchJob::pending_since`]) is before
+    /// `cutoff`, oldest first, at most `limit`: preparations that stalled (for the sweeper).
+    ///
+    /// [`BatchJob::pending_since`]: crate::domain::BatchJob::pending_since
     async fn pending_before(
         &self,
         cutoff: DateTime<Utc>,
@@ -514,12 +526,23 @@ pub trait BatchStore: Send + Sync {
     async fn agency_known(&self, agency: &AgencyId) -> Result<bool, AppError>;
 }
 
+/// An object's bytes as they arrive, in pieces, with its size known up front.
+pub struct ObjectBody {
+    pub size: u64,
+    pub chunks: futures::stream::BoxStream<'static, Result<Vec<u8>, AppError>>,
+}
+
 /// Objects in the batch bucket.
 #[async_trait]
 pub trait ObjectStore: Send + Sync {
     fn bucket(&self) -> &str;
     async fn put(&self, key: &str, body: Vec<u8>, content_type: &str) -> Result<(), AppError>;
     async fn get(&self, key: &str, max_bytes: usize) -> Result<Vec<u8>, AppError>;
+    /// Streams an object of at most `max_bytes` (a larger one is a `Conflict` naming its
+    /// size; a missing one `NotFound`), so reading it needs no more memory than a piece.
+    async fn open(&self, key: &str, max_bytes: u64) -> Result<ObjectBody, AppError>;
+    /// The object's size, or None when there is no object at `key`.
+    async fn size(&self, key: &str) -> Result<Option<u64>, AppError>;
     /// User metadata (`x-amz-meta-*`, without the prefix).
     async fn metadata(
         &self,
@@ -532,6 +555,13 @@ pub trait ObjectStore: Send + Sync {
         content_type: &str,
         expires_in: Duration,
     ) -> Result<String, AppError>;
+}
+
+/// The batch preparer's queue: preparation runs there, out of the request path.
+#[async_trait]
+pub trait Preparations: Send + Sync {
+    /// Asks for the pending batch's round to be prepared (or its preparation to go on).
+    async fn request(&self, request: &crate::domain::PrepareBatch) -> Result<(), AppError>;
 }
 
 /// Per-agency request buckets (GCRA, the token bucket kept as one timestamp), shared by

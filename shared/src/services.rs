@@ -7,12 +7,12 @@ use crate::executors::egress::EgressPolicy;
 use crate::executors::ExecutorRegistry;
 use crate::ports::SchedulingIndex;
 use crate::service::{
-    AgentService, BatchRunner, BatchService, ChainRunner, Ports, QueueOverview, Sweeper,
-    TaskRunner, TaskService,
+    AgentService, BatchPreparer, BatchRunner, BatchService, ChainRunner, Ports, QueueOverview,
+    Sweeper, TaskRunner, TaskService,
 };
 use crate::store::{
     DynamoAgentStore, DynamoBatchStore, DynamoSchedulingIndex, DynamoTaskStore,
-    S3AttachmentStorage, S3ObjectStore, SfnOrchestrator, SqsDispatcher,
+    S3AttachmentStorage, S3ObjectStore, SfnOrchestrator, SqsDispatcher, SqsPreparations,
 };
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,6 +25,7 @@ pub struct Services {
     pub runner: TaskRunner,
     pub chains: ChainRunner,
     pub batches: BatchService,
+    pub batch_preparer: BatchPreparer,
     pub batch_runner: BatchRunner,
     pub sweeper: Sweeper,
 }
@@ -58,6 +59,10 @@ impl Services {
                 clients.sfn.clone(),
                 &config.batch_state_machine_arn,
             )),
+            preparations: Arc::new(SqsPreparations::new(
+                clients.sqs.clone(),
+                &config.batch_preparation_queue_url,
+            )),
         };
         let index = Arc::new(DynamoSchedulingIndex::new(clients.dynamodb.clone(), table));
         let executors = ExecutorRegistry::builtin_with(EgressPolicy::from_config(config));
@@ -89,9 +94,16 @@ impl Services {
                 tasks: ports.store.clone(),
                 batches: ports.batches.clone(),
                 objects: ports.objects.clone(),
+                preparations: ports.preparations.clone(),
+                executors: executors.clone(),
+            },
+            batch_preparer: BatchPreparer {
+                tasks: ports.store.clone(),
+                batches: ports.batches.clone(),
+                objects: ports.objects.clone(),
                 dispatcher: ports.dispatcher.clone(),
                 orchestrator: ports.batch_orchestrator.clone(),
-                executors: executors.clone(),
+                preparations: ports.preparations.clone(),
             },
             batch_runner: BatchRunner {
                 tasks: ports.store.clone(),
@@ -110,6 +122,7 @@ impl Services {
                 aging_fraction: config.aging_fraction,
                 batches: ports.batches.clone(),
                 batch_orchestrator: ports.batch_orchestrator.clone(),
+                preparations: ports.preparations.clone(),
             },
             tasks,
         }

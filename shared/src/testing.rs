@@ -721,6 +721,7 @@ pub struct MemoryWorld {
     pub orchestrator: std::sync::Arc<RecordingOrchestrator>,
     pub batches: std::sync::Arc<MemoryBatches>,
     pub objects: std::sync::Arc<MemoryObjects>,
+    pub preparations: std::sync::Arc<MemoryPreparations>,
 }
 
 impl MemoryWorld {
@@ -740,6 +741,38 @@ impl MemoryWorld {
             agents: std::sync::Arc::default(),
             orchestrator: std::sync::Arc::default(),
             objects: std::sync::Arc::default(),
+            preparations: std::sync::Arc::default(),
+        }
+    }
+
+    /// Runs the queued batch preparations, and the continuations they queue, until none is
+    /// left; answers each pass's outcome in order.
+    pub async fn run_preparations(
+        &self,
+        preparer: &crate::service::BatchPreparer,
+    ) -> Vec<Result<crate::service::Prepared, AppError>> {
+        self.run_preparations_until(preparer, || {
+            std::time::Instant::now() + std::time::Duration::from_secs(600)
+        })
+        .await
+    }
+
+    /// [`MemoryWorld::run_preparations`], each pass stopping at `stop_at()`.
+    pub async fn run_preparations_until(
+        &self,
+        preparer: &crate::service::BatchPreparer,
+        stop_at: impl Fn() -> std::time::Instant,
+    ) -> Vec<Result<crate::service::Prepared, AppError>> {
+        let mut outcomes = Vec::new();
+        loop {
+            let requests = self.preparations.take();
+            if requests.is_empty() {
+                return outcomes;
+            }
+            assert!(outcomes.len() < 10_000, "preparations never end");
+            for request in requests {
+                outcomes.push(preparer.prepare(&request, stop_at()).await);
+            }
         }
     }
 
@@ -753,6 +786,7 @@ impl MemoryWorld {
             batches: self.batches.clone(),
             objects: self.objects.clone(),
             batch_orchestrator: self.orchestrator.clone(),
+            preparations: self.preparations.clone(),
         }
     }
 
@@ -1019,6 +1053,36 @@ impl crate::ports::BatchStore for MemoryBatches {
             _ => Ok(false),
         }
     }
+    async fn put_if_charging(
+        &self,
+        batch: &crate::domain::BatchJob,
+        status: crate::domain::BatchStatus,
+        round: u32,
+    ) -> Result<bool, AppError> {
+        let limit = *self.daily_item_limit.lock().expect("not poisoned");
+        let now = chrono::Utc::now();
+        let day = (
+            batch.agency_id.clone(),
+            crate::service::quotas::quota_day(now),
+        );
+        let mut counted = self.daily_items.lock().expect("not poisoned");
+        let used = counted.get(&day).copied().unwrap_or(0);
+        if let Some(limit) = limit.filter(|limit| used.saturating_add(batch.total_items) > *limit) {
+            return Err(crate::service::quotas::batch_items_refused(limit, now));
+        }
+        let mut jobs = self.jobs.lock().expect("not poisoned");
+        let key = (batch.agency_id.clone(), batch.id);
+        let written = jobs
+            .get(&key)
+            .is_some_and(|stored| stored.status == status && stored.round == round);
+        if written {
+            jobs.insert(key, batch.clone());
+        }
+        if written && limit.is_some() {
+            counted.insert(day, used + batch.total_items);
+        }
+        Ok(written)
+    }
     async fn pending_before(
         &self,
         cutoff: chrono::DateTime<chrono::Utc>,
@@ -1029,10 +1093,12 @@ impl crate::ports::BatchStore for MemoryBatches {
             .lock()
             .expect("not poisoned")
             .values()
-            .filter(|b| b.status == crate::domain::BatchStatus::Pending && b.created_at < cutoff)
+            .filter(|b| {
+                b.status == crate::domain::BatchStatus::Pending && b.pending_since() < cutoff
+            })
             .cloned()
             .collect();
-        pending.sort_by_key(|b| b.created_at);
+        pending.sort_by_key(|b| b.pending_since());
         pending.truncate(limit);
         Ok(pending)
     }
@@ -1157,6 +1223,43 @@ impl crate::ports::BatchStore for MemoryBatches {
 #[derive(Debug, Default)]
 pub struct MemoryObjects {
     pub objects: Mutex<HashMap<String, StoredObject>>,
+    /// How many times each key was written.
+    pub puts: Mutex<HashMap<String, u32>>,
+}
+
+impl MemoryObjects {
+    /// How many times `key` was written.
+    pub fn puts_of(&self, key: &str) -> u32 {
+        let puts = self.puts.lock().expect("not poisoned");
+        puts.get(key).copied().unwrap_or(0)
+    }
+}
+
+/// Preparation requests, recorded in order; a test runs them with the preparer.
+#[derive(Debug, Default)]
+pub struct MemoryPreparations {
+    pub requests: Mutex<Vec<crate::domain::PrepareBatch>>,
+    /// When set, requests fail as if SQS were unreachable.
+    pub refuse: std::sync::atomic::AtomicBool,
+}
+
+impl MemoryPreparations {
+    /// The requests not yet taken, oldest first.
+    pub fn take(&self) -> Vec<crate::domain::PrepareBatch> {
+        std::mem::take(&mut *self.requests.lock().expect("not poisoned"))
+    }
+}
+
+#[async_trait]
+impl crate::ports::Preparations for MemoryPreparations {
+    async fn request(&self, request: &crate::domain::PrepareBatch) -> Result<(), AppError> {
+        if self.refuse.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(AppError::Unavailable("sqs:SendMessage refused".into()));
+        }
+        let mut requests = self.requests.lock().expect("not poisoned");
+        requests.push(request.clone());
+        Ok(())
+    }
 }
 
 #[async_trait]
@@ -1169,7 +1272,40 @@ impl crate::ports::ObjectStore for MemoryObjects {
             .lock()
             .expect("not poisoned")
             .insert(key.to_owned(), (body, HashMap::new()));
+        *self
+            .puts
+            .lock()
+            .expect("not poisoned")
+            .entry(key.to_owned())
+            .or_default() += 1;
         Ok(())
+    }
+    /// Hands the object out in pieces of at most 7 bytes, as a network stream may.
+    async fn open(&self, key: &str, max_bytes: u64) -> Result<crate::ports::ObjectBody, AppError> {
+        let body = self
+            .objects
+            .lock()
+            .expect("not poisoned")
+            .get(key)
+            .map(|(body, _)| body.clone())
+            .ok_or(AppError::NotFound { what: "object" })?;
+        if body.len() as u64 > max_bytes {
+            return Err(AppError::Conflict(format!(
+                "the file is {} bytes; the limit is {max_bytes}",
+                body.len()
+            )));
+        }
+        let size = body.len() as u64;
+        let pieces: Vec<Result<Vec<u8>, AppError>> =
+            body.chunks(7).map(|piece| Ok(piece.to_vec())).collect();
+        Ok(crate::ports::ObjectBody {
+            size,
+            chunks: Box::pin(futures::stream::iter(pieces)),
+        })
+    }
+    async fn size(&self, key: &str) -> Result<Option<u64>, AppError> {
+        let objects = self.objects.lock().expect("not poisoned");
+        Ok(objects.get(key).map(|(body, _)| body.len() as u64))
     }
     /// Like the S3 adapter, refuses an object larger than `max_bytes`.
     async fn get(&self, key: &str, max_bytes: usize) -> Result<Vec<u8>, AppError> {

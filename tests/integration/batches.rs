@@ -15,7 +15,9 @@ fn manager() -> (String, Client) {
 
 async fn create(client: &Client, body: Value) -> String {
     let reply = client.post("/api/batches", &body).await;
-    assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.body);
+    // Accepted: recorded pending, prepared in the background.
+    assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.body);
+    assert_eq!(reply.body["status"], "pending", "{}", reply.body);
     reply.body["id"].as_str().unwrap().to_owned()
 }
 
@@ -253,13 +255,14 @@ async fn partial_failures_below_and_above_the_tolerance_and_retry_failed() {
     let retry = boss
         .post(&format!("/api/batches/{strict}/retry-failed"), &json!({}))
         .await;
-    assert_eq!(retry.status, StatusCode::OK, "{}", retry.body);
+    assert_eq!(retry.status, StatusCode::ACCEPTED, "{}", retry.body);
     let batch = eventually(
         "the retry round to finish",
         Duration::from_secs(60),
         || async {
             let b = boss.get(&format!("/api/batches/{strict}")).await.body;
-            (b["round"] == 1 && b["status"] != "processing").then_some(b)
+            let running = b["status"] == "pending" || b["status"] == "processing";
+            (b["round"] == 1 && !running).then_some(b)
         },
     )
     .await;
@@ -299,7 +302,7 @@ async fn progress_can_be_read_while_the_batch_runs() {
     let done = loop {
         let batch = boss.get(&format!("/api/batches/{id}")).await.body;
         seen.push(batch["processedItems"].as_u64().unwrap());
-        if batch["status"] != "processing" {
+        if batch["status"] != "processing" && batch["status"] != "pending" {
             break batch;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -527,16 +530,18 @@ async fn a_duplicate_upload_event_creates_no_second_batch_and_unknown_agencies_f
 /// Issue 13 item 5 on DynamoDB: a batch left pending (a preparation cut off, an upload whose
 /// message went to the DLQ) is found through its GSI3 entry and failed with the reason once it
 /// is 30 minutes old, and it leaves the index. Before, it showed pending for good.
+/// A batch whose preparation request was lost stays pending with no progress; the sweeper
+/// asks for its preparation again, and the stack's own preparer then starts it and it runs.
 #[tokio::test]
-async fn the_sweeper_fails_a_batch_left_pending() {
+async fn the_sweeper_repairs_a_batch_whose_preparation_was_lost() {
     let isolated = integration_tests::isolated_stack("taskflow-stuck-batches").await;
     let clients = stack().clients().await;
     let config = integration_tests::worker_config(&isolated);
     let services = shared::services::Services::new(&config, &clients);
-    // The same wiring with a batch state machine that does not exist: its start is refused.
+    // The same wiring with a preparation queue that does not exist: the request is lost.
     let worker = isolated.resources.function("WorkerFunction").unwrap();
     let broken = shared::config::Config::from_lookup(|k| match k {
-        "BATCH_STATE_MACHINE_ARN" => worker.environment.get(k).map(|arn| format!("{arn}-gone")),
+        "BATCH_PREPARATION_QUEUE_URL" => worker.environment.get(k).map(|url| format!("{url}-gone")),
         _ => worker.environment.get(k).cloned(),
     })
     .unwrap();
@@ -548,12 +553,12 @@ async fn the_sweeper_fails_a_batch_left_pending() {
         agency: shared::domain::AgencyId::parse(&agency).unwrap(),
         role: shared::domain::Role::Manager,
     };
-    // Created through the service (not an upload: the stack's own trigger would race it).
-    broken
+    let err = broken
         .batches
         .create(&boss, &json!({"items": [1, 2]}))
         .await
-        .expect_err("the start is refused");
+        .expect_err("the request is refused");
+    assert_eq!(err.status_code(), 503, "{err}");
     let id = services
         .tasks
         .list(
@@ -580,10 +585,11 @@ async fn the_sweeper_fails_a_batch_left_pending() {
             .unwrap()
             .unwrap()
     };
-    // That batch was failed with the refusal; show it pending, as a preparation cut off
-    // before its round leaves it.
+    // That batch was failed with the refusal; show it pending, as a lost request leaves it.
     let mut batch = stored().await;
     batch.status = shared::domain::BatchStatus::Pending;
+    batch.error = None;
+    batch.completed_at = None;
     services.batches.batches.put(&batch).await.unwrap();
 
     let now = chrono::Utc::now();
@@ -592,28 +598,33 @@ async fn the_sweeper_fails_a_batch_left_pending() {
         .sweep(now + chrono::Duration::minutes(20))
         .await
         .expect("sweep");
-    assert_eq!(young.batches_failed, 0, "{young:?}");
+    assert_eq!(young.preparations_repaired, 0, "{young:?}");
     let old = services
         .sweeper
         .sweep(now + chrono::Duration::minutes(31))
         .await
         .expect("sweep");
-    assert_eq!(old.batches_failed, 1, "{old:?}");
-    let batch = stored().await;
-    assert_eq!(batch.status, shared::domain::BatchStatus::Failed);
-    assert!(
-        batch
-            .error
-            .as_deref()
-            .unwrap_or_default()
-            .contains("preparation did not finish"),
-        "{batch:?}"
-    );
+    assert_eq!(old.preparations_repaired, 1, "{old:?}");
+    // The stack's preparer takes the request: the batch starts and runs to its end.
+    let done = eventually(
+        "the repaired batch runs",
+        Duration::from_secs(60),
+        || async {
+            let batch = stored().await;
+            (batch.status == shared::domain::BatchStatus::Completed).then_some(batch)
+        },
+    )
+    .await;
+    assert_eq!((done.total_items, done.success_items), (2, 2));
     let again = services
         .sweeper
         .sweep(now + chrono::Duration::minutes(32))
         .await
         .expect("sweep");
-    assert_eq!(again.batches_failed, 0, "it left the index: {again:?}");
+    assert_eq!(
+        (again.preparations_repaired, again.batches_failed),
+        (0, 0),
+        "it left the index: {again:?}"
+    );
     isolated.stop().await;
 }

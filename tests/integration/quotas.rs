@@ -131,7 +131,7 @@ async fn small_quotas_from_template_parameters_answer_429() {
             &json!({"title": "quota", "items": items(3)}),
         )
         .await;
-    assert_eq!(first.status, StatusCode::CREATED, "{}", first.body);
+    assert_eq!(first.status, StatusCode::ACCEPTED, "{}", first.body);
     let over = batcher
         .post(
             "/api/batches",
@@ -145,7 +145,7 @@ async fn small_quotas_from_template_parameters_answer_429() {
             &json!({"title": "quota", "items": items(2)}),
         )
         .await;
-    assert_eq!(rest.status, StatusCode::CREATED, "{}", rest.body);
+    assert_eq!(rest.status, StatusCode::ACCEPTED, "{}", rest.body);
     let listed = batcher.get("/api/tasks").await;
     assert_eq!(
         listed.body["items"].as_array().map(Vec::len),

@@ -74,7 +74,7 @@ async fn another_agency_cannot_reach_batches_steps_agents_or_attachments() {
     let batch = victim
         .post("/api/batches", &json!({"items": [1, 2, 3]}))
         .await;
-    assert_eq!(batch.status, StatusCode::CREATED, "{}", batch.body);
+    assert_eq!(batch.status, StatusCode::ACCEPTED, "{}", batch.body);
     let batch_id = batch.body["id"].as_str().unwrap().to_owned();
     let chain = victim
         .create_task(&json!({"title": "chain", "type": "multi_step", "steps": [

@@ -1,7 +1,7 @@
 //! One function per route: parse the request, call the task service, shape the response.
 
 use crate::request::{idempotency_key, if_match, json_body, query_params};
-use crate::response::{json, json_with_etag, no_content};
+use crate::response::{accepted, json, json_with_etag, no_content};
 use crate::routes::Route;
 use crate::{openapi, App};
 use lambda_http::{Body, Request, Response};
@@ -134,9 +134,10 @@ pub async fn dispatch(
                 .batches
                 .create(caller, &json_body(request, false)?)
                 .await?;
-            Ok(json(
-                201,
+            let location = format!("/api/batches/{}", view.batch.id);
+            Ok(accepted(
                 &serde_json::to_value(view).map_err(AppError::internal)?,
+                &location,
             ))
         }
         Route::BatchUploadUrl => {
@@ -175,9 +176,9 @@ pub async fn dispatch(
         }
         Route::RetryFailedItems(id) => {
             let view = app.services.batches.retry_failed(caller, id).await?;
-            Ok(json(
-                200,
+            Ok(accepted(
                 &serde_json::to_value(view).map_err(AppError::internal)?,
+                &format!("/api/batches/{id}"),
             ))
         }
         Route::ListAgents => {

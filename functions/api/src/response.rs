@@ -21,6 +21,15 @@ pub fn json_with_etag(status: u16, body: &Value, etag: &str) -> Response<Body> {
     response
 }
 
+/// 202 Accepted: the work is queued; `location` is where to watch it.
+pub fn accepted(body: &Value, location: &str) -> Response<Body> {
+    let mut response = json(202, body);
+    if let Ok(value) = location.parse() {
+        response.headers_mut().insert("location", value);
+    }
+    response
+}
+
 pub fn no_content() -> Response<Body> {
     Response::builder()
         .status(StatusCode::NO_CONTENT)

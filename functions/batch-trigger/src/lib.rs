@@ -1,25 +1,52 @@
-//! Turns S3 upload notifications into batches. Each SQS record carries one S3
-//! event; a record whose batch could not be created (a transient error) is
-//! reported as a batch item failure and comes back. Test events and objects
-//! outside `uploads/` are acknowledged and ignored.
+//! The batch preparer. Its queue carries two kinds of message:
+//! - S3 upload notifications: each upload under `uploads/<agencyId>/` is recorded as a
+//!   pending batch and its preparation is asked for;
+//! - `{"prepareBatch": {…}}`: prepare a pending batch's round (from the API, a retry,
+//!   an upload, a continuation or the sweeper), stopping before the invocation's deadline.
+//!
+//! A record that failed for a transient reason is reported as a batch item failure and
+//! comes back. Test events and objects outside `uploads/` are acknowledged and ignored.
 
 use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
 use serde::Deserialize;
 use shared::aws::AwsClients;
 use shared::config::Config;
-use shared::service::BatchService;
+use shared::domain::PrepareBatch;
+use shared::service::batch_prep::STOP_MARGIN;
+use shared::service::{BatchPreparer, BatchService};
 use shared::services::Services;
 use shared::AppError;
+use std::time::Instant;
 
 pub struct BatchTrigger {
     batches: BatchService,
+    preparer: BatchPreparer,
+}
+
+/// A message asking for a preparation.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct PrepareMessage {
+    prepare_batch: PrepareBatch,
 }
 
 impl BatchTrigger {
     pub fn new(config: &Config, clients: &AwsClients) -> Self {
+        let services = Services::new(config, clients);
         Self {
-            batches: Services::new(config, clients).batches,
+            batches: services.batches,
+            preparer: services.batch_preparer,
         }
+    }
+
+    /// The instant a preparation should stop starting work, for an invocation that must
+    /// end by `deadline_ms` (milliseconds since the Unix epoch, from the Lambda context).
+    pub fn stop_at(deadline_ms: u64) -> Instant {
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let left = std::time::Duration::from_millis(deadline_ms.saturating_sub(now_ms));
+        Instant::now() + left.saturating_sub(STOP_MARGIN)
     }
 
     pub async fn from_env() -> Result<Self, AppError> {
@@ -27,12 +54,22 @@ impl BatchTrigger {
         Ok(Self::new(&config, &AwsClients::from_env().await))
     }
 
-    pub async fn handle_batch(&self, event: SqsEvent) -> SqsBatchResponse {
+    pub async fn handle_batch(&self, event: SqsEvent, stop_at: Instant) -> SqsBatchResponse {
         let mut response = SqsBatchResponse::default();
         for record in event.records {
             let body = record.body.as_deref().unwrap_or_default();
-            if let Err(err) = self.handle_notification(body).await {
-                tracing::warn!(error = %err, "upload notification will be retried");
+            let handled = match serde_json::from_str::<PrepareMessage>(body) {
+                Ok(message) => self
+                    .preparer
+                    .prepare(&message.prepare_batch, stop_at)
+                    .await
+                    .map(|outcome| {
+                        tracing::info!(batch = %message.prepare_batch.batch_id, ?outcome, "preparation pass ended");
+                    }),
+                Err(_) => self.handle_notification(body).await,
+            };
+            if let Err(err) = handled {
+                tracing::warn!(error = %err, "message will be retried");
                 if let Some(id) = record.message_id {
                     let mut failure = BatchItemFailure::default();
                     failure.item_identifier = id;

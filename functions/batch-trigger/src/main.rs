@@ -1,4 +1,5 @@
-//! Batch trigger Lambda: S3 ObjectCreated notifications arrive through an SQS queue.
+//! Batch preparer Lambda (the batch trigger): S3 ObjectCreated notifications and
+//! preparation requests arrive through its SQS queue.
 
 use aws_lambda_events::event::sqs::SqsEvent;
 use lambda_runtime::{run, service_fn, Error, LambdaEvent};
@@ -9,7 +10,8 @@ async fn main() -> Result<(), Error> {
     let trigger = batch_trigger::BatchTrigger::from_env().await?;
     let trigger = &trigger;
     run(service_fn(move |event: LambdaEvent<SqsEvent>| async move {
-        Ok::<_, Error>(trigger.handle_batch(event.payload).await)
+        let stop_at = batch_trigger::BatchTrigger::stop_at(event.context.deadline);
+        Ok::<_, Error>(trigger.handle_batch(event.payload, stop_at).await)
     }))
     .await
 }

@@ -76,16 +76,21 @@ pub fn sweeper_handler(
 
 pub const BATCH_TRIGGER_FUNCTION: &str = "BatchTriggerFunction";
 
-/// The batch trigger as an SQS batch handler (S3 notifications arrive through SQS).
+/// The batch trigger (the batch preparer) as an SQS batch handler: S3 notifications and
+/// preparation requests arrive through its queue.
 pub fn batch_trigger_handler(
     spec: &FunctionSpec,
     clients: &AwsClients,
 ) -> Result<crate::sqs_poller::BatchHandler> {
     let config = config_for(spec).context("configuring the batch trigger function")?;
     let trigger = Arc::new(batch_trigger::BatchTrigger::new(&config, clients));
+    let timeout = Duration::from_secs(spec.timeout_seconds);
     Ok(Arc::new(move |event| {
         let trigger = trigger.clone();
-        Box::pin(async move { trigger.handle_batch(event).await })
+        // In process, the function's Timeout is only the preparation's own deadline.
+        let stop_at = std::time::Instant::now()
+            + timeout.saturating_sub(shared::service::batch_prep::STOP_MARGIN);
+        Box::pin(async move { trigger.handle_batch(event, stop_at).await })
     }))
 }
 

@@ -68,6 +68,38 @@ pub struct BatchJob {
     pub started_at: Option<DateTime<Utc>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completed_at: Option<DateTime<Utc>>,
+    /// While the batch is `pending`: how far the preparation of its round has got.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preparation: Option<Preparation>,
+}
+
+/// How far a round's preparation has got. Chunks are written in parallel, so this is the
+/// prefix known to be written: a preparation that is cut off or times out resumes after it,
+/// and never writes those chunks again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Preparation {
+    /// Chunks 0 to `chunks_written - 1` of the round are in S3.
+    pub chunks_written: u32,
+    /// Items read from the input so far (the whole input once it is read).
+    pub items_read: u64,
+    /// Deliveries that found this preparation already under way: continuations after a
+    /// deadline, redeliveries after a crash, and the sweeper's repairs.
+    pub passes: u32,
+    /// Times the sweeper found the preparation stalled and asked for it again.
+    #[serde(default)]
+    pub repairs: u32,
+    /// When the preparation last made progress (the sweeper's measure of a stuck one).
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Asks the batch preparer to prepare (or go on preparing) a pending batch's round: the
+/// body of a message on the preparation queue, `{"prepareBatch": {…}}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PrepareBatch {
+    pub agency_id: AgencyId,
+    pub batch_id: TaskId,
 }
 
 /// Live counters of one chunk in one round.
@@ -142,6 +174,13 @@ pub struct ItemFailure {
 }
 
 impl BatchJob {
+    /// When the batch last showed progress while pending: its preparation's last saved
+    /// progress, else its creation. The sweeper repairs pending batches by this time.
+    pub fn pending_since(&self) -> DateTime<Utc> {
+        self.preparation
+            .map_or(self.created_at, |progress| progress.updated_at)
+    }
+
     /// Whether `failed` items out of the total exceed the tolerance.
     pub fn exceeds_tolerance(&self, failed: u64) -> bool {
         if self.total_items == 0 {

@@ -18,7 +18,7 @@ pub mod task;
 pub use agent::{Agent, AgentStatus};
 pub use batch::{
     BatchJob, BatchMessage, BatchSource, BatchStatus, ChunkCounts, ChunkDone, ChunkItem,
-    ItemFailure, ManifestEntry,
+    ItemFailure, ManifestEntry, Preparation, PrepareBatch,
 };
 pub use chain::{ChainMessage, OnFailure, StepConfig};
 pub use execution::{

@@ -127,6 +127,13 @@ impl Fixture {
             body[key] = value.clone();
         }
         let view = self.services.batches.create(&boss(), &body).await.unwrap();
+        for prepared in self
+            .world
+            .run_preparations(&self.services.batch_preparer)
+            .await
+        {
+            assert_eq!(prepared.unwrap(), crate::service::Prepared::Started);
+        }
         let id = self.world.store.all_tasks().pop().unwrap().id;
         assert_eq!(
             self.batch(id).await.status,
@@ -134,6 +141,24 @@ impl Fixture {
             "{view:?}"
         );
         id
+    }
+
+    /// Asks for a retry round and prepares it; answers the retry's own reply.
+    async fn retry(&self, id: TaskId) -> super::batches::BatchView {
+        let view = self
+            .services
+            .batches
+            .retry_failed(&boss(), id)
+            .await
+            .unwrap();
+        for prepared in self
+            .world
+            .run_preparations(&self.services.batch_preparer)
+            .await
+        {
+            assert_eq!(prepared.unwrap(), crate::service::Prepared::Started);
+        }
+        view
     }
 
     async fn batch(&self, id: TaskId) -> BatchJob {
@@ -605,7 +630,7 @@ async fn a_retry_round_clears_healed_failures_and_reopens_the_task() {
     let failed: Vec<u64> = f.failures(id).await.iter().map(|x| x.index).collect();
     assert_eq!(failed, [0, 2, 3]);
 
-    f.services.batches.retry_failed(&boss(), id).await.unwrap();
+    f.retry(id).await;
     assert_eq!(f.batch(id).await.round, 1);
     // Round 1 holds items 0, 2 (chunk 0) and 3 (chunk 1).
     f.runner.process(chunk(id, 1, 0)).await;
@@ -660,7 +685,7 @@ async fn a_round_whose_chunks_were_lost_counts_its_items_as_failed() {
     f.runner.process(chunk(id, 0, 0)).await;
     f.runner.process(chunk(id, 0, 1)).await;
     f.runner.process(finalize(id, 0)).await;
-    f.services.batches.retry_failed(&boss(), id).await.unwrap();
+    f.retry(id).await;
     // No chunk of round 1 reports.
     f.runner.process(finalize(id, 1)).await;
     let batch = f.batch(id).await;
@@ -1085,7 +1110,7 @@ async fn a_retry_round_reports_counts_that_add_up() {
     f.runner.process(chunk(id, 0, 1)).await;
     f.runner.process(finalize(id, 0)).await;
 
-    let view = f.services.batches.retry_failed(&boss(), id).await.unwrap();
+    let view = f.retry(id).await;
     let counts = |v: &super::batches::BatchView| {
         (
             v.batch.processed_items,

@@ -1,17 +1,17 @@
 //! Batch jobs: creation (inline items, an uploaded object, or an S3 upload
-//! trigger), chunking into S3 behind a manifest, reading progress, and
-//! retrying failed items. The worker side is `BatchRunner`.
+//! trigger), reading progress, and retrying failed items. Creating a batch or a
+//! retry round records it `pending` and queues its preparation (`batch_prep`),
+//! which chunks it into S3 and starts it; the worker side is `BatchRunner`.
 
-use crate::domain::batch_input::{parse_items, InputFormat};
+use super::batch_prep;
+use crate::domain::batch_input::InputFormat;
 use crate::domain::{
-    BatchJob, BatchSource, BatchStatus, Caller, ChunkItem, ExecutorSpec, ItemFailure,
-    ManifestEntry, Metadata, Priority, Task, TaskId, TaskStatus, TaskType, Title, UserId,
+    BatchJob, BatchSource, BatchStatus, Caller, ExecutorSpec, ItemFailure, Metadata, PrepareBatch,
+    Priority, Task, TaskId, TaskStatus, TaskType, Title, UserId,
 };
 use crate::error::{AppError, FieldErrors};
 use crate::executors::ExecutorRegistry;
-use crate::ports::{
-    BatchCreated, BatchStore, Dispatcher, ObjectStore, Orchestrator, Page, StartOutcome, TaskStore,
-};
+use crate::ports::{BatchCreated, BatchStore, ObjectStore, Page, Preparations, TaskStore};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -154,8 +154,7 @@ pub struct BatchService {
     pub tasks: Arc<dyn TaskStore>,
     pub batches: Arc<dyn BatchStore>,
     pub objects: Arc<dyn ObjectStore>,
-    pub dispatcher: Arc<dyn Dispatcher>,
-    pub orchestrator: Arc<dyn Orchestrator>,
+    pub preparations: Arc<dyn Preparations>,
     pub executors: ExecutorRegistry,
 }
 
@@ -233,33 +232,29 @@ impl BatchService {
             _ => {}
         }
         errors.into_result()?;
-        let (items, source) = match (inline, source_key.clone()) {
-            (Some(items), _) => (items, BatchSource::Inline),
+        let (total, source) = match (&inline, &source_key) {
+            (Some(items), _) => (items.len(), BatchSource::Inline),
             (None, Some(key)) => {
-                let source_error = |problem: &str| {
+                // Checked now, so a wrong key is a 400; the file's content is checked as it
+                // is prepared, and a problem there fails the batch with where it is.
+                let limit = crate::domain::batch_input::MAX_INPUT_BYTES as u64;
+                let problem = match self.objects.size(key).await? {
+                    None => Some(
+                        "nothing was uploaded at this key (PUT the file to the upload URL first)"
+                            .to_owned(),
+                    ),
+                    Some(size) if size > limit => {
+                        Some(format!("the file is {size} bytes; the limit is {limit}"))
+                    }
+                    Some(_) => None,
+                };
+                if let Some(problem) = problem {
                     let mut errors = FieldErrors::new();
                     errors.add("source.key", problem);
-                    AppError::Validation(errors)
-                };
-                let bytes = match self
-                    .objects
-                    .get(&key, crate::domain::batch_input::MAX_INPUT_BYTES)
-                    .await
-                {
-                    Ok(bytes) => bytes,
-                    Err(AppError::NotFound { .. }) => return Err(source_error(
-                        "nothing was uploaded at this key (PUT the file to the upload URL first)",
-                    )),
-                    Err(AppError::Conflict(problem)) => return Err(source_error(&problem)),
-                    Err(err) => return Err(err),
-                };
-                let format = InputFormat::from_name(&key).expect("checked above");
-                let items = parse_items(&bytes, format).map_err(|problem| {
-                    let mut errors = FieldErrors::new();
-                    errors.add("source", format!("{key}: {problem}"));
-                    AppError::Validation(errors)
-                })?;
-                (items, BatchSource::Upload)
+                    return Err(AppError::Validation(errors));
+                }
+                // Counted once prepared: the file's item count is not known yet.
+                (0, BatchSource::Upload)
             }
             (None, None) => unreachable!("validated above"),
         };
@@ -269,24 +264,46 @@ impl BatchService {
             &params,
             source,
             source_key,
-            items.len(),
+            total,
         );
+        if let Some(items) = inline {
+            // One write of the items as sent; the preparer chunks them like an upload.
+            let body = serde_json::to_vec(&items).map_err(AppError::internal)?;
+            self.objects
+                .put(
+                    &batch_prep::inline_input_key(&batch),
+                    body,
+                    "application/json",
+                )
+                .await?;
+        }
         self.batches.create(&task, &batch, None).await?;
-        let batch = match self.launch(batch.clone(), &items).await {
-            Ok(batch) => batch,
-            Err(err) => {
-                self.record_start_failure(batch, &err).await;
-                return Err(err);
-            }
-        };
+        self.request_preparation(&batch).await?;
         self.view(batch).await
+    }
+
+    /// Queues the batch's preparation. A batch that cannot be queued is failed with the
+    /// reason instead of being left pending: nothing ran, and the caller creates it again.
+    async fn request_preparation(&self, batch: &BatchJob) -> Result<(), AppError> {
+        let request = PrepareBatch {
+            agency_id: batch.agency_id.clone(),
+            batch_id: batch.id,
+        };
+        match self.preparations.request(&request).await {
+            Ok(()) => Ok(()),
+            Err(err) => {
+                self.record_start_failure(batch.clone(), &err).await;
+                Err(err)
+            }
+        }
     }
 
     /// A batch whose execution could not start is failed with the reason instead of being
     /// left pending. Nothing ran, so the caller simply creates it again.
     async fn record_start_failure(&self, batch: BatchJob, err: &AppError) {
         let id = batch.id;
-        let reason = format!("the batch could not start ({err}); nothing ran, create it again");
+        let reason =
+            format!("the batch could not be prepared ({err}); nothing ran, create it again");
         if let Err(record_err) =
             fail_unstarted(self.batches.as_ref(), self.tasks.as_ref(), batch, reason).await
         {
@@ -377,65 +394,49 @@ impl BatchService {
             params.title = Some(format!("Upload {name}").chars().take(200).collect());
         }
         self.check_executor(&params, &mut errors, "x-amz-meta-executor");
-        // Parse before anything runs; any problem becomes the failed batch's error.
-        let mut parsed: Result<Vec<Value>, String> = if !errors.is_empty() {
-            Err(format!("invalid metadata: {errors}"))
+        // Checked before anything runs; any problem becomes the failed batch's error. The
+        // file's content is checked as it is prepared.
+        let limit = crate::domain::batch_input::MAX_INPUT_BYTES as u64;
+        let problem = if !errors.is_empty() {
+            Some(format!("invalid metadata: {errors}"))
         } else if !self.batches.agency_known(&agency).await? {
-            Err(format!("unknown agency '{agency}'"))
+            Some(format!("unknown agency '{agency}'"))
+        } else if InputFormat::from_name(name).is_none() {
+            Some("unsupported file type; use .json, .jsonl or .csv".into())
         } else {
-            match InputFormat::from_name(name) {
-                None => Err("unsupported file type; use .json, .jsonl or .csv".into()),
-                Some(format) => match self
-                    .objects
-                    .get(key, crate::domain::batch_input::MAX_INPUT_BYTES)
-                    .await
-                {
-                    Ok(bytes) => parse_items(&bytes, format),
-                    Err(AppError::Conflict(problem)) => Err(problem),
-                    Err(err) => return Err(err),
-                },
+            match self.objects.size(key).await? {
+                Some(size) if size > limit => {
+                    Some(format!("the file is {size} bytes; the limit is {limit}"))
+                }
+                _ => None,
             }
         };
-        let count = parsed.as_ref().map(Vec::len).unwrap_or(0);
         let (mut task, mut batch) = new_batch(
             agency,
             owner,
             &params,
             BatchSource::S3Trigger,
             Some(key.to_owned()),
-            count,
+            0,
         );
-        let dedupe = format!("{}/{key}#{version}", self.objects.bucket());
-        let fail = |task: &mut Task, batch: &mut BatchJob, problem: &str| {
+        if let Some(problem) = &problem {
             let now = Utc::now();
             batch.status = BatchStatus::Failed;
-            batch.error = Some(problem.to_owned());
+            batch.error = Some(problem.clone());
             batch.completed_at = Some(now);
-            task.error = Some(problem.to_owned());
-            task.move_to(TaskStatus::Failed, now)
-        };
-        if let Err(problem) = &parsed {
-            fail(&mut task, &mut batch, problem)?;
+            task.error = Some(problem.clone());
+            task.move_to(TaskStatus::Failed, now)?;
         }
-        let created = match self.batches.create(&task, &batch, Some(&dedupe)).await {
-            // Over the agency's daily item quota: redelivering the event cannot help before
-            // tomorrow, so the upload's batch is recorded as failed with the reason instead.
-            Err(quota @ AppError::QuotaExceeded { .. }) => {
-                let problem = quota.to_string();
-                fail(&mut task, &mut batch, &problem)?;
-                parsed = Err(problem);
-                self.batches.create(&task, &batch, Some(&dedupe)).await?
+        let dedupe = format!("{}/{key}#{version}", self.objects.bucket());
+        match self.batches.create(&task, &batch, Some(&dedupe)).await? {
+            BatchCreated::Duplicate(first) => {
+                return self.redelivered_upload(&batch.agency_id, first, key).await
             }
-            other => other?,
-        };
-        if let BatchCreated::Duplicate(first) = created {
-            return self
-                .redelivered_upload(&batch.agency_id, first, parsed, key)
-                .await;
+            BatchCreated::New => {}
         }
-        match parsed {
-            Ok(items) => self.launch_upload(batch.clone(), &items).await?,
-            Err(problem) => {
+        match problem {
+            None => self.request_preparation(&batch).await?,
+            Some(problem) => {
                 tracing::warn!(key, batch = %batch.id, %problem, "upload rejected; batch recorded as failed")
             }
         }
@@ -443,48 +444,26 @@ impl BatchService {
     }
 
     /// The same upload event again (S3 and SQS deliver at least once). When an earlier
-    /// delivery recorded the batch but failed before its execution started, that delivery
-    /// was retried for exactly this: start it now. Starting is idempotent by execution name.
+    /// delivery recorded the batch but its preparation request may have been lost, ask again:
+    /// the preparer does nothing for a batch that is prepared or running.
     async fn redelivered_upload(
         &self,
         agency: &crate::domain::AgencyId,
         first: TaskId,
-        parsed: Result<Vec<Value>, String>,
         key: &str,
     ) -> Result<Option<TaskId>, AppError> {
-        match (self.batches.get(agency, first).await?, parsed) {
-            (Some(batch), Ok(items)) if batch.status == BatchStatus::Pending => {
-                tracing::warn!(key, batch = %first, "the upload's batch never started; starting it now");
-                self.launch_upload(batch, &items).await?;
-                Ok(Some(first))
-            }
-            // An earlier delivery recorded the round but could not tell whether its execution
-            // started: start it if it did not (its chunks and manifest are written).
-            (Some(batch), _) if batch.status == BatchStatus::Processing && batch.round == 0 => {
-                let name = format!("{}-r0", batch.id);
-                if self.orchestrator.describe(&name).await?.is_some() {
-                    tracing::info!(key, batch = %first, "duplicate upload event; the batch runs");
-                    return Ok(None);
-                }
-                let Some(manifest_key) = batch.manifest_key.clone() else {
-                    return Err(AppError::internal(
-                        "a processing batch without its manifest",
-                    ));
-                };
-                tracing::warn!(key, batch = %first, "the upload's batch was recorded but never started; starting it now");
-                let input = self.round_input(&batch, &manifest_key)?;
-                match self.orchestrator.start_resolved(&name, &input).await? {
-                    StartOutcome::Started => Ok(Some(first)),
-                    StartOutcome::NotStarted(err) => Err(err),
-                    StartOutcome::Closed(status) => {
-                        let err = AppError::Conflict(format!(
-                            "execution {name} ended ({}) between a describe and a start",
-                            status.as_str()
-                        ));
-                        self.record_start_failure(batch, &err).await;
-                        Ok(Some(first))
-                    }
-                }
+        match self.batches.get(agency, first).await? {
+            Some(batch)
+                if matches!(batch.status, BatchStatus::Pending | BatchStatus::Processing) =>
+            {
+                tracing::info!(key, batch = %first, status = %batch.status, "duplicate upload event; asking for its preparation again");
+                self.preparations
+                    .request(&PrepareBatch {
+                        agency_id: batch.agency_id,
+                        batch_id: first,
+                    })
+                    .await?;
+                Ok(None)
             }
             _ => {
                 tracing::info!(key, batch = %first, "duplicate upload event; the batch already exists");
@@ -503,151 +482,6 @@ impl BatchService {
         {
             errors.add(format!("{field}.config.{config_field}"), problem);
         }
-    }
-
-    /// Launches an upload's batch. A round that can never start (its execution name already
-    /// ended, or the batch was cancelled) fails the batch instead of asking for a redelivery
-    /// that would find the same.
-    async fn launch_upload(&self, batch: BatchJob, items: &[Value]) -> Result<(), AppError> {
-        match self.launch(batch.clone(), items).await {
-            Ok(_) => Ok(()),
-            Err(err @ AppError::Conflict(_)) => {
-                self.record_start_failure(batch, &err).await;
-                Ok(())
-            }
-            Err(err) => Err(err),
-        }
-    }
-
-    /// Writes the chunks and the manifest, then starts the Distributed Map.
-    async fn launch(&self, mut batch: BatchJob, items: &[Value]) -> Result<BatchJob, AppError> {
-        let indexed: Vec<ChunkItem> = items
-            .iter()
-            .enumerate()
-            .map(|(i, item)| ChunkItem {
-                index: i as u64,
-                item: item.clone(),
-            })
-            .collect();
-        let before = batch.clone();
-        self.run_round(&mut batch, &before, &indexed).await?;
-        Ok(batch)
-    }
-
-    /// Writes the round's chunks and manifest, records the batch as processing under the
-    /// execution it is about to start, then starts it. Recorded first, so a chunk can never
-    /// find its batch anything but processing (it would refuse to run, and the batch would
-    /// never end). If the start fails, the batch is put back as `before` the round: nothing
-    /// ran, and a redelivered upload or a new retry starts it afresh.
-    async fn run_round(
-        &self,
-        batch: &mut BatchJob,
-        before: &BatchJob,
-        items: &[ChunkItem],
-    ) -> Result<(), AppError> {
-        let (manifest_key, chunk_count) = self.write_round(batch, items).await?;
-        let name = format!("{}-r{}", batch.id, batch.round);
-        batch.status = BatchStatus::Processing;
-        batch.chunk_count = chunk_count;
-        batch.manifest_key = Some(manifest_key.clone());
-        batch.execution_arn = Some(self.orchestrator.execution_arn(&name));
-        batch.started_at.get_or_insert(Utc::now());
-        batch.completed_at = None;
-        batch.error = None;
-        // Only over the batch as read: one cancelled meanwhile stays cancelled, unstarted.
-        if !self
-            .batches
-            .put_if(batch, before.status, before.round)
-            .await?
-        {
-            let now = self.batches.get(&batch.agency_id, batch.id).await?;
-            *batch = before.clone();
-            return Err(AppError::Conflict(format!(
-                "the batch is {} now; its round was not started",
-                now.map_or("gone".to_owned(), |b| b.status.to_string())
-            )));
-        }
-        let input = self.round_input(batch, &manifest_key)?;
-        let err = match self.orchestrator.start_resolved(&name, &input).await {
-            Ok(StartOutcome::Started) => return Ok(()),
-            Ok(StartOutcome::NotStarted(err)) => err,
-            // The name is the round's, so an execution that already ended was started for this
-            // round before (its record put back or lost): nothing runs it now, and marking it
-            // processing would wait forever for a finalizer that has been.
-            Ok(StartOutcome::Closed(status)) => AppError::Conflict(format!(
-                "execution {name} of round {} had already ended ({}) although the round was not recorded as running",
-                batch.round,
-                status.as_str()
-            )),
-            // Neither the start nor a describe answered: it may be running, so the round stays
-            // recorded (its chunks must find it processing). A redelivered upload checks again.
-            Err(err) => {
-                return Err(AppError::Unavailable(format!(
-                    "batch {} may not have started ({err}); GET it to see whether it runs",
-                    batch.id
-                )))
-            }
-        };
-        let put_back = self
-            .batches
-            .put_if(before, BatchStatus::Processing, batch.round)
-            .await;
-        if let Err(put_back) = put_back {
-            tracing::error!(batch = %batch.id, error = %put_back, start_error = %err, "the round could not start, and the batch could not be put back; it shows processing with no execution");
-        }
-        *batch = before.clone();
-        Err(err)
-    }
-
-    /// The state machine input of the batch's current round.
-    fn round_input(&self, batch: &BatchJob, manifest_key: &str) -> Result<Value, AppError> {
-        let queue_url = self
-            .dispatcher
-            .queue_url(batch.priority)
-            .ok_or_else(|| AppError::internal(format!("no queue for tier {}", batch.priority)))?;
-        Ok(json!({
-            "batchId": batch.id,
-            "agencyId": batch.agency_id,
-            "round": batch.round,
-            "bucket": self.objects.bucket(),
-            "manifestKey": manifest_key,
-            "queueUrl": queue_url,
-            "parallelism": batch.parallelism,
-        }))
-    }
-
-    /// Writes the round's chunks and its manifest; returns the manifest's key and the number
-    /// of chunks.
-    async fn write_round(
-        &self,
-        batch: &BatchJob,
-        items: &[ChunkItem],
-    ) -> Result<(String, u32), AppError> {
-        let prefix = format!(
-            "batches/{}/{}/round-{:03}",
-            batch.agency_id, batch.id, batch.round
-        );
-        let mut manifest = Vec::new();
-        for (index, chunk) in items.chunks(batch.items_per_batch as usize).enumerate() {
-            let key = format!("{prefix}/chunks/{index:05}.json");
-            let body = serde_json::to_vec(chunk).map_err(AppError::internal)?;
-            self.objects.put(&key, body, "application/json").await?;
-            manifest.push(ManifestEntry {
-                key,
-                index: index as u32,
-                first: chunk[0].index,
-                count: chunk.len() as u32,
-            });
-        }
-        let manifest_key = format!("{prefix}/manifest.json");
-        self.objects
-            .put(
-                &manifest_key,
-                serde_json::to_vec(&manifest).map_err(AppError::internal)?,
-                "application/json",
-            )
-            .await?;
-        Ok((manifest_key, manifest.len() as u32))
     }
 
     pub async fn get(&self, caller: &Caller, id: TaskId) -> Result<BatchView, AppError> {
@@ -690,6 +524,12 @@ impl BatchService {
                 eta_seconds,
                 results_url: None,
             });
+        }
+        if batch.status == BatchStatus::Pending && batch.round > 0 {
+            // A retry round being prepared: the items it re-runs count as neither processed
+            // nor failed until they settle again, as while it runs.
+            batch.processed_items = batch.success_items;
+            batch.failed_items = 0;
         }
         let done = matches!(batch.status, BatchStatus::Completed | BatchStatus::Failed);
         let results_url = match (&batch.results_key, done) {
@@ -748,60 +588,53 @@ impl BatchService {
                 batch.status
             )));
         }
-        let mut failed_indexes = Vec::new();
-        let mut cursor: Option<String> = None;
-        loop {
-            let page = self
-                .batches
-                .failures(&caller.agency, id, cursor.as_deref(), 1000)
-                .await?;
-            failed_indexes.extend(page.items.into_iter().map(|f| f.index));
-            match page.next_cursor {
-                Some(c) => cursor = Some(c),
-                None => break,
-            }
-        }
-        if failed_indexes.is_empty() {
+        let first_failure = self.batches.failures(&caller.agency, id, None, 1).await?;
+        if first_failure.items.is_empty() {
             return Err(AppError::Conflict(
                 "the batch has no failed items to retry".into(),
             ));
         }
-        let items = self.load_items(&batch, &failed_indexes).await?;
+        // The retry round is prepared in the background like a new batch: its failures are
+        // read a page at a time, however many there are.
         let before = batch.clone();
         batch.round += 1;
-        batch.failed_items = items.len() as u64;
+        batch.status = BatchStatus::Pending;
         batch.results_key = None;
-        self.run_round(&mut batch, &before, &items).await?;
+        batch.completed_at = None;
+        batch.error = None;
+        // Pending from now: the sweeper measures a stalled preparation from here.
+        batch.preparation = Some(crate::domain::Preparation {
+            chunks_written: 0,
+            items_read: 0,
+            passes: 0,
+            repairs: 0,
+            updated_at: Utc::now(),
+        });
+        if !self
+            .batches
+            .put_if(&batch, before.status, before.round)
+            .await?
+        {
+            return Err(AppError::Conflict(
+                "the batch changed meanwhile; GET it and try again".into(),
+            ));
+        }
+        let request = PrepareBatch {
+            agency_id: batch.agency_id.clone(),
+            batch_id: batch.id,
+        };
+        if let Err(err) = self.preparations.request(&request).await {
+            // Nothing was queued: put the batch back as it was, so the retry can be asked again.
+            if let Err(put_back) = self
+                .batches
+                .put_if(&before, BatchStatus::Pending, batch.round)
+                .await
+            {
+                tracing::error!(batch = %id, error = %put_back, "a retry round could not be queued, nor the batch put back; the sweeper will repair it");
+            }
+            return Err(err);
+        }
         self.view(batch).await
-    }
-
-    /// The original items at `indexes`, read back from the round-0 chunks.
-    async fn load_items(
-        &self,
-        batch: &BatchJob,
-        indexes: &[u64],
-    ) -> Result<Vec<ChunkItem>, AppError> {
-        let per_chunk = u64::from(batch.items_per_batch);
-        let mut by_chunk: std::collections::BTreeMap<u64, Vec<u64>> = Default::default();
-        for index in indexes {
-            by_chunk.entry(index / per_chunk).or_default().push(*index);
-        }
-        let mut items = Vec::new();
-        for (chunk, wanted) in by_chunk {
-            let key = format!(
-                "batches/{}/{}/round-000/chunks/{chunk:05}.json",
-                batch.agency_id, batch.id
-            );
-            let bytes = self.objects.get(&key, 256 * 1024 * 1024).await?;
-            let chunk_items: Vec<ChunkItem> =
-                serde_json::from_slice(&bytes).map_err(AppError::internal)?;
-            items.extend(
-                chunk_items
-                    .into_iter()
-                    .filter(|i| wanted.contains(&i.index)),
-            );
-        }
-        Ok(items)
     }
 }
 
@@ -912,6 +745,7 @@ fn new_batch(
         created_at: now,
         started_at: None,
         completed_at: None,
+        preparation: None,
     };
     (task, batch)
 }

@@ -2,6 +2,7 @@
 //! rules applied, written against the ports so they are testable without AWS.
 
 pub mod agents;
+pub mod batch_prep;
 pub mod batch_runner;
 #[cfg(test)]
 mod batch_runner_tests;
@@ -23,6 +24,7 @@ mod sweeper_tests;
 pub mod tasks;
 
 pub use agents::AgentService;
+pub use batch_prep::{BatchPreparer, Prepared};
 pub use batch_runner::BatchRunner;
 pub use batches::{BatchService, BatchView};
 pub use chains::ChainRunner;

@@ -184,7 +184,12 @@ mod tests {
     fn quotas_come_from_the_environment_with_documented_defaults() {
         let config = |set: &'static [(&str, &str)]| {
             crate::config::Config::from_lookup(move |key| {
-                let required = ["TABLE_NAME", "ATTACHMENTS_BUCKET", "BATCH_BUCKET"];
+                let required = [
+                    "TABLE_NAME",
+                    "ATTACHMENTS_BUCKET",
+                    "BATCH_BUCKET",
+                    "BATCH_PREPARATION_QUEUE_URL",
+                ];
                 if let Some((_, value)) = set.iter().find(|(k, _)| *k == key) {
                     Some(value.to_string())
                 } else if required.contains(&key) || key.contains("_URL_") || key.ends_with("_ARN")
@@ -260,6 +265,15 @@ mod tests {
             .await
             .expect("recorded, not retried")
             .expect("a batch");
+        // Counted once prepared, when the number of items is known.
+        let prepared = world.run_preparations(&services.batch_preparer).await;
+        assert!(
+            matches!(
+                prepared.as_slice(),
+                [Ok(crate::service::Prepared::Failed(_))]
+            ),
+            "{prepared:?}"
+        );
         let batch = world
             .batches
             .get(&boss.agency, id)

@@ -32,13 +32,19 @@ pub struct SweepReport {
     pub breaches: usize,
     pub agents_offline: usize,
     pub reassigned: usize,
-    /// Batches left pending past [`STUCK_PENDING`], failed with the reason.
+    /// Batches whose preparation stalled, asked for again.
+    pub preparations_repaired: usize,
+    /// Batches whose preparation stalled [`PREPARATION_REPAIRS`] times over, failed with the reason.
     pub batches_failed: usize,
 }
 
-/// A batch still pending this long after its creation was abandoned by its preparation: longer
-/// than any preparation runs, an upload's redeliveries included (5 receives x 180 s visibility).
+/// A pending batch whose preparation made no progress for this long was abandoned by it (a
+/// killed invocation, a message gone to the DLQ): longer than a preparation pass runs (300 s)
+/// and than a crashed one's message stays invisible (1,800 s).
 pub const STUCK_PENDING: Duration = Duration::from_secs(30 * 60);
+/// Times a stalled preparation is asked for again before its batch is failed: each time it
+/// goes on from its saved progress, so only a preparation that keeps dying ends the batch.
+pub const PREPARATION_REPAIRS: u32 = 3;
 /// Most stuck batches one pass settles (each a describe and two writes); the rest next minute.
 const BATCHES_PER_PASS: usize = 50;
 
@@ -52,6 +58,7 @@ pub struct Sweeper {
     pub aging_fraction: f64,
     pub batches: Arc<dyn BatchStore>,
     pub batch_orchestrator: Arc<dyn Orchestrator>,
+    pub preparations: Arc<dyn crate::ports::Preparations>,
 }
 
 impl Sweeper {
@@ -62,25 +69,31 @@ impl Sweeper {
         }
         self.escalate_due(now, &mut report).await?;
         self.retire_offline_agents(now, &mut report).await?;
-        self.fail_stuck_batches(now, &mut report).await?;
+        self.repair_stuck_batches(now, &mut report).await?;
         Ok(report)
     }
 
-    /// Batches left `pending` (a preparation killed or timed out, an upload whose message went
-    /// to the DLQ) would show pending for good: fail them with the reason. A batch whose round's
-    /// execution exists is not touched (it did start; its record is behind), and one the
-    /// describe cannot answer for waits for the next pass.
-    async fn fail_stuck_batches(
+    /// Batches left `pending` by a preparation that stopped making progress (a killed
+    /// invocation, a message that went to the DLQ) would show pending for good: ask for the
+    /// preparation again, which goes on from its saved progress, and after
+    /// [`PREPARATION_REPAIRS`] such requests fail the batch with the reason. A batch whose
+    /// round's execution exists is not touched (it did start; its record is behind), and one
+    /// the describe cannot answer for waits for the next pass.
+    async fn repair_stuck_batches(
         &self,
         now: DateTime<Utc>,
         report: &mut SweepReport,
     ) -> Result<(), AppError> {
         let cutoff = now - chrono::Duration::from_std(STUCK_PENDING).unwrap_or_default();
-        for batch in self
+        for mut batch in self
             .batches
             .pending_before(cutoff, BATCHES_PER_PASS)
             .await?
         {
+            let progress = batch.preparation;
+            if progress.is_some_and(|p| p.updated_at > cutoff) {
+                continue;
+            }
             let name = format!("{}-r{}", batch.id, batch.round);
             match self.batch_orchestrator.describe(&name).await {
                 Ok(None) => {}
@@ -93,8 +106,37 @@ impl Sweeper {
                     continue;
                 }
             }
+            let repairs = progress.map_or(0, |p| p.repairs);
+            if repairs < PREPARATION_REPAIRS {
+                let mut next = progress.unwrap_or(crate::domain::Preparation {
+                    chunks_written: 0,
+                    items_read: 0,
+                    passes: 0,
+                    repairs: 0,
+                    updated_at: now,
+                });
+                next.repairs += 1;
+                next.updated_at = now;
+                batch.preparation = Some(next);
+                // Only over the batch as read: a preparation that saved progress meanwhile runs.
+                if self
+                    .batches
+                    .put_if(&batch, crate::domain::BatchStatus::Pending, batch.round)
+                    .await?
+                {
+                    let request = crate::domain::PrepareBatch {
+                        agency_id: batch.agency_id.clone(),
+                        batch_id: batch.id,
+                    };
+                    self.preparations.request(&request).await?;
+                    tracing::warn!(batch = %batch.id, repair = next.repairs, "a batch's preparation stalled; asked for it again");
+                    report.preparations_repaired += 1;
+                }
+                continue;
+            }
             let reason = format!(
-                "the batch's preparation did not finish: it was still pending {} minutes after it was created, and nothing ran; create it again",
+                "the batch's preparation stopped making progress {} times ({} minutes each), and nothing ran; create it again",
+                PREPARATION_REPAIRS + 1,
                 STUCK_PENDING.as_secs() / 60
             );
             let id = batch.id;

@@ -431,13 +431,11 @@ async fn a_breached_waiting_task_keeps_its_wait_in_the_overview() {
     assert!(critical.oldest_waiting_seconds >= 119, "{critical:?}");
 }
 
-/// `count` uploads whose batches were recorded but never started (their starts refused):
-/// the batches a killed preparation or a dead-lettered upload message leaves pending.
+/// `count` uploads whose batches were recorded but whose preparation requests were lost:
+/// the batches a killed preparation or a dead-lettered message leaves pending.
 async fn stuck_batches(world: &MemoryWorld, count: usize) -> Vec<crate::domain::TaskId> {
     use crate::ports::ObjectStore;
-    use std::sync::atomic::Ordering::SeqCst;
     create(world, json!({"title": "makes the agency known"})).await;
-    world.orchestrator.refuse_starts.store(true, SeqCst);
     for n in 0..count {
         let key = format!("uploads/a1/stuck-{n}.json");
         world
@@ -450,9 +448,9 @@ async fn stuck_batches(world: &MemoryWorld, count: usize) -> Vec<crate::domain::
             .batches
             .create_from_upload(&key, "v1")
             .await
-            .unwrap_err();
+            .unwrap();
     }
-    world.orchestrator.refuse_starts.store(false, SeqCst);
+    assert_eq!(world.preparations.take().len(), count, "then lost");
     world
         .store
         .all_tasks()
@@ -472,51 +470,85 @@ async fn batch_of(world: &MemoryWorld, id: crate::domain::TaskId) -> crate::doma
         .unwrap()
 }
 
-/// A batch left pending (before: for good) is failed with the reason once it is older than
-/// any preparation runs, and its task with it; younger ones are left to their preparation.
+/// A batch left pending (before: for good) is asked for again once its preparation made no
+/// progress for longer than a preparation runs; after the repairs it is failed with the
+/// reason, and its task with it.
 #[tokio::test]
-async fn a_batch_left_pending_is_failed_with_the_reason() {
+async fn a_stalled_preparation_is_asked_for_again_then_failed_with_the_reason() {
     let world = MemoryWorld::new();
     let id = stuck_batches(&world, 1).await[0];
     let sweeper = world.services().sweeper;
-    let report = sweeper
-        .sweep(Utc::now() + Duration::minutes(20))
-        .await
-        .unwrap();
+    let start = Utc::now();
+    let report = sweeper.sweep(start + Duration::minutes(20)).await.unwrap();
     assert_eq!(
-        report.batches_failed, 0,
+        (report.preparations_repaired, report.batches_failed),
+        (0, 0),
         "a preparation may still be at work"
     );
+    let mut at = start;
+    for repair in 1..=super::sweeper::PREPARATION_REPAIRS {
+        at += Duration::minutes(31);
+        let report = sweeper.sweep(at).await.unwrap();
+        assert_eq!(report.preparations_repaired, 1, "repair {repair}");
+        let requests = world.preparations.take();
+        assert_eq!(requests.len(), 1, "repair {repair}");
+        assert_eq!(requests[0].batch_id, id);
+        let batch = batch_of(&world, id).await;
+        assert_eq!(batch.preparation.map(|p| p.repairs), Some(repair));
+        let soon = sweeper.sweep(at + Duration::minutes(1)).await.unwrap();
+        assert_eq!(
+            soon.preparations_repaired, 0,
+            "waits for the asked preparation"
+        );
+    }
+    at += Duration::minutes(31);
+    let report = sweeper.sweep(at).await.unwrap();
     assert_eq!(
-        batch_of(&world, id).await.status,
-        crate::domain::BatchStatus::Pending
+        (report.preparations_repaired, report.batches_failed),
+        (0, 1)
     );
-
-    let report = sweeper
-        .sweep(Utc::now() + Duration::minutes(31))
-        .await
-        .unwrap();
-    assert_eq!(report.batches_failed, 1);
     let batch = batch_of(&world, id).await;
     assert_eq!(batch.status, crate::domain::BatchStatus::Failed);
     let error = batch.error.clone().unwrap();
-    assert!(error.contains("preparation did not finish"), "{error}");
+    assert!(error.contains("stopped making progress"), "{error}");
     let task = world.store.get(&boss().agency, id).await.unwrap().unwrap();
     assert_eq!(task.status, TaskStatus::Failed);
     assert_eq!(task.error, batch.error);
     assert!(world.orchestrator.started.lock().unwrap().is_empty());
 
-    let again = sweeper
-        .sweep(Utc::now() + Duration::minutes(32))
+    let again = sweeper.sweep(at + Duration::minutes(1)).await.unwrap();
+    assert_eq!(again.batches_failed, 0, "settled once");
+}
+
+/// The repair's request does what the lost one would have: the batch starts.
+#[tokio::test]
+async fn a_repaired_preparation_starts_the_batch() {
+    let world = MemoryWorld::new();
+    let id = stuck_batches(&world, 1).await[0];
+    let report = world
+        .services()
+        .sweeper
+        .sweep(Utc::now() + Duration::minutes(31))
         .await
         .unwrap();
-    assert_eq!(again.batches_failed, 0, "settled once");
+    assert_eq!(report.preparations_repaired, 1);
+    let outcomes = world
+        .run_preparations(&world.services().batch_preparer)
+        .await;
+    assert_eq!(
+        outcomes.into_iter().map(Result::unwrap).collect::<Vec<_>>(),
+        [crate::service::Prepared::Started]
+    );
+    assert_eq!(
+        batch_of(&world, id).await.status,
+        crate::domain::BatchStatus::Processing
+    );
 }
 
 /// A pending batch whose round's execution exists did start (its record is behind): it is left
 /// alone. One whose execution cannot be described waits for a later pass.
 #[tokio::test]
-async fn a_stuck_batch_is_described_before_it_is_failed() {
+async fn a_stuck_batch_is_described_before_it_is_repaired() {
     use std::sync::atomic::Ordering::SeqCst;
     let world = MemoryWorld::new();
     let ids = stuck_batches(&world, 2).await;
@@ -527,34 +559,38 @@ async fn a_stuck_batch_is_described_before_it_is_failed() {
     let sweeper = world.services().sweeper;
     world.orchestrator.refuse_describes.store(true, SeqCst);
     let later = Utc::now() + Duration::minutes(40);
-    assert_eq!(sweeper.sweep(later).await.unwrap().batches_failed, 0);
+    assert_eq!(sweeper.sweep(later).await.unwrap().preparations_repaired, 0);
     world.orchestrator.refuse_describes.store(false, SeqCst);
-    assert_eq!(sweeper.sweep(later).await.unwrap().batches_failed, 1);
+    assert_eq!(sweeper.sweep(later).await.unwrap().preparations_repaired, 1);
     assert_eq!(
-        batch_of(&world, ids[0]).await.status,
-        crate::domain::BatchStatus::Pending,
+        batch_of(&world, ids[0]).await.preparation,
+        None,
         "its execution runs"
     );
     assert_eq!(
-        batch_of(&world, ids[1]).await.status,
-        crate::domain::BatchStatus::Failed
+        batch_of(&world, ids[1])
+            .await
+            .preparation
+            .map(|p| p.repairs),
+        Some(1)
     );
 }
 
-/// Each pass settles a bounded number of stuck batches; the next pass continues.
+/// Each pass repairs a bounded number of stuck batches; the next pass continues.
 #[tokio::test]
-async fn stuck_batches_are_settled_a_bounded_number_per_pass() {
+async fn stuck_batches_are_repaired_a_bounded_number_per_pass() {
     let world = MemoryWorld::new();
     let ids = stuck_batches(&world, 60).await;
     assert_eq!(ids.len(), 60);
     let sweeper = world.services().sweeper;
     let later = Utc::now() + Duration::minutes(40);
-    assert_eq!(sweeper.sweep(later).await.unwrap().batches_failed, 50);
-    assert_eq!(sweeper.sweep(later).await.unwrap().batches_failed, 10);
-    for id in ids {
-        assert_eq!(
-            batch_of(&world, id).await.status,
-            crate::domain::BatchStatus::Failed
-        );
-    }
+    assert_eq!(
+        sweeper.sweep(later).await.unwrap().preparations_repaired,
+        50
+    );
+    assert_eq!(
+        sweeper.sweep(later).await.unwrap().preparations_repaired,
+        10
+    );
+    assert_eq!(world.preparations.take().len(), 60);
 }

@@ -14,5 +14,5 @@ pub use dynamo::{
 };
 pub use objects::S3ObjectStore;
 pub use orchestrator::SfnOrchestrator;
-pub use queues::SqsDispatcher;
+pub use queues::{SqsDispatcher, SqsPreparations};
 pub(crate) use sdk_error::{conditional_write, from_sdk};

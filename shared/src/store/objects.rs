@@ -2,7 +2,7 @@
 
 use super::from_sdk;
 use crate::error::AppError;
-use crate::ports::ObjectStore;
+use crate::ports::{ObjectBody, ObjectStore};
 use async_trait::async_trait;
 use aws_sdk_s3::presigning::PresigningConfig;
 use aws_sdk_s3::primitives::ByteStream;
@@ -83,6 +83,60 @@ impl ObjectStore for S3ObjectStore {
             AppError::Unavailable(format!("reading s3://{}/{key}: {e}", self.bucket))
         })?;
         Ok(bytes.into_bytes().to_vec())
+    }
+
+    async fn open(&self, key: &str, max_bytes: u64) -> Result<ObjectBody, AppError> {
+        let out = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| match e.as_service_error() {
+                Some(err) if err.is_no_such_key() => AppError::NotFound { what: "object" },
+                _ => from_sdk("s3:GetObject", e),
+            })?;
+        let size = out.content_length.unwrap_or(0).max(0) as u64;
+        if size > max_bytes {
+            return Err(AppError::Conflict(format!(
+                "the file is {size} bytes; the limit is {max_bytes}"
+            )));
+        }
+        let source = format!("s3://{}/{key}", self.bucket);
+        let chunks = futures::stream::unfold(Some(out.body), move |body| {
+            let source = source.clone();
+            async move {
+                let mut body = body?;
+                match body.next().await {
+                    None => None,
+                    Some(Ok(bytes)) => Some((Ok(bytes.to_vec()), Some(body))),
+                    Some(Err(e)) => Some((
+                        Err(AppError::Unavailable(format!("reading {source}: {e}"))),
+                        None,
+                    )),
+                }
+            }
+        });
+        Ok(ObjectBody {
+            size,
+            chunks: Box::pin(chunks),
+        })
+    }
+
+    async fn size(&self, key: &str) -> Result<Option<u64>, AppError> {
+        match self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+        {
+            Ok(out) => Ok(Some(out.content_length.unwrap_or(0).max(0) as u64)),
+            Err(e) if e.as_service_error().is_some_and(|err| err.is_not_found()) => Ok(None),
+            Err(e) => Err(from_sdk("s3:HeadObject", e)),
+        }
     }
 
     async fn metadata(&self, key: &str) -> Result<HashMap<String, String>, AppError> {

@@ -92,3 +92,35 @@ impl Dispatcher for SqsDispatcher {
         })
     }
 }
+
+/// The batch preparer's queue (the upload notifications' queue too).
+#[derive(Debug, Clone)]
+pub struct SqsPreparations {
+    client: aws_sdk_sqs::Client,
+    queue_url: String,
+}
+
+impl SqsPreparations {
+    pub fn new(client: aws_sdk_sqs::Client, queue_url: impl Into<String>) -> Self {
+        Self {
+            client,
+            queue_url: queue_url.into(),
+        }
+    }
+}
+
+#[async_trait]
+impl crate::ports::Preparations for SqsPreparations {
+    async fn request(&self, request: &crate::domain::PrepareBatch) -> Result<(), AppError> {
+        let body = serde_json::to_string(&serde_json::json!({ "prepareBatch": request }))
+            .map_err(AppError::internal)?;
+        self.client
+            .send_message()
+            .queue_url(&self.queue_url)
+            .message_body(body)
+            .send()
+            .await
+            .map_err(|e| from_sdk("sqs:SendMessage", e))?;
+        Ok(())
+    }
+}

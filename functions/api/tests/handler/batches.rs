@@ -47,11 +47,22 @@ async fn creating_an_inline_batch_chunks_it_and_starts_its_execution() {
     let api = Api::new();
     let body = json!({"title": "Nightly re-index", "items": items(250), "parallelism": 4,
         "itemsPerBatch": 100, "toleratedFailurePercentage": 2.5});
-    let created = api.send(&create(&body)).await.expect(201);
+    let created = api.send(&create(&body)).await.expect(202);
     let id = created.id();
     let b = &created.body;
     assert_eq!(b["taskId"], json!(id));
     assert_eq!(b["agencyId"], AGENCY);
+    // Recorded; its preparation is queued.
+    assert_eq!(b["status"], "pending");
+    assert_eq!(
+        (&b["totalItems"], &b["chunkCount"]),
+        (&json!(250), &json!(0))
+    );
+    assert!(api.orchestrator.started.lock().unwrap().is_empty());
+    assert_eq!(api.prepare().await, [shared::service::Prepared::Started]);
+
+    let prepared = api.send(&get(&id)).await.expect(200);
+    let b = &prepared.body;
     assert_eq!(b["status"], "processing");
     assert_eq!(b["source"], "inline");
     assert!(b.get("sourceKey").is_none());
@@ -109,7 +120,7 @@ async fn creating_an_inline_batch_chunks_it_and_starts_its_execution() {
     let all_null = json!({"items": [1], "source": null, "title": null, "parallelism": null,
         "toleratedFailurePercentage": null, "priority": null, "executor": null,
         "itemsPerBatch": null});
-    let defaults = api.send(&create(&all_null)).await.expect(201);
+    let defaults = api.send(&create(&all_null)).await.expect(202);
     assert_eq!(
         (
             &defaults.body["parallelism"],
@@ -118,7 +129,7 @@ async fn creating_an_inline_batch_chunks_it_and_starts_its_execution() {
         (&json!(10), &json!(100))
     );
     let fetched = api.send(&get(&id).worker()).await.expect(200);
-    assert_eq!(fetched.body, created.body);
+    assert_eq!(fetched.body, prepared.body);
     let task = api
         .send(&Event::load("api-get-task").id(&id))
         .await
@@ -240,7 +251,7 @@ async fn other_agencies_batches_and_unknown_ids_are_404() {
     let created = api
         .send(&create(&json!({"items": [1, 2, 3]})))
         .await
-        .expect(201);
+        .expect(202);
     let id = created.id();
     let unknown = TaskId::generate().to_string();
     for event in [
@@ -320,11 +331,13 @@ async fn retrying_failed_items() {
     let created = api
         .send(&create(&json!({"items": items(5), "itemsPerBatch": 2})))
         .await
-        .expect(201);
+        .expect(202);
     let id = created.id();
     let retry = retry_failed(&id);
 
-    // While the batch runs there is nothing to retry yet.
+    // While the batch is prepared or runs there is nothing to retry yet.
+    api.send(&retry).await.expect(409);
+    api.prepare().await;
     let running = api.send(&retry).await.expect(409);
     assert_eq!(running.code(), "conflict");
     api.send(&retry.clone().worker()).await.expect(403);
@@ -367,18 +380,26 @@ async fn retrying_failed_items() {
         .record_failures(&batch.agency_id, batch.id, &failed)
         .await
         .unwrap();
-    let retried = api.send(&retry).await.expect(200);
+    let retried = api.send(&retry).await.expect(202);
     let b = &retried.body;
+    assert_eq!((&b["status"], &b["round"]), (&json!("pending"), &json!(1)));
+    // The two items being retried count as neither processed nor failed until they settle.
+    assert_eq!(
+        (&b["processedItems"], &b["failedItems"]),
+        (&json!(3), &json!(0))
+    );
+    assert_eq!(b["resultsUrl"], Value::Null);
+    assert_eq!(api.prepare().await, [shared::service::Prepared::Started]);
+    let running = api.send(&get(&id)).await.expect(200);
+    let b = &running.body;
     assert_eq!(
         (&b["status"], &b["round"]),
         (&json!("processing"), &json!(1))
     );
-    // The two items being retried count as neither processed nor failed until they settle.
     assert_eq!(
         (&b["processedItems"], &b["failedItems"], &b["chunkCount"]),
         (&json!(3), &json!(0), &json!(1))
     );
-    assert_eq!(b["resultsUrl"], Value::Null);
     let manifest_key = format!("batches/{AGENCY}/{id}/round-001/manifest.json");
     assert_eq!(b["manifestKey"], json!(manifest_key));
     let chunk_key = api.object(&manifest_key).unwrap()[0]["key"]
@@ -431,8 +452,11 @@ async fn uploading_an_input_file_then_creating_its_batch() {
             &json!({"items": null, "source": {"key": key}, "itemsPerBatch": 2}),
         ))
         .await
-        .expect(201);
-    let b = &created.body;
+        .expect(202);
+    assert_eq!(created.body["totalItems"], 0, "counted as it is prepared");
+    api.prepare().await;
+    let prepared = api.send(&get(&created.id())).await.expect(200);
+    let b = &prepared.body;
     assert_eq!(
         (&b["source"], &b["sourceKey"]),
         (&json!("upload"), &json!(key))
@@ -449,7 +473,7 @@ async fn uploading_an_input_file_then_creating_its_batch() {
         json!({"index": 1, "item": {"sku": "B-2", "qty": "1"}})
     );
 
-    // A malformed file is rejected naming source, with where and why.
+    // A malformed file fails its batch as it is prepared, with where and why.
     let bad_key = format!("inputs/{AGENCY}/01JD0000000000000000000000/broken.jsonl");
     api.objects
         .put(&bad_key, b"{\"a\": 1}\nnot json\n".to_vec(), "text/plain")
@@ -458,10 +482,19 @@ async fn uploading_an_input_file_then_creating_its_batch() {
     let broken = api
         .send(&create(&json!({"source": {"key": bad_key}})))
         .await
+        .expect(202);
+    api.prepare().await;
+    let failed = api.send(&get(&broken.id())).await.expect(200);
+    assert_eq!(failed.body["status"], "failed");
+    let problem = failed.body["error"].as_str().unwrap();
+    assert!(problem.starts_with("line 2: invalid JSON"), "{problem}");
+    // Nothing uploaded at the key: refused at once.
+    let missing = format!("inputs/{AGENCY}/01JD0000000000000000000001/orders.csv");
+    let reply = api
+        .send(&create(&json!({"source": {"key": missing}})))
+        .await
         .expect(400);
-    assert_eq!(broken.fields(), ["source"]);
-    let problem = broken.body["error"]["fields"]["source"].as_str().unwrap();
-    assert!(problem.contains("line 2"), "{problem}");
+    assert_eq!(reply.fields(), ["source.key"]);
 }
 
 #[tokio::test]
@@ -496,7 +529,7 @@ async fn source_keys_must_be_the_callers_uploads() {
     // The owner may use it.
     api.send(&other_agency(create(&json!({"source": {"key": key}}))))
         .await
-        .expect(201);
+        .expect(202);
 }
 
 #[tokio::test]

@@ -990,6 +990,7 @@ fn serialized_batches_match_their_schema_exactly() {
         created_at: now,
         started_at: None,
         completed_at: None,
+        preparation: None,
     };
     let view = |batch: &BatchJob, eta: Option<u64>, url: Option<&str>| {
         serde_json::to_value(BatchView {
@@ -1018,6 +1019,13 @@ fn serialized_batches_match_their_schema_exactly() {
     batch.started_at = Some(now);
     batch.completed_at = Some(now);
     batch.tolerated_failure_percentage = 12.5;
+    batch.preparation = Some(shared::domain::Preparation {
+        chunks_written: 3,
+        items_read: 300,
+        passes: 1,
+        repairs: 0,
+        updated_at: now,
+    });
     let full = view(
         &batch,
         Some(42),

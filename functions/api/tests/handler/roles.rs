@@ -438,8 +438,14 @@ async fn seed(world: &MemoryWorld, app: &App, state: State) -> String {
                 .manager()
                 .body(&json!({"title": "Seeded batch", "items": [{"n": 1}, {"n": 2}]}));
             let (status, body) = call(app, &create).await;
-            assert_eq!(status, 201, "seeding a batch: {body:#}");
+            assert_eq!(status, 202, "seeding a batch: {body:#}");
             let id = body["id"].as_str().expect("a batch id").to_owned();
+            for prepared in world
+                .run_preparations(&world.services().batch_preparer)
+                .await
+            {
+                prepared.expect("prepared");
+            }
             if matches!(state, State::FinishedBatch) {
                 let id = TaskId::parse(&id).expect("a batch id");
                 let mut batch = world

@@ -220,6 +220,8 @@ pub struct Api {
     pub batches: Arc<MemoryBatches>,
     /// The batch bucket: chunks, manifests and uploaded inputs.
     pub objects: Arc<MemoryObjects>,
+    /// All the ports, for running what the API queues (batch preparations).
+    pub world: MemoryWorld,
 }
 
 impl Api {
@@ -231,7 +233,20 @@ impl Api {
             orchestrator: world.orchestrator.clone(),
             batches: world.batches.clone(),
             objects: world.objects.clone(),
+            world,
         }
+    }
+
+    /// Runs the batch preparations the API queued (as the batch preparer would), each to
+    /// its end; answers how each went.
+    pub async fn prepare(&self) -> Vec<shared::service::Prepared> {
+        let preparer = self.world.services().batch_preparer;
+        self.world
+            .run_preparations(&preparer)
+            .await
+            .into_iter()
+            .map(|outcome| outcome.expect("a preparation"))
+            .collect()
     }
 
     pub async fn send(&self, event: &Event) -> Reply {

@@ -33,6 +33,8 @@ pub struct Ports {
     pub objects: Arc<dyn crate::ports::ObjectStore>,
     /// Runs the batch state machine.
     pub batch_orchestrator: Arc<dyn Orchestrator>,
+    /// Where batch preparations are queued.
+    pub preparations: Arc<dyn crate::ports::Preparations>,
 }
 
 #[derive(Clone)]

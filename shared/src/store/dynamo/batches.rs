@@ -71,6 +71,7 @@ impl DynamoBatchStore {
         let mut item = to_item(batch)?;
         item.extend(Self::key(&batch.agency_id, batch.id, BATCH_SK.to_owned()));
         item.insert("entity".into(), s("batch"));
+        // Keyed by the last progress, so the sweeper reads only pending batches that stalled.
         if batch.status == BatchStatus::Pending {
             let index = keys::PENDING_INDEX;
             item.insert(index.pk.into(), s(PENDING_BATCHES));
@@ -78,7 +79,7 @@ impl DynamoBatchStore {
                 index.sk.into(),
                 s(format!(
                     "{}#{}#{}",
-                    keys::sortable_time(batch.created_at),
+                    keys::sortable_time(batch.pending_since()),
                     batch.agency_id,
                     batch.id
                 )),
@@ -323,6 +324,56 @@ impl BatchStore for DynamoBatchStore {
             .send()
             .await;
         conditional_write("dynamodb:PutItem", result)
+    }
+
+    async fn put_if_charging(
+        &self,
+        batch: &BatchJob,
+        status: BatchStatus,
+        round: u32,
+    ) -> Result<bool, AppError> {
+        let now = chrono::Utc::now();
+        let Some(charge) = self.charge_items(batch, now)? else {
+            return self.put_if(batch, status, round).await;
+        };
+        let put = Put::builder()
+            .table_name(&self.table)
+            .set_item(Some(Self::batch_item(batch)?))
+            .condition_expression("#status = :status AND #round = :round")
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_names("#round", "round")
+            .expression_attribute_values(":status", s(status.as_str()))
+            .expression_attribute_values(":round", n(round))
+            .build()
+            .map_err(AppError::internal)?;
+        let err = match self
+            .client
+            .transact_write_items()
+            .transact_items(TransactWriteItem::builder().put(put).build())
+            .transact_items(charge)
+            .send()
+            .await
+        {
+            Ok(_) => return Ok(true),
+            Err(err) => err,
+        };
+        let Some(TransactWriteItemsError::TransactionCanceledException(cancelled)) =
+            err.as_service_error()
+        else {
+            return Err(from_sdk("dynamodb:TransactWriteItems", err));
+        };
+        let failed = |at: usize| {
+            cancelled
+                .cancellation_reasons()
+                .get(at)
+                .and_then(|reason| reason.code())
+                == Some("ConditionalCheckFailed")
+        };
+        match (failed(0), failed(1), self.daily_item_limit) {
+            (true, _, _) => Ok(false),
+            (false, true, Some(limit)) => Err(batch_items_refused(limit, now)),
+            _ => Err(from_sdk("dynamodb:TransactWriteItems", err)),
+        }
     }
 
     async fn start_chunk(
