@@ -14,6 +14,32 @@ pub const DEFAULT_STEP_TIMEOUT_SECONDS: u32 = 300;
 pub const DEFAULT_MANUAL_TIMEOUT_SECONDS: u32 = 7 * 24 * 60 * 60;
 pub const MAX_STEP_TIMEOUT_SECONDS: u32 = 30 * 24 * 60 * 60;
 
+/// Who a task or a manual step is for: one name on every request and reply (a task's reply
+/// carries `assignedTo`).
+pub const ASSIGNEE_FIELD: &str = "assignedTo";
+/// The name assign, step config and the list filter used before; still accepted on input.
+pub const DEPRECATED_ASSIGNEE_FIELD: &str = "assignee";
+
+/// The assignee a request names under either spelling, with the spelling (so a problem names
+/// the field the caller sent); naming it twice is an error, so a request never means two
+/// people. Errors are (field, problem).
+pub fn assignee_of<'a>(
+    lookup: impl Fn(&str) -> Option<&'a Value>,
+) -> Result<Option<(&'static str, &'a Value)>, (String, String)> {
+    let present = |field: &str| lookup(field).filter(|v| !v.is_null());
+    match (present(ASSIGNEE_FIELD), present(DEPRECATED_ASSIGNEE_FIELD)) {
+        (Some(_), Some(_)) => Err((
+            DEPRECATED_ASSIGNEE_FIELD.to_owned(),
+            format!(
+                "give {ASSIGNEE_FIELD} only; {DEPRECATED_ASSIGNEE_FIELD} is its deprecated alias"
+            ),
+        )),
+        (Some(value), None) => Ok(Some((ASSIGNEE_FIELD, value))),
+        (None, Some(value)) => Ok(Some((DEPRECATED_ASSIGNEE_FIELD, value))),
+        (None, None) => Ok(None),
+    }
+}
+
 string_enum!(
     /// What a step's final failure does to the rest of the chain.
     OnFailure, "onFailure policy" {
@@ -51,10 +77,13 @@ impl StepConfig {
             "retry",
             "timeoutSeconds",
             "heartbeatSeconds",
-            "assignee",
+            ASSIGNEE_FIELD,
             "onFailure",
         ];
-        if let Some(unknown) = map.keys().find(|k| !FIELDS.contains(&k.as_str())) {
+        if let Some(unknown) = map
+            .keys()
+            .find(|k| !FIELDS.contains(&k.as_str()) && *k != DEPRECATED_ASSIGNEE_FIELD)
+        {
             return err(
                 unknown,
                 format!("unknown field; allowed: {}", FIELDS.join(", ")),
@@ -136,12 +165,15 @@ impl StepConfig {
                 "must be less than timeoutSeconds (Step Functions requires it)".into(),
             );
         }
-        let assignee = match map.get("assignee").and_then(Value::as_str) {
+        let assignee = match assignee_of(|field| map.get(field))? {
             None => None,
-            Some(a) => Some(UserId::parse(a).map_err(|p| ("assignee".to_owned(), p))?),
+            Some((field, Value::String(a))) => {
+                Some(UserId::parse(a).map_err(|p| (field.to_owned(), p))?)
+            }
+            Some((field, _)) => return err(field, "must be a string".into()),
         };
         if manual && assignee.is_none() {
-            return err("assignee", "a manual step needs an assignee".into());
+            return err(ASSIGNEE_FIELD, "a manual step needs an assignee".into());
         }
         let on_failure = match map.get("onFailure").and_then(Value::as_str) {
             None => OnFailure::FailTask,
@@ -266,7 +298,7 @@ mod tests {
             StepConfig::parse(&json!({"executor": {"type": "manual"}}))
                 .unwrap_err()
                 .0,
-            "assignee"
+            "assignedTo"
         );
         assert_eq!(
             StepConfig::parse(&json!({"timeoutSeconds": 5, "heartbeatSeconds": 9}))
@@ -293,6 +325,28 @@ mod tests {
             .unwrap_err()
             .0,
             "heartbeatSeconds"
+        );
+    }
+
+    #[test]
+    fn a_manual_step_names_its_assignee_as_assigned_to_or_the_deprecated_assignee() {
+        let manual = |config: Value| StepConfig::parse(&config).map(|c| c.assignee);
+        let carol = Some(UserId::parse("carol").unwrap());
+        assert_eq!(
+            manual(json!({"executor": {"type": "manual"}, "assignedTo": "carol"})),
+            Ok(carol.clone())
+        );
+        assert_eq!(
+            manual(json!({"executor": {"type": "manual"}, "assignee": "carol"})),
+            Ok(carol)
+        );
+        let both = json!({"executor": {"type": "manual"}, "assignedTo": "a", "assignee": "b"});
+        assert_eq!(manual(both).unwrap_err().0, "assignee");
+        assert_eq!(
+            manual(json!({"executor": {"type": "manual"}, "assignedTo": 7}))
+                .unwrap_err()
+                .0,
+            "assignedTo"
         );
     }
 

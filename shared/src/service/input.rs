@@ -1,6 +1,7 @@
 //! Request bodies and query strings parsed into validated inputs. Parsing
 //! collects every problem so a 400 names all the bad fields at once.
 
+use crate::domain::chain::{assignee_of, ASSIGNEE_FIELD, DEPRECATED_ASSIGNEE_FIELD};
 use crate::domain::limits::{
     DEFAULT_PAGE_SIZE, MAX_ERROR_CHARS, MAX_FILE_NAME_CHARS, MAX_PAGE_SIZE, MAX_RESULT_BYTES,
     MAX_STEPS, MAX_STEP_NAME_CHARS,
@@ -13,7 +14,55 @@ use crate::error::{AppError, FieldErrors};
 use crate::ports::TaskQuery;
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
+
+/// The body with a deprecated `assignee` renamed to `assignedTo`, so the rest of the parsing
+/// knows one name, and whether it was renamed; both at once is a 400 naming `assignee`.
+fn with_canonical_assignee(body: &Value) -> Result<(Cow<'_, Value>, bool), AppError> {
+    let Value::Object(map) = body else {
+        return Ok((Cow::Borrowed(body), false));
+    };
+    if let Err((field, problem)) = assignee_of(|field| map.get(field)) {
+        let mut errors = FieldErrors::new();
+        errors.add(field, problem);
+        return Err(AppError::Validation(errors));
+    }
+    if !map.contains_key(DEPRECATED_ASSIGNEE_FIELD) {
+        return Ok((Cow::Borrowed(body), false));
+    }
+    let mut map = map.clone();
+    if let Some(value) = map.remove(DEPRECATED_ASSIGNEE_FIELD) {
+        if !value.is_null() {
+            map.insert(ASSIGNEE_FIELD.to_owned(), value);
+        }
+    }
+    Ok((Cow::Owned(Value::Object(map)), true))
+}
+
+/// Parses a body that may name its assignee under the deprecated spelling; a problem with it
+/// is reported under the name the caller sent.
+fn parse_with_assignee<T>(
+    body: &Value,
+    parse: impl FnOnce(&Value) -> Result<T, AppError>,
+) -> Result<T, AppError> {
+    let (body, renamed) = with_canonical_assignee(body)?;
+    match parse(&body) {
+        Err(AppError::Validation(errors)) if renamed => {
+            let mut named = FieldErrors::new();
+            for (field, problem) in errors.iter() {
+                let field = if field == ASSIGNEE_FIELD {
+                    DEPRECATED_ASSIGNEE_FIELD
+                } else {
+                    field
+                };
+                named.add(field, problem.clone());
+            }
+            Err(AppError::Validation(named))
+        }
+        other => other,
+    }
+}
 
 /// A JSON object being taken apart field by field.
 struct Fields<'a> {
@@ -157,6 +206,10 @@ pub fn parse_capability(value: &str) -> Result<String, String> {
 
 impl NewTaskInput {
     pub fn parse(body: &Value) -> Result<Self, AppError> {
+        parse_with_assignee(body, Self::parse_canonical)
+    }
+
+    fn parse_canonical(body: &Value) -> Result<Self, AppError> {
         let mut f = Fields::new(
             body,
             &[
@@ -164,7 +217,7 @@ impl NewTaskInput {
                 "description",
                 "type",
                 "priority",
-                "assignedTo",
+                ASSIGNEE_FIELD,
                 "dueAt",
                 "metadata",
                 "steps",
@@ -181,7 +234,7 @@ impl NewTaskInput {
         let description = f.parsed("description", Description::parse);
         let task_type = f.parsed("type", str::parse).unwrap_or_default();
         let priority = f.parsed("priority", str::parse).unwrap_or_default();
-        let assigned_to = f.parsed("assignedTo", UserId::parse);
+        let assigned_to = f.parsed(ASSIGNEE_FIELD, UserId::parse);
         let due_at = f.timestamp("dueAt");
         let metadata = match f.get("metadata") {
             None => Metadata::default(),
@@ -323,6 +376,16 @@ fn parse_steps(errors: &mut FieldErrors, value: Option<&Value>) -> Vec<StepInput
             errors.add(at("config"), "must be an object");
             continue;
         }
+        // Stored, and shown in step views, under the one name. A bad or doubled assignee is
+        // left as sent, so that checking the config names the field the caller gave.
+        let alias_is_valid = config
+            .get(DEPRECATED_ASSIGNEE_FIELD)
+            .and_then(Value::as_str)
+            .is_some_and(|a| UserId::parse(a).is_ok());
+        let config = match with_canonical_assignee(&config) {
+            Ok((canonical, _)) if alias_is_valid => canonical.into_owned(),
+            _ => config,
+        };
         steps.push(StepInput {
             name,
             order,
@@ -448,7 +511,8 @@ impl TaskPatch {
     }
 }
 
-/// `{"assignee": "user"}`, or `{"auto": true}` for the least-loaded online agent.
+/// `{"assignedTo": "user"}` (or the deprecated `{"assignee": "user"}`), or `{"auto": true}`
+/// for the least-loaded online agent.
 #[derive(Debug, Clone, PartialEq)]
 pub enum AssignInput {
     To(UserId),
@@ -457,7 +521,11 @@ pub enum AssignInput {
 
 impl AssignInput {
     pub fn parse(body: &Value) -> Result<Self, AppError> {
-        let mut f = Fields::new(body, &["assignee", "auto"])?;
+        parse_with_assignee(body, Self::parse_canonical)
+    }
+
+    fn parse_canonical(body: &Value) -> Result<Self, AppError> {
+        let mut f = Fields::new(body, &[ASSIGNEE_FIELD, "auto"])?;
         let auto = match f.get("auto") {
             None | Some(Value::Bool(false)) => false,
             Some(Value::Bool(true)) => true,
@@ -466,14 +534,14 @@ impl AssignInput {
                 false
             }
         };
-        let assignee = f.parsed("assignee", UserId::parse);
+        let assignee = f.parsed(ASSIGNEE_FIELD, UserId::parse);
         match (auto, &assignee) {
             (true, Some(_)) => f
                 .errors
-                .add("assignee", "give either assignee or auto, not both"),
+                .add(ASSIGNEE_FIELD, "give either assignedTo or auto, not both"),
             (false, None) if f.errors.is_empty() => f
                 .errors
-                .add("assignee", "is required (or give \"auto\": true)"),
+                .add(ASSIGNEE_FIELD, "is required (or give \"auto\": true)"),
             _ => {}
         }
         f.finish()?;
@@ -578,14 +646,14 @@ fn is_media_type(value: &str) -> bool {
     matches!((parts.next(), parts.next()), (Some(a), Some(b)) if token(a) && token(b))
 }
 
-/// Parses the list query string (`status`, `priority`, `type`, `assignee`,
-/// `dueBefore`, `includeArchived`, `limit`, `cursor`).
+/// Parses the list query string (`status`, `priority`, `type`, `assignedTo` or its deprecated
+/// alias `assignee`, `dueBefore`, `includeArchived`, `limit`, `cursor`).
 pub fn parse_task_query(params: &HashMap<String, String>) -> Result<TaskQuery, AppError> {
     let allowed = [
         "status",
         "priority",
         "type",
-        "assignee",
+        ASSIGNEE_FIELD,
         "dueBefore",
         "includeArchived",
         "limit",
@@ -593,7 +661,7 @@ pub fn parse_task_query(params: &HashMap<String, String>) -> Result<TaskQuery, A
     ];
     let mut errors = FieldErrors::new();
     for key in params.keys() {
-        if !allowed.contains(&key.as_str()) {
+        if !allowed.contains(&key.as_str()) && key != DEPRECATED_ASSIGNEE_FIELD {
             errors.add(
                 key.clone(),
                 format!("unknown query parameter; allowed: {}", allowed.join(", ")),
@@ -614,8 +682,16 @@ pub fn parse_task_query(params: &HashMap<String, String>) -> Result<TaskQuery, A
     if let Some(t) = get("type") {
         query.task_type = errors.check("type", t.parse());
     }
-    if let Some(a) = get("assignee") {
-        query.assignee = errors.check("assignee", UserId::parse(a));
+    match (get(ASSIGNEE_FIELD), get(DEPRECATED_ASSIGNEE_FIELD)) {
+        (Some(_), Some(_)) => errors.add(
+            DEPRECATED_ASSIGNEE_FIELD,
+            "give assignedTo only; assignee is its deprecated alias",
+        ),
+        (Some(a), None) => query.assignee = errors.check(ASSIGNEE_FIELD, UserId::parse(a)),
+        (None, Some(a)) => {
+            query.assignee = errors.check(DEPRECATED_ASSIGNEE_FIELD, UserId::parse(a))
+        }
+        (None, None) => {}
     }
     if let Some(d) = get("dueBefore") {
         query.due_before = errors.check("dueBefore", parse_timestamp(d));

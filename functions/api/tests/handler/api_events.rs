@@ -633,12 +633,117 @@ async fn lists_page_newest_first_and_filter() {
     assert_eq!(ids_of(&fixture.body).len(), 3);
 }
 
+/// `assignedTo` names the assignee on every request, as it does on every task reply; the old
+/// `assignee` (assign, step config, list filter) is still accepted as a deprecated alias, and
+/// naming both is a 400 naming `assignee`.
+#[tokio::test]
+async fn the_assignee_is_assigned_to_everywhere_and_the_old_assignee_still_works() {
+    let api = Api::new();
+    let create = |body: Value| {
+        Event::load("api-create-task")
+            .without_header("Idempotency-Key")
+            .body(&body)
+    };
+    for (round, spelling) in ["assignedTo", "assignee"].into_iter().enumerate() {
+        let created = api
+            .send(&create(json!({"title": "t", (spelling): WORKER})))
+            .await
+            .expect(201);
+        assert_eq!(
+            created.body["assignedTo"], WORKER,
+            "created with {spelling}"
+        );
+        assert!(created.body.get("assignee").is_none());
+
+        let pending = api.send(&create(json!({"title": "t"}))).await.expect(201);
+        let assigned = api
+            .send(
+                &Event::load("api-assign-task")
+                    .id(&pending.id())
+                    .body(&json!({ (spelling): WORKER })),
+            )
+            .await
+            .expect(200);
+        assert_eq!(
+            assigned.body["assignedTo"], WORKER,
+            "assigned with {spelling}"
+        );
+
+        let listed = api
+            .send(
+                &Event::load("api-list-tasks").query(&[(spelling, WORKER), ("status", "assigned")]),
+            )
+            .await
+            .expect(200);
+        assert_eq!(
+            listed.body["items"].as_array().map(Vec::len),
+            Some(2 * (round + 1)),
+            "filtered by {spelling}"
+        );
+
+        let chain = api
+            .send(&create(
+                json!({"title": "c", "type": "multi_step", "steps": [
+                {"name": "sign", "config": {"executor": {"type": "manual"}, (spelling): WORKER}}]}),
+            ))
+            .await
+            .expect(201);
+        let steps = api
+            .send(&Event::load("api-task-steps").id(&chain.id()))
+            .await
+            .expect(200);
+        assert_eq!(
+            steps.body["steps"][0]["config"],
+            json!({"executor": {"type": "manual"}, "assignedTo": WORKER}),
+            "a step's config shows the one name, whichever was given"
+        );
+    }
+
+    let both = json!({"assignedTo": WORKER, "assignee": MANAGER});
+    let mut with_title = both.clone();
+    with_title["title"] = json!("t");
+    let refused = api.send(&create(with_title)).await.expect(400);
+    assert_eq!(refused.fields(), ["assignee"]);
+    let refused = api
+        .send(
+            &Event::load("api-assign-task")
+                .id(&api.store.all_tasks()[0].id.to_string())
+                .body(&both),
+        )
+        .await
+        .expect(400);
+    assert_eq!(refused.fields(), ["assignee"]);
+    let refused = api
+        .send(&Event::load("api-list-tasks").query(&[("assignedTo", WORKER), ("assignee", WORKER)]))
+        .await
+        .expect(400);
+    assert_eq!(refused.fields(), ["assignee"]);
+    let mut manual = both.clone();
+    manual["executor"] = json!({"type": "manual"});
+    let refused = api
+        .send(&create(
+            json!({"title": "c", "type": "multi_step", "steps": [
+            {"name": "sign", "config": manual}]}),
+        ))
+        .await
+        .expect(400);
+    assert_eq!(refused.fields(), ["steps[0].config.assignee"]);
+    // A bad value is reported under the spelling the caller sent.
+    for spelling in ["assignedTo", "assignee"] {
+        let refused = api
+            .send(&create(json!({"title": "t", (spelling): "a#b"})))
+            .await
+            .expect(400);
+        assert_eq!(refused.fields(), [spelling]);
+    }
+}
+
 /// Each step's `config` is checked when the task is created; every problem is
 /// named by its field within the step's config.
 #[tokio::test]
 async fn step_configs_are_checked_at_creation() {
     let api = Api::new();
-    let manual = json!({"executor": {"type": "manual"}, "assignee": WORKER});
+    let manual = json!({"executor": {"type": "manual"}, "assignedTo": WORKER});
     let good = json!({"title": "Review", "type": "multi_step", "steps": [
         {"name": "draft", "config": {"executor": {"type": "echo"}, "input": {"n": 1},
             "retry": {"maxAttempts": 5}, "timeoutSeconds": 60, "heartbeatSeconds": 30,
@@ -684,7 +789,7 @@ async fn step_configs_are_checked_at_creation() {
         [
             "steps[0].config.onFailure",
             "steps[1].config.executor",
-            "steps[2].config.assignee",
+            "steps[2].config.assignedTo",
             "steps[3].config.retry",
             "steps[4].config.heartbeatSeconds",
             "steps[5].config.target",

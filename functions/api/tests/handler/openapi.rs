@@ -597,7 +597,7 @@ fn step_config_schema_agrees_with_the_parser() {
     let across = [
         (
             json!({"executor": {"type": "manual"}}),
-            "assignee",
+            "assignedTo",
             "required when executor.type is manual",
         ),
         (
@@ -779,6 +779,7 @@ async fn documented_query_parameters_are_the_accepted_ones() {
             "status",
             "priority",
             "type",
+            "assignedTo",
             "assignee",
             "dueBefore",
             "includeArchived",

@@ -25,7 +25,7 @@ const CHECKED: &[&str] = &[
     "not",
 ];
 /// Keywords that only annotate.
-const ANNOTATIONS: &[&str] = &["description", "examples", "default"];
+const ANNOTATIONS: &[&str] = &["description", "examples", "default", "deprecated"];
 
 /// The OpenAPI document the API serves.
 pub fn doc() -> &'static Value {
