@@ -97,6 +97,7 @@ async fn main() -> Result<()> {
         parameter_overrides: [
             ("QuotaRequestsPerSecond", "400"),
             ("QuotaRequestBurst", "10000"),
+            ("QuotaOpenTasks", "100000000"),
         ]
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .into(),

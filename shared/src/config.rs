@@ -45,6 +45,9 @@ pub struct Quotas {
     pub request_burst: u64,
     /// Batch items created per UTC day (`QUOTA_BATCH_ITEMS_PER_DAY`, default 1,000,000).
     pub batch_items_per_day: u64,
+    /// Tasks an agency may have open at once, batch tasks excepted (`QUOTA_OPEN_TASKS`,
+    /// default 100,000).
+    pub open_tasks: u64,
 }
 
 impl Default for Quotas {
@@ -53,6 +56,7 @@ impl Default for Quotas {
             requests_per_second: 50,
             request_burst: 100,
             batch_items_per_day: 1_000_000,
+            open_tasks: 100_000,
         }
     }
 }
@@ -132,6 +136,7 @@ impl Quotas {
                 "QUOTA_BATCH_ITEMS_PER_DAY",
                 defaults.batch_items_per_day,
             )?,
+            open_tasks: positive("QUOTA_OPEN_TASKS", defaults.open_tasks)?,
         };
         Ok(quotas)
     }

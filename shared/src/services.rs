@@ -35,7 +35,10 @@ impl Services {
     pub fn new(config: &Config, clients: &AwsClients) -> Self {
         let table = &config.table_name;
         let ports = Ports {
-            store: Arc::new(DynamoTaskStore::new(clients.dynamodb.clone(), table)),
+            store: Arc::new(
+                DynamoTaskStore::new(clients.dynamodb.clone(), table)
+                    .with_open_task_limit(config.quotas.open_tasks),
+            ),
             attachments: Arc::new(S3AttachmentStorage::new(
                 clients.s3.clone(),
                 &config.attachments_bucket,

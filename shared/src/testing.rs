@@ -27,6 +27,8 @@ pub struct MemoryStore {
     pub refuse_next_get: std::sync::atomic::AtomicBool,
     /// When set, the next `replace` fails with this error instead of writing (once).
     pub fail_next_replace: Mutex<Option<AppError>>,
+    /// The `openTasks` ceiling, as the DynamoDB adapter's `with_open_task_limit`.
+    pub open_task_limit: Mutex<Option<u64>>,
 }
 
 #[derive(Debug, Default)]
@@ -35,6 +37,8 @@ struct State {
     steps: HashMap<TaskKey, Vec<TaskStep>>,
     records: HashMap<(AgencyId, String), IdempotencyRecord>,
     tokens: HashMap<(AgencyId, TaskId, String), String>,
+    /// Open tasks per agency, moved by the same writes that open and close them.
+    open_tasks: HashMap<AgencyId, u64>,
 }
 
 impl MemoryStore {
@@ -45,6 +49,43 @@ impl MemoryStore {
     /// Every task of every agency, for assertions.
     pub fn all_tasks(&self) -> Vec<Task> {
         self.lock().tasks.values().cloned().collect()
+    }
+
+    /// The agency's open tasks, as counted.
+    pub fn open_tasks(&self, agency: &AgencyId) -> u64 {
+        self.lock().open_tasks.get(agency).copied().unwrap_or(0)
+    }
+
+    /// Moves the agency's open-task count from `before` (None: no task yet) to `after`
+    /// (None: gone), or refuses an opening past the ceiling. Nothing is counted on a refusal.
+    fn count_open(
+        &self,
+        state: &mut State,
+        before: Option<&Task>,
+        after: Option<&Task>,
+    ) -> Result<(), AppError> {
+        let was_open = before.is_some_and(Task::counts_as_open);
+        let is_open = after.is_some_and(Task::counts_as_open);
+        let Some(agency) = before.or(after).map(|t| t.agency_id.clone()) else {
+            return Ok(());
+        };
+        let count = state.open_tasks.entry(agency).or_default();
+        match (was_open, is_open) {
+            (false, true) => {
+                let limit = self
+                    .open_task_limit
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .unwrap_or(u64::MAX);
+                if *count >= limit {
+                    return Err(crate::service::quotas::open_tasks_refused(limit));
+                }
+                *count += 1;
+            }
+            (true, false) => *count = count.saturating_sub(1),
+            _ => {}
+        }
+        Ok(())
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -103,6 +144,7 @@ impl TaskStore for MemoryStore {
                 task.id
             )));
         }
+        self.count_open(&mut state, None, Some(task))?;
         if let Some(record) = idempotency {
             let key = (task.agency_id.clone(), record.key.clone());
             state.records.insert(key, record.clone());
@@ -134,9 +176,11 @@ impl TaskStore for MemoryStore {
             return Err(err);
         }
         let mut state = self.lock();
+        let key = (task.agency_id.clone(), task.id);
         let current = state
             .tasks
-            .get_mut(&(task.agency_id.clone(), task.id))
+            .get(&key)
+            .cloned()
             .ok_or(AppError::NotFound { what: "task" })?;
         if current.version != expected_version {
             return Err(AppError::VersionConflict {
@@ -144,7 +188,8 @@ impl TaskStore for MemoryStore {
                 current: current.version,
             });
         }
-        *current = task.clone();
+        self.count_open(&mut state, Some(&current), Some(task))?;
+        state.tasks.insert(key, task.clone());
         Ok(())
     }
 
@@ -152,7 +197,9 @@ impl TaskStore for MemoryStore {
         let mut state = self.lock();
         let key = (agency.clone(), id);
         state.steps.remove(&key);
-        Ok(state.tasks.remove(&key).is_some())
+        let removed = state.tasks.remove(&key);
+        self.count_open(&mut state, removed.as_ref(), None)?;
+        Ok(removed.is_some())
     }
 
     /// Newest first (ULIDs sort by creation time). The cursor is the id of the

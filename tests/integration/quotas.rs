@@ -155,3 +155,187 @@ async fn small_quotas_from_template_parameters_answer_429() {
     );
     host.stop().await;
 }
+
+/// A task as the API would store it: pending, version 1.
+fn new_task(agency: &AgencyId, title: &str) -> shared::domain::Task {
+    let now = chrono::Utc::now();
+    serde_json::from_value(json!({
+        "id": shared::domain::TaskId::generate().to_string(),
+        "agencyId": agency.as_str(),
+        "createdBy": "boss",
+        "title": title,
+        "type": "simple",
+        "priority": "normal",
+        "status": "pending",
+        "version": 1,
+        "createdAt": now,
+        "updatedAt": now,
+    }))
+    .expect("a valid task")
+}
+
+/// `task` moved to `status` as the next version (what a service writes over `version - 1`).
+fn moved(task: &shared::domain::Task, status: shared::domain::TaskStatus) -> shared::domain::Task {
+    let mut next = task.clone();
+    next.status = status;
+    next.version += 1;
+    next
+}
+
+#[tokio::test]
+async fn the_open_tasks_counter_moves_with_each_transition_and_admits_exactly_the_ceiling() {
+    use shared::domain::TaskStatus::*;
+    use shared::ports::TaskStore;
+    let clients = stack().clients().await;
+    let store =
+        shared::store::DynamoTaskStore::new(clients.dynamodb.clone(), &stack().config.table_name)
+            .with_open_task_limit(5);
+    let acme = agency("open");
+
+    // 12 creations at once (Lambda instances): exactly the ceiling passes, over every shard.
+    let mut calls = tokio::task::JoinSet::new();
+    for n in 0..12 {
+        let (store, task) = (store.clone(), new_task(&acme, &format!("t{n}")));
+        calls.spawn(async move { (store.insert(&task, &[], None).await, task) });
+    }
+    let results = calls.join_all().await;
+    let mut open: Vec<_> = results
+        .iter()
+        .filter(|(r, _)| r.is_ok())
+        .map(|(_, task)| task.clone())
+        .collect();
+    for (result, _) in &results {
+        if let Err(err) = result {
+            assert!(
+                matches!(
+                    err,
+                    shared::error::AppError::QuotaExceeded {
+                        quota: "openTasks",
+                        limit: 5,
+                        ..
+                    }
+                ),
+                "{err:?}"
+            );
+        }
+    }
+    assert_eq!(open.len(), 5, "{results:?}");
+    assert_eq!(store.open_tasks(&acme).await.expect("count"), 5);
+
+    // Open to open (claimed) moves nothing; closing frees one; a closed task archived frees
+    // nothing more; an open task archived frees one.
+    let claimed = moved(&open[0], InProgress);
+    store.replace(&claimed, 1).await.expect("claimed");
+    assert_eq!(store.open_tasks(&acme).await.expect("count"), 5);
+    let completed = moved(&claimed, Completed);
+    store.replace(&completed, 2).await.expect("completed");
+    assert_eq!(store.open_tasks(&acme).await.expect("count"), 4);
+    store
+        .replace(&moved(&completed, Archived), 3)
+        .await
+        .expect("archived");
+    assert_eq!(store.open_tasks(&acme).await.expect("count"), 4);
+    store
+        .replace(&moved(&open[1], Archived), 1)
+        .await
+        .expect("archived open");
+    assert_eq!(store.open_tasks(&acme).await.expect("count"), 3);
+
+    // A failed task reopened by a retry counts again, and is refused when the ceiling is full.
+    let failed = moved(&open[2], Failed);
+    store.replace(&failed, 1).await.expect("failed");
+    assert_eq!(store.open_tasks(&acme).await.expect("count"), 2);
+    for n in 0..3 {
+        let task = new_task(&acme, &format!("refill {n}"));
+        store.insert(&task, &[], None).await.expect("room");
+        open.push(task);
+    }
+    let retry = moved(&failed, Queued);
+    let refused = store.replace(&retry, 2).await.unwrap_err();
+    assert!(
+        matches!(refused, shared::error::AppError::QuotaExceeded { .. }),
+        "{refused:?}"
+    );
+    assert_eq!(
+        store
+            .get(&acme, failed.id)
+            .await
+            .expect("read")
+            .expect("kept")
+            .status,
+        Failed,
+        "a refused reopening writes nothing"
+    );
+    // A stale write is still a version conflict, and moves nothing.
+    let stale = store
+        .replace(&moved(&open[3], Cancelled), 7)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(stale, shared::error::AppError::VersionConflict { .. }),
+        "{stale:?}"
+    );
+    assert_eq!(store.open_tasks(&acme).await.expect("count"), 5);
+    // Deleting an open task frees its slot; the retry then fits.
+    assert!(store.delete(&acme, open[3].id).await.expect("deleted"));
+    assert_eq!(store.open_tasks(&acme).await.expect("count"), 4);
+    store.replace(&retry, 2).await.expect("reopened");
+    assert_eq!(store.open_tasks(&acme).await.expect("count"), 5);
+
+    // Closing everything returns the counter to zero.
+    for task in [&open[4], &open[5], &open[6], &open[7]] {
+        store
+            .replace(&moved(task, Cancelled), 1)
+            .await
+            .expect("cancelled");
+    }
+    store
+        .replace(&moved(&retry, Cancelled), 3)
+        .await
+        .expect("cancelled");
+    assert_eq!(store.open_tasks(&acme).await.expect("count"), 0);
+}
+
+#[tokio::test]
+async fn a_small_open_tasks_ceiling_from_the_template_answers_429_until_a_task_closes() {
+    let mut options = isolated_options("taskflow-open-tasks");
+    options
+        .parameter_overrides
+        .extend([("QuotaOpenTasks", "3")].map(|(k, v)| (k.to_owned(), v.to_owned())));
+    let host = local_stack::LocalStack::start(options)
+        .await
+        .expect("stack with a small open-tasks ceiling");
+    let boss = Client::as_user(&unique_agency("ceiling"), "boss", "manager").at(&host.api_url());
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        let reply = boss
+            .post("/api/tasks", &json!({"title": format!("t{n}")}))
+            .await;
+        assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.body);
+        ids.push(reply.body["id"].as_str().expect("id").to_owned());
+    }
+    let over = boss
+        .post("/api/tasks", &json!({"title": "one too many"}))
+        .await;
+    assert_quota_refusal(&over, "openTasks", 3);
+    // Another agency has its own ceiling.
+    let other = Client::as_user(&unique_agency("other"), "boss", "manager").at(&host.api_url());
+    let reply = other
+        .post("/api/tasks", &json!({"title": "elsewhere"}))
+        .await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.body);
+    // Cancelling one frees its slot.
+    let cancelled = boss
+        .post(&format!("/api/tasks/{}/cancel", ids[0]), &json!({}))
+        .await;
+    assert_eq!(cancelled.status, StatusCode::OK, "{}", cancelled.body);
+    let reply = boss
+        .post("/api/tasks", &json!({"title": "fits again"}))
+        .await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.body);
+    let over = boss
+        .post("/api/tasks", &json!({"title": "full again"}))
+        .await;
+    assert_quota_refusal(&over, "openTasks", 3);
+    host.stop().await;
+}

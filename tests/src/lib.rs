@@ -362,6 +362,7 @@ pub fn test_parameters() -> Vec<(String, String)> {
         ("QuotaRequestsPerSecond", "400"),
         ("QuotaRequestBurst", "10000"),
         ("QuotaBatchItemsPerDay", "100000000"),
+        ("QuotaOpenTasks", "100000000"),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v.to_owned()))

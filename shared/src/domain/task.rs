@@ -101,6 +101,13 @@ pub struct Attachment {
 }
 
 impl Task {
+    /// Whether the task holds one of its agency's open-task slots (the `openTasks` quota):
+    /// until it reaches a final state. Batch tasks are not counted yet: the batch store
+    /// creates and settles them, and its transactions do not carry the counter.
+    pub fn counts_as_open(&self) -> bool {
+        self.task_type != TaskType::Batch && !self.status.is_final()
+    }
+
     /// Moves the task to `next`, stamping the lifecycle timestamps.
     pub fn move_to(&mut self, next: TaskStatus, now: DateTime<Utc>) -> Result<(), AppError> {
         let current = self.status;

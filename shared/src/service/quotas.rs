@@ -12,6 +12,11 @@ use std::sync::{Arc, Mutex};
 pub const REQUEST_RATE: &str = "requestRate";
 /// The daily batch-items quota's name in errors and docs.
 pub const BATCH_ITEMS_PER_DAY: &str = "batchItemsPerDay";
+/// The open-tasks ceiling's name in errors and docs.
+pub const OPEN_TASKS: &str = "openTasks";
+/// Retry-After for the open-tasks ceiling: a slot frees only when one of the agency's tasks
+/// ends, which no clock predicts, so the client is told to look again in a minute.
+pub const OPEN_TASKS_RETRY_AFTER_SECONDS: u64 = 60;
 
 /// The API request rate per agency: a token bucket of `request_burst` tokens refilled at
 /// `requests_per_second`, kept in the store so that it holds across Lambda instances.
@@ -100,6 +105,18 @@ pub fn batch_items_refused(limit: u64, now: chrono::DateTime<chrono::Utc>) -> Ap
     }
 }
 
+/// The refusal when opening a task would take an agency past its open-tasks ceiling.
+pub fn open_tasks_refused(limit: u64) -> AppError {
+    AppError::QuotaExceeded {
+        quota: OPEN_TASKS,
+        limit,
+        retry_after_seconds: OPEN_TASKS_RETRY_AFTER_SECONDS,
+        detail: format!(
+            "quota {OPEN_TASKS} exceeded: this agency may have {limit} open tasks (not completed, failed, cancelled or archived); finish, cancel or archive some first"
+        ),
+    }
+}
+
 /// The UTC day a batch's items count against, as `YYYY-MM-DD`.
 pub fn quota_day(now: chrono::DateTime<chrono::Utc>) -> String {
     now.format("%Y-%m-%d").to_string()
@@ -118,6 +135,8 @@ fn now_us() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::TaskId;
+    use crate::ports::TaskStore;
     use crate::testing::MemoryBuckets;
 
     fn quota(rate: u64, burst: u64) -> RequestQuota {
@@ -210,27 +229,31 @@ mod tests {
             (50, 100)
         );
         assert_eq!(Quotas::default().batch_items_per_day, 1_000_000);
+        assert_eq!(Quotas::default().open_tasks, 100_000);
         let set = config(&[
             ("QUOTA_REQUESTS_PER_SECOND", "7"),
             ("QUOTA_REQUEST_BURST", "9"),
             ("QUOTA_BATCH_ITEMS_PER_DAY", "11"),
+            ("QUOTA_OPEN_TASKS", "13"),
         ])
         .expect("valid");
         assert_eq!(
             (
                 set.requests_per_second,
                 set.request_burst,
-                set.batch_items_per_day
+                set.batch_items_per_day,
+                set.open_tasks
             ),
-            (7, 9, 11)
+            (7, 9, 11, 13)
         );
         for bad in [
             &[("QUOTA_REQUEST_BURST", "0")],
             &[("QUOTA_REQUEST_BURST", "-1")],
             &[("QUOTA_REQUEST_BURST", "lots")],
+            &[("QUOTA_OPEN_TASKS", "0")],
         ] {
             let err = config(bad).unwrap_err();
-            assert!(err.to_string().contains("QUOTA_REQUEST_BURST"), "{err}");
+            assert!(err.to_string().contains(bad[0].0), "{err}");
         }
     }
 
@@ -314,6 +337,136 @@ mod tests {
                 .count(),
             1
         );
+    }
+
+    #[tokio::test]
+    async fn open_tasks_are_capped_and_closing_or_retrying_moves_the_count() {
+        use crate::domain::{Caller, Role, TaskStatus, UserId};
+        let world = crate::testing::MemoryWorld::new();
+        *world.store.open_task_limit.lock().expect("lock") = Some(3);
+        let services = world.services();
+        let boss = Caller {
+            user: UserId::parse("boss").expect("valid"),
+            agency: agency("a1"),
+            role: Role::Manager,
+        };
+        let create = |title: &str| {
+            let body = serde_json::json!({"title": title, "executor": {"type": "echo"}});
+            let services = services.clone();
+            let boss = boss.clone();
+            async move { services.tasks.create(&boss, &body, None).await }
+        };
+        let mut ids = Vec::new();
+        for n in 0..3 {
+            let created = create(&format!("t{n}")).await.expect("under the ceiling");
+            ids.push(TaskId::parse(created.task["id"].as_str().expect("id")).expect("id"));
+        }
+        assert_eq!(world.store.open_tasks(&boss.agency), 3);
+        let refused = create("one too many").await.unwrap_err();
+        assert!(
+            matches!(
+                refused,
+                AppError::QuotaExceeded {
+                    quota: OPEN_TASKS,
+                    limit: 3,
+                    retry_after_seconds: OPEN_TASKS_RETRY_AFTER_SECONDS,
+                    ..
+                }
+            ),
+            "{refused:?}"
+        );
+        assert_eq!(refused.status_code(), 429);
+        assert_eq!(world.store.all_tasks().len(), 3, "nothing was written");
+        // Another agency has its own ceiling.
+        let other = Caller {
+            agency: agency("a2"),
+            ..boss.clone()
+        };
+        let body = serde_json::json!({"title": "elsewhere"});
+        services
+            .tasks
+            .create(&other, &body, None)
+            .await
+            .expect("own ceiling");
+
+        // Cancelling one frees its slot; archiving the cancelled task frees nothing more.
+        services
+            .tasks
+            .cancel(&boss, ids[0], None)
+            .await
+            .expect("cancelled");
+        assert_eq!(world.store.open_tasks(&boss.agency), 2);
+        services
+            .tasks
+            .archive(&boss, ids[0], None)
+            .await
+            .expect("archived");
+        assert_eq!(world.store.open_tasks(&boss.agency), 2);
+        create("fits again").await.expect("a slot was freed");
+        create("full again").await.unwrap_err();
+
+        // A failed task is closed; retrying it opens it again, which needs a free slot.
+        let mut failed = world
+            .store
+            .get(&boss.agency, ids[1])
+            .await
+            .unwrap()
+            .unwrap();
+        let read = failed.version;
+        failed.status = TaskStatus::Failed;
+        failed.version += 1;
+        world.store.replace(&failed, read).await.expect("failed");
+        assert_eq!(world.store.open_tasks(&boss.agency), 2);
+        create("takes the failed one's slot").await.expect("room");
+        let retry = services.tasks.retry(&boss, ids[1], None).await.unwrap_err();
+        assert!(
+            matches!(
+                retry,
+                AppError::QuotaExceeded {
+                    quota: OPEN_TASKS,
+                    ..
+                }
+            ),
+            "{retry:?}"
+        );
+        assert_eq!(
+            world
+                .store
+                .get(&boss.agency, ids[1])
+                .await
+                .unwrap()
+                .unwrap()
+                .status,
+            TaskStatus::Failed,
+            "a refused retry changes nothing"
+        );
+        // Archiving an open task and deleting one both free a slot.
+        services
+            .tasks
+            .archive(&boss, ids[2], None)
+            .await
+            .expect("archived");
+        assert_eq!(world.store.open_tasks(&boss.agency), 2);
+        let retried = services
+            .tasks
+            .retry(&boss, ids[1], None)
+            .await
+            .expect("retried");
+        assert!(!retried.status.is_final());
+        assert_eq!(world.store.open_tasks(&boss.agency), 3);
+        services
+            .tasks
+            .hard_delete(&boss, ids[1])
+            .await
+            .expect("deleted");
+        assert_eq!(world.store.open_tasks(&boss.agency), 2);
+        let open = world
+            .store
+            .all_tasks()
+            .iter()
+            .filter(|t| t.agency_id == boss.agency && t.counts_as_open())
+            .count();
+        assert_eq!(open, 2, "the count is the number of open tasks");
     }
 
     #[test]

@@ -5,6 +5,7 @@ mod batches;
 mod cursor;
 pub mod keys;
 mod list;
+pub mod open_tasks;
 mod quotas;
 mod scheduling;
 
@@ -17,9 +18,10 @@ pub use self::list::LIST_INDEX_ATTRIBUTES;
 
 use self::keys::{n, s, IDEMPOTENCY_SK, PK, SK, STEP_SK_PREFIX, TASK_SK};
 use super::from_sdk;
-use crate::domain::{AgencyId, StepStatus, Task, TaskId, TaskStep};
+use crate::domain::{AgencyId, StepStatus, Task, TaskId, TaskStatus, TaskStep};
 use crate::error::AppError;
 use crate::ports::{IdempotencyRecord, InsertOutcome, Page, TaskQuery, TaskStore};
+use crate::service::quotas::{open_tasks_refused, OPEN_TASKS};
 use crate::store::conditional_write;
 use async_trait::async_trait;
 use aws_sdk_dynamodb::operation::put_item::PutItemError;
@@ -45,6 +47,34 @@ const IDEMPOTENCY_TTL_SECS: i64 = 24 * 60 * 60;
 pub struct DynamoTaskStore {
     client: Client,
     table: String,
+    /// The `openTasks` ceiling per agency (`open_tasks`): every write that opens or closes a
+    /// task moves the agency's counter in the same transaction.
+    open_task_limit: u64,
+}
+
+/// How a task write went, when the stored status may not be the one it assumed.
+enum Written {
+    Done,
+    /// The version matched but the stored task was open where it was taken for closed (or
+    /// the other way round): write again assuming the other.
+    OtherOpenness,
+}
+
+/// Which items of a cancelled transaction failed their condition (by position).
+struct TransactCancelled {
+    failed: Vec<bool>,
+}
+
+impl TransactCancelled {
+    /// Only the item at `at` failed.
+    fn only_at(&self, at: usize) -> bool {
+        self.failed.get(at) == Some(&true)
+            && self
+                .failed
+                .iter()
+                .enumerate()
+                .all(|(i, failed)| i == at || !failed)
+    }
 }
 
 impl DynamoTaskStore {
@@ -52,6 +82,140 @@ impl DynamoTaskStore {
         Self {
             client,
             table: table.into(),
+            open_task_limit: u64::MAX,
+        }
+    }
+
+    /// Refuses an opening that would give an agency more than `limit` open tasks.
+    pub fn with_open_task_limit(mut self, limit: u64) -> Self {
+        self.open_task_limit = limit;
+        self
+    }
+
+    /// The agency's open tasks, as counted (tests and operators).
+    pub async fn open_tasks(&self, agency: &AgencyId) -> Result<i64, AppError> {
+        open_tasks::open_tasks(&self.client, &self.table, agency).await
+    }
+
+    /// Runs `writes` plus one opening of `task` on the counter, trying each shard until one
+    /// has room: `Err(cancelled)` inside when something other than a full shard cancelled
+    /// it, the quota's 429 when every shard is full.
+    async fn transact_opening(
+        &self,
+        task: &Task,
+        writes: Vec<TransactWriteItem>,
+    ) -> Result<Result<(), TransactCancelled>, AppError> {
+        let counter_at = writes.len();
+        for (shard, share) in open_tasks::opening_order(task.id, self.open_task_limit) {
+            let mut attempt = writes.clone();
+            attempt.push(open_tasks::open_one(
+                &self.table,
+                &task.agency_id,
+                shard,
+                share,
+            )?);
+            match self.transact(attempt).await? {
+                Ok(()) => return Ok(Ok(())),
+                Err(cancelled) if cancelled.only_at(counter_at) => continue,
+                Err(cancelled) => return Ok(Err(cancelled)),
+            }
+        }
+        tracing::info!(agency = %task.agency_id, quota = OPEN_TASKS, limit = self.open_task_limit, "task refused: open-tasks ceiling");
+        Err(open_tasks_refused(self.open_task_limit))
+    }
+
+    /// TransactWriteItems; a cancellation comes back with its reasons, not as an error.
+    async fn transact(
+        &self,
+        writes: Vec<TransactWriteItem>,
+    ) -> Result<Result<(), TransactCancelled>, AppError> {
+        let err = match self
+            .client
+            .transact_write_items()
+            .set_transact_items(Some(writes))
+            .send()
+            .await
+        {
+            Ok(_) => return Ok(Ok(())),
+            Err(err) => err,
+        };
+        match err.as_service_error() {
+            Some(TransactWriteItemsError::TransactionCanceledException(cancelled)) => {
+                let failed = cancelled
+                    .cancellation_reasons()
+                    .iter()
+                    .map(|reason| reason.code() == Some("ConditionalCheckFailed"))
+                    .collect();
+                Ok(Err(TransactCancelled { failed }))
+            }
+            _ => Err(from_sdk("dynamodb:TransactWriteItems", err)),
+        }
+    }
+
+    /// Writes `task` over version `expected`, assuming the stored task is open when
+    /// `stored_open` (its condition checks that), and moves the counter when the write opens
+    /// or closes the task.
+    async fn write_over(
+        &self,
+        task: &Task,
+        expected: u64,
+        stored_open: bool,
+    ) -> Result<Written, AppError> {
+        // The stored task's status must be one of `stored_open`'s kind.
+        let statuses: Vec<&str> = TaskStatus::ALL
+            .iter()
+            .filter(|status| status.is_final() != stored_open)
+            .map(|status| status.as_str())
+            .collect();
+        let placeholders: Vec<String> = (0..statuses.len()).map(|i| format!(":s{i}")).collect();
+        let condition = format!(
+            "attribute_exists(PK) AND version = :expected AND #status IN ({})",
+            placeholders.join(", ")
+        );
+        let mut values = HashMap::from([(":expected".to_owned(), n(expected))]);
+        for (placeholder, status) in placeholders.iter().zip(&statuses) {
+            values.insert(placeholder.clone(), s(*status));
+        }
+        let names = HashMap::from([("#status".to_owned(), "status".to_owned())]);
+        let written = if stored_open == task.counts_as_open() {
+            // Neither opens nor closes: one conditional put, as before the counter.
+            let put = self
+                .client
+                .put_item()
+                .table_name(&self.table)
+                .set_item(Some(task_item(task)?))
+                .condition_expression(condition)
+                .set_expression_attribute_names(Some(names))
+                .set_expression_attribute_values(Some(values));
+            conditional_write("dynamodb:PutItem", put.send().await)?
+        } else {
+            let put = Put::builder()
+                .table_name(&self.table)
+                .set_item(Some(task_item(task)?))
+                .condition_expression(condition)
+                .set_expression_attribute_names(Some(names))
+                .set_expression_attribute_values(Some(values))
+                .build()
+                .map_err(AppError::internal)?;
+            let put = TransactWriteItem::builder().put(put).build();
+            if stored_open {
+                let close = open_tasks::close_one(&self.table, &task.agency_id, task.id)?;
+                self.transact(vec![put, close]).await?.is_ok()
+            } else {
+                self.transact_opening(task, vec![put]).await?.is_ok()
+            }
+        };
+        if written {
+            return Ok(Written::Done);
+        }
+        // The task's own condition failed: a newer version, no task, or the other openness.
+        match self.get(&task.agency_id, task.id).await? {
+            None => Err(AppError::NotFound { what: "task" }),
+            Some(current) if current.version != expected => Err(AppError::VersionConflict {
+                expected,
+                current: current.version,
+            }),
+            Some(_) => Ok(Written::OtherOpenness),
         }
     }
 
@@ -98,6 +262,98 @@ impl DynamoTaskStore {
             requests.push(WriteRequest::builder().put_request(put).build());
         }
         self.batch_write(requests).await
+    }
+
+    /// The task item, with its idempotency record and its opening on the agency's counter
+    /// when it has them, in one write.
+    async fn insert_task(
+        &self,
+        task: &Task,
+        idempotency: Option<&IdempotencyRecord>,
+    ) -> Result<InsertOutcome, AppError> {
+        if idempotency.is_none() && !task.counts_as_open() {
+            // A single conditional put suffices (half the write units of a transaction).
+            return match self
+                .client
+                .put_item()
+                .table_name(&self.table)
+                .set_item(Some(task_item(task)?))
+                .condition_expression("attribute_not_exists(PK)")
+                .send()
+                .await
+            {
+                Ok(_) => Ok(InsertOutcome::Inserted),
+                Err(err) => Err(from_sdk("dynamodb:PutItem", err)),
+            };
+        }
+        let put_task = Put::builder()
+            .table_name(&self.table)
+            .set_item(Some(task_item(task)?))
+            .condition_expression("attribute_not_exists(PK)")
+            .build()
+            .map_err(AppError::internal)?;
+        let mut writes = vec![TransactWriteItem::builder().put(put_task).build()];
+        if let Some(record) = idempotency {
+            let put_record = Put::builder()
+                .table_name(&self.table)
+                .set_item(Some(idempotency_item(&task.agency_id, record)?))
+                .condition_expression("attribute_not_exists(PK) OR expiresAt <= :now")
+                .expression_attribute_values(":now", n(record.created_at.timestamp()))
+                .build()
+                .map_err(AppError::internal)?;
+            writes.push(TransactWriteItem::builder().put(put_record).build());
+        }
+        let outcome = if task.counts_as_open() {
+            self.transact_opening(task, writes).await?
+        } else {
+            self.transact(writes).await?
+        };
+        if outcome.is_ok() {
+            return Ok(InsertOutcome::Inserted);
+        }
+        if let Some(record) = idempotency {
+            if let Some(previous) = self
+                .idempotency_record(&task.agency_id, &record.key)
+                .await?
+            {
+                return Ok(InsertOutcome::AlreadyDone(previous));
+            }
+        }
+        Err(AppError::internal(format!(
+            "task {} could not be created: its transaction was cancelled",
+            task.id
+        )))
+    }
+
+    /// A batch task's write: batch tasks are not counted (see `Task::counts_as_open`).
+    async fn replace_uncounted(&self, task: &Task, expected_version: u64) -> Result<(), AppError> {
+        let result = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(task_item(task)?))
+            .condition_expression("attribute_exists(PK) AND version = :expected")
+            .expression_attribute_values(":expected", n(expected_version))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(err)
+                if matches!(
+                    err.as_service_error(),
+                    Some(PutItemError::ConditionalCheckFailedException(_))
+                ) =>
+            {
+                match self.get(&task.agency_id, task.id).await? {
+                    Some(current) => Err(AppError::VersionConflict {
+                        expected: expected_version,
+                        current: current.version,
+                    }),
+                    None => Err(AppError::NotFound { what: "task" }),
+                }
+            }
+            Err(err) => Err(from_sdk("dynamodb:PutItem", err)),
+        }
     }
 
     /// PutItem without a condition: for records only one writer owns at a time.
@@ -256,71 +512,11 @@ impl TaskStore for DynamoTaskStore {
         if !steps.is_empty() {
             self.write_steps(steps, task).await?;
         }
-        let Some(record) = idempotency else {
-            // Without an idempotency record a single conditional put suffices
-            // (half the write units of a transaction).
-            return match self
-                .client
-                .put_item()
-                .table_name(&self.table)
-                .set_item(Some(task_item(task)?))
-                .condition_expression("attribute_not_exists(PK)")
-                .send()
-                .await
-            {
-                Ok(_) => Ok(InsertOutcome::Inserted),
-                Err(err) => {
-                    if !steps.is_empty() {
-                        let _ = self.delete(&task.agency_id, task.id).await;
-                    }
-                    Err(from_sdk("dynamodb:PutItem", err))
-                }
-            };
-        };
-        let put_task = Put::builder()
-            .table_name(&self.table)
-            .set_item(Some(task_item(task)?))
-            .condition_expression("attribute_not_exists(PK)")
-            .build()
-            .map_err(AppError::internal)?;
-        let mut writes = vec![TransactWriteItem::builder().put(put_task).build()];
-        {
-            let put_record = Put::builder()
-                .table_name(&self.table)
-                .set_item(Some(idempotency_item(&task.agency_id, record)?))
-                .condition_expression("attribute_not_exists(PK) OR expiresAt <= :now")
-                .expression_attribute_values(":now", n(record.created_at.timestamp()))
-                .build()
-                .map_err(AppError::internal)?;
-            writes.push(TransactWriteItem::builder().put(put_record).build());
+        let outcome = self.insert_task(task, idempotency).await;
+        if !matches!(outcome, Ok(InsertOutcome::Inserted)) && !steps.is_empty() {
+            let _ = self.delete(&task.agency_id, task.id).await;
         }
-        let result = self
-            .client
-            .transact_write_items()
-            .set_transact_items(Some(writes))
-            .send()
-            .await;
-        match result {
-            Ok(_) => Ok(InsertOutcome::Inserted),
-            Err(err) => {
-                let cancelled = matches!(
-                    err.as_service_error(),
-                    Some(TransactWriteItemsError::TransactionCanceledException(_))
-                );
-                if !steps.is_empty() {
-                    let _ = self.delete(&task.agency_id, task.id).await;
-                }
-                if cancelled {
-                    if let Some(previous) = self
-                        .idempotency_record(&task.agency_id, &record.key)
-                        .await?
-                    {
-                        return Ok(InsertOutcome::AlreadyDone(previous));
-                    }
-                }
-                Err(from_sdk("dynamodb:TransactWriteItems", err))
-            }
-        }
+        outcome
     }
 
     async fn get(&self, agency: &AgencyId, id: TaskId) -> Result<Option<Task>, AppError> {
@@ -338,39 +534,66 @@ impl TaskStore for DynamoTaskStore {
     }
 
     async fn replace(&self, task: &Task, expected_version: u64) -> Result<(), AppError> {
-        let result = self
-            .client
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(task_item(task)?))
-            .condition_expression("attribute_exists(PK) AND version = :expected")
-            .expression_attribute_values(":expected", n(expected_version))
-            .send()
-            .await;
-        match result {
-            Ok(_) => Ok(()),
-            Err(err)
-                if matches!(
-                    err.as_service_error(),
-                    Some(PutItemError::ConditionalCheckFailedException(_))
-                ) =>
-            {
-                match self.get(&task.agency_id, task.id).await? {
-                    Some(current) => Err(AppError::VersionConflict {
-                        expected: expected_version,
-                        current: current.version,
-                    }),
-                    None => Err(AppError::NotFound { what: "task" }),
-                }
-            }
-            Err(err) => Err(from_sdk("dynamodb:PutItem", err)),
+        if task.task_type == crate::domain::TaskType::Batch {
+            return self.replace_uncounted(task, expected_version).await;
         }
+        // The lifecycle makes the stored openness all but certain: only an archive may follow
+        // a closed task, and only a retry reopens one. A wrong guess costs one failed write.
+        let mut stored_open = task.status != TaskStatus::Archived;
+        for _ in 0..2 {
+            match self.write_over(task, expected_version, stored_open).await? {
+                Written::Done => return Ok(()),
+                Written::OtherOpenness => stored_open = !stored_open,
+            }
+        }
+        Err(AppError::Unavailable(format!(
+            "task {} kept changing while it was written; retry",
+            task.id
+        )))
     }
 
     async fn delete(&self, agency: &AgencyId, id: TaskId) -> Result<bool, AppError> {
         let pk = keys::task_pk(agency, id);
+        // An open task leaves with its opening on the counter, in one transaction
+        // conditional on the version read; a concurrent change reads again.
+        let mut existed = false;
+        let mut settled = false;
+        for _ in 0..3 {
+            match self.get(agency, id).await? {
+                Some(task) if task.counts_as_open() => {
+                    let delete = aws_sdk_dynamodb::types::Delete::builder()
+                        .table_name(&self.table)
+                        .key(PK, s(pk.clone()))
+                        .key(SK, s(TASK_SK))
+                        .condition_expression("version = :read")
+                        .expression_attribute_values(":read", n(task.version))
+                        .build()
+                        .map_err(AppError::internal)?;
+                    let close = open_tasks::close_one(&self.table, agency, id)?;
+                    let writes = vec![TransactWriteItem::builder().delete(delete).build(), close];
+                    if self.transact(writes).await?.is_ok() {
+                        (existed, settled) = (true, true);
+                        break;
+                    }
+                }
+                Some(_) => {
+                    (existed, settled) = (true, true);
+                    break;
+                }
+                None => {
+                    settled = true;
+                    break;
+                }
+            }
+        }
+        if !settled {
+            return Err(AppError::Unavailable(format!(
+                "task {id} kept changing while it was deleted; retry"
+            )));
+        }
+        // Then everything else under it (and the task item itself when it was not open).
         let items = self.query_all(&pk, "").await?;
-        let existed = items
+        existed |= items
             .iter()
             .any(|i| i.get(SK).and_then(|v| v.as_s().ok()).map(String::as_str) == Some(TASK_SK));
         let requests = items
