@@ -558,7 +558,7 @@ async fn the_sweeper_repairs_a_batch_whose_preparation_was_lost() {
         .create(&boss, &json!({"items": [1, 2]}))
         .await
         .expect_err("the request is refused");
-    assert_eq!(err.status_code(), 503, "{err}");
+    assert!(err.to_string().contains("sqs:SendMessage"), "{err}");
     let id = services
         .tasks
         .list(
