@@ -235,20 +235,25 @@ async fn a_manual_step_waits_for_its_assignee() {
             {"name": "ship", "dependsOn": ["legal/approve"], "config": {"input": "shipped"}},
         ]}))
         .await;
-    // Step names are percent-encoded in the path.
-    let path = format!("/api/tasks/{id}/steps/legal%2Fapprove/complete");
-    let waiting = integration_tests::eventually(
+    // Once the chain reaches it, the step says it waits for a person, not that it runs.
+    let view = integration_tests::eventually(
         "the approval to wait",
         std::time::Duration::from_secs(30),
         || async {
-            let reply = carol
-                .post(&path, &json!({"result": {"approved": true}}))
-                .await;
-            (reply.status != StatusCode::CONFLICT).then_some(reply)
+            let view = boss.get(&format!("/api/tasks/{id}/steps")).await.body;
+            (view["steps"][0]["status"] != "pending").then_some(view)
         },
     )
     .await;
-    assert_eq!(waiting.status, StatusCode::OK, "{}", waiting.body);
+    assert_eq!(view["steps"][0]["status"], "waiting", "{view}");
+    assert_eq!(view["progress"]["waiting"], 1, "{view}");
+    assert_eq!(view["progress"]["running"], 0, "{view}");
+    // Step names are percent-encoded in the path.
+    let path = format!("/api/tasks/{id}/steps/legal%2Fapprove/complete");
+    let completed = carol
+        .post(&path, &json!({"result": {"approved": true}}))
+        .await;
+    assert_eq!(completed.status, StatusCode::OK, "{}", completed.body);
     let task = wait_for_status(&boss, &id, &["completed", "failed"]).await;
     assert_eq!(task["status"], "completed", "{task}");
     let steps = steps_of(&boss, &id).await;

@@ -282,6 +282,7 @@ fn steps_body(task: &Task, steps: &[TaskStep], from: usize) -> Value {
             "total": total,
             "pending": count(StepStatus::Pending),
             "running": count(StepStatus::Running),
+            "waiting": count(StepStatus::Waiting),
             "completed": count(StepStatus::Completed),
             "failed": count(StepStatus::Failed),
             "skipped": count(StepStatus::Skipped),

@@ -9,6 +9,8 @@ string_enum!(
     StepStatus, "step status" {
         Pending => "pending",
         Running => "running",
+        /// A manual step waiting for its assignee to complete it through the API.
+        Waiting => "waiting",
         Completed => "completed",
         Failed => "failed",
         Skipped => "skipped",

@@ -145,7 +145,13 @@ impl ChainRunner {
         };
         let now = Utc::now();
         let read = step.status;
-        step.status = StepStatus::Running;
+        let manual = config.executor.kind == "manual";
+        // A manual step waits for a person, not for a worker: its status says so.
+        step.status = if manual {
+            StepStatus::Waiting
+        } else {
+            StepStatus::Running
+        };
         step.attempts += 1;
         step.started_at.get_or_insert(now);
         step.error = None;
@@ -154,7 +160,7 @@ impl ChainRunner {
             return Ok(());
         }
 
-        if config.executor.kind == "manual" {
+        if manual {
             // Waits for POST /api/tasks/{id}/steps/{step}/complete.
             self.store.set_step_token(agency, id, name, token).await?;
             return Ok(());

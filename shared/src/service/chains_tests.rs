@@ -253,7 +253,7 @@ async fn a_timeout_settles_a_running_step_as_failed() {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(running.status, StepStatus::Running);
+    assert_eq!(running.status, StepStatus::Waiting);
 
     let timed_out = ChainMessage::StepFailed {
         task_id: id,
@@ -271,6 +271,63 @@ async fn a_timeout_settles_a_running_step_as_failed() {
         .unwrap();
     assert_eq!(failed.status, StepStatus::Failed);
     assert_eq!(failed.attempts, 1);
+}
+
+/// A manual step the chain reached waits for its person, and says so: `waiting`, not
+/// `running` (which is for a step a worker runs). Completing it from there finishes it; one
+/// recorded as `running` before `waiting` existed completes too.
+#[tokio::test]
+async fn a_manual_step_waiting_for_its_assignee_is_waiting() {
+    let world = MemoryWorld::new();
+    let id = create_chain(
+        &world,
+        json!([
+            {"name": "approve", "config": {"executor": {"type": "manual"}, "assignedTo": "carol"}},
+            {"name": "sign", "config": {"executor": {"type": "manual"}, "assignedTo": "carol"}},
+        ]),
+    )
+    .await;
+    let chains = runner(&world, world.store.clone());
+    let agency = boss().agency;
+    for name in ["approve", "sign"] {
+        assert_eq!(chains.process(step_message(id, name)).await, Delivery::Ack);
+        let step = world
+            .store
+            .get_step(&agency, id, name)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(step.status, StepStatus::Waiting, "{name}");
+    }
+    // As an earlier version recorded a waiting manual step.
+    let mut legacy = world
+        .store
+        .get_step(&agency, id, "sign")
+        .await
+        .unwrap()
+        .unwrap();
+    legacy.status = StepStatus::Running;
+    assert!(world
+        .store
+        .replace_step(&agency, &legacy, StepStatus::Waiting)
+        .await
+        .unwrap());
+
+    let carol = Caller {
+        user: UserId::parse("carol").unwrap(),
+        agency: agency.clone(),
+        role: Role::Member,
+    };
+    let done = crate::service::CompleteInput::Succeeded(Some(json!({"ok": true})));
+    for name in ["approve", "sign"] {
+        let completed = world
+            .services()
+            .tasks
+            .complete_step(&carol, id, name, &done)
+            .await
+            .unwrap();
+        assert_eq!(completed.status, StepStatus::Completed, "{name}");
+    }
 }
 
 /// Cancels the chain's task (as `POST /cancel` does: the task, then its unfinished steps)

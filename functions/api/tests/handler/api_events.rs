@@ -248,8 +248,8 @@ async fn failing_a_task_and_the_steps_view_of_a_chain() {
         .expect(200);
     assert_eq!(
         steps.body["progress"],
-        json!({"total": 2, "pending": 2, "running": 0, "completed": 0, "failed": 0,
-               "skipped": 0, "percent": 0.0})
+        json!({"total": 2, "pending": 2, "running": 0, "waiting": 0, "completed": 0,
+               "failed": 0, "skipped": 0, "percent": 0.0})
     );
     assert_eq!(steps.body["steps"][0]["name"], "build");
     assert_eq!(

@@ -545,10 +545,11 @@ impl TaskService {
                 return Ok(step);
             }
         }
-        if step.status != StepStatus::Running {
+        // `running` is how a manual step waiting for its person was recorded before `waiting`.
+        let read = step.status;
+        if !matches!(read, StepStatus::Waiting | StepStatus::Running) {
             return Err(AppError::Conflict(format!(
-                "step '{name}' is {}, not waiting for completion",
-                step.status
+                "step '{name}' is {read}, not waiting for completion"
             )));
         }
         let token = self
@@ -569,7 +570,12 @@ impl TaskService {
         }
         // The outcome is recorded before the chain is answered, as a worker does: once the
         // chain moves on, the step's record holds it.
-        if !self.store.replace_step_run(agency, &step, run).await? {
+        let recorded = if read == StepStatus::Waiting {
+            self.store.replace_step(agency, &step, read).await?
+        } else {
+            self.store.replace_step_run(agency, &step, run).await?
+        };
+        if !recorded {
             return Err(AppError::Conflict(format!(
                 "step '{name}' changed while it was being completed"
             )));
