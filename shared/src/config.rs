@@ -34,7 +34,16 @@ pub struct Config {
     pub aging_fraction: f64,
     /// Per-agency quotas (README "Quotas").
     pub quotas: Quotas,
+    /// In-flight runs an agency may hold per tier while another agency waits there
+    /// (`AGENCY_IN_FLIGHT_CAPS`: critical,high,normal,low,background; default
+    /// [`DEFAULT_IN_FLIGHT_CAPS`]).
+    pub in_flight_caps: BTreeMap<Priority, u32>,
 }
+
+/// Half of each tier's in-flight capacity in template.yaml (MaximumConcurrency × BatchSize:
+/// 10, 25, 40, 20, 10), so that while another agency waits, half of a tier's deliveries are
+/// left to reach that agency's work.
+pub const DEFAULT_IN_FLIGHT_CAPS: &str = "5,12,20,10,5";
 
 /// Per-agency quotas, each refused with a 429 once used up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,6 +112,12 @@ impl Config {
             lease_seconds: number("LEASE_SECONDS", 120.0)? as u64,
             aging_fraction: number("AGING_FRACTION", 0.5)?,
             quotas: Quotas::from_lookup(&lookup)?,
+            in_flight_caps: in_flight_caps(
+                lookup("AGENCY_IN_FLIGHT_CAPS")
+                    .filter(|v| !v.is_empty())
+                    .as_deref()
+                    .unwrap_or(DEFAULT_IN_FLIGHT_CAPS),
+            )?,
         })
     }
 
@@ -140,4 +155,23 @@ impl Quotas {
         };
         Ok(quotas)
     }
+}
+
+/// Parses one cap per tier, in tier order; a missing, zero or non-numeric cap fails the cold start.
+fn in_flight_caps(value: &str) -> Result<BTreeMap<Priority, u32>, AppError> {
+    let caps: Vec<Option<u32>> = value
+        .split(',')
+        .map(|cap| cap.trim().parse::<u32>().ok().filter(|n| *n > 0))
+        .collect();
+    if caps.len() != Priority::ALL.len() || caps.iter().any(Option::is_none) {
+        return Err(AppError::internal(format!(
+            "AGENCY_IN_FLIGHT_CAPS must be {} whole numbers of at least 1 (critical,high,normal,low,background), not {value:?}",
+            Priority::ALL.len()
+        )));
+    }
+    Ok(Priority::ALL
+        .iter()
+        .copied()
+        .zip(caps.into_iter().flatten())
+        .collect())
 }

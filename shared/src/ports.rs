@@ -579,3 +579,55 @@ pub trait RequestBuckets: Send + Sync {
         tolerance_us: u64,
     ) -> Result<Result<(), u64>, AppError>;
 }
+
+/// Per-agency slots of in-flight work on each tier (the fair-share cap), kept as leases: a
+/// slot names its holder (the task it runs) and expires with the run's lease, so a worker
+/// that dies between taking and giving back a slot leaks nothing for longer than the lease.
+/// The count is the number of live holders, never a separate number that could drift.
+#[async_trait]
+pub trait InFlightSlots: Send + Sync {
+    /// Takes (or renews) `holder`'s slot on `tier` until `until`. With `cap`, only while the
+    /// agency holds fewer than `cap` live slots (a holder renewing its own always may), after
+    /// reclaiming slots whose lease expired before `now`. False: the agency is at its cap.
+    async fn acquire(
+        &self,
+        agency: &AgencyId,
+        tier: Priority,
+        holder: TaskId,
+        until: DateTime<Utc>,
+        cap: Option<u32>,
+        now: DateTime<Utc>,
+    ) -> Result<bool, AppError>;
+
+    /// Gives `holder`'s slot back. Idempotent: releasing a slot not held does nothing.
+    async fn release(
+        &self,
+        agency: &AgencyId,
+        tier: Priority,
+        holder: TaskId,
+    ) -> Result<(), AppError>;
+
+    /// The agency's live slots on `tier` at `now` (expired ones not counted).
+    async fn held(
+        &self,
+        agency: &AgencyId,
+        tier: Priority,
+        now: DateTime<Utc>,
+    ) -> Result<u32, AppError>;
+
+    /// Records that `agency` has work waiting on `tier` (it was just dispatched or delivered).
+    async fn stamp_demand(
+        &self,
+        tier: Priority,
+        agency: &AgencyId,
+        now: DateTime<Utc>,
+    ) -> Result<(), AppError>;
+
+    /// Whether an agency other than `agency` stamped demand on `tier` at or after `since`.
+    async fn others_waiting(
+        &self,
+        tier: Priority,
+        agency: &AgencyId,
+        since: DateTime<Utc>,
+    ) -> Result<bool, AppError>;
+}

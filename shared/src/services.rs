@@ -67,9 +67,21 @@ impl Services {
                 &config.batch_preparation_queue_url,
             )),
         };
+        // Fair share inside each tier: dispatches stamp their agency's demand, the runner
+        // holds each agency to its tier's in-flight cap while another agency waits.
+        let slots = crate::store::dynamo::DynamoInFlightSlots::new(clients.dynamodb.clone(), table);
+        let fairness =
+            crate::service::fairness::Fairness::new(Arc::new(slots), config.in_flight_caps.clone());
+        let mut ports = ports;
+        ports.dispatcher = Arc::new(crate::service::fairness::DemandStampingDispatcher::new(
+            ports.dispatcher,
+            fairness.clone(),
+        ));
         let index = Arc::new(DynamoSchedulingIndex::new(clients.dynamodb.clone(), table));
         let executors = ExecutorRegistry::builtin_with(EgressPolicy::from_config(config));
-        Self::from_ports(ports, index, executors, config)
+        let mut services = Self::from_ports(ports, index, executors, config);
+        services.runner = services.runner.with_fairness(fairness);
+        services
     }
 
     pub fn from_ports(

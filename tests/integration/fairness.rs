@@ -78,3 +78,233 @@ async fn every_sender_puts_its_agency_as_the_message_group() {
     );
     let _ = sqs.delete_queue().queue_url(&queue).send().await;
 }
+
+fn fair_agency(prefix: &str) -> AgencyId {
+    AgencyId::parse(&integration_tests::unique_agency(prefix)).expect("valid agency")
+}
+
+/// The slots' conditional writes on DynamoDB (moto): the cap, a holder's renewal, reclaiming
+/// an expired holder, idempotent release, concurrent takers, and the tier's demand stamps.
+#[tokio::test]
+async fn in_flight_slots_hold_the_cap_under_concurrency_and_reclaim_expired_holders() {
+    use shared::ports::InFlightSlots;
+    let clients = stack().clients().await;
+    let slots = shared::store::dynamo::DynamoInFlightSlots::new(
+        clients.dynamodb.clone(),
+        &stack().config.table_name,
+    );
+    let (acme, now) = (fair_agency("slots"), chrono::Utc::now());
+    let tier = Priority::Low;
+    let lease = now + chrono::Duration::seconds(60);
+    // 12 takers at once (workers), cap 4: exactly 4 get a slot.
+    let mut takers = tokio::task::JoinSet::new();
+    for _ in 0..12 {
+        let (slots, acme) = (slots.clone(), acme.clone());
+        takers.spawn(async move {
+            let holder = TaskId::generate();
+            let taken = slots
+                .acquire(&acme, tier, holder, lease, Some(4), now)
+                .await;
+            (holder, taken)
+        });
+    }
+    let results = takers.join_all().await;
+    let holders: Vec<TaskId> = results
+        .iter()
+        .filter(|(_, taken)| matches!(taken, Ok(true)))
+        .map(|(holder, _)| *holder)
+        .collect();
+    assert!(results.iter().all(|(_, r)| r.is_ok()), "{results:?}");
+    assert_eq!(holders.len(), 4, "{results:?}");
+    assert_eq!(slots.held(&acme, tier, now).await.expect("read"), 4);
+    // Full: a newcomer is refused, a holder renews its own.
+    let newcomer = TaskId::generate();
+    assert!(!slots
+        .acquire(&acme, tier, newcomer, lease, Some(4), now)
+        .await
+        .expect("dynamodb"));
+    assert!(slots
+        .acquire(&acme, tier, holders[0], lease, Some(4), now)
+        .await
+        .expect("dynamodb"));
+    // Releasing twice frees one slot.
+    slots
+        .release(&acme, tier, holders[1])
+        .await
+        .expect("released");
+    slots
+        .release(&acme, tier, holders[1])
+        .await
+        .expect("released again");
+    assert_eq!(slots.held(&acme, tier, now).await.expect("read"), 3);
+    assert!(slots
+        .acquire(&acme, tier, newcomer, lease, Some(4), now)
+        .await
+        .expect("dynamodb"));
+    // A holder that crashed (its lease ended) is reclaimed by the next taker, not before.
+    let crashed_at = now + chrono::Duration::seconds(61);
+    let late = TaskId::generate();
+    assert!(!slots
+        .acquire(
+            &acme,
+            tier,
+            late,
+            crashed_at,
+            Some(4),
+            now + chrono::Duration::seconds(30)
+        )
+        .await
+        .expect("dynamodb"));
+    assert!(slots
+        .acquire(
+            &acme,
+            tier,
+            late,
+            crashed_at + chrono::Duration::seconds(60),
+            Some(4),
+            crashed_at
+        )
+        .await
+        .expect("dynamodb"));
+    assert_eq!(slots.held(&acme, tier, crashed_at).await.expect("read"), 1);
+    slots.release(&acme, tier, late).await.expect("released");
+    for holder in &holders {
+        slots.release(&acme, tier, *holder).await.expect("released");
+    }
+    slots
+        .release(&acme, tier, newcomer)
+        .await
+        .expect("released");
+    assert_eq!(
+        slots
+            .held(&acme, tier, chrono::DateTime::UNIX_EPOCH)
+            .await
+            .expect("read"),
+        0,
+        "nothing left behind"
+    );
+    // Releasing on a tier never used is a no-op.
+    slots
+        .release(&acme, Priority::Background, late)
+        .await
+        .expect("no map");
+
+    // Demand: the two latest distinct agencies, so "anyone but me since t" is exact.
+    let (a, b, c) = (fair_agency("da"), fair_agency("db"), fair_agency("dc"));
+    let tier = Priority::Background;
+    let t0 = chrono::Utc::now() + chrono::Duration::days(1); // after any other test's stamps
+    slots.stamp_demand(tier, &a, t0).await.expect("stamp");
+    assert!(!slots.others_waiting(tier, &a, t0).await.expect("read"));
+    assert!(slots.others_waiting(tier, &b, t0).await.expect("read"));
+    let t1 = t0 + chrono::Duration::seconds(1);
+    slots.stamp_demand(tier, &b, t1).await.expect("stamp");
+    slots.stamp_demand(tier, &b, t1).await.expect("stamp again");
+    assert!(
+        slots.others_waiting(tier, &b, t0).await.expect("read"),
+        "a stamped at t0"
+    );
+    assert!(
+        !slots.others_waiting(tier, &b, t1).await.expect("read"),
+        "only b since t1"
+    );
+    assert!(slots.others_waiting(tier, &c, t1).await.expect("read"));
+}
+
+/// End to end on a stack of its own (normal tier cap 3): agency A floods the normal tier with
+/// runs held open, agency B's tasks behind them still start and finish while A's backlog
+/// waits; A's held runs are then killed by the worker's Timeout (a crash between taking a
+/// slot and giving it back); everything completes, each deferral cost no attempt, and no
+/// slot is left taken.
+#[tokio::test]
+async fn a_flooding_agency_cannot_starve_another_and_a_killed_worker_leaks_no_slot() {
+    use integration_tests::{isolated_options, unique_agency, wait_for_status, Client, Ledger};
+    use serde_json::json;
+    use shared::ports::InFlightSlots;
+    if !matches!(
+        isolated_options("x").functions,
+        local_stack::FunctionHost::Processes { .. }
+    ) {
+        println!("SKIPPED: needs the functions as processes (TASKFLOW_FUNCTIONS=in-process)");
+        return;
+    }
+    let mut options = isolated_options("taskflow-fair-share");
+    options.parameter_overrides.extend(
+        [
+            ("LeaseSeconds", "40"),
+            ("WorkerTimeoutSeconds", "8"),
+            ("QueueVisibilitySeconds", "22"),
+            ("AgencyInFlightCaps", "5,5,3,5,5"),
+        ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned())),
+    );
+    let host = local_stack::LocalStack::start(options).await.expect("host");
+    let (flood, calm) = (unique_agency("flood"), unique_agency("calm"));
+    let a = Client::as_user(&flood, "boss", "manager").at(&host.api_url());
+    let b = Client::as_user(&calm, "boss", "manager").at(&host.api_url());
+    let (held, quick) = (Ledger::start(), Ledger::start());
+    held.hold();
+    let task = |n: usize, url: &str| {
+        json!({"title": format!("t{n}"), "priority": "normal", "autoDispatch": true,
+            "executor": {"type": "http", "config": {"url": url, "timeoutSeconds": 30}}})
+    };
+    // B has worked on the tier lately, so A's cap binds from its first run.
+    let first = b.create_task(&task(0, &quick.url)).await;
+    wait_for_status(&b, &first, &["completed"]).await;
+
+    let mut flood_ids = Vec::new();
+    for n in 0..12 {
+        flood_ids.push(a.create_task(&task(n, &held.url)).await);
+    }
+    held.wait_for("A's runs up to its cap", 3, |_| true).await;
+    let mut calm_ids = Vec::new();
+    for n in 1..=4 {
+        calm_ids.push(b.create_task(&task(n, &quick.url)).await);
+    }
+    for id in &calm_ids {
+        let done = wait_for_status(&b, id, &["completed", "failed"]).await;
+        assert_eq!(done["status"], "completed", "{done}");
+    }
+    // B finished while A's backlog waited: A never ran more than its cap of tasks.
+    let started: std::collections::BTreeSet<String> =
+        held.runs().into_iter().map(|r| r.task_id).collect();
+    assert!(
+        started.len() <= 3,
+        "A started {} tasks: {started:?}",
+        started.len()
+    );
+
+    // A's held runs are cut by the worker's Timeout (8 s): killed between taking their slots
+    // and giving them back. Then every later run goes through.
+    let worker = host.function_runtime("WorkerFunction").expect("processes");
+    integration_tests::eventually(
+        "the worker's Timeout to kill a held run",
+        Duration::from_secs(60),
+        || async { (worker.stats().timeouts >= 1).then_some(()) },
+    )
+    .await;
+    held.release();
+    for id in &flood_ids {
+        let done = wait_for_status(&a, id, &["completed", "failed"]).await;
+        assert_eq!(done["status"], "completed", "{done}");
+        // A deferral is no attempt: each attempt is a run the receiver saw.
+        assert_eq!(
+            done["attempts"].as_u64(),
+            Some(held.runs_of(id).len() as u64),
+            "{done}"
+        );
+    }
+    // No slot is left taken, live or expired.
+    let clients =
+        shared::aws::AwsClients::new(&local_stack::emulator::sdk_config_for(&host.endpoints).await);
+    let table = integration_tests::worker_config(&host).table_name;
+    let slots = shared::store::dynamo::DynamoInFlightSlots::new(clients.dynamodb.clone(), &table);
+    for agency in [&flood, &calm] {
+        let agency = AgencyId::parse(agency).expect("valid");
+        let left = slots
+            .held(&agency, Priority::Normal, chrono::DateTime::UNIX_EPOCH)
+            .await
+            .expect("read");
+        assert_eq!(left, 0, "{agency} still holds {left} slots");
+    }
+    host.stop().await;
+}

@@ -139,6 +139,9 @@ impl Worker {
         match delivery {
             Delivery::Ack => false,
             Delivery::RetryAfter(delay) => self.retry_later(record, body, delay).await,
+            // A copy, whatever the wait: holding the message would raise its receive count
+            // (a deferral is not a failure) and keep its place ahead of other agencies' work.
+            Delivery::Defer(delay) => self.come_back_as_copy(record, body, delay).await,
             Delivery::DeadLetter(error) => !self.dead_letter(record, body, &error).await,
             Delivery::Requeue => {
                 match self
@@ -188,6 +191,35 @@ impl Worker {
             {
                 // The queue's own visibility timeout applies instead.
                 tracing::warn!(error = %err, "could not set the retry delay");
+            }
+        }
+        true
+    }
+
+    /// Sends a copy of the message visible after `delay` and lets this one be deleted; true
+    /// (keep it, held in flight for `delay`) only when the copy could not be sent.
+    async fn come_back_as_copy(&self, record: &SqsMessage, body: &str, delay: Duration) -> bool {
+        let queue_url = self.source_queue_url(record);
+        if !queue_url.is_empty() {
+            match self
+                .queue
+                .send(&queue_url, body, &[], delay.min(MAX_DELAY))
+                .await
+            {
+                Ok(()) => return false,
+                Err(err) => {
+                    tracing::warn!(error = %err, "could not send a deferred copy; the message is held in flight instead")
+                }
+            }
+        }
+        if let Some(receipt) = &record.receipt_handle {
+            let visibility = shared::domain::seconds_rounded_up(delay) as i32;
+            if let Err(err) = self
+                .queue
+                .change_visibility(&queue_url, receipt, visibility)
+                .await
+            {
+                tracing::warn!(error = %err, "could not set the deferral's delay");
             }
         }
         true

@@ -156,6 +156,8 @@ fn config() -> Config {
             "LEASE_SECONDS" | "AGING_FRACTION" => None,
             // Quotas keep their defaults.
             quota if quota.starts_with("QUOTA_") => None,
+            // The default caps (a memory URL is no list of numbers).
+            "AGENCY_IN_FLIGHT_CAPS" => None,
             other => Some(format!("memory://{other}")),
         }
     })
@@ -613,5 +615,58 @@ async fn a_panicking_record_stays_and_the_rest_of_its_batch_is_settled() {
         f.status(bad).await,
         TaskStatus::InProgress,
         "claimed; its lease lets a later delivery take it over"
+    );
+}
+
+#[tokio::test]
+async fn a_delivery_over_its_agencys_cap_comes_back_as_a_delayed_copy_not_a_held_message() {
+    use shared::ports::InFlightSlots;
+    let world = MemoryWorld::new();
+    let queue = Arc::new(RecordingQueue::default());
+    let slots = Arc::new(shared::testing::MemorySlots::default());
+    let mut services = world.services_with(executors());
+    let fairness = shared::service::fairness::Fairness::new(
+        slots.clone(),
+        std::collections::BTreeMap::from([(Priority::High, 1)]),
+    );
+    services.runner = services.runner.with_fairness(fairness);
+    let worker = Worker::from_parts(config(), services, queue.clone());
+    let f = Fixture {
+        world,
+        queue,
+        worker,
+    };
+    let (id, message) = f.dispatched("echo").await;
+    // The agency holds its one high-tier slot, and another agency waits on the tier.
+    let now = chrono::Utc::now();
+    let later = now + chrono::Duration::seconds(60);
+    let busy = TaskId::generate();
+    slots
+        .acquire(&boss().agency, Priority::High, busy, later, None, now)
+        .await
+        .unwrap();
+    let other = shared::domain::AgencyId::parse("other").unwrap();
+    slots
+        .stamp_demand(Priority::High, &other, now)
+        .await
+        .unwrap();
+
+    let body = text(&message);
+    let kept = f.handle(vec![record("m", &body, Priority::High)]).await;
+    assert!(kept.is_empty(), "the copy replaces it: {kept:?}");
+    assert!(
+        f.visibility().is_empty(),
+        "never held in flight: its receive count must not grow"
+    );
+    let sent = f.sent();
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    let (url, sent_body, _, delay) = &sent[0];
+    assert_eq!(url, &queue_url(Priority::High));
+    assert_eq!(sent_body, &body);
+    assert_eq!(*delay, shared::service::fairness::DEFER_DELAY.as_secs());
+    assert_eq!(
+        f.status(id).await,
+        TaskStatus::Queued,
+        "not run, not failed"
     );
 }

@@ -894,6 +894,8 @@ async fn a_manual_completion_is_recorded_first_and_its_retry_answers_from_the_re
         "AGING_FRACTION" => Some("0.5".into()),
         // Quotas keep their defaults.
         quota if quota.starts_with("QUOTA_") => None,
+        // The default caps (a memory URL is no list of numbers).
+        "AGENCY_IN_FLIGHT_CAPS" => None,
         other => Some(format!("memory://{other}")),
     })
     .unwrap();

@@ -12,6 +12,7 @@ mod batches_tests;
 pub mod chains;
 #[cfg(test)]
 mod chains_tests;
+pub mod fairness;
 pub mod input;
 pub mod queues;
 pub mod quotas;

@@ -7,6 +7,7 @@ use crate::domain::{DispatchMessage, Priority, Task, TaskStatus};
 use crate::error::AppError;
 use crate::executors::{ExecError, ExecutorRegistry, Job, Outcome, WorkUnit};
 use crate::ports::TaskStore;
+use crate::service::fairness::{Fairness, DEFER_DELAY};
 use chrono::{DateTime, Utc};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,6 +25,9 @@ pub enum Delivery {
     /// Send a fresh copy to the same queue, then delete this one: the work goes on in a new
     /// delivery (a batch chunk out of invocation time), with a fresh receive count.
     Requeue,
+    /// Over its agency's in-flight cap: a copy comes back after this long (a fresh receive
+    /// count, behind the other agencies' waiting work) and this one is deleted. Not an attempt.
+    Defer(Duration),
 }
 
 /// What happened, for metrics and logs.
@@ -46,6 +50,8 @@ pub struct TaskRunner {
     store: Arc<dyn TaskStore>,
     executors: ExecutorRegistry,
     lease: Duration,
+    /// The per-agency in-flight cap of each tier, when enforced.
+    fairness: Option<Fairness>,
 }
 
 impl TaskRunner {
@@ -54,7 +60,14 @@ impl TaskRunner {
             store,
             executors,
             lease,
+            fairness: None,
         }
+    }
+
+    /// Runs a task only while its agency is within its tier's in-flight cap (or alone).
+    pub fn with_fairness(mut self, fairness: Fairness) -> Self {
+        self.fairness = Some(fairness);
+        self
     }
 
     pub async fn process(&self, body: &str) -> (Delivery, Option<RunReport>) {
@@ -80,7 +93,7 @@ impl TaskRunner {
         &self,
         message: &DispatchMessage,
     ) -> Result<(Delivery, Option<RunReport>), AppError> {
-        let Some(mut task) = self.store.get(&message.agency_id, message.task_id).await? else {
+        let Some(task) = self.store.get(&message.agency_id, message.task_id).await? else {
             return Ok((Delivery::Ack, None)); // deleted meanwhile
         };
         let now = Utc::now();
@@ -111,7 +124,31 @@ impl TaskRunner {
             _ => return Ok((Delivery::Ack, None)),
         }
 
-        // Claim.
+        let lease_until =
+            now + chrono::Duration::from_std(self.lease).map_err(AppError::internal)?;
+        let Some(fairness) = &self.fairness else {
+            return self.claim_and_run(task, message, now, lease_until).await;
+        };
+        let (agency, tier) = (&message.agency_id, message.priority);
+        if !fairness
+            .admit(agency, tier, task.id, lease_until, now)
+            .await?
+        {
+            return Ok((Delivery::Defer(DEFER_DELAY), None));
+        }
+        // Whatever happens to the run, its slot is given back (a crash leaves it to expire).
+        let result = self.claim_and_run(task, message, now, lease_until).await;
+        fairness.release(agency, tier, message.task_id).await;
+        result
+    }
+
+    async fn claim_and_run(
+        &self,
+        mut task: Task,
+        message: &DispatchMessage,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+    ) -> Result<(Delivery, Option<RunReport>), AppError> {
         let read_version = task.version;
         task.attempts += 1;
         if task.queue_wait_ms.is_none() {
@@ -120,8 +157,7 @@ impl TaskRunner {
                 .map(|q| (now - q).num_milliseconds().max(0) as u64);
         }
         task.move_to(TaskStatus::InProgress, now)?;
-        task.lease_expires_at =
-            Some(now + chrono::Duration::from_std(self.lease).map_err(AppError::internal)?);
+        task.lease_expires_at = Some(lease_until);
         match self.store.replace(&task, read_version).await {
             Ok(()) => {}
             Err(AppError::VersionConflict { .. }) => {

@@ -3,6 +3,7 @@
 mod agents;
 mod batches;
 mod cursor;
+mod in_flight;
 pub mod keys;
 mod list;
 pub mod open_tasks;
@@ -11,6 +12,7 @@ mod scheduling;
 
 pub use agents::DynamoAgentStore;
 pub use batches::DynamoBatchStore;
+pub use in_flight::DynamoInFlightSlots;
 pub use quotas::DynamoRequestBuckets;
 pub use scheduling::DynamoSchedulingIndex;
 
