@@ -8,6 +8,9 @@
 // Scenarios (each prints exactly ONE JSON line on stdout; diagnostics go to stderr):
 //   throughput --tasks N [--tier normal] [--add-concurrency 1]
 //   priority   --backlog B --critical C [--add-concurrency 1] [--no-drain]
+//   fairness   --flood F --calm C [--add-concurrency 1]   (one queue, 'normal': C jobs alone,
+//              then F jobs of one tenant and C of another behind them; BullMQ's open-source
+//              version has no groups, so nothing tells the tenants apart)
 // Common:      [--timeout-seconds 300]
 //
 // See README.md beside this file for what is measured and why it is shaped this way.
@@ -33,6 +36,7 @@ const REMOVE_ON_FAIL = { count: 5000 };
 const USAGE = `usage: REDIS_URL=redis://host:port [REDIS_PID=pid] [WORK_MS=ms] node run.mjs <scenario> [options]
   throughput --tasks N [--tier critical|high|normal|low|background] [--add-concurrency K]
   priority   --backlog B --critical C [--add-concurrency K] [--no-drain]
+  fairness   --flood F --calm C [--add-concurrency K]
   common:    [--timeout-seconds S]   (default 300; exit 3 if the run has not finished by then)`;
 
 function die(msg, code = 2) {
@@ -53,6 +57,8 @@ function parseCli(argv) {
         tier: { type: 'string', default: 'normal' },
         backlog: { type: 'string' },
         critical: { type: 'string' },
+        flood: { type: 'string' },
+        calm: { type: 'string' },
         'add-concurrency': { type: 'string', default: '1' },
         'timeout-seconds': { type: 'string', default: '300' },
         'no-drain': { type: 'boolean', default: false },
@@ -89,6 +95,9 @@ function parseCli(argv) {
     opts.backlog = int('backlog', 0);
     opts.critical = int('critical', 1);
     opts.drain = !values['no-drain'];
+  } else if (opts.scenario === 'fairness') {
+    opts.flood = int('flood', 0);
+    opts.calm = int('calm', 1);
   } else {
     die(`unknown scenario ${opts.scenario}\n${USAGE}`);
   }
@@ -449,6 +458,40 @@ async function priority(peer, opts, cpu) {
   };
 }
 
+/** The calm tenant's queue-to-start (from the moment its adds began), alone and behind a flood. */
+async function fairness(peer, opts, cpu) {
+  const { flood, calm } = opts;
+  const rec = peer.tier.normal;
+  const startsSince = (ids, t) => ids.map((id) => rec.firstStart.get(id) - t);
+  const cpuBefore = cpu.snap();
+  const aloneIds = new Array(calm);
+  const tAlone = performance.now();
+  await peer.enqueue('normal', calm, opts.addConcurrency, [], aloneIds);
+  await peer.awaitAll({ normal: aloneIds });
+  const alone = stats(startsSince(aloneIds, tAlone));
+  const floodIds = new Array(flood);
+  const t0 = performance.now();
+  await peer.enqueue('normal', flood, opts.addConcurrency, [], floodIds);
+  const calmIds = new Array(calm);
+  const tCalm = performance.now();
+  await peer.enqueue('normal', calm, opts.addConcurrency, [], calmIds);
+  // awaitAll counts a tier's completions: everything so far. One queue is FIFO, so the calm
+  // tenant's jobs finish last anyway.
+  await peer.awaitAll({ normal: new Array(calm + flood + calm) });
+  const behind = stats(startsSince(calmIds, tCalm));
+  const cpuAfter = cpu.snap();
+  return {
+    flood,
+    calm,
+    concurrency: TIER_CONCURRENCY.normal,
+    calm_alone_start_ms: alone,
+    calm_behind_flood_start_ms: behind,
+    p99_ratio: alone.p99 > 0 ? round3(behind.p99 / alone.p99) : null,
+    wall_ms: round3(performance.now() - t0),
+    cpu: cpu.report(cpuBefore, cpuAfter, rec.completedCount),
+  };
+}
+
 function round3(x) {
   return Math.round(x * 1000) / 1000;
 }
@@ -492,7 +535,8 @@ async function main() {
   };
 
   const started = performance.now();
-  const result = opts.scenario === 'throughput' ? await throughput(peer, opts, cpu) : await priority(peer, opts, cpu);
+  const scenarios = { throughput, priority, fairness };
+  const result = await scenarios[opts.scenario](peer, opts, cpu);
   await peer.close();
   clearTimeout(guard);
 

@@ -24,6 +24,9 @@ use tracing::info;
 
 const SECRET: &[u8] = b"bench-secret";
 
+/// Each fairness task's run, in the project and in the peer.
+const FAIRNESS_WORK_SECONDS: f64 = 1.0;
+
 struct Sizes {
     repeats: usize,
     throughput_tasks: usize,
@@ -34,6 +37,9 @@ struct Sizes {
     chain_steps: usize,
     batch_items: usize,
     unit_tasks: usize,
+    /// Fair share: agency A's flood of normal tasks, then agency B's tasks behind it.
+    fairness_flood: usize,
+    fairness_calm: usize,
 }
 
 fn sizes(quick: bool) -> Sizes {
@@ -48,6 +54,8 @@ fn sizes(quick: bool) -> Sizes {
             chain_steps: 4,
             batch_items: 1000,
             unit_tasks: 20,
+            fairness_flood: 400,
+            fairness_calm: 20,
         }
     } else {
         Sizes {
@@ -60,6 +68,8 @@ fn sizes(quick: bool) -> Sizes {
             chain_steps: 8,
             batch_items: 10_000,
             unit_tasks: 50,
+            fairness_flood: 2000,
+            fairness_calm: 20,
         }
     }
 }
@@ -190,6 +200,33 @@ async fn main() -> Result<()> {
         runtime_overhead::measure(&repo.join("target/release"), if quick { 200 } else { 2000 })
             .await;
 
+    info!(
+        "==> fair share: {} normal tasks from one agency, then {} from another",
+        size.fairness_flood, size.fairness_calm
+    );
+    let flooder = Api::new(
+        &api_url,
+        SECRET,
+        &format!("{agency}-flood"),
+        "boss",
+        "manager",
+    );
+    let calm = Api::new(
+        &api_url,
+        SECRET,
+        &format!("{agency}-calm"),
+        "boss",
+        "manager",
+    );
+    let fairness = workloads::fairness(
+        &flooder,
+        &calm,
+        size.fairness_flood,
+        size.fairness_calm,
+        FAIRNESS_WORK_SECONDS,
+    )
+    .await;
+
     info!("==> BullMQ peer, same machine");
     let peer = run_peer(&repo, &size).await;
 
@@ -215,6 +252,10 @@ async fn main() -> Result<()> {
         },
         local_runtime: match local_runtime {
             Ok(r) => serde_json::to_value(r)?,
+            Err(e) => json!({"error": format!("{e:#}")}),
+        },
+        fairness: match fairness {
+            Ok(f) => f,
             Err(e) => json!({"error": format!("{e:#}")}),
         },
         peer: match peer {
@@ -431,6 +472,25 @@ async fn run_peer(repo: &std::path::Path, size: &Sizes) -> Result<Value> {
         "--no-drain",
     ];
     let priority = peer::run(repo, &redis, &args, &[("WORK_MS_BACKGROUND", "1000")]).await?;
+    // Fair share: one queue (BullMQ's open-source version has no groups), the same flood and
+    // the same work per job.
+    let (flood, calm) = (
+        size.fairness_flood.to_string(),
+        size.fairness_calm.to_string(),
+    );
+    let work_ms = (FAIRNESS_WORK_SECONDS * 1000.0).to_string();
+    let args = [
+        "fairness",
+        "--flood",
+        flood.as_str(),
+        "--calm",
+        calm.as_str(),
+        "--add-concurrency",
+        "16",
+        "--timeout-seconds",
+        "3600",
+    ];
+    let fairness = peer::run(repo, &redis, &args, &[("WORK_MS_NORMAL", work_ms.as_str())]).await?;
     redis.stop().await;
-    Ok(json!({"throughput_runs": throughput, "priority": priority}))
+    Ok(json!({"throughput_runs": throughput, "priority": priority, "fairness": fairness}))
 }

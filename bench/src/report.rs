@@ -27,6 +27,8 @@ pub struct Results {
     pub cold_start: Value,
     /// What the local Lambda runtime adds per invocation (`runtime_overhead`).
     pub local_runtime: Value,
+    /// Fair share in one tier: B's queue-to-start alone and behind A's flood (`workloads::fairness`).
+    pub fairness: Value,
     pub peer: Value,
     pub wall_seconds: f64,
 }
@@ -272,6 +274,32 @@ pub fn write(repo: &Path, results: &Results) -> Result<()> {
             runtime["warm_invocation_ms"]["p99"],
             runtime["concurrent_invocations_per_second"]
         )?;
+    }
+    let fair = &results.fairness;
+    if fair.get("calm_behind_flood_queue_to_start_ms").is_some() {
+        let peer = &results.peer["fairness"];
+        writeln!(
+            md,
+            "| Fair share, normal tier: B's {} tasks queue-to-start p50 / p99 alone, then behind A's {} (goal p99 ≤ 2× alone) | {} / {} ms, then {} / {} ms (×{}) |",
+            fair["calm_tasks"],
+            fair["flood_tasks"],
+            fair["calm_alone_queue_to_start_ms"]["p50"],
+            fair["calm_alone_queue_to_start_ms"]["p99"],
+            fair["calm_behind_flood_queue_to_start_ms"]["p50"],
+            fair["calm_behind_flood_queue_to_start_ms"]["p99"],
+            fair["p99_ratio"]
+        )?;
+        if peer.get("calm_behind_flood_start_ms").is_some() {
+            writeln!(
+                md,
+                "| BullMQ peer, one queue: the same | {} / {} ms, then {} / {} ms (×{}) |",
+                peer["calm_alone_start_ms"]["p50"],
+                peer["calm_alone_start_ms"]["p99"],
+                peer["calm_behind_flood_start_ms"]["p50"],
+                peer["calm_behind_flood_start_ms"]["p99"],
+                peer["p99_ratio"]
+            )?;
+        }
     }
     writeln!(md, "\nRaw figures, per-operation request counts and the price table: `bench/results/latest.json`.")?;
     std::fs::write(dir.join("latest.md"), md)?;

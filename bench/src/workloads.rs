@@ -262,3 +262,53 @@ pub async fn batch(api: &Api, items: usize, per_chunk: usize) -> Result<Value> {
         "execution_arn": batch["executionArn"],
     }))
 }
+
+/// Fair share in one tier (issue 14): agency B's queue-to-start alone, then behind agency A's
+/// flood of `flood` normal tasks. Every task sleeps `work_seconds`; B's tasks are created once
+/// A's are all queued. Waits for A's backlog to drain, so later measurements run on an idle stack.
+pub async fn fairness(
+    a: &Api,
+    b: &Api,
+    flood: usize,
+    calm: usize,
+    work_seconds: f64,
+) -> Result<Value> {
+    let body = |tag: &'static str| {
+        move |n: usize| {
+            json!({"title": format!("{tag} {n}"), "priority": "normal", "autoDispatch": true,
+                   "executor": {"type": "sleep", "config": {"seconds": work_seconds}}})
+        }
+    };
+    let starts = |done: &[Value]| -> Vec<f64> {
+        done.iter()
+            .filter_map(|t| between(t, "createdAt", "startedAt"))
+            .collect()
+    };
+    let (alone_ids, _) = create_many(b, calm, 10, body("calm alone")).await?;
+    let alone = starts(&b.wait_all(&alone_ids, Duration::from_secs(600)).await?);
+
+    let flood_started = Instant::now();
+    let (flood_ids, _) = create_many(a, flood, 16, body("flood")).await?;
+    let (calm_ids, _) = create_many(b, calm, 10, body("calm")).await?;
+    let behind = starts(&b.wait_all(&calm_ids, Duration::from_secs(1800)).await?);
+    let flood_done = a.wait_all(&flood_ids, Duration::from_secs(3600)).await?;
+    let flood_drain_seconds = flood_started.elapsed().as_secs_f64();
+    let alone = Latency::of(&alone);
+    let behind = Latency::of(&behind);
+    let ratio = if alone.p99 > 0.0 {
+        behind.p99 / alone.p99
+    } else {
+        0.0
+    };
+    Ok(json!({
+        "flood_tasks": flood,
+        "calm_tasks": calm,
+        "work_seconds": work_seconds,
+        "calm_alone_queue_to_start_ms": alone,
+        "calm_behind_flood_queue_to_start_ms": behind,
+        "p99_ratio": round(ratio),
+        "goal_p99_ratio_at_most": 2.0,
+        "flood_completed": flood_done.iter().filter(|t| t["status"] == "completed").count(),
+        "flood_drain_seconds": round(flood_drain_seconds),
+    }))
+}
