@@ -206,6 +206,14 @@ impl EgressPolicy {
     }
 }
 
+/// A host name that did not resolve (the DNS stage of a request), with the resolver's reason.
+#[derive(Debug, thiserror::Error)]
+#[error("{reason}")]
+pub struct NameNotResolved {
+    pub host: String,
+    pub reason: String,
+}
+
 /// The system's resolver (getaddrinfo, off the async threads).
 pub struct SystemResolver;
 
@@ -233,9 +241,13 @@ impl Resolve for GuardedResolver {
         let (inner, policy) = (self.inner.clone(), self.policy.clone());
         Box::pin(async move {
             let mut refused = None;
-            let kept: Vec<SocketAddr> = inner
-                .resolve(name)
-                .await?
+            let resolved = inner.resolve(name).await.map_err(|e| {
+                Box::new(NameNotResolved {
+                    host: host.clone(),
+                    reason: e.to_string(),
+                }) as Box<dyn std::error::Error + Send + Sync>
+            })?;
+            let kept: Vec<SocketAddr> = resolved
                 .filter(|addr| match policy.admit(&host, addr.ip()) {
                     Ok(()) => true,
                     Err(refusal) => {
@@ -247,7 +259,10 @@ impl Resolve for GuardedResolver {
             if kept.is_empty() {
                 return Err(match refused {
                     Some(refusal) => Box::new(refusal) as Box<dyn std::error::Error + Send + Sync>,
-                    None => format!("{host} resolved to no address").into(),
+                    None => Box::new(NameNotResolved {
+                        host,
+                        reason: "no address".into(),
+                    }),
                 });
             }
             Ok(Box::new(kept.into_iter()) as Addrs)

@@ -1,4 +1,6 @@
-use super::egress::{EgressPolicy, GuardedResolver, Refusal, RuntimeApiRefusal, SystemResolver};
+use super::egress::{
+    EgressPolicy, GuardedResolver, NameNotResolved, Refusal, RuntimeApiRefusal, SystemResolver,
+};
 use super::{number, only_fields, ExecError, Executor, Job, Outcome, WorkUnit};
 use async_trait::async_trait;
 use reqwest::dns::{Name, Resolve, Resolving};
@@ -11,6 +13,7 @@ const DEFAULT_TIMEOUT_SECONDS: f64 = 10.0;
 const MAX_TIMEOUT_SECONDS: f64 = 60.0;
 /// Larger responses would not fit on the task item.
 const MAX_RESPONSE_BYTES: usize = 64 * 1024;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// POSTs `{"taskId", "attempt", "input"}` to `config.url`, plus what part of the task runs:
 /// `dispatchId` for a whole task, `step` for a chain step, `itemIndex` for a batch item.
@@ -104,23 +107,112 @@ impl Http {
 /// The client settings every `Http` uses.
 fn base_client() -> reqwest::ClientBuilder {
     reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(5))
+        .connect_timeout(CONNECT_TIMEOUT)
         // Redirects are not followed: each hop could point anywhere, and a 3xx names where.
         .redirect(reqwest::redirect::Policy::none())
         // A proxy from the environment would resolve names itself, past the guard.
         .no_proxy()
 }
 
+/// The errors behind a failed send, outermost first. An `io::Error` that wraps another error
+/// (as TLS failures do) is followed into it.
+fn causes(error: &reqwest::Error) -> Vec<&(dyn std::error::Error + 'static)> {
+    let mut chain = Vec::new();
+    let mut next = std::error::Error::source(error);
+    while let Some(e) = next {
+        chain.push(e);
+        next = match e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => e.source(),
+        };
+    }
+    chain
+}
+
 /// The refusal behind a failed send, if the guard refused its destination.
 fn refusal_in(error: &reqwest::Error) -> Option<&Refusal> {
-    let mut source = std::error::Error::source(error);
-    while let Some(e) = source {
-        if let Some(refusal) = e.downcast_ref::<Refusal>() {
-            return Some(refusal);
+    causes(error)
+        .into_iter()
+        .find_map(|e| e.downcast_ref::<Refusal>())
+}
+
+/// Where a request that got no response failed: reqwest says only "error sending request".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    /// The host name did not resolve.
+    Dns,
+    /// No TCP connection to the address.
+    Connect,
+    /// Connected, but the TLS handshake failed (an https URL).
+    Tls,
+    /// Connected (and secured), but sending the request or reading the response head failed.
+    Exchange,
+}
+
+impl Stage {
+    fn of(error: &reqwest::Error, https: bool) -> Stage {
+        let chain = causes(error);
+        if chain.iter().any(|e| e.is::<NameNotResolved>()) {
+            return Stage::Dns;
         }
-        source = e.source();
+        if chain.iter().any(|e| e.is::<rustls::Error>()) {
+            return Stage::Tls;
+        }
+        if !error.is_connect() {
+            return Stage::Exchange;
+        }
+        // The connector's steps are resolve, TCP connect, then (https) the handshake. The
+        // socket's own failures carry the operating system's error; a handshake cut short (the
+        // peer closed, or spoke something else) does not.
+        let os_error = chain.iter().any(|e| {
+            e.downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.raw_os_error().is_some())
+        });
+        if https && !os_error {
+            Stage::Tls
+        } else {
+            Stage::Connect
+        }
     }
-    None
+
+    fn describe(self, url: &reqwest::Url) -> String {
+        let host = url.host_str().unwrap_or_default();
+        let port = url.port_or_known_default().unwrap_or(0);
+        match self {
+            Stage::Dns => format!("DNS resolution of {host} failed"),
+            Stage::Connect => format!("the TCP connection to {host}:{port} failed"),
+            Stage::Tls => format!("the TLS handshake with {host}:{port} failed"),
+            Stage::Exchange => {
+                format!("the connection to {host}:{port} was made, but the request or its response failed")
+            }
+        }
+    }
+}
+
+/// The innermost error's own words (the outer ones only say where it was wrapped).
+fn root_cause(error: &reqwest::Error) -> String {
+    causes(error)
+        .last()
+        .map_or_else(|| error.to_string(), |e| e.to_string())
+}
+
+/// A send that got no response: retryable, naming the stage that failed and its cause.
+fn send_failure(url: &reqwest::Url, error: &reqwest::Error) -> ExecError {
+    let cause = root_cause(error);
+    if error.is_timeout() {
+        // The connect timeout covers the TCP connection and the TLS handshake together.
+        let waited = if error.is_connect() {
+            format!("no connection within {} s", CONNECT_TIMEOUT.as_secs())
+        } else {
+            "no response within timeoutSeconds".to_owned()
+        };
+        return ExecError::Retryable(format!("POST {url} timed out: {waited}: {cause}"));
+    }
+    let stage = Stage::of(error, url.scheme() == "https").describe(url);
+    ExecError::Retryable(format!("POST {url} failed: {stage}: {cause}"))
 }
 
 fn settings(config: &Value) -> Result<(reqwest::Url, Duration), String> {
@@ -183,12 +275,7 @@ impl Executor for Http {
                 if let Some(refusal) = refusal_in(&e) {
                     return ExecError::Permanent(format!("POST {url} refused: {refusal}"));
                 }
-                let what = if e.is_timeout() {
-                    "timed out"
-                } else {
-                    "failed"
-                };
-                ExecError::Retryable(format!("POST {url} {what}: {e}"))
+                send_failure(&url, &e)
             })?;
         let status = response.status();
         if status.is_redirection() {
@@ -209,7 +296,12 @@ impl Executor for Http {
         }
         let body = read_capped(response, MAX_RESPONSE_BYTES)
             .await
-            .map_err(|e| ExecError::Retryable(format!("reading the response of {url}: {e}")))?;
+            .map_err(|e| {
+                ExecError::Retryable(format!(
+                    "POST {url}: the response ({status}) broke off before its end: {}",
+                    root_cause(&e)
+                ))
+            })?;
         if !status.is_success() {
             let excerpt: String = String::from_utf8_lossy(body.bytes())
                 .chars()
@@ -301,6 +393,8 @@ mod tests {
         Endless(u16),
         /// 302 to this location.
         Redirect(&'static str),
+        /// These bytes, then the connection closes.
+        Cut(&'static [u8]),
     }
 
     /// A one-request receiver on 127.0.0.1. The handle yields how many body bytes it wrote
@@ -341,6 +435,10 @@ mod tests {
                     socket.write_all(head.as_bytes()).await.unwrap();
                     let _ = socket.write_all(&body).await;
                     body.len() as u64
+                }
+                Answer::Cut(bytes) => {
+                    let _ = socket.write_all(bytes).await;
+                    0
                 }
                 Answer::Redirect(location) => {
                     let head = format!(
@@ -431,6 +529,101 @@ mod tests {
         };
         assert!(error.contains("422"), "{error}");
         assert!(error.ends_with(&"x".repeat(200)), "{error}");
+    }
+
+    /// A retryable error; panics on anything else.
+    fn retryable(outcome: Result<Outcome, ExecError>) -> String {
+        match outcome {
+            Err(ExecError::Retryable(error)) => error,
+            other => panic!("expected a retryable error, got {other:?}"),
+        }
+    }
+
+    /// Fails every name, as a resolver that gets no answer does: no DNS query is sent.
+    struct NoSuchName;
+
+    impl Resolve for NoSuchName {
+        fn resolve(&self, name: Name) -> Resolving {
+            let host = name.as_str().to_owned();
+            Box::pin(async move { Err(format!("no such host {host} (NXDOMAIN)").into()) })
+        }
+    }
+
+    /// Accepts one connection, answers whatever comes first with these bytes, and closes.
+    async fn speaks_first_bytes(answer: &'static [u8]) -> std::net::SocketAddr {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 4096];
+            let _ = socket.read(&mut buf).await;
+            let _ = socket.write_all(answer).await;
+        });
+        addr
+    }
+
+    /// "error sending request for url" said nothing of what failed; each stage says so now,
+    /// with its cause. Only 127.0.0.1 is ever contacted (the name fails in the resolver).
+    #[tokio::test]
+    async fn a_failed_send_names_the_stage_that_failed() {
+        let policy = Arc::new(EgressPolicy::parse("127.0.0.0/8").unwrap());
+        let resolver = Arc::new(GuardedResolver {
+            inner: Arc::new(NoSuchName),
+            policy: policy.clone(),
+        });
+        let http = Http::with_parts(policy, resolver, base_client());
+        let dns = retryable(post_with(&http, "http://billing.invalid/hook").await);
+        assert!(
+            dns.contains("DNS resolution of billing.invalid failed")
+                && dns.contains("no such host billing.invalid (NXDOMAIN)"),
+            "{dns}"
+        );
+
+        // A port with nothing listening on it.
+        let port = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            listener.local_addr().unwrap().port()
+        };
+        let connect = retryable(post(&format!("http://127.0.0.1:{port}/hook")).await);
+        assert!(
+            connect.contains(&format!("the TCP connection to 127.0.0.1:{port} failed"))
+                && connect.to_lowercase().contains("refused"),
+            "{connect}"
+        );
+
+        // https to a server that speaks plain HTTP.
+        let plain =
+            speaks_first_bytes(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n").await;
+        let tls = retryable(post(&format!("https://{plain}/hook")).await);
+        assert!(
+            tls.contains(&format!("the TLS handshake with {plain} failed")),
+            "{tls}"
+        );
+
+        // The response head breaks off.
+        let cut = speaks_first_bytes(b"HTTP/1.1 200 OK\r\ncontent-le").await;
+        let exchange = retryable(post(&format!("http://{cut}/hook")).await);
+        assert!(
+            exchange.contains(&format!(
+                "the connection to {cut} was made, but the request or its response failed"
+            )),
+            "{exchange}"
+        );
+        for error in [&dns, &connect, &tls, &exchange] {
+            assert!(!error.contains("error sending request"), "{error}");
+        }
+
+        // The body breaks off after its head.
+        let (url, _server) = receiver(Answer::Cut(
+            b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n{\"part",
+        ))
+        .await;
+        let body = retryable(post(&url).await);
+        assert!(
+            body.contains("the response (200 OK) broke off before its end"),
+            "{body}"
+        );
     }
 
     #[tokio::test]
