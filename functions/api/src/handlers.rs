@@ -140,6 +140,14 @@ pub async fn dispatch(
                 &location,
             ))
         }
+        Route::ListBatches => {
+            let query = shared::service::batches::BatchQuery::parse(&query_params(request))?;
+            let page = app.services.batches.list(caller, &query).await?;
+            Ok(json(
+                200,
+                &json!({"items": page.items, "nextCursor": page.next_cursor}),
+            ))
+        }
         Route::BatchUploadUrl => {
             let upload = app
                 .services

@@ -21,6 +21,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/api/tasks/{id}/attachments"),
     ("POST", "/api/tasks/{id}/retry"),
     ("POST", "/api/tasks/{id}/steps/{stepId}/complete"),
+    ("GET", "/api/batches"),
     ("POST", "/api/batches"),
     ("POST", "/api/batches/uploads"),
     ("GET", "/api/batches/{id}"),
@@ -48,6 +49,7 @@ pub enum Route {
     RetryTask(TaskId),
     CompleteStep(TaskId, String),
     CreateBatch,
+    ListBatches,
     BatchUploadUrl,
     GetBatch(TaskId),
     BatchFailures(TaskId),
@@ -119,6 +121,7 @@ impl Route {
             },
             ["api", "batches"] => match m {
                 "POST" => Ok(Route::CreateBatch),
+                "GET" => Ok(Route::ListBatches),
                 _ => Err(wrong_method()),
             },
             ["api", "batches", "uploads"] => match m {

@@ -671,18 +671,28 @@ fn resources_allowing(template: &Template, function: &str, action: &str) -> Vec<
 }
 
 /// Whoever starts executions resolves an ambiguous start by describing the execution's
-/// deterministic name: the API for chains and batches, the upload trigger for batches.
+/// deterministic name: the API for chains, the batch preparer (the batch trigger) for
+/// batches. The API no longer starts batches, so it may neither start nor describe them.
 #[test]
 fn starters_may_describe_the_executions_they_start() {
     let template = project_template();
     let api = resources_allowing(&template, "ApiFunction", "states:DescribeExecution");
-    for machine in ["ChainStateMachine", "BatchStateMachine"] {
-        let wanted = format!(":execution:${{{machine}.Name}}:*");
-        assert!(
-            api.iter().any(|r| r.contains(&wanted)),
-            "no DescribeExecution on {wanted} in {api:?}"
-        );
-    }
+    let chains = ":execution:${ChainStateMachine.Name}:*";
+    assert!(
+        api.iter().any(|r| r.contains(chains)),
+        "no DescribeExecution on {chains} in {api:?}"
+    );
+    let batches = ":execution:${BatchStateMachine.Name}:*";
+    assert!(
+        !api.iter().any(|r| r.contains(batches)),
+        "the API describes batch executions it no longer starts: {api:?}"
+    );
+    assert!(
+        resources_allowing(&template, "ApiFunction", "states:StartExecution")
+            .iter()
+            .all(|r| !r.contains("BatchStateMachine")),
+        "the API starts batches"
+    );
     let trigger = resources_allowing(
         &template,
         "BatchTriggerFunction",

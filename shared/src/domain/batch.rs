@@ -34,6 +34,9 @@ pub struct BatchJob {
     pub id: TaskId,
     pub task_id: TaskId,
     pub agency_id: AgencyId,
+    /// The batch's title, as its task's (records from before titles read as empty).
+    #[serde(default)]
+    pub title: String,
     pub status: BatchStatus,
     pub source: BatchSource,
     /// The uploaded object, for upload and S3-triggered batches.

@@ -623,3 +623,44 @@ async fn a_round_whose_start_reply_is_lost_is_processing() {
     assert_eq!((after.round, after.status), (1, BatchStatus::Processing));
     assert_eq!(world.orchestrator.started.lock().unwrap().len(), 2);
 }
+
+/// Once items have settled, a running batch estimates the time left from its rate so far:
+/// 25 of 100 items in 10 s leaves about 30 s. Before any item settles there is no rate.
+#[tokio::test]
+async fn a_running_batch_estimates_its_time_left_from_its_rate() {
+    let world = MemoryWorld::new();
+    let id = started_batch(&world, 100).await;
+    let mut batch = batch_of(&world, id).await;
+    batch.started_at = Some(chrono::Utc::now() - chrono::Duration::seconds(10));
+    world.batches.put(&batch).await.unwrap();
+    let batches = world.services().batches;
+    assert_eq!(batches.get(&boss(), id).await.unwrap().eta_seconds, None);
+
+    world
+        .batches
+        .start_chunk(&boss().agency, id, 0, 0, "attempt-1")
+        .await
+        .unwrap();
+    let counts = crate::domain::ChunkCounts {
+        processed: 25,
+        success: 25,
+        failed: 0,
+    };
+    assert!(world
+        .batches
+        .add_counts(
+            &boss().agency,
+            id,
+            0,
+            0,
+            "attempt-1",
+            counts,
+            &crate::domain::ChunkDone::default()
+        )
+        .await
+        .unwrap());
+    let view = batches.get(&boss(), id).await.unwrap();
+    assert_eq!(view.progress_percent, 25.0);
+    let eta = view.eta_seconds.expect("a rate is known");
+    assert!((30..=31).contains(&eta), "{eta}");
+}

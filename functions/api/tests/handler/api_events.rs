@@ -38,7 +38,7 @@ async fn every_fixture_gets_its_expected_status() {
         ("api-cancel-task", Given::Task(pending), 200),
         ("api-task-steps", Given::Task(multi), 200),
         ("api-add-attachment", Given::Task(pending), 201),
-        ("api-create-batch", Given::Nothing, 201),
+        ("api-create-batch", Given::Nothing, 202),
         ("api-get-batch", Given::Batch, 200),
         ("api-openapi", Given::Nothing, 200),
         ("api-no-identity", Given::Nothing, 401),
@@ -99,11 +99,16 @@ async fn every_fixture_gets_its_expected_status() {
             }
             "api-create-batch" => {
                 // 5 items, 2 per chunk; the execution runs 2 chunks at a time.
-                assert_eq!(reply.body["status"], "processing");
+                assert_eq!(reply.body["status"], "pending");
                 assert_eq!(reply.body["source"], "inline");
                 assert_eq!(reply.body["totalItems"], 5);
-                assert_eq!(reply.body["chunkCount"], 3);
                 assert_eq!(reply.body["priority"], "low");
+                let id = reply.body["id"].as_str().unwrap();
+                assert_eq!(
+                    reply.header("location"),
+                    Some(format!("/api/batches/{id}").as_str())
+                );
+                api.prepare().await;
                 let started = api.orchestrator.started.lock().unwrap().clone();
                 assert_eq!(started.len(), 1);
                 assert_eq!(started[0].1["parallelism"], 2);
@@ -561,7 +566,7 @@ async fn wrong_methods_are_405_with_allow_and_unknown_paths_404() {
         ("GET", format!("{task}/start"), "POST"),
         ("DELETE", format!("{task}/steps/"), "GET"),
         ("POST", "/api/openapi.json".to_owned(), "GET"),
-        ("GET", "/api/batches".to_owned(), "POST"),
+        ("PUT", "/api/batches".to_owned(), "GET, POST"),
         ("DELETE", format!("/api/batches/{TASK_ID}"), "GET"),
         (
             "GET",

@@ -573,3 +573,100 @@ async fn upload_file_names_are_checked() {
         .await
         .expect(415);
 }
+
+fn list(query: &[(&str, &str)]) -> Event {
+    Event::load("api-get-batch").to("GET", BATCHES).query(query)
+}
+
+fn titles(reply: &Reply) -> Vec<&str> {
+    reply.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["title"].as_str().unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn batches_are_listed_newest_first_with_filters_and_pages() {
+    let api = Api::new();
+    for (title, priority) in [("b0", "low"), ("b1", "high"), ("b2", "low")] {
+        api.send(&create(
+            &json!({"title": title, "items": [1, 2], "priority": priority}),
+        ))
+        .await
+        .expect(202);
+    }
+    let all = api.send(&list(&[]).worker()).await.expect(200);
+    // Newest first by id; ids made within one millisecond may come in any order.
+    let order = titles(&all);
+    let mut sorted = order.clone();
+    sorted.sort_unstable();
+    assert_eq!(sorted, ["b0", "b1", "b2"]);
+    assert_eq!(all.body["items"][0]["status"], "pending");
+    assert_eq!(all.body["nextCursor"], Value::Null);
+
+    api.prepare().await;
+    let processing = api
+        .send(&list(&[("status", "processing")]))
+        .await
+        .expect(200);
+    assert_eq!(titles(&processing), order);
+    let pending = api.send(&list(&[("status", "pending")])).await.expect(200);
+    assert_eq!(titles(&pending), Vec::<&str>::new());
+    let high = api.send(&list(&[("priority", "high")])).await.expect(200);
+    assert_eq!(titles(&high), ["b1"]);
+
+    let first = api.send(&list(&[("limit", "2")])).await.expect(200);
+    assert_eq!(titles(&first), order[..2]);
+    let cursor = first.body["nextCursor"].as_str().expect("a next page");
+    let rest = api
+        .send(&list(&[("limit", "2"), ("cursor", cursor)]))
+        .await
+        .expect(200);
+    assert_eq!(titles(&rest), order[2..]);
+    assert_eq!(rest.body["nextCursor"], Value::Null);
+
+    for (query, field) in [
+        (("status", "done"), "status"),
+        (("priority", "urgent"), "priority"),
+        (("limit", "51"), "limit"),
+        (("limit", "0"), "limit"),
+        (("type", "batch"), "type"),
+    ] {
+        let reply = api.send(&list(&[query])).await.expect(400);
+        assert_eq!(reply.fields(), [field], "{query:?}");
+    }
+    // Another agency sees none of them.
+    let theirs = api.send(&other_agency(list(&[]))).await.expect(200);
+    assert_eq!(theirs.body["items"], json!([]));
+}
+
+#[tokio::test]
+async fn a_batch_without_a_title_is_named_after_its_file_or_its_size() {
+    let api = Api::new();
+    let inline = api
+        .send(&create(&json!({"items": [1, 2, 3]})))
+        .await
+        .expect(202);
+    assert_eq!(inline.body["title"], "Batch of 3 items");
+    let reply = api
+        .send(&upload(&json!({"fileName": "orders.csv"})))
+        .await
+        .expect(201);
+    let key = reply.body["key"].as_str().unwrap().to_owned();
+    api.objects
+        .put(&key, b"sku\nA\n".to_vec(), "text/csv")
+        .await
+        .unwrap();
+    let from_file = api
+        .send(&create(&json!({"source": {"key": key}})))
+        .await
+        .expect(202);
+    assert_eq!(from_file.body["title"], "Batch from orders.csv");
+    let task = api
+        .send(&Event::load("api-get-task").id(&from_file.id()))
+        .await
+        .expect(200);
+    assert_eq!(task.body["title"], "Batch from orders.csv");
+}

@@ -967,6 +967,7 @@ fn serialized_batches_match_their_schema_exactly() {
         id,
         task_id: id,
         agency_id: AgencyId::parse(AGENCY).unwrap(),
+        title: "Nightly re-index".into(),
         status: BatchStatus::Pending,
         source: BatchSource::Inline,
         source_key: None,

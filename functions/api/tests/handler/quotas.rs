@@ -85,7 +85,7 @@ fn batch(agency: &str, items: usize) -> Event {
 async fn batch_items_per_day_are_counted_and_refused_past_the_limit() {
     let api = Api::new();
     *api.batches.daily_item_limit.lock().unwrap() = Some(5);
-    api.send(&batch(AGENCY, 3)).await.expect(201);
+    api.send(&batch(AGENCY, 3)).await.expect(202);
     let refused = api.send(&batch(AGENCY, 3)).await;
     let retry_after = assert_quota_refusal(&refused, "batchItemsPerDay", 5);
     // Counters are per UTC day: the wait ends at the next midnight.
@@ -100,12 +100,12 @@ async fn batch_items_per_day_are_counted_and_refused_past_the_limit() {
             .sum::<u64>(),
         3
     );
-    api.send(&batch(AGENCY, 2)).await.expect(201);
+    api.send(&batch(AGENCY, 2)).await.expect(202);
     assert_quota_refusal(&api.send(&batch(AGENCY, 1)).await, "batchItemsPerDay", 5);
     // A batch larger than the whole day's limit is refused the same way.
     assert_quota_refusal(&api.send(&batch("initech", 6)).await, "batchItemsPerDay", 5);
     // Another agency has its own count.
-    api.send(&batch("initech", 5)).await.expect(201);
+    api.send(&batch("initech", 5)).await.expect(202);
     let batch_tasks = api
         .store
         .all_tasks()

@@ -319,6 +319,7 @@ const TABLE: &[Case] = &[
         State::Nothing,
         MANAGERS_ONLY,
     ),
+    case("GET", "/api/batches", State::Batch, ANYONE),
     case("GET", "/api/batches/{id}", State::Batch, ANYONE),
     case(
         "GET",

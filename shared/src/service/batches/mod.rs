@@ -3,16 +3,22 @@
 //! retry round records it `pending` and queues its preparation (`batch_prep`),
 //! which chunks it into S3 and starts it; the worker side is `BatchRunner`.
 
+mod list;
+mod params;
+
 use super::batch_prep;
 use crate::domain::batch_input::InputFormat;
 use crate::domain::{
-    BatchJob, BatchSource, BatchStatus, Caller, ExecutorSpec, ItemFailure, Metadata, PrepareBatch,
-    Priority, Task, TaskId, TaskStatus, TaskType, Title, UserId,
+    BatchJob, BatchSource, BatchStatus, Caller, ItemFailure, Metadata, PrepareBatch, Task, TaskId,
+    TaskStatus, TaskType, Title, UserId,
 };
 use crate::error::{AppError, FieldErrors};
 use crate::executors::ExecutorRegistry;
 use crate::ports::{BatchCreated, BatchStore, ObjectStore, Page, Preparations, TaskStore};
 use chrono::{DateTime, Utc};
+pub use list::{BatchQuery, DEFAULT_BATCH_PAGE, MAX_BATCH_PAGE};
+pub use params::BatchParams;
+use params::{read_params, ParamSource};
 use serde::Serialize;
 use serde_json::{json, Value};
 use std::collections::HashMap;
@@ -26,115 +32,6 @@ pub const MAX_ITEMS_PER_BATCH: u32 = 10_000;
 pub const DEFAULT_PARALLELISM: u32 = 10;
 pub const DEFAULT_ITEMS_PER_BATCH: u32 = 100;
 const URL_TTL: Duration = Duration::from_secs(15 * 60);
-
-/// Batch parameters, from a request body or from object metadata.
-#[derive(Debug, Clone, PartialEq)]
-pub struct BatchParams {
-    pub title: Option<String>,
-    pub parallelism: u32,
-    pub tolerated_failure_percentage: f64,
-    pub priority: Priority,
-    pub executor: ExecutorSpec,
-    pub items_per_batch: u32,
-}
-
-impl Default for BatchParams {
-    fn default() -> Self {
-        Self {
-            title: None,
-            parallelism: DEFAULT_PARALLELISM,
-            tolerated_failure_percentage: 0.0,
-            priority: Priority::Background,
-            executor: ExecutorSpec {
-                kind: "echo".into(),
-                config: json!({}),
-            },
-            items_per_batch: DEFAULT_ITEMS_PER_BATCH,
-        }
-    }
-}
-
-/// Where batch parameters come from: a JSON body, or S3 object metadata (text only).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum ParamSource {
-    Body,
-    Metadata,
-}
-
-/// Reads the parameters, collecting problems. Metadata values are text: numbers are numeric
-/// strings and `executor` is JSON text. A body must use JSON numbers and an object.
-fn read_params(
-    get: &dyn Fn(&str) -> Option<Value>,
-    errors: &mut FieldErrors,
-    names: &dyn Fn(&str) -> String,
-    source: ParamSource,
-) -> BatchParams {
-    let mut params = BatchParams::default();
-    let number = |v: &Value| match source {
-        ParamSource::Body => v.as_f64(),
-        ParamSource::Metadata => v.as_str().and_then(|s| s.trim().parse().ok()),
-    };
-    if let Some(v) = get("title") {
-        match v.as_str().map(Title::parse) {
-            Some(Ok(t)) => params.title = Some(t.as_str().to_owned()),
-            _ => errors.add(names("title"), "must be 1–200 characters"),
-        }
-    }
-    if let Some(v) = get("parallelism") {
-        match number(&v) {
-            Some(n) if n.fract() == 0.0 && (1.0..=f64::from(MAX_PARALLELISM)).contains(&n) => {
-                params.parallelism = n as u32
-            }
-            _ => errors.add(
-                names("parallelism"),
-                format!("must be a whole number from 1 to {MAX_PARALLELISM}"),
-            ),
-        }
-    }
-    if let Some(v) = get("toleratedFailurePercentage") {
-        match number(&v) {
-            Some(n) if (0.0..=100.0).contains(&n) => params.tolerated_failure_percentage = n,
-            _ => errors.add(
-                names("toleratedFailurePercentage"),
-                "must be a number from 0 to 100",
-            ),
-        }
-    }
-    if let Some(v) = get("itemsPerBatch") {
-        match number(&v) {
-            Some(n) if n.fract() == 0.0 && (1.0..=f64::from(MAX_ITEMS_PER_BATCH)).contains(&n) => {
-                params.items_per_batch = n as u32
-            }
-            _ => errors.add(
-                names("itemsPerBatch"),
-                format!("must be a whole number from 1 to {MAX_ITEMS_PER_BATCH}"),
-            ),
-        }
-    }
-    if let Some(v) = get("priority") {
-        match v.as_str().map(str::parse::<Priority>) {
-            Some(Ok(p)) => params.priority = p,
-            Some(Err(e)) => errors.add(names("priority"), e),
-            None => errors.add(names("priority"), "must be a string"),
-        }
-    }
-    if let Some(v) = get("executor") {
-        let v = match (source, v) {
-            (ParamSource::Metadata, Value::String(text)) => {
-                serde_json::from_str(&text).unwrap_or(Value::String(text))
-            }
-            (_, other) => other,
-        };
-        match super::input::parse_executor(&v) {
-            Ok(spec) => params.executor = spec,
-            Err(_) => errors.add(
-                names("executor"),
-                "must be {\"type\": \"echo|http|sleep\", \"config\": {…}} and nothing else",
-            ),
-        }
-    }
-    params
-}
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -680,16 +577,20 @@ fn new_batch(
 ) -> (Task, BatchJob) {
     let now = Utc::now();
     let id = TaskId::generate();
-    let title = params
-        .title
-        .clone()
-        .unwrap_or_else(|| format!("Batch of {total} items"));
+    // Without a title: the file it came from, else its size (an upload's is not known yet).
+    let file = source_key.as_deref().and_then(|key| key.rsplit('/').next());
+    let title = match (&params.title, file) {
+        (Some(title), _) => title.clone(),
+        (None, Some(file)) => format!("Batch from {file}"),
+        (None, None) => format!("Batch of {total} items"),
+    };
+    let title = Title::parse(&title).unwrap_or_else(|_| Title::parse("Batch").expect("valid"));
     let task = Task {
         id,
         agency_id: agency.clone(),
         created_by: owner,
         assigned_to: None,
-        title: Title::parse(&title).unwrap_or_else(|_| Title::parse("Batch").expect("valid")),
+        title: title.clone(),
         description: None,
         task_type: TaskType::Batch,
         priority: params.priority,
@@ -724,6 +625,7 @@ fn new_batch(
         id,
         task_id: id,
         agency_id: agency,
+        title: title.as_str().to_owned(),
         status: BatchStatus::Pending,
         source,
         source_key,
