@@ -1367,7 +1367,7 @@ impl crate::ports::ObjectStore for MemoryObjects {
             .ok_or_else(|| AppError::internal(format!("no object {key}")))?;
         if body.len() > max_bytes {
             return Err(AppError::Conflict(format!(
-                "object is {} bytes; the limit is {max_bytes}",
+                "the file is {} bytes; the limit is {max_bytes}",
                 body.len()
             )));
         }

@@ -32,6 +32,33 @@ impl S3ObjectStore {
         self
     }
 
+    /// GetObject, with a missing object as `NotFound` and one over `max_bytes` (by its
+    /// Content-Length, before any byte is read) as a `Conflict` naming both sizes.
+    async fn get_object(
+        &self,
+        key: &str,
+        max_bytes: u64,
+    ) -> Result<aws_sdk_s3::operation::get_object::GetObjectOutput, AppError> {
+        let out = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| match e.as_service_error() {
+                Some(err) if err.is_no_such_key() => AppError::NotFound { what: "object" },
+                _ => from_sdk("s3:GetObject", e),
+            })?;
+        let size = out.content_length.unwrap_or(0).max(0) as u64;
+        if size > max_bytes {
+            return Err(AppError::Conflict(format!(
+                "the file is {size} bytes; the limit is {max_bytes}"
+            )));
+        }
+        Ok(out)
+    }
+
     /// Valid from `clock()` for `expires_in`: the URL carries both (X-Amz-Date, X-Amz-Expires).
     fn presigning(&self, expires_in: Duration) -> Result<PresigningConfig, AppError> {
         PresigningConfig::builder()
@@ -62,23 +89,7 @@ impl ObjectStore for S3ObjectStore {
     }
 
     async fn get(&self, key: &str, max_bytes: usize) -> Result<Vec<u8>, AppError> {
-        let out = self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .send()
-            .await
-            .map_err(|e| match e.as_service_error() {
-                Some(err) if err.is_no_such_key() => AppError::NotFound { what: "object" },
-                _ => from_sdk("s3:GetObject", e),
-            })?;
-        if out.content_length.unwrap_or(0) as u64 > max_bytes as u64 {
-            return Err(AppError::Conflict(format!(
-                "object is {} bytes; the limit is {max_bytes}",
-                out.content_length.unwrap_or(0)
-            )));
-        }
+        let out = self.get_object(key, max_bytes as u64).await?;
         let bytes = out.body.collect().await.map_err(|e| {
             AppError::Unavailable(format!("reading s3://{}/{key}: {e}", self.bucket))
         })?;
@@ -86,23 +97,8 @@ impl ObjectStore for S3ObjectStore {
     }
 
     async fn open(&self, key: &str, max_bytes: u64) -> Result<ObjectBody, AppError> {
-        let out = self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .send()
-            .await
-            .map_err(|e| match e.as_service_error() {
-                Some(err) if err.is_no_such_key() => AppError::NotFound { what: "object" },
-                _ => from_sdk("s3:GetObject", e),
-            })?;
+        let out = self.get_object(key, max_bytes).await?;
         let size = out.content_length.unwrap_or(0).max(0) as u64;
-        if size > max_bytes {
-            return Err(AppError::Conflict(format!(
-                "the file is {size} bytes; the limit is {max_bytes}"
-            )));
-        }
         let source = format!("s3://{}/{key}", self.bucket);
         let chunks = futures::stream::unfold(Some(out.body), move |body| {
             let source = source.clone();

@@ -24,6 +24,47 @@ async fn manifest(world: &MemoryWorld, id: crate::domain::TaskId) -> Vec<Manifes
     serde_json::from_slice(&world.objects.get(&key, usize::MAX).await.unwrap()).unwrap()
 }
 
+/// Puts `body` under `uploads/a1/<name>` with `metadata` (the agency made known first), lets
+/// the trigger record its batch, and runs its preparation; answers the batch and how it went.
+async fn prepare_upload(
+    world: &MemoryWorld,
+    name: &str,
+    body: Vec<u8>,
+    metadata: &[(&str, &str)],
+) -> (crate::domain::TaskId, Prepared) {
+    world
+        .services()
+        .tasks
+        .create(&boss(), &json!({"title": "the agency exists"}), None)
+        .await
+        .unwrap();
+    let key = format!("uploads/a1/{name}");
+    world
+        .objects
+        .put(&key, body, "application/octet-stream")
+        .await
+        .unwrap();
+    for (name, value) in metadata {
+        let mut objects = world.objects.objects.lock().unwrap();
+        let (_, stored) = objects.get_mut(&key).unwrap();
+        stored.insert((*name).into(), (*value).into());
+    }
+    let id = world
+        .services()
+        .batches
+        .create_from_upload(&key, "v1")
+        .await
+        .unwrap()
+        .unwrap();
+    let outcome = world
+        .run_preparations(&world.services().batch_preparer)
+        .await
+        .pop()
+        .unwrap()
+        .unwrap();
+    (id, outcome)
+}
+
 /// Out of time on every pass: each pass saves at least one new chunk, queues its own
 /// continuation, and no chunk is ever written twice.
 #[tokio::test]
@@ -135,41 +176,14 @@ async fn a_killed_preparation_resumes_after_its_saved_chunks() {
 #[tokio::test]
 async fn an_upload_needing_too_many_chunks_fails_naming_the_chunk_size_to_use() {
     let world = MemoryWorld::new();
-    world
-        .services()
-        .tasks
-        .create(&boss(), &json!({"title": "the agency exists"}), None)
-        .await
-        .unwrap();
     let lines = super::MAX_CHUNKS as usize + 1;
-    let key = "uploads/a1/many.jsonl";
-    world
-        .objects
-        .put(key, b"1\n".repeat(lines), "application/octet-stream")
-        .await
-        .unwrap();
-    world
-        .objects
-        .objects
-        .lock()
-        .unwrap()
-        .get_mut(key)
-        .unwrap()
-        .1
-        .insert("items-per-batch".into(), "1".into());
-    let id = world
-        .services()
-        .batches
-        .create_from_upload(key, "v1")
-        .await
-        .unwrap()
-        .unwrap();
-    let outcome = world
-        .run_preparations(&world.services().batch_preparer)
-        .await
-        .pop()
-        .unwrap()
-        .unwrap();
+    let (id, outcome) = prepare_upload(
+        &world,
+        "many.jsonl",
+        b"1\n".repeat(lines),
+        &[("items-per-batch", "1")],
+    )
+    .await;
     let Prepared::Failed(reason) = outcome else {
         panic!("{outcome:?}")
     };
@@ -193,31 +207,7 @@ async fn an_upload_needing_too_many_chunks_fails_naming_the_chunk_size_to_use() 
 async fn an_upload_over_the_daily_item_quota_fails_when_prepared() {
     let world = MemoryWorld::new();
     *world.batches.daily_item_limit.lock().unwrap() = Some(2);
-    world
-        .services()
-        .tasks
-        .create(&boss(), &json!({"title": "the agency exists"}), None)
-        .await
-        .unwrap();
-    let key = "uploads/a1/three.json";
-    world
-        .objects
-        .put(key, b"[1, 2, 3]".to_vec(), "application/json")
-        .await
-        .unwrap();
-    let id = world
-        .services()
-        .batches
-        .create_from_upload(key, "v1")
-        .await
-        .unwrap()
-        .unwrap();
-    let outcome = world
-        .run_preparations(&world.services().batch_preparer)
-        .await
-        .pop()
-        .unwrap()
-        .unwrap();
+    let (id, outcome) = prepare_upload(&world, "three.json", b"[1, 2, 3]".to_vec(), &[]).await;
     assert!(
         matches!(&outcome, Prepared::Failed(reason) if reason.contains("batch items")),
         "{outcome:?}"
