@@ -81,6 +81,21 @@ async fn a_process_over_its_memory_size_is_killed() {
 }
 
 #[tokio::test]
+async fn the_peak_memory_of_the_environments_is_kept() {
+    let runtime = fixture(Duration::from_secs(20), 512);
+    assert_eq!(runtime.stats().peak_rss_kib, 0, "nothing sampled yet");
+    invoke(&runtime, json!({"allocateMb": 100, "sleepMs": 10}))
+        .await
+        .unwrap();
+    let after_allocating = runtime.stats().peak_rss_kib;
+    assert!(after_allocating >= 100 * 1024, "{after_allocating} KiB");
+    assert!(after_allocating < 512 * 1024, "{after_allocating} KiB");
+    // A later, smaller invocation does not lower it.
+    invoke(&runtime, json!({})).await.unwrap();
+    assert!(runtime.stats().peak_rss_kib >= after_allocating);
+}
+
+#[tokio::test]
 async fn a_panic_fails_that_invocation_only() {
     let runtime = fixture(Duration::from_secs(10), 128);
     let before = invoke(&runtime, json!({})).await.unwrap();

@@ -10,7 +10,8 @@
 //!   The check samples `VmRSS` in `/proc/<pid>/status` every [`MEMORY_POLL`]: it needs no
 //!   privileges (cgroups would), and unlike `RLIMIT_AS` it counts memory actually used rather
 //!   than reserved address space (a tokio runtime reserves far more than 128 MB). A burst that
-//!   rises and falls between two samples is missed;
+//!   rises and falls between two samples is missed by the check; the peak each environment
+//!   reached (the kernel's `VmHWM`, which misses nothing) is kept in [`RuntimeStats`];
 //! - a process that exits or crashes fails the invocation it was running; the next invocation
 //!   cold-starts a new one;
 //! - a panic in the handler is reported by `lambda_runtime` on `/invocation/{id}/error` and fails
@@ -23,6 +24,7 @@ use hyper::body::Bytes;
 use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -115,6 +117,9 @@ pub struct RuntimeStats {
     pub out_of_memory: u64,
     pub crashes: u64,
     pub function_errors: u64,
+    /// The highest resident memory any of the function's environments reached, in KiB: what
+    /// to compare with `MemorySize` (0 until an environment has been sampled).
+    pub peak_rss_kib: u64,
 }
 
 impl FunctionRuntime {
@@ -143,6 +148,7 @@ impl FunctionRuntime {
         let outcome = match started {
             Ok(mut environment) => {
                 let outcome = environment.invoke(&self.inner.config, payload).await;
+                self.record_peak(environment.peak_kib());
                 self.keep_if_warm(environment, &outcome);
                 outcome
             }
@@ -155,6 +161,11 @@ impl FunctionRuntime {
     /// What this function's environments have done so far.
     pub fn stats(&self) -> RuntimeStats {
         *self.inner.stats.lock().expect("not poisoned")
+    }
+
+    fn record_peak(&self, kib: u64) {
+        let mut stats = self.inner.stats.lock().expect("not poisoned");
+        stats.peak_rss_kib = stats.peak_rss_kib.max(kib);
     }
 
     fn count(&self, cold: bool, outcome: &Result<Vec<u8>, InvokeError>) {
@@ -203,6 +214,8 @@ struct Environment {
     invocations: mpsc::Sender<Pending>,
     init_error: oneshot::Receiver<Answer>,
     logs: Arc<Mutex<VecDeque<String>>>,
+    /// The highest resident memory sampled so far, in KiB.
+    peak_kib: AtomicU64,
     _api: RuntimeApi,
 }
 
@@ -261,6 +274,7 @@ impl Environment {
             invocations,
             init_error,
             logs,
+            peak_kib: AtomicU64::new(0),
             _api: api,
         })
     }
@@ -299,7 +313,7 @@ impl Environment {
                 let status = status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
                 Err(InvokeError::Crashed(format!("{status}; last log lines:\n{}", self.log_tail())))
             }
-            used_mb = over_memory(self.pid, config.memory_mb) => {
+            used_mb = over_memory(self.pid, config.memory_mb, &self.peak_kib) => {
                 Err(InvokeError::OutOfMemory { limit_mb: config.memory_mb, used_mb })
             }
             _ = tokio::time::sleep(config.timeout) => {
@@ -319,6 +333,16 @@ impl Environment {
         outcome
     }
 
+    /// The highest memory this environment has used, sampled once more now: the kernel's
+    /// high-water mark also covers what happened after the last periodic sample.
+    fn peak_kib(&self) -> u64 {
+        if let Ok(status) = std::fs::read_to_string(format!("/proc/{}/status", self.pid)) {
+            let now = MemoryUse::parse(&status).peak_kib();
+            self.peak_kib.fetch_max(now, Ordering::Relaxed);
+        }
+        self.peak_kib.load(Ordering::Relaxed)
+    }
+
     fn log_tail(&self) -> String {
         let logs = self.logs.lock().expect("not poisoned");
         logs.iter().cloned().collect::<Vec<_>>().join("\n")
@@ -335,12 +359,18 @@ fn function_error(body: &[u8]) -> InvokeError {
     }
 }
 
-/// Resolves with the MB used once the process's resident memory passes `limit_mb`.
-async fn over_memory(pid: u32, limit_mb: u64) -> u64 {
+/// Resolves with the MB used once the process's resident memory passes `limit_mb`; records
+/// the highest memory seen in `peak_kib` as it samples.
+async fn over_memory(pid: u32, limit_mb: u64, peak_kib: &AtomicU64) -> u64 {
     let mut ticks = tokio::time::interval(MEMORY_POLL);
     loop {
         ticks.tick().await;
-        if let Some(kib) = resident_kib(pid) {
+        let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+            continue;
+        };
+        let memory = MemoryUse::parse(&status);
+        peak_kib.fetch_max(memory.peak_kib(), Ordering::Relaxed);
+        if let Some(kib) = memory.resident_kib {
             if kib > limit_mb * 1024 {
                 return kib / 1024;
             }
@@ -348,13 +378,36 @@ async fn over_memory(pid: u32, limit_mb: u64) -> u64 {
     }
 }
 
-/// `VmRSS` of a process, in KiB.
-fn resident_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+/// A process's memory, from `/proc/<pid>/status`, in KiB.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct MemoryUse {
+    /// `VmRSS`: resident now (what the limit is checked against).
+    resident_kib: Option<u64>,
+    /// `VmHWM`: the highest resident size since the process started, between samples included.
+    high_water_kib: Option<u64>,
+}
+
+impl MemoryUse {
+    fn parse(status: &str) -> MemoryUse {
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        };
+        MemoryUse {
+            resident_kib: field("VmRSS:"),
+            high_water_kib: field("VmHWM:"),
+        }
+    }
+
+    /// The peak this sample shows: the kernel's high-water mark, or the resident size where
+    /// the kernel keeps none.
+    fn peak_kib(&self) -> u64 {
+        self.high_water_kib
+            .unwrap_or(0)
+            .max(self.resident_kib.unwrap_or(0))
+    }
 }
 
 /// A function's JSON log line (`tracing_subscriber`'s JSON format, which the functions use on
@@ -412,6 +465,57 @@ where
             tail.push_back(line);
         }
     });
+}
+
+#[cfg(test)]
+mod memory_tests {
+    use super::*;
+
+    fn status(rss: u64, hwm: u64) -> String {
+        format!("Name:\tbatch-trigger\nVmPeak:\t 9999999 kB\nVmHWM:\t {hwm:>8} kB\nVmRSS:\t {rss:>8} kB\nThreads:\t3\n")
+    }
+
+    #[test]
+    fn status_gives_resident_and_high_water_memory() {
+        let memory = MemoryUse::parse(&status(2048, 8192));
+        assert_eq!(memory.resident_kib, Some(2048));
+        assert_eq!(memory.high_water_kib, Some(8192));
+        assert_eq!(memory.peak_kib(), 8192);
+        // A kernel without VmHWM (or a process gone mid-read): the resident size stands in.
+        let partial = MemoryUse::parse("VmRSS:\t  300 kB\n");
+        assert_eq!(partial.peak_kib(), 300);
+        assert_eq!(MemoryUse::parse("").peak_kib(), 0);
+    }
+
+    #[test]
+    fn the_function_peak_is_the_highest_any_environment_reached() {
+        let runtime = FunctionRuntime::new(FunctionConfig {
+            name: "F".into(),
+            binary: "/nonexistent".into(),
+            environment: vec![],
+            timeout: Duration::from_secs(1),
+            memory_mb: 128,
+        });
+        for kib in [5_000, 90_000, 40_000] {
+            runtime.record_peak(kib);
+        }
+        assert_eq!(runtime.stats().peak_rss_kib, 90_000);
+    }
+
+    #[tokio::test]
+    async fn sampling_keeps_the_highest_memory_seen_and_still_enforces_the_limit() {
+        // This test process itself: well over 0 MB, so the limit of 0 is passed at once.
+        let peak = AtomicU64::new(0);
+        let used_mb = over_memory(std::process::id(), 0, &peak).await;
+        let own = MemoryUse::parse(&std::fs::read_to_string("/proc/self/status").unwrap());
+        assert!(peak.load(Ordering::Relaxed) >= used_mb * 1024);
+        assert!(peak.load(Ordering::Relaxed) <= own.peak_kib());
+        assert!(peak.load(Ordering::Relaxed) > 0);
+        // An earlier, higher sample is never lowered.
+        let high = AtomicU64::new(u64::MAX / 2);
+        over_memory(std::process::id(), 0, &high).await;
+        assert_eq!(high.load(Ordering::Relaxed), u64::MAX / 2);
+    }
 }
 
 #[cfg(test)]
