@@ -119,7 +119,7 @@ fn every_operation_but_the_document_needs_a_bearer_token() {
 }
 
 #[test]
-fn every_schema_uses_only_what_the_checker_checks() {
+fn every_schema_compiles_and_uses_only_known_keywords() {
     let root = doc();
     let mut visited = 0;
     for (name, s) in root["components"]["schemas"].as_object().unwrap() {
@@ -523,7 +523,6 @@ fn rejected_fields(result: Result<(), AppError>) -> Vec<String> {
 /// each invalid one fails both, the parser naming the field.
 #[test]
 fn step_config_schema_agrees_with_the_parser() {
-    let root = doc();
     let schema = component("StepConfig");
     let valid = [
         json!({}),
@@ -587,7 +586,7 @@ fn step_config_schema_agrees_with_the_parser() {
     ];
     for (config, field) in &invalid {
         assert!(
-            !schema::problems(root, schema, config).is_empty(),
+            !schema::problems(schema, config).is_empty(),
             "{config} is valid for the schema"
         );
         let (rejected, problem) = StepConfig::parse(config).expect_err("rejected");
@@ -650,11 +649,11 @@ fn request_schemas_agree_with_the_parsers() {
             assert!(body_schema.get("additionalProperties").is_none(), "{id}");
             let description = body_schema["description"].as_str().unwrap_or("");
             assert!(description.contains("ignored"), "{id}: {description}");
-            assert!(schema::problems(root, body_schema, &extra).is_empty());
+            assert!(schema::problems(body_schema, &extra).is_empty());
             parse(&extra).unwrap_or_else(|e| panic!("{id}: extra field rejected: {e}"));
         } else {
             assert_eq!(body_schema["additionalProperties"], false, "{id}");
-            assert!(!schema::problems(root, body_schema, &extra).is_empty());
+            assert!(!schema::problems(body_schema, &extra).is_empty());
             assert_eq!(rejected_fields(parse(&extra)), ["unexpected"], "{id}");
         }
         let one_of = EXACTLY_ONE_OF
@@ -672,7 +671,7 @@ fn request_schemas_agree_with_the_parsers() {
             let mut with_null = example.clone();
             with_null[name] = Value::Null;
             let result = parse(&with_null);
-            let schema_ok = schema::problems(root, body_schema, &with_null).is_empty();
+            let schema_ok = schema::problems(body_schema, &with_null).is_empty();
             if nullable || property.get("type").is_none() {
                 assert!(schema_ok, "{id}.{name}");
                 // null is "absent": fine unless the field is required, or
@@ -742,7 +741,7 @@ fn request_schemas_agree_with_the_parsers() {
     NewTaskInput::parse(&steps).unwrap();
     let mut extra = steps.clone();
     extra["steps"][0]["retries"] = json!(3);
-    assert!(!schema::problems(root, component("NewTask"), &extra).is_empty());
+    assert!(!schema::problems(component("NewTask"), &extra).is_empty());
     assert_eq!(
         rejected_fields(NewTaskInput::parse(&extra).map(drop)),
         ["steps[0].retries"]
@@ -1122,6 +1121,40 @@ async fn real_responses_match_their_schemas() {
         keys(&error.body["error"]),
         keys(&component("Error")["properties"]["error"]["properties"])
     );
+}
+
+/// The validator enforces what the document says, through `$ref`s: a task
+/// reply with one thing wrong at a time fails its schema.
+#[tokio::test]
+async fn the_contract_check_is_strict() {
+    let api = Api::new();
+    let created = api
+        .send(&Event::load("api-create-task").body(&json!({"title": "Strict"})))
+        .await
+        .expect(201);
+    assert_valid(component("Task"), &created.body, "created task");
+    let broken = |pointer: &str, value: Value| {
+        let mut task = created.body.clone();
+        match pointer.rsplit_once('/') {
+            Some((parent, key)) => {
+                task.pointer_mut(parent).unwrap()[key] = value;
+            }
+            None => unreachable!(),
+        }
+        task
+    };
+    for (what, task) in [
+        ("undeclared property", broken("/surprise", json!(1))),
+        ("date-time format", broken("/createdAt", json!("yesterday"))),
+        ("ULID pattern", broken("/id", json!("not-a-ulid"))),
+        ("enum", broken("/status", json!("sleeping"))),
+        ("type", broken("/version", json!("1"))),
+    ] {
+        assert!(
+            !schema::problems(component("Task"), &task).is_empty(),
+            "{what} was not caught: {task:#}"
+        );
+    }
 }
 
 /// The agent, queue and retry routes, through the contract check.

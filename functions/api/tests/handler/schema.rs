@@ -1,21 +1,33 @@
-//! A small checker for the subset of JSON Schema that openapi.json uses, plus
-//! helpers to find operations and responses in the document. A keyword the
-//! checker does not know fails the test instead of being silently ignored.
+//! JSON Schema validation against openapi.json (the `jsonschema` crate,
+//! draft 2020-12 as OpenAPI 3.1 uses), plus helpers to find operations and
+//! responses in the document.
 
+use jsonschema::{Draft, Registry, Validator};
 use serde_json::Value;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
 
-/// Keywords `validate` enforces.
-const CHECKED: &[&str] = &[
+/// The URI the document is registered under; its local `$ref`s are rewritten
+/// to point into it, so a schema taken from anywhere in the document resolves.
+const DOC_URI: &str = "urn:taskflow:openapi";
+
+/// Every keyword the document may use: draft 2020-12's and OpenAPI's own
+/// annotations. A misspelt keyword would otherwise be silently ignored.
+const KEYWORDS: &[&str] = &[
     "$ref",
     "type",
     "enum",
+    "const",
     "properties",
     "required",
     "additionalProperties",
+    "propertyNames",
+    "dependentRequired",
     "items",
     "maxLength",
     "minLength",
     "maxItems",
+    "minItems",
     "maxProperties",
     "minProperties",
     "minimum",
@@ -23,9 +35,21 @@ const CHECKED: &[&str] = &[
     "pattern",
     "format",
     "not",
+    "oneOf",
+    "anyOf",
+    "allOf",
+    "if",
+    "then",
+    "else",
+    "description",
+    "examples",
+    "default",
+    "deprecated",
 ];
-/// Keywords that only annotate.
-const ANNOTATIONS: &[&str] = &["description", "examples", "default", "deprecated"];
+/// Keywords whose value is one schema.
+const SUBSCHEMA: &[&str] = &["items", "not", "propertyNames", "if", "then", "else"];
+/// Keywords whose value is a list of schemas.
+const SUBSCHEMA_LISTS: &[&str] = &["oneOf", "anyOf", "allOf"];
 
 /// The OpenAPI document the API serves.
 pub fn doc() -> &'static Value {
@@ -58,16 +82,66 @@ pub fn component(name: &str) -> &'static Value {
         .unwrap_or_else(|| panic!("no schema {name}"))
 }
 
+fn registry() -> &'static Registry<'static> {
+    static REGISTRY: OnceLock<Registry<'static>> = OnceLock::new();
+    REGISTRY.get_or_init(|| {
+        Registry::new()
+            .draft(Draft::Draft202012)
+            .add(DOC_URI, doc())
+            .and_then(|builder| builder.prepare())
+            .expect("openapi.json registers as a JSON Schema resource")
+    })
+}
+
+/// `schema` with every local `$ref` pointing into the registered document.
+fn anchored(schema: &Value) -> Value {
+    match schema {
+        Value::Object(map) => map
+            .iter()
+            .map(|(key, value)| match (key.as_str(), value) {
+                ("$ref", Value::String(r)) if r.starts_with('#') => {
+                    (key.clone(), Value::String(format!("{DOC_URI}{r}")))
+                }
+                _ => (key.clone(), anchored(value)),
+            })
+            .collect(),
+        Value::Array(items) => items.iter().map(anchored).collect(),
+        other => other.clone(),
+    }
+}
+
+/// A validator for `schema` (a part of the document, or one built from its
+/// parts), compiled once: formats are asserted, unknown formats are errors.
+pub fn validator(schema: &Value) -> Arc<Validator> {
+    static CACHE: OnceLock<Mutex<HashMap<String, Arc<Validator>>>> = OnceLock::new();
+    let key = schema.to_string();
+    let cache = CACHE.get_or_init(Default::default);
+    if let Some(found) = cache.lock().expect("cache lock").get(&key) {
+        return found.clone();
+    }
+    let built = jsonschema::options()
+        .with_draft(Draft::Draft202012)
+        .with_registry(registry())
+        .should_validate_formats(true)
+        .should_ignore_unknown_formats(false)
+        .build(&anchored(schema))
+        .unwrap_or_else(|e| panic!("schema does not compile: {e}\nschema: {schema:#}"));
+    let built = Arc::new(built);
+    cache.lock().expect("cache lock").insert(key, built.clone());
+    built
+}
+
 /// Every problem of `instance` against `schema`; empty when it conforms.
-pub fn problems(root: &Value, schema: &Value, instance: &Value) -> Vec<String> {
-    let mut out = Vec::new();
-    validate(root, schema, instance, "$", &mut out);
-    out
+pub fn problems(schema: &Value, instance: &Value) -> Vec<String> {
+    validator(schema)
+        .iter_errors(instance)
+        .map(|e| format!("{}: {e}", e.instance_path()))
+        .collect()
 }
 
 #[track_caller]
 pub fn assert_valid(schema: &Value, instance: &Value, what: &str) {
-    let found = problems(doc(), schema, instance);
+    let found = problems(schema, instance);
     assert!(
         found.is_empty(),
         "{what} does not match its schema:\n  {}\ninstance: {instance:#}",
@@ -75,190 +149,8 @@ pub fn assert_valid(schema: &Value, instance: &Value, what: &str) {
     );
 }
 
-fn type_matches(name: &str, value: &Value) -> bool {
-    match name {
-        "null" => value.is_null(),
-        "boolean" => value.is_boolean(),
-        "object" => value.is_object(),
-        "array" => value.is_array(),
-        "string" => value.is_string(),
-        "number" => value.is_number(),
-        "integer" => value.as_f64().is_some_and(|n| n.fract() == 0.0),
-        other => panic!("unknown type {other}"),
-    }
-}
-
-/// The patterns the document uses, written out (no regex engine needed).
-fn pattern_matches(pattern: &str, s: &str) -> bool {
-    let token = |t: &str| {
-        (1..=127).contains(&t.len())
-            && t.chars()
-                .all(|c| c.is_ascii_alphanumeric() || "!#$&^_.+-".contains(c))
-    };
-    match pattern {
-        "^[0-9A-HJKMNP-TV-Z]{26}$" => {
-            s.len() == 26
-                && s.chars()
-                    .all(|c| "0123456789ABCDEFGHJKMNPQRSTVWXYZ".contains(c))
-        }
-        "^[A-Za-z0-9._@:-]+$" => {
-            !s.is_empty()
-                && s.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "._@:-".contains(c))
-        }
-        "\\S" => s.chars().any(|c| !c.is_whitespace()),
-        "^[A-Za-z0-9._:-]+$" => {
-            !s.is_empty()
-                && s.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "._:-".contains(c))
-        }
-        "^(\\*|(W/)?\"[0-9]{1,19}\"|[0-9]{1,19})$" => {
-            let digits =
-                |d: &str| (1..=19).contains(&d.len()) && d.chars().all(|c| c.is_ascii_digit());
-            let quoted = |q: &str| {
-                q.strip_prefix('"')
-                    .and_then(|r| r.strip_suffix('"'))
-                    .is_some_and(digits)
-            };
-            s == "*" || digits(s) || quoted(s.strip_prefix("W/").unwrap_or(s))
-        }
-        "^[^/\\\\]+$" => !s.is_empty() && !s.contains(['/', '\\']),
-        "^[A-Za-z0-9!#$&^_.+-]{1,127}/[A-Za-z0-9!#$&^_.+-]{1,127}$" => {
-            matches!(s.split_once('/'), Some((a, b)) if token(a) && token(b))
-        }
-        "^\"[0-9]+\"$" => s
-            .strip_prefix('"')
-            .and_then(|r| r.strip_suffix('"'))
-            .is_some_and(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit())),
-        other => panic!("pattern {other} has no check here; add one"),
-    }
-}
-
-fn format_matches(format: &str, s: &str) -> bool {
-    match format {
-        "date-time" => chrono::DateTime::parse_from_rfc3339(s).is_ok(),
-        "uri" => s
-            .split_once(':')
-            .is_some_and(|(scheme, rest)| !scheme.is_empty() && !rest.is_empty()),
-        other => panic!("format {other} has no check here; add one"),
-    }
-}
-
-fn validate(root: &Value, schema: &Value, instance: &Value, at: &str, out: &mut Vec<String>) {
-    let schema = resolve(root, schema);
-    let Some(keywords) = schema.as_object() else {
-        panic!("{at}: schema is not an object: {schema}");
-    };
-    for key in keywords.keys() {
-        assert!(
-            CHECKED.contains(&key.as_str()) || ANNOTATIONS.contains(&key.as_str()),
-            "{at}: keyword {key} is not supported by this checker"
-        );
-    }
-    if let Some(forbidden) = schema.get("not") {
-        if problems(root, forbidden, instance).is_empty() {
-            out.push(format!(
-                "{at}: {instance} matches a schema it must not (`not`)"
-            ));
-        }
-    }
-    let mut fail = |problem: String| out.push(format!("{at}: {problem}"));
-    if let Some(types) = schema.get("type") {
-        let names: Vec<&str> = match types {
-            Value::String(t) => vec![t.as_str()],
-            Value::Array(ts) => ts.iter().filter_map(Value::as_str).collect(),
-            other => panic!("{at}: bad type {other}"),
-        };
-        if !names.iter().any(|t| type_matches(t, instance)) {
-            fail(format!("expected type {types}, got {instance}"));
-            return;
-        }
-    }
-    if let Some(allowed) = schema.get("enum").and_then(Value::as_array) {
-        if !allowed.contains(instance) {
-            fail(format!("{instance} is not one of {allowed:?}"));
-        }
-    }
-    let number = |k: &str| schema.get(k).and_then(Value::as_f64);
-    let size = |k: &str| number(k).map(|n| n as usize);
-    match instance {
-        Value::String(s) => {
-            let chars = s.chars().count();
-            if size("maxLength").is_some_and(|max| chars > max) {
-                fail(format!("{chars} characters is over maxLength"));
-            }
-            if size("minLength").is_some_and(|min| chars < min) {
-                fail(format!("{chars} characters is under minLength"));
-            }
-            if let Some(p) = schema.get("pattern").and_then(Value::as_str) {
-                if !pattern_matches(p, s) {
-                    fail(format!("{s:?} does not match {p}"));
-                }
-            }
-            if let Some(f) = schema.get("format").and_then(Value::as_str) {
-                if !format_matches(f, s) {
-                    fail(format!("{s:?} is not a {f}"));
-                }
-            }
-        }
-        Value::Number(n) => {
-            let n = n.as_f64().expect("finite");
-            if number("minimum").is_some_and(|min| n < min) {
-                fail(format!("{n} is under the minimum"));
-            }
-            if number("maximum").is_some_and(|max| n > max) {
-                fail(format!("{n} is over the maximum"));
-            }
-        }
-        Value::Array(items) => {
-            if size("maxItems").is_some_and(|max| items.len() > max) {
-                fail(format!("{} items is over maxItems", items.len()));
-            }
-            if let Some(item_schema) = schema.get("items") {
-                for (i, item) in items.iter().enumerate() {
-                    validate(root, item_schema, item, &format!("{at}[{i}]"), out);
-                }
-            }
-        }
-        Value::Object(map) => {
-            if size("maxProperties").is_some_and(|max| map.len() > max) {
-                fail(format!("{} properties is over maxProperties", map.len()));
-            }
-            if size("minProperties").is_some_and(|min| map.len() < min) {
-                fail(format!("{} properties is under minProperties", map.len()));
-            }
-            for name in schema
-                .get("required")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-            {
-                let name = name.as_str().expect("required names are strings");
-                if !map.contains_key(name) {
-                    fail(format!("required property {name} is missing"));
-                }
-            }
-            let declared = schema.get("properties").and_then(Value::as_object);
-            for (name, value) in map {
-                let here = format!("{at}.{name}");
-                match declared.and_then(|d| d.get(name)) {
-                    Some(property) => validate(root, property, value, &here, out),
-                    None => match schema.get("additionalProperties") {
-                        Some(Value::Bool(false)) => {
-                            out.push(format!("{here}: property is not declared"))
-                        }
-                        Some(Value::Bool(true)) | None => {}
-                        Some(extra) => validate(root, extra, value, &here, out),
-                    },
-                }
-            }
-        }
-        Value::Null | Value::Bool(_) => {}
-    }
-}
-
-/// Walks a schema as written, failing on keywords the checker does not know
-/// and on dangling references; returns the number of schemas visited.
+/// Walks a schema as written, failing on keywords outside `KEYWORDS` and on
+/// dangling references, and compiles it; returns the number of schemas visited.
 pub fn lint(root: &Value, schema: &Value, at: &str) -> usize {
     if let Some(reference) = schema.get("$ref") {
         let _ = resolve(root, schema);
@@ -271,8 +163,8 @@ pub fn lint(root: &Value, schema: &Value, at: &str) -> usize {
     let mut visited = 1;
     for (key, value) in keywords {
         assert!(
-            CHECKED.contains(&key.as_str()) || ANNOTATIONS.contains(&key.as_str()),
-            "{at}: keyword {key} is not supported by the test's checker"
+            KEYWORDS.contains(&key.as_str()),
+            "{at}: keyword {key} is not one the document uses; a typo?"
         );
         match key.as_str() {
             "properties" => {
@@ -280,21 +172,24 @@ pub fn lint(root: &Value, schema: &Value, at: &str) -> usize {
                     visited += lint(root, property, &format!("{at}.{name}"));
                 }
             }
-            "items" => visited += lint(root, value, &format!("{at}[]")),
-            "not" => visited += lint(root, value, &format!("{at}!")),
             "additionalProperties" if value.is_object() => {
                 visited += lint(root, value, &format!("{at}.*"))
             }
-            "pattern" => {
-                // Panics for a pattern without a check.
-                pattern_matches(value.as_str().expect("pattern is a string"), "");
-            }
-            "format" => {
-                format_matches(value.as_str().expect("format is a string"), "");
+            k if SUBSCHEMA.contains(&k) => visited += lint(root, value, &format!("{at}/{k}")),
+            k if SUBSCHEMA_LISTS.contains(&k) => {
+                for (i, branch) in value
+                    .as_array()
+                    .expect("a list of schemas")
+                    .iter()
+                    .enumerate()
+                {
+                    visited += lint(root, branch, &format!("{at}/{k}/{i}"));
+                }
             }
             _ => {}
         }
     }
+    let _ = validator(schema);
     visited
 }
 
