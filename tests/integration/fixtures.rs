@@ -12,7 +12,7 @@ const FIXTURES: &[(&str, &str, Outcome)] = &[
     ("api-list-tasks", "ApiFunction", Outcome::Status(200)),
     ("api-openapi", "ApiFunction", Outcome::Status(200)),
     ("api-no-identity", "ApiFunction", Outcome::Status(401)),
-    ("api-create-batch", "ApiFunction", Outcome::Status(201)),
+    ("api-create-batch", "ApiFunction", Outcome::Status(202)),
     // Each names a task or batch this stack does not hold.
     ("api-get-task", "ApiFunction", Outcome::Status(404)),
     ("api-update-task", "ApiFunction", Outcome::Status(404)),
