@@ -101,6 +101,16 @@ pub async fn dispatch(
         Route::TaskSteps(id) => {
             let from = match query_params(request).get("cursor") {
                 None => 0,
+                // 1-16 digits, as the document says: `usize::from_str` alone would
+                // also take a sign and any number of leading zeros.
+                Some(cursor)
+                    if cursor.len() > 16 || !cursor.bytes().all(|b| b.is_ascii_digit()) =>
+                {
+                    return Err(invalid_field(
+                        "cursor",
+                        "is not a cursor returned by this API for this query",
+                    ))
+                }
                 Some(cursor) => cursor.parse::<usize>().map_err(|_| {
                     invalid_field(
                         "cursor",

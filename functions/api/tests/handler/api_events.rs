@@ -1132,8 +1132,9 @@ async fn the_steps_of_the_largest_chain_come_in_pages_under_the_response_limit()
     assert!(pages > 1, "{pages} page(s)");
     assert_eq!(seen, names);
 
-    // A cursor this API did not hand out is a 400 naming it.
-    for bad in ["x", "101"] {
+    // A cursor this API did not hand out is a 400 naming it: the document
+    // allows 1-16 digits, so a longer run of zeros or a sign is refused too.
+    for bad in ["x", "101", "+1", "00000000000000000"] {
         let reply = api
             .send(&Event::load("api-task-steps").query(&[("cursor", bad)]))
             .await

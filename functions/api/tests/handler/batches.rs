@@ -554,6 +554,7 @@ async fn upload_file_names_are_checked() {
         json!({"fileName": null}),
         json!({"fileName": 7}),
         json!({"fileName": format!("{}.csv", "x".repeat(197))}),
+        json!({"fileName": format!("{}.csv", "é".repeat(197))}),
         json!({}),
     ] {
         let reply = api.send(&upload(&body)).await.expect(400);
