@@ -19,7 +19,7 @@ ROLE ?= manager
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: functions invoke redrive mutants bench soak package fuzz help venv venv-localstack build dev token test test-unit test-integration test-localstack lint fmt fmt-check clippy sam-validate clean
+.PHONY: functions invoke redrive upload mutants bench soak package fuzz help venv venv-localstack build dev token test test-unit test-integration test-localstack lint fmt fmt-check clippy sam-validate clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -112,6 +112,10 @@ redrive: ## Move a tier's dead letters back to its queue on the running make dev
 invoke: functions ## One invocation of a function's binary against the running make dev stack: make invoke FUNCTION=ApiFunction EVENT=events/api-openapi.json
 	@test -n "$(FUNCTION)" -a -n "$(EVENT)" || { echo "usage: make invoke FUNCTION=<LogicalId> EVENT=events/<file>.json"; exit 2; }
 	@$(CARGO) run --quiet -p local-stack -- invoke --function $(FUNCTION) --event $(EVENT)
+
+upload: ## Put a file under uploads/<AGENCY>/ in the running make dev stack's batch bucket, which makes it a batch: make upload AGENCY=acme FILE=orders.jsonl META="priority=high items-per-batch=50"
+	@test -n "$(FILE)" || { echo 'usage: make upload AGENCY=acme FILE=<.json|.jsonl|.csv file> [META="name=value ..."]'; exit 2; }
+	@$(CARGO) run --quiet -p local-stack -- upload --agency $(AGENCY) --file $(FILE) $(foreach m,$(META),--meta $(m))
 
 token: ## Print a local bearer token: make token AGENCY=acme USER=alice ROLE=manager
 	@$(CARGO) run --quiet -p local-stack -- token --agency $(AGENCY) --user $(USER) --role $(ROLE)

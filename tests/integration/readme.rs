@@ -209,6 +209,12 @@ async fn every_readme_shell_example_runs_as_written() {
             std::str::from_utf8(TEST_SECRET).unwrap(),
         )
         .env("CARGO", &cargo_shim)
+        // What `make upload` reads from the running `make dev` stack's manifest.
+        .env("TASKFLOW_BATCH_BUCKET", &stack().config.batch_bucket)
+        .env(
+            "TASKFLOW_EMULATOR_ENDPOINT",
+            stack().endpoints.endpoint_for("S3"),
+        )
         .stdin(std::process::Stdio::null())
         .stdout(file(&stdout_path))
         .stderr(file(&stderr_path))

@@ -16,6 +16,7 @@ pub mod scheduler;
 pub mod sqs_poller;
 pub mod stack;
 pub mod template;
+pub mod upload;
 
 /// The `HttpExecutorAllowedHosts` value that opens this machine's loopback addresses to the
 /// http executor, which refuses them by default: `make dev` and the tests use it, so local

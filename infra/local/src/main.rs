@@ -1,5 +1,6 @@
 //! `local-stack dev`: the whole system on this machine, no Docker, no AWS account.
 //! `local-stack token`: a bearer token for the local API.
+//! `local-stack upload`: a file dropped under uploads/<agency>/ in the batch bucket.
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Parser, Subcommand};
@@ -55,6 +56,27 @@ enum Command {
         #[arg(long, default_value = "taskflow-local")]
         stack: String,
     },
+    /// Put a file under uploads/<agency>/ in the running `dev` stack's batch bucket, with the
+    /// emulator's credentials: the upload trigger makes it a batch. Prints the object's key.
+    Upload {
+        #[arg(long)]
+        agency: String,
+        /// A .json, .jsonl or .csv file.
+        #[arg(long)]
+        file: std::path::PathBuf,
+        /// Batch parameters as object metadata, e.g. --meta priority=high --meta items-per-batch=50
+        /// (title, parallelism, tolerated-failure-percentage, priority, executor, items-per-batch).
+        #[arg(long = "meta")]
+        meta: Vec<String>,
+        #[arg(long, default_value = "taskflow-local")]
+        stack: String,
+        /// The batch bucket; default: the running stack's.
+        #[arg(long, env = "TASKFLOW_BATCH_BUCKET")]
+        bucket: Option<String>,
+        /// The emulator; default: the running stack's.
+        #[arg(long, env = "TASKFLOW_EMULATOR_ENDPOINT")]
+        endpoint: Option<String>,
+    },
     /// Move a tier's dead letters back to its queue on the running `dev` stack, as SQS's
     /// StartMessageMoveTask does on AWS.
     Redrive {
@@ -69,7 +91,7 @@ enum Command {
 #[tokio::main]
 async fn main() -> Result<()> {
     let cli = Cli::parse();
-    if matches!(cli.command, Command::Invoke { .. }) {
+    if matches!(cli.command, Command::Invoke { .. } | Command::Upload { .. }) {
         // The response is the output; everything else goes to stderr.
         tracing_subscriber::fmt()
             .with_writer(std::io::stderr)
@@ -97,6 +119,14 @@ async fn main() -> Result<()> {
             stack,
         } => invoke(&function, &event, &stack).await,
         Command::Redrive { tier, stack } => redrive(&tier, &stack).await,
+        Command::Upload {
+            agency,
+            file,
+            meta,
+            stack,
+            bucket,
+            endpoint,
+        } => upload(&agency, &file, &meta, &stack, bucket, endpoint).await,
     }
 }
 
@@ -182,24 +212,53 @@ fn stack_functions(stack: &str) -> Result<Vec<local_stack::runtime::FunctionConf
         .with_context(|| format!("{} is not a functions manifest", manifest.display()))
 }
 
+/// A variable of the running `dev` stack's API function environment.
+fn stack_env(stack: &str, name: &str) -> Result<String> {
+    let configs = stack_functions(stack)?;
+    let api = configs
+        .iter()
+        .find(|c| c.name == local_stack::functions::API_FUNCTION)
+        .context("the stack's manifest has no API function")?;
+    api.environment
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.clone())
+        .with_context(|| format!("no {name} in the stack's environment"))
+}
+
+/// Puts a file under uploads/<agency>/ in the stack's batch bucket.
+async fn upload(
+    agency: &str,
+    file: &std::path::Path,
+    meta: &[String],
+    stack: &str,
+    bucket: Option<String>,
+    endpoint: Option<String>,
+) -> Result<()> {
+    let metadata = local_stack::upload::parse_metadata(meta)?;
+    let key = local_stack::upload::upload_key(agency, file)?;
+    let bucket = match bucket {
+        Some(bucket) => bucket,
+        None => stack_env(stack, "BATCH_BUCKET")?,
+    };
+    let endpoint = match endpoint {
+        Some(endpoint) => endpoint,
+        None => stack_env(stack, "AWS_ENDPOINT_URL")?,
+    };
+    local_stack::upload::upload(&endpoint, &bucket, &key, file, &metadata).await?;
+    // The key is the command's output.
+    let mut out = std::io::stdout().lock();
+    std::io::Write::write_all(&mut out, format!("{key}\n").as_bytes())?;
+    Ok(())
+}
+
 /// Moves a tier's dead letters back to its queue on the running `dev` stack.
 async fn redrive(tier: &str, stack: &str) -> Result<()> {
     if tier.parse::<shared::domain::Priority>().is_err() {
         bail!("unknown tier '{tier}': one of critical, high, normal, low, background");
     }
     let tier = tier.to_ascii_uppercase();
-    let configs = stack_functions(stack)?;
-    let api = configs
-        .iter()
-        .find(|c| c.name == local_stack::functions::API_FUNCTION)
-        .context("the stack's manifest has no API function")?;
-    let env = |name: &str| {
-        api.environment
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.clone())
-            .with_context(|| format!("no {name} in the stack's environment"))
-    };
+    let env = |name: &str| stack_env(stack, name);
     let (queue, dead_letters) = (
         env(&format!("QUEUE_URL_{tier}"))?,
         env(&format!("DLQ_URL_{tier}"))?,
