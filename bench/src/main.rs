@@ -1,7 +1,8 @@
 //! `make bench`: reproducible figures for BENCHMARKS.md. Starts moto with a
 //! counting proxy in front, hosts the functions in-process (as `make dev`
 //! does), drives the API, and runs the BullMQ peer on the same machine.
-//! QUICK=1 runs a smaller set in a few minutes.
+//! QUICK=1 runs a smaller set in a few minutes. SCENARIOS=scale runs only the scale scenario
+//! (`scale.rs`, its functions as processes) and writes only `bench/results/scale.{json,md}`.
 
 mod ceiling;
 mod client;
@@ -11,6 +12,7 @@ mod counting_proxy;
 mod peer;
 mod report;
 mod runtime_overhead;
+mod scale;
 mod stats;
 mod workloads;
 
@@ -82,6 +84,11 @@ async fn main() -> Result<()> {
     );
     shared::telemetry::init();
     let quick = std::env::var("QUICK").is_ok_and(|v| v == "1");
+    let scale_only = match std::env::var("SCENARIOS").as_deref() {
+        Err(_) | Ok("" | "all") => false,
+        Ok("scale") => true,
+        Ok(other) => anyhow::bail!("SCENARIOS={other}: use all (the default) or scale"),
+    };
     let size = sizes(quick);
     let repo = StackOptions::repo_root();
     let started = Instant::now();
@@ -92,6 +99,15 @@ async fn main() -> Result<()> {
         local_stack::emulator::free_port(),
     )
     .await?;
+    if scale_only {
+        let scale = scale::run(&repo, &emulator.endpoint, SECRET, quick).await?;
+        report::write_scale(&repo, quick, &scale)?;
+        info!(
+            "==> done in {:.0} s: bench/results/scale.json and scale.md",
+            started.elapsed().as_secs_f64()
+        );
+        return Ok(());
+    }
     let emulator_pid = emulator.pid();
     let proxy = CountingProxy::start(&emulator.endpoint).await?;
     let stack = LocalStack::start(StackOptions {
@@ -230,6 +246,12 @@ async fn main() -> Result<()> {
     info!("==> BullMQ peer, same machine");
     let peer = run_peer(&repo, &size).await;
 
+    // The scale scenario runs its own stack (functions as processes) on the same emulator.
+    stack.stop().await;
+    let scale = scale::run(&repo, &emulator.endpoint, SECRET, quick)
+        .await
+        .unwrap_or_else(|e| json!({"error": format!("{e:#}")}));
+
     let project_tph = stats::median(&runs.iter().map(|r| r.tasks_per_hour).collect::<Vec<_>>());
     let results = report::Results {
         date: chrono::Utc::now().to_rfc3339(),
@@ -262,14 +284,15 @@ async fn main() -> Result<()> {
             Ok(p) => p,
             Err(e) => json!({"error": format!("{e:#}")}),
         },
+        scale,
         wall_seconds: stats::round(started.elapsed().as_secs_f64()),
     };
     report::write(&repo, &results)?;
+    report::write_scale(&repo, quick, &results.scale)?;
     info!(
         "==> done in {:.0} s: bench/results/latest.json and latest.md",
         started.elapsed().as_secs_f64()
     );
-    stack.stop().await;
     Ok(())
 }
 

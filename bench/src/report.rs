@@ -30,6 +30,8 @@ pub struct Results {
     /// Fair share in one tier: B's queue-to-start alone and behind A's flood (`workloads::fairness`).
     pub fairness: Value,
     pub peer: Value,
+    /// The scale scenario (`scale.rs`), also written alone to `scale.{json,md}`.
+    pub scale: Value,
     pub wall_seconds: f64,
 }
 
@@ -302,6 +304,95 @@ pub fn write(repo: &Path, results: &Results) -> Result<()> {
         }
     }
     writeln!(md, "\nRaw figures, per-operation request counts and the price table: `bench/results/latest.json`.")?;
+    writeln!(md, "\n{}", scale_markdown(&results.scale)?)?;
     std::fs::write(dir.join("latest.md"), md)?;
     Ok(())
+}
+
+/// `bench/results/scale.{json,md}`: the scale scenario alone (also what `SCENARIOS=scale` writes).
+pub fn write_scale(repo: &Path, quick: bool, scale: &Value) -> Result<()> {
+    let dir = repo.join("bench/results");
+    std::fs::create_dir_all(&dir)?;
+    let json = serde_json::json!({
+        "date": chrono::Utc::now().to_rfc3339(),
+        "machine": machine(),
+        "quick": quick,
+        "scale": scale,
+    });
+    std::fs::write(dir.join("scale.json"), serde_json::to_string_pretty(&json)?)?;
+    let mut md = String::new();
+    writeln!(
+        md,
+        "Run {} on {} ({} cores){}; the functions run as release binaries under the local Lambda runtime, against the emulator (moto).\n",
+        &json["date"].as_str().unwrap_or_default()[..10],
+        json["machine"]["cpu"].as_str().unwrap_or("?"),
+        json["machine"]["cores"],
+        if quick { ", QUICK=1" } else { "" }
+    )?;
+    md.push_str(&scale_markdown(scale)?);
+    std::fs::write(dir.join("scale.md"), md)?;
+    Ok(())
+}
+
+/// The scale scenario's table.
+fn scale_markdown(scale: &Value) -> Result<String> {
+    let mut md = String::new();
+    if let Some(error) = scale.get("error") {
+        writeln!(md, "Scale scenario failed: {error}")?;
+        return Ok(md);
+    }
+    let (up, over) = (&scale["upload"], &scale["overload"]);
+    writeln!(md, "| Scale measure | Value | Limit |")?;
+    writeln!(md, "|---|---|---|")?;
+    writeln!(
+        md,
+        "| Upload: items, chunks, file size | {} items, {} chunks, {:.1} MB | 1,000,000 items, 100,000 chunks, 64 MiB |",
+        up["items"],
+        up["chunks"],
+        up["file_bytes"].as_f64().unwrap_or(0.0) / 1e6
+    )?;
+    writeln!(
+        md,
+        "| Upload: preparer peak RSS | {} MiB ({:.0} %) | MemorySize {} MB |",
+        up["preparer_peak_rss_mib"],
+        up["preparer_peak_share_of_memory_size"]
+            .as_f64()
+            .unwrap_or(0.0)
+            * 100.0,
+        up["preparer_memory_size_mb"]
+    )?;
+    writeln!(
+        md,
+        "| Upload: preparation (batch created → processing); passes; preparer invocations | {} s; {}; {} | Timeout {} s per pass |",
+        up["preparation_seconds"], up["passes"], up["preparer_invocations"], up["preparer_timeout_seconds"]
+    )?;
+    writeln!(
+        md,
+        "| Upload: run; succeeded / failed items | {} s ({} items/s); {} / {} | |",
+        up["run_seconds"], up["items_per_second"], up["success_items"], up["failed_items"]
+    )?;
+    writeln!(
+        md,
+        "| Overload: chunks vs tier capacity ({}) | {} vs {} ({}) | |",
+        over["tier"].as_str().unwrap_or("?"),
+        over["chunks"],
+        over["tier_capacity"],
+        over["tier_capacity_from"].as_str().unwrap_or("?")
+    )?;
+    writeln!(
+        md,
+        "| Overload: items; runs; duplicates; never ran | {}; {}; {}; {} | duplicates 0, never ran 0 |",
+        over["items"], over["runs"], over["duplicates"], over["never_ran"]
+    )?;
+    writeln!(
+        md,
+        "| Overload: succeeded / failed items (finalize summary); worker timeouts | {} / {}; {} | failed 0, timeouts 0 |",
+        over["success_items"], over["failed_items"], over["worker_timeouts"]
+    )?;
+    writeln!(
+        md,
+        "| Overload: run (batch started → finalized); wall from POST | {} s; {} s (at least {} s at full capacity) | |",
+        over["run_seconds"], over["wall_seconds"], over["ideal_seconds"]
+    )?;
+    Ok(md)
 }
