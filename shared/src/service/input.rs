@@ -183,6 +183,8 @@ pub(crate) fn parse_executor(value: &Value) -> Result<ExecutorSpec, String> {
     if !config.is_object() {
         return Err("config must be an object".into());
     }
+    // Stored with the task or batch: a number DynamoDB cannot hold would fail the write.
+    crate::domain::storable::check(&config).map_err(|problem| format!("config {problem}"))?;
     Ok(ExecutorSpec {
         kind: kind.to_owned(),
         config,

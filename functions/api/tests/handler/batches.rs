@@ -671,3 +671,37 @@ async fn a_batch_without_a_title_is_named_after_its_file_or_its_size() {
         .expect(200);
     assert_eq!(task.body["title"], "Batch from orders.csv");
 }
+
+/// Found by make fuzz: a number DynamoDB cannot store (magnitude below 1e-130) in a stored
+/// field failed the write as a 500; it is a 400 naming the field, for batches and tasks.
+#[tokio::test]
+async fn numbers_dynamodb_cannot_store_are_a_400_not_a_500() {
+    let api = Api::new();
+    for (body, field) in [
+        (
+            json!({"items": [{}, {}], "toleratedFailurePercentage": 1.5186260562932808e-156}),
+            "toleratedFailurePercentage",
+        ),
+        (
+            json!({"items": [1], "executor": {"type": "echo", "config": {"x": 1e-200}}}),
+            "executor",
+        ),
+    ] {
+        let reply = api.send(&create(&body)).await.expect(400);
+        assert_eq!(reply.fields(), [field], "{body}");
+    }
+    let task = Event::load("api-create-task").body(&json!({
+        "title": "tiny", "executor": {"type": "echo", "config": {"x": 1e-200}}
+    }));
+    let reply = api.send(&task).await.expect(400);
+    assert_eq!(reply.fields(), ["executor"]);
+    assert!(
+        reply.body["error"]["fields"]["executor"]
+            .as_str()
+            .unwrap()
+            .contains("1e-130"),
+        "{}",
+        reply.body
+    );
+    assert!(api.store.all_tasks().is_empty(), "nothing was created");
+}

@@ -72,10 +72,13 @@ pub(super) fn read_params(
     }
     if let Some(v) = get("toleratedFailurePercentage") {
         match number(&v) {
-            Some(n) if (0.0..=100.0).contains(&n) => params.tolerated_failure_percentage = n,
+            // Stored on the batch: DynamoDB holds no magnitude below 1e-130.
+            Some(n) if (0.0..=100.0).contains(&n) && (n == 0.0 || n >= 1e-130) => {
+                params.tolerated_failure_percentage = n
+            }
             _ => errors.add(
                 names("toleratedFailurePercentage"),
-                "must be a number from 0 to 100",
+                "must be a number from 0 to 100 (0, or at least 1e-130)",
             ),
         }
     }
@@ -106,6 +109,9 @@ pub(super) fn read_params(
         };
         match crate::service::input::parse_executor(&v) {
             Ok(spec) => params.executor = spec,
+            Err(problem) if problem.starts_with("config ") => {
+                errors.add(names("executor"), problem)
+            }
             Err(_) => errors.add(
                 names("executor"),
                 "must be {\"type\": \"echo|http|sleep\", \"config\": {…}} and nothing else",
