@@ -250,6 +250,10 @@ fn default_env(runtime_api: &str) -> Vec<(String, String)> {
             "arn:aws:states:us-east-1:123456789012:stateMachine:coldstart-batch".to_string(),
         ),
         (
+            "BATCH_PREPARATION_QUEUE_URL".to_string(),
+            format!("http://{runtime_api}/123456789012/taskflow-batch-uploads"),
+        ),
+        (
             "AWS_ENDPOINT_URL".to_string(),
             format!("http://{runtime_api}"),
         ),
