@@ -1014,6 +1014,27 @@ pub struct MemoryBatches {
     pub daily_items: Mutex<HashMap<(AgencyId, String), u64>>,
 }
 
+impl MemoryBatches {
+    /// `put_if`'s condition and write under one lock: the stored batch is replaced only while
+    /// it is still in `status` and `round`.
+    fn replace_if(
+        &self,
+        batch: &crate::domain::BatchJob,
+        status: crate::domain::BatchStatus,
+        round: u32,
+    ) -> bool {
+        let mut jobs = self.jobs.lock().expect("not poisoned");
+        let key = (batch.agency_id.clone(), batch.id);
+        let current = jobs
+            .get(&key)
+            .is_some_and(|stored| stored.status == status && stored.round == round);
+        if current {
+            jobs.insert(key, batch.clone());
+        }
+        current
+    }
+}
+
 #[async_trait]
 impl crate::ports::BatchStore for MemoryBatches {
     async fn create(
@@ -1092,15 +1113,7 @@ impl crate::ports::BatchStore for MemoryBatches {
         {
             return Err(AppError::Unavailable("dynamodb:PutItem refused".into()));
         }
-        let mut jobs = self.jobs.lock().expect("not poisoned");
-        let key = (batch.agency_id.clone(), batch.id);
-        match jobs.get(&key) {
-            Some(stored) if stored.status == status && stored.round == round => {
-                jobs.insert(key, batch.clone());
-                Ok(true)
-            }
-            _ => Ok(false),
-        }
+        Ok(self.replace_if(batch, status, round))
     }
     async fn put_if_charging(
         &self,
@@ -1119,14 +1132,7 @@ impl crate::ports::BatchStore for MemoryBatches {
         if let Some(limit) = limit.filter(|limit| used.saturating_add(batch.total_items) > *limit) {
             return Err(crate::service::quotas::batch_items_refused(limit, now));
         }
-        let mut jobs = self.jobs.lock().expect("not poisoned");
-        let key = (batch.agency_id.clone(), batch.id);
-        let written = jobs
-            .get(&key)
-            .is_some_and(|stored| stored.status == status && stored.round == round);
-        if written {
-            jobs.insert(key, batch.clone());
-        }
+        let written = self.replace_if(batch, status, round);
         if written && limit.is_some() {
             counted.insert(day, used + batch.total_items);
         }

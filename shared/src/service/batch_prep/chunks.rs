@@ -62,6 +62,12 @@ impl ChunkWriter {
         self.written_prefix
     }
 
+    /// Chunks full and handed to a write (or written by an earlier pass): once writes drain,
+    /// the written prefix reaches this.
+    pub fn closed_chunks(&self) -> u32 {
+        self.chunks.len() as u32
+    }
+
     /// Chunks begun so far, the one filling included.
     pub fn chunk_count(&self) -> u32 {
         self.chunks.len() as u32 + u32::from(!self.current.is_empty())

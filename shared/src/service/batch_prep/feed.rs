@@ -116,9 +116,12 @@ pub fn from_failures(
                         .map_err(|e| FeedError::Transport(AppError::internal(e)))?;
                     loaded = Some((chunk, items));
                 }
+                // Round-0 chunks hold consecutive items: the failure's place is its offset.
+                let position = (failure.index - chunk * per_chunk) as usize;
                 let item = loaded
                     .as_ref()
-                    .and_then(|(_, items)| items.iter().find(|i| i.index == failure.index))
+                    .and_then(|(_, items)| items.get(position))
+                    .filter(|item| item.index == failure.index)
                     .cloned()
                     .ok_or_else(|| {
                         FeedError::Transport(AppError::internal(format!(

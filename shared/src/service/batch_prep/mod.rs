@@ -121,7 +121,23 @@ impl BatchPreparer {
         let mut last_saved = Instant::now();
         let mut read = 0u64;
         let mut out_of_time = false;
-        while let Some(item) = feed.items.recv().await {
+        loop {
+            // Once this pass has a new chunk to save, a reader that stalls near the deadline is
+            // not waited for past it: the pass drains its writes, saves them and stops cleanly
+            // instead of being cut at its Timeout.
+            let next = if writer.closed_chunks() > resumed_at {
+                let deadline = tokio::time::Instant::from_std(stop_at);
+                match tokio::time::timeout_at(deadline, feed.items.recv()).await {
+                    Ok(next) => next,
+                    Err(_) => {
+                        out_of_time = true;
+                        break;
+                    }
+                }
+            } else {
+                feed.items.recv().await
+            };
+            let Some(item) = next else { break };
             read += 1;
             writer.push(item).await?;
             if writer.chunk_count() > MAX_CHUNKS {

@@ -231,3 +231,91 @@ async fn an_upload_over_the_daily_item_quota_fails_when_prepared() {
         "nothing counted"
     );
 }
+
+/// An input stream that stops delivering (a stalled S3 read) after some chunks are saved: the
+/// pass stops at its deadline and queues its continuation, instead of waiting into its Timeout.
+#[tokio::test]
+async fn a_stalled_read_stops_the_pass_at_its_deadline() {
+    struct Stalling(std::sync::Arc<crate::testing::MemoryObjects>);
+
+    #[async_trait::async_trait]
+    impl ObjectStore for Stalling {
+        fn bucket(&self) -> &str {
+            self.0.bucket()
+        }
+        async fn put(&self, key: &str, body: Vec<u8>, kind: &str) -> Result<(), crate::AppError> {
+            self.0.put(key, body, kind).await
+        }
+        async fn get(&self, key: &str, max: usize) -> Result<Vec<u8>, crate::AppError> {
+            self.0.get(key, max).await
+        }
+        /// The whole object, then nothing: the stream never ends.
+        async fn open(
+            &self,
+            key: &str,
+            max: u64,
+        ) -> Result<crate::ports::ObjectBody, crate::AppError> {
+            use futures::StreamExt;
+            let body = self.0.open(key, max).await?;
+            Ok(crate::ports::ObjectBody {
+                size: body.size,
+                chunks: Box::pin(body.chunks.chain(futures::stream::pending())),
+            })
+        }
+        async fn size(&self, key: &str) -> Result<Option<u64>, crate::AppError> {
+            self.0.size(key).await
+        }
+        async fn metadata(
+            &self,
+            key: &str,
+        ) -> Result<std::collections::HashMap<String, String>, crate::AppError> {
+            self.0.metadata(key).await
+        }
+        async fn presign_get(
+            &self,
+            key: &str,
+            ttl: std::time::Duration,
+        ) -> Result<String, crate::AppError> {
+            self.0.presign_get(key, ttl).await
+        }
+        async fn presign_put(
+            &self,
+            key: &str,
+            kind: &str,
+            ttl: std::time::Duration,
+        ) -> Result<String, crate::AppError> {
+            self.0.presign_put(key, kind, ttl).await
+        }
+    }
+
+    let world = MemoryWorld::new();
+    let id = world
+        .services()
+        .batches
+        .create(&boss(), &json!({"items": [1, 2, 3], "itemsPerBatch": 1}))
+        .await
+        .unwrap()
+        .batch
+        .id;
+    let mut preparer = world.services().batch_preparer;
+    preparer.objects = std::sync::Arc::new(Stalling(world.objects.clone()));
+    let request = world.preparations.take().pop().unwrap();
+    let stop_at = Instant::now() + std::time::Duration::from_millis(300);
+    let outcome = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        preparer.prepare(&request, stop_at),
+    )
+    .await
+    .expect("the pass stops at its deadline")
+    .unwrap();
+    assert_eq!(outcome, Prepared::Continued);
+    assert_eq!(world.preparations.take(), [request], "its continuation");
+    let batch = world
+        .batches
+        .get(&boss().agency, id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(batch.status, BatchStatus::Pending);
+    assert_eq!(batch.preparation.map(|p| p.chunks_written), Some(3));
+}
