@@ -1,7 +1,7 @@
 //! Priority accuracy: critical work overtakes a background backlog (PRD §9).
 
 use chrono::{DateTime, Utc};
-use integration_tests::{unique_agency, wait_for_status, Client};
+use integration_tests::{isolated_options, unique_agency, wait_for_status, Client};
 use serde_json::{json, Value};
 
 const BACKLOG: usize = 500;
@@ -33,8 +33,13 @@ async fn create_many(boss: &Client, count: usize, body: Value) -> Vec<String> {
 
 #[tokio::test]
 async fn critical_tasks_and_chains_start_before_a_tenth_of_a_background_backlog_drains() {
+    // A stack of its own: the backlog it leaves would otherwise keep the shared stack's
+    // background workers busy for minutes after the test, slowing every other test.
+    let host = local_stack::LocalStack::start(isolated_options("taskflow-priority"))
+        .await
+        .expect("stack for the backlog");
     let agency = unique_agency("prio");
-    let boss = Client::as_user(&agency, "boss", "manager");
+    let boss = Client::as_user(&agency, "boss", "manager").at(&host.api_url());
     let background = json!({"title": "bulk", "priority": "background", "autoDispatch": true,
         "executor": {"type": "sleep", "config": {"seconds": 2}}});
     create_many(&boss, BACKLOG, background).await;
