@@ -1,6 +1,7 @@
 //! The task REST API behind an API Gateway REST proxy integration. `handle`
 //! is the whole Lambda: the same function runs on AWS and in the local host.
 
+pub mod console;
 mod handlers;
 mod identity;
 pub mod openapi;
@@ -8,6 +9,7 @@ mod request;
 mod response;
 pub mod routes;
 
+use console::ConsoleSettings;
 use lambda_http::{Body, Request, Response};
 use shared::aws::AwsClients;
 use shared::config::Config;
@@ -23,6 +25,7 @@ pub struct App {
     services: Services,
     /// The per-agency request rate; `None` admits everything (tests that do not need it).
     request_quota: Option<RequestQuota>,
+    console: ConsoleSettings,
 }
 
 impl App {
@@ -37,6 +40,7 @@ impl App {
         Self {
             services,
             request_quota: None,
+            console: ConsoleSettings::default(),
         }
     }
 
@@ -46,15 +50,27 @@ impl App {
         self
     }
 
+    /// What the web console's pages allow and announce (see [`console`]).
+    pub fn with_console(mut self, console: ConsoleSettings) -> Self {
+        self.console = console;
+        self
+    }
+
     /// Configuration and SDK clients from the standard Lambda environment.
     pub async fn from_env() -> Result<Self, AppError> {
         let config = Config::from_env()?;
-        Ok(Self::new(&config, &AwsClients::from_env().await))
+        Ok(Self::new(&config, &AwsClients::from_env().await)
+            .with_console(ConsoleSettings::from_env()))
     }
 }
 
 /// Routes one API Gateway request. Never fails: errors become JSON responses.
 pub async fn handle(app: &App, request: Request) -> Response<Body> {
+    // The console's files are public pages, served before identity and the API's routes.
+    let path = routes::request_path(&request);
+    if console::is_console_path(&path) {
+        return console::serve(&app.console, &request, &path);
+    }
     let request_id = request::request_id(&request);
     match route_and_run(app, &request).await {
         Ok(response) => response,

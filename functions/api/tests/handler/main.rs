@@ -3,6 +3,7 @@
 
 mod api_events;
 mod batches;
+mod console;
 mod lambda_events;
 mod openapi;
 mod quotas;
