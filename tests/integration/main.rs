@@ -5,6 +5,7 @@ mod attachments;
 mod batches;
 mod chains;
 mod concurrency;
+mod emulator;
 mod errors;
 mod fairness;
 mod faults;
