@@ -19,7 +19,7 @@ ROLE ?= manager
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: functions invoke redrive upload mutants bench soak package fuzz help venv venv-localstack build dev token test test-unit test-integration test-localstack lint fmt fmt-check clippy sam-validate clean
+.PHONY: functions browser node-modules screenshots invoke redrive upload mutants bench soak package fuzz help venv venv-localstack build dev token test test-unit test-integration test-localstack lint fmt fmt-check clippy sam-validate clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -126,7 +126,26 @@ test: venv fmt-check clippy test-unit test-integration fuzz sam-validate ## Ever
 test-unit: ## Unit and handler tests (no emulator)
 	$(CARGO) test --workspace --exclude integration-tests
 
-test-integration: venv functions ## End-to-end tests over HTTP against a local stack the tests start themselves (functions as processes under the local Lambda runtime)
+# The console's browser test (tests/integration/console.rs) drives Debian's Chromium, never a
+# downloaded browser: apt installs it when it is missing (as root on CI, else through sudo).
+browser: ## Install Debian's chromium for the console's browser test when /usr/bin/chromium is missing
+	@test -x /usr/bin/chromium || { echo "==> Installing chromium (Debian; about a minute)"; \
+		SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		($$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq --no-install-recommends chromium) >/dev/null; }
+
+# playwright-core and axe-core, pinned in package-lock.json (playwright-core downloads nothing).
+node_modules/.package-lock.json: package.json package-lock.json
+	@echo "==> Installing the browser test's Node packages (npm ci)"
+	npm ci --silent --no-audit --no-fund --ignore-scripts
+	@touch $@
+
+node-modules: node_modules/.package-lock.json
+
+screenshots: venv functions browser node-modules ## Regenerate docs/screenshots/*.png from the console's browser test
+	@$(CARGO) build --quiet -p local-stack --bin local-stack
+	SCREENSHOTS=1 MOTO_VENV=$(CURDIR)/$(VENV) $(CARGO) test -p integration-tests console -- --nocapture
+
+test-integration: venv functions browser node-modules ## End-to-end tests over HTTP against a local stack the tests start themselves (functions as processes under the local Lambda runtime)
 	@# The README test runs `make token` on this binary (cargo test holds the build lock).
 	@$(CARGO) build --quiet -p local-stack --bin local-stack
 	MOTO_VENV=$(CURDIR)/$(VENV) $(CARGO) test -p integration-tests -- --test-threads 4

@@ -5,6 +5,7 @@ mod attachments;
 mod batches;
 mod chains;
 mod concurrency;
+mod console;
 mod emulator;
 mod errors;
 mod fairness;
