@@ -67,8 +67,9 @@ impl Services {
                 &config.batch_preparation_queue_url,
             )),
         };
-        // Fair share inside each tier: dispatches stamp their agency's demand, the runner
-        // holds each agency to its tier's in-flight cap while another agency waits.
+        // Fair share inside each tier: dispatches stamp their agency's demand, and task runs,
+        // chain steps and batch chunks hold each agency to its tier's in-flight cap while
+        // another agency waits.
         let slots = crate::store::dynamo::DynamoInFlightSlots::new(clients.dynamodb.clone(), table);
         let fairness =
             crate::service::fairness::Fairness::new(Arc::new(slots), config.in_flight_caps.clone());
@@ -80,6 +81,8 @@ impl Services {
         let index = Arc::new(DynamoSchedulingIndex::new(clients.dynamodb.clone(), table));
         let executors = ExecutorRegistry::builtin_with(EgressPolicy::from_config(config));
         let mut services = Self::from_ports(ports, index, executors, config);
+        services.chains.fairness = Some(fairness.clone());
+        services.batch_runner.fairness = Some(fairness.clone());
         services.runner = services.runner.with_fairness(fairness);
         services
     }
@@ -104,6 +107,7 @@ impl Services {
                 orchestrator: ports.orchestrator.clone(),
                 executors: executors.clone(),
                 lease,
+                fairness: None,
             },
             batches: BatchService {
                 tasks: ports.store.clone(),
@@ -126,6 +130,7 @@ impl Services {
                 objects: ports.objects.clone(),
                 orchestrator: ports.batch_orchestrator.clone(),
                 executors: executors.clone(),
+                fairness: None,
             },
             runner: TaskRunner::new(ports.store.clone(), executors, lease),
             sweeper: Sweeper {

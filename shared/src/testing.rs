@@ -1435,7 +1435,7 @@ pub struct MemorySlots {
     demand: Mutex<HashMap<crate::domain::Priority, SlotLeases<AgencyId>>>,
 }
 
-type SlotLeases<K = TaskId> = HashMap<K, chrono::DateTime<chrono::Utc>>;
+type SlotLeases<K = String> = HashMap<K, chrono::DateTime<chrono::Utc>>;
 
 #[async_trait]
 impl crate::ports::InFlightSlots for MemorySlots {
@@ -1443,7 +1443,7 @@ impl crate::ports::InFlightSlots for MemorySlots {
         &self,
         agency: &AgencyId,
         tier: crate::domain::Priority,
-        holder: TaskId,
+        holder: &str,
         until: chrono::DateTime<chrono::Utc>,
         cap: Option<u32>,
         now: chrono::DateTime<chrono::Utc>,
@@ -1451,14 +1451,14 @@ impl crate::ports::InFlightSlots for MemorySlots {
         let mut all = self.holders.lock().unwrap_or_else(|e| e.into_inner());
         let slots = all.entry((agency.clone(), tier)).or_default();
         if let Some(cap) = cap {
-            if !slots.contains_key(&holder) && slots.len() >= cap as usize {
+            if !slots.contains_key(holder) && slots.len() >= cap as usize {
                 slots.retain(|_, expires| *expires > now);
                 if slots.len() >= cap as usize {
                     return Ok(false);
                 }
             }
         }
-        slots.insert(holder, until);
+        slots.insert(holder.to_owned(), until);
         Ok(true)
     }
 
@@ -1466,11 +1466,11 @@ impl crate::ports::InFlightSlots for MemorySlots {
         &self,
         agency: &AgencyId,
         tier: crate::domain::Priority,
-        holder: TaskId,
+        holder: &str,
     ) -> Result<(), AppError> {
         let mut all = self.holders.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(slots) = all.get_mut(&(agency.clone(), tier)) {
-            slots.remove(&holder);
+            slots.remove(holder);
         }
         Ok(())
     }

@@ -103,7 +103,7 @@ async fn in_flight_slots_hold_the_cap_under_concurrency_and_reclaim_expired_hold
         takers.spawn(async move {
             let holder = TaskId::generate();
             let taken = slots
-                .acquire(&acme, tier, holder, lease, Some(4), now)
+                .acquire(&acme, tier, &holder.to_string(), lease, Some(4), now)
                 .await;
             (holder, taken)
         });
@@ -120,25 +120,25 @@ async fn in_flight_slots_hold_the_cap_under_concurrency_and_reclaim_expired_hold
     // Full: a newcomer is refused, a holder renews its own.
     let newcomer = TaskId::generate();
     assert!(!slots
-        .acquire(&acme, tier, newcomer, lease, Some(4), now)
+        .acquire(&acme, tier, &newcomer.to_string(), lease, Some(4), now)
         .await
         .expect("dynamodb"));
     assert!(slots
-        .acquire(&acme, tier, holders[0], lease, Some(4), now)
+        .acquire(&acme, tier, &holders[0].to_string(), lease, Some(4), now)
         .await
         .expect("dynamodb"));
     // Releasing twice frees one slot.
     slots
-        .release(&acme, tier, holders[1])
+        .release(&acme, tier, &holders[1].to_string())
         .await
         .expect("released");
     slots
-        .release(&acme, tier, holders[1])
+        .release(&acme, tier, &holders[1].to_string())
         .await
         .expect("released again");
     assert_eq!(slots.held(&acme, tier, now).await.expect("read"), 3);
     assert!(slots
-        .acquire(&acme, tier, newcomer, lease, Some(4), now)
+        .acquire(&acme, tier, &newcomer.to_string(), lease, Some(4), now)
         .await
         .expect("dynamodb"));
     // A holder that crashed (its lease ended) is reclaimed by the next taker, not before.
@@ -148,7 +148,7 @@ async fn in_flight_slots_hold_the_cap_under_concurrency_and_reclaim_expired_hold
         .acquire(
             &acme,
             tier,
-            late,
+            &late.to_string(),
             crashed_at,
             Some(4),
             now + chrono::Duration::seconds(30)
@@ -159,7 +159,7 @@ async fn in_flight_slots_hold_the_cap_under_concurrency_and_reclaim_expired_hold
         .acquire(
             &acme,
             tier,
-            late,
+            &late.to_string(),
             crashed_at + chrono::Duration::seconds(60),
             Some(4),
             crashed_at
@@ -167,12 +167,18 @@ async fn in_flight_slots_hold_the_cap_under_concurrency_and_reclaim_expired_hold
         .await
         .expect("dynamodb"));
     assert_eq!(slots.held(&acme, tier, crashed_at).await.expect("read"), 1);
-    slots.release(&acme, tier, late).await.expect("released");
+    slots
+        .release(&acme, tier, &late.to_string())
+        .await
+        .expect("released");
     for holder in &holders {
-        slots.release(&acme, tier, *holder).await.expect("released");
+        slots
+            .release(&acme, tier, &holder.to_string())
+            .await
+            .expect("released");
     }
     slots
-        .release(&acme, tier, newcomer)
+        .release(&acme, tier, &newcomer.to_string())
         .await
         .expect("released");
     assert_eq!(
@@ -185,7 +191,7 @@ async fn in_flight_slots_hold_the_cap_under_concurrency_and_reclaim_expired_hold
     );
     // Releasing on a tier never used is a no-op.
     slots
-        .release(&acme, Priority::Background, late)
+        .release(&acme, Priority::Background, &late.to_string())
         .await
         .expect("no map");
 

@@ -642,7 +642,14 @@ async fn a_delivery_over_its_agencys_cap_comes_back_as_a_delayed_copy_not_a_held
     let later = now + chrono::Duration::seconds(60);
     let busy = TaskId::generate();
     slots
-        .acquire(&boss().agency, Priority::High, busy, later, None, now)
+        .acquire(
+            &boss().agency,
+            Priority::High,
+            &busy.to_string(),
+            later,
+            None,
+            now,
+        )
         .await
         .unwrap();
     let other = shared::domain::AgencyId::parse("other").unwrap();

@@ -1133,3 +1133,56 @@ async fn a_retry_round_reports_counts_that_add_up() {
     let view = f.services.batches.get(&boss(), id).await.unwrap();
     assert_eq!(counts(&view), (4, 3, 1));
 }
+
+/// A chunk holds a slot of its agency's cap on the batch's tier like a task run: over the cap
+/// while another agency waits, its delivery is deferred before anything runs or is counted;
+/// once a slot frees it runs, once, and gives its slot back.
+#[tokio::test]
+async fn a_chunk_over_its_agencys_cap_is_deferred_and_runs_once_a_slot_frees() {
+    use crate::ports::InFlightSlots;
+    use crate::service::fairness::{Fairness, DEFER_DELAY};
+    use crate::testing::MemorySlots;
+    let f = Fixture::new();
+    let id = f.create(json!([1, 2]), json!({})).await;
+    let slots = Arc::new(MemorySlots::default());
+    let tier = f.batch(id).await.priority;
+    let runner = BatchRunner {
+        fairness: Some(Fairness::new(
+            slots.clone(),
+            std::collections::BTreeMap::from([(tier, 1)]),
+        )),
+        ..f.runner.clone()
+    };
+    let now = chrono::Utc::now();
+    let later = now + chrono::Duration::seconds(60);
+    slots
+        .acquire(&boss().agency, tier, "a-task-run", later, None, now)
+        .await
+        .unwrap();
+    let other = AgencyId::parse("other").unwrap();
+    slots.stamp_demand(tier, &other, now).await.unwrap();
+
+    assert_eq!(
+        runner.process(chunk(id, 0, 0)).await,
+        Delivery::Defer(DEFER_DELAY)
+    );
+    assert_eq!(f.picky.runs.load(Ordering::SeqCst), 0, "nothing ran");
+    assert_eq!(f.counts(id, 0).await, ChunkCounts::default());
+    assert_eq!(f.answer("chunk-0-0"), None, "its token is not answered");
+
+    slots
+        .release(&boss().agency, tier, "a-task-run")
+        .await
+        .unwrap();
+    assert_eq!(runner.process(chunk(id, 0, 0)).await, Delivery::Ack);
+    assert_eq!(f.picky.runs.load(Ordering::SeqCst), 2);
+    assert_eq!(f.answer("chunk-0-0"), succeeded(r#"{"status":"done"}"#));
+    assert_eq!(
+        slots
+            .held(&boss().agency, tier, chrono::Utc::now())
+            .await
+            .unwrap(),
+        0,
+        "its slot is given back"
+    );
+}

@@ -10,6 +10,7 @@ use crate::domain::{
 use crate::error::AppError;
 use crate::executors::{ExecError, ExecutorRegistry, Job, Outcome, WorkUnit};
 use crate::ports::{Orchestrator, TaskStore};
+use crate::service::fairness::{Fairness, DEFER_DELAY};
 use crate::service::Delivery;
 use chrono::Utc;
 use serde_json::{json, Value};
@@ -32,6 +33,9 @@ pub struct ChainRunner {
     pub executors: ExecutorRegistry,
     /// Longest a single step run may take on a worker.
     pub lease: Duration,
+    /// The per-agency in-flight cap of each tier, when enforced (steps of chains take slots
+    /// like tasks do; a manual step, which waits for a person, takes none).
+    pub fairness: Option<Fairness>,
 }
 
 impl ChainRunner {
@@ -49,18 +53,21 @@ impl ChainRunner {
                 step,
                 error,
                 task_token,
-            } => {
-                self.record_failure(agency_id, *task_id, step, error, task_token)
-                    .await
-            }
+            } => self
+                .record_failure(agency_id, *task_id, step, error, task_token)
+                .await
+                .map(|()| Delivery::Ack),
             ChainMessage::Finalize {
                 task_id,
                 agency_id,
                 task_token,
-            } => self.finalize(agency_id, *task_id, task_token).await,
+            } => self
+                .finalize(agency_id, *task_id, task_token)
+                .await
+                .map(|()| Delivery::Ack),
         };
         match result {
-            Ok(()) => Delivery::Ack,
+            Ok(delivery) => delivery,
             Err(err) => {
                 tracing::warn!(error = %err, "chain message will be retried");
                 Delivery::RetryAfter(Duration::from_secs(5))
@@ -89,19 +96,19 @@ impl ChainRunner {
         id: TaskId,
         name: &str,
         token: &str,
-    ) -> Result<(), AppError> {
+    ) -> Result<Delivery, AppError> {
         let Some((task, mut step)) = self.load(agency, id, name).await? else {
             self.orchestrator
                 .fail(token, PERMANENT_ERROR, "the task or step no longer exists")
                 .await?;
-            return Ok(());
+            return Ok(Delivery::Ack);
         };
         if task.status != TaskStatus::InProgress {
             // Cancelled or already settled: the execution is stopping; never run.
             self.orchestrator
                 .fail(token, PERMANENT_ERROR, &format!("task is {}", task.status))
                 .await?;
-            return Ok(());
+            return Ok(Delivery::Ack);
         }
         if step.is_finished() {
             // A redelivery of a step already done (its outcome is written before its token is
@@ -116,7 +123,7 @@ impl ChainRunner {
                     .succeed(token, &json!({"status": step.status.as_str()}))
                     .await?;
             }
-            return Ok(());
+            return Ok(Delivery::Ack);
         }
         if let Some(reason) = self.blocked_by(agency, id, &step).await? {
             let read = step.status;
@@ -128,7 +135,7 @@ impl ChainRunner {
             self.orchestrator
                 .succeed(token, &json!({"status": "skipped"}))
                 .await?;
-            return Ok(());
+            return Ok(Delivery::Ack);
         }
         let config = match StepConfig::parse(&step.config) {
             Ok(config) => config,
@@ -140,9 +147,39 @@ impl ChainRunner {
                         &format!("invalid step config {field}: {problem}"),
                     )
                     .await?;
-                return Ok(());
+                return Ok(Delivery::Ack);
             }
         };
+        let manual = config.executor.kind == "manual";
+        // A manual step waits for a person and holds no worker: it takes no slot.
+        let fairness = self.fairness.as_ref().filter(|_| !manual);
+        let (tier, holder) = (task.priority, format!("{id}#{name}"));
+        if let Some(fairness) = fairness {
+            let now = Utc::now();
+            let until = now + chrono::Duration::from_std(self.lease).map_err(AppError::internal)?;
+            if !fairness.admit(agency, tier, &holder, until, now).await? {
+                return Ok(Delivery::Defer(DEFER_DELAY));
+            }
+        }
+        let result = self.start_and_run(agency, &task, step, config, token).await;
+        if let Some(fairness) = fairness {
+            fairness.release(agency, tier, &holder).await;
+        }
+        result.map(|()| Delivery::Ack)
+    }
+
+    /// Marks the step running (or waiting, for a person) and runs it; its outcome is written,
+    /// then its token answered.
+    async fn start_and_run(
+        &self,
+        agency: &AgencyId,
+        task: &Task,
+        mut step: TaskStep,
+        config: StepConfig,
+        token: &str,
+    ) -> Result<(), AppError> {
+        let (id, name) = (task.id, step.name.clone());
+        let name = name.as_str();
         let now = Utc::now();
         let read = step.status;
         let manual = config.executor.kind == "manual";
@@ -167,7 +204,7 @@ impl ChainRunner {
         }
         // This run's number: its outcome is recorded only while the step is still this run's.
         let run = step.attempts;
-        let outcome = self.execute(&task, &step, &config, token).await;
+        let outcome = self.execute(task, &step, &config, token).await;
         // The outcome is written before the token is answered: once the chain moves on, the
         // step's record already holds it (Finalize reads it), and a redelivery after a failed
         // answer finds the step completed and answers from the record instead of rerunning.

@@ -151,6 +151,7 @@ fn runner(world: &MemoryWorld, store: Arc<dyn TaskStore>) -> ChainRunner {
         orchestrator: world.orchestrator.clone(),
         executors: ExecutorRegistry::builtin(),
         lease: std::time::Duration::from_secs(30),
+        fairness: None,
     }
 }
 
@@ -1020,5 +1021,95 @@ async fn a_permanent_failure_is_recorded_first_and_never_rerun_by_a_redelivery()
             PERMANENT_ERROR.to_owned(),
             "refused".to_owned()
         )]
+    );
+}
+
+/// A chain step holds a slot of its agency's cap on the chain's tier like a task run: over the
+/// cap while another agency waits, it is deferred untouched (not started, no attempt); a
+/// manual step, which waits for a person and holds no worker, takes no slot; once a slot
+/// frees the step runs and gives its slot back.
+#[tokio::test]
+async fn a_step_over_its_agencys_cap_is_deferred_and_a_manual_step_takes_no_slot() {
+    use crate::ports::InFlightSlots;
+    use crate::service::fairness::{Fairness, DEFER_DELAY};
+    use crate::testing::MemorySlots;
+    let world = MemoryWorld::new();
+    let id = create_chain(
+        &world,
+        json!([
+            {"name": "auto", "config": {"executor": {"type": "echo"}}},
+            {"name": "person", "config": {"executor": {"type": "manual"}, "assignedTo": "carol"}}
+        ]),
+    )
+    .await;
+    let tier = world
+        .store
+        .get(&boss().agency, id)
+        .await
+        .unwrap()
+        .unwrap()
+        .priority;
+    let slots = Arc::new(MemorySlots::default());
+    let chains = ChainRunner {
+        fairness: Some(Fairness::new(
+            slots.clone(),
+            std::collections::BTreeMap::from([(tier, 1)]),
+        )),
+        ..runner(&world, world.store.clone())
+    };
+    let now = chrono::Utc::now();
+    slots
+        .acquire(
+            &boss().agency,
+            tier,
+            "a-task-run",
+            now + chrono::Duration::seconds(60),
+            None,
+            now,
+        )
+        .await
+        .unwrap();
+    let other = AgencyId::parse("other").unwrap();
+    slots.stamp_demand(tier, &other, now).await.unwrap();
+    let step = |name: &'static str| {
+        let store = world.store.clone();
+        async move {
+            store
+                .get_step(&boss().agency, id, name)
+                .await
+                .unwrap()
+                .unwrap()
+        }
+    };
+
+    assert_eq!(
+        chains.process(step_message(id, "auto")).await,
+        Delivery::Defer(DEFER_DELAY)
+    );
+    let auto = step("auto").await;
+    assert_eq!((auto.status, auto.attempts), (StepStatus::Pending, 0));
+    assert!(world.orchestrator.answers.lock().unwrap().is_empty());
+
+    assert_eq!(
+        chains.process(step_message(id, "person")).await,
+        Delivery::Ack
+    );
+    assert_eq!(step("person").await.status, StepStatus::Waiting);
+
+    slots
+        .release(&boss().agency, tier, "a-task-run")
+        .await
+        .unwrap();
+    assert_eq!(
+        chains.process(step_message(id, "auto")).await,
+        Delivery::Ack
+    );
+    assert_eq!(step("auto").await.status, StepStatus::Completed);
+    assert_eq!(
+        slots
+            .held(&boss().agency, tier, chrono::Utc::now())
+            .await
+            .unwrap(),
+        0
     );
 }

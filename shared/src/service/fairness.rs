@@ -11,7 +11,7 @@
 //! agency takes a slot anyway, so slots still count everything in flight. The reason: a cap
 //! that always bound would leave a lone agency's backlog waiting while the tier idles.
 
-use crate::domain::{AgencyId, DispatchMessage, Priority, TaskId};
+use crate::domain::{AgencyId, DispatchMessage, Priority};
 use crate::error::AppError;
 use crate::ports::{Dispatcher, InFlightSlots, QueueDepth};
 use async_trait::async_trait;
@@ -55,13 +55,13 @@ impl Fairness {
         }
     }
 
-    /// Whether a run of `task` may start now, taking its slot until its lease `lease_until`
-    /// (plus a margin) when it may. False: defer the delivery.
+    /// Whether a run (`holder`: see [`InFlightSlots`]) may start now, taking its slot until
+    /// its lease `lease_until` (plus a margin) when it may. False: defer the delivery.
     pub async fn admit(
         &self,
         agency: &AgencyId,
         tier: Priority,
-        task: TaskId,
+        holder: &str,
         lease_until: DateTime<Utc>,
         now: DateTime<Utc>,
     ) -> Result<bool, AppError> {
@@ -70,25 +70,25 @@ impl Fairness {
         let cap = self.caps.get(&tier).copied();
         if self
             .slots
-            .acquire(agency, tier, task, until, cap, now)
+            .acquire(agency, tier, holder, until, cap, now)
             .await?
         {
             return Ok(true);
         }
         if self.others_waiting(tier, agency, now).await? {
-            tracing::info!(%agency, %tier, task = %task, cap, "over the agency's in-flight cap while others wait: deferred");
+            tracing::info!(%agency, %tier, holder, cap, "over the agency's in-flight cap while others wait: deferred");
             return Ok(false);
         }
         // Alone on the tier: the cap does not bind, but the slot is recorded all the same.
         self.slots
-            .acquire(agency, tier, task, until, None, now)
+            .acquire(agency, tier, holder, until, None, now)
             .await
     }
 
     /// Gives the run's slot back. A failure only delays that until the slot's lease ends.
-    pub async fn release(&self, agency: &AgencyId, tier: Priority, task: TaskId) {
-        if let Err(err) = self.slots.release(agency, tier, task).await {
-            tracing::warn!(%agency, %tier, task = %task, error = %err, "in-flight slot not released; it expires with the lease");
+    pub async fn release(&self, agency: &AgencyId, tier: Priority, holder: &str) {
+        if let Err(err) = self.slots.release(agency, tier, holder).await {
+            tracing::warn!(%agency, %tier, holder, error = %err, "in-flight slot not released; it expires with the lease");
         }
     }
 

@@ -24,40 +24,60 @@ async fn slots_are_taken_up_to_the_cap_renewed_by_their_holder_and_released_once
     let holders: Vec<TaskId> = (0..3).map(|_| TaskId::generate()).collect();
     for holder in &holders {
         assert!(slots
-            .acquire(&a, NORMAL, *holder, until, Some(3), now)
+            .acquire(&a, NORMAL, &holder.to_string(), until, Some(3), now)
             .await
             .unwrap());
     }
     let extra = TaskId::generate();
     assert!(!slots
-        .acquire(&a, NORMAL, extra, until, Some(3), now)
+        .acquire(&a, NORMAL, &extra.to_string(), until, Some(3), now)
         .await
         .unwrap());
     // A holder renewing its own slot (a redelivery taking over its lease) always may.
     assert!(slots
-        .acquire(&a, NORMAL, holders[0], until, Some(3), now)
+        .acquire(&a, NORMAL, &holders[0].to_string(), until, Some(3), now)
         .await
         .unwrap());
     assert_eq!(slots.held(&a, NORMAL, now).await.unwrap(), 3);
     // Another agency and another tier have their own slots.
     assert!(slots
-        .acquire(&agency("b"), NORMAL, extra, until, Some(3), now)
+        .acquire(
+            &agency("b"),
+            NORMAL,
+            &extra.to_string(),
+            until,
+            Some(3),
+            now
+        )
         .await
         .unwrap());
     assert!(slots
-        .acquire(&a, Priority::Low, extra, until, Some(3), now)
+        .acquire(&a, Priority::Low, &extra.to_string(), until, Some(3), now)
         .await
         .unwrap());
     // Releasing twice frees one slot, not two.
-    slots.release(&a, NORMAL, holders[1]).await.unwrap();
-    slots.release(&a, NORMAL, holders[1]).await.unwrap();
+    slots
+        .release(&a, NORMAL, &holders[1].to_string())
+        .await
+        .unwrap();
+    slots
+        .release(&a, NORMAL, &holders[1].to_string())
+        .await
+        .unwrap();
     assert_eq!(slots.held(&a, NORMAL, now).await.unwrap(), 2);
     assert!(slots
-        .acquire(&a, NORMAL, extra, until, Some(3), now)
+        .acquire(&a, NORMAL, &extra.to_string(), until, Some(3), now)
         .await
         .unwrap());
     assert!(!slots
-        .acquire(&a, NORMAL, TaskId::generate(), until, Some(3), now)
+        .acquire(
+            &a,
+            NORMAL,
+            &TaskId::generate().to_string(),
+            until,
+            Some(3),
+            now
+        )
         .await
         .unwrap());
 }
@@ -69,13 +89,27 @@ async fn a_crashed_holders_slot_is_reclaimed_when_its_lease_ends() {
     let crashed = TaskId::generate();
     // It took the slot and never gave it back.
     assert!(slots
-        .acquire(&a, NORMAL, crashed, now + Span::seconds(10), Some(1), now)
+        .acquire(
+            &a,
+            NORMAL,
+            &crashed.to_string(),
+            now + Span::seconds(10),
+            Some(1),
+            now
+        )
         .await
         .unwrap());
     let next = TaskId::generate();
     let later = now + Span::seconds(5);
     assert!(!slots
-        .acquire(&a, NORMAL, next, later + Span::seconds(60), Some(1), later)
+        .acquire(
+            &a,
+            NORMAL,
+            &next.to_string(),
+            later + Span::seconds(60),
+            Some(1),
+            later
+        )
         .await
         .unwrap());
     let after_lease = now + Span::seconds(11);
@@ -84,7 +118,7 @@ async fn a_crashed_holders_slot_is_reclaimed_when_its_lease_ends() {
         .acquire(
             &a,
             NORMAL,
-            next,
+            &next.to_string(),
             after_lease + Span::seconds(60),
             Some(1),
             after_lease
@@ -92,7 +126,10 @@ async fn a_crashed_holders_slot_is_reclaimed_when_its_lease_ends() {
         .await
         .unwrap());
     // The crashed holder's late release is harmless.
-    slots.release(&a, NORMAL, crashed).await.unwrap();
+    slots
+        .release(&a, NORMAL, &crashed.to_string())
+        .await
+        .unwrap();
     assert_eq!(slots.held(&a, NORMAL, after_lease).await.unwrap(), 1);
 }
 
@@ -110,7 +147,14 @@ async fn concurrent_acquires_and_releases_never_pass_the_cap_and_end_at_zero() {
             loop {
                 let now = Utc::now();
                 if slots
-                    .acquire(&a, NORMAL, holder, now + Span::seconds(60), Some(4), now)
+                    .acquire(
+                        &a,
+                        NORMAL,
+                        &holder.to_string(),
+                        now + Span::seconds(60),
+                        Some(4),
+                        now,
+                    )
                     .await
                     .unwrap()
                 {
@@ -122,7 +166,10 @@ async fn concurrent_acquires_and_releases_never_pass_the_cap_and_end_at_zero() {
             most.fetch_max(inside, std::sync::atomic::Ordering::SeqCst);
             tokio::task::yield_now().await;
             running.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
-            slots.release(&a, NORMAL, holder).await.unwrap();
+            slots
+                .release(&a, NORMAL, &holder.to_string())
+                .await
+                .unwrap();
         });
     }
     workers.join_all().await;
@@ -143,7 +190,7 @@ async fn the_cap_binds_only_while_another_agency_has_work_waiting() {
     // Alone, A takes more than its cap: the whole tier is its.
     for _ in 0..5 {
         assert!(fair
-            .admit(&a, NORMAL, TaskId::generate(), lease, now)
+            .admit(&a, NORMAL, &TaskId::generate().to_string(), lease, now)
             .await
             .unwrap());
     }
@@ -152,11 +199,11 @@ async fn the_cap_binds_only_while_another_agency_has_work_waiting() {
     slots.stamp_demand(NORMAL, &b, now).await.unwrap();
     let fair = fairness(&slots, 2); // a fresh instance: no cached answer
     assert!(!fair
-        .admit(&a, NORMAL, TaskId::generate(), lease, now)
+        .admit(&a, NORMAL, &TaskId::generate().to_string(), lease, now)
         .await
         .unwrap());
     assert!(fair
-        .admit(&b, NORMAL, TaskId::generate(), lease, now)
+        .admit(&b, NORMAL, &TaskId::generate().to_string(), lease, now)
         .await
         .unwrap());
     // B's stamp older than the window no longer holds A back.
@@ -164,7 +211,7 @@ async fn the_cap_binds_only_while_another_agency_has_work_waiting() {
     let fair = fairness(&slots, 2);
     slots.stamp_demand(NORMAL, &a, later).await.unwrap();
     assert!(fair
-        .admit(&a, NORMAL, TaskId::generate(), lease, later)
+        .admit(&a, NORMAL, &TaskId::generate().to_string(), lease, later)
         .await
         .unwrap());
 }
@@ -201,7 +248,7 @@ async fn a_delivery_over_the_cap_is_deferred_without_an_attempt_and_runs_once_a_
         .acquire(
             &boss.agency,
             NORMAL,
-            other_run,
+            &other_run.to_string(),
             now + Span::seconds(60),
             None,
             now,
@@ -222,7 +269,7 @@ async fn a_delivery_over_the_cap_is_deferred_without_an_attempt_and_runs_once_a_
 
     // The slot frees: the copy runs, once, and gives its slot back.
     slots
-        .release(&boss.agency, NORMAL, other_run)
+        .release(&boss.agency, NORMAL, &other_run.to_string())
         .await
         .unwrap();
     let runner = services.runner.clone().with_fairness(fairness(&slots, 1));

@@ -129,16 +129,16 @@ impl TaskRunner {
         let Some(fairness) = &self.fairness else {
             return self.claim_and_run(task, message, now, lease_until).await;
         };
-        let (agency, tier) = (&message.agency_id, message.priority);
+        let (agency, tier, holder) = (&message.agency_id, message.priority, task.id.to_string());
         if !fairness
-            .admit(agency, tier, task.id, lease_until, now)
+            .admit(agency, tier, &holder, lease_until, now)
             .await?
         {
             return Ok((Delivery::Defer(DEFER_DELAY), None));
         }
         // Whatever happens to the run, its slot is given back (a crash leaves it to expire).
         let result = self.claim_and_run(task, message, now, lease_until).await;
-        fairness.release(agency, tier, message.task_id).await;
+        fairness.release(agency, tier, &holder).await;
         result
     }
 

@@ -3,10 +3,11 @@
 
 use super::{results_prefix, BatchRunner, CHUNK_RETRYABLE};
 use crate::domain::{
-    AgencyId, BatchStatus, ChunkCounts, ChunkDone, ChunkItem, ItemFailure, TaskId,
+    AgencyId, BatchJob, BatchStatus, ChunkCounts, ChunkDone, ChunkItem, ItemFailure, TaskId,
 };
 use crate::error::AppError;
 use crate::executors::{ExecError, Job, Outcome, WorkUnit};
+use crate::service::fairness::DEFER_DELAY;
 use crate::service::Delivery;
 use futures::stream::{self, StreamExt};
 use serde_json::{json, Value};
@@ -27,6 +28,8 @@ const MAX_CHUNK_BYTES: usize = 256 * 1024 * 1024;
 /// Time kept back at the end of an invocation for the last flush and the hand-off (a tenth
 /// of the invocation when that is less).
 const HAND_OFF_MARGIN: Duration = Duration::from_secs(10);
+/// A chunk's slot lease where the host sets no invocation deadline: Lambda's longest run.
+const UNBOUNDED_RUN: Duration = Duration::from_secs(15 * 60);
 
 /// The chunk a message names.
 pub(super) struct ChunkRef<'a> {
@@ -108,6 +111,34 @@ impl BatchRunner {
             tracing::info!(batch = %id, chunk, round, "a stale copy of a chunk: dropped");
             return Ok(Delivery::Ack);
         }
+        let Some(fairness) = &self.fairness else {
+            return self.run_admitted(c, batch, deadline).await;
+        };
+        // A chunk holds a slot of its agency's cap on the batch's tier, like a task run: a
+        // flood of another agency's tasks is held to its cap while this batch waits, and a
+        // large batch is held to the cap while others wait.
+        let (tier, holder) = (batch.priority, format!("{id}#{round}#{chunk}"));
+        let now = chrono::Utc::now();
+        let run_bound = deadline.map_or(UNBOUNDED_RUN, |end| {
+            end.saturating_duration_since(Instant::now())
+        });
+        let until = now + chrono::Duration::from_std(run_bound).map_err(AppError::internal)?;
+        if !fairness.admit(agency, tier, &holder, until, now).await? {
+            return Ok(Delivery::Defer(DEFER_DELAY));
+        }
+        let result = self.run_admitted(c, batch, deadline).await;
+        fairness.release(agency, tier, &holder).await;
+        result
+    }
+
+    /// Runs the chunk's items that are not done yet, within the deadline.
+    async fn run_admitted(
+        &self,
+        c: &ChunkRef<'_>,
+        batch: BatchJob,
+        deadline: Option<Instant>,
+    ) -> Result<Delivery, AppError> {
+        let (agency, id, round, chunk, token) = (c.agency, c.id, c.round, c.chunk, c.token);
         let items: Vec<ChunkItem> = match self.objects.get(c.key, MAX_CHUNK_BYTES).await {
             Ok(bytes) => serde_json::from_slice(&bytes)
                 .map_err(|e| AppError::internal(format!("chunk {}: {e}", c.key)))?,

@@ -14,6 +14,7 @@ pub(crate) use finalize::settle_batch_task;
 use crate::domain::{AgencyId, BatchMessage, TaskId};
 use crate::executors::ExecutorRegistry;
 use crate::ports::{BatchStore, ObjectStore, Orchestrator, TaskStore};
+use crate::service::fairness::Fairness;
 use crate::service::Delivery;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -27,6 +28,9 @@ pub struct BatchRunner {
     pub objects: Arc<dyn ObjectStore>,
     pub orchestrator: Arc<dyn Orchestrator>,
     pub executors: ExecutorRegistry,
+    /// The per-agency in-flight cap of each tier, when enforced: each running chunk holds a
+    /// slot on its batch's tier.
+    pub fairness: Option<Fairness>,
 }
 
 /// Where a round's results go: one JSON array per flushed part, under `<chunk>/`.

@@ -1,7 +1,7 @@
 //! The fair-share slots and tier demand (`ports::InFlightSlots`) on the single table.
 //!
 //! - Slots: one item per agency and tier, `PK = AGENCY#<id>#QUOTA`, `SK = IN_FLIGHT#<tier>`,
-//!   whose `holders` map names each run holding a slot (task id → lease end, epoch ms). The
+//!   whose `holders` map names each run holding a slot (holder → lease end, epoch ms). The
 //!   count is `size(holders)`, so taking, renewing and giving back are single conditional
 //!   updates of one map entry and the count cannot drift; a holder whose lease ended is
 //!   removed (conditionally on that same lease end) when an acquire finds the agency full.
@@ -11,7 +11,7 @@
 
 use super::keys::{n, s, PK, SK};
 use super::quotas::quota_pk;
-use crate::domain::{AgencyId, Priority, TaskId};
+use crate::domain::{AgencyId, Priority};
 use crate::error::AppError;
 use crate::ports::InFlightSlots;
 use crate::store::{conditional_write, from_sdk};
@@ -115,12 +115,12 @@ impl InFlightSlots for DynamoInFlightSlots {
         &self,
         agency: &AgencyId,
         tier: Priority,
-        holder: TaskId,
+        holder: &str,
         until: DateTime<Utc>,
         cap: Option<u32>,
         now: DateTime<Utc>,
     ) -> Result<bool, AppError> {
-        let holder = holder.to_string();
+        let holder = holder.to_owned();
         let until_ms = until.timestamp_millis();
         for _ in 0..ROUNDS {
             // The usual case: the map exists and has room (or already names this holder).
@@ -177,13 +177,13 @@ impl InFlightSlots for DynamoInFlightSlots {
         &self,
         agency: &AgencyId,
         tier: Priority,
-        holder: TaskId,
+        holder: &str,
     ) -> Result<(), AppError> {
         let update = self
             .slots_update(agency, tier)
             .update_expression(format!("REMOVE {HOLDERS}.#h"))
             .condition_expression(format!("attribute_exists({HOLDERS})"))
-            .expression_attribute_names("#h", holder.to_string());
+            .expression_attribute_names("#h", holder);
         // No map: nothing was held.
         conditional_write("dynamodb:UpdateItem", update.send().await)?;
         Ok(())
