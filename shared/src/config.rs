@@ -40,6 +40,9 @@ pub struct Config {
     pub in_flight_caps: BTreeMap<Priority, u32>,
 }
 
+/// The template's default LeaseSeconds; openapi.json states the run limit it gives.
+pub const DEFAULT_LEASE_SECONDS: u64 = 120;
+
 /// Half of each tier's in-flight capacity in template.yaml (MaximumConcurrency × BatchSize:
 /// 10, 25, 40, 20, 10), so that while another agency waits, half of a tier's deliveries are
 /// left to reach that agency's work.
@@ -109,7 +112,7 @@ impl Config {
             batch_preparation_queue_url: required("BATCH_PREPARATION_QUEUE_URL")?,
             queue_urls,
             dlq_urls,
-            lease_seconds: number("LEASE_SECONDS", 120.0)? as u64,
+            lease_seconds: number("LEASE_SECONDS", DEFAULT_LEASE_SECONDS as f64)? as u64,
             aging_fraction: number("AGING_FRACTION", 0.5)?,
             quotas: Quotas::from_lookup(&lookup)?,
             in_flight_caps: in_flight_caps(

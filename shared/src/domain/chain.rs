@@ -104,6 +104,10 @@ impl StepConfig {
                 }
             },
         };
+        // Stored with the step: a number DynamoDB cannot hold would fail the write (a 500).
+        if let Err(problem) = super::storable::check(&executor.config) {
+            return err("executor", format!("config {problem}"));
+        }
         let max_attempts = match map.get("retry") {
             None | Some(Value::Null) => 1,
             Some(Value::Object(r)) => match r.get("maxAttempts").and_then(Value::as_u64) {

@@ -4,6 +4,7 @@
 mod api_events;
 mod batches;
 mod console;
+mod contract;
 mod lambda_events;
 mod openapi;
 mod quotas;

@@ -583,6 +583,12 @@ fn step_config_schema_agrees_with_the_parser() {
         (json!({"heartbeatSeconds": "soon"}), "heartbeatSeconds"),
         (json!({"assignee": "a#b"}), "assignee"),
         (json!({"onFailure": "explode"}), "onFailure"),
+        // A manual step: an assignee, and no heartbeat (if/then on executor.type).
+        (json!({"executor": {"type": "manual"}}), "assignedTo"),
+        (
+            json!({"executor": {"type": "manual"}, "assignedTo": WORKER, "heartbeatSeconds": 5}),
+            "heartbeatSeconds",
+        ),
     ];
     for (config, field) in &invalid {
         assert!(
@@ -594,11 +600,6 @@ fn step_config_schema_agrees_with_the_parser() {
     }
     // Rules across fields, which the schema states in words only.
     let across = [
-        (
-            json!({"executor": {"type": "manual"}}),
-            "assignedTo",
-            "required when executor.type is manual",
-        ),
         (
             json!({"timeoutSeconds": 5, "heartbeatSeconds": 9}),
             "heartbeatSeconds",

@@ -32,6 +32,8 @@ const KEYWORDS: &[&str] = &[
     "minProperties",
     "minimum",
     "maximum",
+    "exclusiveMinimum",
+    "exclusiveMaximum",
     "pattern",
     "format",
     "not",
