@@ -1,7 +1,8 @@
 //! Issue 13, item 7 on DynamoDB: the hot GSI3 partitions are sharded (`TIER#<tier>#<n>`,
 //! `AGENTS#ONLINE#<n>`), and every reader covers every shard: the sweeper's aging scan pages
 //! through all of a tier's shards oldest first, an agency's queue figures count them all, and
-//! the stale-agent scan finds a silent agent in any shard.
+//! the stale-agent scan finds a silent agent in any shard. A batch's chunk counters are spread
+//! over 16 partitions and summed from all of them.
 
 use integration_tests::{stack, unique_agency};
 use serde_json::json;
@@ -123,4 +124,88 @@ async fn the_sweeper_and_the_queue_figures_read_every_shard() {
     let report = services.sweeper.sweep(later).await.expect("sweep");
     assert_eq!(report.agents_offline, names.len(), "{report:?}");
     isolated.stop().await;
+}
+
+/// Issue 13, item 7: a batch's chunk counters are spread over 16 partitions
+/// (`AGENCY#a#TASK#<batch>#C<chunk % 16>`), not kept on the batch's own partition, and a round's
+/// counts still sum every chunk of every partition (and only that round's).
+#[tokio::test]
+async fn chunk_counters_spread_over_partitions_and_sum_every_one() {
+    use shared::domain::{ChunkCounts, ChunkDone};
+    use shared::ports::BatchStore;
+    use shared::store::dynamo::COUNTER_SHARDS;
+    let clients = stack().clients().await;
+    let table = &stack().config.table_name;
+    let store = shared::store::DynamoBatchStore::new(clients.dynamodb.clone(), table);
+    let agency = AgencyId::parse(&unique_agency("counters")).unwrap();
+    let batch = TaskId::generate();
+    let chunks = 2 * COUNTER_SHARDS + 3;
+    for (round, chunk) in (0..chunks).map(|c| (0, c)).chain([(1, 0), (1, 7)]) {
+        store
+            .start_chunk(&agency, batch, round, chunk, "attempt-1")
+            .await
+            .expect("start");
+        let counts = ChunkCounts {
+            processed: u64::from(chunk) + 1,
+            success: u64::from(chunk),
+            failed: 1,
+        };
+        assert!(store
+            .add_counts(
+                &agency,
+                batch,
+                round,
+                chunk,
+                "attempt-1",
+                counts,
+                &ChunkDone::default()
+            )
+            .await
+            .expect("count"));
+    }
+    let n = u64::from(chunks);
+    assert_eq!(
+        store.round_counts(&agency, batch, 0).await.expect("sum"),
+        ChunkCounts {
+            processed: n * (n + 1) / 2,
+            success: n * (n - 1) / 2,
+            failed: n,
+        }
+    );
+    assert_eq!(
+        store.round_counts(&agency, batch, 1).await.expect("sum"),
+        ChunkCounts {
+            processed: 1 + 8,
+            success: 7,
+            failed: 2,
+        }
+    );
+    // Where they are: every shard's partition holds its chunks, the batch's own none.
+    let count = |pk: String| {
+        let dynamodb = clients.dynamodb.clone();
+        async move {
+            dynamodb
+                .query()
+                .table_name(table)
+                .key_condition_expression("PK = :pk AND begins_with(SK, :chunk)")
+                .expression_attribute_values(":pk", aws_sdk_dynamodb::types::AttributeValue::S(pk))
+                .expression_attribute_values(
+                    ":chunk",
+                    aws_sdk_dynamodb::types::AttributeValue::S("CHUNK#".into()),
+                )
+                .send()
+                .await
+                .expect("query")
+                .count()
+        }
+    };
+    let own = keys::task_pk(&agency, batch);
+    assert_eq!(count(own.clone()).await, 0, "none on the batch's partition");
+    let mut spread = 0;
+    for shard in 0..COUNTER_SHARDS {
+        let held = count(format!("{own}#C{shard:02}")).await;
+        assert!(held >= 2, "shard {shard} holds {held}");
+        spread += held;
+    }
+    assert_eq!(spread, chunks as i32 + 2, "every counter, in its shard");
 }

@@ -36,8 +36,25 @@ fn dedupe_pk(key: &str) -> String {
     format!("DEDUPE#{digest}")
 }
 
-fn chunk_sk(round: u32, chunk: u32) -> String {
-    format!("CHUNK#{round:03}#{chunk:05}")
+/// Partitions a batch's chunk counters are spread over. Every running chunk updates its
+/// counter about once a second (2 WCU): on one partition, 1,000 chunks at once (the largest
+/// `parallelism`) would write 2,000 WCU/s against DynamoDB's ~1,000 per partition; over 16,
+/// ~125 each.
+pub const COUNTER_SHARDS: u32 = 16;
+
+/// A chunk counter's key: `AGENCY#<agency>#TASK#<batch>#C<chunk % 16>` / `CHUNK#<round>#<chunk>`.
+fn chunk_key(agency: &AgencyId, id: TaskId, round: u32, chunk: u32) -> Item {
+    Item::from([
+        (
+            PK.to_owned(),
+            s(counter_pk(agency, id, chunk % COUNTER_SHARDS)),
+        ),
+        (SK.to_owned(), s(format!("CHUNK#{round:03}#{chunk:05}"))),
+    ])
+}
+
+fn counter_pk(agency: &AgencyId, id: TaskId, shard: u32) -> String {
+    format!("{}#C{shard:02}", keys::task_pk(agency, id))
 }
 
 fn fail_sk(index: u64) -> String {
@@ -137,6 +154,41 @@ impl DynamoBatchStore {
             (PK.to_owned(), s(keys::task_pk(agency, id))),
             (SK.to_owned(), s(sk)),
         ])
+    }
+
+    /// The sum of one counter partition's chunk counters for `round`.
+    async fn shard_counts(&self, pk: String, round: u32) -> Result<ChunkCounts, AppError> {
+        let mut total = ChunkCounts::default();
+        let mut start = None;
+        loop {
+            let out = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression("PK = :pk AND begins_with(SK, :prefix)")
+                .expression_attribute_values(":pk", s(pk.clone()))
+                .expression_attribute_values(":prefix", s(format!("CHUNK#{round:03}#")))
+                .consistent_read(true)
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(|e| from_sdk("dynamodb:Query", e))?;
+            for item in out.items.unwrap_or_default() {
+                let read = |k: &str| {
+                    item.get(k)
+                        .and_then(|v| v.as_n().ok())
+                        .and_then(|v| v.parse::<u64>().ok())
+                        .unwrap_or(0)
+                };
+                total.processed += read("processed");
+                total.success += read("success");
+                total.failed += read("failed");
+            }
+            start = out.last_evaluated_key;
+            if start.is_none() {
+                return Ok(total);
+            }
+        }
     }
 
     async fn exists(
@@ -389,7 +441,7 @@ impl BatchStore for DynamoBatchStore {
             .client
             .update_item()
             .table_name(&self.table)
-            .set_key(Some(Self::key(agency, id, chunk_sk(round, chunk))))
+            .set_key(Some(chunk_key(agency, id, round, chunk)))
             .update_expression(
                 "SET #entity = :chunk, #attempt = :attempt, #processed = if_not_exists(#processed, :zero), \
                  #success = if_not_exists(#success, :zero), #failed = if_not_exists(#failed, :zero)",
@@ -431,7 +483,7 @@ impl BatchStore for DynamoBatchStore {
             .client
             .update_item()
             .table_name(&self.table)
-            .set_key(Some(Self::key(agency, id, chunk_sk(round, chunk))))
+            .set_key(Some(chunk_key(agency, id, round, chunk)))
             .condition_expression("#attempt = :attempt")
             .expression_attribute_names("#processed", "processed")
             .expression_attribute_names("#success", "success")
@@ -466,37 +518,16 @@ impl BatchStore for DynamoBatchStore {
         id: TaskId,
         round: u32,
     ) -> Result<ChunkCounts, AppError> {
+        // One query per counter partition, all at once: the latency of one.
+        let shards = (0..COUNTER_SHARDS)
+            .map(|shard| self.shard_counts(counter_pk(agency, id, shard), round));
         let mut total = ChunkCounts::default();
-        let mut start = None;
-        loop {
-            let out = self
-                .client
-                .query()
-                .table_name(&self.table)
-                .key_condition_expression("PK = :pk AND begins_with(SK, :prefix)")
-                .expression_attribute_values(":pk", s(keys::task_pk(agency, id)))
-                .expression_attribute_values(":prefix", s(format!("CHUNK#{round:03}#")))
-                .consistent_read(true)
-                .set_exclusive_start_key(start)
-                .send()
-                .await
-                .map_err(|e| from_sdk("dynamodb:Query", e))?;
-            for item in out.items.unwrap_or_default() {
-                let read = |k: &str| {
-                    item.get(k)
-                        .and_then(|v| v.as_n().ok())
-                        .and_then(|v| v.parse::<u64>().ok())
-                        .unwrap_or(0)
-                };
-                total.processed += read("processed");
-                total.success += read("success");
-                total.failed += read("failed");
-            }
-            start = out.last_evaluated_key;
-            if start.is_none() {
-                return Ok(total);
-            }
+        for counts in futures::future::try_join_all(shards).await? {
+            total.processed += counts.processed;
+            total.success += counts.success;
+            total.failed += counts.failed;
         }
+        Ok(total)
     }
 
     async fn record_failures(

@@ -11,7 +11,7 @@ mod quotas;
 mod scheduling;
 
 pub use agents::DynamoAgentStore;
-pub use batches::DynamoBatchStore;
+pub use batches::{DynamoBatchStore, COUNTER_SHARDS};
 pub use in_flight::DynamoInFlightSlots;
 pub use quotas::DynamoRequestBuckets;
 pub use scheduling::DynamoSchedulingIndex;
