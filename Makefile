@@ -65,6 +65,10 @@ soak: venv ## Ten minutes of steady load (SOAK_SECONDS, SOAK_RATE per second): 0
 fuzz: venv $(FUZZ_VENV)/.installed ## Fuzz the API from its OpenAPI document (schemathesis; MAX_EXAMPLES per operation, default 10)
 	MAX_EXAMPLES=$(MAX_EXAMPLES) bash infra/local/fuzz.sh
 
+.PHONY: fuzz-all
+fuzz-all: venv $(FUZZ_VENV)/.installed ## make fuzz with every schemathesis check, positive and negative: schema-valid requests accepted, invalid ones refused (CHECKS=all)
+	CHECKS=all MAX_EXAMPLES=$(MAX_EXAMPLES) bash infra/local/fuzz.sh
+
 $(LOCALSTACK_VENV)/.installed: infra/localstack/requirements.txt infra/localstack/venv.sh
 	bash infra/localstack/venv.sh $(LOCALSTACK_VENV)
 	touch $@
