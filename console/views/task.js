@@ -21,7 +21,7 @@ export async function taskView(main, ctx, id) {
     h('section', { class: 'card', 'aria-labelledby': 'fields-title' }, h('h2', { id: 'fields-title' }, 'Details'), fields(task)),
     task.result !== undefined ? h('section', { class: 'card' }, h('h2', {}, 'Result'), json(task.result)) : null,
     task.error ? h('section', { class: 'card' }, h('h2', {}, 'Error'), h('p', { class: 'error' }, task.error)) : null,
-    attachments(task));
+    attachments(task, problem));
   if (task.type === 'multi_step') return chainSection(main, ctx, task);
   return undefined;
 }
@@ -48,15 +48,32 @@ function fields(task) {
   return h('dl', { class: 'fields' }, rows.map(([k, v]) => [h('dt', {}, k), h('dd', {}, v)]));
 }
 
-function attachments(task) {
+function attachments(task, problem) {
   if (!task.attachments?.length) return null;
   return h('section', { class: 'card' }, h('h2', {}, 'Attachments'),
-    table('Files uploaded to this task', [
+    table('Files attached to this task', [
       ['File', (a) => a.fileName],
       ['Type', (a) => a.contentType],
       ['Uploaded by', (a) => a.uploadedBy],
-      ['Uploaded', (a) => when(a.createdAt)],
+      ['Added', (a) => when(a.createdAt)],
+      ['Download', (a) => downloadButton(task, a, problem)],
     ], task.attachments));
+}
+
+/** Asks the API for a short-lived URL, then lets the browser fetch the file (it is sent as
+ * an attachment, so the page stays where it is). */
+function downloadButton(task, attachment, problem) {
+  const button = h('button', { type: 'button', class: 'secondary' }, `Download ${attachment.fileName}`);
+  button.addEventListener('click', async () => {
+    fill(problem);
+    try {
+      const reply = await api(`/tasks/${task.id}/attachments/${encodeURIComponent(attachment.id)}`);
+      location.assign(reply.download.url);
+    } catch (err) {
+      fill(problem, errorBox(err));
+    }
+  });
+  return button;
 }
 
 /** Runs an API action, then shows the task again (or the error in words). */

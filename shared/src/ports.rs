@@ -133,13 +133,21 @@ pub trait TaskStore: Send + Sync {
     ) -> Result<(), AppError>;
 }
 
-/// Where attachments live: hands out short-lived, single-object upload URLs.
+/// Where attachments live: hands out short-lived, single-object upload and download URLs.
 #[async_trait]
 pub trait AttachmentStorage: Send + Sync {
     async fn presign_upload(
         &self,
         key: &str,
         content_type: &str,
+        expires_in: Duration,
+    ) -> Result<String, AppError>;
+
+    /// A GET URL for one object that a browser saves as `file_name`.
+    async fn presign_download(
+        &self,
+        key: &str,
+        file_name: &str,
         expires_in: Duration,
     ) -> Result<String, AppError>;
 }

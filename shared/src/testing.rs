@@ -372,7 +372,7 @@ impl TaskStore for MemoryStore {
     }
 }
 
-/// Presigns nothing: returns `https://uploads.example/{key}`.
+/// Presigns nothing: returns `https://uploads.example/{key}` (`downloads.example` to read).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct FakeUrls;
 
@@ -385,6 +385,15 @@ impl AttachmentStorage for FakeUrls {
         _expires_in: Duration,
     ) -> Result<String, AppError> {
         Ok(format!("https://uploads.example/{key}"))
+    }
+
+    async fn presign_download(
+        &self,
+        key: &str,
+        _file_name: &str,
+        _expires_in: Duration,
+    ) -> Result<String, AppError> {
+        Ok(format!("https://downloads.example/{key}"))
     }
 }
 

@@ -109,6 +109,9 @@ async function accessible(view) {
 test('the console in a browser: sign in, queues, tasks, a chain and a batch', async (t) => {
   // Work the console will show, created through the API as a customer would.
   const xss = await api('POST', '/tasks', { title: XSS_TITLE, priority: 'high' });
+  const attached = await api('POST', `/tasks/${xss.id}/attachments`, { fileName: 'notes.txt', contentType: 'text/plain' });
+  const put = await fetch(attached.upload.url, { method: 'PUT', headers: attached.upload.headers, body: 'Draft figures\n' });
+  assert.equal(put.status, 200, 'the attachment upload');
   const chain = await api('POST', '/tasks', {
     title: 'Contract review',
     type: 'multi_step',
@@ -170,6 +173,16 @@ test('the console in a browser: sign in, queues, tasks, a chain and a batch', as
     await accessible('tasks');
     await shot('tasks');
     await link.click();
+    await page.getByRole('heading', { name: XSS_TITLE }).waitFor();
+  });
+
+  await t.test('an attachment downloads through a presigned URL', async () => {
+    const [download] = await Promise.all([
+      page.waitForEvent('download'),
+      page.getByRole('button', { name: 'Download notes.txt' }).click(),
+    ]);
+    assert.equal(download.suggestedFilename(), 'notes.txt');
+    assert.equal(readFileSync(await download.path(), 'utf8'), 'Draft figures\n');
     await page.getByRole('heading', { name: XSS_TITLE }).waitFor();
   });
 

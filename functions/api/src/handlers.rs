@@ -263,6 +263,20 @@ pub async fn dispatch(
             });
             Ok(json_with_etag(201, &body, &added.task.etag()))
         }
+        Route::DownloadAttachment(id, attachment_id) => {
+            let download = tasks
+                .attachment_download(caller, id, &attachment_id)
+                .await?;
+            let body = json!({
+                "attachment": download.attachment,
+                "download": {
+                    "url": download.url,
+                    "method": "GET",
+                    "expiresAt": download.expires_at,
+                },
+            });
+            Ok(json(200, &body))
+        }
     }
 }
 

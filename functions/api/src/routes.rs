@@ -19,6 +19,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/api/tasks/{id}/cancel"),
     ("GET", "/api/tasks/{id}/steps"),
     ("POST", "/api/tasks/{id}/attachments"),
+    ("GET", "/api/tasks/{id}/attachments/{attachmentId}"),
     ("POST", "/api/tasks/{id}/retry"),
     ("POST", "/api/tasks/{id}/steps/{stepId}/complete"),
     ("GET", "/api/batches"),
@@ -46,6 +47,8 @@ pub enum Route {
     CancelTask(TaskId),
     TaskSteps(TaskId),
     AddAttachment(TaskId),
+    /// The raw attachment id; the task service looks it up among the task's attachments.
+    DownloadAttachment(TaskId, String),
     RetryTask(TaskId),
     CompleteStep(TaskId, String),
     CreateBatch,
@@ -115,6 +118,13 @@ impl Route {
                 };
                 Ok(route(task_id(id)?))
             }
+            ["api", "tasks", id, "attachments", attachment] => match m {
+                "GET" => Ok(Route::DownloadAttachment(
+                    task_id(id)?,
+                    decode_segment(attachment)?,
+                )),
+                _ => Err(wrong_method()),
+            },
             ["api", "tasks", id, "steps", step, "complete"] => match m {
                 "POST" => Ok(Route::CompleteStep(task_id(id)?, decode_segment(step)?)),
                 _ => Err(wrong_method()),

@@ -34,4 +34,4 @@ pub use queues::{AgencyTierStats, QueueOverview, QueueView, TierStats};
 pub use quotas::RequestQuota;
 pub use runner::{Delivery, RunReport, TaskRunner};
 pub use sweeper::{SweepReport, Sweeper};
-pub use tasks::{Created, NewAttachment, Ports, TaskService};
+pub use tasks::{AttachmentDownload, Created, NewAttachment, Ports, TaskService};

@@ -33,4 +33,61 @@ impl AttachmentStorage for S3AttachmentStorage {
             .presign_put(key, content_type, expires_in)
             .await
     }
+
+    async fn presign_download(
+        &self,
+        key: &str,
+        file_name: &str,
+        expires_in: Duration,
+    ) -> Result<String, AppError> {
+        self.objects
+            .presign_get_as(key, &content_disposition(file_name), expires_in)
+            .await
+    }
+}
+
+/// `attachment` with the name twice: plain ASCII for old clients (anything else, quotes and
+/// backslashes included, becomes `_`), and exactly as given in RFC 5987 form (RFC 6266).
+fn content_disposition(file_name: &str) -> String {
+    let ascii: String = file_name
+        .chars()
+        .map(|c| match c {
+            '"' | '\\' => '_',
+            ' ' => ' ',
+            c if c.is_ascii_graphic() => c,
+            _ => '_',
+        })
+        .collect();
+    let encoded: String = file_name
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"!#$&+-.^_`|~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect();
+    format!("attachment; filename=\"{ascii}\"; filename*=UTF-8''{encoded}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::content_disposition;
+
+    #[test]
+    fn download_names_survive_quotes_and_unicode() {
+        assert_eq!(
+            content_disposition("notes.txt"),
+            "attachment; filename=\"notes.txt\"; filename*=UTF-8''notes.txt"
+        );
+        assert_eq!(
+            content_disposition("a \"q\".pdf"),
+            "attachment; filename=\"a _q_.pdf\"; filename*=UTF-8''a%20%22q%22.pdf"
+        );
+        assert_eq!(
+            content_disposition("Übersicht.csv"),
+            "attachment; filename=\"_bersicht.csv\"; filename*=UTF-8''%C3%9Cbersicht.csv"
+        );
+    }
 }

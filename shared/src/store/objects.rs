@@ -59,6 +59,27 @@ impl S3ObjectStore {
         Ok(out)
     }
 
+    /// A GET URL whose response carries `content_disposition` (S3's
+    /// `response-content-disposition`, part of the signature).
+    pub async fn presign_get_as(
+        &self,
+        key: &str,
+        content_disposition: &str,
+        expires_in: Duration,
+    ) -> Result<String, AppError> {
+        let presigning = self.presigning(expires_in)?;
+        let request = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .response_content_disposition(content_disposition)
+            .presigned(presigning)
+            .await
+            .map_err(|e| from_sdk("s3:GetObject presign", e))?;
+        Ok(request.uri().to_owned())
+    }
+
     /// Valid from `clock()` for `expires_in`: the URL carries both (X-Amz-Date, X-Amz-Expires).
     fn presigning(&self, expires_in: Duration) -> Result<PresigningConfig, AppError> {
         PresigningConfig::builder()

@@ -1211,3 +1211,48 @@ async fn the_agent_list_comes_in_pages() {
         );
     }
 }
+
+/// `GET /api/tasks/{id}/attachments/{attachmentId}`: a presigned download URL for a file the
+/// task lists, for any role of the agency; anything else is the same 404 as an unknown task.
+#[tokio::test]
+async fn attachments_download_through_presigned_urls() {
+    let api = Api::new();
+    api.seed(|_| {}).await;
+    let added = api
+        .send(&Event::load("api-add-attachment"))
+        .await
+        .expect(201);
+    let attachment = added.body["attachment"]["id"].as_str().unwrap().to_owned();
+    let key = added.body["attachment"]["key"].as_str().unwrap().to_owned();
+    let path = format!("/api/tasks/{TASK_ID}/attachments/{attachment}");
+
+    let download = api
+        .send(&Event::load("api-get-task").to("GET", &path).worker())
+        .await
+        .expect(200);
+    assert_eq!(download.body["attachment"]["id"], attachment.as_str());
+    assert_eq!(download.body["download"]["method"], "GET");
+    assert_eq!(
+        download.body["download"]["url"],
+        format!("https://downloads.example/{key}")
+    );
+
+    let unknown = format!("/api/tasks/{TASK_ID}/attachments/01JD0000000000000000000000");
+    let reply = api
+        .send(&Event::load("api-get-task").to("GET", &unknown))
+        .await
+        .expect(404);
+    assert_eq!(reply.code(), "not_found");
+    // Another agency's task reveals nothing, its files included.
+    api.send(
+        &Event::load("api-get-task")
+            .to("GET", &path)
+            .caller(MANAGER, "globex", "manager"),
+    )
+    .await
+    .expect(404);
+    // Only GET.
+    api.send(&Event::load("api-get-task").to("DELETE", &path))
+        .await
+        .expect(405);
+}

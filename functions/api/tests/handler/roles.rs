@@ -29,6 +29,8 @@ const THE_AGENT: &str = "agent-ocr-2";
 const STEP_ASSIGNEE: &str = "44444444-4444-4444-8444-444444444444";
 /// The manual step of `State::ManualStepWaiting`.
 const STEP: &str = "review";
+/// The attachment of `State::Attached`.
+const ATTACHMENT: &str = "01JD0000000000000000000A77";
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Who {
@@ -74,6 +76,8 @@ enum State {
     Nothing,
     /// A human task (no executor), assigned to `WORKER` unless pending.
     Human(TaskStatus),
+    /// A human task in progress, assigned to `WORKER`, with the attachment `ATTACHMENT`.
+    Attached,
     /// A task with the echo executor, assigned to `WORKER`.
     Automated(TaskStatus),
     /// A pending multi_step task assigned to `WORKER`: steps a → b.
@@ -272,6 +276,12 @@ const TABLE: &[Case] = &[
         MANAGERS_NOT_ASSIGNEES,
     ),
     case("GET", "/api/tasks/{id}/steps", State::Chain, ANYONE),
+    case(
+        "GET",
+        "/api/tasks/{id}/attachments/{attachmentId}",
+        State::Attached,
+        ANYONE,
+    ),
     with_body(
         "POST",
         "/api/tasks/{id}/attachments",
@@ -398,6 +408,20 @@ async fn seed(world: &MemoryWorld, app: &App, state: State) -> String {
                     task.error = Some("boom".into());
                 }
             }
+            insert(world, &task, &[]).await;
+            TASK_ID.to_owned()
+        }
+        State::Attached => {
+            task.status = TaskStatus::InProgress;
+            task.assigned_to = Some(user(WORKER));
+            task.attachments.push(shared::domain::Attachment {
+                id: shared::domain::AttachmentId::parse(ATTACHMENT).expect("an attachment id"),
+                file_name: "notes.txt".into(),
+                content_type: "text/plain".into(),
+                key: format!("attachments/{AGENCY}/{TASK_ID}/{ATTACHMENT}/notes.txt"),
+                uploaded_by: user(WORKER),
+                created_at: chrono::Utc::now(),
+            });
             insert(world, &task, &[]).await;
             TASK_ID.to_owned()
         }
@@ -529,7 +553,11 @@ async fn snapshot(world: &MemoryWorld, id: &str) -> Value {
 }
 
 fn request(case: &Case, who: Who, id: &str) -> Event {
-    let path = case.path.replace("{id}", id).replace("{stepId}", STEP);
+    let path = case
+        .path
+        .replace("{id}", id)
+        .replace("{stepId}", STEP)
+        .replace("{attachmentId}", ATTACHMENT);
     let (sub, role) = who.claims();
     let event = Event::load("api-get-task")
         .to(case.method, &path)

@@ -64,6 +64,18 @@ pub struct NewAttachment {
     pub expires_at: DateTime<Utc>,
 }
 
+/// Where to read an attachment from: a presigned GET, valid until `expires_at`.
+#[derive(Debug, Clone)]
+pub struct AttachmentDownload {
+    pub attachment: Attachment,
+    pub url: String,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// How long a download URL works: long enough to start a large download, short enough
+/// that a URL copied out of a browser soon stops working.
+pub const DOWNLOAD_URL_TTL: Duration = Duration::from_secs(5 * 60);
+
 impl TaskService {
     pub fn new(ports: Ports, executors: ExecutorRegistry) -> Self {
         Self {
@@ -827,6 +839,33 @@ impl TaskService {
             task,
             attachment,
             upload_url,
+            expires_at,
+        })
+    }
+
+    /// A download URL for one of the task's attachments. Whoever may read the task may read
+    /// its files; an id the task does not list is a 404, like another agency's task.
+    pub async fn attachment_download(
+        &self,
+        caller: &Caller,
+        id: TaskId,
+        attachment_id: &str,
+    ) -> Result<AttachmentDownload, AppError> {
+        let task = self.get(caller, id).await?;
+        let attachment = task
+            .attachments
+            .into_iter()
+            .find(|a| a.id.to_string() == attachment_id)
+            .ok_or(AppError::NotFound { what: "attachment" })?;
+        let url = self
+            .attachments
+            .presign_download(&attachment.key, &attachment.file_name, DOWNLOAD_URL_TTL)
+            .await?;
+        let expires_at = Utc::now()
+            + chrono::Duration::from_std(DOWNLOAD_URL_TTL).map_err(AppError::internal)?;
+        Ok(AttachmentDownload {
+            attachment,
+            url,
             expires_at,
         })
     }
