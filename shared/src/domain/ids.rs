@@ -64,6 +64,17 @@ macro_rules! key_safe_id {
 key_safe_id!(AgencyId, "agency id");
 key_safe_id!(UserId, "user id");
 
+/// One generator per process: ids made in the same millisecond still sort in the order they
+/// were made (a plain `Ulid::new()` draws its random part afresh, so two tasks created in one
+/// millisecond could list "newest first" in the wrong order).
+static MONOTONIC: std::sync::Mutex<ulid::Generator> = std::sync::Mutex::new(ulid::Generator::new());
+
+fn next_ulid() -> ulid::Ulid {
+    let mut generator = MONOTONIC.lock().unwrap_or_else(|e| e.into_inner());
+    // Overflow needs 2^80 ids in one millisecond; a fresh id is then still unique.
+    generator.generate().unwrap_or_else(|_| ulid::Ulid::new())
+}
+
 macro_rules! ulid_id {
     ($name:ident) => {
         /// A ULID: unique and sortable by creation time.
@@ -75,7 +86,7 @@ macro_rules! ulid_id {
 
         impl $name {
             pub fn generate() -> Self {
-                Self(ulid::Ulid::new())
+                Self(next_ulid())
             }
 
             pub fn parse(value: &str) -> Result<Self, String> {
@@ -119,6 +130,18 @@ mod tests {
         assert!(AgencyId::parse("").is_err());
         assert!(AgencyId::parse("a#TASK").is_err());
         assert!(UserId::parse(&"u".repeat(MAX_ID_CHARS + 1)).is_err());
+    }
+
+    #[test]
+    fn ids_made_in_the_same_millisecond_sort_in_the_order_they_were_made() {
+        let ids: Vec<TaskId> = (0..10_000).map(|_| TaskId::generate()).collect();
+        // 10,000 ids take a few milliseconds: many share one.
+        let same_ms = ids
+            .windows(2)
+            .filter(|w| w[0].0.timestamp_ms() == w[1].0.timestamp_ms())
+            .count();
+        assert!(same_ms > 0);
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "strictly increasing");
     }
 
     #[test]
