@@ -3,7 +3,7 @@
 // started. Talks to 127.0.0.1 only. SCREENSHOTS=<dir> also saves the main views as PNGs.
 //
 // Environment: CONSOLE_URL, API_URL, MANAGER_TOKEN, MANAGER_ID, CHROMIUM (default
-// /usr/bin/chromium), SCREENSHOTS (optional).
+// /usr/bin/chromium), TIME_FACTOR (default 1), SCREENSHOTS (optional).
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import http from 'node:http';
@@ -26,7 +26,9 @@ const MANAGER_TOKEN = env('MANAGER_TOKEN');
 const MANAGER_ID = env('MANAGER_ID');
 const SCREENSHOTS = process.env.SCREENSHOTS || '';
 const XSS_TITLE = '<img src=x onerror=alert(1)>';
-const WAIT = { timeout: 60_000 };
+// Waits on the stack's work (a chain step, a batch round), scaled like every end-to-end
+// deadline by the machine's load (TIME_FACTOR, from tests/src/lib.rs time_factor()).
+const WAIT = { timeout: 60_000 * Math.min(4, Math.max(1, Number(process.env.TIME_FACTOR) || 1)) };
 
 for (const url of [CONSOLE_URL, API_URL]) {
   assert.equal(new URL(url).hostname, '127.0.0.1', `${url}: the test talks to 127.0.0.1 only`);

@@ -9,12 +9,12 @@
 //! test-integration` provides both. `SCREENSHOTS=1` also saves the main views to
 //! docs/screenshots/ (`make screenshots`).
 
-use integration_tests::{stack, unique_agency, TEST_SECRET};
+use integration_tests::{scaled, stack, time_factor, unique_agency, TEST_SECRET};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-/// The script's own waits are shorter; this only stops a hung browser.
+/// The script's own waits are shorter; this only stops a hung browser (scaled by load).
 const RUN_LIMIT: Duration = Duration::from_secs(180);
 
 fn repo_root() -> PathBuf {
@@ -54,13 +54,16 @@ async fn the_console_works_in_a_browser() {
         .env("MANAGER_TOKEN", &token)
         .env("MANAGER_ID", manager)
         .env("CHROMIUM", &chromium)
+        // The script's waits for the stack's work (a chain, a batch) grow with the load, as
+        // every end-to-end deadline does.
+        .env("TIME_FACTOR", format!("{:.2}", time_factor()))
         .env_remove("SCREENSHOTS")
         .stdin(Stdio::null())
         .kill_on_drop(true);
     if let Some(dir) = &screenshots {
         command.env("SCREENSHOTS", dir);
     }
-    let output = tokio::time::timeout(RUN_LIMIT, command.output())
+    let output = tokio::time::timeout(scaled(RUN_LIMIT), command.output())
         .await
         .expect("the browser test finishes within its limit")
         .expect("node runs (is Node.js 20+ installed?)");
