@@ -2,7 +2,8 @@
 // over the DevTools protocol, against a local stack that tests/integration/console.rs
 // started. Talks to 127.0.0.1 only. SCREENSHOTS=<dir> also saves the main views as PNGs.
 //
-// Environment: CONSOLE_URL, API_URL, MANAGER_TOKEN, MANAGER_ID, CHROMIUM (default
+// Environment: CONSOLE_URL, API_URL, MANAGER_TOKEN, MANAGER_ID, MEMBER_TOKEN, MEMBER_ID
+// (the assignee of a task), CHROMIUM (default
 // /usr/bin/chromium), TIME_FACTOR (default 1), SCREENSHOTS (optional).
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -24,6 +25,8 @@ const CONSOLE_URL = env('CONSOLE_URL');
 const API_URL = env('API_URL');
 const MANAGER_TOKEN = env('MANAGER_TOKEN');
 const MANAGER_ID = env('MANAGER_ID');
+const MEMBER_TOKEN = env('MEMBER_TOKEN');
+const MEMBER_ID = env('MEMBER_ID');
 const SCREENSHOTS = process.env.SCREENSHOTS || '';
 const XSS_TITLE = '<img src=x onerror=alert(1)>';
 // Waits on the stack's work (a chain step, a batch round), scaled like every end-to-end
@@ -126,6 +129,7 @@ test('the console in a browser: sign in, queues, tasks, a chain and a batch', as
       { name: 'publish', dependsOn: ['review'], config: {} },
     ],
   });
+  const chore = await api('POST', '/tasks', { title: 'File the Q3 report', assignedTo: MEMBER_ID });
   const receiverUrl = `http://127.0.0.1:${receiver.address().port}/items`;
   const items = Array.from({ length: 8 }, (_, n) => ({ n, bad: n % 4 === 1 }));
   const batch = await api('POST', '/batches', {
@@ -276,10 +280,22 @@ test('the console in a browser: sign in, queues, tasks, a chain and a batch', as
     await page.getByLabel('Access token').waitFor();
   });
 
-  await t.test('sign out forgets the token', async () => {
-    await page.getByLabel('Access token').fill(MANAGER_TOKEN);
+  await t.test('the assignee starts and completes their task; a member sees no manager actions', async () => {
+    await page.getByLabel('Access token').fill(MEMBER_TOKEN);
     await page.getByRole('button', { name: 'Sign in' }).click();
     await page.getByRole('heading', { name: 'Agents' }).waitFor();
+    await page.goto(`${CONSOLE_URL}#/tasks/${chore.id}`);
+    await page.getByRole('heading', { name: 'File the Q3 report' }).waitFor();
+    assert.equal(await page.getByRole('button', { name: 'Cancel task' }).count(), 0);
+    await page.getByRole('button', { name: 'Start' }).click();
+    await page.locator('#task-status', { hasText: 'in progress' }).waitFor();
+    await page.getByLabel('Result (JSON, optional)').fill('{"pages": 12}');
+    await page.getByRole('button', { name: 'Complete', exact: true }).click();
+    await page.locator('#task-status', { hasText: 'completed' }).waitFor();
+    assert.deepEqual((await api('GET', `/tasks/${chore.id}`)).result, { pages: 12 });
+  });
+
+  await t.test('sign out forgets the token', async () => {
     await page.getByRole('button', { name: 'Sign out' }).click();
     await page.getByLabel('Access token').waitFor();
     assert.equal(await page.evaluate(() => sessionStorage.getItem('taskflow.token')), null);

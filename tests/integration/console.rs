@@ -40,6 +40,8 @@ async fn the_console_works_in_a_browser() {
     let agency = unique_agency("console");
     let manager = "boss";
     let token = local_stack::jwt::sign(TEST_SECRET, manager, &agency, "manager", 3600);
+    let member = "alice";
+    let member_token = local_stack::jwt::sign(TEST_SECRET, member, &agency, "member", 3600);
     let screenshots = std::env::var_os("SCREENSHOTS")
         .filter(|v| !v.is_empty() && v != "0")
         .map(|_| root.join("docs/screenshots"));
@@ -53,6 +55,8 @@ async fn the_console_works_in_a_browser() {
         .env("API_URL", format!("{}/api", stack.api_url))
         .env("MANAGER_TOKEN", &token)
         .env("MANAGER_ID", manager)
+        .env("MEMBER_TOKEN", &member_token)
+        .env("MEMBER_ID", member)
         .env("CHROMIUM", &chromium)
         // The script's waits for the stack's work (a chain, a batch) grow with the load, as
         // every end-to-end deadline does.
