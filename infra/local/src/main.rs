@@ -163,7 +163,8 @@ async fn dev(port: u16, emulator_port: u16, stack_name: String) -> Result<()> {
         serde_json::to_vec_pretty(&stack.function_configs())?,
     )?;
     let mut summary = format!(
-        "\nTaskflow is running.\n  API        {}/api  (OpenAPI: {}/api/openapi.json)\n  emulator   {}\n",
+        "\nTaskflow is running.\n  API        {}/api  (OpenAPI: {}/api/openapi.json)\n  console    {}/console/  (sign in with a token from make token)\n  emulator   {}\n",
+        stack.api_url(),
         stack.api_url(),
         stack.api_url(),
         stack.emulator.endpoint
