@@ -48,7 +48,33 @@ pub fn json_body(request: &Request, empty_is_object: bool) -> Result<Value, AppE
     if essence != "application/json" && !essence.ends_with("+json") {
         return Err(AppError::UnsupportedMediaType(content_type.to_owned()));
     }
-    serde_json::from_slice(bytes).map_err(|e| AppError::MalformedJson(e.to_string()))
+    let mut body: Value =
+        serde_json::from_slice(bytes).map_err(|e| AppError::MalformedJson(e.to_string()))?;
+    whole_numbers_as_integers(&mut body);
+    Ok(body)
+}
+
+/// JSON does not tell 2 from 2.0, and the document's `integer` fields take both (JSON Schema
+/// counts a number without a fraction as an integer), while the parsers read integers. So a
+/// whole number written with a fraction becomes an integer here, once, for every field. Past
+/// 2^53 a float is not exact, and stays as it is (every integer field is bounded far below).
+fn whole_numbers_as_integers(value: &mut Value) {
+    const EXACT: f64 = 9_007_199_254_740_992.0; // 2^53
+    match value {
+        Value::Number(number) if number.is_f64() => {
+            let float = number.as_f64().unwrap_or(f64::NAN);
+            if float.fract() == 0.0 && float.abs() < EXACT {
+                *value = if float >= 0.0 {
+                    Value::from(float as u64)
+                } else {
+                    Value::from(float as i64)
+                };
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(whole_numbers_as_integers),
+        Value::Object(map) => map.values_mut().for_each(whole_numbers_as_integers),
+        _ => {}
+    }
 }
 
 /// `If-Match: "3"` → Some(3). `*` or no header → None. Anything else is a 400.

@@ -334,3 +334,27 @@ fn step_names_follow_the_documented_schema() {
     assert!(!valid(component("NewTask"), &empty_dependency));
     assert!(NewTaskInput::parse(&empty_dependency).is_err());
 }
+
+/// A whole number written with a fraction (`2.0`) is an integer for the document (JSON Schema),
+/// and so for the API: every integer field takes it, at any depth.
+#[tokio::test]
+async fn whole_numbers_written_with_a_fraction_are_integers() {
+    let api = Api::new();
+    let chain = json!({"title": "t", "type": "multi_step", "retry": {"maxAttempts": 3.0, "baseDelaySeconds": 1.0},
+        "steps": [{"name": "a", "order": 1.0, "config": {"timeoutSeconds": 2.0, "heartbeatSeconds": 1.0,
+            "retry": {"maxAttempts": 2.0}, "executor": {"type": "sleep", "config": {"seconds": 1.0}}}}]});
+    assert!(valid(component("NewTask"), &chain));
+    let reply = api.send(&Event::load("api-create-task").body(&chain)).await;
+    assert_eq!(reply.status, 201, "{:#}", reply.body);
+    let batch = json!({"items": [1], "itemsPerBatch": 10.0, "parallelism": 2.0});
+    let reply = api
+        .send(&Event::load("api-create-batch").body(&batch))
+        .await;
+    assert_eq!(reply.status, 202, "{:#}", reply.body);
+    // A fraction is still refused where a whole number is wanted.
+    let half = json!({"title": "t", "type": "multi_step", "steps": [{"name": "a", "config": {"timeoutSeconds": 2.5}}]});
+    assert!(!valid(component("NewTask"), &half));
+    let reply = api.send(&Event::load("api-create-task").body(&half)).await;
+    assert_eq!(reply.status, 400, "{:#}", reply.body);
+    assert_eq!(reply.fields(), ["steps[0].config.timeoutSeconds"]);
+}
