@@ -2,7 +2,9 @@
 //! counting proxy in front, hosts the functions in-process (as `make dev`
 //! does), drives the API, and runs the BullMQ peer on the same machine.
 //! QUICK=1 runs a smaller set in a few minutes. SCENARIOS=scale runs only the scale scenario
-//! (`scale.rs`, its functions as processes) and writes only `bench/results/scale.{json,md}`.
+//! (`scale.rs`, its functions as processes) and writes only `bench/results/scale.{json,md}`;
+//! SCENARIOS=fairness runs only the fair-share scenario, then the peer's, and writes only
+//! `bench/results/fairness.{json,md}`.
 
 mod ceiling;
 mod client;
@@ -84,10 +86,13 @@ async fn main() -> Result<()> {
     );
     shared::telemetry::init();
     let quick = std::env::var("QUICK").is_ok_and(|v| v == "1");
-    let scale_only = match std::env::var("SCENARIOS").as_deref() {
-        Err(_) | Ok("" | "all") => false,
-        Ok("scale") => true,
-        Ok(other) => anyhow::bail!("SCENARIOS={other}: use all (the default) or scale"),
+    let scenarios = match std::env::var("SCENARIOS").as_deref() {
+        Err(_) | Ok("" | "all") => Scenarios::All,
+        Ok("scale") => Scenarios::Scale,
+        Ok("fairness") => Scenarios::Fairness,
+        Ok(other) => {
+            anyhow::bail!("SCENARIOS={other}: use all (the default), scale or fairness")
+        }
     };
     let size = sizes(quick);
     let repo = StackOptions::repo_root();
@@ -99,7 +104,7 @@ async fn main() -> Result<()> {
         local_stack::emulator::free_port(),
     )
     .await?;
-    if scale_only {
+    if scenarios == Scenarios::Scale {
         let scale = scale::run(&repo, &emulator.endpoint, SECRET, quick).await?;
         report::write_scale(&repo, quick, &scale)?;
         info!(
@@ -110,30 +115,24 @@ async fn main() -> Result<()> {
     }
     let emulator_pid = emulator.pid();
     let proxy = CountingProxy::start(&emulator.endpoint).await?;
-    let stack = LocalStack::start(StackOptions {
-        repo_root: repo.clone(),
-        stack_name: "taskflow-bench".into(),
-        backend: Backend::Existing {
-            endpoint: proxy.endpoint.clone(),
-        },
-        api_port: 0,
-        jwt_secret: SECRET.to_vec(),
-        // The bench measures the system's ceiling from one agency, not the request quota
-        // (README "Quotas"); the quota's own bucket writes still show in the write counts.
-        parameter_overrides: [
-            ("QuotaRequestsPerSecond", "400"),
-            ("QuotaRequestBurst", "10000"),
-            ("QuotaOpenTasks", "100000000"),
-        ]
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .into(),
-        // The harness measures one process hosting every function (see BENCHMARKS.md).
-        functions: local_stack::FunctionHost::InProcess,
-        api_timeout: local_stack::api_gateway::INTEGRATION_TIMEOUT,
-    })
-    .await?;
+    let stack = start_stack(&repo, &proxy.endpoint).await?;
     let api_url = stack.api_url();
     let agency = format!("bench-{}", ulid::Ulid::new().to_string().to_lowercase());
+    if scenarios == Scenarios::Fairness {
+        let fairness = fairness(&api_url, &agency, &size, &proxy)
+            .await
+            .unwrap_or_else(|e| json!({"error": format!("{e:#}")}));
+        stack.stop().await;
+        info!("==> BullMQ peer, same machine: the fair-share scenario");
+        let redis = peer::Redis::start().await?;
+        let peer = peer_fairness(&repo, &redis, &size).await;
+        redis.stop().await;
+        let peer = peer.unwrap_or_else(|e| json!({"error": format!("{e:#}")}));
+        let wall_seconds = stats::round(started.elapsed().as_secs_f64());
+        report::write_fairness(&repo, quick, &fairness, &peer, wall_seconds)?;
+        info!("==> done in {wall_seconds:.0} s: bench/results/fairness.json and fairness.md");
+        return Ok(());
+    }
     let boss = Api::new(&api_url, SECRET, &agency, "boss", "manager");
 
     info!("==> idle baseline (pollers and schedules with no work)");
@@ -216,32 +215,9 @@ async fn main() -> Result<()> {
         runtime_overhead::measure(&repo.join("target/release"), if quick { 200 } else { 2000 })
             .await;
 
-    info!(
-        "==> fair share: {} normal tasks from one agency, then {} from another",
-        size.fairness_flood, size.fairness_calm
-    );
-    let flooder = Api::new(
-        &api_url,
-        SECRET,
-        &format!("{agency}-flood"),
-        "boss",
-        "manager",
-    );
-    let calm = Api::new(
-        &api_url,
-        SECRET,
-        &format!("{agency}-calm"),
-        "boss",
-        "manager",
-    );
-    let fairness = workloads::fairness(
-        &flooder,
-        &calm,
-        size.fairness_flood,
-        size.fairness_calm,
-        FAIRNESS_WORK_SECONDS,
-    )
-    .await;
+    let fairness = fairness(&api_url, &agency, &size, &proxy)
+        .await
+        .unwrap_or_else(|e| json!({"error": format!("{e:#}")}));
 
     info!("==> BullMQ peer, same machine");
     let peer = run_peer(&repo, &size).await;
@@ -276,10 +252,7 @@ async fn main() -> Result<()> {
             Ok(r) => serde_json::to_value(r)?,
             Err(e) => json!({"error": format!("{e:#}")}),
         },
-        fairness: match fairness {
-            Ok(f) => f,
-            Err(e) => json!({"error": format!("{e:#}")}),
-        },
+        fairness,
         peer: match peer {
             Ok(p) => p,
             Err(e) => json!({"error": format!("{e:#}")}),
@@ -294,6 +267,82 @@ async fn main() -> Result<()> {
         started.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Scenarios {
+    All,
+    Scale,
+    Fairness,
+}
+
+/// The stack every in-process scenario runs on, its AWS calls through `endpoint` (the
+/// counting proxy in front of the emulator).
+async fn start_stack(repo: &std::path::Path, endpoint: &str) -> Result<LocalStack> {
+    LocalStack::start(StackOptions {
+        repo_root: repo.to_path_buf(),
+        stack_name: "taskflow-bench".into(),
+        backend: Backend::Existing {
+            endpoint: endpoint.to_owned(),
+        },
+        api_port: 0,
+        jwt_secret: SECRET.to_vec(),
+        // The bench measures the system's ceiling from one agency, not the request quota
+        // (README "Quotas"); the quota's own bucket writes still show in the write counts.
+        parameter_overrides: [
+            ("QuotaRequestsPerSecond", "400"),
+            ("QuotaRequestBurst", "10000"),
+            ("QuotaOpenTasks", "100000000"),
+        ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .into(),
+        // The harness measures one process hosting every function (see BENCHMARKS.md).
+        functions: local_stack::FunctionHost::InProcess,
+        api_timeout: local_stack::api_gateway::INTEGRATION_TIMEOUT,
+    })
+    .await
+}
+
+/// The fair-share scenario (`workloads::fairness`) between two agencies derived from
+/// `agency`, with the AWS requests it made: SQS sends beyond the tasks' own dispatches are
+/// the worker's deferred copies.
+async fn fairness(
+    api_url: &str,
+    agency: &str,
+    size: &Sizes,
+    proxy: &CountingProxy,
+) -> Result<Value> {
+    info!(
+        "==> fair share: {} normal tasks from one agency, then {} from another",
+        size.fairness_flood, size.fairness_calm
+    );
+    let manager = |name: &str| {
+        Api::new(
+            api_url,
+            SECRET,
+            &format!("{agency}-{name}"),
+            "boss",
+            "manager",
+        )
+    };
+    proxy.take();
+    let mut result = workloads::fairness(
+        &manager("flood"),
+        &manager("calm"),
+        size.fairness_flood,
+        size.fairness_calm,
+        FAIRNESS_WORK_SECONDS,
+    )
+    .await?;
+    let requests = proxy.take();
+    let dispatches = (size.fairness_flood + 2 * size.fairness_calm) as u64;
+    result["sqs_send_message_beyond_dispatches"] = json!(requests
+        .get("sqs:SendMessage")
+        .copied()
+        .unwrap_or(0)
+        .saturating_sub(dispatches));
+    result["aws_requests"] = serde_json::to_value(&requests)?;
+    Ok(result)
 }
 
 /// Requests per task lifecycle, per chain step and per batch item, with the
@@ -495,8 +544,14 @@ async fn run_peer(repo: &std::path::Path, size: &Sizes) -> Result<Value> {
         "--no-drain",
     ];
     let priority = peer::run(repo, &redis, &args, &[("WORK_MS_BACKGROUND", "1000")]).await?;
-    // Fair share: one queue (BullMQ's open-source version has no groups), the same flood and
-    // the same work per job.
+    let fairness = peer_fairness(repo, &redis, size).await?;
+    redis.stop().await;
+    Ok(json!({"throughput_runs": throughput, "priority": priority, "fairness": fairness}))
+}
+
+/// The peer's fair-share scenario: one queue (BullMQ's open-source version has no groups),
+/// the same flood and the same work per job as `workloads::fairness`.
+async fn peer_fairness(repo: &std::path::Path, redis: &peer::Redis, size: &Sizes) -> Result<Value> {
     let (flood, calm) = (
         size.fairness_flood.to_string(),
         size.fairness_calm.to_string(),
@@ -513,7 +568,5 @@ async fn run_peer(repo: &std::path::Path, size: &Sizes) -> Result<Value> {
         "--timeout-seconds",
         "3600",
     ];
-    let fairness = peer::run(repo, &redis, &args, &[("WORK_MS_NORMAL", work_ms.as_str())]).await?;
-    redis.stop().await;
-    Ok(json!({"throughput_runs": throughput, "priority": priority, "fairness": fairness}))
+    peer::run(repo, redis, &args, &[("WORK_MS_NORMAL", work_ms.as_str())]).await
 }

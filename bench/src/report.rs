@@ -277,32 +277,10 @@ pub fn write(repo: &Path, results: &Results) -> Result<()> {
             runtime["concurrent_invocations_per_second"]
         )?;
     }
-    let fair = &results.fairness;
-    if fair.get("calm_behind_flood_queue_to_start_ms").is_some() {
-        let peer = &results.peer["fairness"];
-        writeln!(
-            md,
-            "| Fair share, normal tier: B's {} tasks queue-to-start p50 / p99 alone, then behind A's {} (goal p99 ≤ 2× alone) | {} / {} ms, then {} / {} ms (×{}) |",
-            fair["calm_tasks"],
-            fair["flood_tasks"],
-            fair["calm_alone_queue_to_start_ms"]["p50"],
-            fair["calm_alone_queue_to_start_ms"]["p99"],
-            fair["calm_behind_flood_queue_to_start_ms"]["p50"],
-            fair["calm_behind_flood_queue_to_start_ms"]["p99"],
-            fair["p99_ratio"]
-        )?;
-        if peer.get("calm_behind_flood_start_ms").is_some() {
-            writeln!(
-                md,
-                "| BullMQ peer, one queue: the same | {} / {} ms, then {} / {} ms (×{}) |",
-                peer["calm_alone_start_ms"]["p50"],
-                peer["calm_alone_start_ms"]["p99"],
-                peer["calm_behind_flood_start_ms"]["p50"],
-                peer["calm_behind_flood_start_ms"]["p99"],
-                peer["p99_ratio"]
-            )?;
-        }
-    }
+    md.push_str(&fairness_rows(
+        &results.fairness,
+        &results.peer["fairness"],
+    )?);
     writeln!(md, "\nRaw figures, per-operation request counts and the price table: `bench/results/latest.json`.")?;
     writeln!(md, "\n{}", scale_markdown(&results.scale)?)?;
     std::fs::write(dir.join("latest.md"), md)?;
@@ -332,6 +310,95 @@ pub fn write_scale(repo: &Path, quick: bool, scale: &Value) -> Result<()> {
     md.push_str(&scale_markdown(scale)?);
     std::fs::write(dir.join("scale.md"), md)?;
     Ok(())
+}
+
+/// `bench/results/fairness.{json,md}`: the fair-share scenario alone, Taskflow's and the
+/// peer's (what `SCENARIOS=fairness` writes).
+pub fn write_fairness(
+    repo: &Path,
+    quick: bool,
+    fairness: &Value,
+    peer: &Value,
+    wall_seconds: f64,
+) -> Result<()> {
+    let dir = repo.join("bench/results");
+    std::fs::create_dir_all(&dir)?;
+    let json = serde_json::json!({
+        "date": chrono::Utc::now().to_rfc3339(),
+        "machine": machine(),
+        "quick": quick,
+        "fairness": fairness,
+        "peer_fairness": peer,
+        "wall_seconds": wall_seconds,
+    });
+    std::fs::write(
+        dir.join("fairness.json"),
+        serde_json::to_string_pretty(&json)?,
+    )?;
+    let mut md = String::new();
+    writeln!(
+        md,
+        "Run {} on {} ({} cores){}, {:.0} s; Taskflow's functions in process against the emulator (moto), the BullMQ peer on the same machine after it.\n",
+        &json["date"].as_str().unwrap_or_default()[..10],
+        json["machine"]["cpu"].as_str().unwrap_or("?"),
+        json["machine"]["cores"],
+        if quick { ", QUICK=1" } else { "" },
+        wall_seconds
+    )?;
+    writeln!(md, "| Fair-share measure | Value |")?;
+    writeln!(md, "|---|---|")?;
+    md.push_str(&fairness_rows(fairness, peer)?);
+    if fairness.get("flood_started_while_calm_waited").is_some() {
+        writeln!(
+            md,
+            "| Taskflow: A's tasks started while B's waited; SQS sends beyond the dispatches (deferred copies) | {}; {} |",
+            fairness["flood_started_while_calm_waited"], fairness["sqs_send_message_beyond_dispatches"]
+        )?;
+        writeln!(
+            md,
+            "| Taskflow: A's flood queued in; drained in (from its first POST) | {} s; {} s |",
+            fairness["flood_queued_seconds"], fairness["flood_drain_seconds"]
+        )?;
+    }
+    if let Some(error) = fairness.get("error") {
+        writeln!(md, "\nTaskflow's scenario failed: {error}")?;
+    }
+    if let Some(error) = peer.get("error") {
+        writeln!(md, "\nBullMQ peer failed: {error}")?;
+    }
+    std::fs::write(dir.join("fairness.md"), md)?;
+    Ok(())
+}
+
+/// The fair-share rows of a two-column table: Taskflow's, then the peer's when it ran.
+fn fairness_rows(fair: &Value, peer: &Value) -> Result<String> {
+    let mut md = String::new();
+    if fair.get("calm_behind_flood_queue_to_start_ms").is_none() {
+        return Ok(md);
+    }
+    writeln!(
+        md,
+        "| Fair share, normal tier: B's {} tasks queue-to-start p50 / p99 alone, then behind A's {} (goal p99 ≤ 2× alone) | {} / {} ms, then {} / {} ms (×{}) |",
+        fair["calm_tasks"],
+        fair["flood_tasks"],
+        fair["calm_alone_queue_to_start_ms"]["p50"],
+        fair["calm_alone_queue_to_start_ms"]["p99"],
+        fair["calm_behind_flood_queue_to_start_ms"]["p50"],
+        fair["calm_behind_flood_queue_to_start_ms"]["p99"],
+        fair["p99_ratio"]
+    )?;
+    if peer.get("calm_behind_flood_start_ms").is_some() {
+        writeln!(
+            md,
+            "| BullMQ peer, one queue: the same | {} / {} ms, then {} / {} ms (×{}) |",
+            peer["calm_alone_start_ms"]["p50"],
+            peer["calm_alone_start_ms"]["p99"],
+            peer["calm_behind_flood_start_ms"]["p50"],
+            peer["calm_behind_flood_start_ms"]["p99"],
+            peer["p99_ratio"]
+        )?;
+    }
+    Ok(md)
 }
 
 /// The scale scenario's table.
@@ -395,4 +462,40 @@ fn scale_markdown(scale: &Value) -> Result<String> {
         over["run_seconds"], over["wall_seconds"], over["ideal_seconds"]
     )?;
     Ok(md)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fairness_rows;
+    use serde_json::json;
+
+    #[test]
+    fn fairness_rows_show_both_systems_and_skip_what_did_not_run() {
+        let ours = json!({
+            "calm_tasks": 20, "flood_tasks": 2000, "p99_ratio": 3.5,
+            "calm_alone_queue_to_start_ms": {"p50": 100.0, "p99": 200.0},
+            "calm_behind_flood_queue_to_start_ms": {"p50": 400.0, "p99": 700.0},
+        });
+        let peer = json!({
+            "p99_ratio": 50.0,
+            "calm_alone_start_ms": {"p50": 1.0, "p99": 2.0},
+            "calm_behind_flood_start_ms": {"p50": 90.0, "p99": 100.0},
+        });
+        let rows = fairness_rows(&ours, &peer).unwrap();
+        assert_eq!(rows.lines().count(), 2, "{rows}");
+        assert!(
+            rows.contains("| 100.0 / 200.0 ms, then 400.0 / 700.0 ms (×3.5) |"),
+            "{rows}"
+        );
+        assert!(
+            rows.contains("| 1.0 / 2.0 ms, then 90.0 / 100.0 ms (×50.0) |"),
+            "{rows}"
+        );
+        let peer_failed = json!({"error": "redis-server did not start"});
+        assert_eq!(
+            fairness_rows(&ours, &peer_failed).unwrap().lines().count(),
+            1
+        );
+        assert_eq!(fairness_rows(&json!({"error": "x"}), &peer).unwrap(), "");
+    }
 }

@@ -289,10 +289,19 @@ pub async fn fairness(
 
     let flood_started = Instant::now();
     let (flood_ids, _) = create_many(a, flood, 16, body("flood")).await?;
+    let flood_queued_seconds = flood_started.elapsed().as_secs_f64();
     let (calm_ids, _) = create_many(b, calm, 10, body("calm")).await?;
-    let behind = starts(&b.wait_all(&calm_ids, Duration::from_secs(1800)).await?);
+    let calm_done = b.wait_all(&calm_ids, Duration::from_secs(1800)).await?;
+    let behind = starts(&calm_done);
     let flood_done = a.wait_all(&flood_ids, Duration::from_secs(3600)).await?;
     let flood_drain_seconds = flood_started.elapsed().as_secs_f64();
+    let flood_overtaking = started_while_waiting(&flood_done, &calm_done);
+    let sorted_ms = |values: &[f64]| {
+        let mut sorted: Vec<f64> = values.iter().map(|v| round(*v)).collect();
+        sorted.sort_by(f64::total_cmp);
+        sorted
+    };
+    let (alone_waits, behind_waits) = (sorted_ms(&alone), sorted_ms(&behind));
     let alone = Latency::of(&alone);
     let behind = Latency::of(&behind);
     let ratio = if alone.p99 > 0.0 {
@@ -309,6 +318,55 @@ pub async fn fairness(
         "p99_ratio": round(ratio),
         "goal_p99_ratio_at_most": 2.0,
         "flood_completed": flood_done.iter().filter(|t| t["status"] == "completed").count(),
+        "flood_queued_seconds": round(flood_queued_seconds),
         "flood_drain_seconds": round(flood_drain_seconds),
+        // Where B's time went: each of its waits, and how many of A's tasks started meanwhile.
+        "calm_alone_waits_ms": alone_waits,
+        "calm_behind_flood_waits_ms": behind_waits,
+        "flood_started_while_calm_waited": flood_overtaking,
     }))
+}
+
+/// How many of `others` started between the first of `waiting` being created and the last of
+/// them starting.
+fn started_while_waiting(others: &[Value], waiting: &[Value]) -> usize {
+    let at = |t: &Value, field: &str| {
+        t[field]
+            .as_str()
+            .and_then(|v| chrono::DateTime::parse_from_rfc3339(v).ok())
+    };
+    let first_created = waiting.iter().filter_map(|t| at(t, "createdAt")).min();
+    let last_started = waiting.iter().filter_map(|t| at(t, "startedAt")).max();
+    let (Some(from), Some(to)) = (first_created, last_started) else {
+        return 0;
+    };
+    others
+        .iter()
+        .filter_map(|t| at(t, "startedAt"))
+        .filter(|started| (from..=to).contains(started))
+        .count()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::started_while_waiting;
+    use serde_json::json;
+
+    #[test]
+    fn counts_the_others_started_between_the_first_wait_and_the_last_start() {
+        let waiting = [
+            json!({"createdAt": "2026-12-01T00:00:10Z", "startedAt": "2026-12-01T00:00:12Z"}),
+            json!({"createdAt": "2026-12-01T00:00:11Z", "startedAt": "2026-12-01T00:00:20.5Z"}),
+        ];
+        let others = [
+            json!({"startedAt": "2026-12-01T00:00:09.999Z"}),
+            json!({"startedAt": "2026-12-01T00:00:10Z"}),
+            json!({"startedAt": "2026-12-01T00:00:15.25+00:00"}),
+            json!({"startedAt": "2026-12-01T00:00:20.5Z"}),
+            json!({"startedAt": "2026-12-01T00:00:21Z"}),
+            json!({"status": "queued"}),
+        ];
+        assert_eq!(started_while_waiting(&others, &waiting), 3);
+        assert_eq!(started_while_waiting(&others, &[]), 0);
+    }
 }
