@@ -372,10 +372,16 @@ async fn over_memory(pid: u32, limit_mb: u64, peak_kib: &AtomicU64) -> u64 {
         peak_kib.fetch_max(memory.peak_kib(), Ordering::Relaxed);
         if let Some(kib) = memory.resident_kib {
             if kib > limit_mb * 1024 {
-                return kib / 1024;
+                return used_mb(kib);
             }
         }
     }
+}
+
+/// Megabytes used, rounded up: a process over its limit by less than a megabyte must not read
+/// as using exactly its limit ("64 MB exceeded (64 MB used)").
+fn used_mb(kib: u64) -> u64 {
+    kib.div_ceil(1024)
 }
 
 /// A process's memory, from `/proc/<pid>/status`, in KiB.
@@ -470,6 +476,13 @@ where
 #[cfg(test)]
 mod memory_tests {
     use super::*;
+
+    #[test]
+    fn memory_over_the_limit_never_reads_as_the_limit() {
+        // 64 MB and 64 KiB: over a 64 MB limit, so it reads 65 MB, not 64.
+        assert_eq!(used_mb(64 * 1024 + 64), 65);
+        assert_eq!(used_mb(64 * 1024), 64);
+    }
 
     fn status(rss: u64, hwm: u64) -> String {
         format!("Name:\tbatch-trigger\nVmPeak:\t 9999999 kB\nVmHWM:\t {hwm:>8} kB\nVmRSS:\t {rss:>8} kB\nThreads:\t3\n")
