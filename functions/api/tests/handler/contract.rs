@@ -358,3 +358,27 @@ async fn whole_numbers_written_with_a_fraction_are_integers() {
     assert_eq!(reply.status, 400, "{:#}", reply.body);
     assert_eq!(reply.fields(), ["steps[0].config.timeoutSeconds"]);
 }
+
+/// A task's required capability has the shape of an agent's capability, in the document as in
+/// the parser.
+#[test]
+fn a_required_capability_follows_the_capability_pattern() {
+    for (capability, accepted) in [
+        ("translation", true),
+        ("pdf:ocr-v2.1_beta", true),
+        ("î\\±", false),
+        ("two words", false),
+    ] {
+        let task = json!({"title": "t", "requiredCapability": capability});
+        assert_eq!(
+            valid(component("NewTask"), &task),
+            accepted,
+            "{capability:?}"
+        );
+        assert_eq!(
+            NewTaskInput::parse(&task).is_ok(),
+            accepted,
+            "{capability:?}"
+        );
+    }
+}
