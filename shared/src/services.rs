@@ -83,6 +83,7 @@ impl Services {
         let mut services = Self::from_ports(ports, index, executors, config);
         services.chains.fairness = Some(fairness.clone());
         services.batch_runner.fairness = Some(fairness.clone());
+        services.sweeper.fairness = Some(fairness.clone());
         services.runner = services.runner.with_fairness(fairness);
         services
     }
@@ -143,6 +144,7 @@ impl Services {
                 batches: ports.batches.clone(),
                 batch_orchestrator: ports.batch_orchestrator.clone(),
                 preparations: ports.preparations.clone(),
+                fairness: None,
             },
             tasks,
         }

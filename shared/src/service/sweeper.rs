@@ -59,13 +59,20 @@ pub struct Sweeper {
     pub batches: Arc<dyn BatchStore>,
     pub batch_orchestrator: Arc<dyn Orchestrator>,
     pub preparations: Arc<dyn crate::ports::Preparations>,
+    /// Fair share: each pass re-stamps the demand of agencies whose work still waits.
+    pub fairness: Option<crate::service::fairness::Fairness>,
 }
+
+/// Work waiting at least this long is stamped as demand by the sweeper: younger work was
+/// stamped by its own dispatch within the demand window.
+const RESTAMP_AFTER: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl Sweeper {
     pub async fn sweep(&self, now: DateTime<Utc>) -> Result<SweepReport, AppError> {
         let mut report = SweepReport::default();
         for tier in Priority::ALL {
             self.age_tier(*tier, now, &mut report).await?;
+            self.restamp_demand(*tier, now).await?;
         }
         self.escalate_due(now, &mut report).await?;
         self.retire_offline_agents(now, &mut report).await?;
@@ -151,6 +158,33 @@ impl Sweeper {
                 tracing::warn!(batch = %id, "failed a batch left pending");
                 report.batches_failed += 1;
             }
+        }
+        Ok(())
+    }
+
+    /// A dispatch stamps its agency's demand on the tier for [`DEMAND_WINDOW`]; work that waits
+    /// longer (behind another agency's backlog) would then stop holding that agency to its
+    /// cap. Each pass (every minute, within the window) stamps again the agencies of the
+    /// tier's oldest waiting work.
+    ///
+    /// [`DEMAND_WINDOW`]: crate::service::fairness::DEMAND_WINDOW
+    async fn restamp_demand(&self, tier: Priority, now: DateTime<Utc>) -> Result<(), AppError> {
+        let Some(fairness) = &self.fairness else {
+            return Ok(());
+        };
+        let before = now - chrono::Duration::from_std(RESTAMP_AFTER).unwrap_or_default();
+        let mut agencies = std::collections::BTreeSet::new();
+        for breached in [false, true] {
+            for waiting in self
+                .index
+                .waiting(tier, breached, before, None, PAGE)
+                .await?
+            {
+                agencies.insert(waiting.agency);
+            }
+        }
+        for agency in &agencies {
+            fairness.note_demand(tier, agency, now).await;
         }
         Ok(())
     }

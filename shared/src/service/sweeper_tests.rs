@@ -594,3 +594,43 @@ async fn stuck_batches_are_repaired_a_bounded_number_per_pass() {
     );
     assert_eq!(world.preparations.take().len(), 60);
 }
+
+/// Work that waits longer than the demand window still holds other agencies to their cap:
+/// each pass stamps again the demand of the agencies whose work waits (before, a dispatch's
+/// stamp lapsed after 60 s and the flooding agency's cap lifted while this work still waited).
+#[tokio::test]
+async fn waiting_work_keeps_its_agencys_demand_stamped() {
+    use crate::ports::InFlightSlots;
+    use crate::service::fairness::{Fairness, DEMAND_WINDOW};
+    use crate::testing::MemorySlots;
+    use std::sync::Arc;
+    let world = MemoryWorld::new();
+    create(
+        &world,
+        json!({"title": "t", "priority": "normal", "autoDispatch": true, "executor": {"type": "echo"}}),
+    )
+    .await;
+    let slots = Arc::new(MemorySlots::default());
+    let mut sweeper = world.services().sweeper;
+    sweeper.fairness = Some(Fairness::new(slots.clone(), Default::default()));
+    let flooder = AgencyId::parse("flooder").unwrap();
+    // Two minutes on: the task still waits, past the window of any dispatch stamp.
+    let later = Utc::now() + Duration::minutes(2);
+    let since = later - Duration::from_std(DEMAND_WINDOW).unwrap();
+    assert!(!slots
+        .others_waiting(Priority::Normal, &flooder, since)
+        .await
+        .unwrap());
+    sweeper.sweep(later).await.unwrap();
+    assert!(
+        slots
+            .others_waiting(Priority::Normal, &flooder, since)
+            .await
+            .unwrap(),
+        "a1's waiting work holds the flooder to its cap"
+    );
+    assert!(!slots
+        .others_waiting(Priority::Normal, &boss().agency, since)
+        .await
+        .unwrap());
+}
