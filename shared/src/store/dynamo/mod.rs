@@ -432,7 +432,27 @@ impl DynamoTaskStore {
 }
 
 pub(crate) fn to_item<T: serde::Serialize>(value: &T) -> Result<Item, AppError> {
-    serde_dynamo::to_item(value).map_err(AppError::internal)
+    let mut item: Item = serde_dynamo::to_item(value).map_err(AppError::internal)?;
+    item.values_mut().for_each(compact_numbers);
+    Ok(item)
+}
+
+/// Writes long numbers in exponent form. serde_dynamo writes a float as Rust prints it, every
+/// digit spelled out (1e50 is a 51-digit string). DynamoDB trims the zeros, but a reader that
+/// takes the string as a 38-digit decimal fails on it: the emulator does when it projects an
+/// item for an index query (boto3's decimal context), which made every list of the agency a
+/// 503 once one of its items held such a number. "1E50" is the same number to every reader.
+fn compact_numbers(value: &mut AttributeValue) {
+    match value {
+        AttributeValue::N(number) if number.len() > 38 => {
+            if let Ok(float) = number.parse::<f64>() {
+                *number = format!("{float:E}");
+            }
+        }
+        AttributeValue::M(map) => map.values_mut().for_each(compact_numbers),
+        AttributeValue::L(list) => list.iter_mut().for_each(compact_numbers),
+        _ => {}
+    }
 }
 
 pub(crate) fn from_item<T: serde::de::DeserializeOwned>(item: Item) -> Result<T, AppError> {
@@ -767,5 +787,35 @@ impl TaskStore for DynamoTaskStore {
             .await
             .map_err(|e| from_sdk("dynamodb:DeleteItem", e))?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod number_tests {
+    use super::*;
+    use serde_json::{json, Value};
+
+    fn numbers(value: &AttributeValue, out: &mut Vec<String>) {
+        match value {
+            AttributeValue::N(n) => out.push(n.clone()),
+            AttributeValue::M(map) => map.values().for_each(|v| numbers(v, out)),
+            AttributeValue::L(list) => list.iter().for_each(|v| numbers(v, out)),
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn long_numbers_are_stored_in_exponent_form_and_read_back_the_same() {
+        let value = json!({"big": 1e50, "huge": [-9.5e125, 1e100], "tiny": 1.5e-130,
+            "plain": 12, "price": 0.1, "nested": {"x": 123456789.125}});
+        let item = to_item(&json!({"v": value})).unwrap();
+        let mut found = Vec::new();
+        item.values().for_each(|v| numbers(v, &mut found));
+        assert_eq!(found.len(), 7);
+        assert!(found.iter().all(|n| n.len() <= 38), "{found:?}");
+        assert!(found.contains(&"1E50".to_owned()), "{found:?}");
+        assert!(found.contains(&"12".to_owned()), "short ones as they were: {found:?}");
+        let back: Value = from_item::<Value>(item).unwrap()["v"].clone();
+        assert_eq!(back, value);
     }
 }
