@@ -814,7 +814,10 @@ mod number_tests {
         assert_eq!(found.len(), 7);
         assert!(found.iter().all(|n| n.len() <= 38), "{found:?}");
         assert!(found.contains(&"1E50".to_owned()), "{found:?}");
-        assert!(found.contains(&"12".to_owned()), "short ones as they were: {found:?}");
+        assert!(
+            found.contains(&"12".to_owned()),
+            "short ones as they were: {found:?}"
+        );
         let back: Value = from_item::<Value>(item).unwrap()["v"].clone();
         assert_eq!(back, value);
     }
