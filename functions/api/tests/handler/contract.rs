@@ -382,3 +382,35 @@ fn a_required_capability_follows_the_capability_pattern() {
         );
     }
 }
+
+/// A batch's toleratedFailurePercentage is 0 or a number DynamoDB can store (from 1e-130) up
+/// to 100, in the document as in the API.
+#[tokio::test]
+async fn a_tolerated_failure_percentage_is_zero_or_storable() {
+    let api = Api::new();
+    for (percentage, accepted) in [
+        (json!(0), true),
+        (json!(1e-130), true),
+        (json!(12.5), true),
+        (json!(100), true),
+        (json!(4.1497735691577524e-194), false),
+        (json!(100.5), false),
+        (json!(-1), false),
+    ] {
+        let batch = json!({"items": [1], "toleratedFailurePercentage": percentage});
+        assert_eq!(
+            valid(component("NewBatch"), &batch),
+            accepted,
+            "{percentage}"
+        );
+        let reply = api
+            .send(&Event::load("api-create-batch").body(&batch))
+            .await;
+        assert_eq!(
+            reply.status == 202,
+            accepted,
+            "{percentage}: {:#}",
+            reply.body
+        );
+    }
+}
