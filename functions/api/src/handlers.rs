@@ -67,7 +67,7 @@ pub async fn dispatch(
             let params = query_params(request);
             match params.get("hard").map(String::as_str) {
                 Some("true") => {
-                    tasks.hard_delete(caller, id).await?;
+                    tasks.hard_delete(caller, id, if_match(request)?).await?;
                     Ok(no_content())
                 }
                 None | Some("false") => {

@@ -456,7 +456,7 @@ mod tests {
         assert_eq!(world.store.open_tasks(&boss.agency), 3);
         services
             .tasks
-            .hard_delete(&boss, ids[1])
+            .hard_delete(&boss, ids[1], None)
             .await
             .expect("deleted");
         assert_eq!(world.store.open_tasks(&boss.agency), 2);

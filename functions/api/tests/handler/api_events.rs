@@ -220,9 +220,20 @@ async fn full_flow_create_assign_start_complete() {
         .await
         .expect(200);
     assert_eq!(all.body["items"][0]["archivedFrom"], "completed");
-    // ...and then deleted for good.
+    // ...and then deleted for good, under If-Match like every other change: a malformed or
+    // stale version refuses it.
+    let hard = || as_boss(step("api-delete-task")).query(&[("hard", "true")]);
+    let malformed = api.send(&hard().header("If-Match", "")).await.expect(400);
+    assert_eq!(malformed.fields(), ["If-Match"]);
+    let stale = api
+        .send(&hard().header("If-Match", "\"1\""))
+        .await
+        .expect(409);
+    assert_eq!(stale.code(), "version_conflict");
+    let current = api.send(&as_boss(step("api-get-task"))).await.expect(200);
+    let etag = current.header("etag").expect("an ETag").to_owned();
     let gone = api
-        .send(&as_boss(step("api-delete-task")).query(&[("hard", "true")]))
+        .send(&hard().header("If-Match", &etag))
         .await
         .expect(204);
     assert!(gone.body.is_null());

@@ -776,8 +776,29 @@ impl TaskService {
         .await
     }
 
-    pub async fn hard_delete(&self, caller: &Caller, id: TaskId) -> Result<(), AppError> {
+    /// Deletes the task for good; with `expected` (If-Match), only while it is at that version.
+    pub async fn hard_delete(
+        &self,
+        caller: &Caller,
+        id: TaskId,
+        expected: Option<u64>,
+    ) -> Result<(), AppError> {
         caller.require_manager("delete tasks")?;
+        if let Some(expected) = expected {
+            // Checked on a read: a change landing between the read and the delete is deleted
+            // with the task, which is what deleting it meant.
+            let task = self
+                .store
+                .get(&caller.agency, id)
+                .await?
+                .ok_or(AppError::NotFound { what: "task" })?;
+            if task.version != expected {
+                return Err(AppError::VersionConflict {
+                    expected,
+                    current: task.version,
+                });
+            }
+        }
         if self.store.delete(&caller.agency, id).await? {
             Ok(())
         } else {

@@ -332,7 +332,7 @@ async fn steps_are_stored_in_order_and_removed_with_the_task() {
     assert_eq!(steps[0].config, json!({"input": {"target": "x"}}));
     assert_eq!(steps[1].depends_on, ["build"]);
     assert!(steps.iter().all(|s| s.status == StepStatus::Pending));
-    svc.hard_delete(&boss, id).await.unwrap();
+    svc.hard_delete(&boss, id, None).await.unwrap();
     assert_eq!(svc.steps(&boss, id).await.unwrap_err().status_code(), 404);
 }
 
