@@ -15,6 +15,9 @@ case "${CHECKS:-}" in
   all) check_args=(--checks all --mode all) ;;
   *) check_args=(--checks "$CHECKS") ;;
 esac
+# PHASES (comma-separated: examples, coverage, fuzzing, stateful) narrows the run; unset, all.
+phase_args=()
+if [ -n "${PHASES:-}" ]; then phase_args=(--phases "$PHASES"); fi
 free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 api_port="$(free_port)"
 emulator_port="$(free_port)"
@@ -34,11 +37,12 @@ for _ in $(seq 1 120); do
 done
 
 token="$(./target/debug/local-stack token --agency fuzz-agency --user fuzz-manager --role manager)"
-echo "==> schemathesis: $max_examples examples per operation, checks: ${CHECKS:-default}"
+echo "==> schemathesis: $max_examples examples per operation, checks: ${CHECKS:-default}, phases: ${PHASES:-all}"
 PYTHONPATH=infra/local SCHEMATHESIS_HOOKS=fuzz_hooks \
   .venv-fuzz/bin/schemathesis --no-color run "http://127.0.0.1:$api_port/api/openapi.json" \
   --header "Authorization: Bearer $token" \
   "${check_args[@]}" \
+  "${phase_args[@]}" \
   --max-examples "$max_examples" \
   --workers 1 \
   --generation-deterministic
