@@ -67,13 +67,23 @@ impl S3ObjectStore {
         content_disposition: &str,
         expires_in: Duration,
     ) -> Result<String, AppError> {
+        self.presigned_get(key, Some(content_disposition), expires_in)
+            .await
+    }
+
+    async fn presigned_get(
+        &self,
+        key: &str,
+        content_disposition: Option<&str>,
+        expires_in: Duration,
+    ) -> Result<String, AppError> {
         let presigning = self.presigning(expires_in)?;
         let request = self
             .client
             .get_object()
             .bucket(&self.bucket)
             .key(key)
-            .response_content_disposition(content_disposition)
+            .set_response_content_disposition(content_disposition.map(str::to_owned))
             .presigned(presigning)
             .await
             .map_err(|e| from_sdk("s3:GetObject presign", e))?;
@@ -169,16 +179,7 @@ impl ObjectStore for S3ObjectStore {
     }
 
     async fn presign_get(&self, key: &str, expires_in: Duration) -> Result<String, AppError> {
-        let presigning = self.presigning(expires_in)?;
-        let request = self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .presigned(presigning)
-            .await
-            .map_err(|e| from_sdk("s3:GetObject presign", e))?;
-        Ok(request.uri().to_owned())
+        self.presigned_get(key, None, expires_in).await
     }
 
     async fn presign_put(

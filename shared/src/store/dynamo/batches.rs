@@ -159,36 +159,22 @@ impl DynamoBatchStore {
     /// The sum of one counter partition's chunk counters for `round`.
     async fn shard_counts(&self, pk: String, round: u32) -> Result<ChunkCounts, AppError> {
         let mut total = ChunkCounts::default();
-        let mut start = None;
-        loop {
-            let out = self
-                .client
-                .query()
-                .table_name(&self.table)
-                .key_condition_expression("PK = :pk AND begins_with(SK, :prefix)")
-                .expression_attribute_values(":pk", s(pk.clone()))
-                .expression_attribute_values(":prefix", s(format!("CHUNK#{round:03}#")))
-                .consistent_read(true)
-                .set_exclusive_start_key(start)
-                .send()
-                .await
-                .map_err(|e| from_sdk("dynamodb:Query", e))?;
-            for item in out.items.unwrap_or_default() {
-                let read = |k: &str| {
-                    item.get(k)
-                        .and_then(|v| v.as_n().ok())
-                        .and_then(|v| v.parse::<u64>().ok())
-                        .unwrap_or(0)
-                };
-                total.processed += read("processed");
-                total.success += read("success");
-                total.failed += read("failed");
-            }
-            start = out.last_evaluated_key;
-            if start.is_none() {
-                return Ok(total);
-            }
+        for item in self
+            .tasks
+            .query_all(&pk, &format!("CHUNK#{round:03}#"))
+            .await?
+        {
+            let read = |k: &str| {
+                item.get(k)
+                    .and_then(|v| v.as_n().ok())
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or(0)
+            };
+            total.processed += read("processed");
+            total.success += read("success");
+            total.failed += read("failed");
         }
+        Ok(total)
     }
 
     async fn exists(
