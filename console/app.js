@@ -35,7 +35,12 @@ export function go(path, params) {
   location.hash = `#${path}${query}`;
 }
 
+// Each render draws into a root of its own: a view still loading when the user moves on keeps
+// writing into its detached root, never over the view that replaced it.
+let renders = 0;
+
 async function render() {
+  const current = ++renders;
   if (leaveView) { leaveView(); leaveView = null; }
   if (!auth.token()) return showSignIn();
   showChrome();
@@ -53,12 +58,18 @@ async function render() {
   }
   const [m, make] = match;
   const view = make(...m.slice(1));
+  const root = h('div', { class: 'view' });
+  fill(main, root);
   try {
-    const stop = await view(main, { params, user: auth.user(), go });
+    const stop = await view(root, { params, user: auth.user(), go });
+    if (current !== renders) {
+      if (typeof stop === 'function') stop();
+      return;
+    }
     leaveView = typeof stop === 'function' ? stop : null;
   } catch (err) {
     // A 401 has already sent the user back to the sign-in page, which says why.
-    if (err.status !== 401) main.append(errorBox(err));
+    if (current === renders && err.status !== 401) root.append(errorBox(err));
   }
 }
 
