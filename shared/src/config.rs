@@ -38,6 +38,10 @@ pub struct Config {
     /// (`AGENCY_IN_FLIGHT_CAPS`: critical,high,normal,low,background; default
     /// [`DEFAULT_IN_FLIGHT_CAPS`]).
     pub in_flight_caps: BTreeMap<Priority, u32>,
+    /// Task runs an agency may have sent to each tier's queue and not yet started; more wait
+    /// parked in the table (`AGENCY_DISPATCH_WINDOWS`: critical,high,normal,low,background;
+    /// default [`DEFAULT_DISPATCH_WINDOWS`]).
+    pub dispatch_windows: BTreeMap<Priority, u32>,
 }
 
 /// The template's default LeaseSeconds; openapi.json states the run limit it gives.
@@ -47,6 +51,11 @@ pub const DEFAULT_LEASE_SECONDS: u64 = 120;
 /// 10, 25, 40, 20, 10), so that while another agency waits, half of a tier's deliveries are
 /// left to reach that agency's work.
 pub const DEFAULT_IN_FLIGHT_CAPS: &str = "5,12,20,10,5";
+
+/// Each tier's in-flight capacity in template.yaml (MaximumConcurrency × BatchSize), so that an
+/// agency alone has a full round of deliveries waiting for every poller, while another agency's
+/// work sent now waits behind at most one such round of it.
+pub const DEFAULT_DISPATCH_WINDOWS: &str = "10,25,40,20,10";
 
 /// Per-agency quotas, each refused with a 429 once used up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,11 +124,19 @@ impl Config {
             lease_seconds: number("LEASE_SECONDS", DEFAULT_LEASE_SECONDS as f64)? as u64,
             aging_fraction: number("AGING_FRACTION", 0.5)?,
             quotas: Quotas::from_lookup(&lookup)?,
-            in_flight_caps: in_flight_caps(
+            in_flight_caps: per_tier(
+                "AGENCY_IN_FLIGHT_CAPS",
                 lookup("AGENCY_IN_FLIGHT_CAPS")
                     .filter(|v| !v.is_empty())
                     .as_deref()
                     .unwrap_or(DEFAULT_IN_FLIGHT_CAPS),
+            )?,
+            dispatch_windows: per_tier(
+                "AGENCY_DISPATCH_WINDOWS",
+                lookup("AGENCY_DISPATCH_WINDOWS")
+                    .filter(|v| !v.is_empty())
+                    .as_deref()
+                    .unwrap_or(DEFAULT_DISPATCH_WINDOWS),
             )?,
         })
     }
@@ -160,15 +177,16 @@ impl Quotas {
     }
 }
 
-/// Parses one cap per tier, in tier order; a missing, zero or non-numeric cap fails the cold start.
-fn in_flight_caps(value: &str) -> Result<BTreeMap<Priority, u32>, AppError> {
+/// Parses one number per tier, in tier order; a missing, zero or non-numeric one fails the cold
+/// start.
+fn per_tier(variable: &str, value: &str) -> Result<BTreeMap<Priority, u32>, AppError> {
     let caps: Vec<Option<u32>> = value
         .split(',')
         .map(|cap| cap.trim().parse::<u32>().ok().filter(|n| *n > 0))
         .collect();
     if caps.len() != Priority::ALL.len() || caps.iter().any(Option::is_none) {
         return Err(AppError::internal(format!(
-            "AGENCY_IN_FLIGHT_CAPS must be {} whole numbers of at least 1 (critical,high,normal,low,background), not {value:?}",
+            "{variable} must be {} whole numbers of at least 1 (critical,high,normal,low,background), not {value:?}",
             Priority::ALL.len()
         )));
     }

@@ -2,7 +2,8 @@
 //! `store` implement them; unit tests use in-memory fakes.
 
 use crate::domain::{
-    AgencyId, Priority, StepStatus, Task, TaskId, TaskStatus, TaskStep, TaskType, UserId,
+    AgencyId, DispatchMessage, Priority, StepStatus, Task, TaskId, TaskStatus, TaskStep, TaskType,
+    UserId,
 };
 use crate::error::AppError;
 use async_trait::async_trait;
@@ -639,4 +640,66 @@ pub trait InFlightSlots: Send + Sync {
         agency: &AgencyId,
         since: DateTime<Utc>,
     ) -> Result<bool, AppError>;
+}
+
+/// The dispatch window of fair share (`service::pacing`): per agency and tier, the task runs
+/// sent to the tier's queue and not yet started, each a lease named by its task id, and the
+/// dispatches parked in the table while the window was full. The count is the number of live
+/// places, never a separate number that could drift.
+#[async_trait]
+pub trait DispatchWindow: Send + Sync {
+    /// Takes `task`'s place in the agency's window on `tier` until `until`, while fewer than
+    /// `size` live places are taken (a task already holding one renews it), after reclaiming
+    /// places whose lease ended before `now`. False: the window is full.
+    async fn enter(
+        &self,
+        agency: &AgencyId,
+        tier: Priority,
+        task: TaskId,
+        until: DateTime<Utc>,
+        size: u32,
+        now: DateTime<Utc>,
+    ) -> Result<bool, AppError>;
+
+    /// Frees `task`'s place (its run started, or its message was dropped). Idempotent. Answers
+    /// how the window was left.
+    async fn leave(
+        &self,
+        agency: &AgencyId,
+        tier: Priority,
+        task: TaskId,
+    ) -> Result<WindowState, AppError>;
+
+    /// Keeps a dispatch that found the window full until a place frees, and marks the window
+    /// as having parked work (in that order, so a mark never hides nothing). Idempotent.
+    async fn park(&self, message: &DispatchMessage) -> Result<(), AppError>;
+
+    /// The agency's oldest parked dispatches on `tier`, at most `limit`.
+    async fn parked(
+        &self,
+        agency: &AgencyId,
+        tier: Priority,
+        limit: usize,
+    ) -> Result<Vec<DispatchMessage>, AppError>;
+
+    /// Forgets a parked dispatch once it was sent. Idempotent.
+    async fn unpark(&self, agency: &AgencyId, tier: Priority, task: TaskId)
+        -> Result<(), AppError>;
+
+    /// Clears the parked mark, only if it is still `mark` (a later park keeps it set).
+    async fn clear_parked_mark(
+        &self,
+        agency: &AgencyId,
+        tier: Priority,
+        mark: &str,
+    ) -> Result<(), AppError>;
+}
+
+/// A window as a [`DispatchWindow::leave`] left it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WindowState {
+    /// Places still taken (expired leases included until reclaimed).
+    pub taken: u32,
+    /// Set while dispatches may be parked: the mark the latest park wrote.
+    pub parked_mark: Option<String>,
 }

@@ -74,9 +74,24 @@ impl Services {
         let fairness =
             crate::service::fairness::Fairness::new(Arc::new(slots), config.in_flight_caps.clone());
         let mut ports = ports;
-        ports.dispatcher = Arc::new(crate::service::fairness::DemandStampingDispatcher::new(
-            ports.dispatcher,
-            fairness.clone(),
+        let stamping: Arc<dyn crate::ports::Dispatcher> =
+            Arc::new(crate::service::fairness::DemandStampingDispatcher::new(
+                ports.dispatcher,
+                fairness.clone(),
+            ));
+        // And each agency has at most a window of task runs in a tier's queue; the rest wait
+        // parked, so another agency's work is never queued behind a whole flood.
+        let pacing = crate::service::pacing::Pacing::new(
+            Arc::new(crate::store::dynamo::DynamoDispatchWindow::new(
+                clients.dynamodb.clone(),
+                table,
+            )),
+            config.dispatch_windows.clone(),
+            stamping.clone(),
+        );
+        ports.dispatcher = Arc::new(crate::service::pacing::PacedDispatcher::new(
+            pacing.clone(),
+            stamping,
         ));
         let index = Arc::new(DynamoSchedulingIndex::new(clients.dynamodb.clone(), table));
         let executors = ExecutorRegistry::builtin_with(EgressPolicy::from_config(config));
@@ -84,7 +99,8 @@ impl Services {
         services.chains.fairness = Some(fairness.clone());
         services.batch_runner.fairness = Some(fairness.clone());
         services.sweeper.fairness = Some(fairness.clone());
-        services.runner = services.runner.with_fairness(fairness);
+        services.sweeper.pacing = Some(pacing.clone());
+        services.runner = services.runner.with_fairness(fairness).with_pacing(pacing);
         services
     }
 
@@ -145,6 +161,7 @@ impl Services {
                 batch_orchestrator: ports.batch_orchestrator.clone(),
                 preparations: ports.preparations.clone(),
                 fairness: None,
+                pacing: None,
             },
             tasks,
         }

@@ -216,16 +216,136 @@ async fn in_flight_slots_hold_the_cap_under_concurrency_and_reclaim_expired_hold
     assert!(slots.others_waiting(tier, &c, t1).await.expect("read"));
 }
 
-/// End to end on a stack of its own (normal tier cap 3): agency A floods the normal tier with
-/// runs held open, agency B's tasks behind them still start and finish while A's backlog
-/// waits; A's held runs are then killed by the worker's Timeout (a crash between taking a
-/// slot and giving it back); everything completes, each deferral cost no attempt, and no
-/// slot is left taken.
+/// The dispatch window's writes on DynamoDB (moto): the size under concurrent enters, a
+/// place's renewal and expiry, leave's answer, parked dispatches oldest first, and a parked
+/// mark cleared only by the refill that read it.
+#[tokio::test]
+async fn dispatch_windows_hold_their_size_under_concurrency_and_keep_parked_runs_in_order() {
+    use shared::ports::DispatchWindow;
+    let clients = stack().clients().await;
+    let window = shared::store::dynamo::DynamoDispatchWindow::new(
+        clients.dynamodb.clone(),
+        &stack().config.table_name,
+    );
+    let (acme, now) = (fair_agency("window"), chrono::Utc::now());
+    let tier = Priority::High;
+    let lease = now + chrono::Duration::seconds(60);
+    // 12 dispatchers at once, window 4: exactly 4 get a place.
+    let mut takers = tokio::task::JoinSet::new();
+    for _ in 0..12 {
+        let (window, acme) = (window.clone(), acme.clone());
+        takers.spawn(async move {
+            let task = TaskId::generate();
+            (task, window.enter(&acme, tier, task, lease, 4, now).await)
+        });
+    }
+    let results = takers.join_all().await;
+    assert!(results.iter().all(|(_, r)| r.is_ok()), "{results:?}");
+    let placed: Vec<TaskId> = results
+        .iter()
+        .filter(|(_, r)| matches!(r, Ok(true)))
+        .map(|(task, _)| *task)
+        .collect();
+    assert_eq!(placed.len(), 4, "{results:?}");
+    let newcomer = TaskId::generate();
+    assert!(!window
+        .enter(&acme, tier, newcomer, lease, 4, now)
+        .await
+        .expect("dynamodb"));
+    assert!(
+        window
+            .enter(&acme, tier, placed[0], lease, 4, now)
+            .await
+            .expect("dynamodb"),
+        "a place renews"
+    );
+
+    // Parked dispatches come back oldest first (task ids are time-ordered), and leave answers
+    // the places still taken and the mark of the latest park.
+    let parked: Vec<DispatchMessage> = (0..3)
+        .map(|_| DispatchMessage {
+            task_id: TaskId::generate(),
+            agency_id: acme.clone(),
+            dispatch_id: "d1".into(),
+            priority: tier,
+            enqueued_at: now,
+        })
+        .collect();
+    for message in parked.iter().rev() {
+        window.park(message).await.expect("parked");
+    }
+    window.park(&parked[1]).await.expect("parked twice is one");
+    let oldest = window.parked(&acme, tier, 2).await.expect("query");
+    assert_eq!(oldest, parked[..2]);
+    let state = window.leave(&acme, tier, placed[1]).await.expect("leave");
+    assert_eq!(state.taken, 3);
+    let mark = state.parked_mark.expect("marked");
+    assert_eq!(
+        window
+            .leave(&acme, tier, placed[1])
+            .await
+            .expect("again")
+            .taken,
+        3,
+        "leaving twice frees one place"
+    );
+    // A refill that found nothing clears its mark, unless a park wrote a new one since.
+    window.park(&parked[2]).await.expect("parked again");
+    window
+        .clear_parked_mark(&acme, tier, &mark)
+        .await
+        .expect("stale mark");
+    let state = window.leave(&acme, tier, placed[2]).await.expect("leave");
+    let latest = state.parked_mark.expect("the later park's mark stays");
+    assert_ne!(latest, mark);
+    window
+        .clear_parked_mark(&acme, tier, &latest)
+        .await
+        .expect("cleared");
+    for message in &parked {
+        window
+            .unpark(&acme, tier, message.task_id)
+            .await
+            .expect("unparked");
+    }
+    assert!(window
+        .parked(&acme, tier, 10)
+        .await
+        .expect("query")
+        .is_empty());
+    let state = window.leave(&acme, tier, placed[3]).await.expect("leave");
+    assert_eq!((state.taken, state.parked_mark), (1, None));
+    // Places whose lease ended are reclaimed by the next dispatch that finds the window full.
+    for task in [newcomer, TaskId::generate(), TaskId::generate()] {
+        assert!(window
+            .enter(&acme, tier, task, lease, 4, now)
+            .await
+            .expect("dynamodb"));
+    }
+    let after = lease + chrono::Duration::seconds(1);
+    assert!(window
+        .enter(&acme, tier, TaskId::generate(), after, 4, after)
+        .await
+        .expect("reclaimed"));
+    // Leaving a window never used is a no-op.
+    let state = window
+        .leave(&acme, Priority::Background, newcomer)
+        .await
+        .expect("no window");
+    assert_eq!(state, shared::ports::WindowState::default());
+}
+
+/// End to end on a stack of its own (normal tier cap 3, window 4): agency A floods the normal
+/// tier with runs held open, and only a window of them is in the queue (the rest parked);
+/// agency B's tasks behind them still start and finish while A's backlog waits; A's held runs
+/// are then killed by the worker's Timeout (a crash between taking a slot and giving it back);
+/// everything completes, each deferral cost no attempt, and no slot, place or parked run is
+/// left.
 #[tokio::test]
 async fn a_flooding_agency_cannot_starve_another_and_a_killed_worker_leaks_no_slot() {
     use integration_tests::{isolated_options, unique_agency, wait_for_status, Client, Ledger};
     use serde_json::json;
-    use shared::ports::InFlightSlots;
+    use shared::ports::{DispatchWindow, InFlightSlots};
     if !matches!(
         isolated_options("x").functions,
         local_stack::FunctionHost::Processes { .. }
@@ -240,6 +360,7 @@ async fn a_flooding_agency_cannot_starve_another_and_a_killed_worker_leaks_no_sl
             ("WorkerTimeoutSeconds", "8"),
             ("QueueVisibilitySeconds", "22"),
             ("AgencyInFlightCaps", "5,5,3,5,5"),
+            ("AgencyDispatchWindows", "10,10,4,10,10"),
         ]
         .map(|(k, v)| (k.to_owned(), v.to_owned())),
     );
@@ -262,6 +383,24 @@ async fn a_flooding_agency_cannot_starve_another_and_a_killed_worker_leaks_no_sl
         flood_ids.push(a.create_task(&task(n, &held.url)).await);
     }
     held.wait_for("A's runs up to its cap", 3, |_| true).await;
+    // A's 12: 3 running (its cap, held), 4 in the queue (its window), the other 5 parked.
+    let clients =
+        shared::aws::AwsClients::new(&local_stack::emulator::sdk_config_for(&host.endpoints).await);
+    let table = integration_tests::worker_config(&host).table_name;
+    let window = shared::store::dynamo::DynamoDispatchWindow::new(clients.dynamodb.clone(), &table);
+    let flood_agency = AgencyId::parse(&flood).expect("valid");
+    integration_tests::eventually(
+        "A's runs past its window to be parked",
+        Duration::from_secs(30),
+        || async {
+            let parked = window
+                .parked(&flood_agency, Priority::Normal, 100)
+                .await
+                .expect("query");
+            (parked.len() == 5).then_some(())
+        },
+    )
+    .await;
     let mut calm_ids = Vec::new();
     for n in 1..=4 {
         calm_ids.push(b.create_task(&task(n, &quick.url)).await);
@@ -299,10 +438,7 @@ async fn a_flooding_agency_cannot_starve_another_and_a_killed_worker_leaks_no_sl
             "{done}"
         );
     }
-    // No slot is left taken, live or expired.
-    let clients =
-        shared::aws::AwsClients::new(&local_stack::emulator::sdk_config_for(&host.endpoints).await);
-    let table = integration_tests::worker_config(&host).table_name;
+    // No slot or place is left taken, live or expired, and nothing is parked.
     let slots = shared::store::dynamo::DynamoInFlightSlots::new(clients.dynamodb.clone(), &table);
     for agency in [&flood, &calm] {
         let agency = AgencyId::parse(agency).expect("valid");
@@ -311,6 +447,23 @@ async fn a_flooding_agency_cannot_starve_another_and_a_killed_worker_leaks_no_sl
             .await
             .expect("read");
         assert_eq!(left, 0, "{agency} still holds {left} slots");
+        let parked = window
+            .parked(&agency, Priority::Normal, 100)
+            .await
+            .expect("query");
+        assert!(parked.is_empty(), "{agency} has parked runs: {parked:?}");
+        let places = window
+            .enter(
+                &agency,
+                Priority::Normal,
+                TaskId::generate(),
+                chrono::Utc::now(),
+                1,
+                chrono::DateTime::UNIX_EPOCH,
+            )
+            .await
+            .expect("dynamodb");
+        assert!(places, "{agency} still holds places in its window");
     }
     host.stop().await;
 }

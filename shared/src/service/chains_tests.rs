@@ -890,16 +890,7 @@ async fn a_manual_completion_is_recorded_first_and_its_retry_answers_from_the_re
         script: Mutex::new(vec![None]),
         failures: Mutex::default(),
     });
-    let config = crate::config::Config::from_lookup(|key| match key {
-        "LEASE_SECONDS" => Some("30".into()),
-        "AGING_FRACTION" => Some("0.5".into()),
-        // Quotas keep their defaults.
-        quota if quota.starts_with("QUOTA_") => None,
-        // The default caps (a memory URL is no list of numbers).
-        "AGENCY_IN_FLIGHT_CAPS" => None,
-        other => Some(format!("memory://{other}")),
-    })
-    .unwrap();
+    let config = crate::testing::test_config();
     let services = crate::services::Services::from_ports(
         ports,
         world.index.clone(),

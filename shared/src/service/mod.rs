@@ -14,6 +14,7 @@ pub mod chains;
 mod chains_tests;
 pub mod fairness;
 pub mod input;
+pub mod pacing;
 pub mod queues;
 pub mod quotas;
 pub mod runner;

@@ -8,6 +8,7 @@ use crate::error::AppError;
 use crate::executors::{ExecError, ExecutorRegistry, Job, Outcome, WorkUnit};
 use crate::ports::TaskStore;
 use crate::service::fairness::{Fairness, DEFER_DELAY};
+use crate::service::pacing::Pacing;
 use chrono::{DateTime, Utc};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -52,6 +53,9 @@ pub struct TaskRunner {
     lease: Duration,
     /// The per-agency in-flight cap of each tier, when enforced.
     fairness: Option<Fairness>,
+    /// The per-agency dispatch windows, when enforced: a delivery that leaves the queue frees
+    /// its place and sends parked work into it.
+    pacing: Option<Pacing>,
 }
 
 impl TaskRunner {
@@ -61,7 +65,14 @@ impl TaskRunner {
             executors,
             lease,
             fairness: None,
+            pacing: None,
         }
+    }
+
+    /// Frees each delivered run's place in its agency's dispatch window.
+    pub fn with_pacing(mut self, pacing: Pacing) -> Self {
+        self.pacing = Some(pacing);
+        self
     }
 
     /// Runs a task only while its agency is within its tier's in-flight cap (or alone).
@@ -94,10 +105,12 @@ impl TaskRunner {
         message: &DispatchMessage,
     ) -> Result<(Delivery, Option<RunReport>), AppError> {
         let Some(task) = self.store.get(&message.agency_id, message.task_id).await? else {
+            self.left_queue(message).await;
             return Ok((Delivery::Ack, None)); // deleted meanwhile
         };
         let now = Utc::now();
         if task.dispatch_id.as_deref() != Some(message.dispatch_id.as_str()) {
+            self.left_queue(message).await;
             return Ok((Delivery::Ack, None)); // superseded or cancelled
         }
         match (task.status, task.lease_expires_at) {
@@ -118,28 +131,55 @@ impl TaskRunner {
                     .error
                     .clone()
                     .unwrap_or_else(|| "the task failed".into());
+                self.left_queue(message).await;
                 return Ok((Delivery::DeadLetter(error), None));
             }
             // Finished, waiting for a person, or not queued: nothing to run.
-            _ => return Ok((Delivery::Ack, None)),
+            _ => {
+                self.left_queue(message).await;
+                return Ok((Delivery::Ack, None));
+            }
         }
 
         let lease_until =
             now + chrono::Duration::from_std(self.lease).map_err(AppError::internal)?;
         let Some(fairness) = &self.fairness else {
-            return self.claim_and_run(task, message, now, lease_until).await;
+            let (result, ()) = tokio::join!(
+                self.claim_and_run(task, message, now, lease_until),
+                self.left_queue(message)
+            );
+            return result;
         };
         let (agency, tier, holder) = (&message.agency_id, message.priority, task.id.to_string());
         if !fairness
             .admit(agency, tier, &holder, lease_until, now)
             .await?
         {
+            // Still queued: it keeps its place in the agency's window.
             return Ok((Delivery::Defer(DEFER_DELAY), None));
         }
+        // The run starts: its place goes to the agency's next parked run while it runs.
         // Whatever happens to the run, its slot is given back (a crash leaves it to expire).
-        let result = self.claim_and_run(task, message, now, lease_until).await;
+        let (result, ()) = tokio::join!(
+            self.claim_and_run(task, message, now, lease_until),
+            self.left_queue(message)
+        );
         fairness.release(agency, tier, &holder).await;
         result
+    }
+
+    /// The delivery will not come back to the queue: its run's place in the window is free.
+    async fn left_queue(&self, message: &DispatchMessage) {
+        if let Some(pacing) = &self.pacing {
+            pacing
+                .left_queue(
+                    &message.agency_id,
+                    message.priority,
+                    message.task_id,
+                    Utc::now(),
+                )
+                .await;
+        }
     }
 
     async fn claim_and_run(

@@ -61,6 +61,8 @@ pub struct Sweeper {
     pub preparations: Arc<dyn crate::ports::Preparations>,
     /// Fair share: each pass re-stamps the demand of agencies whose work still waits.
     pub fairness: Option<crate::service::fairness::Fairness>,
+    /// Dispatch windows: each pass refills those of agencies whose work still waits.
+    pub pacing: Option<crate::service::pacing::Pacing>,
 }
 
 /// Work waiting at least this long is stamped as demand by the sweeper: younger work was
@@ -72,7 +74,7 @@ impl Sweeper {
         let mut report = SweepReport::default();
         for tier in Priority::ALL {
             self.age_tier(*tier, now, &mut report).await?;
-            self.restamp_demand(*tier, now).await?;
+            self.tend_waiting_agencies(*tier, now).await?;
         }
         self.escalate_due(now, &mut report).await?;
         self.retire_offline_agents(now, &mut report).await?;
@@ -165,13 +167,19 @@ impl Sweeper {
     /// A dispatch stamps its agency's demand on the tier for [`DEMAND_WINDOW`]; work that waits
     /// longer (behind another agency's backlog) would then stop holding that agency to its
     /// cap. Each pass (every minute, within the window) stamps again the agencies of the
-    /// tier's oldest waiting work.
+    /// tier's oldest waiting work, and refills their dispatch windows: a refill lost with a
+    /// crashed worker, or a window whose places leaked and expired, would leave parked work
+    /// waiting for aging alone.
     ///
     /// [`DEMAND_WINDOW`]: crate::service::fairness::DEMAND_WINDOW
-    async fn restamp_demand(&self, tier: Priority, now: DateTime<Utc>) -> Result<(), AppError> {
-        let Some(fairness) = &self.fairness else {
+    async fn tend_waiting_agencies(
+        &self,
+        tier: Priority,
+        now: DateTime<Utc>,
+    ) -> Result<(), AppError> {
+        if self.fairness.is_none() && self.pacing.is_none() {
             return Ok(());
-        };
+        }
         let before = now - chrono::Duration::from_std(RESTAMP_AFTER).unwrap_or_default();
         let mut agencies = std::collections::BTreeSet::new();
         for breached in [false, true] {
@@ -184,7 +192,15 @@ impl Sweeper {
             }
         }
         for agency in &agencies {
-            fairness.note_demand(tier, agency, now).await;
+            if let Some(fairness) = &self.fairness {
+                fairness.note_demand(tier, agency, now).await;
+            }
+            if let Some(pacing) = &self.pacing {
+                let sent = pacing.refill_waiting(agency, tier, now).await?;
+                if sent > 0 {
+                    tracing::info!(%agency, %tier, sent, "parked dispatches sent by the sweeper");
+                }
+            }
         }
         Ok(())
     }

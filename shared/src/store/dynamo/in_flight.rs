@@ -10,16 +10,15 @@
 //!   which is enough to answer "has any agency other than X stamped since t".
 
 use super::keys::{n, s, PK, SK};
+use super::lease_map::LeaseMap;
 use super::quotas::quota_pk;
 use crate::domain::{AgencyId, Priority};
 use crate::error::AppError;
 use crate::ports::InFlightSlots;
 use crate::store::{conditional_write, from_sdk};
 use async_trait::async_trait;
-use aws_sdk_dynamodb::types::AttributeValue;
 use aws_sdk_dynamodb::Client;
 use chrono::{DateTime, Utc};
-use std::collections::HashMap;
 
 const HOLDERS: &str = "holders";
 /// Concurrent writers can make each step's condition fail once; a few rounds settle it.
@@ -47,65 +46,15 @@ impl DynamoInFlightSlots {
         }
     }
 
-    fn slots_update(
-        &self,
-        agency: &AgencyId,
-        tier: Priority,
-    ) -> aws_sdk_dynamodb::operation::update_item::builders::UpdateItemFluentBuilder {
-        self.client
-            .update_item()
-            .table_name(&self.table)
-            .key(PK, s(quota_pk(agency)))
-            .key(SK, s(slots_sk(tier)))
-    }
-
-    /// The agency's holders on the tier: task id → lease end (epoch ms). None: no item yet.
-    async fn holders(
-        &self,
-        agency: &AgencyId,
-        tier: Priority,
-    ) -> Result<Option<HashMap<String, i64>>, AppError> {
-        let out = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .key(PK, s(quota_pk(agency)))
-            .key(SK, s(slots_sk(tier)))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(|e| from_sdk("dynamodb:GetItem", e))?;
-        Ok(out.item.and_then(|item| match item.get(HOLDERS) {
-            Some(AttributeValue::M(map)) => Some(
-                map.iter()
-                    .filter_map(|(k, v)| Some((k.clone(), v.as_n().ok()?.parse().ok()?)))
-                    .collect(),
-            ),
-            _ => None,
-        }))
-    }
-
-    /// Removes holders whose lease ended, each only if its lease end is still the one read.
-    async fn reclaim(
-        &self,
-        agency: &AgencyId,
-        tier: Priority,
-        expired: &[(String, i64)],
-    ) -> Result<bool, AppError> {
-        let mut update = self.slots_update(agency, tier);
-        let mut removes = Vec::new();
-        let mut conditions = Vec::new();
-        for (i, (holder, until)) in expired.iter().enumerate() {
-            update = update
-                .expression_attribute_names(format!("#x{i}"), holder)
-                .expression_attribute_values(format!(":e{i}"), n(*until));
-            removes.push(format!("{HOLDERS}.#x{i}"));
-            conditions.push(format!("{HOLDERS}.#x{i} = :e{i}"));
+    /// The agency's holders on the tier: run → lease end (epoch ms).
+    fn slots(&self, agency: &AgencyId, tier: Priority) -> LeaseMap<'_> {
+        LeaseMap {
+            client: &self.client,
+            table: &self.table,
+            pk: quota_pk(agency),
+            sk: slots_sk(tier),
+            attribute: HOLDERS,
         }
-        let update = update
-            .update_expression(format!("REMOVE {}", removes.join(", ")))
-            .condition_expression(conditions.join(" AND "));
-        conditional_write("dynamodb:UpdateItem", update.send().await)
     }
 }
 
@@ -120,57 +69,7 @@ impl InFlightSlots for DynamoInFlightSlots {
         cap: Option<u32>,
         now: DateTime<Utc>,
     ) -> Result<bool, AppError> {
-        let holder = holder.to_owned();
-        let until_ms = until.timestamp_millis();
-        for _ in 0..ROUNDS {
-            // The usual case: the map exists and has room (or already names this holder).
-            let mut update = self
-                .slots_update(agency, tier)
-                .update_expression(format!("SET {HOLDERS}.#h = :until"))
-                .expression_attribute_names("#h", &holder)
-                .expression_attribute_values(":until", n(until_ms));
-            update = match cap {
-                Some(cap) => update
-                    .condition_expression(format!(
-                        "attribute_exists({HOLDERS}) AND (size({HOLDERS}) < :cap OR attribute_exists({HOLDERS}.#h))"
-                    ))
-                    .expression_attribute_values(":cap", n(cap)),
-                None => update.condition_expression(format!("attribute_exists({HOLDERS})")),
-            };
-            if conditional_write("dynamodb:UpdateItem", update.send().await)? {
-                return Ok(true);
-            }
-            let Some(holders) = self.holders(agency, tier).await? else {
-                // No map yet: create it holding this slot, unless another writer just did.
-                let first = self
-                    .slots_update(agency, tier)
-                    .update_expression(format!("SET {HOLDERS} = :holders"))
-                    .condition_expression(format!("attribute_not_exists({HOLDERS})"))
-                    .expression_attribute_values(
-                        ":holders",
-                        AttributeValue::M(HashMap::from([(holder.clone(), n(until_ms))])),
-                    );
-                if conditional_write("dynamodb:UpdateItem", first.send().await)? {
-                    return Ok(true);
-                }
-                continue;
-            };
-            let full = cap.is_some_and(|cap| holders.len() >= cap as usize);
-            if !full || holders.contains_key(&holder) {
-                continue; // changed since the update: try again
-            }
-            let now_ms = now.timestamp_millis();
-            let expired: Vec<(String, i64)> = holders
-                .into_iter()
-                .filter(|(_, lease_end)| *lease_end <= now_ms)
-                .collect();
-            if expired.is_empty() {
-                return Ok(false);
-            }
-            tracing::info!(%agency, %tier, reclaimed = expired.len(), "reclaiming in-flight slots whose lease ended");
-            self.reclaim(agency, tier, &expired).await?;
-        }
-        Ok(false)
+        self.slots(agency, tier).take(holder, until, cap, now).await
     }
 
     async fn release(
@@ -179,12 +78,8 @@ impl InFlightSlots for DynamoInFlightSlots {
         tier: Priority,
         holder: &str,
     ) -> Result<(), AppError> {
-        let update = self
-            .slots_update(agency, tier)
-            .update_expression(format!("REMOVE {HOLDERS}.#h"))
-            .condition_expression(format!("attribute_exists({HOLDERS})"))
-            .expression_attribute_names("#h", holder);
         // No map: nothing was held.
+        let update = self.slots(agency, tier).give_back(holder);
         conditional_write("dynamodb:UpdateItem", update.send().await)?;
         Ok(())
     }
@@ -196,7 +91,7 @@ impl InFlightSlots for DynamoInFlightSlots {
         now: DateTime<Utc>,
     ) -> Result<u32, AppError> {
         let now_ms = now.timestamp_millis();
-        Ok(self.holders(agency, tier).await?.map_or(0, |h| {
+        Ok(self.slots(agency, tier).entries().await?.map_or(0, |h| {
             h.values().filter(|until| **until > now_ms).count() as u32
         }))
     }

@@ -5,16 +5,19 @@ mod batches;
 mod cursor;
 mod in_flight;
 pub mod keys;
+mod lease_map;
 mod list;
 pub mod open_tasks;
 mod quotas;
 mod scheduling;
+mod window;
 
 pub use agents::DynamoAgentStore;
 pub use batches::{DynamoBatchStore, COUNTER_SHARDS};
 pub use in_flight::DynamoInFlightSlots;
 pub use quotas::DynamoRequestBuckets;
 pub use scheduling::DynamoSchedulingIndex;
+pub use window::DynamoDispatchWindow;
 
 pub use self::list::LIST_INDEX_ATTRIBUTES;
 

@@ -429,6 +429,21 @@ impl crate::ports::Dispatcher for RecordingDispatcher {
     }
 }
 
+/// The configuration of in-memory services: a 30 s lease, the default quotas, caps and windows,
+/// and `memory://` names for everything else.
+pub fn test_config() -> crate::config::Config {
+    crate::config::Config::from_lookup(|key| match key {
+        "LEASE_SECONDS" => Some("30".into()),
+        "AGING_FRACTION" => Some("0.5".into()),
+        // Quotas keep their defaults.
+        quota if quota.starts_with("QUOTA_") => None,
+        // The default caps and windows (a memory URL is no list of numbers).
+        "AGENCY_IN_FLIGHT_CAPS" | "AGENCY_DISPATCH_WINDOWS" => None,
+        other => Some(format!("memory://{other}")),
+    })
+    .expect("complete test config")
+}
+
 /// Agents in process memory, with the same capacity rules as the DynamoDB adapter.
 #[derive(Debug, Default)]
 pub struct MemoryAgents {
@@ -856,17 +871,12 @@ impl MemoryWorld {
         &self,
         executors: crate::executors::ExecutorRegistry,
     ) -> crate::services::Services {
-        let config = crate::config::Config::from_lookup(|key| match key {
-            "LEASE_SECONDS" => Some("30".into()),
-            "AGING_FRACTION" => Some("0.5".into()),
-            // Quotas keep their defaults.
-            quota if quota.starts_with("QUOTA_") => None,
-            // The default caps (a memory URL is no list of numbers).
-            "AGENCY_IN_FLIGHT_CAPS" => None,
-            other => Some(format!("memory://{other}")),
-        })
-        .expect("complete test config");
-        crate::services::Services::from_ports(self.ports(), self.index.clone(), executors, &config)
+        crate::services::Services::from_ports(
+            self.ports(),
+            self.index.clone(),
+            executors,
+            &test_config(),
+        )
     }
 }
 
@@ -1435,87 +1445,5 @@ impl crate::ports::RequestBuckets for MemoryBuckets {
     }
 }
 
-/// In-flight slots and tier demand held in memory, as `DynamoInFlightSlots` keeps them.
-#[derive(Debug, Default)]
-pub struct MemorySlots {
-    /// (agency, tier) → holder → lease end.
-    holders: Mutex<HashMap<(AgencyId, crate::domain::Priority), SlotLeases>>,
-    /// tier → agency → its latest demand stamp.
-    demand: Mutex<HashMap<crate::domain::Priority, SlotLeases<AgencyId>>>,
-}
-
-type SlotLeases<K = String> = HashMap<K, chrono::DateTime<chrono::Utc>>;
-
-#[async_trait]
-impl crate::ports::InFlightSlots for MemorySlots {
-    async fn acquire(
-        &self,
-        agency: &AgencyId,
-        tier: crate::domain::Priority,
-        holder: &str,
-        until: chrono::DateTime<chrono::Utc>,
-        cap: Option<u32>,
-        now: chrono::DateTime<chrono::Utc>,
-    ) -> Result<bool, AppError> {
-        let mut all = self.holders.lock().unwrap_or_else(|e| e.into_inner());
-        let slots = all.entry((agency.clone(), tier)).or_default();
-        if let Some(cap) = cap {
-            if !slots.contains_key(holder) && slots.len() >= cap as usize {
-                slots.retain(|_, expires| *expires > now);
-                if slots.len() >= cap as usize {
-                    return Ok(false);
-                }
-            }
-        }
-        slots.insert(holder.to_owned(), until);
-        Ok(true)
-    }
-
-    async fn release(
-        &self,
-        agency: &AgencyId,
-        tier: crate::domain::Priority,
-        holder: &str,
-    ) -> Result<(), AppError> {
-        let mut all = self.holders.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(slots) = all.get_mut(&(agency.clone(), tier)) {
-            slots.remove(holder);
-        }
-        Ok(())
-    }
-
-    async fn held(
-        &self,
-        agency: &AgencyId,
-        tier: crate::domain::Priority,
-        now: chrono::DateTime<chrono::Utc>,
-    ) -> Result<u32, AppError> {
-        let all = self.holders.lock().unwrap_or_else(|e| e.into_inner());
-        Ok(all.get(&(agency.clone(), tier)).map_or(0, |slots| {
-            slots.values().filter(|e| **e > now).count() as u32
-        }))
-    }
-
-    async fn stamp_demand(
-        &self,
-        tier: crate::domain::Priority,
-        agency: &AgencyId,
-        now: chrono::DateTime<chrono::Utc>,
-    ) -> Result<(), AppError> {
-        let mut demand = self.demand.lock().unwrap_or_else(|e| e.into_inner());
-        demand.entry(tier).or_default().insert(agency.clone(), now);
-        Ok(())
-    }
-
-    async fn others_waiting(
-        &self,
-        tier: crate::domain::Priority,
-        agency: &AgencyId,
-        since: chrono::DateTime<chrono::Utc>,
-    ) -> Result<bool, AppError> {
-        let demand = self.demand.lock().unwrap_or_else(|e| e.into_inner());
-        Ok(demand
-            .get(&tier)
-            .is_some_and(|d| d.iter().any(|(a, at)| a != agency && *at >= since)))
-    }
-}
+mod fair_share;
+pub use fair_share::{MemorySlots, MemoryWindow};

@@ -1,0 +1,221 @@
+//! Fair share at dispatch: each agency has a window of task runs sent to a tier's queue and not
+//! yet started (`AGENCY_DISPATCH_WINDOWS`); a dispatch that finds its window full is parked in
+//! the table instead, and sent as the agency's runs start and free their places.
+//!
+//! **Why.** A queue without fair queues delivers in order, so the in-flight cap
+//! ([`super::fairness`]) alone could not help another agency whose tasks arrive behind a
+//! flood: every message of the flood queued ahead of them had to be delivered first (measured:
+//! 740 messages, 38× the wait). With the window, at most one window of an agency's runs is in
+//! the queue at once, so work sent by another agency waits behind at most that many.
+//!
+//! **Alone, an agency still gets the whole tier:** the window is sized to a round of the tier's
+//! deliveries, and each start refills it (in the same worker, concurrently with the run).
+//!
+//! **Nothing is lost.** A parked dispatch is kept until it was sent (sent first, forgotten
+//! after: a crash in between sends it twice, and the runner drops the second copy). A park
+//! marks the window after writing the parked dispatch, and a refill clears only the mark it
+//! read when it found nothing, so a refill never misses a parked dispatch it could have seen;
+//! a park that raced the window's last start tries once more itself. The sweeper refills, too,
+//! the agencies whose work waits (a window whose places all leaked frees them when their
+//! leases end), and the tasks stay `queued` in the pending index throughout, so aging and
+//! re-dispatch cover them as they cover a lost message.
+
+use crate::domain::{AgencyId, DispatchMessage, Priority, TaskId};
+use crate::error::AppError;
+use crate::ports::{DispatchWindow, Dispatcher, QueueDepth};
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How long a place is kept for a message waiting in the queue: as long as a tier's normal
+/// wait, so a place whose message was lost (a dead letter after store outages) frees itself.
+pub const PLACE_LEASE: Duration = Duration::from_secs(15 * 60);
+
+#[derive(Clone)]
+pub struct Pacing {
+    window: Arc<dyn DispatchWindow>,
+    sizes: BTreeMap<Priority, u32>,
+    /// Sends to the tier queues.
+    queue: Arc<dyn Dispatcher>,
+}
+
+impl Pacing {
+    /// `sizes`: each tier's window per agency (a tier missing from it is not paced).
+    pub fn new(
+        window: Arc<dyn DispatchWindow>,
+        sizes: BTreeMap<Priority, u32>,
+        queue: Arc<dyn Dispatcher>,
+    ) -> Self {
+        Self {
+            window,
+            sizes,
+            queue,
+        }
+    }
+
+    /// Sends a task run to its tier's queue if its agency's window there has room, and parks it
+    /// otherwise. Either way it will run.
+    pub async fn dispatch(
+        &self,
+        message: &DispatchMessage,
+        now: DateTime<Utc>,
+    ) -> Result<(), AppError> {
+        let (agency, tier) = (&message.agency_id, message.priority);
+        let Some(size) = self.sizes.get(&tier).copied() else {
+            return self.queue.dispatch(message, Duration::ZERO).await;
+        };
+        if self.enter(agency, tier, message.task_id, size, now).await? {
+            return self.send(message).await;
+        }
+        self.window.park(message).await?;
+        tracing::debug!(%agency, %tier, task = %message.task_id, "dispatch window full: parked");
+        // The window's last run may have started between the full answer and the mark, with
+        // no refill to come: try once more.
+        if self.enter(agency, tier, message.task_id, size, now).await? {
+            self.send(message).await?;
+            self.window.unpark(agency, tier, message.task_id).await?;
+        }
+        Ok(())
+    }
+
+    /// A delivered run leaves the queue (it starts, or is dropped): frees its place and sends
+    /// parked dispatches into the room. A failure is logged: the sweeper refills.
+    pub async fn left_queue(
+        &self,
+        agency: &AgencyId,
+        tier: Priority,
+        task: TaskId,
+        now: DateTime<Utc>,
+    ) {
+        let Some(size) = self.sizes.get(&tier).copied() else {
+            return;
+        };
+        let result = async {
+            let state = self.window.leave(agency, tier, task).await?;
+            match state.parked_mark {
+                Some(mark) => {
+                    let room = size.saturating_sub(state.taken).max(1);
+                    self.refill(agency, tier, Some(&mark), room, now).await
+                }
+                None => Ok(0),
+            }
+        }
+        .await;
+        if let Err(err) = result {
+            tracing::warn!(%agency, %tier, error = %err, "dispatch window not refilled; the sweeper will");
+        }
+    }
+
+    /// Sends the agency's oldest parked dispatches on `tier` while its window has room (the
+    /// sweeper's pass, for work whose refill was lost). Answers how many were sent.
+    pub async fn refill_waiting(
+        &self,
+        agency: &AgencyId,
+        tier: Priority,
+        now: DateTime<Utc>,
+    ) -> Result<usize, AppError> {
+        let Some(size) = self.sizes.get(&tier).copied() else {
+            return Ok(0);
+        };
+        self.refill(agency, tier, None, size, now).await
+    }
+
+    /// Sends up to `room` parked dispatches, oldest first, each only once it has a place. With
+    /// nothing parked, clears the mark read (if it is still the latest).
+    async fn refill(
+        &self,
+        agency: &AgencyId,
+        tier: Priority,
+        mark: Option<&str>,
+        room: u32,
+        now: DateTime<Utc>,
+    ) -> Result<usize, AppError> {
+        let Some(size) = self.sizes.get(&tier).copied() else {
+            return Ok(0);
+        };
+        let parked = self.window.parked(agency, tier, room as usize).await?;
+        if parked.is_empty() {
+            if let Some(mark) = mark {
+                self.window.clear_parked_mark(agency, tier, mark).await?;
+            }
+            return Ok(0);
+        }
+        let mut sent = 0;
+        for message in parked {
+            if !self.enter(agency, tier, message.task_id, size, now).await? {
+                break;
+            }
+            self.send(&message).await?;
+            self.window.unpark(agency, tier, message.task_id).await?;
+            sent += 1;
+        }
+        tracing::debug!(%agency, %tier, sent, "parked dispatches sent");
+        Ok(sent)
+    }
+
+    async fn enter(
+        &self,
+        agency: &AgencyId,
+        tier: Priority,
+        task: TaskId,
+        size: u32,
+        now: DateTime<Utc>,
+    ) -> Result<bool, AppError> {
+        let until = now + chrono::Duration::from_std(PLACE_LEASE).unwrap_or_default();
+        self.window
+            .enter(agency, tier, task, until, size, now)
+            .await
+    }
+
+    /// Sends a run that holds its place; a failed send gives the place back (best effort: it
+    /// expires otherwise) and is the caller's to handle.
+    async fn send(&self, message: &DispatchMessage) -> Result<(), AppError> {
+        let sent = self.queue.dispatch(message, Duration::ZERO).await;
+        if sent.is_err() {
+            let (agency, tier) = (&message.agency_id, message.priority);
+            if let Err(err) = self.window.leave(agency, tier, message.task_id).await {
+                tracing::warn!(%agency, %tier, error = %err, "place of an unsent run kept until its lease ends");
+            }
+        }
+        sent
+    }
+}
+
+/// A dispatcher whose immediate sends of task runs go through their agency's window. Delayed
+/// sends pass straight through (none of its callers make them).
+pub struct PacedDispatcher {
+    pacing: Pacing,
+    inner: Arc<dyn Dispatcher>,
+}
+
+impl PacedDispatcher {
+    /// `pacing` must send through `inner` (or a dispatcher wrapping it).
+    pub fn new(pacing: Pacing, inner: Arc<dyn Dispatcher>) -> Self {
+        Self { pacing, inner }
+    }
+}
+
+#[async_trait]
+impl Dispatcher for PacedDispatcher {
+    async fn dispatch(&self, message: &DispatchMessage, delay: Duration) -> Result<(), AppError> {
+        if delay.is_zero() {
+            self.pacing.dispatch(message, Utc::now()).await
+        } else {
+            self.inner.dispatch(message, delay).await
+        }
+    }
+
+    fn queue_url(&self, tier: Priority) -> Option<String> {
+        self.inner.queue_url(tier)
+    }
+
+    async fn depth(&self, tier: Priority) -> Result<QueueDepth, AppError> {
+        self.inner.depth(tier).await
+    }
+}
+
+#[cfg(test)]
+#[path = "pacing_tests.rs"]
+mod tests;
