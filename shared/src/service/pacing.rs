@@ -25,13 +25,17 @@ use crate::error::AppError;
 use crate::ports::{DispatchWindow, Dispatcher, QueueDepth};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// How long a place is kept for a message waiting in the queue: as long as a tier's normal
 /// wait, so a place whose message was lost (a dead letter after store outages) frees itself.
 pub const PLACE_LEASE: Duration = Duration::from_secs(15 * 60);
+/// After a full answer, an instance parks the agency's next dispatches on the tier straight
+/// away for this long (each still tries once after parking): a flood's dispatches do not each
+/// ask first.
+const FULL_HINT: Duration = Duration::from_secs(1);
 
 #[derive(Clone)]
 pub struct Pacing {
@@ -39,6 +43,8 @@ pub struct Pacing {
     sizes: BTreeMap<Priority, u32>,
     /// Sends to the tier queues.
     queue: Arc<dyn Dispatcher>,
+    /// When this instance last found each agency's window on a tier full.
+    full: Arc<Mutex<HashMap<(Priority, AgencyId), Instant>>>,
 }
 
 impl Pacing {
@@ -52,6 +58,7 @@ impl Pacing {
             window,
             sizes,
             queue,
+            full: Arc::default(),
         }
     }
 
@@ -66,8 +73,11 @@ impl Pacing {
         let Some(size) = self.sizes.get(&tier).copied() else {
             return self.queue.dispatch(message, Duration::ZERO).await;
         };
-        if self.enter(agency, tier, message.task_id, size, now).await? {
-            return self.send(message).await;
+        if !self.known_full(tier, agency) {
+            if self.enter(agency, tier, message.task_id, size, now).await? {
+                return self.send(message).await;
+            }
+            self.note_full(tier, agency);
         }
         self.window.park(message).await?;
         tracing::debug!(%agency, %tier, task = %message.task_id, "dispatch window full: parked");
@@ -153,6 +163,18 @@ impl Pacing {
         }
         tracing::debug!(%agency, %tier, sent, "parked dispatches sent");
         Ok(sent)
+    }
+
+    fn known_full(&self, tier: Priority, agency: &AgencyId) -> bool {
+        let full = self.full.lock().unwrap_or_else(|e| e.into_inner());
+        full.get(&(tier, agency.clone()))
+            .is_some_and(|at| at.elapsed() < FULL_HINT)
+    }
+
+    fn note_full(&self, tier: Priority, agency: &AgencyId) {
+        let mut full = self.full.lock().unwrap_or_else(|e| e.into_inner());
+        full.retain(|_, at| at.elapsed() < FULL_HINT);
+        full.insert((tier, agency.clone()), Instant::now());
     }
 
     async fn enter(

@@ -159,12 +159,14 @@ impl TaskRunner {
             return Ok((Delivery::Defer(DEFER_DELAY), None));
         }
         // The run starts: its place goes to the agency's next parked run while it runs.
-        // Whatever happens to the run, its slot is given back (a crash leaves it to expire).
-        let (result, ()) = tokio::join!(
-            self.claim_and_run(task, message, now, lease_until),
-            self.left_queue(message)
-        );
-        fairness.release(agency, tier, &holder).await;
+        // Whatever happens to the run, its slot is given back as soon as it ends (a crash
+        // leaves it to expire), not after the refill.
+        let run = async {
+            let result = self.claim_and_run(task, message, now, lease_until).await;
+            fairness.release(agency, tier, &holder).await;
+            result
+        };
+        let (result, ()) = tokio::join!(run, self.left_queue(message));
         result
     }
 

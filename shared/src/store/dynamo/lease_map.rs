@@ -8,7 +8,8 @@ use super::keys::{n, s, PK, SK};
 use crate::error::AppError;
 use crate::store::{conditional_write, from_sdk};
 use aws_sdk_dynamodb::operation::update_item::builders::UpdateItemFluentBuilder;
-use aws_sdk_dynamodb::types::AttributeValue;
+use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
+use aws_sdk_dynamodb::types::{AttributeValue, ReturnValuesOnConditionCheckFailure};
 use aws_sdk_dynamodb::Client;
 use chrono::{DateTime, Utc};
 use std::collections::HashMap;
@@ -79,10 +80,23 @@ impl LeaseMap<'_> {
                     .expression_attribute_values(":cap", n(cap)),
                 None => update.condition_expression(format!("attribute_exists({map})")),
             };
-            if conditional_write("dynamodb:UpdateItem", update.send().await)? {
-                return Ok(true);
-            }
-            let Some(entries) = self.entries().await? else {
+            // A refusal answers with the item as it was, so deciding why costs no read.
+            let refused = match update
+                .return_values_on_condition_check_failure(
+                    ReturnValuesOnConditionCheckFailure::AllOld,
+                )
+                .send()
+                .await
+            {
+                Ok(_) => return Ok(true),
+                Err(err) => match err.as_service_error() {
+                    Some(UpdateItemError::ConditionalCheckFailedException(refusal)) => {
+                        lease_entries(refusal.item().and_then(|item| item.get(map)))
+                    }
+                    _ => return Err(from_sdk("dynamodb:UpdateItem", err)),
+                },
+            };
+            let Some(entries) = refused else {
                 // No map yet: create it holding this entry, unless another writer just did.
                 let first = self
                     .update()

@@ -1,6 +1,7 @@
 //! The dispatch window of fair share (`ports::DispatchWindow`) on the single table.
 //!
-//! - Window: one item per agency and tier, `PK = AGENCY#<id>#QUOTA`, `SK = QUEUED#<tier>`,
+//! - Window: one item per agency and tier, `PK = AGENCY#<id>#QUEUED#<tier>`, `SK = WINDOW` (a
+//!   partition of its own, not the agency's quota partition, which the in-flight slots load),
 //!   whose `places` map names each task run sent to the queue and not yet started (task id →
 //!   lease end, epoch ms; a [`LeaseMap`]), and `parked`, the latest park's mark (unique per
 //!   park), present while dispatches may be parked.
@@ -9,7 +10,6 @@
 
 use super::keys::{s, PK, SK};
 use super::lease_map::{lease_entries, LeaseMap};
-use super::quotas::quota_pk;
 use crate::domain::{AgencyId, DispatchMessage, Priority, TaskId};
 use crate::error::AppError;
 use crate::ports::{DispatchWindow, WindowState};
@@ -24,8 +24,8 @@ const PLACES: &str = "places";
 const PARKED_MARK: &str = "parked";
 const MESSAGE: &str = "message";
 
-fn window_sk(tier: Priority) -> String {
-    format!("QUEUED#{tier}")
+fn window_pk(agency: &AgencyId, tier: Priority) -> String {
+    format!("AGENCY#{agency}#QUEUED#{tier}")
 }
 
 fn parked_pk(agency: &AgencyId, tier: Priority) -> String {
@@ -50,8 +50,8 @@ impl DynamoDispatchWindow {
         LeaseMap {
             client: &self.client,
             table: &self.table,
-            pk: quota_pk(agency),
-            sk: window_sk(tier),
+            pk: window_pk(agency, tier),
+            sk: "WINDOW".to_owned(),
             attribute: PLACES,
         }
     }
