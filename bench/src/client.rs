@@ -13,6 +13,7 @@ pub struct Api {
 
 impl Api {
     pub fn new(base: &str, secret: &[u8], agency: &str, user: &str, role: &str) -> Api {
+        shared::tls::install_crypto_provider();
         Api {
             http: reqwest::Client::builder()
                 .pool_max_idle_per_host(64)

@@ -222,6 +222,9 @@ impl Client {
     }
 
     pub fn with_token(token: Option<String>) -> Client {
+        // reqwest needs rustls's process provider (`shared::tls`); the tests' own reqwest
+        // clients are all built after this one.
+        shared::tls::install_crypto_provider();
         Client {
             http: reqwest::Client::new(),
             base: stack().api_url.clone(),

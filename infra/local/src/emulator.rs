@@ -331,6 +331,7 @@ fn open_log(path: &Path) -> Result<(std::fs::File, PathBuf)> {
 }
 
 fn http_client() -> Result<reqwest::Client> {
+    shared::tls::install_crypto_provider();
     reqwest::Client::builder()
         .no_proxy()
         .timeout(Duration::from_secs(30))

@@ -104,8 +104,10 @@ impl Http {
     }
 }
 
-/// The client settings every `Http` uses.
+/// The client settings every `Http` uses. TLS is rustls with the process's provider, aws-lc-rs
+/// (`crate::tls`), and the webpki root certificates.
 fn base_client() -> reqwest::ClientBuilder {
+    crate::tls::install_crypto_provider();
     reqwest::Client::builder()
         .connect_timeout(CONNECT_TIMEOUT)
         // Redirects are not followed: each hop could point anywhere, and a 3xx names where.
@@ -400,72 +402,115 @@ mod tests {
     /// A one-request receiver on 127.0.0.1. The handle yields how many body bytes it wrote
     /// before the client went away.
     pub(super) async fn receiver(answer: Answer) -> (String, tokio::task::JoinHandle<u64>) {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}/hook", listener.local_addr().unwrap());
         let server = tokio::spawn(async move {
-            let (mut socket, _) = listener.accept().await.unwrap();
-            // Read the whole request first, so closing never resets it unread.
-            let mut request = Vec::new();
-            let mut buf = [0u8; 4096];
-            let head_end = loop {
-                let n = socket.read(&mut buf).await.unwrap();
-                assert!(n > 0, "the client closed before sending its request");
-                request.extend_from_slice(&buf[..n]);
-                if let Some(at) = request.windows(4).position(|w| w == b"\r\n\r\n") {
-                    break at + 4;
-                }
-            };
-            let head = String::from_utf8_lossy(&request[..head_end]).to_lowercase();
-            let length: usize = head
-                .lines()
-                .find_map(|line| line.strip_prefix("content-length:"))
-                .map_or(0, |v| v.trim().parse().unwrap());
-            while request.len() < head_end + length {
-                let n = socket.read(&mut buf).await.unwrap();
-                assert!(n > 0);
-                request.extend_from_slice(&buf[..n]);
-            }
-            match answer {
-                Answer::Fixed(status, body) => {
-                    let head = format!(
-                        "HTTP/1.1 {status} X\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
-                        body.len()
-                    );
-                    socket.write_all(head.as_bytes()).await.unwrap();
-                    let _ = socket.write_all(&body).await;
-                    body.len() as u64
-                }
-                Answer::Cut(bytes) => {
-                    let _ = socket.write_all(bytes).await;
-                    0
-                }
-                Answer::Redirect(location) => {
-                    let head = format!(
-                        "HTTP/1.1 302 Found\r\nlocation: {location}\r\ncontent-length: 0\r\n\r\n"
-                    );
-                    socket.write_all(head.as_bytes()).await.unwrap();
-                    0
-                }
-                Answer::Endless(status) => {
-                    let head = format!("HTTP/1.1 {status} X\r\ntransfer-encoding: chunked\r\n\r\n");
-                    socket.write_all(head.as_bytes()).await.unwrap();
-                    let chunk = [
-                        format!("{:x}\r\n", 16 * 1024).into_bytes(),
-                        vec![b'x'; 16 * 1024],
-                        b"\r\n".to_vec(),
-                    ]
-                    .concat();
-                    let mut written = 0u64;
-                    // Writing fails once the client has dropped the connection.
-                    while socket.write_all(&chunk).await.is_ok() {
-                        written += 16 * 1024;
-                    }
-                    written
-                }
+            let (socket, _) = listener.accept().await.unwrap();
+            answer_one(socket, answer).await
+        });
+        (url, server)
+    }
+
+    /// The test CA (`testdata/README.md`), and the certificate it signed for 127.0.0.1.
+    const TEST_CA: &[u8] = include_bytes!("testdata/test-ca.pem");
+    const TEST_CERT: &[u8] = include_bytes!("testdata/localhost.pem");
+    const TEST_KEY: &[u8] = include_bytes!("testdata/localhost.key.pem");
+
+    /// [`receiver`] behind TLS (rustls with aws-lc-rs), presenting [`TEST_CERT`]. The handle
+    /// yields 0 when the handshake fails.
+    async fn tls_receiver(answer: Answer) -> (String, tokio::task::JoinHandle<u64>) {
+        use rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![CertificateDer::from_pem_slice(TEST_CERT).unwrap()],
+                PrivateKeyDer::from_pem_slice(TEST_KEY).unwrap(),
+            )
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("https://{}/hook", listener.local_addr().unwrap());
+        let server = tokio::spawn(async move {
+            let (socket, _) = listener.accept().await.unwrap();
+            match acceptor.accept(socket).await {
+                Ok(stream) => answer_one(stream, answer).await,
+                Err(_) => 0,
             }
         });
         (url, server)
+    }
+
+    /// Reads one request from `socket` and answers it; how many body bytes were written.
+    async fn answer_one<S>(mut socket: S, answer: Answer) -> u64
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        // Read the whole request first, so closing never resets it unread.
+        let mut request = Vec::new();
+        let mut buf = [0u8; 4096];
+        let head_end = loop {
+            let n = socket.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the client closed before sending its request");
+            request.extend_from_slice(&buf[..n]);
+            if let Some(at) = request.windows(4).position(|w| w == b"\r\n\r\n") {
+                break at + 4;
+            }
+        };
+        let head = String::from_utf8_lossy(&request[..head_end]).to_lowercase();
+        let length: usize = head
+            .lines()
+            .find_map(|line| line.strip_prefix("content-length:"))
+            .map_or(0, |v| v.trim().parse().unwrap());
+        while request.len() < head_end + length {
+            let n = socket.read(&mut buf).await.unwrap();
+            assert!(n > 0);
+            request.extend_from_slice(&buf[..n]);
+        }
+        let written = match answer {
+            Answer::Fixed(status, body) => {
+                let head = format!(
+                    "HTTP/1.1 {status} X\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                    body.len()
+                );
+                socket.write_all(head.as_bytes()).await.unwrap();
+                let _ = socket.write_all(&body).await;
+                body.len() as u64
+            }
+            Answer::Cut(bytes) => {
+                let _ = socket.write_all(bytes).await;
+                0
+            }
+            Answer::Redirect(location) => {
+                let head = format!(
+                    "HTTP/1.1 302 Found\r\nlocation: {location}\r\ncontent-length: 0\r\n\r\n"
+                );
+                socket.write_all(head.as_bytes()).await.unwrap();
+                0
+            }
+            Answer::Endless(status) => {
+                let head = format!("HTTP/1.1 {status} X\r\ntransfer-encoding: chunked\r\n\r\n");
+                socket.write_all(head.as_bytes()).await.unwrap();
+                let chunk = [
+                    format!("{:x}\r\n", 16 * 1024).into_bytes(),
+                    vec![b'x'; 16 * 1024],
+                    b"\r\n".to_vec(),
+                ]
+                .concat();
+                let mut written = 0u64;
+                // Writing fails once the client has dropped the connection.
+                while socket.write_all(&chunk).await.is_ok() {
+                    written += 16 * 1024;
+                }
+                written
+            }
+        };
+        // A TLS stream may still hold the last records.
+        let _ = socket.flush().await;
+        written
     }
 
     async fn post(url: &str) -> Result<Outcome, ExecError> {
@@ -624,6 +669,52 @@ mod tests {
             body.contains("the response (200 OK) broke off before its end"),
             "{body}"
         );
+    }
+
+    /// An `Http` allowing loopback that also trusts the test CA (reqwest adds it to the webpki
+    /// roots).
+    fn trusting_the_test_ca() -> Http {
+        let policy = Arc::new(EgressPolicy::parse("127.0.0.0/8").unwrap());
+        let guard = Arc::new(GuardedResolver {
+            inner: Arc::new(SystemResolver),
+            policy: policy.clone(),
+        });
+        let ca = reqwest::Certificate::from_pem(TEST_CA).unwrap();
+        Http::with_parts(policy, guard, base_client().add_root_certificate(ca))
+    }
+
+    /// https end to end with the process's one crypto provider (aws-lc-rs): the handshake, the
+    /// certificate check against the roots, and the same body cap as over plain HTTP.
+    #[tokio::test]
+    async fn https_reaches_a_receiver_whose_certificate_verifies() {
+        let http = trusting_the_test_ca();
+        let (url, server) = tls_receiver(Answer::Fixed(200, br#"{"ok":true}"#.to_vec())).await;
+        let outcome = post_with(&http, &url).await;
+        assert_eq!(outcome, Ok(Outcome::Done(json!({"ok": true}))));
+        assert_eq!(server.await.unwrap(), 11);
+
+        let (url, server) = tls_receiver(Answer::Endless(200)).await;
+        let outcome = post_with(&http, &url).await;
+        assert!(
+            matches!(&outcome, Err(ExecError::Permanent(e)) if e.contains("more than 65536 bytes")),
+            "{outcome:?}"
+        );
+        let written = server.await.unwrap();
+        assert!(written < 64 * 1024 * 1024, "{written} bytes were sent");
+    }
+
+    #[tokio::test]
+    async fn https_refuses_a_certificate_no_trusted_root_signed() {
+        // Http::new trusts the webpki roots only, which do not include the test CA.
+        let (url, server) = tls_receiver(Answer::Fixed(200, b"{}".to_vec())).await;
+        let error = retryable(post(&url).await);
+        let addr = url.trim_start_matches("https://").trim_end_matches("/hook");
+        assert!(
+            error.contains(&format!("the TLS handshake with {addr} failed"))
+                && error.contains("UnknownIssuer"),
+            "{error}"
+        );
+        assert_eq!(server.await.unwrap(), 0, "no request got through");
     }
 
     #[tokio::test]
