@@ -4,7 +4,9 @@
 //! QUICK=1 runs a smaller set in a few minutes. SCENARIOS=scale runs only the scale scenario
 //! (`scale.rs`, its functions as processes) and writes only `bench/results/scale.{json,md}`;
 //! SCENARIOS=fairness runs only the fair-share scenario, then the peer's, and writes only
-//! `bench/results/fairness.{json,md}`.
+//! `bench/results/fairness.{json,md}`. SCENARIOS=coldstart measures only the release binaries'
+//! cold starts, with no stack, and prints them as JSON: COLDSTART_RUNS runs each (default 3) of
+//! the binaries in COLDSTART_BINARIES (default target/release).
 
 mod ceiling;
 mod client;
@@ -90,13 +92,31 @@ async fn main() -> Result<()> {
         Err(_) | Ok("" | "all") => Scenarios::All,
         Ok("scale") => Scenarios::Scale,
         Ok("fairness") => Scenarios::Fairness,
+        Ok("coldstart") => Scenarios::ColdStart,
         Ok(other) => {
-            anyhow::bail!("SCENARIOS={other}: use all (the default), scale or fairness")
+            anyhow::bail!("SCENARIOS={other}: use all (the default), scale, fairness or coldstart")
         }
     };
     let size = sizes(quick);
     let repo = StackOptions::repo_root();
     let started = Instant::now();
+
+    if scenarios == Scenarios::ColdStart {
+        // No stack: the binaries' AWS calls go to the cold-start emulator's refusing stub.
+        let runs = match std::env::var("COLDSTART_RUNS") {
+            Ok(runs) => runs.parse().context("COLDSTART_RUNS")?,
+            Err(_) => 3,
+        };
+        let binaries = std::env::var_os("COLDSTART_BINARIES")
+            .map_or_else(|| repo.join("target/release"), std::path::PathBuf::from);
+        info!(
+            "==> cold starts of the binaries in {}, {runs} runs each, no stack",
+            binaries.display()
+        );
+        let cold = coldstart::measure(&binaries, &[], runs).await?;
+        println!("{}", serde_json::to_string_pretty(&cold)?);
+        return Ok(());
+    }
 
     info!("==> starting moto behind a counting proxy");
     let emulator = local_stack::emulator::Emulator::start(
@@ -274,6 +294,7 @@ enum Scenarios {
     All,
     Scale,
     Fairness,
+    ColdStart,
 }
 
 /// The stack every in-process scenario runs on, its AWS calls through `endpoint` (the
