@@ -1,13 +1,14 @@
 //! A reverse proxy in front of the emulator that counts every AWS request by
 //! service and operation: the harness's equivalent of an SDK interceptor,
-//! and it sees every function's calls without touching their code.
+//! and it sees every function's calls without touching their code. While metering is on it
+//! also bills what AWS bills for them ([`crate::metering`]).
 
-use http_body_util::{BodyExt, Full};
-use hyper::body::{Bytes, Incoming};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use crate::metering::{bad_gateway, Meter, Metered, Upstream};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 
 pub type Counts = BTreeMap<String, u64>;
@@ -16,6 +17,17 @@ pub type Counts = BTreeMap<String, u64>;
 pub struct CountingProxy {
     pub endpoint: String,
     counts: Arc<Mutex<Counts>>,
+    meter: Arc<Meter>,
+    window_started: Arc<Mutex<Instant>>,
+}
+
+/// What the proxy saw between two [`CountingProxy::take_window`] calls.
+#[derive(Debug, Clone, Default)]
+pub struct Window {
+    pub counts: Counts,
+    /// Empty unless metering was on.
+    pub metered: Metered,
+    pub elapsed: Duration,
 }
 
 impl CountingProxy {
@@ -23,55 +35,34 @@ impl CountingProxy {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let endpoint = format!("http://{}", listener.local_addr()?);
         let counts = Arc::new(Mutex::new(Counts::new()));
-        let target = target.trim_end_matches('/').to_owned();
-        let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-        let seen = counts.clone();
+        let meter = Arc::new(Meter::new(Upstream::new(target)));
+        let (seen, metering) = (counts.clone(), meter.clone());
         tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
-                let (client, target, seen) = (client.clone(), target.clone(), seen.clone());
+                let (seen, metering) = (seen.clone(), metering.clone());
                 tokio::spawn(async move {
                     let service =
                         hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
-                            let (client, target, seen) =
-                                (client.clone(), target.clone(), seen.clone());
+                            let (seen, metering) = (seen.clone(), metering.clone());
                             async move {
-                                let (mut parts, body) = req.into_parts();
+                                let (parts, body) = req.into_parts();
                                 let body = body
                                     .collect()
                                     .await
                                     .map(|b| b.to_bytes())
                                     .unwrap_or_default();
+                                let op = operation(&parts);
                                 *seen
                                     .lock()
                                     .expect("not poisoned")
-                                    .entry(operation(&parts))
+                                    .entry(op.clone())
                                     .or_insert(0) += 1;
-                                let path = parts
-                                    .uri
-                                    .path_and_query()
-                                    .map(|p| p.as_str())
-                                    .unwrap_or("/");
-                                parts.uri = format!("{target}{path}").parse().expect("valid uri");
-                                let response = client
-                                    .request(hyper::Request::from_parts(parts, Full::new(body)))
-                                    .await;
-                                let response = match response {
-                                    Ok(r) => {
-                                        let (parts, body) = r.into_parts();
-                                        let bytes = body
-                                            .collect()
-                                            .await
-                                            .map(|b| b.to_bytes())
-                                            .unwrap_or_default();
-                                        hyper::Response::from_parts(parts, Full::new(bytes))
-                                    }
-                                    Err(_) => hyper::Response::builder()
-                                        .status(502)
-                                        .body(Full::new(Bytes::new()))
-                                        .expect("static"),
+                                let response = match metering.exchange(&op, parts, body).await {
+                                    Some(answer) => answer.into_response(),
+                                    None => bad_gateway(),
                                 };
                                 Ok::<_, std::convert::Infallible>(response)
                             }
@@ -83,12 +74,35 @@ impl CountingProxy {
                 });
             }
         });
-        Ok(CountingProxy { endpoint, counts })
+        Ok(CountingProxy {
+            endpoint,
+            counts,
+            meter,
+            window_started: Arc::new(Mutex::new(Instant::now())),
+        })
     }
 
     /// Counts since the last call.
     pub fn take(&self) -> Counts {
         std::mem::take(&mut *self.counts.lock().expect("not poisoned"))
+    }
+
+    /// Bills DynamoDB capacity units and SQS requests as AWS would, at the price of extra
+    /// emulator requests of its own (see [`crate::metering`]): on only while cost is measured.
+    pub fn set_metering(&self, on: bool) {
+        self.meter.set_enabled(on);
+    }
+
+    /// Counts and metered figures since the last call (or since the proxy started).
+    pub fn take_window(&self) -> Window {
+        let now = Instant::now();
+        let started =
+            std::mem::replace(&mut *self.window_started.lock().expect("not poisoned"), now);
+        Window {
+            counts: self.take(),
+            metered: self.meter.take(),
+            elapsed: now - started,
+        }
     }
 }
 

@@ -13,16 +13,19 @@ mod client;
 mod coldstart;
 mod cost;
 mod counting_proxy;
+mod dynamodb_units;
+mod metering;
 mod peer;
 mod report;
 mod runtime_overhead;
 mod scale;
 mod stats;
+mod units;
 mod workloads;
 
 use anyhow::{Context, Result};
 use client::Api;
-use counting_proxy::{CountingProxy, Counts};
+use counting_proxy::CountingProxy;
 use local_stack::{Backend, LocalStack, StackOptions};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
@@ -155,11 +158,12 @@ async fn main() -> Result<()> {
     }
     let boss = Api::new(&api_url, SECRET, &agency, "boss", "manager");
 
-    info!("==> idle baseline (pollers and schedules with no work)");
-    proxy.take();
-    let idle_window = Duration::from_secs(if quick { 5 } else { 10 });
-    tokio::time::sleep(idle_window).await;
-    let idle = proxy.take();
+    info!("==> idle baseline (pollers and schedules with no work), metered");
+    proxy.set_metering(true);
+    proxy.take_window();
+    tokio::time::sleep(Duration::from_secs(if quick { 5 } else { 10 })).await;
+    let idle = proxy.take_window();
+    proxy.set_metering(false);
 
     info!("==> emulator ceiling for the task call mix");
     let sdk = local_stack::emulator::sdk_config(&emulator.endpoint).await;
@@ -207,8 +211,16 @@ async fn main() -> Result<()> {
     info!("==> batch: {} items", size.batch_items);
     let batch = workloads::batch(&boss, size.batch_items, 100).await?;
 
-    info!("==> AWS requests per unit of work");
-    let units = requests_per_unit(&boss, &proxy, &idle, idle_window, &sdk, size.unit_tasks).await?;
+    info!("==> cost per unit of work (metered)");
+    let units = units::requests_per_unit(
+        &boss,
+        &proxy,
+        &idle,
+        &sdk,
+        &stack.resources,
+        size.unit_tasks,
+    )
+    .await?;
 
     info!("==> cold starts of the release binaries");
     let worker_env: Vec<(String, String)> = stack
@@ -364,174 +376,6 @@ async fn fairness(
         .saturating_sub(dispatches));
     result["aws_requests"] = serde_json::to_value(&requests)?;
     Ok(result)
-}
-
-/// Requests per task lifecycle, per chain step and per batch item, with the
-/// idle pollers' background requests subtracted and converted to dollars.
-async fn requests_per_unit(
-    api: &Api,
-    proxy: &CountingProxy,
-    idle: &Counts,
-    idle_window: Duration,
-    sdk: &aws_config::SdkConfig,
-    tasks: usize,
-) -> Result<Value> {
-    let prices = cost::Prices::load()?;
-    let subtract_idle = |mut counts: Counts, elapsed: Duration| {
-        let factor = elapsed.as_secs_f64() / idle_window.as_secs_f64();
-        for (op, n) in idle {
-            if let Some(count) = counts.get_mut(op) {
-                *count = count.saturating_sub((*n as f64 * factor).round() as u64);
-            }
-        }
-        counts.retain(|_, n| *n > 0);
-        counts
-    };
-
-    // Simple task lifecycle: create (auto-dispatch) → worker runs it → completed.
-    proxy.take();
-    let t0 = Instant::now();
-    let (ids, create_ms) = workloads::create_many(api, tasks, 8, |n| {
-        json!({"title": format!("unit {n}"), "priority": "critical", "autoDispatch": true, "executor": {"type": "echo"}})
-    })
-    .await?;
-    let polls = quiet_wait(api, &ids).await?;
-    let mut task_counts = subtract_idle(proxy.take(), t0.elapsed());
-    if let Some(q) = task_counts.get_mut("dynamodb:GetItem") {
-        *q = q.saturating_sub(polls); // the harness's own status checks
-    }
-    let done = api.wait_all(&ids, Duration::from_secs(60)).await?;
-    let run_ms = stats::median(
-        &done
-            .iter()
-            .filter_map(|t| client::between(t, "startedAt", "completedAt"))
-            .collect::<Vec<_>>(),
-    );
-    let task_usage = cost::UnitUsage {
-        requests: task_counts.clone(),
-        api_requests: 1.0,
-        lambda_invocations: 2.0,
-        // 256 MB functions: the API call and the worker run.
-        lambda_gb_seconds: 0.25 * (stats::median(&create_ms) + run_ms) / 1000.0,
-        state_transitions: 0.0,
-    };
-
-    // Chain steps: a 5-step chain, counted per step.
-    let steps = 5;
-    proxy.take();
-    let t0 = Instant::now();
-    let chain = workloads::chain_overhead(api, steps, 0.0).await?;
-    let chain_counts = subtract_idle(proxy.take(), t0.elapsed());
-    let chain_task = api.get("/api/tasks?type=multi_step&limit=1").await?;
-    let transitions = match chain_task["items"][0]["executionArn"].as_str() {
-        Some(arn) => count_transitions(sdk, arn).await.unwrap_or(0) as f64,
-        None => 0.0,
-    };
-    let step_usage = cost::UnitUsage {
-        requests: chain_counts.clone(),
-        api_requests: 2.0 / steps as f64,
-        lambda_invocations: 2.0,
-        lambda_gb_seconds: 0.25 * 0.05,
-        state_transitions: transitions / steps as f64,
-    };
-
-    // Batch items: 1,000 items in 10 chunks.
-    let items = 1000;
-    proxy.take();
-    let t0 = Instant::now();
-    let batch = workloads::batch(api, items, 100).await?;
-    let batch_counts = subtract_idle(proxy.take(), t0.elapsed());
-    let batch_transitions = match batch["execution_arn"].as_str() {
-        Some(arn) => count_transitions(sdk, arn).await.unwrap_or(0) as f64,
-        None => 0.0,
-    };
-    // Each chunk child runs ProcessChunk (entered, exited) to its end: 3 transitions.
-    let child_transitions = 3.0 * (items / 100) as f64;
-    let item_usage = cost::UnitUsage {
-        requests: batch_counts.clone(),
-        api_requests: 1.0 / items as f64,
-        lambda_invocations: (items / 100 + 2) as f64 / items as f64,
-        lambda_gb_seconds: 0.25 * batch["duration_seconds"].as_f64().unwrap_or(0.0) / items as f64,
-        state_transitions: (batch_transitions + child_transitions) / items as f64,
-    };
-
-    let per = |counts: &Counts, n: f64| -> Value {
-        counts
-            .iter()
-            .map(|(k, v)| {
-                (
-                    k.clone(),
-                    json!(stats::round(*v as f64 / n * 100.0) / 100.0),
-                )
-            })
-            .collect::<serde_json::Map<_, _>>()
-            .into()
-    };
-    Ok(json!({
-        "task_lifecycle": {
-            "requests": per(&task_counts, tasks as f64),
-            "total_requests": stats::round(task_counts.values().sum::<u64>() as f64 / tasks as f64),
-            "cost": cost::per_million(&task_usage, tasks as f64, &prices),
-        },
-        "chain_step": {
-            "requests": per(&chain_counts, steps as f64),
-            "total_requests": stats::round(chain_counts.values().sum::<u64>() as f64 / steps as f64),
-            "state_transitions_per_step": stats::round(step_usage.state_transitions * 100.0) / 100.0,
-            "cost": cost::per_million(&step_usage, steps as f64, &prices),
-            "chain": chain,
-        },
-        "batch_item": {
-            "requests": per(&batch_counts, items as f64),
-            "total_requests": stats::round(batch_counts.values().sum::<u64>() as f64 / items as f64 * 1000.0) / 1000.0,
-            "state_transitions_per_item": stats::round(item_usage.state_transitions * 1000.0) / 1000.0,
-            "cost": cost::per_million(&item_usage, items as f64, &prices),
-        },
-        "prices": prices,
-        "method": "Requests counted at a proxy in front of the emulator, minus the idle rate of the pollers and the sweeper measured first; the harness's own status reads are subtracted. Lambda GB-seconds use 256 MB and the measured durations.",
-    }))
-}
-
-/// Waits with few reads: one GET per task once it is likely done. Returns the reads made.
-async fn quiet_wait(api: &Api, ids: &[String]) -> Result<u64> {
-    let mut reads = 0;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    for id in ids {
-        loop {
-            reads += 1;
-            let task = api.get(&format!("/api/tasks/{id}")).await?;
-            if task["status"] == "completed" || task["status"] == "failed" {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-    }
-    Ok(reads)
-}
-
-/// State transitions of an execution: states entered, from its history.
-async fn count_transitions(sdk: &aws_config::SdkConfig, arn: &str) -> Result<usize> {
-    let sfn = aws_sdk_sfn::Client::new(sdk);
-    let mut entered = 0;
-    let mut token = None;
-    loop {
-        let page = sfn
-            .get_execution_history()
-            .execution_arn(arn)
-            .set_next_token(token)
-            .max_results(1000)
-            .send()
-            .await
-            .context("execution history")?;
-        entered += page
-            .events
-            .iter()
-            .filter(|e| e.r#type.as_str().ends_with("StateEntered"))
-            .count();
-        token = page.next_token;
-        if token.is_none() {
-            return Ok(entered);
-        }
-    }
 }
 
 async fn run_peer(repo: &std::path::Path, size: &Sizes) -> Result<Value> {

@@ -253,8 +253,7 @@ pub fn write(repo: &Path, results: &Results) -> Result<()> {
     )?;
     writeln!(
         md,
-        "| USD per million tasks / steps / items (list prices {}) | {} / {} / {} |",
-        units["prices"]["date"],
+        "| USD per million tasks / steps / items (as AWS bills them: see the cost tables) | {} / {} / {} |",
         units["task_lifecycle"]["cost"]["per_million_usd"],
         units["chain_step"]["cost"]["per_million_usd"],
         units["batch_item"]["cost"]["per_million_usd"]
@@ -281,7 +280,8 @@ pub fn write(repo: &Path, results: &Results) -> Result<()> {
         &results.fairness,
         &results.peer["fairness"],
     )?);
-    writeln!(md, "\nRaw figures, per-operation request counts and the price table: `bench/results/latest.json`.")?;
+    writeln!(md, "\n{}", cost_markdown(units)?)?;
+    writeln!(md, "Raw figures, per-operation request counts and the price table: `bench/results/latest.json`.")?;
     writeln!(md, "\n{}", scale_markdown(&results.scale)?)?;
     std::fs::write(dir.join("latest.md"), md)?;
     Ok(())
@@ -401,6 +401,147 @@ fn fairness_rows(fair: &Value, peer: &Value) -> Result<String> {
     Ok(md)
 }
 
+/// Dollars as the cost tables print them: `$8.538`, or "not found".
+fn usd(value: &Value) -> String {
+    value
+        .as_f64()
+        .map(|v| format!("${v:.3}"))
+        .unwrap_or_else(|| "not found".into())
+}
+
+/// The cost tables (BENCHMARKS.md "Cost model"): each unit beside the previous run, the
+/// floor, its breakdown, what it used, and the same work on other orchestrators.
+fn cost_markdown(units: &Value) -> Result<String> {
+    let mut md = String::new();
+    if units.get("floor").is_none() {
+        return Ok(md);
+    }
+    const UNITS: [(&str, &str); 3] = [
+        ("task_lifecycle", "Simple task"),
+        ("chain_step", "Chain step"),
+        ("batch_item", "Batch item"),
+    ];
+    let previous = &units["previous"];
+    let floor = &units["floor"]["cost"]["per_million_usd"];
+    writeln!(md, "| USD per million | {} run, request-based | {} run, SQS as the ESM makes them | This run, as AWS bills | Floor | This run ÷ floor (target ≤ {}) |",
+        previous["date"].as_str().unwrap_or("previous"), previous["date"].as_str().unwrap_or("previous"), units["floor"]["target_ratio"])?;
+    writeln!(md, "|---|---|---|---|---|---|")?;
+    for (key, name) in UNITS {
+        let (floor, ratio) = if key == "task_lifecycle" {
+            (usd(floor), format!("{}×", units[key]["ratio_to_floor"]))
+        } else {
+            ("—".to_owned(), "—".to_owned())
+        };
+        writeln!(
+            md,
+            "| {name} | {} | {} | {} | {floor} | {ratio} |",
+            usd(&previous[key]["request_based_per_million_usd"]),
+            usd(&previous[key]["per_million_usd"]),
+            usd(&units[key]["cost"]["per_million_usd"]),
+        )?;
+    }
+    const SERVICES: [(&str, &str); 6] = [
+        ("api_gateway", "API Gateway"),
+        ("lambda", "Lambda"),
+        ("dynamodb", "DynamoDB"),
+        ("sqs", "SQS"),
+        ("step_functions", "Step Functions"),
+        ("s3", "S3"),
+    ];
+    write!(md, "\n| This run, USD per million |")?;
+    for (_, service) in SERVICES {
+        write!(md, " {service} |")?;
+    }
+    writeln!(md, "\n|---|---|---|---|---|---|---|")?;
+    for (key, name) in UNITS
+        .iter()
+        .copied()
+        .chain([("floor", "Floor (simple task)")])
+    {
+        let breakdown = &units[key]["cost"]["breakdown_usd"];
+        write!(md, "| {name} |")?;
+        for (service, _) in SERVICES {
+            write!(md, " {} |", usd(&breakdown[service]))?;
+        }
+        writeln!(md)?;
+    }
+    writeln!(md, "\n| What one unit used | API requests | Lambda invocations; GB-s | DynamoDB write; read units | SQS requests (ESM) | State transitions | S3 PUT; GET |")?;
+    writeln!(md, "|---|---|---|---|---|---|---|")?;
+    for (key, name) in UNITS
+        .iter()
+        .copied()
+        .chain([("floor", "Floor (simple task)")])
+    {
+        let usage = &units[key]["usage"];
+        let lambda: Vec<&Value> = usage["lambda"]
+            .as_array()
+            .map(|l| l.iter().collect())
+            .unwrap_or_default();
+        let invocations: f64 = lambda
+            .iter()
+            .filter_map(|l| l["invocations"].as_f64())
+            .sum();
+        let gb_seconds: f64 = lambda
+            .iter()
+            .map(|l| {
+                l["billed_ms"].as_f64().unwrap_or(0.0) / 1000.0
+                    * l["memory_mb"].as_f64().unwrap_or(0.0)
+                    / 1024.0
+            })
+            .sum();
+        let n = |field: &str| usage[field].as_f64().unwrap_or(0.0);
+        writeln!(
+            md,
+            "| {name} | {:.4} | {:.4}; {:.6} | {:.3}; {:.3} | {:.3} | {:.3} | {:.4}; {:.4} |",
+            n("api_requests"),
+            invocations,
+            gb_seconds,
+            n("dynamodb_write_units"),
+            n("dynamodb_read_units"),
+            n("sqs_requests"),
+            n("state_transitions"),
+            n("s3_put_requests"),
+            n("s3_get_requests"),
+        )?;
+    }
+    writeln!(md, "\n| The same work elsewhere, USD per million (orchestration + the same API request and Lambda compute) | Simple task | Chain step | Batch item | Billed per | Price: source, checked |")?;
+    writeln!(md, "|---|---|---|---|---|---|")?;
+    let alternatives = units["task_lifecycle"]["alternatives"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    for (row, alternative) in alternatives.iter().enumerate() {
+        write!(md, "| {} |", alternative["name"].as_str().unwrap_or("?"))?;
+        for (key, _) in UNITS {
+            let same = &units[key]["alternatives"][row];
+            write!(
+                md,
+                " {} ({}) |",
+                usd(&same["per_million_usd"]),
+                usd(&same["orchestration_per_million_usd"])
+            )?;
+        }
+        writeln!(
+            md,
+            " {} | {}, {} |",
+            alternative["billing_unit"].as_str().unwrap_or("?"),
+            alternative["source"].as_str().unwrap_or("?"),
+            alternative["date"].as_str().unwrap_or("?")
+        )?;
+    }
+    let fixed = &units["fixed_monthly"];
+    writeln!(
+        md,
+        "\nFixed, whatever the load: {} idle event source mappings ({} pollers each, {} s long polls) make {} empty receives a month, {} a month.",
+        fixed["esm_queues"],
+        fixed["esm_idle_pollers_per_queue"],
+        fixed["esm_long_poll_seconds"],
+        fixed["esm_idle_requests"],
+        usd(&fixed["esm_idle_usd"])
+    )?;
+    Ok(md)
+}
+
 /// The scale scenario's table.
 fn scale_markdown(scale: &Value) -> Result<String> {
     let mut md = String::new();
@@ -466,8 +607,61 @@ fn scale_markdown(scale: &Value) -> Result<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::fairness_rows;
+    use super::{cost_markdown, fairness_rows};
+    use crate::cost::{self, Prices, Unit, UnitUsage};
     use serde_json::json;
+
+    #[test]
+    fn cost_tables_set_each_unit_beside_the_previous_run_and_the_floor() {
+        let prices = Prices::load().unwrap();
+        let task = UnitUsage {
+            api_requests: 1.0,
+            dynamodb_write_units: 6.0,
+            sqs_requests: 3.0,
+            ..cost::floor_usage()
+        };
+        let unit = |usage: &UnitUsage, kind: Unit| {
+            let cost = cost::per_million(usage, &prices);
+            json!({"usage": usage, "ratio_to_floor": 1.27, "cost": cost,
+                   "alternatives": cost::alternatives(kind, usage, &prices)})
+        };
+        let units = json!({
+            "task_lifecycle": unit(&task, Unit::Task),
+            "chain_step": unit(&task, Unit::ChainStep { steps: 5 }),
+            "batch_item": unit(&task, Unit::BatchItem { items_per_chunk: 100 }),
+            "floor": {"usage": cost::floor_usage(), "cost": cost::per_million(&cost::floor_usage(), &prices), "target_ratio": 1.3},
+            "previous": cost::previous_run(&prices),
+            "fixed_monthly": {"esm_queues": 6, "esm_idle_pollers_per_queue": 5.0, "esm_long_poll_seconds": 20.0,
+                              "esm_idle_requests": 3888000.0, "esm_idle_usd": 1.555},
+        });
+        let md = cost_markdown(&units).unwrap();
+        // 3.5 + 0.433 Lambda + 6 × 0.625 + 3 × 0.4.
+        assert!(
+            md.contains("| Simple task | $8.538 | $9.074 | $8.883 | $6.288 | 1.27× |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| Chain step | $68.172 | $70.732 | $8.883 | — | — |"),
+            "{md}"
+        );
+        assert!(
+            md.contains(
+                "| Floor (simple task) | $3.500 | $0.433 | $1.875 | $0.480 | $0.000 | $0.000 |"
+            ),
+            "{md}"
+        );
+        assert!(md.contains("| Inngest | not found (not found) |"), "{md}");
+        assert!(
+            md.contains("| Temporal Cloud | $103.933 ($100.000) |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("3888000.0 empty receives a month, $1.555 a month"),
+            "{md}"
+        );
+        // An old results file without the cost model prints no cost tables.
+        assert_eq!(cost_markdown(&json!({"task_lifecycle": {}})).unwrap(), "");
+    }
 
     #[test]
     fn fairness_rows_show_both_systems_and_skip_what_did_not_run() {
