@@ -3,7 +3,7 @@
 //! and it sees every function's calls without touching their code. While metering is on it
 //! also bills what AWS bills for them ([`crate::metering`]).
 
-use crate::metering::{bad_gateway, Meter, Metered, Upstream};
+use crate::metering::{bad_gateway, Meter, Metered, Metering, Upstream};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use std::collections::BTreeMap;
@@ -87,10 +87,11 @@ impl CountingProxy {
         std::mem::take(&mut *self.counts.lock().expect("not poisoned"))
     }
 
-    /// Bills DynamoDB capacity units and SQS requests as AWS would, at the price of extra
-    /// emulator requests of its own (see [`crate::metering`]): on only while cost is measured.
-    pub fn set_metering(&self, on: bool) {
-        self.meter.set_enabled(on);
+    /// Bills SQS requests as the ESM makes them and times invocations (`Timing`), and also
+    /// DynamoDB capacity units at the price of extra emulator requests of its own (`Full`):
+    /// see [`crate::metering`]. On only while cost is measured.
+    pub fn set_metering(&self, level: Metering) {
+        self.meter.set_level(level);
     }
 
     /// Counts and metered figures since the last call (or since the proxy started).

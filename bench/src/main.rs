@@ -158,13 +158,6 @@ async fn main() -> Result<()> {
     }
     let boss = Api::new(&api_url, SECRET, &agency, "boss", "manager");
 
-    info!("==> idle baseline (pollers and schedules with no work), metered");
-    proxy.set_metering(true);
-    proxy.take_window();
-    tokio::time::sleep(Duration::from_secs(if quick { 5 } else { 10 })).await;
-    let idle = proxy.take_window();
-    proxy.set_metering(false);
-
     info!("==> emulator ceiling for the task call mix");
     let sdk = local_stack::emulator::sdk_config(&emulator.endpoint).await;
     let ceiling =
@@ -215,10 +208,10 @@ async fn main() -> Result<()> {
     let units = units::requests_per_unit(
         &boss,
         &proxy,
-        &idle,
         &sdk,
         &stack.resources,
         size.unit_tasks,
+        Duration::from_secs(if quick { 5 } else { 10 }),
     )
     .await?;
 

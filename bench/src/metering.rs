@@ -34,7 +34,7 @@ use hyper_util::rt::TokioExecutor;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -260,10 +260,22 @@ fn object(value: &Value) -> Item {
     value.as_object().cloned().unwrap_or_default()
 }
 
+/// How much the proxy meters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Metering {
+    /// Counts only.
+    Off = 0,
+    /// SQS as the ESM makes them and invocation durations, but no DynamoDB reads of the
+    /// meter's own: the requests' timing is left as it is.
+    Timing = 1,
+    /// Everything, DynamoDB capacity units included.
+    Full = 2,
+}
+
 /// The meter shared by every connection of the proxy.
 pub struct Meter {
     upstream: Upstream,
-    enabled: AtomicBool,
+    level: AtomicU8,
     totals: Mutex<Metered>,
     schemas: tokio::sync::Mutex<HashMap<String, Arc<TableSchema>>>,
     key_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
@@ -273,7 +285,9 @@ pub struct Meter {
 #[derive(Default)]
 struct SqsTracker {
     sent: HashSet<String>,
-    seen: HashSet<String>,
+    /// Each message received, with what its send billed: a send through the proxy may land
+    /// after the receive that returns its message, so the two are matched at the end.
+    received: HashMap<String, f64>,
     next_group: u64,
     groups: HashMap<u64, ReceivedBatch>,
     receipts: HashMap<String, u64>,
@@ -289,7 +303,7 @@ impl Meter {
     pub fn new(upstream: Upstream) -> Meter {
         Meter {
             upstream,
-            enabled: AtomicBool::new(false),
+            level: AtomicU8::new(Metering::Off as u8),
             totals: Mutex::default(),
             schemas: tokio::sync::Mutex::default(),
             key_locks: Mutex::default(),
@@ -297,22 +311,35 @@ impl Meter {
         }
     }
 
-    pub fn set_enabled(&self, on: bool) {
-        self.enabled.store(on, Ordering::SeqCst);
+    pub fn set_level(&self, level: Metering) {
+        self.level.store(level as u8, Ordering::SeqCst);
     }
 
-    pub fn enabled(&self) -> bool {
-        self.enabled.load(Ordering::SeqCst)
+    pub fn level(&self) -> Metering {
+        match self.level.load(Ordering::SeqCst) {
+            2 => Metering::Full,
+            1 => Metering::Timing,
+            _ => Metering::Off,
+        }
     }
 
     /// What was metered since the last call.
     pub fn take(&self) -> Metered {
-        let mut sqs = self.sqs.lock().expect("not poisoned");
-        // Batches received before this point and never deleted will not be matched later.
-        sqs.groups.clear();
-        sqs.receipts.clear();
-        drop(sqs);
-        std::mem::take(&mut *self.totals.lock().expect("not poisoned"))
+        // The bench takes its windows on a quiet stack: every send has landed, nothing
+        // received or sent before this point is still to be matched, and no write holds a key.
+        let tracker = std::mem::take(&mut *self.sqs.lock().expect("not poisoned"));
+        self.key_locks
+            .lock()
+            .expect("not poisoned")
+            .retain(|_, lock| Arc::strong_count(lock) > 1);
+        let mut totals = std::mem::take(&mut *self.totals.lock().expect("not poisoned"));
+        for (id, billed) in tracker.received {
+            if !tracker.sent.contains(&id) {
+                totals.sqs.sends_inside_emulator += 1.0;
+                totals.sqs.inside_send_billed += billed;
+            }
+        }
+        totals
     }
 
     fn add(&self, update: impl FnOnce(&mut Metered)) {
@@ -326,12 +353,13 @@ impl Meter {
         parts: http::request::Parts,
         body: Bytes,
     ) -> Option<Answer> {
-        if !self.enabled() {
+        let level = self.level();
+        if level == Metering::Off {
             return self.upstream.forward(parts, body).await;
         }
         let (service, op) = operation.split_once(':').unwrap_or(("", operation));
         match service {
-            "dynamodb" => self.dynamodb(op, parts, body).await,
+            "dynamodb" if level == Metering::Full => self.dynamodb(op, parts, body).await,
             "sqs" => self.sqs(op, parts, body).await,
             _ => self.upstream.forward(parts, body).await,
         }
@@ -789,10 +817,9 @@ impl Meter {
                             tracker.receipts.insert(receipt.to_owned(), group);
                         }
                         let id = message["MessageId"].as_str().unwrap_or_default().to_owned();
-                        if !tracker.sent.contains(&id) && tracker.seen.insert(id) {
-                            sqs.sends_inside_emulator += 1.0;
-                            sqs.inside_send_billed += sqs_billed(sqs_payload(message));
-                        }
+                        tracker
+                            .received
+                            .insert(id, sqs_billed(sqs_payload(message)));
                     }
                 }
             }

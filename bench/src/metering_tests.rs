@@ -2,6 +2,7 @@
 //! `dynamodb_units` and `metering` say, and pass through unchanged.
 
 use crate::counting_proxy::CountingProxy;
+use crate::metering::Metering;
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue as V, BillingMode, GlobalSecondaryIndex, KeySchemaElement,
     KeyType, Projection, ProjectionType, ScalarAttributeType,
@@ -74,7 +75,7 @@ async fn bills_capacity_units_and_esm_requests_for_what_passes_through() {
         .await
         .unwrap();
 
-    proxy.set_metering(true);
+    proxy.set_metering(Metering::Full);
     proxy.take_window();
     let s = |v: &str| V::S(v.to_owned());
     // 1.5 KB: two write units in the table; its G entry (keys and p) is small: one.
@@ -234,8 +235,28 @@ async fn bills_capacity_units_and_esm_requests_for_what_passes_through() {
     assert_eq!(window.metered.invocations[&queue].count, 1.0);
     assert_eq!(window.metered.errors, 0.0);
 
+    // Timing only: SQS and invocations, no DynamoDB reads of the meter's own.
+    proxy.set_metering(Metering::Timing);
+    dynamodb
+        .put_item()
+        .table_name("metered")
+        .item("PK", s("b"))
+        .item("SK", s("1"))
+        .send()
+        .await
+        .unwrap();
+    sqs.send_message()
+        .queue_url(&queue)
+        .message_body("t")
+        .send()
+        .await
+        .unwrap();
+    let window = proxy.take_window();
+    assert!(window.metered.dynamodb.table_write_units.is_empty());
+    assert_eq!(window.metered.sqs.send_billed, 1.0);
+
     // Metering off: counts only.
-    proxy.set_metering(false);
+    proxy.set_metering(Metering::Off);
     sqs.get_queue_attributes()
         .queue_url(&queue)
         .send()

@@ -411,7 +411,7 @@ fn usd(value: &Value) -> String {
 
 /// The cost tables (BENCHMARKS.md "Cost model"): each unit beside the previous run, the
 /// floor, its breakdown, what it used, and the same work on other orchestrators.
-fn cost_markdown(units: &Value) -> Result<String> {
+pub(crate) fn cost_markdown(units: &Value) -> Result<String> {
     let mut md = String::new();
     if units.get("floor").is_none() {
         return Ok(md);
@@ -530,13 +530,14 @@ fn cost_markdown(units: &Value) -> Result<String> {
         )?;
     }
     let fixed = &units["fixed_monthly"];
+    let whole = |key: &str| fixed[key].as_f64().unwrap_or(0.0);
     writeln!(
         md,
-        "\nFixed, whatever the load: {} idle event source mappings ({} pollers each, {} s long polls) make {} empty receives a month, {} a month.",
-        fixed["esm_queues"],
-        fixed["esm_idle_pollers_per_queue"],
-        fixed["esm_long_poll_seconds"],
-        fixed["esm_idle_requests"],
+        "\nFixed, whatever the load: {:.0} idle event source mappings ({:.0} pollers each, {:.0} s long polls) make {:.0} empty receives a month, {} a month.",
+        whole("esm_queues"),
+        whole("esm_idle_pollers_per_queue"),
+        whole("esm_long_poll_seconds"),
+        whole("esm_idle_requests"),
         usd(&fixed["esm_idle_usd"])
     )?;
     Ok(md)
@@ -656,7 +657,7 @@ mod tests {
             "{md}"
         );
         assert!(
-            md.contains("3888000.0 empty receives a month, $1.555 a month"),
+            md.contains("6 idle event source mappings (5 pollers each, 20 s long polls) make 3888000 empty receives a month, $1.555 a month"),
             "{md}"
         );
         // An old results file without the cost model prints no cost tables.

@@ -10,7 +10,7 @@
 use crate::client::Api;
 use crate::cost::{self, LambdaUse, Prices, Unit, UnitUsage};
 use crate::counting_proxy::{CountingProxy, Window};
-use crate::metering::Metered;
+use crate::metering::{Metered, Metering};
 use crate::stats;
 use crate::workloads;
 use anyhow::{Context, Result};
@@ -92,10 +92,12 @@ impl Wiring {
         }
     }
 
-    /// What one unit used, from its share of a window; `api_ms` is its API request's latency.
+    /// What one unit used, from its share of a metered window and of a timing one (whose
+    /// invocations are the durations); `api_ms` is its API request's latency.
     fn usage(
         &self,
         unit: &Measured,
+        timing: &Measured,
         api_requests: f64,
         api_ms: f64,
         transitions: f64,
@@ -107,7 +109,7 @@ impl Wiring {
             billed_ms: api_requests * api_ms.ceil(),
             measured_as: "the POST's latency at the client (an upper bound)".to_owned(),
         }];
-        for (queue, invocations) in &unit.metered.invocations {
+        for (queue, invocations) in &timing.metered.invocations {
             let (function, memory_mb) = self
                 .queues
                 .get(queue)
@@ -123,7 +125,7 @@ impl Wiring {
                     memory_mb,
                     invocations: invocations.count,
                     billed_ms: invocations.billed_ms,
-                    measured_as: "receive to first delete of each batch, at the proxy".to_owned(),
+                    measured_as: "receive to first delete of each batch, at the proxy, with no DynamoDB metering".to_owned(),
                 }),
             }
         }
@@ -143,38 +145,133 @@ impl Wiring {
     }
 }
 
-/// Cost per unit of work, metered. `idle` is a window of the idle stack with metering on.
+/// One run of a unit's workload: its window, its API request's latency, and the harness's
+/// status reads inside the window.
+struct Pass {
+    window: Window,
+    api_ms: f64,
+    reads: f64,
+    /// The task (or batch) it created.
+    id: String,
+}
+
+/// Cost per unit of work, metered; `background` is how long the quiet stack is watched for
+/// what it does with no work (pollers, the sweeper).
 pub async fn requests_per_unit(
     api: &Api,
     proxy: &CountingProxy,
-    idle: &Window,
     sdk: &aws_config::SdkConfig,
     stack: &ProvisionedStack,
     tasks: usize,
+    background: Duration,
 ) -> Result<Value> {
     let wiring = Wiring::of(stack);
     let queues: Vec<String> = wiring.queues.keys().cloned().collect();
     let quiet_at_start = wait_for_empty_queues(sdk, &queues, Duration::from_secs(300)).await;
-    proxy.set_metering(true);
-    let measured = measure(api, proxy, idle, sdk, &wiring, &queues, tasks).await;
-    proxy.set_metering(false);
+    let measured = measure(api, proxy, sdk, &wiring, &queues, tasks, background).await;
+    proxy.set_metering(Metering::Off);
     let mut measured = measured?;
     measured["quiet_at_start"] = json!(quiet_at_start);
     Ok(measured)
 }
 
+/// Runs `tasks` simple tasks: created (auto-dispatched on the critical tier), run, completed.
+async fn task_pass(
+    api: &Api,
+    proxy: &CountingProxy,
+    sdk: &aws_config::SdkConfig,
+    queues: &[String],
+    tasks: usize,
+) -> Result<Pass> {
+    proxy.take_window();
+    let (ids, create_ms) =
+        workloads::create_many(api, tasks, 8, |n| echo_task(&format!("unit {n}"))).await?;
+    let reads = quiet_wait(api, &ids).await?;
+    wait_for_empty_queues(sdk, queues, Duration::from_secs(60)).await;
+    Ok(Pass {
+        window: proxy.take_window(),
+        api_ms: stats::median(&create_ms),
+        reads: reads as f64,
+        id: ids.last().cloned().unwrap_or_default(),
+    })
+}
+
+/// Runs one chain of CHAIN_STEPS sequential echo steps. The window closes once its last
+/// message is deleted: the execution's own last transitions involve no request through the
+/// proxy.
+async fn chain_pass(
+    api: &Api,
+    proxy: &CountingProxy,
+    sdk: &aws_config::SdkConfig,
+    queues: &[String],
+) -> Result<Pass> {
+    proxy.take_window();
+    let (id, api_ms) = api.create(&chain(CHAIN_STEPS)).await?;
+    let reads = quiet_wait(api, std::slice::from_ref(&id)).await?;
+    wait_for_empty_queues(sdk, queues, Duration::from_secs(60)).await;
+    Ok(Pass {
+        window: proxy.take_window(),
+        api_ms,
+        reads: reads as f64,
+        id,
+    })
+}
+
+/// Runs one batch of BATCH_ITEMS echo items in chunks of ITEMS_PER_CHUNK.
+async fn batch_pass(
+    api: &Api,
+    proxy: &CountingProxy,
+    sdk: &aws_config::SdkConfig,
+    queues: &[String],
+) -> Result<Pass> {
+    proxy.take_window();
+    let list: Vec<Value> = (0..BATCH_ITEMS).map(|n| json!({"n": n})).collect();
+    let (status, created, api_ms) = api
+        .post(
+            "/api/batches",
+            &json!({"items": list, "itemsPerBatch": ITEMS_PER_CHUNK, "parallelism": 10, "priority": "high"}),
+        )
+        .await?;
+    anyhow::ensure!(status == 202, "batch refused: {created}");
+    let id = created["id"].as_str().context("the batch's id")?.to_owned();
+    let reads = quiet_wait(api, std::slice::from_ref(&id)).await?;
+    wait_for_empty_queues(sdk, queues, Duration::from_secs(60)).await;
+    Ok(Pass {
+        window: proxy.take_window(),
+        api_ms,
+        reads: reads as f64,
+        id,
+    })
+}
+
+/// The Step Functions transitions of an execution, once it has ended.
+async fn transitions_of(sdk: &aws_config::SdkConfig, arn: Option<&str>) -> f64 {
+    match arn {
+        Some(arn) => {
+            wait_for_execution(sdk, arn).await;
+            count_transitions(sdk, arn).await.unwrap_or(0) as f64
+        }
+        None => 0.0,
+    }
+}
+
 async fn measure(
     api: &Api,
     proxy: &CountingProxy,
-    idle: &Window,
     sdk: &aws_config::SdkConfig,
     wiring: &Wiring,
     queues: &[String],
     tasks: usize,
+    background: Duration,
 ) -> Result<Value> {
     let prices = Prices::load()?;
-    let idle_seconds = idle.elapsed.as_secs_f64().max(1.0);
-    let background_rate = Measured::of(idle).scaled(1.0 / idle_seconds);
+
+    // What the quiet stack does with no work, per second.
+    proxy.set_metering(Metering::Full);
+    proxy.take_window();
+    tokio::time::sleep(background).await;
+    let idle = proxy.take_window();
+    let background_rate = Measured::of(&idle).scaled(1.0 / idle.elapsed.as_secs_f64().max(1.0));
     let own = |window: &Window, reads: f64, per_read: &Measured| {
         Measured::of(window)
             .plus(&background_rate, -window.elapsed.as_secs_f64())
@@ -196,67 +293,53 @@ async fn measure(
     let per_read =
         own(&proxy.take_window(), 0.0, &Measured::default()).scaled(1.0 / CALIBRATION_READS as f64);
 
-    // Simple tasks: created (auto-dispatched on the critical tier), run, completed.
-    proxy.take_window();
-    let (ids, create_ms) =
-        workloads::create_many(api, tasks, 8, |n| echo_task(&format!("unit {n}"))).await?;
-    let reads = quiet_wait(api, &ids).await?;
-    wait_for_empty_queues(sdk, queues, Duration::from_secs(60)).await;
-    let task = own(&proxy.take_window(), reads as f64, &per_read).scaled(1.0 / tasks as f64);
-    let api_ms = stats::median(&create_ms);
-    let task_usage = wiring.usage(&task, 1.0, api_ms, 0.0);
+    // Each workload runs twice: for durations with no DynamoDB metering (whose reads of its
+    // own would lengthen them), then metered in full for everything else.
+    proxy.set_metering(Metering::Timing);
+    let task_timing = task_pass(api, proxy, sdk, queues, tasks).await?;
+    let step_timing = chain_pass(api, proxy, sdk, queues).await?;
+    let item_timing = batch_pass(api, proxy, sdk, queues).await?;
+    proxy.set_metering(Metering::Full);
+    let task_pass = task_pass(api, proxy, sdk, queues, tasks).await?;
+    let step_pass = chain_pass(api, proxy, sdk, queues).await?;
+    let item_pass = batch_pass(api, proxy, sdk, queues).await?;
+    proxy.set_metering(Metering::Off);
 
-    // Chain steps: a chain of CHAIN_STEPS sequential echo steps, per step. The window closes
-    // once the last message is deleted; the execution's own last transitions involve no
-    // request through the proxy.
-    proxy.take_window();
-    let (chain_id, chain_ms) = api.create(&chain(CHAIN_STEPS)).await?;
-    let reads = quiet_wait(api, std::slice::from_ref(&chain_id)).await?;
-    wait_for_empty_queues(sdk, queues, Duration::from_secs(60)).await;
-    let step = own(&proxy.take_window(), reads as f64, &per_read).scaled(1.0 / CHAIN_STEPS as f64);
-    let chain_task = api.get(&format!("/api/tasks/{chain_id}")).await?;
-    let chain_transitions = match chain_task["executionArn"].as_str() {
-        Some(arn) => {
-            wait_for_execution(sdk, arn).await;
-            count_transitions(sdk, arn).await.unwrap_or(0) as f64
-        }
-        None => 0.0,
+    let per_unit = |pass: &Pass, units: usize| {
+        own(&pass.window, pass.reads, &per_read).scaled(1.0 / units as f64)
     };
+    let durations =
+        |timing: &Pass, units: usize| Measured::of(&timing.window).scaled(1.0 / units as f64);
+    let task = per_unit(&task_pass, tasks);
+    let task_usage = wiring.usage(
+        &task,
+        &durations(&task_timing, tasks),
+        1.0,
+        task_timing.api_ms,
+        0.0,
+    );
+
+    let step = per_unit(&step_pass, CHAIN_STEPS);
+    let chain_task = api.get(&format!("/api/tasks/{}", step_pass.id)).await?;
+    let chain_transitions = transitions_of(sdk, chain_task["executionArn"].as_str()).await;
     let step_usage = wiring.usage(
         &step,
+        &durations(&step_timing, CHAIN_STEPS),
         1.0 / CHAIN_STEPS as f64,
-        chain_ms,
+        step_timing.api_ms,
         chain_transitions / CHAIN_STEPS as f64,
     );
 
-    // Batch items: BATCH_ITEMS echo items in chunks of ITEMS_PER_CHUNK.
-    proxy.take_window();
-    let list: Vec<Value> = (0..BATCH_ITEMS).map(|n| json!({"n": n})).collect();
-    let (status, created, batch_ms) = api
-        .post(
-            "/api/batches",
-            &json!({"items": list, "itemsPerBatch": ITEMS_PER_CHUNK, "parallelism": 10, "priority": "high"}),
-        )
-        .await?;
-    anyhow::ensure!(status == 202, "batch refused: {created}");
-    let batch_id = created["id"].as_str().context("the batch's id")?.to_owned();
-    let reads = quiet_wait(api, std::slice::from_ref(&batch_id)).await?;
-    wait_for_empty_queues(sdk, queues, Duration::from_secs(60)).await;
-    let item = own(&proxy.take_window(), reads as f64, &per_read).scaled(1.0 / BATCH_ITEMS as f64);
-    let batch = api.get(&format!("/api/batches/{batch_id}")).await?;
-    let parent_transitions = match batch["executionArn"].as_str() {
-        Some(arn) => {
-            wait_for_execution(sdk, arn).await;
-            count_transitions(sdk, arn).await.unwrap_or(0) as f64
-        }
-        None => 0.0,
-    };
+    let item = per_unit(&item_pass, BATCH_ITEMS);
+    let batch = api.get(&format!("/api/batches/{}", item_pass.id)).await?;
+    let parent_transitions = transitions_of(sdk, batch["executionArn"].as_str()).await;
     // Each chunk's child execution runs ProcessChunk (entered, exited) to its end: 3.
     let child_transitions = 3.0 * (BATCH_ITEMS / ITEMS_PER_CHUNK) as f64;
     let item_usage = wiring.usage(
         &item,
+        &durations(&item_timing, BATCH_ITEMS),
         1.0 / BATCH_ITEMS as f64,
-        batch_ms,
+        item_timing.api_ms,
         (parent_transitions + child_transitions) / BATCH_ITEMS as f64,
     );
 
@@ -276,7 +359,7 @@ async fn measure(
         })
     };
     let mut task_json = unit(&task, &task_usage, Unit::Task);
-    task_json["create_ms_median"] = json!(stats::round(api_ms));
+    task_json["create_ms_median"] = json!(stats::round(task_timing.api_ms));
     let mut step_json = unit(&step, &step_usage, Unit::ChainStep { steps: CHAIN_STEPS });
     step_json["state_transitions_per_step"] = json!(round(step_usage.state_transitions, 2));
     let mut item_json = unit(
@@ -301,9 +384,9 @@ async fn measure(
         },
         "previous": cost::previous_run(&prices),
         "harness_status_read": {"requests": per_read.counts, "metered": per_read.metered},
-        "background_per_second": {"requests": background_rate.counts, "metered": background_rate.metered},
+        "background_per_second": {"seconds": round(idle.elapsed.as_secs_f64(), 1), "requests": background_rate.counts, "metered": background_rate.metered},
         "prices": prices,
-        "method": "Each unit runs alone on a quiet stack with the counting proxy metering: DynamoDB capacity units from the items each request touched (sizes by DynamoDB's rules, index entries by the table's projections, reads repeated without projection or filter); SQS requests as an event source mapping makes them (a receive per non-empty poll, a DeleteMessageBatch per batch, sends including Step Functions', each per started 64 KiB; idle polling is a fixed monthly cost); worker GB-seconds from each batch's receive-to-delete time at the function's MemorySize, the API's from the POST latency (an upper bound). The idle baseline's rate and the harness's status reads (calibrated) are taken out.",
+        "method": "Each unit runs alone on a quiet stack, twice: once with the counting proxy timing invocations (for durations), once metering in full. DynamoDB capacity units from the items each request touched (sizes by DynamoDB's rules, index entries by the table's projections, reads repeated without projection or filter); SQS requests as an event source mapping makes them (a receive per non-empty poll, a DeleteMessageBatch per batch, sends including Step Functions', each per started 64 KiB; idle polling is a fixed monthly cost); worker GB-seconds from each batch's receive-to-delete time at the function's MemorySize, the API's from the POST latency (an upper bound). The quiet stack's own rate and the harness's status reads (calibrated) are taken out.",
     }))
 }
 
@@ -433,5 +516,52 @@ async fn count_transitions(sdk: &aws_config::SdkConfig, arn: &str) -> Result<usi
         if token.is_none() {
             return Ok(entered);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The whole per-unit measurement on a small local stack (a few tasks, one chain, one
+    /// batch), as `make bench` runs it: a check that every window closes and meters, not a
+    /// figure to publish. `cargo test -p bench cost_per_unit -- --ignored --nocapture`.
+    #[tokio::test(flavor = "multi_thread")]
+    #[ignore = "starts a stack and runs about a minute"]
+    async fn cost_per_unit_on_a_local_stack() {
+        let repo = local_stack::StackOptions::repo_root();
+        let emulator = local_stack::emulator::Emulator::start(
+            &repo.join(".venv"),
+            local_stack::emulator::free_port(),
+        )
+        .await
+        .unwrap();
+        let proxy = CountingProxy::start(&emulator.endpoint).await.unwrap();
+        let stack = crate::start_stack(&repo, &proxy.endpoint).await.unwrap();
+        let api = Api::new(
+            &stack.api_url(),
+            crate::SECRET,
+            "cost-check",
+            "boss",
+            "manager",
+        );
+        let sdk = local_stack::emulator::sdk_config(&emulator.endpoint).await;
+        let background = Duration::from_secs(5);
+        let units = requests_per_unit(&api, &proxy, &sdk, &stack.resources, 5, background)
+            .await
+            .unwrap();
+        stack.stop().await;
+        println!("{}", serde_json::to_string_pretty(&units).unwrap());
+        println!("{}", crate::report::cost_markdown(&units).unwrap());
+        for unit in ["task_lifecycle", "chain_step", "batch_item"] {
+            let usage = &units[unit]["usage"];
+            assert!(
+                usage["dynamodb_write_units"].as_f64().unwrap() > 0.0,
+                "{unit}"
+            );
+            assert!(usage["sqs_requests"].as_f64().unwrap() > 0.0, "{unit}");
+            assert_eq!(units[unit]["metered"]["errors"], 0.0, "{unit}");
+        }
+        assert_eq!(units["quiet_at_start"], true);
     }
 }
