@@ -10,8 +10,8 @@
 //! returns less than it reads (a projection, a filter, a count) it repeats the read without
 //! them, as DynamoDB bills the items read, not the attributes returned. None of these extra
 //! requests is counted, and the caller's request and answer pass through unchanged: only
-//! their timing changes, which is why metering is switched on only while the bench measures
-//! cost per unit (and its idle baseline).
+//! their timing changes. So metering is on only while the bench measures cost per unit, and
+//! [`Metering::Timing`] leaves DynamoDB alone for the run whose durations are kept.
 //!
 //! SQS. The local poller stands in for Lambda's event source mapping (ESM) but does not make
 //! the same requests: it deletes each message alone. The ESM model billed here: each
@@ -23,8 +23,10 @@
 //! cost ([`crate::cost::esm_idle_monthly_usd`]).
 //!
 //! Lambda. A worker invocation runs from the poller's receive to its first delete of that
-//! batch: the proxy times that span per receive, the function's duration as Lambda would
-//! bill it (to the next millisecond), slightly over (it includes the poller's own hop).
+//! batch: the proxy times that span per receive, rounded up to the millisecond as Lambda
+//! bills it, slightly over the function's own time (it includes the poller's hop). A batch
+//! the poller filled with several receives (a batching window) counts as one invocation per
+//! receive, each timed from its own receive: an upper bound.
 
 use crate::dynamodb_units::{self, Item, Outcome, TableSchema, WriteKind};
 use http_body_util::{BodyExt, Full};

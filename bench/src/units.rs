@@ -1,11 +1,13 @@
 //! Cost per unit of work (BENCHMARKS.md "Cost model"): a simple task, a chain step and a
-//! batch item, each run alone on a quiet stack with the proxy metering (DynamoDB capacity
-//! units, SQS requests as an event source mapping makes them, worker invocation durations).
+//! batch item, each run alone on a quiet stack, twice: with the proxy timing invocations only
+//! (the durations), then metering in full (DynamoDB capacity units, SQS requests as an event
+//! source mapping makes them, everything else).
 //!
-//! What is not the unit's own is taken out of each window: the pollers' and the sweeper's
-//! background (the idle baseline's rate times the window's length), and the harness's status
-//! reads (each costs what a calibration read measured: its `GET` goes through the API, which
-//! also writes the agency's request bucket). The reads are few and slow on purpose.
+//! What is not the unit's own is taken out of each window: the quiet stack's background (the
+//! pollers, the sweeper if it ran: a first window's rate times the window's length), and the
+//! harness's status reads (each costs what a calibration read measured: its `GET` goes through
+//! the API, which also writes the agency's request bucket). The reads are few and slow on
+//! purpose.
 
 use crate::client::Api;
 use crate::cost::{self, LambdaUse, Prices, Unit, UnitUsage};
