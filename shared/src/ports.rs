@@ -649,8 +649,10 @@ pub trait InFlightSlots: Send + Sync {
 #[async_trait]
 pub trait DispatchWindow: Send + Sync {
     /// Takes `task`'s place in the agency's window on `tier` until `until`, while fewer than
-    /// `size` live places are taken (a task already holding one renews it), after reclaiming
-    /// places whose lease ended before `now`. False: the window is full.
+    /// `size` live places are taken, after reclaiming places whose lease ended before `now`.
+    /// A place the task already holds is renewed for a [`Entry::Dispatch`] and refused for a
+    /// [`Entry::Refill`].
+    #[allow(clippy::too_many_arguments)]
     async fn enter(
         &self,
         agency: &AgencyId,
@@ -659,7 +661,8 @@ pub trait DispatchWindow: Send + Sync {
         until: DateTime<Utc>,
         size: u32,
         now: DateTime<Utc>,
-    ) -> Result<bool, AppError>;
+        entry: Entry,
+    ) -> Result<Placement, AppError>;
 
     /// Frees `task`'s place (its run started, or its message was dropped). Idempotent. Answers
     /// how the window was left.
@@ -693,6 +696,26 @@ pub trait DispatchWindow: Send + Sync {
         tier: Priority,
         mark: &str,
     ) -> Result<(), AppError>;
+}
+
+/// Who takes a place in a dispatch window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Entry {
+    /// A dispatch of the task (the API, the sweeper): a place it already holds is renewed.
+    Dispatch,
+    /// A parked dispatch about to be sent: only while nobody holds its place, so that of two
+    /// refills that read the same parked dispatch, exactly one sends it.
+    Refill,
+}
+
+/// What a [`DispatchWindow::enter`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    Entered,
+    /// `size` live places are taken.
+    Full,
+    /// A refill found the task's place taken (another refill is sending it).
+    Held,
 }
 
 /// A window as a [`DispatchWindow::leave`] left it.

@@ -221,7 +221,7 @@ async fn in_flight_slots_hold_the_cap_under_concurrency_and_reclaim_expired_hold
 /// mark cleared only by the refill that read it.
 #[tokio::test]
 async fn dispatch_windows_hold_their_size_under_concurrency_and_keep_parked_runs_in_order() {
-    use shared::ports::DispatchWindow;
+    use shared::ports::{DispatchWindow, Entry, Placement};
     let clients = stack().clients().await;
     let window = shared::store::dynamo::DynamoDispatchWindow::new(
         clients.dynamodb.clone(),
@@ -236,28 +236,45 @@ async fn dispatch_windows_hold_their_size_under_concurrency_and_keep_parked_runs
         let (window, acme) = (window.clone(), acme.clone());
         takers.spawn(async move {
             let task = TaskId::generate();
-            (task, window.enter(&acme, tier, task, lease, 4, now).await)
+            (
+                task,
+                window
+                    .enter(&acme, tier, task, lease, 4, now, Entry::Dispatch)
+                    .await,
+            )
         });
     }
     let results = takers.join_all().await;
     assert!(results.iter().all(|(_, r)| r.is_ok()), "{results:?}");
     let placed: Vec<TaskId> = results
         .iter()
-        .filter(|(_, r)| matches!(r, Ok(true)))
+        .filter(|(_, r)| matches!(r, Ok(Placement::Entered)))
         .map(|(task, _)| *task)
         .collect();
     assert_eq!(placed.len(), 4, "{results:?}");
     let newcomer = TaskId::generate();
-    assert!(!window
-        .enter(&acme, tier, newcomer, lease, 4, now)
-        .await
-        .expect("dynamodb"));
-    assert!(
+    assert_eq!(
         window
-            .enter(&acme, tier, placed[0], lease, 4, now)
+            .enter(&acme, tier, newcomer, lease, 4, now, Entry::Dispatch)
             .await
             .expect("dynamodb"),
-        "a place renews"
+        Placement::Full
+    );
+    assert_eq!(
+        window
+            .enter(&acme, tier, placed[0], lease, 4, now, Entry::Dispatch)
+            .await
+            .expect("dynamodb"),
+        Placement::Entered,
+        "a dispatch renews its place"
+    );
+    assert_eq!(
+        window
+            .enter(&acme, tier, placed[0], lease, 4, now, Entry::Refill)
+            .await
+            .expect("dynamodb"),
+        Placement::Held,
+        "a refill does not take a place someone holds"
     );
 
     // Parked dispatches come back oldest first (task ids are time-ordered), and leave answers
@@ -317,16 +334,30 @@ async fn dispatch_windows_hold_their_size_under_concurrency_and_keep_parked_runs
     assert_eq!((state.taken, state.parked_mark), (1, None));
     // Places whose lease ended are reclaimed by the next dispatch that finds the window full.
     for task in [newcomer, TaskId::generate(), TaskId::generate()] {
-        assert!(window
-            .enter(&acme, tier, task, lease, 4, now)
-            .await
-            .expect("dynamodb"));
+        assert_eq!(
+            window
+                .enter(&acme, tier, task, lease, 4, now, Entry::Refill)
+                .await
+                .expect("dynamodb"),
+            Placement::Entered
+        );
     }
     let after = lease + chrono::Duration::seconds(1);
-    assert!(window
-        .enter(&acme, tier, TaskId::generate(), after, 4, after)
-        .await
-        .expect("reclaimed"));
+    assert_eq!(
+        window
+            .enter(
+                &acme,
+                tier,
+                TaskId::generate(),
+                after,
+                4,
+                after,
+                Entry::Refill
+            )
+            .await
+            .expect("reclaimed"),
+        Placement::Entered
+    );
     // Leaving a window never used is a no-op.
     let state = window
         .leave(&acme, Priority::Background, newcomer)
@@ -389,18 +420,22 @@ async fn a_flooding_agency_cannot_starve_another_and_a_killed_worker_leaks_no_sl
     let table = integration_tests::worker_config(&host).table_name;
     let window = shared::store::dynamo::DynamoDispatchWindow::new(clients.dynamodb.clone(), &table);
     let flood_agency = AgencyId::parse(&flood).expect("valid");
-    integration_tests::eventually(
+    let parked = integration_tests::eventually(
         "A's runs past its window to be parked",
         Duration::from_secs(30),
         || async {
             let parked = window
                 .parked(&flood_agency, Priority::Normal, 100)
                 .await
-                .expect("query");
-            (parked.len() == 5).then_some(())
+                .expect("query")
+                .len();
+            let started: std::collections::BTreeSet<String> =
+                held.runs().into_iter().map(|r| r.task_id).collect();
+            (parked + 4 + started.len() == 12).then_some(parked)
         },
     )
     .await;
+    assert!(parked >= 5, "{parked} parked");
     let mut calm_ids = Vec::new();
     for n in 1..=4 {
         calm_ids.push(b.create_task(&task(n, &quick.url)).await);
@@ -460,7 +495,7 @@ async fn a_flooding_agency_cannot_starve_another_and_a_killed_worker_leaks_no_sl
             .await
             .expect("query");
         assert!(parked.is_empty(), "{agency} has parked runs: {parked:?}");
-        let places = window
+        let probe = window
             .enter(
                 &agency,
                 Priority::Normal,
@@ -468,10 +503,15 @@ async fn a_flooding_agency_cannot_starve_another_and_a_killed_worker_leaks_no_sl
                 chrono::Utc::now(),
                 1,
                 chrono::DateTime::UNIX_EPOCH,
+                shared::ports::Entry::Dispatch,
             )
             .await
             .expect("dynamodb");
-        assert!(places, "{agency} still holds places in its window");
+        assert_eq!(
+            probe,
+            shared::ports::Placement::Entered,
+            "{agency} still holds places in its window"
+        );
     }
     host.stop().await;
 }

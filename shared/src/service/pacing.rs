@@ -22,7 +22,7 @@
 
 use crate::domain::{AgencyId, DispatchMessage, Priority, TaskId};
 use crate::error::AppError;
-use crate::ports::{DispatchWindow, Dispatcher, QueueDepth};
+use crate::ports::{DispatchWindow, Dispatcher, Entry, Placement, QueueDepth};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use std::collections::{BTreeMap, HashMap};
@@ -74,7 +74,11 @@ impl Pacing {
             return self.queue.dispatch(message, Duration::ZERO).await;
         };
         if !self.known_full(tier, agency) {
-            if self.enter(agency, tier, message.task_id, size, now).await? {
+            if self
+                .enter(agency, tier, message.task_id, size, now, Entry::Dispatch)
+                .await?
+                == Placement::Entered
+            {
                 return self.send(message).await;
             }
             self.note_full(tier, agency);
@@ -83,7 +87,12 @@ impl Pacing {
         tracing::debug!(%agency, %tier, task = %message.task_id, "dispatch window full: parked");
         // The window's last run may have started between the full answer and the mark, with
         // no refill to come: try once more.
-        if self.enter(agency, tier, message.task_id, size, now).await? {
+        if self
+            .enter(agency, tier, message.task_id, size, now, Entry::Refill)
+            .await?
+            == Placement::Entered
+        {
+            self.forget_full(tier, agency);
             self.send(message).await?;
             self.window.unpark(agency, tier, message.task_id).await?;
         }
@@ -154,8 +163,15 @@ impl Pacing {
         }
         let mut sent = 0;
         for message in parked {
-            if !self.enter(agency, tier, message.task_id, size, now).await? {
-                break;
+            // Another refill may have read the same parked dispatch: only the one that takes
+            // its place sends it (and forgets it); the other moves on.
+            match self
+                .enter(agency, tier, message.task_id, size, now, Entry::Refill)
+                .await?
+            {
+                Placement::Entered => {}
+                Placement::Held => continue,
+                Placement::Full => break,
             }
             self.send(&message).await?;
             self.window.unpark(agency, tier, message.task_id).await?;
@@ -171,6 +187,11 @@ impl Pacing {
             .is_some_and(|at| at.elapsed() < FULL_HINT)
     }
 
+    fn forget_full(&self, tier: Priority, agency: &AgencyId) {
+        let mut full = self.full.lock().unwrap_or_else(|e| e.into_inner());
+        full.remove(&(tier, agency.clone()));
+    }
+
     fn note_full(&self, tier: Priority, agency: &AgencyId) {
         let mut full = self.full.lock().unwrap_or_else(|e| e.into_inner());
         full.retain(|_, at| at.elapsed() < FULL_HINT);
@@ -184,10 +205,11 @@ impl Pacing {
         task: TaskId,
         size: u32,
         now: DateTime<Utc>,
-    ) -> Result<bool, AppError> {
+        entry: Entry,
+    ) -> Result<Placement, AppError> {
         let until = now + chrono::Duration::from_std(PLACE_LEASE).unwrap_or_default();
         self.window
-            .enter(agency, tier, task, until, size, now)
+            .enter(agency, tier, task, until, size, now, entry)
             .await
     }
 

@@ -4,7 +4,9 @@
 use super::{PacedDispatcher, Pacing, PLACE_LEASE};
 use crate::domain::{AgencyId, Caller, DispatchMessage, Priority, Role, TaskId, UserId};
 use crate::error::AppError;
-use crate::ports::{DispatchWindow, Dispatcher, InFlightSlots, QueueDepth, WindowState};
+use crate::ports::{
+    DispatchWindow, Dispatcher, Entry, InFlightSlots, Placement, QueueDepth, WindowState,
+};
 use crate::service::fairness::{Fairness, DEFER_DELAY};
 use crate::service::Delivery;
 use crate::testing::{MemorySlots, MemoryWindow, MemoryWorld, RecordingDispatcher};
@@ -160,8 +162,11 @@ impl DispatchWindow for EmptiesWhileParking {
         until: chrono::DateTime<Utc>,
         size: u32,
         now: chrono::DateTime<Utc>,
-    ) -> Result<bool, AppError> {
-        self.inner.enter(agency, tier, task, until, size, now).await
+        entry: Entry,
+    ) -> Result<Placement, AppError> {
+        self.inner
+            .enter(agency, tier, task, until, size, now, entry)
+            .await
     }
     async fn leave(
         &self,
@@ -227,6 +232,101 @@ async fn a_dispatch_parked_while_the_window_emptied_is_sent_by_its_own_second_tr
     pacing.dispatch(&third, now).await.unwrap();
     assert_eq!(sent_ids(&queue).last(), Some(&third.task_id));
     assert_eq!(inner.parked_count(&a, NORMAL), 0, "forgotten once sent");
+}
+
+/// A window whose `parked` read lets other tasks run before it answers, so that two refills
+/// read the same parked dispatches.
+struct SlowParkedRead {
+    inner: Arc<MemoryWindow>,
+}
+
+#[async_trait]
+impl DispatchWindow for SlowParkedRead {
+    async fn enter(
+        &self,
+        agency: &AgencyId,
+        tier: Priority,
+        task: TaskId,
+        until: chrono::DateTime<Utc>,
+        size: u32,
+        now: chrono::DateTime<Utc>,
+        entry: Entry,
+    ) -> Result<Placement, AppError> {
+        self.inner
+            .enter(agency, tier, task, until, size, now, entry)
+            .await
+    }
+    async fn leave(
+        &self,
+        agency: &AgencyId,
+        tier: Priority,
+        task: TaskId,
+    ) -> Result<WindowState, AppError> {
+        self.inner.leave(agency, tier, task).await
+    }
+    async fn park(&self, message: &DispatchMessage) -> Result<(), AppError> {
+        self.inner.park(message).await
+    }
+    async fn parked(
+        &self,
+        agency: &AgencyId,
+        tier: Priority,
+        limit: usize,
+    ) -> Result<Vec<DispatchMessage>, AppError> {
+        let parked = self.inner.parked(agency, tier, limit).await;
+        for _ in 0..3 {
+            tokio::task::yield_now().await;
+        }
+        parked
+    }
+    async fn unpark(
+        &self,
+        agency: &AgencyId,
+        tier: Priority,
+        task: TaskId,
+    ) -> Result<(), AppError> {
+        tokio::task::yield_now().await;
+        self.inner.unpark(agency, tier, task).await
+    }
+    async fn clear_parked_mark(
+        &self,
+        agency: &AgencyId,
+        tier: Priority,
+        mark: &str,
+    ) -> Result<(), AppError> {
+        self.inner.clear_parked_mark(agency, tier, mark).await
+    }
+}
+
+#[tokio::test]
+async fn two_refills_that_read_the_same_parked_runs_send_each_once() {
+    let inner = Arc::new(MemoryWindow::default());
+    let window = Arc::new(SlowParkedRead {
+        inner: inner.clone(),
+    });
+    let queue = Arc::<RecordingDispatcher>::default();
+    let pacing = Pacing::new(window, BTreeMap::from([(NORMAL, 4)]), queue.clone());
+    let a = agency("a");
+    let now = Utc::now();
+    for _ in 0..12 {
+        pacing.dispatch(&run_of(&a), now).await.unwrap();
+    }
+    let first: Vec<TaskId> = sent_ids(&queue);
+    assert_eq!(first.len(), 4);
+    // Two runs start at once on two workers; both refills read the same oldest parked runs.
+    tokio::join!(
+        pacing.left_queue(&a, NORMAL, first[0], now),
+        pacing.left_queue(&a, NORMAL, first[1], now)
+    );
+    let sent = sent_ids(&queue);
+    let unique: std::collections::BTreeSet<&TaskId> = sent.iter().collect();
+    assert_eq!(
+        unique.len(),
+        sent.len(),
+        "a parked run was sent twice: {sent:?}"
+    );
+    assert_eq!(sent.len(), 6, "both places were refilled");
+    assert_eq!(inner.parked_count(&a, NORMAL), 6);
 }
 
 #[tokio::test]

@@ -3,7 +3,7 @@
 
 use crate::domain::{AgencyId, DispatchMessage, Priority, TaskId};
 use crate::error::AppError;
-use crate::ports::WindowState;
+use crate::ports::{Entry, Placement, WindowState};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use std::collections::{BTreeMap, HashMap};
@@ -152,19 +152,23 @@ impl crate::ports::DispatchWindow for MemoryWindow {
         until: DateTime<Utc>,
         size: u32,
         now: DateTime<Utc>,
-    ) -> Result<bool, AppError> {
+        entry: Entry,
+    ) -> Result<Placement, AppError> {
         self.enters
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let task = task.to_string();
         Ok(self.with(agency, tier, |w| {
+            if entry == Entry::Refill && w.places.contains_key(&task) {
+                return Placement::Held;
+            }
             if !w.places.contains_key(&task) && w.places.len() >= size as usize {
                 w.places.retain(|_, expires| *expires > now);
                 if w.places.len() >= size as usize {
-                    return false;
+                    return Placement::Full;
                 }
             }
             w.places.insert(task, until);
-            true
+            Placement::Entered
         }))
     }
 

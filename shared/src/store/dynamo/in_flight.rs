@@ -10,7 +10,7 @@
 //!   which is enough to answer "has any agency other than X stamped since t".
 
 use super::keys::{n, s, PK, SK};
-use super::lease_map::LeaseMap;
+use super::lease_map::{LeaseMap, Take};
 use super::quotas::quota_pk;
 use crate::domain::{AgencyId, Priority};
 use crate::error::AppError;
@@ -69,7 +69,11 @@ impl InFlightSlots for DynamoInFlightSlots {
         cap: Option<u32>,
         now: DateTime<Utc>,
     ) -> Result<bool, AppError> {
-        self.slots(agency, tier).take(holder, until, cap, now).await
+        let taken = self
+            .slots(agency, tier)
+            .take(holder, until, cap, now, true)
+            .await?;
+        Ok(taken == Take::Taken)
     }
 
     async fn release(

@@ -17,6 +17,16 @@ use std::collections::HashMap;
 /// Concurrent writers can make each step's condition fail once; a few rounds settle it.
 const ROUNDS: usize = 4;
 
+/// What a [`LeaseMap::take`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Take {
+    Taken,
+    /// `cap` live entries are held.
+    Full,
+    /// The name holds an entry already, and the take was not to renew it.
+    Held,
+}
+
 /// One item's map of leases.
 pub(super) struct LeaseMap<'a> {
     pub client: &'a Client,
@@ -53,16 +63,17 @@ impl LeaseMap<'_> {
             .and_then(|item| lease_entries(item.get(self.attribute))))
     }
 
-    /// Takes (or renews) `name`'s lease until `until`: with `cap`, only while fewer than `cap`
-    /// entries exist or `name` is one of them, after removing entries whose lease ended
-    /// before `now`. False: full.
+    /// Takes (or, when `renew`, renews) `name`'s lease until `until`: with `cap`, only while
+    /// fewer than `cap` entries exist (or `name` is one of them and `renew`), after removing
+    /// entries whose lease ended before `now`.
     pub async fn take(
         &self,
         name: &str,
         until: DateTime<Utc>,
         cap: Option<u32>,
         now: DateTime<Utc>,
-    ) -> Result<bool, AppError> {
+        renew: bool,
+    ) -> Result<Take, AppError> {
         let map = self.attribute;
         let until_ms = until.timestamp_millis();
         for _ in 0..ROUNDS {
@@ -72,13 +83,21 @@ impl LeaseMap<'_> {
                 .update_expression(format!("SET {map}.#h = :until"))
                 .expression_attribute_names("#h", name)
                 .expression_attribute_values(":until", n(until_ms));
-            update = match cap {
-                Some(cap) => update
+            update = match (cap, renew) {
+                (Some(cap), true) => update
                     .condition_expression(format!(
                         "attribute_exists({map}) AND (size({map}) < :cap OR attribute_exists({map}.#h))"
                     ))
                     .expression_attribute_values(":cap", n(cap)),
-                None => update.condition_expression(format!("attribute_exists({map})")),
+                (Some(cap), false) => update
+                    .condition_expression(format!(
+                        "attribute_exists({map}) AND size({map}) < :cap AND attribute_not_exists({map}.#h)"
+                    ))
+                    .expression_attribute_values(":cap", n(cap)),
+                (None, true) => update.condition_expression(format!("attribute_exists({map})")),
+                (None, false) => update.condition_expression(format!(
+                    "attribute_exists({map}) AND attribute_not_exists({map}.#h)"
+                )),
             };
             // A refusal answers with the item as it was, so deciding why costs no read.
             let refused = match update
@@ -88,7 +107,7 @@ impl LeaseMap<'_> {
                 .send()
                 .await
             {
-                Ok(_) => return Ok(true),
+                Ok(_) => return Ok(Take::Taken),
                 Err(err) => match err.as_service_error() {
                     Some(UpdateItemError::ConditionalCheckFailedException(refusal)) => {
                         lease_entries(refusal.item().and_then(|item| item.get(map)))
@@ -107,12 +126,18 @@ impl LeaseMap<'_> {
                         AttributeValue::M(HashMap::from([(name.to_owned(), n(until_ms))])),
                     );
                 if conditional_write("dynamodb:UpdateItem", first.send().await)? {
-                    return Ok(true);
+                    return Ok(Take::Taken);
                 }
                 continue;
             };
+            if entries.contains_key(name) {
+                if renew {
+                    continue; // taken meanwhile by this name: renew it
+                }
+                return Ok(Take::Held);
+            }
             let full = cap.is_some_and(|cap| entries.len() >= cap as usize);
-            if !full || entries.contains_key(name) {
+            if !full {
                 continue; // changed since the update: try again
             }
             let now_ms = now.timestamp_millis();
@@ -121,12 +146,12 @@ impl LeaseMap<'_> {
                 .filter(|(_, lease_end)| *lease_end <= now_ms)
                 .collect();
             if expired.is_empty() {
-                return Ok(false);
+                return Ok(Take::Full);
             }
             tracing::info!(pk = %self.pk, sk = %self.sk, reclaimed = expired.len(), "reclaiming leases that ended");
             self.reclaim(&expired).await?;
         }
-        Ok(false)
+        Ok(Take::Full)
     }
 
     /// Removes entries whose lease ended, each only if its lease end is still the one read.

@@ -9,10 +9,10 @@
 //!   first), `message` the dispatch as JSON.
 
 use super::keys::{s, PK, SK};
-use super::lease_map::{lease_entries, LeaseMap};
+use super::lease_map::{lease_entries, LeaseMap, Take};
 use crate::domain::{AgencyId, DispatchMessage, Priority, TaskId};
 use crate::error::AppError;
-use crate::ports::{DispatchWindow, WindowState};
+use crate::ports::{DispatchWindow, Entry, Placement, WindowState};
 use crate::store::{conditional_write, from_sdk};
 use async_trait::async_trait;
 use aws_sdk_dynamodb::error::ProvideErrorMetadata;
@@ -67,10 +67,23 @@ impl DispatchWindow for DynamoDispatchWindow {
         until: DateTime<Utc>,
         size: u32,
         now: DateTime<Utc>,
-    ) -> Result<bool, AppError> {
-        self.places(agency, tier)
-            .take(&task.to_string(), until, Some(size), now)
-            .await
+        entry: Entry,
+    ) -> Result<Placement, AppError> {
+        let taken = self
+            .places(agency, tier)
+            .take(
+                &task.to_string(),
+                until,
+                Some(size),
+                now,
+                entry == Entry::Dispatch,
+            )
+            .await?;
+        Ok(match taken {
+            Take::Taken => Placement::Entered,
+            Take::Full => Placement::Full,
+            Take::Held => Placement::Held,
+        })
     }
 
     async fn leave(
