@@ -52,10 +52,12 @@ pub const DEFAULT_LEASE_SECONDS: u64 = 120;
 /// left to reach that agency's work.
 pub const DEFAULT_IN_FLIGHT_CAPS: &str = "5,12,20,10,5";
 
-/// Each tier's in-flight capacity in template.yaml (MaximumConcurrency × BatchSize), so that an
-/// agency alone has a full round of deliveries waiting for every poller, while another agency's
-/// work sent now waits behind at most one such round of it.
-pub const DEFAULT_DISPATCH_WINDOWS: &str = "10,25,40,20,10";
+/// Half of each tier's in-flight capacity in template.yaml (MaximumConcurrency × BatchSize), as
+/// the caps: another agency's work sent now waits behind at most half a round of deliveries,
+/// and since runs leave the window as they start (each refilling it), an agency alone still
+/// keeps every worker busy. (A window of the whole capacity measured 3.7× on the fair-share
+/// bench, BENCHMARKS "Fair share".)
+pub const DEFAULT_DISPATCH_WINDOWS: &str = "5,12,20,10,5";
 
 /// Per-agency quotas, each refused with a 429 once used up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
