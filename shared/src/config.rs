@@ -179,16 +179,26 @@ impl Quotas {
     }
 }
 
-/// Parses one number per tier, in tier order; a missing, zero or non-numeric one fails the cold
-/// start.
+/// The largest cap or window per tier: each is a map of that many leases in one item (at most
+/// ~70 bytes an entry: ~70 KB, far under DynamoDB's 400 KB), and a refill's query reads at most
+/// that many parked dispatches (DynamoDB returns up to 1 MB a page).
+pub const MAX_PER_TIER: u32 = 1_000;
+
+/// Parses one number per tier, in tier order; a missing, zero, too large or non-numeric one
+/// fails the cold start.
 fn per_tier(variable: &str, value: &str) -> Result<BTreeMap<Priority, u32>, AppError> {
     let caps: Vec<Option<u32>> = value
         .split(',')
-        .map(|cap| cap.trim().parse::<u32>().ok().filter(|n| *n > 0))
+        .map(|cap| {
+            cap.trim()
+                .parse::<u32>()
+                .ok()
+                .filter(|n| (1..=MAX_PER_TIER).contains(n))
+        })
         .collect();
     if caps.len() != Priority::ALL.len() || caps.iter().any(Option::is_none) {
         return Err(AppError::internal(format!(
-            "{variable} must be {} whole numbers of at least 1 (critical,high,normal,low,background), not {value:?}",
+            "{variable} must be {} whole numbers from 1 to {MAX_PER_TIER} (critical,high,normal,low,background), not {value:?}",
             Priority::ALL.len()
         )));
     }
@@ -197,4 +207,22 @@ fn per_tier(variable: &str, value: &str) -> Result<BTreeMap<Priority, u32>, AppE
         .copied()
         .zip(caps.into_iter().flatten())
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn caps_and_windows_take_one_number_per_tier_from_1_to_the_largest_an_item_holds() {
+        let parsed = per_tier("AGENCY_DISPATCH_WINDOWS", "1,2,3,4,1000").unwrap();
+        assert_eq!(parsed[&Priority::Background], MAX_PER_TIER);
+        for bad in ["1,2,3,4,1001", "0,2,3,4,5", "1,2,3,4", "1,2,x,4,5"] {
+            let err = per_tier("AGENCY_DISPATCH_WINDOWS", bad).unwrap_err();
+            assert!(
+                err.to_string().contains("AGENCY_DISPATCH_WINDOWS"),
+                "{bad}: {err}"
+            );
+        }
+    }
 }

@@ -116,7 +116,8 @@ impl Pacing {
             match state.parked_mark {
                 Some(mark) => {
                     let room = size.saturating_sub(state.taken).max(1);
-                    self.refill(agency, tier, Some(&mark), room, now).await
+                    self.refill(agency, tier, size, Some(&mark), room, now)
+                        .await
                 }
                 None => Ok(0),
             }
@@ -127,33 +128,36 @@ impl Pacing {
         }
     }
 
-    /// Sends the agency's oldest parked dispatches on `tier` while its window has room (the
-    /// sweeper's pass, for work whose refill was lost). Answers how many were sent.
+    /// Sends the agency's oldest parked dispatches on `tier` while its window has room, at most
+    /// `most` (the sweeper's pass, for work whose refill was lost). Answers how many were sent.
     pub async fn refill_waiting(
         &self,
         agency: &AgencyId,
         tier: Priority,
+        most: u32,
         now: DateTime<Utc>,
     ) -> Result<usize, AppError> {
         let Some(size) = self.sizes.get(&tier).copied() else {
             return Ok(0);
         };
-        self.refill(agency, tier, None, size, now).await
+        self.refill(agency, tier, size, None, size.min(most), now)
+            .await
     }
 
-    /// Sends up to `room` parked dispatches, oldest first, each only once it has a place. With
-    /// nothing parked, clears the mark read (if it is still the latest).
+    /// Sends up to `room` parked dispatches into a window of `size`, oldest first, each only
+    /// once it has a place. With nothing parked, clears the mark read (if still the latest).
     async fn refill(
         &self,
         agency: &AgencyId,
         tier: Priority,
+        size: u32,
         mark: Option<&str>,
         room: u32,
         now: DateTime<Utc>,
     ) -> Result<usize, AppError> {
-        let Some(size) = self.sizes.get(&tier).copied() else {
+        if room == 0 {
             return Ok(0);
-        };
+        }
         let parked = self.window.parked(agency, tier, room as usize).await?;
         if parked.is_empty() {
             if let Some(mark) = mark {

@@ -146,14 +146,19 @@ fn pacing_of_one(window: &Arc<MemoryWindow>, queue: &Arc<RecordingDispatcher>) -
     pacing(window, 1, queue)
 }
 
-/// A window whose runs all start (seeing no mark yet) while a dispatch is being parked.
-struct EmptiesWhileParking {
+/// The in-memory window with two interleavings the tests need: every run in the window starts
+/// (seeing no mark yet) while the next dispatch is being parked (`empty_on_park`), and reads
+/// of parked dispatches let other tasks run before they answer, so that two refills read the
+/// same ones (`slow_reads`).
+#[derive(Default)]
+struct Interleaved {
     inner: Arc<MemoryWindow>,
-    armed: AtomicBool,
+    empty_on_park: AtomicBool,
+    slow_reads: bool,
 }
 
 #[async_trait]
-impl DispatchWindow for EmptiesWhileParking {
+impl DispatchWindow for Interleaved {
     async fn enter(
         &self,
         agency: &AgencyId,
@@ -177,7 +182,7 @@ impl DispatchWindow for EmptiesWhileParking {
         self.inner.leave(agency, tier, task).await
     }
     async fn park(&self, message: &DispatchMessage) -> Result<(), AppError> {
-        if self.armed.swap(false, Ordering::SeqCst) {
+        if self.empty_on_park.swap(false, Ordering::SeqCst) {
             for task in self.inner.places(&message.agency_id, message.priority) {
                 self.inner
                     .leave(&message.agency_id, message.priority, task)
@@ -192,7 +197,13 @@ impl DispatchWindow for EmptiesWhileParking {
         tier: Priority,
         limit: usize,
     ) -> Result<Vec<DispatchMessage>, AppError> {
-        self.inner.parked(agency, tier, limit).await
+        let parked = self.inner.parked(agency, tier, limit).await;
+        if self.slow_reads {
+            for _ in 0..3 {
+                tokio::task::yield_now().await;
+            }
+        }
+        parked
     }
     async fn unpark(
         &self,
@@ -200,6 +211,9 @@ impl DispatchWindow for EmptiesWhileParking {
         tier: Priority,
         task: TaskId,
     ) -> Result<(), AppError> {
+        if self.slow_reads {
+            tokio::task::yield_now().await;
+        }
         self.inner.unpark(agency, tier, task).await
     }
     async fn clear_parked_mark(
@@ -214,11 +228,8 @@ impl DispatchWindow for EmptiesWhileParking {
 
 #[tokio::test]
 async fn a_dispatch_parked_while_the_window_emptied_is_sent_by_its_own_second_try() {
-    let inner = Arc::new(MemoryWindow::default());
-    let window = Arc::new(EmptiesWhileParking {
-        inner: inner.clone(),
-        armed: AtomicBool::new(false),
-    });
+    let window = Arc::new(Interleaved::default());
+    let inner = window.inner.clone();
     let queue = Arc::<RecordingDispatcher>::default();
     let pacing = Pacing::new(window.clone(), BTreeMap::from([(NORMAL, 2)]), queue.clone());
     let a = agency("a");
@@ -227,83 +238,20 @@ async fn a_dispatch_parked_while_the_window_emptied_is_sent_by_its_own_second_tr
     pacing.dispatch(&run_of(&a), now).await.unwrap();
     // The third finds the window full; both runs start before its mark is written, and their
     // refills saw no mark. Without a second try it would wait for the sweeper.
-    window.armed.store(true, Ordering::SeqCst);
+    window.empty_on_park.store(true, Ordering::SeqCst);
     let third = run_of(&a);
     pacing.dispatch(&third, now).await.unwrap();
     assert_eq!(sent_ids(&queue).last(), Some(&third.task_id));
     assert_eq!(inner.parked_count(&a, NORMAL), 0, "forgotten once sent");
 }
 
-/// A window whose `parked` read lets other tasks run before it answers, so that two refills
-/// read the same parked dispatches.
-struct SlowParkedRead {
-    inner: Arc<MemoryWindow>,
-}
-
-#[async_trait]
-impl DispatchWindow for SlowParkedRead {
-    async fn enter(
-        &self,
-        agency: &AgencyId,
-        tier: Priority,
-        task: TaskId,
-        until: chrono::DateTime<Utc>,
-        size: u32,
-        now: chrono::DateTime<Utc>,
-        entry: Entry,
-    ) -> Result<Placement, AppError> {
-        self.inner
-            .enter(agency, tier, task, until, size, now, entry)
-            .await
-    }
-    async fn leave(
-        &self,
-        agency: &AgencyId,
-        tier: Priority,
-        task: TaskId,
-    ) -> Result<WindowState, AppError> {
-        self.inner.leave(agency, tier, task).await
-    }
-    async fn park(&self, message: &DispatchMessage) -> Result<(), AppError> {
-        self.inner.park(message).await
-    }
-    async fn parked(
-        &self,
-        agency: &AgencyId,
-        tier: Priority,
-        limit: usize,
-    ) -> Result<Vec<DispatchMessage>, AppError> {
-        let parked = self.inner.parked(agency, tier, limit).await;
-        for _ in 0..3 {
-            tokio::task::yield_now().await;
-        }
-        parked
-    }
-    async fn unpark(
-        &self,
-        agency: &AgencyId,
-        tier: Priority,
-        task: TaskId,
-    ) -> Result<(), AppError> {
-        tokio::task::yield_now().await;
-        self.inner.unpark(agency, tier, task).await
-    }
-    async fn clear_parked_mark(
-        &self,
-        agency: &AgencyId,
-        tier: Priority,
-        mark: &str,
-    ) -> Result<(), AppError> {
-        self.inner.clear_parked_mark(agency, tier, mark).await
-    }
-}
-
 #[tokio::test]
 async fn two_refills_that_read_the_same_parked_runs_send_each_once() {
-    let inner = Arc::new(MemoryWindow::default());
-    let window = Arc::new(SlowParkedRead {
-        inner: inner.clone(),
+    let window = Arc::new(Interleaved {
+        slow_reads: true,
+        ..Interleaved::default()
     });
+    let inner = window.inner.clone();
     let queue = Arc::<RecordingDispatcher>::default();
     let pacing = Pacing::new(window, BTreeMap::from([(NORMAL, 4)]), queue.clone());
     let a = agency("a");
@@ -340,9 +288,15 @@ async fn the_sweeper_refill_sends_parked_runs_once_leaked_places_expire() {
         pacing.dispatch(&run_of(&a), now).await.unwrap();
     }
     assert_eq!(window.parked_count(&a, NORMAL), 2);
-    assert_eq!(pacing.refill_waiting(&a, NORMAL, now).await.unwrap(), 0);
+    assert_eq!(
+        pacing.refill_waiting(&a, NORMAL, 100, now).await.unwrap(),
+        0
+    );
     let later = now + Span::from_std(PLACE_LEASE).unwrap() + Span::seconds(1);
-    assert_eq!(pacing.refill_waiting(&a, NORMAL, later).await.unwrap(), 2);
+    assert_eq!(
+        pacing.refill_waiting(&a, NORMAL, 100, later).await.unwrap(),
+        2
+    );
     assert_eq!(window.parked_count(&a, NORMAL), 0);
     assert_eq!(sent_ids(&queue).len(), 4);
 }
@@ -383,7 +337,10 @@ async fn a_failed_send_gives_its_place_back_and_a_failed_refill_keeps_the_parked
     // Parked, then a refill whose send fails: the parked run stays for the next refill.
     let parked = run_of(&a);
     window.park(&parked).await.unwrap();
-    assert!(pacing.refill_waiting(&a, NORMAL, Utc::now()).await.is_err());
+    assert!(pacing
+        .refill_waiting(&a, NORMAL, 100, Utc::now())
+        .await
+        .is_err());
     assert_eq!(window.parked_count(&a, NORMAL), 1);
     assert_eq!(window.taken(&a, NORMAL), 0);
 }

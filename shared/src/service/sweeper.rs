@@ -65,6 +65,11 @@ pub struct Sweeper {
     pub pacing: Option<crate::service::pacing::Pacing>,
 }
 
+/// Most parked dispatches one pass sends per tier (each a place, a send and a delete, about
+/// 30 ms on AWS): five tiers stay well inside the sweeper's 60 s Timeout however many windows
+/// leaked at once; the rest go next minute.
+const REFILLS_PER_PASS: u32 = 100;
+
 /// Work waiting at least this long is stamped as demand by the sweeper: younger work was
 /// stamped by its own dispatch within the demand window.
 const RESTAMP_AFTER: std::time::Duration = std::time::Duration::from_secs(30);
@@ -191,12 +196,16 @@ impl Sweeper {
                 agencies.insert(waiting.agency);
             }
         }
+        let mut refills_left = REFILLS_PER_PASS;
         for agency in &agencies {
             if let Some(fairness) = &self.fairness {
                 fairness.note_demand(tier, agency, now).await;
             }
             if let Some(pacing) = &self.pacing {
-                let sent = pacing.refill_waiting(agency, tier, now).await?;
+                let sent = pacing
+                    .refill_waiting(agency, tier, refills_left, now)
+                    .await?;
+                refills_left = refills_left.saturating_sub(sent as u32);
                 if sent > 0 {
                     tracing::info!(%agency, %tier, sent, "parked dispatches sent by the sweeper");
                 }
