@@ -134,3 +134,27 @@ async fn a_missing_binary_is_a_clear_error() {
     let err = runtime.invoke(b"{}".to_vec()).await.unwrap_err();
     assert!(err.to_string().contains("/nonexistent/ghost"), "{err}");
 }
+
+#[tokio::test]
+async fn the_cpu_of_every_environment_is_kept_killed_ones_included() {
+    let runtime = fixture(Duration::from_secs(2), 1024);
+    assert_eq!(runtime.stats().cpu_ticks, 0, "nothing ran yet");
+    // Touching 300 MB of pages takes well over one clock tick of CPU.
+    invoke(&runtime, json!({"allocateMb": 300, "sleepMs": 10}))
+        .await
+        .unwrap();
+    let after_one = runtime.stats().cpu_ticks;
+    assert!(after_one > 0, "{after_one}");
+    // A second environment that does the same and is then killed at its Timeout still counts.
+    let (warm, killed) = tokio::join!(
+        invoke(&runtime, json!({"sleepMs": 100})),
+        invoke(&runtime, json!({"allocateMb": 300, "sleepMs": 5000}))
+    );
+    warm.unwrap();
+    assert!(matches!(killed, Err(InvokeError::Timeout { .. })));
+    let after_both = runtime.stats().cpu_ticks;
+    assert!(after_both > after_one, "{after_both} vs {after_one}");
+    runtime.shut_down();
+    assert!(runtime.stats().cpu_ticks >= after_both);
+    assert!(runtime.stats().cpu_seconds() > 0.0);
+}

@@ -16,8 +16,14 @@
 //!   cold-starts a new one;
 //! - a panic in the handler is reported by `lambda_runtime` on `/invocation/{id}/error` and fails
 //!   that invocation only; the environment stays warm.
+//!
+//! Each function's CPU time (all its environments, exited ones included) is kept in
+//! [`RuntimeStats::cpu_ticks`], for the bench's CPU per task.
 
 mod api;
+mod cpu;
+
+pub use cpu::ticks_per_second;
 
 use api::{Answer, Pending, RuntimeApi};
 use hyper::body::Bytes;
@@ -120,6 +126,17 @@ pub struct RuntimeStats {
     /// The highest resident memory any of the function's environments reached, in KiB: what
     /// to compare with `MemorySize` (0 until an environment has been sampled).
     pub peak_rss_kib: u64,
+    /// User plus system CPU of all the function's environments, in clock ticks
+    /// ([`ticks_per_second`]): read at the end of each invocation and before an environment
+    /// is dropped, so only an environment's last moments before it dies are missed.
+    pub cpu_ticks: u64,
+}
+
+impl RuntimeStats {
+    /// [`RuntimeStats::cpu_ticks`] in seconds.
+    pub fn cpu_seconds(&self) -> f64 {
+        self.cpu_ticks as f64 / ticks_per_second() as f64
+    }
 }
 
 impl FunctionRuntime {
@@ -149,6 +166,7 @@ impl FunctionRuntime {
             Ok(mut environment) => {
                 let outcome = environment.invoke(&self.inner.config, payload).await;
                 self.record_peak(environment.peak_kib());
+                self.record_cpu(environment.cpu.take(environment.pid));
                 self.keep_if_warm(environment, &outcome);
                 outcome
             }
@@ -166,6 +184,10 @@ impl FunctionRuntime {
     fn record_peak(&self, kib: u64) {
         let mut stats = self.inner.stats.lock().expect("not poisoned");
         stats.peak_rss_kib = stats.peak_rss_kib.max(kib);
+    }
+
+    fn record_cpu(&self, ticks: u64) {
+        self.inner.stats.lock().expect("not poisoned").cpu_ticks += ticks;
     }
 
     fn count(&self, cold: bool, outcome: &Result<Vec<u8>, InvokeError>) {
@@ -198,7 +220,30 @@ impl FunctionRuntime {
 
     /// Kills every warm environment (an invocation in flight ends with its caller).
     pub fn shut_down(&self) {
-        self.inner.warm.lock().expect("not poisoned").clear();
+        let gone: Vec<Environment> = self
+            .inner
+            .warm
+            .lock()
+            .expect("not poisoned")
+            .drain(..)
+            .collect();
+        for mut environment in gone {
+            self.record_cpu(environment.cpu.take(environment.pid));
+        }
+    }
+
+    /// Reads the CPU of every warm environment now (what they used since their last
+    /// invocation), so that [`FunctionRuntime::stats`] is current.
+    pub fn sample_cpu(&self) {
+        let ticks: u64 = self
+            .inner
+            .warm
+            .lock()
+            .expect("not poisoned")
+            .iter_mut()
+            .map(|e| e.cpu.take(e.pid))
+            .sum();
+        self.record_cpu(ticks);
     }
 
     /// Warm environments right now (for tests and logs).
@@ -216,6 +261,7 @@ struct Environment {
     logs: Arc<Mutex<VecDeque<String>>>,
     /// The highest resident memory sampled so far, in KiB.
     peak_kib: AtomicU64,
+    cpu: cpu::CpuMeter,
     _api: RuntimeApi,
 }
 
@@ -275,6 +321,7 @@ impl Environment {
             init_error,
             logs,
             peak_kib: AtomicU64::new(0),
+            cpu: cpu::CpuMeter::default(),
             _api: api,
         })
     }
