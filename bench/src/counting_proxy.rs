@@ -8,7 +8,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 use tokio::net::TcpListener;
 
 pub type Counts = BTreeMap<String, u64>;
@@ -19,6 +19,20 @@ pub struct CountingProxy {
     counts: Arc<Mutex<Counts>>,
     meter: Arc<Meter>,
     window_started: Arc<Mutex<Instant>>,
+    trace: Trace,
+}
+
+/// Requests recorded while tracing is on (`None` while it is off).
+type Trace = Arc<Mutex<Option<Vec<Traced>>>>;
+
+/// One request seen while tracing: when it reached the proxy, how long the emulator took to
+/// answer it, and its body (to find the task ids it names).
+#[derive(Debug, Clone)]
+pub struct Traced {
+    pub at: SystemTime,
+    pub took: Duration,
+    pub operation: String,
+    pub body: hyper::body::Bytes,
 }
 
 /// What the proxy saw between two [`CountingProxy::take_window`] calls.
@@ -36,17 +50,19 @@ impl CountingProxy {
         let endpoint = format!("http://{}", listener.local_addr()?);
         let counts = Arc::new(Mutex::new(Counts::new()));
         let meter = Arc::new(Meter::new(Upstream::new(target)));
-        let (seen, metering) = (counts.clone(), meter.clone());
+        let trace: Trace = Arc::default();
+        let (seen, metering, tracing) = (counts.clone(), meter.clone(), trace.clone());
         tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
-                let (seen, metering) = (seen.clone(), metering.clone());
+                let (seen, metering, tracing) = (seen.clone(), metering.clone(), tracing.clone());
                 tokio::spawn(async move {
                     let service =
                         hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
-                            let (seen, metering) = (seen.clone(), metering.clone());
+                            let (seen, metering, tracing) =
+                                (seen.clone(), metering.clone(), tracing.clone());
                             async move {
                                 let (parts, body) = req.into_parts();
                                 let body = body
@@ -60,10 +76,26 @@ impl CountingProxy {
                                     .expect("not poisoned")
                                     .entry(op.clone())
                                     .or_insert(0) += 1;
+                                let traced = tracing.lock().expect("not poisoned").is_some();
+                                let (at, started) = (SystemTime::now(), Instant::now());
+                                let kept = traced.then(|| body.clone());
                                 let response = match metering.exchange(&op, parts, body).await {
                                     Some(answer) => answer.into_response(),
                                     None => bad_gateway(),
                                 };
+                                if let Some(body) = kept {
+                                    let took = started.elapsed();
+                                    if let Some(trace) =
+                                        tracing.lock().expect("not poisoned").as_mut()
+                                    {
+                                        trace.push(Traced {
+                                            at,
+                                            took,
+                                            operation: op,
+                                            body,
+                                        });
+                                    }
+                                }
                                 Ok::<_, std::convert::Infallible>(response)
                             }
                         });
@@ -79,6 +111,7 @@ impl CountingProxy {
             counts,
             meter,
             window_started: Arc::new(Mutex::new(Instant::now())),
+            trace,
         })
     }
 
@@ -92,6 +125,20 @@ impl CountingProxy {
     /// see [`crate::metering`]. On only while cost is measured.
     pub fn set_metering(&self, level: Metering) {
         self.meter.set_level(level);
+    }
+
+    /// Starts recording every request ([`Traced`]), dropping any earlier record.
+    pub fn start_trace(&self) {
+        *self.trace.lock().expect("not poisoned") = Some(Vec::new());
+    }
+
+    /// The requests recorded since [`CountingProxy::start_trace`]; tracing stops.
+    pub fn take_trace(&self) -> Vec<Traced> {
+        self.trace
+            .lock()
+            .expect("not poisoned")
+            .take()
+            .unwrap_or_default()
     }
 
     /// Counts and metered figures since the last call (or since the proxy started).

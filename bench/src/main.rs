@@ -13,9 +13,12 @@ mod client;
 mod coldstart;
 mod cost;
 mod counting_proxy;
+mod cpu;
 mod dynamodb_units;
+mod headline;
 mod metering;
 mod peer;
+mod priority;
 mod report;
 mod runtime_overhead;
 mod scale;
@@ -41,7 +44,9 @@ struct Sizes {
     throughput_tasks: usize,
     per_tier: usize,
     assign: usize,
-    backlog: usize,
+    /// Background backlogs for the priority levels, smallest first; the middle one is the
+    /// headline (the backlog earlier runs reported).
+    backlogs: [usize; 3],
     critical: usize,
     chain_steps: usize,
     batch_items: usize,
@@ -58,7 +63,7 @@ fn sizes(quick: bool) -> Sizes {
             throughput_tasks: 100,
             per_tier: 10,
             assign: 20,
-            backlog: 100,
+            backlogs: [0, 100, 400],
             critical: 10,
             chain_steps: 4,
             batch_items: 1000,
@@ -72,7 +77,7 @@ fn sizes(quick: bool) -> Sizes {
             throughput_tasks: 500,
             per_tier: 40,
             assign: 100,
-            backlog: 500,
+            backlogs: [0, 500, 2000],
             critical: 20,
             chain_steps: 8,
             batch_items: 10_000,
@@ -157,6 +162,10 @@ async fn main() -> Result<()> {
         return Ok(());
     }
     let boss = Api::new(&api_url, SECRET, &agency, "boss", "manager");
+    let probe = cpu::CpuProbe {
+        stack: &stack,
+        emulator_pid,
+    };
 
     info!("==> emulator ceiling for the task call mix");
     let sdk = local_stack::emulator::sdk_config(&emulator.endpoint).await;
@@ -164,13 +173,17 @@ async fn main() -> Result<()> {
         ceiling::lifecycles_per_second(&sdk, 16, Duration::from_secs(if quick { 10 } else { 30 }))
             .await?;
 
+    // Steady state, as on Lambda under load: the environments the runs need are started
+    // here, so their cold starts are not charged to the measured tasks.
+    info!("==> warming the functions' environments");
+    workloads::throughput(&boss, 48, &probe).await?;
     let mut runs = Vec::new();
     for run in 1..=size.repeats {
         info!(
             "==> throughput run {run}/{}: {} tasks",
             size.repeats, size.throughput_tasks
         );
-        runs.push(workloads::throughput(&boss, size.throughput_tasks, emulator_pid).await?);
+        runs.push(workloads::throughput(&boss, size.throughput_tasks, &probe).await?);
     }
     info!("==> queue-to-start per tier");
     let per_tier = workloads::per_tier(&boss, size.per_tier).await?;
@@ -187,18 +200,23 @@ async fn main() -> Result<()> {
         })
         .collect();
     let assign = workloads::assignment(&boss, &agents, size.assign).await?;
-    info!(
-        "==> priority: {} background then {} critical",
-        size.backlog, size.critical
-    );
-    let prio_agency = Api::new(
-        &api_url,
-        SECRET,
-        &format!("{agency}-prio"),
-        "boss",
-        "manager",
-    );
-    let priority = workloads::priority(&prio_agency, size.backlog, size.critical).await?;
+    let priority_levels = priority::levels(
+        |backlog| {
+            Api::new(
+                &api_url,
+                SECRET,
+                &format!("{agency}-prio-{backlog}"),
+                "boss",
+                "manager",
+            )
+        },
+        &size.backlogs,
+        size.critical,
+        &proxy,
+    )
+    .await?;
+    let priority: priority::Priority = serde_json::from_value(priority_levels["levels"][1].clone())
+        .context("the middle priority level")?;
     info!("==> chain overhead: {} sequential steps", size.chain_steps);
     let chain = workloads::chain_overhead(&boss, size.chain_steps, 0.2).await?;
     info!("==> batch: {} items", size.batch_items);
@@ -266,6 +284,7 @@ async fn main() -> Result<()> {
         per_tier_queue_to_start_ms: per_tier,
         time_to_assign_ms: assign,
         priority,
+        priority_levels,
         chain,
         batch,
         requests_per_unit: units,
@@ -322,8 +341,11 @@ async fn start_stack(repo: &std::path::Path, endpoint: &str) -> Result<LocalStac
         ]
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .into(),
-        // The harness measures one process hosting every function (see BENCHMARKS.md).
-        functions: local_stack::FunctionHost::InProcess,
+        // Each function as its release binary under the local Lambda runtime, as on Lambda,
+        // so that its CPU is its own (`cpu.rs`).
+        functions: local_stack::FunctionHost::Processes {
+            binaries: repo.join("target/release"),
+        },
         api_timeout: local_stack::api_gateway::INTEGRATION_TIMEOUT,
     })
     .await
@@ -390,21 +412,28 @@ async fn run_peer(repo: &std::path::Path, size: &Sizes) -> Result<Value> {
     }
     // The same backlog work (1 s per background task) and the same critical adds in flight;
     // like ours, the run ends when the critical tasks have run, not the backlog.
-    let (backlog, critical) = (size.backlog.to_string(), size.critical.to_string());
-    let args = [
-        "priority",
-        "--backlog",
-        backlog.as_str(),
-        "--critical",
-        critical.as_str(),
-        "--add-concurrency",
-        "10",
-        "--no-drain",
-    ];
-    let priority = peer::run(repo, &redis, &args, &[("WORK_MS_BACKGROUND", "1000")]).await?;
+    // Each level on emptied queues (the peer obliterates its queues when a run ends).
+    let mut priority_levels = Vec::new();
+    for backlog in size.backlogs {
+        let (backlog, critical) = (backlog.to_string(), size.critical.to_string());
+        let args = [
+            "priority",
+            "--backlog",
+            backlog.as_str(),
+            "--critical",
+            critical.as_str(),
+            "--add-concurrency",
+            "10",
+            "--no-drain",
+        ];
+        priority_levels
+            .push(peer::run(repo, &redis, &args, &[("WORK_MS_BACKGROUND", "1000")]).await?);
+    }
+    let priority = priority_levels[1].clone();
     let fairness = peer_fairness(repo, &redis, size).await?;
     redis.stop().await;
-    Ok(json!({"throughput_runs": throughput, "priority": priority, "fairness": fairness}))
+    Ok(json!({"throughput_runs": throughput, "priority": priority,
+              "priority_levels": priority_levels, "fairness": fairness}))
 }
 
 /// The peer's fair-share scenario: one queue (BullMQ's open-source version has no groups),

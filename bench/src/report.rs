@@ -1,7 +1,8 @@
 //! bench/results/latest.json (machine-readable) and latest.md (the table BENCHMARKS.md quotes).
 
+use crate::priority::Priority;
 use crate::stats::{round, Latency};
-use crate::workloads::{Priority, Throughput};
+use crate::workloads::Throughput;
 use anyhow::Result;
 use serde::Serialize;
 use serde_json::Value;
@@ -20,7 +21,10 @@ pub struct Results {
     pub ratio_to_emulator_ceiling: f64,
     pub per_tier_queue_to_start_ms: Value,
     pub time_to_assign_ms: Latency,
+    /// The headline level (the middle backlog), also inside `priority_levels`.
     pub priority: Priority,
+    /// Critical queue-to-start at each backlog, and the largest's p99 against none's.
+    pub priority_levels: Value,
     pub chain: Value,
     pub batch: Value,
     pub requests_per_unit: Value,
@@ -90,6 +94,7 @@ pub fn write(repo: &Path, results: &Results) -> Result<()> {
     let dir = repo.join("bench/results");
     std::fs::create_dir_all(&dir)?;
     let json = serde_json::to_value(results)?;
+    let previous = crate::headline::keep_previous(&dir, results.quick);
     std::fs::write(
         dir.join("latest.json"),
         serde_json::to_string_pretty(&json)?,
@@ -186,8 +191,8 @@ pub fn write(repo: &Path, results: &Results) -> Result<()> {
     )?;
     writeln!(
         md,
-        "| Throughput as a share of the emulator ceiling | {:.0} % |",
-        results.ratio_to_emulator_ceiling * 100.0
+        "| Throughput as a share of the emulator ceiling | {} |",
+        crate::headline::ceiling_share(results.ratio_to_emulator_ceiling)
     )?;
     writeln!(
         md,
@@ -280,6 +285,20 @@ pub fn write(repo: &Path, results: &Results) -> Result<()> {
         &results.fairness,
         &results.peer["fairness"],
     )?);
+    writeln!(md, "\n{}", crate::headline::cpu_markdown(&json)?)?;
+    writeln!(
+        md,
+        "{}",
+        crate::headline::priority_markdown(
+            &results.priority_levels,
+            &results.peer["priority_levels"]
+        )?
+    )?;
+    writeln!(
+        md,
+        "{}",
+        crate::headline::comparison_markdown(previous.as_ref(), &json)?
+    )?;
     writeln!(md, "\n{}", cost_markdown(units)?)?;
     writeln!(md, "Raw figures, per-operation request counts and the price table: `bench/results/latest.json`.")?;
     writeln!(md, "\n{}", scale_markdown(&results.scale)?)?;

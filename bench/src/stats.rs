@@ -15,7 +15,7 @@ pub fn median(values: &[f64]) -> f64 {
     percentile(values, 50.0)
 }
 
-#[derive(Debug, Clone, Copy, serde::Serialize)]
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
 pub struct Latency {
     pub p50: f64,
     pub p95: f64,

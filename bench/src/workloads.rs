@@ -45,16 +45,21 @@ pub struct Throughput {
     pub duplicated: usize,
     pub create_latency_ms: Latency,
     pub queue_to_start_ms: Latency,
+    /// The functions and the harness together (before issue 16 the functions ran inside the
+    /// harness, so this is the figure earlier runs reported).
     pub project_cpu_seconds_per_1000: f64,
     pub emulator_cpu_seconds_per_1000: f64,
+    /// Each function's CPU apart from the harness and the emulator.
+    pub cpu_ms_per_task: crate::cpu::CpuPerTask,
 }
 
 /// Tasks created through the API (echo executor, auto-dispatched) until all complete.
-pub async fn throughput(api: &Api, tasks: usize, emulator_pid: Option<u32>) -> Result<Throughput> {
-    let cpu_before = crate::stats::own_cpu_seconds();
-    let emulator_before = emulator_pid
-        .and_then(crate::stats::process_cpu_seconds)
-        .unwrap_or(0.0);
+pub async fn throughput(
+    api: &Api,
+    tasks: usize,
+    probe: &crate::cpu::CpuProbe<'_>,
+) -> Result<Throughput> {
+    let cpu_before = probe.read();
     let started = Instant::now();
     let (ids, create_ms) = create_many(api, tasks, 16, |n| {
         json!({"title": format!("bench {n}"), "priority": "normal", "autoDispatch": true,
@@ -63,11 +68,7 @@ pub async fn throughput(api: &Api, tasks: usize, emulator_pid: Option<u32>) -> R
     .await?;
     let done = api.wait_all(&ids, Duration::from_secs(900)).await?;
     let wall = started.elapsed().as_secs_f64();
-    let cpu = crate::stats::own_cpu_seconds() - cpu_before;
-    let emulator = emulator_pid
-        .and_then(crate::stats::process_cpu_seconds)
-        .unwrap_or(0.0)
-        - emulator_before;
+    let cpu = crate::cpu::per_task(&cpu_before, &probe.read(), tasks);
     let completed = done.iter().filter(|t| t["status"] == "completed").count();
     let duplicated = done
         .iter()
@@ -86,8 +87,10 @@ pub async fn throughput(api: &Api, tasks: usize, emulator_pid: Option<u32>) -> R
         duplicated,
         create_latency_ms: Latency::of(&create_ms),
         queue_to_start_ms: Latency::of(&waits),
-        project_cpu_seconds_per_1000: round(cpu / tasks as f64 * 1000.0 * 100.0) / 100.0,
-        emulator_cpu_seconds_per_1000: round(emulator / tasks as f64 * 1000.0 * 100.0) / 100.0,
+        // ms per task is s per 1,000 tasks.
+        project_cpu_seconds_per_1000: crate::cpu::ms3(cpu.functions_total_ms + cpu.harness_ms),
+        emulator_cpu_seconds_per_1000: cpu.emulator_ms,
+        cpu_ms_per_task: cpu,
     })
 }
 
@@ -131,72 +134,6 @@ pub async fn assignment(api: &Api, agents: &[Api], tasks: usize) -> Result<Laten
         latencies.push(ms);
     }
     Ok(Latency::of(&latencies))
-}
-
-#[derive(Debug, serde::Serialize)]
-pub struct Priority {
-    pub backlog: usize,
-    pub critical: usize,
-    pub critical_start_ms: Latency,
-    pub background_started_meanwhile: usize,
-    pub critical_sla_ms: f64,
-}
-
-/// Critical tasks created after a background backlog is queued.
-pub async fn priority(api: &Api, backlog: usize, critical: usize) -> Result<Priority> {
-    create_many(api, backlog, 16, |n| {
-        json!({"title": format!("backlog {n}"), "priority": "background", "autoDispatch": true,
-               "executor": {"type": "sleep", "config": {"seconds": 1}}})
-    })
-    .await?;
-    let (ids, _) = create_many(api, critical, 10, |n| {
-        json!({"title": format!("urgent {n}"), "priority": "critical", "autoDispatch": true, "executor": {"type": "echo"}})
-    })
-    .await?;
-    let done = api.wait_all(&ids, Duration::from_secs(600)).await?;
-    let starts: Vec<f64> = done
-        .iter()
-        .filter_map(|t| between(t, "createdAt", "startedAt"))
-        .collect();
-    let first_created = done
-        .iter()
-        .filter_map(|t| t["createdAt"].as_str())
-        .min()
-        .unwrap_or_default()
-        .to_owned();
-    let last_started = done
-        .iter()
-        .filter_map(|t| t["startedAt"].as_str())
-        .max()
-        .unwrap_or_default()
-        .to_owned();
-    let mut meanwhile = 0;
-    let mut cursor: Option<String> = None;
-    loop {
-        let path = match &cursor {
-            Some(c) => format!("/api/tasks?priority=background&limit=100&cursor={c}"),
-            None => "/api/tasks?priority=background&limit=100".to_owned(),
-        };
-        let page = api.get(&path).await?;
-        for task in page["items"].as_array().context("list")? {
-            if let Some(started) = task["startedAt"].as_str() {
-                if started >= first_created.as_str() && started <= last_started.as_str() {
-                    meanwhile += 1;
-                }
-            }
-        }
-        match page["nextCursor"].as_str() {
-            Some(c) => cursor = Some(c.to_owned()),
-            None => break,
-        }
-    }
-    Ok(Priority {
-        backlog,
-        critical,
-        critical_start_ms: Latency::of(&starts),
-        background_started_meanwhile: meanwhile,
-        critical_sla_ms: 60_000.0,
-    })
 }
 
 /// A chain of `steps` sequential sleep steps: wall time against the sum of step run times.
