@@ -1,6 +1,8 @@
 //! The small traits the domain needs from the outside world. AWS adapters in
 //! `store` implement them; unit tests use in-memory fakes.
 
+use crate::domain::schedule::{Schedule, ScheduleRun};
+use crate::domain::ScheduleId;
 use crate::domain::{
     AgencyId, DispatchMessage, Priority, StepStatus, Task, TaskId, TaskStatus, TaskStep, TaskType,
     UserId,
@@ -725,4 +727,46 @@ pub struct WindowState {
     pub taken: u32,
     /// Set while dispatches may be parked: the mark the latest park wrote.
     pub parked_mark: Option<String>,
+}
+
+/// Schedules in the single table, always addressed with the caller's agency.
+#[async_trait]
+pub trait ScheduleStore: Send + Sync {
+    /// Stores a new schedule if the agency has fewer than `limit` (else a 429 naming the quota).
+    async fn create(&self, schedule: &Schedule, limit: u32) -> Result<(), AppError>;
+    async fn get(&self, agency: &AgencyId, id: ScheduleId) -> Result<Option<Schedule>, AppError>;
+    /// The agency's schedules without their templates, oldest first (at most the quota's limit).
+    async fn list(&self, agency: &AgencyId) -> Result<Vec<Schedule>, AppError>;
+    /// Writes `schedule` if the stored one still has version `expected` (else a 409).
+    async fn replace(&self, schedule: &Schedule, expected: u64) -> Result<(), AppError>;
+    /// Removes the schedule (and its count) if it still has version `expected`.
+    async fn delete(
+        &self,
+        agency: &AgencyId,
+        id: ScheduleId,
+        expected: u64,
+    ) -> Result<(), AppError>;
+    /// Records a firing, keyed by its scheduled time (a repeat overwrites it).
+    async fn record_run(
+        &self,
+        agency: &AgencyId,
+        id: ScheduleId,
+        run: &ScheduleRun,
+    ) -> Result<(), AppError>;
+    /// The latest `limit` runs, newest scheduled time first.
+    async fn runs(
+        &self,
+        agency: &AgencyId,
+        id: ScheduleId,
+        limit: usize,
+    ) -> Result<Vec<ScheduleRun>, AppError>;
+}
+
+/// What fires schedules: EventBridge Scheduler on AWS (one schedule per schedule).
+#[async_trait]
+pub trait ScheduleTrigger: Send + Sync {
+    /// Creates or updates the trigger to match `schedule` (expression, zone, dates, state).
+    async fn put(&self, schedule: &Schedule) -> Result<(), AppError>;
+    /// Removes the trigger; one already gone is not an error.
+    async fn delete(&self, agency: &AgencyId, id: ScheduleId) -> Result<(), AppError>;
 }

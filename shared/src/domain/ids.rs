@@ -119,6 +119,7 @@ macro_rules! ulid_id {
 
 ulid_id!(TaskId);
 ulid_id!(AttachmentId);
+ulid_id!(ScheduleId);
 
 #[cfg(test)]
 mod tests {

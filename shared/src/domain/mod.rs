@@ -11,6 +11,7 @@ pub mod identity;
 pub mod ids;
 pub mod lifecycle;
 pub mod limits;
+pub mod schedule;
 pub mod step;
 pub mod storable;
 pub mod task;
@@ -26,7 +27,7 @@ pub use execution::{
 };
 pub use fields::{Description, Metadata, Priority, TaskType, Title};
 pub use identity::{Caller, Role};
-pub use ids::{AgencyId, AttachmentId, TaskId, UserId};
+pub use ids::{AgencyId, AttachmentId, ScheduleId, TaskId, UserId};
 pub use lifecycle::TaskStatus;
 pub use step::{StepStatus, TaskStep};
 pub use task::{Attachment, Task};

@@ -18,6 +18,7 @@ pub mod pacing;
 pub mod queues;
 pub mod quotas;
 pub mod runner;
+pub mod schedules;
 #[cfg(test)]
 mod runner_tests;
 pub mod sweeper;
@@ -34,5 +35,6 @@ pub use input::{AssignInput, AttachmentInput, CompleteInput, NewTaskInput, TaskP
 pub use queues::{AgencyTierStats, QueueOverview, QueueView, TierStats};
 pub use quotas::RequestQuota;
 pub use runner::{Delivery, RunReport, TaskRunner};
+pub use schedules::ScheduleService;
 pub use sweeper::{SweepReport, Sweeper};
 pub use tasks::{AttachmentDownload, Created, NewAttachment, Ports, TaskService};

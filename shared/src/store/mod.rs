@@ -5,6 +5,7 @@ pub mod dynamo;
 pub mod objects;
 pub mod orchestrator;
 pub mod queues;
+pub mod scheduler;
 mod sdk_error;
 
 pub use attachments::S3AttachmentStorage;
@@ -15,4 +16,5 @@ pub use dynamo::{
 pub use objects::S3ObjectStore;
 pub use orchestrator::SfnOrchestrator;
 pub use queues::{SqsDispatcher, SqsPreparations};
+pub use scheduler::{EventBridgeScheduler, SchedulerTarget};
 pub(crate) use sdk_error::{conditional_write, from_sdk};

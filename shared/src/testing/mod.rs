@@ -1446,4 +1446,6 @@ impl crate::ports::RequestBuckets for MemoryBuckets {
 }
 
 mod fair_share;
+mod schedules;
 pub use fair_share::{MemorySlots, MemoryWindow};
+pub use schedules::{MemoryScheduleStore, RecordingTrigger};

@@ -99,17 +99,7 @@ impl TaskService {
         idempotency_key: Option<&str>,
     ) -> Result<Created, AppError> {
         caller.require_manager("create tasks")?;
-        let input = NewTaskInput::parse(body)?;
-        if let Some(spec) = &input.executor {
-            let mut errors = FieldErrors::new();
-            if let Err(problem) = self.executors.resolve(spec) {
-                errors.add("executor", problem);
-            } else if let Err((field, problem)) = self.executors.check_run_limit(spec) {
-                errors.add(format!("executor.config.{field}"), problem);
-            }
-            errors.into_result()?;
-        }
-        self.check_step_configs(&input)?;
+        let input = self.check_new(body)?;
         let request_hash = fingerprint(body);
         if let Some(key) = idempotency_key {
             if let Some(previous) = self.store.idempotency_record(&caller.agency, key).await? {
@@ -159,6 +149,23 @@ impl TaskService {
             // A concurrent request with the same key won the race.
             InsertOutcome::AlreadyDone(previous) => replay(previous, &request_hash),
         }
+    }
+
+    /// Everything `create` checks about a body before it writes (the input, the executor and
+    /// step configs); schedules check their task template with it.
+    pub fn check_new(&self, body: &serde_json::Value) -> Result<NewTaskInput, AppError> {
+        let input = NewTaskInput::parse(body)?;
+        if let Some(spec) = &input.executor {
+            let mut errors = FieldErrors::new();
+            if let Err(problem) = self.executors.resolve(spec) {
+                errors.add("executor", problem);
+            } else if let Err((field, problem)) = self.executors.check_run_limit(spec) {
+                errors.add(format!("executor.config.{field}"), problem);
+            }
+            errors.into_result()?;
+        }
+        self.check_step_configs(&input)?;
+        Ok(input)
     }
 
     /// All or nothing: a chain that could not start takes its task (and its idempotency

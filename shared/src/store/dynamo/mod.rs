@@ -9,6 +9,7 @@ mod lease_map;
 mod list;
 pub mod open_tasks;
 mod quotas;
+mod schedules;
 mod scheduling;
 mod window;
 
@@ -16,6 +17,7 @@ pub use agents::DynamoAgentStore;
 pub use batches::{DynamoBatchStore, COUNTER_SHARDS};
 pub use in_flight::DynamoInFlightSlots;
 pub use quotas::DynamoRequestBuckets;
+pub use schedules::DynamoScheduleStore;
 pub use scheduling::DynamoSchedulingIndex;
 pub use window::DynamoDispatchWindow;
 
