@@ -729,6 +729,21 @@ pub struct WindowState {
     pub parked_mark: Option<String>,
 }
 
+/// One event for the stack's event bus (its source is always `taskflow`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BusEntry {
+    pub detail_type: String,
+    /// The detail as JSON text.
+    pub detail: String,
+}
+
+/// The stack's EventBridge bus. PutEvents can fail per entry: the answer has one slot per
+/// entry sent, `None` where it was accepted and the error code where it was not.
+#[async_trait]
+pub trait EventBus: Send + Sync {
+    async fn put(&self, entries: &[BusEntry]) -> Result<Vec<Option<String>>, AppError>;
+}
+
 /// Schedules in the single table, always addressed with the caller's agency.
 #[async_trait]
 pub trait ScheduleStore: Send + Sync {

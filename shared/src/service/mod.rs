@@ -18,9 +18,13 @@ pub mod pacing;
 pub mod queues;
 pub mod quotas;
 pub mod runner;
-pub mod schedules;
 #[cfg(test)]
 mod runner_tests;
+pub mod schedules;
+pub mod state_events;
+#[cfg(test)]
+mod state_events_tests;
+pub mod state_publisher;
 pub mod sweeper;
 #[cfg(test)]
 mod sweeper_tests;

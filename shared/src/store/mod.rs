@@ -2,6 +2,7 @@
 
 pub mod attachments;
 pub mod dynamo;
+pub mod events;
 pub mod objects;
 pub mod orchestrator;
 pub mod queues;
@@ -13,6 +14,7 @@ pub use dynamo::{
     DynamoAgentStore, DynamoBatchStore, DynamoRequestBuckets, DynamoSchedulingIndex,
     DynamoTaskStore,
 };
+pub use events::EventBridgeBus;
 pub use objects::S3ObjectStore;
 pub use orchestrator::SfnOrchestrator;
 pub use queues::{SqsDispatcher, SqsPreparations};

@@ -1445,7 +1445,9 @@ impl crate::ports::RequestBuckets for MemoryBuckets {
     }
 }
 
+mod event_bus;
 mod fair_share;
 mod schedules;
+pub use event_bus::{BusFault, MemoryEventBus};
 pub use fair_share::{MemorySlots, MemoryWindow};
 pub use schedules::{MemoryScheduleStore, RecordingTrigger};
