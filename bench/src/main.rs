@@ -1,6 +1,7 @@
 //! `make bench`: reproducible figures for BENCHMARKS.md. Starts moto with a
-//! counting proxy in front, hosts the functions in-process (as `make dev`
-//! does), drives the API, and runs the BullMQ peer on the same machine.
+//! counting proxy in front, runs each function as its release binary under the local Lambda
+//! runtime (its CPU apart: `cpu.rs`), drives the API, and runs the BullMQ peer on the same
+//! machine.
 //! QUICK=1 runs a smaller set in a few minutes. SCENARIOS=scale runs only the scale scenario
 //! (`scale.rs`, its functions as processes) and writes only `bench/results/scale.{json,md}`;
 //! SCENARIOS=fairness runs only the fair-share scenario, then the peer's, and writes only
