@@ -8,6 +8,7 @@ pub struct AwsClients {
     pub s3: aws_sdk_s3::Client,
     pub sqs: aws_sdk_sqs::Client,
     pub sfn: aws_sdk_sfn::Client,
+    pub scheduler: aws_sdk_scheduler::Client,
 }
 
 impl AwsClients {
@@ -29,6 +30,7 @@ impl AwsClients {
             s3: aws_sdk_s3::Client::from_conf(s3_config),
             sqs: aws_sdk_sqs::Client::new(config),
             sfn: aws_sdk_sfn::Client::new(config),
+            scheduler: aws_sdk_scheduler::Client::new(config),
         }
     }
 }

@@ -167,3 +167,29 @@ impl Services {
         }
     }
 }
+
+/// The schedule use cases over DynamoDB and EventBridge Scheduler (the API and the schedule
+/// runner; without `SCHEDULE_*` settings the trigger refuses changes with a 503).
+pub fn schedule_service(
+    config: &Config,
+    clients: &AwsClients,
+    settings: crate::service::schedules::ScheduleSettings,
+    tasks: TaskService,
+) -> crate::service::ScheduleService {
+    let trigger: Arc<dyn crate::ports::ScheduleTrigger> = match settings.target {
+        Some(target) => Arc::new(crate::store::EventBridgeScheduler::new(
+            clients.scheduler.clone(),
+            target,
+        )),
+        None => Arc::new(crate::service::schedules::Unconfigured),
+    };
+    crate::service::ScheduleService {
+        store: Arc::new(crate::store::dynamo::DynamoScheduleStore::new(
+            clients.dynamodb.clone(),
+            &config.table_name,
+        )),
+        trigger,
+        tasks,
+        limit: settings.limit,
+    }
+}

@@ -277,6 +277,13 @@ pub async fn dispatch(
             });
             Ok(json(200, &body))
         }
+        Route::ListSchedules
+        | Route::CreateSchedule
+        | Route::GetSchedule(_)
+        | Route::UpdateSchedule(_)
+        | Route::DeleteSchedule(_)
+        | Route::PauseSchedule(_)
+        | Route::ResumeSchedule(_) => crate::schedules::dispatch(app, route, caller, request).await,
     }
 }
 

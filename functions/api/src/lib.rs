@@ -8,12 +8,14 @@ pub mod openapi;
 mod request;
 mod response;
 pub mod routes;
+mod schedules;
 
 use console::ConsoleSettings;
 use lambda_http::{Body, Request, Response};
 use shared::aws::AwsClients;
 use shared::config::Config;
-use shared::service::RequestQuota;
+use shared::service::schedules::ScheduleSettings;
+use shared::service::{RequestQuota, ScheduleService};
 use shared::services::Services;
 use shared::store::DynamoRequestBuckets;
 use shared::AppError;
@@ -26,13 +28,34 @@ pub struct App {
     /// The per-agency request rate; `None` admits everything (tests that do not need it).
     request_quota: Option<RequestQuota>,
     console: ConsoleSettings,
+    /// `None` answers the schedule routes with a 503 (a wiring without them).
+    schedules: Option<ScheduleService>,
 }
 
 impl App {
     pub fn new(config: &Config, clients: &AwsClients) -> Self {
+        Self::with_schedule_settings(config, clients, ScheduleSettings::default())
+    }
+
+    /// As [`Self::new`], with where schedules fire and their quota.
+    pub fn with_schedule_settings(
+        config: &Config,
+        clients: &AwsClients,
+        settings: ScheduleSettings,
+    ) -> Self {
         let buckets = DynamoRequestBuckets::new(clients.dynamodb.clone(), &config.table_name);
-        Self::with_services(Services::new(config, clients))
+        let services = Services::new(config, clients);
+        let schedules =
+            shared::services::schedule_service(config, clients, settings, services.tasks.clone());
+        Self::with_services(services)
             .with_request_quota(RequestQuota::new(Arc::new(buckets), config.quotas))
+            .with_schedules(schedules)
+    }
+
+    /// Serves the schedule routes with this service.
+    pub fn with_schedules(mut self, schedules: ScheduleService) -> Self {
+        self.schedules = Some(schedules);
+        self
     }
 
     /// An app over any wiring (tests use in-memory ports), without a request rate quota.
@@ -41,6 +64,7 @@ impl App {
             services,
             request_quota: None,
             console: ConsoleSettings::default(),
+            schedules: None,
         }
     }
 
@@ -59,8 +83,11 @@ impl App {
     /// Configuration and SDK clients from the standard Lambda environment.
     pub async fn from_env() -> Result<Self, AppError> {
         let config = Config::from_env()?;
-        Ok(Self::new(&config, &AwsClients::from_env().await)
-            .with_console(ConsoleSettings::from_env()))
+        let settings = ScheduleSettings::from_env()?;
+        Ok(
+            Self::with_schedule_settings(&config, &AwsClients::from_env().await, settings)
+                .with_console(ConsoleSettings::from_env()),
+        )
     }
 }
 

@@ -2,7 +2,7 @@
 
 use lambda_http::http::Method;
 use lambda_http::{Request, RequestExt};
-use shared::domain::TaskId;
+use shared::domain::{ScheduleId, TaskId};
 use shared::AppError;
 
 /// Every (method, path template) the API serves, in OpenAPI path syntax.
@@ -31,6 +31,13 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/agents"),
     ("PUT", "/api/agents/{id}"),
     ("GET", "/api/queues"),
+    ("GET", "/api/schedules"),
+    ("POST", "/api/schedules"),
+    ("GET", "/api/schedules/{id}"),
+    ("PUT", "/api/schedules/{id}"),
+    ("DELETE", "/api/schedules/{id}"),
+    ("POST", "/api/schedules/{id}/pause"),
+    ("POST", "/api/schedules/{id}/resume"),
 ];
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,6 +68,13 @@ pub enum Route {
     /// The raw agent id; validated by the agent service.
     PutAgent(String),
     Queues,
+    ListSchedules,
+    CreateSchedule,
+    GetSchedule(ScheduleId),
+    UpdateSchedule(ScheduleId),
+    DeleteSchedule(ScheduleId),
+    PauseSchedule(ScheduleId),
+    ResumeSchedule(ScheduleId),
 }
 
 impl Route {
@@ -83,6 +97,8 @@ impl Route {
             |raw: &str| TaskId::parse(raw).map_err(|_| AppError::NotFound { what: "task" });
         let batch_id =
             |raw: &str| TaskId::parse(raw).map_err(|_| AppError::NotFound { what: "batch" });
+        let schedule_id =
+            |raw: &str| ScheduleId::parse(raw).map_err(|_| AppError::NotFound { what: "schedule" });
         let m = method.as_str();
         match segments.as_slice() {
             ["api", "openapi.json"] => match m {
@@ -160,6 +176,22 @@ impl Route {
             },
             ["api", "queues"] => match m {
                 "GET" => Ok(Route::Queues),
+                _ => Err(wrong_method()),
+            },
+            ["api", "schedules"] => match m {
+                "GET" => Ok(Route::ListSchedules),
+                "POST" => Ok(Route::CreateSchedule),
+                _ => Err(wrong_method()),
+            },
+            ["api", "schedules", id] => match m {
+                "GET" => Ok(Route::GetSchedule(schedule_id(id)?)),
+                "PUT" => Ok(Route::UpdateSchedule(schedule_id(id)?)),
+                "DELETE" => Ok(Route::DeleteSchedule(schedule_id(id)?)),
+                _ => Err(wrong_method()),
+            },
+            ["api", "schedules", id, action @ ("pause" | "resume")] => match m {
+                "POST" if *action == "pause" => Ok(Route::PauseSchedule(schedule_id(id)?)),
+                "POST" => Ok(Route::ResumeSchedule(schedule_id(id)?)),
                 _ => Err(wrong_method()),
             },
             _ => Err(no_route()),

@@ -1450,4 +1450,4 @@ mod fair_share;
 mod schedules;
 pub use event_bus::{BusFault, MemoryEventBus};
 pub use fair_share::{MemorySlots, MemoryWindow};
-pub use schedules::{MemoryScheduleStore, RecordingTrigger};
+pub use schedules::{sample_schedule, MemoryScheduleStore, MemorySchedules, RecordingTrigger};

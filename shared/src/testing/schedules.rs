@@ -141,3 +141,59 @@ impl ScheduleTrigger for RecordingTrigger {
         Ok(())
     }
 }
+
+impl MemoryScheduleStore {
+    /// Stores a schedule as given (tests seed known ids and versions).
+    pub fn insert(&self, schedule: Schedule) {
+        self.schedules
+            .lock()
+            .unwrap()
+            .insert((schedule.agency_id.clone(), schedule.id), schedule);
+    }
+}
+
+/// The schedule use cases over in-memory ports, creating tasks through `tasks`.
+pub struct MemorySchedules {
+    pub service: crate::service::ScheduleService,
+    pub store: std::sync::Arc<MemoryScheduleStore>,
+    pub trigger: std::sync::Arc<RecordingTrigger>,
+}
+
+impl MemorySchedules {
+    pub fn new(tasks: crate::service::TaskService) -> Self {
+        let store = std::sync::Arc::new(MemoryScheduleStore::default());
+        let trigger = std::sync::Arc::new(RecordingTrigger::default());
+        let service = crate::service::ScheduleService {
+            store: store.clone(),
+            trigger: trigger.clone(),
+            tasks,
+            limit: crate::service::schedules::DEFAULT_SCHEDULE_LIMIT,
+        };
+        Self {
+            service,
+            store,
+            trigger,
+        }
+    }
+}
+
+/// A weekday-morning schedule of `agency`, set up by `manager`, at version 1.
+pub fn sample_schedule(agency: &str, id: &str, manager: &str) -> Schedule {
+    let now = chrono::Utc::now();
+    Schedule {
+        id: ScheduleId::parse(id).expect("a ULID"),
+        agency_id: AgencyId::parse(agency).expect("an agency id"),
+        name: "Reconcile invoices".into(),
+        expression: "cron(0 6 ? * MON-FRI *)".into(),
+        time_zone: "Europe/London".into(),
+        start_at: None,
+        end_at: None,
+        overlap_policy: crate::domain::schedule::OverlapPolicy::Skip,
+        state: crate::domain::schedule::ScheduleState::Enabled,
+        template: serde_json::json!({"title": "Reconcile invoices", "priority": "critical"}),
+        created_by: crate::domain::UserId::parse(manager).expect("a user id"),
+        created_at: now,
+        updated_at: now,
+        version: 1,
+    }
+}

@@ -9,5 +9,6 @@ mod lambda_events;
 mod openapi;
 mod quotas;
 mod roles;
+mod schedules;
 mod schema;
 mod support;

@@ -149,6 +149,10 @@ const fn with_body(
     }
 }
 
+/// A schedule definition for the schedule rows.
+const SCHEDULE: &str =
+    r#"{"name": "Nightly", "expression": "cron(0 2 * * ? *)", "template": {"title": "Nightly"}}"#;
+
 const TABLE: &[Case] = &[
     case("GET", "/api/openapi.json", State::Nothing, ANYONE),
     case(
@@ -360,6 +364,41 @@ const TABLE: &[Case] = &[
         ],
     ),
     case("GET", "/api/queues", State::Nothing, ANYONE),
+    // Schedules: every case's world holds one with the id TASK_ID (see `app_for`).
+    case("GET", "/api/schedules", State::Nothing, ANYONE),
+    with_body(
+        "POST",
+        "/api/schedules",
+        SCHEDULE,
+        State::Nothing,
+        MANAGERS_ONLY,
+    ),
+    case("GET", "/api/schedules/{id}", State::Nothing, ANYONE),
+    with_body(
+        "PUT",
+        "/api/schedules/{id}",
+        SCHEDULE,
+        State::Nothing,
+        MANAGERS_ONLY,
+    ),
+    case(
+        "DELETE",
+        "/api/schedules/{id}",
+        State::Nothing,
+        MANAGERS_ONLY,
+    ),
+    case(
+        "POST",
+        "/api/schedules/{id}/pause",
+        State::Nothing,
+        MANAGERS_ONLY,
+    ),
+    case(
+        "POST",
+        "/api/schedules/{id}/resume",
+        State::Nothing,
+        MANAGERS_ONLY,
+    ),
 ];
 
 fn user(id: &str) -> UserId {
@@ -388,6 +427,15 @@ async fn call(app: &App, event: &Event) -> (u16, Value) {
 }
 
 /// Stores what `state` describes; returns the id that replaces `{id}`.
+/// The API over `world`, with schedules holding one whose id is `TASK_ID`.
+fn app_for(world: &MemoryWorld) -> App {
+    let schedules = shared::testing::MemorySchedules::new(world.services().tasks);
+    schedules
+        .store
+        .insert(shared::testing::sample_schedule(AGENCY, TASK_ID, MANAGER));
+    App::with_services(world.services()).with_schedules(schedules.service)
+}
+
 async fn seed(world: &MemoryWorld, app: &App, state: State) -> String {
     let mut task = base_task();
     match state {
@@ -605,7 +653,7 @@ async fn every_route_answers_every_role_as_the_table_says() {
         for &(who, expect) in case.rules.iter().chain(operator.iter()) {
             rows += 1;
             let world = MemoryWorld::new();
-            let app = App::with_services(world.services());
+            let app = app_for(&world);
             let id = seed(&world, &app, case.state).await;
             let before = snapshot(&world, &id).await;
             let (status, body) = call(&app, &request(case, who, &id)).await;

@@ -222,13 +222,20 @@ pub struct Api {
     pub objects: Arc<MemoryObjects>,
     /// All the ports, for running what the API queues (batch preparations).
     pub world: MemoryWorld,
+    /// Schedules, seeded with one whose id is `TASK_ID` (version 1).
+    pub schedules: shared::testing::MemorySchedules,
 }
 
 impl Api {
     pub fn new() -> Self {
         let world = MemoryWorld::new();
+        let schedules = shared::testing::MemorySchedules::new(world.services().tasks);
+        schedules
+            .store
+            .insert(shared::testing::sample_schedule(AGENCY, TASK_ID, MANAGER));
         Self {
-            app: App::with_services(world.services()),
+            app: App::with_services(world.services()).with_schedules(schedules.service.clone()),
+            schedules,
             store: world.store.clone(),
             orchestrator: world.orchestrator.clone(),
             batches: world.batches.clone(),
