@@ -354,3 +354,116 @@ async fn a_small_open_tasks_ceiling_from_the_template_answers_429_until_a_task_c
     assert_quota_refusal(&over, "openTasks", 3);
     host.stop().await;
 }
+
+/// A new open task as the API would write it (queued, automated).
+fn open_task(agency: &AgencyId) -> shared::domain::Task {
+    let now = chrono::Utc::now();
+    serde_json::from_value(json!({
+        "id": shared::domain::TaskId::generate().to_string(),
+        "agencyId": agency.as_str(),
+        "createdBy": "boss",
+        "title": "counted",
+        "type": "simple",
+        "priority": "normal",
+        "status": "queued",
+        "version": 1,
+        "createdAt": now,
+        "updatedAt": now,
+    }))
+    .expect("a task")
+}
+
+/// Writes `task` as its next version in `status`.
+async fn write_status(
+    store: &shared::store::DynamoTaskStore,
+    task: &mut shared::domain::Task,
+    status: shared::domain::TaskStatus,
+) -> Result<(), shared::error::AppError> {
+    let read = task.version;
+    task.status = status;
+    task.touch(chrono::Utc::now());
+    shared::ports::TaskStore::replace(store, task, read).await
+}
+
+/// The open-tasks counter moves with single-item writes, not transactions (which bill
+/// twice): an opening costs its task write plus one update, a closing the same, and a write
+/// that neither opens nor closes only its put. A refused write gives its place back.
+#[tokio::test]
+async fn open_tasks_move_with_single_item_writes_and_a_refused_write_gives_its_place_back() {
+    use shared::domain::TaskStatus::{Completed, Failed, InProgress, Queued};
+    use shared::ports::{IdempotencyRecord, InsertOutcome, TaskStore};
+    let clients = stack().clients().await;
+    let (dynamodb, requests) = integration_tests::requests::counted_dynamodb(&clients.dynamodb);
+    let table = &stack().config.table_name;
+    // Each shard's share of 1,000 has room: an opening takes one update.
+    let store =
+        shared::store::DynamoTaskStore::new(dynamodb.clone(), table).with_open_task_limit(1_000);
+    let tight = shared::store::DynamoTaskStore::new(dynamodb, table).with_open_task_limit(2);
+    let counted = shared::store::DynamoTaskStore::new(clients.dynamodb.clone(), table);
+    let acme = agency("open-count");
+
+    let mut task = open_task(&acme);
+    let created = store.insert(&task, &[], None).await.expect("insert");
+    assert!(matches!(created, InsertOutcome::Inserted));
+    assert_eq!(requests.take(), ["UpdateItem", "PutItem"]);
+    assert_eq!(counted.open_tasks(&acme).await.unwrap(), 1);
+
+    write_status(&store, &mut task, InProgress).await.unwrap();
+    assert_eq!(requests.take(), ["PutItem"]);
+    write_status(&store, &mut task, Completed).await.unwrap();
+    assert_eq!(requests.take(), ["PutItem", "UpdateItem"]);
+    assert_eq!(counted.open_tasks(&acme).await.unwrap(), 0);
+
+    // A create whose idempotency key was used already is refused: its place is given back.
+    let record = IdempotencyRecord {
+        key: "once".into(),
+        request_hash: "h".into(),
+        response: json!({"status": 201}),
+        created_at: chrono::Utc::now(),
+    };
+    let first = open_task(&acme);
+    store.insert(&first, &[], Some(&record)).await.unwrap();
+    assert_eq!(counted.open_tasks(&acme).await.unwrap(), 1);
+    let replay = store
+        .insert(&open_task(&acme), &[], Some(&record))
+        .await
+        .unwrap();
+    assert!(matches!(replay, InsertOutcome::AlreadyDone(_)));
+    assert_eq!(counted.open_tasks(&acme).await.unwrap(), 1);
+
+    // Reopening (a retry of a failed task) takes a place before its write. (The store first
+    // takes the stored task for open, as nearly every write finds it: one refused put.)
+    let mut failed = open_task(&acme);
+    store.insert(&failed, &[], None).await.unwrap();
+    write_status(&store, &mut failed, Failed).await.unwrap();
+    requests.take();
+    write_status(&store, &mut failed, Queued).await.unwrap();
+    assert_eq!(
+        requests.take(),
+        ["PutItem", "GetItem", "UpdateItem", "PutItem"]
+    );
+    assert_eq!(counted.open_tasks(&acme).await.unwrap(), 2);
+
+    // At the ceiling an opening is refused before anything is written (an agency of its
+    // own: the shards' shares depend on the limit).
+    let small = agency("open-ceiling");
+    for _ in 0..2 {
+        tight.insert(&open_task(&small), &[], None).await.unwrap();
+    }
+    requests.take();
+    let refused = tight.insert(&open_task(&small), &[], None).await.unwrap_err();
+    assert_eq!(refused.status_code(), 429, "{refused}");
+    assert!(
+        requests.take().iter().all(|op| op == "UpdateItem"),
+        "only the counter's shards were tried"
+    );
+    assert_eq!(counted.open_tasks(&small).await.unwrap(), 2);
+    // A stale write that would reopen is refused and gives its place back too.
+    write_status(&store, &mut failed, Failed).await.unwrap();
+    assert_eq!(counted.open_tasks(&acme).await.unwrap(), 1);
+    let mut stale = failed.clone();
+    write_status(&store, &mut failed, Failed).await.unwrap();
+    let conflict = write_status(&store, &mut stale, Queued).await.unwrap_err();
+    assert_eq!(conflict.status_code(), 409, "{conflict}");
+    assert_eq!(counted.open_tasks(&acme).await.unwrap(), 1);
+}

@@ -8,6 +8,7 @@
 
 pub mod ledger;
 pub mod limits;
+pub mod requests;
 
 pub use ledger::Ledger;
 use local_stack::emulator::Endpoints;

@@ -28,7 +28,6 @@ use super::from_sdk;
 use crate::domain::{AgencyId, StepStatus, Task, TaskId, TaskStatus, TaskStep};
 use crate::error::AppError;
 use crate::ports::{IdempotencyRecord, InsertOutcome, Page, TaskQuery, TaskStore};
-use crate::service::quotas::{open_tasks_refused, OPEN_TASKS};
 use crate::store::conditional_write;
 use async_trait::async_trait;
 use aws_sdk_dynamodb::operation::put_item::PutItemError;
@@ -54,8 +53,8 @@ const IDEMPOTENCY_TTL_SECS: i64 = 24 * 60 * 60;
 pub struct DynamoTaskStore {
     client: Client,
     table: String,
-    /// The `openTasks` ceiling per agency (`open_tasks`): every write that opens or closes a
-    /// task moves the agency's counter in the same transaction.
+    /// The `openTasks` ceiling per agency (`open_tasks`): a write that opens a task takes its
+    /// place on the agency's counter first, one that closes it gives the place back after.
     open_task_limit: u64,
 }
 
@@ -65,23 +64,6 @@ enum Written {
     /// The version matched but the stored task was open where it was taken for closed (or
     /// the other way round): write again assuming the other.
     OtherOpenness,
-}
-
-/// Which items of a cancelled transaction failed their condition (by position).
-struct TransactCancelled {
-    failed: Vec<bool>,
-}
-
-impl TransactCancelled {
-    /// Only the item at `at` failed.
-    fn only_at(&self, at: usize) -> bool {
-        self.failed.get(at) == Some(&true)
-            && self
-                .failed
-                .iter()
-                .enumerate()
-                .all(|(i, failed)| i == at || !failed)
-    }
 }
 
 impl DynamoTaskStore {
@@ -104,38 +86,8 @@ impl DynamoTaskStore {
         open_tasks::open_tasks(&self.client, &self.table, agency).await
     }
 
-    /// Runs `writes` plus one opening of `task` on the counter, trying each shard until one
-    /// has room: `Err(cancelled)` inside when something other than a full shard cancelled
-    /// it, the quota's 429 when every shard is full.
-    async fn transact_opening(
-        &self,
-        task: &Task,
-        writes: Vec<TransactWriteItem>,
-    ) -> Result<Result<(), TransactCancelled>, AppError> {
-        let counter_at = writes.len();
-        for (shard, share) in open_tasks::opening_order(task.id, self.open_task_limit) {
-            let mut attempt = writes.clone();
-            attempt.push(open_tasks::open_one(
-                &self.table,
-                &task.agency_id,
-                shard,
-                share,
-            )?);
-            match self.transact(attempt).await? {
-                Ok(()) => return Ok(Ok(())),
-                Err(cancelled) if cancelled.only_at(counter_at) => continue,
-                Err(cancelled) => return Ok(Err(cancelled)),
-            }
-        }
-        tracing::info!(agency = %task.agency_id, quota = OPEN_TASKS, limit = self.open_task_limit, "task refused: open-tasks ceiling");
-        Err(open_tasks_refused(self.open_task_limit))
-    }
-
-    /// TransactWriteItems; a cancellation comes back with its reasons, not as an error.
-    async fn transact(
-        &self,
-        writes: Vec<TransactWriteItem>,
-    ) -> Result<Result<(), TransactCancelled>, AppError> {
+    /// TransactWriteItems: false when a condition cancelled it.
+    async fn transact(&self, writes: Vec<TransactWriteItem>) -> Result<bool, AppError> {
         let err = match self
             .client
             .transact_write_items()
@@ -143,17 +95,17 @@ impl DynamoTaskStore {
             .send()
             .await
         {
-            Ok(_) => return Ok(Ok(())),
+            Ok(_) => return Ok(true),
             Err(err) => err,
         };
         match err.as_service_error() {
-            Some(TransactWriteItemsError::TransactionCanceledException(cancelled)) => {
-                let failed = cancelled
+            Some(TransactWriteItemsError::TransactionCanceledException(cancelled))
+                if cancelled
                     .cancellation_reasons()
                     .iter()
-                    .map(|reason| reason.code() == Some("ConditionalCheckFailed"))
-                    .collect();
-                Ok(Err(TransactCancelled { failed }))
+                    .any(|reason| reason.code() == Some("ConditionalCheckFailed")) =>
+            {
+                Ok(false)
             }
             _ => Err(from_sdk("dynamodb:TransactWriteItems", err)),
         }
@@ -184,39 +136,53 @@ impl DynamoTaskStore {
             values.insert(placeholder.clone(), s(*status));
         }
         let names = HashMap::from([("#status".to_owned(), "status".to_owned())]);
-        let written = if stored_open == task.counts_as_open() {
-            // Neither opens nor closes: one conditional put, as before the counter.
-            let put = self
-                .client
-                .put_item()
-                .table_name(&self.table)
-                .set_item(Some(task_item(task)?))
-                .condition_expression(condition)
-                .set_expression_attribute_names(Some(names))
-                .set_expression_attribute_values(Some(values));
-            conditional_write("dynamodb:PutItem", put.send().await)?
-        } else {
-            let put = Put::builder()
-                .table_name(&self.table)
-                .set_item(Some(task_item(task)?))
-                .condition_expression(condition)
-                .set_expression_attribute_names(Some(names))
-                .set_expression_attribute_values(Some(values))
-                .build()
-                .map_err(AppError::internal)?;
-            let put = TransactWriteItem::builder().put(put).build();
-            if stored_open {
-                let close = open_tasks::close_one(&self.table, &task.agency_id, task.id)?;
-                self.transact(vec![put, close]).await?.is_ok()
-            } else {
-                self.transact_opening(task, vec![put]).await?.is_ok()
-            }
+        let put = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(task_item(task)?))
+            .condition_expression(condition)
+            .set_expression_attribute_names(Some(names))
+            .set_expression_attribute_values(Some(values));
+        // An opening takes its place on the counter before the write, a closing gives it
+        // back after (`open_tasks`: never under the truth).
+        let opens = !stored_open && task.counts_as_open();
+        let closes = stored_open && !task.counts_as_open();
+        let opened = match opens {
+            true => Some(
+                open_tasks::open(
+                    &self.client,
+                    &self.table,
+                    &task.agency_id,
+                    task.id,
+                    self.open_task_limit,
+                )
+                .await?,
+            ),
+            false => None,
         };
-        if written {
+        let refusal = match conditional_write("dynamodb:PutItem", put.send().await)? {
+            true => None,
+            // The task's own condition failed: a newer version, no task, the other openness,
+            // or this very write, landed by an attempt the SDK retried.
+            false => Some(self.get(&task.agency_id, task.id).await?),
+        };
+        let landed = match &refusal {
+            None => true,
+            Some(current) => current
+                .as_ref()
+                .is_some_and(|current| is_this_write(current, task)),
+        };
+        if landed {
+            if closes {
+                open_tasks::close(&self.client, &self.table, &task.agency_id, task.id).await;
+            }
             return Ok(Written::Done);
         }
-        // The task's own condition failed: a newer version, no task, or the other openness.
-        match self.get(&task.agency_id, task.id).await? {
+        if let Some(shard) = opened {
+            open_tasks::undo_open(&self.client, &self.table, &task.agency_id, shard).await;
+        }
+        match refusal.flatten() {
             None => Err(AppError::NotFound { what: "task" }),
             Some(current) if current.version != expected => Err(AppError::VersionConflict {
                 expected,
@@ -271,52 +237,33 @@ impl DynamoTaskStore {
         self.batch_write(requests).await
     }
 
-    /// The task item, with its idempotency record and its opening on the agency's counter
-    /// when it has them, in one write.
+    /// The task item, with its idempotency record when it has one (one transaction), after
+    /// taking its place on the agency's open-tasks counter when it counts (`open_tasks`).
     async fn insert_task(
         &self,
         task: &Task,
         idempotency: Option<&IdempotencyRecord>,
     ) -> Result<InsertOutcome, AppError> {
-        if idempotency.is_none() && !task.counts_as_open() {
-            // A single conditional put suffices (half the write units of a transaction).
-            return match self
-                .client
-                .put_item()
-                .table_name(&self.table)
-                .set_item(Some(task_item(task)?))
-                .condition_expression("attribute_not_exists(PK)")
-                .send()
-                .await
-            {
-                Ok(_) => Ok(InsertOutcome::Inserted),
-                Err(err) => Err(from_sdk("dynamodb:PutItem", err)),
-            };
-        }
-        let put_task = Put::builder()
-            .table_name(&self.table)
-            .set_item(Some(task_item(task)?))
-            .condition_expression("attribute_not_exists(PK)")
-            .build()
-            .map_err(AppError::internal)?;
-        let mut writes = vec![TransactWriteItem::builder().put(put_task).build()];
-        if let Some(record) = idempotency {
-            let put_record = Put::builder()
-                .table_name(&self.table)
-                .set_item(Some(idempotency_item(&task.agency_id, record)?))
-                .condition_expression("attribute_not_exists(PK) OR expiresAt <= :now")
-                .expression_attribute_values(":now", n(record.created_at.timestamp()))
-                .build()
-                .map_err(AppError::internal)?;
-            writes.push(TransactWriteItem::builder().put(put_record).build());
-        }
-        let outcome = if task.counts_as_open() {
-            self.transact_opening(task, writes).await?
-        } else {
-            self.transact(writes).await?
+        let opened = match task.counts_as_open() {
+            true => Some(
+                open_tasks::open(
+                    &self.client,
+                    &self.table,
+                    &task.agency_id,
+                    task.id,
+                    self.open_task_limit,
+                )
+                .await?,
+            ),
+            false => None,
         };
-        if outcome.is_ok() {
+        // Any error but a refusal may hide a write that landed: the place stays taken.
+        let written = self.put_new_task(task, idempotency).await?;
+        if written {
             return Ok(InsertOutcome::Inserted);
+        }
+        if let Some(shard) = opened {
+            open_tasks::undo_open(&self.client, &self.table, &task.agency_id, shard).await;
         }
         if let Some(record) = idempotency {
             if let Some(previous) = self
@@ -327,9 +274,53 @@ impl DynamoTaskStore {
             }
         }
         Err(AppError::internal(format!(
-            "task {} could not be created: its transaction was cancelled",
+            "task {} could not be created: its write was refused",
             task.id
         )))
+    }
+
+    /// Writes a new task (and its idempotency record): false when a condition refused it.
+    async fn put_new_task(
+        &self,
+        task: &Task,
+        idempotency: Option<&IdempotencyRecord>,
+    ) -> Result<bool, AppError> {
+        let Some(record) = idempotency else {
+            // One conditional put: half the write units of a transaction.
+            let put = self
+                .client
+                .put_item()
+                .table_name(&self.table)
+                .set_item(Some(task_item(task)?))
+                .condition_expression("attribute_not_exists(PK)")
+                .send()
+                .await;
+            if conditional_write("dynamodb:PutItem", put)? {
+                return Ok(true);
+            }
+            // A fresh id exists only when an attempt the SDK retried landed.
+            let stored = self.get(&task.agency_id, task.id).await?;
+            return Ok(stored.is_some_and(|stored| is_this_write(&stored, task)));
+        };
+        let put_task = Put::builder()
+            .table_name(&self.table)
+            .set_item(Some(task_item(task)?))
+            .condition_expression("attribute_not_exists(PK)")
+            .build()
+            .map_err(AppError::internal)?;
+        let put_record = Put::builder()
+            .table_name(&self.table)
+            .set_item(Some(idempotency_item(&task.agency_id, record)?))
+            .condition_expression("attribute_not_exists(PK) OR expiresAt <= :now")
+            .expression_attribute_values(":now", n(record.created_at.timestamp()))
+            .build()
+            .map_err(AppError::internal)?;
+        // The SDK gives the transaction a client token, so a retried attempt is not refused.
+        let writes = vec![
+            TransactWriteItem::builder().put(put_task).build(),
+            TransactWriteItem::builder().put(put_record).build(),
+        ];
+        self.transact(writes).await
     }
 
     /// A batch task's write: batch tasks are not counted (see `Task::counts_as_open`).
@@ -462,6 +453,11 @@ fn compact_numbers(value: &mut AttributeValue) {
 
 pub(crate) fn from_item<T: serde::de::DeserializeOwned>(item: Item) -> Result<T, AppError> {
     serde_dynamo::from_item(item).map_err(|e| AppError::internal(format!("corrupt item: {e}")))
+}
+
+/// Whether `stored` is `written` itself: a write is a new version with its own `updatedAt`.
+fn is_this_write(stored: &Task, written: &Task) -> bool {
+    stored.version == written.version && stored.updated_at == written.updated_at
 }
 
 pub(crate) fn task_item(task: &Task) -> Result<Item, AppError> {
@@ -598,7 +594,7 @@ impl TaskStore for DynamoTaskStore {
                         .map_err(AppError::internal)?;
                     let close = open_tasks::close_one(&self.table, agency, id)?;
                     let writes = vec![TransactWriteItem::builder().delete(delete).build(), close];
-                    if self.transact(writes).await?.is_ok() {
+                    if self.transact(writes).await? {
                         (existed, settled) = (true, true);
                         break;
                     }
