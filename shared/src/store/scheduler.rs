@@ -88,6 +88,28 @@ fn smithy(t: Option<chrono::DateTime<chrono::Utc>>) -> Option<SmithyTime> {
     t.map(|t| SmithyTime::from_secs(t.timestamp()))
 }
 
+/// The StartDate to send. Scheduler refuses one more than 5 minutes in the past, which a
+/// schedule's own start becomes once it has begun (a later pause or edit sends it again): a
+/// cron's past start bounds nothing any more and is left out; a rate's is moved to its next
+/// firing, which keeps the rate's phase (a rate without a start would restart from now).
+pub fn start_date(
+    schedule: &Schedule,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Option<chrono::DateTime<chrono::Utc>> {
+    let start = schedule.start_at?;
+    if start >= now {
+        return Some(start);
+    }
+    if schedule.expression.trim_start().starts_with("rate(") {
+        schedule
+            .next_firings(now - chrono::Duration::seconds(1), 1)
+            .into_iter()
+            .next()
+    } else {
+        None
+    }
+}
+
 fn state(schedule: &Schedule) -> SchedulerState {
     match schedule.state {
         ScheduleState::Enabled => SchedulerState::Enabled,
@@ -107,7 +129,7 @@ impl ScheduleTrigger for EventBridgeScheduler {
             .group_name(&self.target.group)
             .schedule_expression(&schedule.expression)
             .schedule_expression_timezone(&schedule.time_zone)
-            .set_start_date(smithy(schedule.start_at))
+            .set_start_date(smithy(start_date(schedule, chrono::Utc::now())))
             .set_end_date(smithy(schedule.end_at))
             .state(state(schedule))
             .flexible_time_window(window.clone())
@@ -135,7 +157,7 @@ impl ScheduleTrigger for EventBridgeScheduler {
             .group_name(&self.target.group)
             .schedule_expression(&schedule.expression)
             .schedule_expression_timezone(&schedule.time_zone)
-            .set_start_date(smithy(schedule.start_at))
+            .set_start_date(smithy(start_date(schedule, chrono::Utc::now())))
             .set_end_date(smithy(schedule.end_at))
             .state(state(schedule))
             .flexible_time_window(window)
@@ -172,5 +194,50 @@ impl ScheduleTrigger for EventBridgeScheduler {
             }
             Err(err) => Err(from_sdk("scheduler:DeleteSchedule", err)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::{TimeZone, Utc};
+
+    fn schedule(expression: &str, start: Option<chrono::DateTime<Utc>>) -> Schedule {
+        let mut s = crate::testing::sample_schedule("a1", "01JD0000000000000000000S01", "boss");
+        s.expression = expression.into();
+        s.start_at = start;
+        s
+    }
+
+    #[test]
+    fn a_start_in_the_past_is_never_sent() {
+        let now = Utc.with_ymd_and_hms(2026, 12, 1, 10, 7, 30).unwrap();
+        let future = now + chrono::Duration::hours(1);
+        assert_eq!(
+            start_date(&schedule("cron(0 6 * * ? *)", Some(future)), now),
+            Some(future)
+        );
+        let past = Utc.with_ymd_and_hms(2026, 12, 1, 9, 0, 0).unwrap();
+        assert_eq!(
+            start_date(&schedule("cron(0 6 * * ? *)", Some(past)), now),
+            None
+        );
+        // rate(15 minutes) from 09:00: the next firing after 10:07:30 is 10:15, same phase.
+        assert_eq!(
+            start_date(&schedule("rate(15 minutes)", Some(past)), now),
+            Some(Utc.with_ymd_and_hms(2026, 12, 1, 10, 15, 0).unwrap())
+        );
+        assert_eq!(start_date(&schedule("rate(15 minutes)", None), now), None);
+    }
+
+    #[test]
+    fn the_target_input_names_the_schedule_and_asks_for_the_scheduled_time() {
+        let id = ScheduleId::parse("01JD0000000000000000000S01").unwrap();
+        let input: serde_json::Value =
+            serde_json::from_str(&target_input(&AgencyId::parse("a1").unwrap(), id)).unwrap();
+        assert_eq!(
+            input,
+            serde_json::json!({"agencyId": "a1", "scheduleId": id.to_string(), "scheduledTime": "<aws.scheduler.scheduled-time>"})
+        );
     }
 }
