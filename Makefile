@@ -54,7 +54,7 @@ package: venv $(DEPLOY_VENV)/.installed ## Build every function for provided.al2
 bench: venv ## Benchmarks against the local stack and a BullMQ peer; writes bench/results/latest.{json,md} (QUICK=1: about 6 minutes; SCENARIOS=scale: the scale scenario alone, about 2; SCENARIOS=fairness: the fair-share scenario and the peer's alone, about 13, bench/results/fairness.{json,md}; SCENARIOS=coldstart: the release binaries' cold starts alone, seconds, printed as JSON)
 	@command -v redis-server >/dev/null || { echo "==> Installing redis-server (Debian)"; (apt-get update -qq && apt-get install -y -qq redis-server) >/dev/null; }
 	@test -d bench/peer/node_modules || { echo "==> Installing the BullMQ peer (npm ci)"; cd bench/peer && npm ci --silent --no-audit --no-fund; }
-	$(CARGO) build --release --quiet -p api -p worker -p sweeper -p batch-trigger -p schedule-runner -p bench
+	$(CARGO) build --release --quiet -p api -p worker -p sweeper -p batch-trigger -p schedule-runner -p event-publisher -p bench
 	$(CARGO) build --release --quiet -p local-stack --bin lambda-fixture
 	QUICK=$(QUICK) ./target/release/taskflow-bench
 
@@ -100,7 +100,7 @@ mutants: ## Mutation testing of the runner, batch runner, chains and worker (car
 		exit $$status
 
 # The functions' own binaries, which the local Lambda runtime runs (make dev, the end-to-end tests).
-FUNCTION_CRATES := -p api -p worker -p sweeper -p batch-trigger -p schedule-runner
+FUNCTION_CRATES := -p api -p worker -p sweeper -p batch-trigger -p schedule-runner -p event-publisher
 functions:
 	@echo "==> Building the function binaries (debug; a first build takes 2-4 minutes)"
 	@$(CARGO) build $(FUNCTION_CRATES)

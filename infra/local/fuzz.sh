@@ -24,7 +24,7 @@ emulator_port="$(free_port)"
 log=".local/fuzz-stack.log"
 mkdir -p .local
 
-cargo build --quiet -p local-stack -p api -p worker -p sweeper -p batch-trigger
+cargo build --quiet -p local-stack -p api -p worker -p sweeper -p batch-trigger -p event-publisher
 ./target/debug/local-stack dev --port "$api_port" --emulator-port "$emulator_port" --stack taskflow-fuzz >"$log" 2>&1 &
 stack_pid=$!
 trap 'kill -INT "$stack_pid" 2>/dev/null || true; wait "$stack_pid" 2>/dev/null || true' EXIT

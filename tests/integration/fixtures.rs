@@ -37,6 +37,12 @@ const FIXTURES: &[(&str, &str, Outcome)] = &[
         Outcome::OneBatchItemFailure,
     ),
     ("scheduled-sweep", "SweeperFunction", Outcome::SweepReport),
+    // Three status changes of one task, published to the stack's bus.
+    (
+        "dynamodb-stream",
+        "EventPublisherFunction",
+        Outcome::NoBatchItemFailures,
+    ),
 ];
 
 #[derive(Debug)]

@@ -22,5 +22,6 @@ mod quotas;
 mod readme;
 mod redrive;
 mod soak;
+mod state_events;
 mod tenancy;
 mod tiers;

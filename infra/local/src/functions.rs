@@ -133,7 +133,7 @@ pub fn binary_for(spec: &FunctionSpec, binaries: &Path) -> Result<PathBuf> {
     let binary = binaries.join(package);
     anyhow::ensure!(
         binary.is_file(),
-        "{} needs its binary at {} (build the functions first: cargo build -p api -p worker -p sweeper -p batch-trigger)",
+        "{} needs its binary at {} (build the functions first: make functions)",
         spec.logical_id,
         binary.display()
     );
@@ -270,6 +270,38 @@ pub fn api_process_handler(runtime: FunctionRuntime, integration_timeout: Durati
                     api_gateway::integration_failure()
                 }
             }
+        })
+    })
+}
+
+pub const EVENT_PUBLISHER_FUNCTION: &str = "EventPublisherFunction";
+
+/// The event publisher as an in-process stream handler, publishing to the bus its template
+/// environment names.
+pub fn event_publisher_handler(
+    spec: &FunctionSpec,
+    sdk: &aws_config::SdkConfig,
+) -> Result<crate::stream_poller::StreamHandler> {
+    let bus = spec
+        .environment
+        .get("EVENT_BUS_NAME")
+        .with_context(|| format!("{} has no EVENT_BUS_NAME", spec.logical_id))?;
+    let publisher = Arc::new(event_publisher::Publisher::new(sdk, bus));
+    Ok(Arc::new(move |event| {
+        let publisher = publisher.clone();
+        Box::pin(async move { Ok(publisher.handle(event).await) })
+    }))
+}
+
+/// A stream-triggered function run by the local runtime: a failed invocation or an
+/// unreadable answer is an invocation error (the mapping retries, or bisects, the batch).
+pub fn stream_process_handler(runtime: FunctionRuntime) -> crate::stream_poller::StreamHandler {
+    Arc::new(move |event| {
+        let runtime = runtime.clone();
+        Box::pin(async move {
+            let payload = serde_json::to_vec(&event).map_err(|e| e.to_string())?;
+            let body = runtime.invoke(payload).await.map_err(|e| e.to_string())?;
+            serde_json::from_slice(&body).map_err(|e| format!("unreadable batch response: {e}"))
         })
     })
 }

@@ -4,6 +4,7 @@
 
 pub mod api_gateway;
 pub mod emulator;
+pub mod event_filter;
 pub mod functions;
 pub mod iam;
 pub mod intrinsics;
@@ -15,6 +16,7 @@ pub mod runtime;
 pub mod scheduler;
 pub mod sqs_poller;
 pub mod stack;
+pub mod stream_poller;
 pub mod template;
 pub mod upload;
 

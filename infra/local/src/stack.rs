@@ -11,6 +11,7 @@ use crate::provision::{self, FunctionEvent, ProvisionedStack};
 use crate::runtime::FunctionRuntime;
 use crate::scheduler;
 use crate::sqs_poller::{self, EventSourceMapping};
+use crate::stream_poller::{self, StreamStats};
 use crate::template::Template;
 use anyhow::{Context, Result};
 use shared::aws::AwsClients;
@@ -130,6 +131,7 @@ pub struct LocalStack {
     /// Each function's execution environments, when they run as processes.
     runtimes: std::collections::HashMap<String, FunctionRuntime>,
     violations: LimitViolations,
+    stream_stats: Arc<StreamStats>,
 }
 
 impl LocalStack {
@@ -200,6 +202,7 @@ impl LocalStack {
         let (shutdown, shutdown_rx) = watch::channel(false);
         let violations = LimitViolations::default();
         let mut tasks = Vec::new();
+        let stream_stats = Arc::new(StreamStats::default());
         let api_spec = resources
             .function(API_FUNCTION)
             .with_context(|| format!("template.yaml has no {API_FUNCTION}"))?;
@@ -311,6 +314,35 @@ impl LocalStack {
                         };
                         tasks.push(scheduler::spawn(*period, handler, shutdown_rx.clone()));
                     }
+                    (name, FunctionEvent::DynamoDb(source)) => {
+                        let handler = match (&options.functions, name) {
+                            (FunctionHost::Processes { binaries }, _) => {
+                                functions::stream_process_handler(runtime_of(spec, binaries)?)
+                            }
+                            (_, functions::EVENT_PUBLISHER_FUNCTION) => {
+                                functions::event_publisher_handler(spec, &sdk)?
+                            }
+                            (_, other) => {
+                                anyhow::bail!("no local handler for {other}'s DynamoDB event")
+                            }
+                        };
+                        let on_failure_queue_url = source
+                            .on_failure_queue_arn
+                            .as_deref()
+                            .and_then(|arn| resources.queue_url_by_arn(arn));
+                        let mapping = stream_poller::StreamMapping {
+                            source: source.clone(),
+                            on_failure_queue_url,
+                            stats: stream_stats.clone(),
+                        };
+                        tasks.push(stream_poller::spawn(
+                            mapping,
+                            aws_sdk_dynamodbstreams::Client::new(&sdk),
+                            clients.sqs.clone(),
+                            handler,
+                            shutdown_rx.clone(),
+                        ));
+                    }
                     (_, FunctionEvent::Api { .. }) => {}
                     (name, other) => {
                         tracing::warn!(function = name, event = ?other, "no local wiring for this event")
@@ -329,7 +361,13 @@ impl LocalStack {
             tasks,
             runtimes,
             violations,
+            stream_stats,
         })
+    }
+
+    /// What the table's stream mappings have read, passed and delivered so far.
+    pub fn stream_stats(&self) -> &StreamStats {
+        &self.stream_stats
     }
 
     /// AWS limits exceeded so far that the emulator let through (see [`crate::limits`]).

@@ -8,7 +8,7 @@ use serde_yaml::{Mapping, Value};
 
 use super::{
     opt_bool, opt_str, opt_u64, parse_rate, req_str, sdk_err, seq, to_u32, FunctionEvent,
-    FunctionSpec, Provisioner,
+    FunctionSpec, Provisioner, StreamSource,
 };
 use crate::intrinsics::{as_intrinsic, resolve, scalar_string};
 use crate::template::{lookup, Resource};
@@ -190,6 +190,51 @@ impl Provisioner<'_> {
                     maximum_concurrency,
                     report_batch_item_failures,
                 }))
+            }
+            "DynamoDB" => {
+                let props = resolve(&raw, &self.state)?.unwrap_or(Value::Null);
+                if opt_bool(&props, "Enabled")? == Some(false) {
+                    tracing::info!("DynamoDB event {name} is disabled; not reading its stream");
+                    return Ok(None);
+                }
+                let filters = lookup(&props, &["FilterCriteria", "Filters"])
+                    .and_then(Value::as_sequence)
+                    .map(Vec::as_slice)
+                    .unwrap_or(&[])
+                    .iter()
+                    .map(|f| {
+                        let pattern = req_str(f, "Pattern")?;
+                        serde_json::from_str(&pattern)
+                            .with_context(|| format!("filter pattern {pattern}"))
+                    })
+                    .collect::<Result<Vec<serde_json::Value>>>()?;
+                let retries = match opt_str(&props, "MaximumRetryAttempts") {
+                    Some(n) => n.parse().context("MaximumRetryAttempts must be a number")?,
+                    None => -1,
+                };
+                Ok(Some(FunctionEvent::DynamoDb(StreamSource {
+                    name: name.to_string(),
+                    stream_arn: req_str(&props, "Stream")?,
+                    starting_position: req_str(&props, "StartingPosition")?,
+                    batch_size: to_u32(opt_u64(&props, "BatchSize")?, "BatchSize")?.unwrap_or(100),
+                    max_batching_window_seconds: to_u32(
+                        opt_u64(&props, "MaximumBatchingWindowInSeconds")?,
+                        "MaximumBatchingWindowInSeconds",
+                    )?
+                    .unwrap_or(0),
+                    maximum_retry_attempts: retries,
+                    bisect_batch_on_function_error: opt_bool(&props, "BisectBatchOnFunctionError")?
+                        .unwrap_or(false),
+                    report_batch_item_failures: seq(&props, "FunctionResponseTypes")
+                        .iter()
+                        .any(|t| t.as_str() == Some("ReportBatchItemFailures")),
+                    on_failure_queue_arn: lookup(
+                        &props,
+                        &["DestinationConfig", "OnFailure", "Destination"],
+                    )
+                    .and_then(scalar_string),
+                    filters,
+                })))
             }
             "Schedule" | "ScheduleV2" => {
                 let props = resolve(&raw, &self.state)?.unwrap_or(Value::Null);

@@ -9,6 +9,7 @@
 //! where the emulator allows it (queue attributes, missing GSIs, TTL, notifications, definitions).
 
 mod buckets;
+mod event_buses;
 mod functions;
 mod queues;
 mod state;
@@ -36,7 +37,15 @@ const BUCKET: &str = "AWS::S3::Bucket";
 const SAM_STATE_MACHINE: &str = "AWS::Serverless::StateMachine";
 const SFN_STATE_MACHINE: &str = "AWS::StepFunctions::StateMachine";
 const SAM_FUNCTION: &str = "AWS::Serverless::Function";
-const CREATED_TYPES: [&str; 5] = [TABLE, QUEUE, BUCKET, SAM_STATE_MACHINE, SFN_STATE_MACHINE];
+const EVENT_BUS: &str = "AWS::Events::EventBus";
+const CREATED_TYPES: [&str; 6] = [
+    TABLE,
+    QUEUE,
+    BUCKET,
+    SAM_STATE_MACHINE,
+    SFN_STATE_MACHINE,
+    EVENT_BUS,
+];
 
 /// What [`provision`] made, and how the functions are wired.
 #[derive(Debug, Clone, Default)]
@@ -60,6 +69,17 @@ impl ProvisionedStack {
     /// The Ref value of a logical id or parameter.
     pub fn ref_value(&self, logical_id: &str) -> Option<&str> {
         self.refs.get(logical_id).map(String::as_str)
+    }
+
+    /// The URL (Ref) of the queue whose `Arn` is `arn`.
+    pub fn queue_url_by_arn(&self, arn: &str) -> Option<String> {
+        self.attributes
+            .iter()
+            .filter(|(_, value)| value.as_str() == arn)
+            .filter_map(|(key, _)| key.strip_suffix(".Arn"))
+            .filter_map(|id| self.refs.get(id))
+            .find(|url| url.starts_with("http"))
+            .cloned()
     }
 
     /// The GetAtt value of a created resource.
@@ -112,6 +132,8 @@ pub enum FunctionEvent {
         /// `FunctionResponseTypes` contains `ReportBatchItemFailures`.
         report_batch_item_failures: bool,
     },
+    /// `DynamoDB` events (a stream event source mapping).
+    DynamoDb(StreamSource),
     /// `Schedule` (and `ScheduleV2`) events.
     Schedule {
         name: String,
@@ -120,6 +142,27 @@ pub enum FunctionEvent {
         /// Parsed from `rate(...)`; `None` for `cron(...)`.
         period: Option<Duration>,
     },
+}
+
+/// A `DynamoDB` event: the stream and how the mapping reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamSource {
+    pub name: String,
+    pub stream_arn: String,
+    /// `TRIM_HORIZON` or `LATEST`.
+    pub starting_position: String,
+    /// Default 100.
+    pub batch_size: u32,
+    /// Default 0.
+    pub max_batching_window_seconds: u32,
+    /// `-1` (the default) retries until the record expires.
+    pub maximum_retry_attempts: i64,
+    pub bisect_batch_on_function_error: bool,
+    pub report_batch_item_failures: bool,
+    /// `DestinationConfig.OnFailure.Destination`, an SQS queue's ARN.
+    pub on_failure_queue_arn: Option<String>,
+    /// `FilterCriteria.Filters[].Pattern`, parsed.
+    pub filters: Vec<serde_json::Value>,
 }
 
 /// Creates every resource of `template` on the endpoint `sdk` points at (idempotently) and
@@ -143,6 +186,7 @@ pub async fn provision(
                 .build(),
         ),
         sfn: aws_sdk_sfn::Client::new(sdk),
+        events: aws_sdk_eventbridge::Client::new(sdk),
         queue_urls_by_arn: HashMap::new(),
     };
 
@@ -216,6 +260,7 @@ struct Provisioner<'t> {
     sqs: aws_sdk_sqs::Client,
     s3: aws_sdk_s3::Client,
     sfn: aws_sdk_sfn::Client,
+    events: aws_sdk_eventbridge::Client,
     queue_urls_by_arn: HashMap<String, String>,
 }
 
@@ -274,6 +319,7 @@ impl Provisioner<'_> {
             QUEUE => self.create_queue(r, &props).await,
             BUCKET => self.create_bucket(r, &props).await,
             SAM_STATE_MACHINE | SFN_STATE_MACHINE => self.create_state_machine(r, &props).await,
+            EVENT_BUS => self.create_event_bus(r, &props).await,
             other => {
                 tracing::debug!("skipping {} ({other})", r.logical_id);
                 Ok(())
