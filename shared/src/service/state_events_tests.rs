@@ -327,3 +327,47 @@ fn calls_stay_under_the_size_limit() {
     };
     assert!(10 * entry_bytes(&entry) < MAX_BYTES_PER_CALL);
 }
+
+#[test]
+fn the_detail_is_what_openapi_json_documents() {
+    let doc: Value =
+        serde_json::from_str(include_str!("../../../functions/api/openapi.json")).unwrap();
+    let schema = &doc["components"]["schemas"]["StateChangeDetail"];
+    let documented: std::collections::BTreeSet<&str> = schema["properties"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    let statuses = schema["properties"]["status"]["enum"].as_array().unwrap();
+    let records = [
+        change(1, Some(task("in_progress", 3)), Some(task("failed", 4))),
+        change(2, None, Some(step("pending"))),
+        change(3, Some(batch("pending")), Some(batch("processing"))),
+    ];
+    for record in &records {
+        let (_, detail) = only(record);
+        let mut with_error = detail.clone();
+        with_error.error = Some("boom".into());
+        let value = serde_json::to_value(&with_error).unwrap();
+        for key in value.as_object().unwrap().keys() {
+            assert!(documented.contains(key.as_str()), "{key} is not documented");
+        }
+        for required in schema["required"].as_array().unwrap() {
+            assert!(
+                value.get(required.as_str().unwrap()).is_some(),
+                "{required}"
+            );
+        }
+        assert!(statuses.contains(&value["status"]), "{}", value["status"]);
+    }
+    // Every status of every kind is documented.
+    for status in crate::domain::TaskStatus::ALL
+        .iter()
+        .map(|s| s.as_str())
+        .chain(crate::domain::StepStatus::ALL.iter().map(|s| s.as_str()))
+        .chain(crate::domain::BatchStatus::ALL.iter().map(|s| s.as_str()))
+    {
+        assert!(statuses.contains(&json!(status)), "{status}");
+    }
+}
