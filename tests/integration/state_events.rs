@@ -4,9 +4,12 @@
 //! the events chain (each one's previousStatus is the status before it, in stream order)
 //! from the creation to the end, with no event twice.
 
-use integration_tests::{scaled, stack, unique_agency, wait_for_batch, wait_for_status, Client};
+use integration_tests::{
+    eventually, scaled, stack, unique_agency, wait_for_batch, wait_for_status, Client,
+};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 /// A queue receiving the agency's state-change events through a rule on the stack's bus.
@@ -274,5 +277,74 @@ async fn a_task_a_chain_and_a_batch_publish_each_transition_once_in_order() {
     assert_eq!(
         transitions[&format!("batch:{batch}")],
         strings(&["pending", "processing", "completed"])
+    );
+}
+
+/// The publisher fails while its role may not PutEvents (an explicit deny on its IAM user,
+/// which moto checks like AWS), and the events still arrive, each once, after the deny is
+/// lifted: the stream mapping retried the records the function reported failed.
+#[tokio::test]
+async fn events_refused_once_arrive_once_after_the_retry() {
+    if stack().on_localstack() || stack().functions.is_empty() {
+        println!("SKIPPED: needs the publisher's own IAM identity (function processes on moto)");
+        return;
+    }
+    let agency = unique_agency("events-deny");
+    let boss = Client::as_user(&agency, "boss", "manager");
+    let mut events = subscribe(&agency).await;
+    let iam = aws_sdk_iam::Client::new(&stack().sdk_config().await);
+    let user = "taskflow-test-EventPublisherFunction";
+    let deny = json!({"Version": "2012-10-17", "Statement": [
+        {"Effect": "Deny", "Action": "events:PutEvents", "Resource": "*"}]});
+    iam.put_user_policy()
+        .user_name(user)
+        .policy_name("deny-put-events")
+        .policy_document(deny.to_string())
+        .send()
+        .await
+        .unwrap();
+
+    let failed_before = stack()
+        .stream_stats
+        .failed_invocations
+        .load(Ordering::Relaxed);
+    let task = boss
+        .create_task(
+            &json!({"title": "echo", "priority": "high", "autoDispatch": true,
+            "executor": {"type": "echo"}}),
+        )
+        .await;
+    wait_for_status(&boss, &task, &["completed"]).await;
+    eventually(
+        "the publisher to fail on the denied PutEvents",
+        scaled(Duration::from_secs(30)),
+        || async {
+            let failed = stack()
+                .stream_stats
+                .failed_invocations
+                .load(Ordering::Relaxed);
+            (failed > failed_before).then_some(())
+        },
+    )
+    .await;
+    // Nothing got through while denied.
+    events.receive().await;
+    assert!(events.events.is_empty(), "{:?}", events.summary());
+
+    iam.delete_user_policy()
+        .user_name(user)
+        .policy_name("deny-put-events")
+        .send()
+        .await
+        .unwrap();
+    let key = format!("task:{task}");
+    events
+        .collect_until("the task's events after the deny", |events| {
+            events.last_status(&key).is_some_and(|s| s == "completed")
+        })
+        .await;
+    assert_eq!(
+        events.transitions()[&key],
+        strings(&["queued", "in_progress", "completed"])
     );
 }

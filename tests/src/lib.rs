@@ -42,6 +42,8 @@ pub struct TestStack {
     pub config: shared::config::Config,
     /// How each function runs (empty when they run in-process).
     pub functions: Vec<local_stack::runtime::FunctionConfig>,
+    /// What the table's stream mapping has read and delivered (state-change events).
+    pub stream_stats: std::sync::Arc<local_stack::stream_poller::StreamStats>,
 }
 
 impl TestStack {
@@ -141,6 +143,7 @@ pub fn stack() -> &'static TestStack {
                                 refs: stack.resources.refs.clone(),
                                 config,
                                 functions: stack.function_configs(),
+                                stream_stats: stack.stream_stats(),
                             };
                             tx.send(Ok(info)).ok();
                             // Serve until the test process exits.

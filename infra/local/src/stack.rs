@@ -366,8 +366,8 @@ impl LocalStack {
     }
 
     /// What the table's stream mappings have read, passed and delivered so far.
-    pub fn stream_stats(&self) -> &StreamStats {
-        &self.stream_stats
+    pub fn stream_stats(&self) -> Arc<StreamStats> {
+        self.stream_stats.clone()
     }
 
     /// AWS limits exceeded so far that the emulator let through (see [`crate::limits`]).
