@@ -179,6 +179,9 @@ async fn dev(port: u16, emulator_port: u16, stack_name: String) -> Result<()> {
         local_stack::LOOPBACK_ALLOWED
     ));
     summary.push_str(
+        "\nState-change events go to the bus EventBus names above; each one shows below as an EventPublisherFunction \"state change\" line (README \"State-change events\").\n",
+    );
+    summary.push_str(
         "\nGet a token: make token AGENCY=acme USER=alice ROLE=manager\nCtrl-C stops everything.\n",
     );
     tracing::info!("{summary}");
