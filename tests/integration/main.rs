@@ -21,6 +21,7 @@ mod promises;
 mod quotas;
 mod readme;
 mod redrive;
+mod schedules;
 mod soak;
 mod state_events;
 mod tenancy;

@@ -9,7 +9,8 @@
 //! signed with such a user's key.
 //!
 //! What moto 5.2.5 checks, measured: the action always; the resource only for S3 and SQS. It
-//! evaluates DynamoDB, Step Functions and EventBridge requests against the resource `*`, so a statement
+//! evaluates DynamoDB, Step Functions, EventBridge and EventBridge Scheduler requests against the
+//! resource `*`, so a statement
 //! scoped to an ARN there would never match. The local copy of a policy therefore widens
 //! statements on those services to `*`: the action is still checked, the ARN is not (the
 //! least-privilege test in `infra/local/tests/iam.rs` checks the template's ARNs instead).
@@ -28,7 +29,7 @@ use crate::intrinsics::{as_intrinsic, resolve, Scope};
 use crate::template::Resource;
 
 /// Services whose requests moto evaluates against the resource `*`.
-const ACTION_ONLY_SERVICES: [&str; 3] = ["dynamodb", "states", "events"];
+const ACTION_ONLY_SERVICES: [&str; 4] = ["dynamodb", "states", "events", "scheduler"];
 
 /// The SAM translator's policy templates (`DynamoDBCrudPolicy`, `S3ReadPolicy`, ...).
 #[derive(Debug, Clone)]

@@ -14,6 +14,7 @@ pub mod provision;
 pub mod redrive;
 pub mod runtime;
 pub mod scheduler;
+pub mod schedules;
 pub mod sqs_poller;
 pub mod stack;
 pub mod stream_poller;

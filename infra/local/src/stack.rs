@@ -10,6 +10,7 @@ use crate::limits::LimitViolations;
 use crate::provision::{self, FunctionEvent, ProvisionedStack};
 use crate::runtime::FunctionRuntime;
 use crate::scheduler;
+use crate::schedules::{self, LocalScheduler};
 use crate::sqs_poller::{self, EventSourceMapping};
 use crate::stream_poller::{self, StreamStats};
 use crate::template::Template;
@@ -23,6 +24,11 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+
+/// The schedule runner, which the host fires schedules at.
+pub const SCHEDULE_RUNNER_FUNCTION: &str = "ScheduleRunnerFunction";
+/// How often the host looks for due firings (Scheduler's precision is a minute).
+const SCHEDULE_TICK: Duration = Duration::from_secs(5);
 
 /// An IAM user per function holding its template policies (see [`crate::iam`]), by logical id.
 async fn function_identities(
@@ -132,6 +138,8 @@ pub struct LocalStack {
     runtimes: std::collections::HashMap<String, FunctionRuntime>,
     violations: LimitViolations,
     stream_stats: Arc<StreamStats>,
+    /// Fires the schedules the API created (when the template has the schedule runner).
+    schedules: Option<Arc<LocalScheduler>>,
 }
 
 impl LocalStack {
@@ -351,6 +359,37 @@ impl LocalStack {
             }
         }
 
+        // Schedules: the API creates them on the emulator (its SCHEDULE_* settings name the
+        // group and the target); this host fires them, as EventBridge Scheduler would.
+        let schedules = match (
+            api_spec.environment.get("SCHEDULE_GROUP"),
+            api_spec.environment.get("SCHEDULE_TARGET_ARN"),
+            resources.function(SCHEDULE_RUNNER_FUNCTION),
+        ) {
+            (Some(group), Some(arn), Some(spec)) => {
+                let target = match &options.functions {
+                    FunctionHost::InProcess => schedules::in_process_target(spec, &clients)?,
+                    FunctionHost::Processes { binaries } => {
+                        schedules::process_target(runtime_of(spec, binaries)?)
+                    }
+                };
+                let scheduler = Arc::new(LocalScheduler::new(
+                    aws_sdk_scheduler::Client::new(&sdk),
+                    group.clone(),
+                    std::collections::HashMap::from([(arn.clone(), target)]),
+                    chrono::Utc::now(),
+                ));
+                scheduler.create_group().await?;
+                tasks.push(schedules::spawn(
+                    scheduler.clone(),
+                    SCHEDULE_TICK,
+                    shutdown_rx.clone(),
+                ));
+                Some(scheduler)
+            }
+            _ => None,
+        };
+
         Ok(LocalStack {
             emulator,
             localstack,
@@ -362,7 +401,13 @@ impl LocalStack {
             runtimes,
             violations,
             stream_stats,
+            schedules,
         })
+    }
+
+    /// The host's schedule firer (tests fire it at the time they choose, or restart it).
+    pub fn schedules(&self) -> Option<&Arc<LocalScheduler>> {
+        self.schedules.as_ref()
     }
 
     /// What the table's stream mappings have read, passed and delivered so far.

@@ -145,9 +145,11 @@ impl<'t> State<'t> {
     fn placeholder_ref(&self, id: &str, kind: &str) -> String {
         let (region, acct) = (&self.region, ACCOUNT_ID);
         match kind {
-            SAM_FUNCTION | "AWS::Lambda::Function" | "AWS::IAM::Role" | "AWS::Logs::LogGroup" => {
-                self.placeholder_name(id, kind)
-            }
+            SAM_FUNCTION
+            | "AWS::Lambda::Function"
+            | "AWS::IAM::Role"
+            | "AWS::Logs::LogGroup"
+            | "AWS::Scheduler::ScheduleGroup" => self.placeholder_name(id, kind),
             "AWS::SNS::Topic" => {
                 format!(
                     "arn:aws:sns:{region}:{acct}:{}",
