@@ -579,15 +579,17 @@ pub trait Preparations: Send + Sync {
 /// every API instance. Times are microseconds since the Unix epoch.
 #[async_trait]
 pub trait RequestBuckets: Send + Sync {
-    /// Admits a request when the agency's theoretical arrival time `tat` is at most
-    /// `now + tolerance`, moving it to `max(tat, now) + interval` in one conditional write;
-    /// otherwise answers `Err(tat)` and writes nothing.
+    /// Admits `tokens` requests at once (GCRA, `tokens` ≥ 1): when the agency's theoretical
+    /// arrival time `tat` leaves room for them, `max(tat, now) + (tokens − 1) × interval ≤
+    /// now + tolerance`, moves it to `max(tat, now) + tokens × interval` in one conditional
+    /// write; otherwise answers `Err(tat)` and writes nothing.
     async fn admit(
         &self,
         agency: &crate::domain::AgencyId,
         now_us: u64,
         interval_us: u64,
         tolerance_us: u64,
+        tokens: u64,
     ) -> Result<Result<(), u64>, AppError>;
 }
 

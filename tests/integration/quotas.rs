@@ -21,29 +21,31 @@ async fn the_request_bucket_admits_its_burst_then_its_rate_even_to_concurrent_ca
     let acme = agency("bucket");
     let t0 = 1_800_000_000_000_000;
     for n in 0..3 {
-        let admitted = buckets.admit(&acme, t0, interval, tolerance).await;
+        let admitted = buckets.admit(&acme, t0, interval, tolerance, 1).await;
         assert_eq!(
             admitted.expect("dynamodb"),
             Ok(()),
             "request {n} of the burst"
         );
     }
-    let refused = buckets.admit(&acme, t0, interval, tolerance).await;
+    let refused = buckets.admit(&acme, t0, interval, tolerance, 1).await;
     assert_eq!(refused.expect("dynamodb"), Err(t0 + 300_000));
     // Another agency has its own bucket.
     let other = agency("bucket-other");
     assert_eq!(
         buckets
-            .admit(&other, t0, interval, tolerance)
+            .admit(&other, t0, interval, tolerance, 1)
             .await
             .expect("dynamodb"),
         Ok(())
     );
     // One token comes back every 100 ms, not sooner.
-    let early = buckets.admit(&acme, t0 + 99_999, interval, tolerance).await;
+    let early = buckets
+        .admit(&acme, t0 + 99_999, interval, tolerance, 1)
+        .await;
     assert!(early.expect("dynamodb").is_err());
     let refilled = buckets
-        .admit(&acme, t0 + 100_000, interval, tolerance)
+        .admit(&acme, t0 + 100_000, interval, tolerance, 1)
         .await;
     assert_eq!(refilled.expect("dynamodb"), Ok(()));
 
@@ -52,12 +54,38 @@ async fn the_request_bucket_admits_its_burst_then_its_rate_even_to_concurrent_ca
     let mut calls = tokio::task::JoinSet::new();
     for _ in 0..12 {
         let (buckets, acme) = (buckets.clone(), acme.clone());
-        calls.spawn(async move { buckets.admit(&acme, later, interval, tolerance).await });
+        calls.spawn(async move { buckets.admit(&acme, later, interval, tolerance, 1).await });
     }
     let results = calls.join_all().await;
     let admitted = results.iter().filter(|r| matches!(r, Ok(Ok(())))).count();
     assert!(results.iter().all(Result::is_ok), "{results:?}");
     assert_eq!(admitted, 3, "{results:?}");
+
+    // A lease takes several tokens in one write, and only as many as the bucket holds.
+    let leased = agency("bucket-lease");
+    let lease = |at, tokens| buckets.admit(&leased, at, interval, tolerance, tokens);
+    assert_eq!(
+        lease(t0, 4).await.expect("dynamodb"),
+        Err(t0),
+        "more than the burst"
+    );
+    assert_eq!(
+        lease(t0, 2).await.expect("dynamodb"),
+        Ok(()),
+        "from a full bucket"
+    );
+    let short = lease(t0, 2).await.expect("dynamodb");
+    assert_eq!(short, Err(t0 + 200_000), "one token left, two asked");
+    assert_eq!(
+        lease(t0, 1).await.expect("dynamodb"),
+        Ok(()),
+        "the last token"
+    );
+    assert_eq!(
+        lease(t0 + 200_000, 2).await.expect("dynamodb"),
+        Ok(()),
+        "refilled by two"
+    );
 }
 
 #[track_caller]
@@ -451,7 +479,10 @@ async fn open_tasks_move_with_single_item_writes_and_a_refused_write_gives_its_p
         tight.insert(&open_task(&small), &[], None).await.unwrap();
     }
     requests.take();
-    let refused = tight.insert(&open_task(&small), &[], None).await.unwrap_err();
+    let refused = tight
+        .insert(&open_task(&small), &[], None)
+        .await
+        .unwrap_err();
     assert_eq!(refused.status_code(), 429, "{refused}");
     assert!(
         requests.take().iter().all(|op| op == "UpdateItem"),

@@ -17,6 +17,7 @@ pub mod input;
 pub mod pacing;
 pub mod queues;
 pub mod quotas;
+pub mod request_rate;
 pub mod runner;
 #[cfg(test)]
 mod runner_tests;
@@ -37,7 +38,7 @@ pub use batches::{BatchService, BatchView};
 pub use chains::ChainRunner;
 pub use input::{AssignInput, AttachmentInput, CompleteInput, NewTaskInput, TaskPatch};
 pub use queues::{AgencyTierStats, QueueOverview, QueueView, TierStats};
-pub use quotas::RequestQuota;
+pub use request_rate::RequestQuota;
 pub use runner::{Delivery, RunReport, TaskRunner};
 pub use schedules::ScheduleService;
 pub use sweeper::{SweepReport, Sweeper};

@@ -1,12 +1,8 @@
-//! Per-agency quotas that are not part of one store write: the API request rate.
-//! (Batch items per day are counted in the batch store's creation transaction.)
+//! Per-agency quotas: their names, their refusals and their tests. The API request rate is
+//! `request_rate`; batch items per day are counted in the batch store's creation transaction,
+//! open tasks by the task store (`store::dynamo::open_tasks`).
 
-use crate::config::Quotas;
-use crate::domain::AgencyId;
 use crate::error::AppError;
-use crate::ports::RequestBuckets;
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 
 /// The request-rate quota's name in errors and docs.
 pub const REQUEST_RATE: &str = "requestRate";
@@ -17,81 +13,6 @@ pub const OPEN_TASKS: &str = "openTasks";
 /// Retry-After for the open-tasks ceiling: a slot frees only when one of the agency's tasks
 /// ends, which no clock predicts, so the client is told to look again in a minute.
 pub const OPEN_TASKS_RETRY_AFTER_SECONDS: u64 = 60;
-
-/// The API request rate per agency: a token bucket of `request_burst` tokens refilled at
-/// `requests_per_second`, kept in the store so that it holds across Lambda instances.
-#[derive(Clone)]
-pub struct RequestQuota {
-    buckets: Arc<dyn RequestBuckets>,
-    quotas: Quotas,
-    /// Agencies this instance saw refused, until when (µs). Their bucket cannot admit
-    /// anything before then (its arrival time only grows), so a flooding agency is refused
-    /// here without a write to its hot key.
-    refused_until: Arc<Mutex<HashMap<AgencyId, u64>>>,
-}
-
-impl RequestQuota {
-    pub fn new(buckets: Arc<dyn RequestBuckets>, quotas: Quotas) -> Self {
-        Self {
-            buckets,
-            quotas,
-            refused_until: Arc::default(),
-        }
-    }
-
-    /// Takes one token for `agency`, or refuses with a 429 naming the quota.
-    pub async fn admit(&self, agency: &AgencyId) -> Result<(), AppError> {
-        self.admit_at(agency, now_us()).await
-    }
-
-    /// [`Self::admit`] at a given time (tests move the clock).
-    pub async fn admit_at(&self, agency: &AgencyId, now: u64) -> Result<(), AppError> {
-        let rate = self.quotas.requests_per_second.max(1);
-        let interval = (1_000_000 / rate).max(1);
-        let tolerance = interval.saturating_mul(self.quotas.request_burst.max(1) - 1);
-        if let Some(until) = self.cached_refusal(agency, now) {
-            return Err(self.refusal(until - now));
-        }
-        match self.buckets.admit(agency, now, interval, tolerance).await? {
-            Ok(()) => Ok(()),
-            Err(tat) => {
-                // The next token is due once tat - tolerance is reached.
-                let until = tat.saturating_sub(tolerance).max(now.saturating_add(1));
-                self.lock().insert(agency.clone(), until);
-                tracing::info!(%agency, quota = REQUEST_RATE, wait_us = until - now, "request refused: rate quota");
-                Err(self.refusal(until - now))
-            }
-        }
-    }
-
-    fn cached_refusal(&self, agency: &AgencyId, now: u64) -> Option<u64> {
-        let mut refused = self.lock();
-        match refused.get(agency) {
-            Some(until) if *until > now => Some(*until),
-            Some(_) => {
-                refused.remove(agency);
-                None
-            }
-            None => None,
-        }
-    }
-
-    fn refusal(&self, wait_us: u64) -> AppError {
-        let (rate, burst) = (self.quotas.requests_per_second, self.quotas.request_burst);
-        AppError::QuotaExceeded {
-            quota: REQUEST_RATE,
-            limit: rate,
-            retry_after_seconds: wait_us.div_ceil(1_000_000).max(1),
-            detail: format!(
-                "quota {REQUEST_RATE} exceeded: this agency may send {rate} requests per second (bursts of {burst})"
-            ),
-        }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<AgencyId, u64>> {
-        self.refused_until.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
 
 /// The refusal when a batch would take an agency past its daily item quota.
 pub fn batch_items_refused(limit: u64, now: chrono::DateTime<chrono::Utc>) -> AppError {
@@ -128,75 +49,15 @@ fn seconds_to_next_utc_day(now: chrono::DateTime<chrono::Utc>) -> u64 {
     (86_400 - elapsed).max(1)
 }
 
-fn now_us() -> u64 {
-    u64::try_from(chrono::Utc::now().timestamp_micros()).unwrap_or(0)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::TaskId;
+    use crate::config::Quotas;
+    use crate::domain::{AgencyId, TaskId};
     use crate::ports::TaskStore;
-    use crate::testing::MemoryBuckets;
-
-    fn quota(rate: u64, burst: u64) -> RequestQuota {
-        RequestQuota::new(
-            Arc::new(MemoryBuckets::default()),
-            Quotas {
-                requests_per_second: rate,
-                request_burst: burst,
-                ..Quotas::default()
-            },
-        )
-    }
 
     fn agency(name: &str) -> AgencyId {
         AgencyId::parse(name).expect("valid agency")
-    }
-
-    #[tokio::test]
-    async fn a_burst_passes_then_the_rate_holds_and_other_agencies_are_unaffected() {
-        let quota = quota(10, 3);
-        let t0 = 1_000_000_000;
-        for _ in 0..3 {
-            quota.admit_at(&agency("acme"), t0).await.expect("burst");
-        }
-        let err = quota.admit_at(&agency("acme"), t0).await.unwrap_err();
-        assert!(matches!(
-            err,
-            AppError::QuotaExceeded {
-                quota: REQUEST_RATE,
-                limit: 10,
-                retry_after_seconds: 1,
-                ..
-            }
-        ));
-        quota
-            .admit_at(&agency("globex"), t0)
-            .await
-            .expect("own bucket");
-        // One token refills every 100 ms.
-        quota
-            .admit_at(&agency("acme"), t0 + 99_000)
-            .await
-            .unwrap_err();
-        quota
-            .admit_at(&agency("acme"), t0 + 100_000)
-            .await
-            .expect("refilled");
-        quota
-            .admit_at(&agency("acme"), t0 + 100_000)
-            .await
-            .unwrap_err();
-        // Idle long enough, the whole burst is back (and no more).
-        let later = t0 + 10_000_000;
-        for _ in 0..3 {
-            quota
-                .admit_at(&agency("acme"), later)
-                .await
-                .expect("burst again");
-        }
-        quota.admit_at(&agency("acme"), later).await.unwrap_err();
     }
 
     #[test]

@@ -1424,6 +1424,15 @@ impl crate::ports::ObjectStore for MemoryObjects {
 #[derive(Debug, Default)]
 pub struct MemoryBuckets {
     tat: Mutex<HashMap<AgencyId, u64>>,
+    /// The tokens each admit asked for, in order (refused ones included).
+    asked: Mutex<Vec<u64>>,
+}
+
+impl MemoryBuckets {
+    /// The tokens each admit asked for, in order.
+    pub fn admits(&self) -> Vec<u64> {
+        self.asked.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
 }
 
 #[async_trait]
@@ -1434,13 +1443,23 @@ impl crate::ports::RequestBuckets for MemoryBuckets {
         now_us: u64,
         interval_us: u64,
         tolerance_us: u64,
+        tokens: u64,
     ) -> Result<Result<(), u64>, AppError> {
+        self.asked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(tokens);
         let mut tats = self.tat.lock().unwrap_or_else(|e| e.into_inner());
         let tat = tats.get(agency).copied().unwrap_or(0);
-        if tat > now_us.saturating_add(tolerance_us) {
+        let extra = interval_us.saturating_mul(tokens.saturating_sub(1));
+        if tat.max(now_us).saturating_add(extra) > now_us.saturating_add(tolerance_us) {
             return Ok(Err(tat));
         }
-        tats.insert(agency.clone(), tat.max(now_us).saturating_add(interval_us));
+        tats.insert(
+            agency.clone(),
+            tat.max(now_us)
+                .saturating_add(interval_us.saturating_mul(tokens)),
+        );
         Ok(Ok(()))
     }
 }

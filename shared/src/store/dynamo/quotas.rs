@@ -1,6 +1,7 @@
 //! The request-rate bucket of each agency: one item, `PK = AGENCY#<id>#QUOTA`, `SK = REQUESTS`,
-//! holding GCRA's theoretical arrival time `tat` (µs). Every admitted request writes it once
-//! or twice (see ARCHITECTURE "Quotas" for the per-key write rate).
+//! holding GCRA's theoretical arrival time `tat` (µs). Every admit writes it once or twice, for
+//! one token or for a busy instance's lease of several (`service::request_rate`; see
+//! ARCHITECTURE "Quotas" for the per-key write rate).
 
 use super::keys::{PK, SK};
 use crate::domain::AgencyId;
@@ -87,44 +88,48 @@ impl RequestBuckets for DynamoRequestBuckets {
         now_us: u64,
         interval_us: u64,
         tolerance_us: u64,
+        tokens: u64,
     ) -> Result<Result<(), u64>, AppError> {
+        let tokens = tokens.max(1);
+        let extra = interval_us.saturating_mul(tokens - 1);
+        let taken = interval_us.saturating_mul(tokens);
+        // The latest arrival time that leaves room for every token asked for; none when
+        // even a full bucket does not hold them.
+        let latest = (now_us.saturating_add(tolerance_us)).checked_sub(extra);
         // DynamoDB cannot write max(tat, now) + interval in one expression, so each case is its
         // own conditional write: a full bucket (tat in the past) restarts from now, a partly
         // used one moves tat on. A lost race between them just tries again.
         for _ in 0..3 {
-            if self
-                .update(
-                    agency,
-                    "tat = :next",
-                    "attribute_not_exists(tat) OR tat < :now",
-                    &[
-                        (":now", now_us),
-                        (":next", now_us.saturating_add(interval_us)),
-                    ],
-                    now_us,
-                )
-                .await?
+            if latest.is_some_and(|latest| latest >= now_us)
+                && self
+                    .update(
+                        agency,
+                        "tat = :next",
+                        "attribute_not_exists(tat) OR tat < :now",
+                        &[(":now", now_us), (":next", now_us.saturating_add(taken))],
+                        now_us,
+                    )
+                    .await?
             {
                 return Ok(Ok(()));
             }
-            if self
-                .update(
-                    agency,
-                    "tat = tat + :interval",
-                    "tat BETWEEN :now AND :latest",
-                    &[
-                        (":now", now_us),
-                        (":latest", now_us.saturating_add(tolerance_us)),
-                        (":interval", interval_us),
-                    ],
-                    now_us,
-                )
-                .await?
-            {
-                return Ok(Ok(()));
+            if let Some(latest) = latest.filter(|latest| *latest >= now_us) {
+                if self
+                    .update(
+                        agency,
+                        "tat = tat + :taken",
+                        "tat BETWEEN :now AND :latest",
+                        &[(":now", now_us), (":latest", latest), (":taken", taken)],
+                        now_us,
+                    )
+                    .await?
+                {
+                    return Ok(Ok(()));
+                }
             }
             match self.tat(agency).await? {
-                Some(tat) if tat > now_us.saturating_add(tolerance_us) => return Ok(Err(tat)),
+                Some(tat) if latest.is_none_or(|latest| tat > latest) => return Ok(Err(tat)),
+                None if latest.is_none_or(|latest| latest < now_us) => return Ok(Err(now_us)),
                 _ => continue,
             }
         }
