@@ -136,6 +136,27 @@ async fn schedules_fire_on_time_once_across_a_restart_by_their_policies_and_dst(
         assert_eq!(boss.get(&path).await.status, StatusCode::NOT_FOUND);
     }
 
+    // A paused schedule misses its firings; resumed, it goes on from then, without them.
+    let paused = create(
+        &boss,
+        schedule("Paused", "cron(0 8 * * ? *)", "UTC", "allow"),
+    )
+    .await;
+    let path = format!("/api/schedules/{}", paused["id"].as_str().unwrap());
+    let t = at(paused["nextFirings"][0].as_str().unwrap());
+    let reply = boss.post(&format!("{path}/pause"), &json!({})).await;
+    assert_eq!(reply.status, StatusCode::OK, "{:#}", reply.body);
+    assert!(of(&fire(&restarted, t).await, paused["id"].as_str().unwrap()).is_empty());
+    let reply = boss.post(&format!("{path}/resume"), &json!({})).await;
+    assert_eq!(reply.body["state"], "enabled");
+    let resumed = of(
+        &fire(&restarted, t + chrono::Duration::days(1)).await,
+        paused["id"].as_str().unwrap(),
+    );
+    let times: Vec<DateTime<Utc>> = resumed.iter().map(|(t, _)| *t).collect();
+    assert_eq!(times, [t + chrono::Duration::days(1)]);
+    assert_eq!(boss.delete(&path).await.status, StatusCode::NO_CONTENT);
+
     // DST in London: 01:30 on the last Sunday of March 2027 does not exist (no firing);
     // on the last Sunday of October it happens twice (one firing, the first: 00:30 UTC).
     let dst = create(

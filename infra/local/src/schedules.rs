@@ -105,6 +105,8 @@ impl LocalScheduler {
             // Deleted between the list and the get.
             let Ok(schedule) = schedule else { continue };
             if schedule.state() != Some(&ScheduleState::Enabled) {
+                // A disabled schedule misses its firings; resumed, it goes on from then.
+                self.lock().insert(name.clone(), now);
                 continue;
             }
             let Some(target) = schedule.target() else {
@@ -195,8 +197,13 @@ impl LocalScheduler {
             .get(name)
             .copied()
             .unwrap_or(self.started - LOOKBACK);
-        if let Some(start) = start {
-            cursor = cursor.max(start - Duration::seconds(1));
+        // Nothing fires before the schedule was last set (created, edited or resumed), nor
+        // before its start.
+        for floor in [time(schedule.last_modification_date()), start]
+            .into_iter()
+            .flatten()
+        {
+            cursor = cursor.max(floor - Duration::seconds(1));
         }
         let mut due = Vec::new();
         while due.len() < MAX_PER_PASS {
