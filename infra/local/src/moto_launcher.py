@@ -1,8 +1,9 @@
 # moto_server as the local host runs it. Arguments: host, port.
 #
-# The same application, request handler and threading as `moto_server`, with three changes:
+# The same application, request handler and threading as `moto_server`, with four changes:
 #
-# 1. DynamoDB requests (`X-Amz-Target: DynamoDB_...`) are handled one at a time. moto's
+# 1. DynamoDB and DynamoDB Streams requests (`X-Amz-Target: DynamoDB_...`,
+#    `DynamoDBStreams_...`) are handled one at a time. moto's
 #    DynamoDB keeps its tables in plain dicts with no lock (a write during a scan fails with
 #    HTTP 500, "dictionary changed size during iteration"); the GIL bounds moto anyway.
 #
@@ -17,6 +18,8 @@
 # 3. TransactWriteItems undoes only the items it wrote. moto 5.2.5 deep-copies every table a
 #    transaction names before it starts, so each transaction costs time in proportion to the
 #    whole table: ~90 ms at 2,000 items, seconds once a test suite's shared table is large.
+#
+# 4. A table's stream keeps its latest 20,000 records (moto keeps every one, for good).
 import copy
 import datetime
 import hashlib
@@ -44,6 +47,7 @@ from moto.dynamodb.exceptions import (
     TransactWriteSingleOpException,
 )
 from moto.dynamodb.models import DynamoDBBackend
+from moto.dynamodb.models.table import StreamShard
 from moto.iam.models import iam_backends
 from moto.moto_server.werkzeug_app import (
     DomainDispatcherApplication,
@@ -309,7 +313,8 @@ def transact_write_items(self, transact_items):
         for position, op_type, op, table, key in writes:
             hash_value, range_value = self.get_keys_value(table, key)
             before = copy.deepcopy(table.get_item(hash_value, range_value))
-            records = len(table.stream_shard.items) if table.stream_shard is not None else 0
+            # The next record's sequence number, not an index: the shard may be trimmed.
+            records = stream_end(table.stream_shard)
             undo.append((table, hash_value, range_value, before, records))
             names = op.get("ExpressionAttributeNames")
             values = op.get("ExpressionAttributeValues")
@@ -350,7 +355,8 @@ def transact_write_items(self, transact_items):
                 if before is not None:
                     table.items[hash_value] = before
             if table.stream_shard is not None:
-                del table.stream_shard.items[records:]
+                shard = table.stream_shard
+                del shard.items[max(0, records - shard.starting_sequence_number):]
         if isinstance(error, (MultipleTransactionsException, MockValidationException)):
             raise
         reasons[position] = (type(error).__name__, str(error), None)
@@ -359,13 +365,44 @@ def transact_write_items(self, transact_items):
 
 DynamoDBBackend.transact_write_items = transact_write_items
 
+
+# moto 5.2.5 keeps every stream record of a table for the emulator's life (one shard, never
+# trimmed): with the stream on, the test suite's tables would grow the emulator's memory by
+# a copy of both images of every write. DynamoDB keeps 24 hours; here a shard keeps its
+# latest STREAM_RECORDS_KEPT records, and a reader behind them (the event publisher's local
+# mapping, which reads a hundred at a time, four times a second) goes on from the oldest kept.
+STREAM_RECORDS_KEPT = 20_000
+moto_stream_add = StreamShard.add
+moto_stream_get = StreamShard.get
+
+
+def stream_end(shard):
+    return 0 if shard is None else shard.starting_sequence_number + len(shard.items)
+
+
+def add_trimmed(self, old, new):
+    moto_stream_add(self, old, new)
+    excess = len(self.items) - STREAM_RECORDS_KEPT
+    if excess >= 1_000:  # in steps, so a write rarely pays for a trim
+        del self.items[:excess]
+        self.starting_sequence_number += excess
+
+
+def get_trimmed(self, start, quantity):
+    return moto_stream_get(self, max(start, self.starting_sequence_number), quantity)
+
+
+StreamShard.add = add_trimmed
+StreamShard.get = get_trimmed
+
 app = DomainDispatcherApplication(create_backend_app)
 app.debug = True
 lock = threading.Lock()
 
 
 def serialized(environ, start_response):
-    if environ.get("HTTP_X_AMZ_TARGET", "").startswith("DynamoDB_"):
+    # DynamoDB and its streams (whose records the writes append and trim) one at a time.
+    if environ.get("HTTP_X_AMZ_TARGET", "").startswith("DynamoDB"):
         with lock:
             return list(app(environ, start_response))
     return app(environ, start_response)
