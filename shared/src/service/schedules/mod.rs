@@ -20,7 +20,7 @@ use serde_json::Value;
 use std::sync::Arc;
 
 /// Schedules per agency unless configured (`QuotaSchedules`); Scheduler's own default quota
-/// is 1,000,000 schedules per account and Region, so this bounds one tenant, not the account.
+/// is 10,000,000 schedules per account and Region, so this bounds one tenant, not the account.
 pub const DEFAULT_SCHEDULE_LIMIT: u32 = 100;
 /// The quota's name in errors and docs.
 pub const SCHEDULES_QUOTA: &str = "schedules";
