@@ -9,6 +9,7 @@ import { taskView } from './views/task.js';
 import { chainsView } from './views/chain.js';
 import { batchesView, batchView } from './views/batches.js';
 import { agentsView } from './views/agents.js';
+import { schedulesView } from './views/schedules.js';
 
 const main = document.getElementById('main');
 let leaveView = null;
@@ -21,6 +22,7 @@ const ROUTES = [
   [/^\/batches$/, () => batchesView],
   [/^\/batches\/([0-9A-Za-z]+)$/, (id) => (el, ctx) => batchView(el, ctx, id)],
   [/^\/agents$/, () => agentsView],
+  [/^\/schedules$/, () => schedulesView],
 ];
 
 function parseHash() {

@@ -46,6 +46,7 @@ const ASSETS: &[Asset] = assets!(
     ("views/chain.js", JS),
     ("views/batches.js", JS),
     ("views/agents.js", JS),
+    ("views/schedules.js", JS),
 );
 
 /// Paths of the single-page app: each answers `index.html`, whose script reads the rest.
