@@ -4,12 +4,9 @@
 //! the events chain (each one's previousStatus is the status before it, in stream order)
 //! from the creation to the end, with no event twice.
 
-use integration_tests::{
-    eventually, scaled, stack, unique_agency, wait_for_batch, wait_for_status, Client,
-};
+use integration_tests::{scaled, stack, unique_agency, wait_for_batch, wait_for_status, Client};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashSet};
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 /// A queue receiving the agency's state-change events through a rule on the stack's bus.
@@ -304,39 +301,35 @@ async fn events_refused_once_arrive_once_after_the_retry() {
         .await
         .unwrap();
 
-    let failed_before = stack()
-        .stream_stats
-        .failed_invocations
-        .load(Ordering::Relaxed);
     let task = boss
         .create_task(
             &json!({"title": "echo", "priority": "high", "autoDispatch": true,
             "executor": {"type": "echo"}}),
         )
         .await;
-    wait_for_status(&boss, &task, &["completed"]).await;
-    eventually(
-        "the publisher to fail on the denied PutEvents",
-        scaled(Duration::from_secs(30)),
-        || async {
-            let failed = stack()
-                .stream_stats
-                .failed_invocations
-                .load(Ordering::Relaxed);
-            (failed > failed_before).then_some(())
-        },
-    )
-    .await;
-    // Nothing got through while denied.
+    // Lifted as soon as the task's first change has failed to publish (the denial also holds
+    // up other tests' events, which must not run out of retries meanwhile), and before any
+    // assertion, so a failing test cannot leave it in place.
+    let deadline = std::time::Instant::now() + scaled(Duration::from_secs(30));
+    let mut failed = false;
+    while !failed && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        failed = stack().stream_stats.failed_a_record_with(&task);
+    }
     events.receive().await;
-    assert!(events.events.is_empty(), "{:?}", events.summary());
-
+    let while_denied = events.summary();
     iam.delete_user_policy()
         .user_name(user)
         .policy_name("deny-put-events")
         .send()
         .await
         .unwrap();
+    assert!(failed, "the publisher never failed on the task's records");
+    assert!(
+        while_denied.is_empty(),
+        "got through while denied: {while_denied:?}"
+    );
+
     let key = format!("task:{task}");
     events
         .collect_until("the task's events after the deny", |events| {

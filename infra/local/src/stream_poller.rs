@@ -41,6 +41,29 @@ pub struct StreamStats {
     pub failed_invocations: AtomicU64,
     /// Batches sent to the OnFailure queue.
     pub dead_lettered: AtomicU64,
+    /// The `PK` of each record of the latest failed invocations (at most 1,000).
+    failed_keys: std::sync::Mutex<std::collections::VecDeque<String>>,
+}
+
+impl StreamStats {
+    /// Whether a failed invocation held a record whose `PK` contains `text`.
+    pub fn failed_a_record_with(&self, text: &str) -> bool {
+        let keys = self.failed_keys.lock().expect("not poisoned");
+        keys.iter().any(|k| k.contains(text))
+    }
+
+    fn record_failure(&self, records: &[EventRecord]) {
+        self.failed_invocations.fetch_add(1, Ordering::Relaxed);
+        let mut keys = self.failed_keys.lock().expect("not poisoned");
+        for record in records {
+            if let Some(serde_dynamo::AttributeValue::S(pk)) = record.change.keys.get("PK") {
+                if keys.len() == 1_000 {
+                    keys.pop_front();
+                }
+                keys.push_back(pk.clone());
+            }
+        }
+    }
 }
 
 /// Polls between empty reads (Lambda polls each shard about four times a second).
@@ -269,7 +292,7 @@ impl ShardReader {
                 }
                 _ => 0,
             };
-            stats.failed_invocations.fetch_add(1, Ordering::Relaxed);
+            stats.record_failure(&records);
             let left = records[failed_from..].to_vec();
             let exhausted =
                 source.maximum_retry_attempts >= 0 && attempt >= source.maximum_retry_attempts;
