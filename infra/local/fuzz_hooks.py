@@ -12,7 +12,12 @@ state; openapi.json states them in words, and only these refusals are let throug
   step, no cycle, and a step's heartbeatSeconds below its timeoutSeconds (JSON Schema cannot
   compare two values of one body): 400 naming `steps[i].name`, `steps[i].dependsOn`,
   `steps` or `steps[i].config.heartbeatSeconds` with those reasons;
-- an Idempotency-Key used before for a different body: 422 idempotency_key_reused.
+- an Idempotency-Key used before for a different body: 422 idempotency_key_reused;
+- a schedule (POST /api/schedules, PUT /api/schedules/{id}): its template's step graph as
+  above (named `template.steps…`); a cron or rate expression that has the documented shape but
+  breaks its grammar (`expression`: a field out of range, both day fields set…); a time zone
+  that is not an IANA name (`timeZone`); `endAt` not after `startAt`; a template metadata that
+  sets, or leaves no room for, the two keys each firing adds (`template.metadata…`).
 
 Any other refusal of a schema-valid request still fails the run.
 """
@@ -36,6 +41,25 @@ STEP_GRAPH_RULES = [
 
 def _breaks_a_step_graph_rule(field, problem):
     return any(pattern.match(field) and reason in problem for pattern, reason in STEP_GRAPH_RULES)
+
+
+SCHEDULE_OPERATIONS = {"POST /api/schedules", "PUT /api/schedules/{id}"}
+# Field → what ScheduleInput::parse (shared/src/service/schedules/input.rs) says about a value
+# whose rule JSON Schema cannot state ("" matches any problem of that field).
+SCHEDULE_RULES = [
+    (re.compile(r"^expression$"), ""),
+    (re.compile(r"^timeZone$"), "is not an IANA time zone name"),
+    (re.compile(r"^endAt$"), "must be after startAt"),
+    (re.compile(r"^template\.metadata\.(scheduleId|scheduledAt)$"), "is set by each firing"),
+    (re.compile(r"^template\.metadata$"), "must have at most"),
+    (re.compile(r"^template\.metadata$"), "bytes as JSON"),
+]
+
+
+def _breaks_a_schedule_rule(field, problem):
+    if field.startswith("template.") and _breaks_a_step_graph_rule(field[len("template."):], problem):
+        return True
+    return any(pattern.match(field) and reason in problem for pattern, reason in SCHEDULE_RULES)
 
 
 def _error(response):
@@ -71,6 +95,12 @@ def filter_failure(context, failure, case, response):
             case.operation.label == "POST /api/tasks"
             and problems
             and all(_breaks_a_step_graph_rule(f, str(p)) for f, p in problems.items())
+        ):
+            return False
+        if (
+            case.operation.label in SCHEDULE_OPERATIONS
+            and problems
+            and all(_breaks_a_schedule_rule(f, str(p)) for f, p in problems.items())
         ):
             return False
     if response.status_code == 422 and code == "idempotency_key_reused":

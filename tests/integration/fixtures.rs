@@ -37,6 +37,12 @@ const FIXTURES: &[(&str, &str, Outcome)] = &[
         Outcome::OneBatchItemFailure,
     ),
     ("scheduled-sweep", "SweeperFunction", Outcome::SweepReport),
+    // A firing of a schedule this stack does not hold: nothing is created.
+    (
+        "schedule-firing",
+        "ScheduleRunnerFunction",
+        Outcome::NotFired,
+    ),
     // Three status changes of one task, published to the stack's bus.
     (
         "dynamodb-stream",
@@ -51,6 +57,7 @@ enum Outcome {
     NoBatchItemFailures,
     OneBatchItemFailure,
     SweepReport,
+    NotFired,
 }
 
 #[tokio::test]
@@ -94,6 +101,14 @@ async fn every_event_fixture_gives_its_documented_outcome() {
             Outcome::SweepReport => {
                 assert!(reply["promoted"].is_u64(), "{fixture}: {reply}")
             }
+            Outcome::NotFired => assert_eq!(
+                (&reply["fired"], &reply["reason"]),
+                (
+                    &Value::Bool(false),
+                    &Value::from("the schedule was deleted")
+                ),
+                "{fixture}: {reply}"
+            ),
         }
     }
 }
