@@ -19,7 +19,8 @@
 #    transaction names before it starts, so each transaction costs time in proportion to the
 #    whole table: ~90 ms at 2,000 items, seconds once a test suite's shared table is large.
 #
-# 4. A table's stream keeps its latest 20,000 records (moto keeps every one, for good).
+# 4. A table's stream keeps its latest 20,000 records and an iterator serves one GetRecords
+#    (moto keeps every record and every iterator, for good).
 import copy
 import datetime
 import hashlib
@@ -48,6 +49,7 @@ from moto.dynamodb.exceptions import (
 )
 from moto.dynamodb.models import DynamoDBBackend
 from moto.dynamodb.models.table import StreamShard
+from moto.dynamodbstreams.models import DynamoDBStreamsBackend
 from moto.iam.models import iam_backends
 from moto.moto_server.werkzeug_app import (
     DomainDispatcherApplication,
@@ -394,6 +396,21 @@ def get_trimmed(self, start, quantity):
 
 StreamShard.add = add_trimmed
 StreamShard.get = get_trimmed
+
+# moto also keeps every shard iterator it hands out (GetRecords returns a new one each call):
+# a reader polling four times a second would leak ~1 KB a call for the emulator's life. Here
+# an iterator serves one successful GetRecords (on AWS it could be reused for 15 minutes; the
+# local mapping never does).
+moto_get_records = DynamoDBStreamsBackend.get_records
+
+
+def get_records_once(self, iterator_arn, limit):
+    out = moto_get_records(self, iterator_arn, limit)
+    self.shard_iterators.pop(iterator_arn, None)
+    return out
+
+
+DynamoDBStreamsBackend.get_records = get_records_once
 
 app = DomainDispatcherApplication(create_backend_app)
 app.debug = True
