@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 build_dir=".aws-sam/build"
-functions=(ApiFunction WorkerFunction SweeperFunction BatchTriggerFunction)
+functions=(ApiFunction WorkerFunction SweeperFunction BatchTriggerFunction EventPublisherFunction)
 status=0
 printf '%-22s %12s  %s\n' function bytes check
 for fn in "${functions[@]}"; do
