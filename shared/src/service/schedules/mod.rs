@@ -22,6 +22,9 @@ use std::sync::Arc;
 /// Schedules per agency unless configured (`QuotaSchedules`); Scheduler's own default quota
 /// is 10,000,000 schedules per account and Region, so this bounds one tenant, not the account.
 pub const DEFAULT_SCHEDULE_LIMIT: u32 = 100;
+/// The largest `QUOTA_SCHEDULES`: the list answers every schedule (~1 KB each) in one
+/// response, well within Lambda's 6 MB.
+pub const MAX_SCHEDULE_LIMIT: u32 = 1_000;
 /// The quota's name in errors and docs.
 pub const SCHEDULES_QUOTA: &str = "schedules";
 /// Runs and firings a schedule's view shows.
@@ -297,13 +300,18 @@ impl ScheduleSettings {
                 ))
             }
         };
-        let limit =
-            match get("QUOTA_SCHEDULES") {
-                None => DEFAULT_SCHEDULE_LIMIT,
-                Some(v) => v.parse().ok().filter(|n| *n > 0).ok_or_else(|| {
-                    AppError::internal("QUOTA_SCHEDULES must be a positive number")
+        let limit = match get("QUOTA_SCHEDULES") {
+            None => DEFAULT_SCHEDULE_LIMIT,
+            Some(v) => v
+                .parse()
+                .ok()
+                .filter(|n| (1..=MAX_SCHEDULE_LIMIT).contains(n))
+                .ok_or_else(|| {
+                    AppError::internal(format!(
+                        "QUOTA_SCHEDULES must be a number from 1 to {MAX_SCHEDULE_LIMIT}"
+                    ))
                 })?,
-            };
+        };
         Ok(Self { target, limit })
     }
 }

@@ -404,3 +404,68 @@ async fn paused_deleted_and_out_of_window_firings_do_nothing() {
     let page = w.svc.tasks.list(&boss, &Default::default()).await.unwrap();
     assert!(page.items.is_empty());
 }
+
+#[tokio::test]
+async fn another_agency_sees_nothing() {
+    let w = world(10);
+    let id = w
+        .svc
+        .create(&caller(Role::Manager), &body("skip"))
+        .await
+        .unwrap()
+        .schedule
+        .id;
+    let other = Caller {
+        agency: AgencyId::parse("a2").unwrap(),
+        ..caller(Role::Manager)
+    };
+    assert_eq!(w.svc.get(&other, id).await.unwrap_err().status_code(), 404);
+    assert!(w.svc.list(&other).await.unwrap().is_empty());
+    let err = w
+        .svc
+        .set_state(&other, id, ScheduleState::Paused, None)
+        .await
+        .unwrap_err();
+    assert_eq!(err.status_code(), 404);
+    assert_eq!(
+        w.svc
+            .delete(&other, id, None)
+            .await
+            .unwrap_err()
+            .status_code(),
+        404
+    );
+    // A firing names its agency: another agency's id is not found, and nothing is created.
+    let fired = w
+        .svc
+        .fire(&other.agency, id, at("2026-12-07T06:00:00Z"))
+        .await
+        .unwrap();
+    assert!(matches!(fired, Fired::Ignored(_)), "{fired:?}");
+}
+
+#[test]
+fn settings_come_all_or_none_and_bound_the_quota() {
+    fn env(pairs: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
+        move |key: &str| {
+            pairs
+                .iter()
+                .find(|(k, _)| *k == key)
+                .map(|(_, v)| v.to_string())
+        }
+    }
+    let none = ScheduleSettings::from_lookup(env(&[])).unwrap();
+    assert_eq!(none, ScheduleSettings::default());
+    let all = ScheduleSettings::from_lookup(env(&[
+        ("SCHEDULE_GROUP", "g"),
+        ("SCHEDULE_TARGET_ARN", "arn:f"),
+        ("SCHEDULE_ROLE_ARN", "arn:r"),
+        ("SCHEDULE_DLQ_ARN", "arn:q"),
+        ("QUOTA_SCHEDULES", "7"),
+    ]))
+    .unwrap();
+    assert_eq!((all.target.unwrap().group, all.limit), ("g".to_owned(), 7));
+    assert!(ScheduleSettings::from_lookup(env(&[("SCHEDULE_GROUP", "g")])).is_err());
+    assert!(ScheduleSettings::from_lookup(env(&[("QUOTA_SCHEDULES", "1001")])).is_err());
+    assert!(ScheduleSettings::from_lookup(env(&[("QUOTA_SCHEDULES", "0")])).is_err());
+}
