@@ -274,8 +274,10 @@ impl ShardReader {
             event.records = records.clone();
             let outcome = (self.handler)(event).await;
             let failed_from = match &outcome {
+                // Without ReportBatchItemFailures, Lambda ignores what the function answers.
+                Ok(_) if !source.report_batch_item_failures => continue,
                 Ok(response) if response.batch_item_failures.is_empty() => continue,
-                Ok(response) if source.report_batch_item_failures => {
+                Ok(response) => {
                     // Lambda resumes from the lowest sequence number reported.
                     let lowest = response
                         .batch_item_failures
@@ -290,7 +292,7 @@ impl ShardReader {
                     // An identifier that names no record of the batch fails the whole batch.
                     lowest.unwrap_or(0)
                 }
-                _ => 0,
+                Err(_) => 0,
             };
             stats.record_failure(&records);
             let left = records[failed_from..].to_vec();
