@@ -8,7 +8,9 @@
 //! - SAM policy templates (`DynamoDBCrudPolicy`, `S3CrudPolicy`, ...) are scoped
 //!   by a `Ref`/`GetAtt` of a resource of the right type, never a literal or `*`;
 //! - every SQS subscription reports partial batch failures, and every queue a
-//!   function reads from has a redrive policy to a dead-letter queue.
+//!   function reads from has a redrive policy to a dead-letter queue;
+//! - every DynamoDB stream subscription reports partial failures, bisects, retries a bounded
+//!   number of times into an OnFailure queue it may send to, and is filtered.
 //!
 //! Not covered, because they are not in the template text: the managed policies
 //! SAM attaches by itself (basic execution logs, the SQS poller permissions of
@@ -42,6 +44,7 @@ const TEMPLATE_PARAMETERS: &[(&str, &str)] = &[
     ("TopicName", "AWS::SNS::Topic"),
     ("StateMachineName", "AWS::Serverless::StateMachine"),
     ("FunctionName", "AWS::Serverless::Function"),
+    ("EventBusName", "AWS::Events::EventBus"),
 ];
 
 fn project_template() -> Template {
@@ -727,4 +730,76 @@ fn the_api_may_stop_chain_and_batch_executions() {
             "no StopExecution on {wanted} in {resources:?}"
         );
     }
+}
+
+/// A DynamoDB stream subscription retries from a failed record (not its whole batch),
+/// bisects a batch whose invocation fails, gives up after a bound into a queue of this stack
+/// that the function may send to, and filters (without, every write of the table invokes it).
+#[test]
+fn stream_subscriptions_retry_from_the_failed_record_and_dead_letter() {
+    let template = project_template();
+    let mut streams = 0;
+    for function in template.resources_of_type("AWS::Serverless::Function") {
+        let Some(events) = function.property("Events").and_then(Value::as_mapping) else {
+            continue;
+        };
+        for (name, event) in events {
+            if event.get("Type").and_then(Value::as_str) != Some("DynamoDB") {
+                continue;
+            }
+            streams += 1;
+            let at = format!("{}.{}", function.logical_id, name.as_str().unwrap_or("?"));
+            let properties = event.get("Properties").expect("properties");
+            let types: Vec<&str> = properties
+                .get("FunctionResponseTypes")
+                .map(items)
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(Value::as_str)
+                .collect();
+            assert_eq!(types, ["ReportBatchItemFailures"], "{at}");
+            assert_eq!(
+                properties
+                    .get("BisectBatchOnFunctionError")
+                    .and_then(Value::as_bool),
+                Some(true),
+                "{at}"
+            );
+            let retries = properties
+                .get("MaximumRetryAttempts")
+                .and_then(Value::as_i64)
+                .unwrap_or(-1);
+            assert!(
+                (0..=10_000).contains(&retries),
+                "{at}: MaximumRetryAttempts {retries}"
+            );
+            let destination = properties
+                .get("DestinationConfig")
+                .and_then(|d| d.get("OnFailure"))
+                .and_then(|d| d.get("Destination"))
+                .and_then(target)
+                .unwrap_or_else(|| panic!("{at}: no OnFailure destination of this stack"));
+            let queue = template.resource(&destination).expect("destination");
+            assert_eq!(queue.kind, "AWS::SQS::Queue", "{at}");
+            let filters = properties
+                .get("FilterCriteria")
+                .and_then(|f| f.get("Filters"))
+                .and_then(Value::as_sequence)
+                .map(Vec::len)
+                .unwrap_or(0);
+            assert!((1..=5).contains(&filters), "{at}: {filters} filters");
+            // The function's role sends the OnFailure record: it must be allowed to.
+            let by_template = items(function.property("Policies").expect("policies"))
+                .into_iter()
+                .filter_map(|p| p.get("SQSSendMessagePolicy"))
+                .filter_map(|p| p.get("QueueName").and_then(target))
+                .any(|queue| queue == destination);
+            let sends = resources_allowing(&template, &function.logical_id, "sqs:SendMessage");
+            assert!(
+                by_template || sends.iter().any(|r| r.contains(&destination)),
+                "{at}: may not send to {destination}: {sends:?}"
+            );
+        }
+    }
+    assert!(streams > 0, "the template has a stream subscription");
 }
