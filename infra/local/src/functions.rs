@@ -25,7 +25,11 @@ fn config_for(spec: &FunctionSpec) -> Result<Config> {
 /// The API function as an invokable handler.
 pub fn api_handler(spec: &FunctionSpec, clients: &AwsClients) -> Result<Invoke> {
     let config = config_for(spec).context("configuring the API function")?;
-    let app = Arc::new(api::App::new(&config, clients));
+    let schedules = shared::service::schedules::ScheduleSettings::from_lookup(|key| {
+        spec.environment.get(key).cloned()
+    })
+    .map_err(|e| anyhow::anyhow!("{}: {e}", spec.logical_id))?;
+    let app = Arc::new(api::App::with_schedule_settings(&config, clients, schedules));
     Ok(Arc::new(move |event: serde_json::Value| {
         let app = app.clone();
         Box::pin(async move {
