@@ -36,7 +36,7 @@ export async function schedulesView(main, { user }) {
       ['State', (s) => badge(s.state)],
       ['Next firing', (s) => (s.state === 'paused' ? '—' : when(s.nextFiring))],
     ];
-    if (manager) columns.push(['', toggle]);
+    if (manager) columns.push(['Action', toggle]);
     fill(main, heading(),
       items.length
         ? table('The agency’s schedules', columns, items)

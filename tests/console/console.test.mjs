@@ -263,6 +263,24 @@ test('the console in a browser: sign in, queues, tasks, a chain and a batch', as
     assert.match(await page.locator('main').innerText(), /3 of 3 items processed/);
   });
 
+  await t.test('the schedules view lists a schedule, which a manager pauses', async () => {
+    const schedule = await api('POST', '/schedules', {
+      name: 'Reconcile invoices',
+      expression: 'cron(0 6 ? * MON-FRI *)',
+      timeZone: 'Europe/London',
+      template: { title: 'Reconcile invoices', priority: 'critical' },
+    });
+    await page.getByRole('link', { name: 'Schedules' }).click();
+    await page.getByRole('heading', { name: 'Schedules' }).waitFor();
+    await page.getByText('cron(0 6 ? * MON-FRI *)').waitFor();
+    await accessible('schedules');
+    await shot('schedules');
+    await page.getByRole('button', { name: 'Pause' }).click();
+    await page.getByRole('button', { name: 'Resume' }).waitFor();
+    assert.equal((await api('GET', `/schedules/${schedule.id}`)).state, 'paused');
+    await api('DELETE', `/schedules/${schedule.id}`);
+  });
+
   await t.test('at 390 px wide the views still fit', async () => {
     await page.setViewportSize({ width: 390, height: 844 });
     await page.getByRole('link', { name: 'Queues' }).click();
