@@ -7,7 +7,8 @@
 //! SCENARIOS=fairness runs only the fair-share scenario, then the peer's, and writes only
 //! `bench/results/fairness.{json,md}`. SCENARIOS=coldstart measures only the release binaries'
 //! cold starts, with no stack, and prints them as JSON: COLDSTART_RUNS runs each (default 3) of
-//! the binaries in COLDSTART_BINARIES (default target/release).
+//! the binaries in COLDSTART_BINARIES (default target/release). SCENARIOS=cpu runs the warm-up
+//! and one throughput run and prints its CPU per task as JSON (to run under `perf record`).
 
 mod ceiling;
 mod client;
@@ -102,8 +103,11 @@ async fn main() -> Result<()> {
         Ok("scale") => Scenarios::Scale,
         Ok("fairness") => Scenarios::Fairness,
         Ok("coldstart") => Scenarios::ColdStart,
+        Ok("cpu") => Scenarios::Cpu,
         Ok(other) => {
-            anyhow::bail!("SCENARIOS={other}: use all (the default), scale, fairness or coldstart")
+            anyhow::bail!(
+                "SCENARIOS={other}: use all (the default), scale, fairness, coldstart or cpu"
+            )
         }
     };
     let size = sizes(quick);
@@ -174,6 +178,15 @@ async fn main() -> Result<()> {
         ceiling::lifecycles_per_second(&sdk, 16, Duration::from_secs(if quick { 10 } else { 30 }))
             .await?;
 
+    if scenarios == Scenarios::Cpu {
+        info!("==> warming the functions' environments");
+        workloads::throughput(&boss, 48, &probe).await?;
+        info!("==> one throughput run: {} tasks", size.throughput_tasks);
+        let run = workloads::throughput(&boss, size.throughput_tasks, &probe).await;
+        stack.stop().await;
+        println!("{}", serde_json::to_string_pretty(&run?)?);
+        return Ok(());
+    }
     // Steady state, as on Lambda under load: the environments the runs need are started
     // here, so their cold starts are not charged to the measured tasks.
     info!("==> warming the functions' environments");
@@ -320,6 +333,8 @@ enum Scenarios {
     Scale,
     Fairness,
     ColdStart,
+    /// One throughput run after the warm-up, its CPU per task printed as JSON (to profile).
+    Cpu,
 }
 
 /// The stack every in-process scenario runs on, its AWS calls through `endpoint` (the
