@@ -10,8 +10,8 @@ use crate::error::AppError;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::Value;
 
-/// Runs read to find the previous one (a skip records a run too, so look past a few).
-const PREVIOUS_RUNS: usize = 20;
+/// Runs read to find this firing's own record (a repeat) and the previous run's task.
+const PREVIOUS_RUNS: usize = 5;
 
 /// What a firing did.
 #[derive(Debug, Clone, PartialEq)]
@@ -54,7 +54,9 @@ impl ScheduleService {
         let previous = runs
             .iter()
             .filter(|r| r.scheduled_at < scheduled_at)
-            .find_map(|r| r.task_id);
+            // A skipped run names the open task that caused it, so a long run of skips still
+            // finds the task (PREVIOUS_RUNS need not reach back to its creation).
+            .find_map(|r| r.task_id.or(r.previous_task_id));
         let open = match previous {
             Some(task) => self.open_task(&caller, task).await?,
             None => None,

@@ -305,13 +305,19 @@ async fn overlap_skip_records_a_skip_while_the_last_task_is_open() {
         (second.task_id, second.previous_task_id),
         (None, first.task_id)
     );
+    // However many firings it skips, each still finds the open task.
+    for day in 10..=30 {
+        let skipped = fired(&w, id, &format!("2026-12-{day}T06:00:00Z")).await;
+        assert_eq!(skipped.outcome, RunOutcome::Skipped, "day {day}");
+        assert_eq!(skipped.previous_task_id, first.task_id, "day {day}");
+    }
     // Once the task ends, the next firing creates again.
     w.svc
         .tasks
         .cancel(&boss, first.task_id.unwrap(), None)
         .await
         .unwrap();
-    let third = fired(&w, id, "2026-12-09T06:00:00Z").await;
+    let third = fired(&w, id, "2026-12-31T06:00:00Z").await;
     assert_eq!(third.outcome, RunOutcome::Created);
     assert!(third.task_id.is_some() && third.task_id != first.task_id);
 }
