@@ -244,7 +244,8 @@ pub fn quota_refusal(limit: u32) -> AppError {
     AppError::QuotaExceeded {
         quota: SCHEDULES_QUOTA,
         limit: u64::from(limit),
-        retry_after_seconds: 0,
+        // A place frees only when a schedule is deleted, which no clock predicts (as openTasks).
+        retry_after_seconds: 60,
         detail: format!(
             "the agency has {limit} schedules, its limit; delete one before creating another"
         ),
