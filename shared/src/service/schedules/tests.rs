@@ -475,3 +475,41 @@ fn settings_come_all_or_none_and_bound_the_quota() {
     assert!(ScheduleSettings::from_lookup(env(&[("QUOTA_SCHEDULES", "1001")])).is_err());
     assert!(ScheduleSettings::from_lookup(env(&[("QUOTA_SCHEDULES", "0")])).is_err());
 }
+
+#[tokio::test]
+async fn a_chain_template_fires_as_a_chain_started_once() {
+    let world = MemoryWorld::new();
+    let svc = ScheduleService {
+        store: Arc::new(MemoryScheduleStore::default()),
+        trigger: Arc::new(RecordingTrigger::default()),
+        tasks: world.services().tasks,
+        limit: 10,
+    };
+    let boss = caller(Role::Manager);
+    let mut chain = body("allow");
+    chain["template"] = json!({"title": "Nightly build", "type": "multi_step", "autoDispatch": true,
+        "steps": [{"name": "build"}, {"name": "publish", "dependsOn": ["build"]}]});
+    let id = svc.create(&boss, &chain).await.unwrap().schedule.id;
+    let agency = AgencyId::parse("a1").unwrap();
+    let mut runs = Vec::new();
+    for _ in 0..2 {
+        match svc
+            .fire(&agency, id, at("2026-12-07T06:00:00Z"))
+            .await
+            .unwrap()
+        {
+            Fired::Run(run) => runs.push(run),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(runs[0].task_id, runs[1].task_id);
+    let (task, steps) = svc
+        .tasks
+        .steps(&boss, runs[0].task_id.unwrap())
+        .await
+        .unwrap();
+    assert_eq!(task.status, TaskStatus::InProgress);
+    assert_eq!(steps.len(), 2);
+    // The repeated firing started nothing more.
+    assert_eq!(world.orchestrator.started.lock().unwrap().len(), 1);
+}
