@@ -177,3 +177,104 @@ async fn schedules_fire_on_time_once_across_a_restart_by_their_policies_and_dst(
         [dst["id"].as_str().unwrap()]
     );
 }
+
+/// The DynamoDB adapter on moto: the per-agency count moves with creates and deletes in their
+/// transactions (the quota's 429), versions guard changes, runs come back newest first.
+#[tokio::test]
+async fn the_schedule_store_keeps_its_count_versions_and_runs_on_dynamodb() {
+    use shared::domain::schedule::{RunOutcome, ScheduleRun};
+    use shared::ports::ScheduleStore;
+    use shared::store::dynamo::DynamoScheduleStore;
+
+    let stack = integration_tests::stack();
+    let store = DynamoScheduleStore::new(stack.clients().await.dynamodb, &stack.config.table_name);
+    let agency = unique_agency("store");
+    let first = stored_schedule(&agency);
+    let second = stored_schedule(&agency);
+    store.create(&first, 1).await.expect("the first fits");
+    let refused = store.create(&second, 1).await.unwrap_err();
+    assert_eq!(refused.status_code(), 429, "{refused:?}");
+    assert_eq!(store.list(&first.agency_id).await.unwrap().len(), 1);
+
+    // The template comes back whole; the list leaves it out.
+    let got = store
+        .get(&first.agency_id, first.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got, first);
+    assert_eq!(
+        store.list(&first.agency_id).await.unwrap()[0].template,
+        Value::Null
+    );
+
+    let mut changed = first.clone();
+    changed.version = 2;
+    changed.expression = "rate(5 minutes)".into();
+    store.replace(&changed, 1).await.unwrap();
+    let stale = store.replace(&changed, 1).await.unwrap_err();
+    assert_eq!(stale.status_code(), 409, "{stale:?}");
+    assert_eq!(
+        store
+            .delete(&first.agency_id, first.id, 1)
+            .await
+            .unwrap_err()
+            .status_code(),
+        409
+    );
+
+    for (day, outcome) in [
+        (7, RunOutcome::Created),
+        (8, RunOutcome::Skipped),
+        (9, RunOutcome::Created),
+    ] {
+        let run = ScheduleRun {
+            scheduled_at: at(&format!("2026-12-0{day}T06:00:00Z")),
+            fired_at: Utc::now(),
+            outcome,
+            task_id: None,
+            previous_task_id: None,
+        };
+        store
+            .record_run(&first.agency_id, first.id, &run)
+            .await
+            .unwrap();
+    }
+    let runs = store.runs(&first.agency_id, first.id, 2).await.unwrap();
+    let times: Vec<DateTime<Utc>> = runs.iter().map(|r| r.scheduled_at).collect();
+    assert_eq!(
+        times,
+        [at("2026-12-09T06:00:00Z"), at("2026-12-08T06:00:00Z")]
+    );
+
+    // Deleting frees the place: the second schedule fits now.
+    store.delete(&first.agency_id, first.id, 2).await.unwrap();
+    assert!(store
+        .get(&first.agency_id, first.id)
+        .await
+        .unwrap()
+        .is_none());
+    store.create(&second, 1).await.expect("a place was freed");
+}
+
+fn stored_schedule(agency: &str) -> shared::domain::schedule::Schedule {
+    use shared::domain::schedule::{OverlapPolicy, Schedule, ScheduleState};
+    // Whole milliseconds, as the store keeps them.
+    let now = DateTime::from_timestamp_millis(Utc::now().timestamp_millis()).unwrap();
+    Schedule {
+        id: shared::domain::ScheduleId::generate(),
+        agency_id: shared::domain::AgencyId::parse(agency).unwrap(),
+        name: "Reconcile invoices".into(),
+        expression: "cron(0 6 ? * MON-FRI *)".into(),
+        time_zone: "Europe/London".into(),
+        start_at: None,
+        end_at: None,
+        overlap_policy: OverlapPolicy::Skip,
+        state: ScheduleState::Enabled,
+        template: json!({"title": "Reconcile invoices", "metadata": {"n": 1.5, "k": [1, "x"]}}),
+        created_by: shared::domain::UserId::parse("boss").unwrap(),
+        created_at: now,
+        updated_at: now,
+        version: 1,
+    }
+}
