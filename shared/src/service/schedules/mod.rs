@@ -3,6 +3,8 @@
 //! Scheduler) is kept in step with it and fires `fire`.
 
 mod fire;
+#[cfg(test)]
+mod fire_tests;
 pub mod input;
 mod settings;
 #[cfg(test)]
