@@ -29,7 +29,9 @@ pub fn api_handler(spec: &FunctionSpec, clients: &AwsClients) -> Result<Invoke> 
         spec.environment.get(key).cloned()
     })
     .map_err(|e| anyhow::anyhow!("{}: {e}", spec.logical_id))?;
-    let app = Arc::new(api::App::with_schedule_settings(&config, clients, schedules));
+    let app = Arc::new(api::App::with_schedule_settings(
+        &config, clients, schedules,
+    ));
     Ok(Arc::new(move |event: serde_json::Value| {
         let app = app.clone();
         Box::pin(async move {
