@@ -42,6 +42,35 @@ pub struct Config {
     /// parked in the table (`AGENCY_DISPATCH_WINDOWS`: critical,high,normal,low,background;
     /// default [`DEFAULT_DISPATCH_WINDOWS`]).
     pub dispatch_windows: BTreeMap<Priority, u32>,
+    /// Who keeps each agency to its share of a tier (`FAIR_SHARE`).
+    pub fair_share: FairShare,
+}
+
+/// Who keeps each agency to its share of a tier (README "Fair share").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FairShare {
+    /// The project's own in-flight caps and dispatch windows, kept in the table (`table`, the
+    /// default): measured on the emulator (BENCHMARKS "Fair share"); about six single-item
+    /// writes per task run.
+    #[default]
+    Table,
+    /// SQS fair queues alone (`sqs-fair-queues`): every message already names its agency as
+    /// its `MessageGroupId`, and AWS delivers a quiet agency's messages ahead of a noisy one's
+    /// backlog. Nothing is written to the table for it; no cap binds. AWS only: the emulator
+    /// has no fair queues, so nothing here measures it.
+    SqsFairQueues,
+}
+
+impl FairShare {
+    fn parse(value: &str) -> Result<Self, AppError> {
+        match value {
+            "" | "table" => Ok(Self::Table),
+            "sqs-fair-queues" => Ok(Self::SqsFairQueues),
+            other => Err(AppError::internal(format!(
+                "FAIR_SHARE must be table or sqs-fair-queues, not {other:?}"
+            ))),
+        }
+    }
 }
 
 /// The template's default LeaseSeconds; openapi.json states the run limit it gives.
@@ -140,6 +169,7 @@ impl Config {
                     .as_deref()
                     .unwrap_or(DEFAULT_DISPATCH_WINDOWS),
             )?,
+            fair_share: FairShare::parse(&lookup("FAIR_SHARE").unwrap_or_default())?,
         })
     }
 
@@ -212,6 +242,18 @@ fn per_tier(variable: &str, value: &str) -> Result<BTreeMap<Priority, u32>, AppE
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fair_share_is_the_table_unless_sqs_fair_queues_are_named() {
+        assert_eq!(FairShare::parse("").unwrap(), FairShare::Table);
+        assert_eq!(FairShare::parse("table").unwrap(), FairShare::Table);
+        assert_eq!(
+            FairShare::parse("sqs-fair-queues").unwrap(),
+            FairShare::SqsFairQueues
+        );
+        let err = FairShare::parse("sqs").unwrap_err();
+        assert!(err.to_string().contains("FAIR_SHARE"), "{err}");
+    }
 
     #[test]
     fn caps_and_windows_take_one_number_per_tier_from_1_to_the_largest_an_item_holds() {

@@ -2,7 +2,7 @@
 //! start (from its environment) and uses the parts it needs.
 
 use crate::aws::AwsClients;
-use crate::config::Config;
+use crate::config::{Config, FairShare};
 use crate::executors::egress::EgressPolicy;
 use crate::executors::ExecutorRegistry;
 use crate::ports::SchedulingIndex;
@@ -67,6 +67,12 @@ impl Services {
                 &config.batch_preparation_queue_url,
             )),
         };
+        let index = Arc::new(DynamoSchedulingIndex::new(clients.dynamodb.clone(), table));
+        let executors = ExecutorRegistry::builtin_with(EgressPolicy::from_config(config));
+        if config.fair_share == FairShare::SqsFairQueues {
+            // SQS's fair queues share each tier by the messages' MessageGroupId; nothing here.
+            return Self::from_ports(ports, index, executors, config);
+        }
         // Fair share inside each tier: dispatches stamp their agency's demand, and task runs,
         // chain steps and batch chunks hold each agency to its tier's in-flight cap while
         // another agency waits.
@@ -93,8 +99,6 @@ impl Services {
             pacing.clone(),
             stamping,
         ));
-        let index = Arc::new(DynamoSchedulingIndex::new(clients.dynamodb.clone(), table));
-        let executors = ExecutorRegistry::builtin_with(EgressPolicy::from_config(config));
         let mut services = Self::from_ports(ports, index, executors, config);
         services.chains.fairness = Some(fairness.clone());
         services.batch_runner.fairness = Some(fairness.clone());

@@ -515,3 +515,50 @@ async fn a_flooding_agency_cannot_starve_another_and_a_killed_worker_leaks_no_sl
     }
     host.stop().await;
 }
+
+/// `FairShare=sqs-fair-queues` leaves fairness to SQS (the messages' MessageGroupId): a task
+/// runs to completion and nothing of the table's fair share is written for its agency (with
+/// the default, its run enters a window item and takes a slot: the tests above).
+#[tokio::test]
+async fn with_sqs_fair_queues_no_window_or_slot_is_written() {
+    use integration_tests::{isolated_options, unique_agency, wait_for_status, Client};
+    let mut options = isolated_options("taskflow-fair-queues");
+    options
+        .parameter_overrides
+        .push(("FairShare".to_owned(), "sqs-fair-queues".to_owned()));
+    let host = local_stack::LocalStack::start(options).await.expect("host");
+    let agency = unique_agency("fair-queues");
+    let boss = Client::as_user(&agency, "boss", "manager").at(&host.api_url());
+    let id = boss
+        .create_task(
+            &serde_json::json!({"title": "t", "priority": "normal", "autoDispatch": true,
+            "executor": {"type": "echo"}}),
+        )
+        .await;
+    let done = wait_for_status(&boss, &id, &["completed", "failed"]).await;
+    assert_eq!(done["status"], "completed", "{done}");
+
+    let clients =
+        shared::aws::AwsClients::new(&local_stack::emulator::sdk_config_for(&host.endpoints).await);
+    let table = integration_tests::worker_config(&host).table_name;
+    for (pk, sk) in [
+        (format!("AGENCY#{agency}#QUEUED#normal"), "WINDOW"),
+        (format!("AGENCY#{agency}#QUOTA"), "IN_FLIGHT#normal"),
+    ] {
+        let item = clients
+            .dynamodb
+            .get_item()
+            .table_name(&table)
+            .key("PK", aws_sdk_dynamodb::types::AttributeValue::S(pk.clone()))
+            .key(
+                "SK",
+                aws_sdk_dynamodb::types::AttributeValue::S(sk.to_owned()),
+            )
+            .consistent_read(true)
+            .send()
+            .await
+            .expect("get");
+        assert!(item.item.is_none(), "{pk} {sk}: {:?}", item.item);
+    }
+    host.stop().await;
+}
