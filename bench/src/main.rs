@@ -359,8 +359,11 @@ async fn start_stack(repo: &std::path::Path, endpoint: &str) -> Result<LocalStac
         .into(),
         // Each function as its release binary under the local Lambda runtime, as on Lambda,
         // so that its CPU is its own (`cpu.rs`).
+        // BENCH_BINARIES: another directory of the same binaries (e.g. built with symbols,
+        // to profile).
         functions: local_stack::FunctionHost::Processes {
-            binaries: repo.join("target/release"),
+            binaries: std::env::var_os("BENCH_BINARIES")
+                .map_or_else(|| repo.join("target/release"), std::path::PathBuf::from),
         },
         api_timeout: local_stack::api_gateway::INTEGRATION_TIMEOUT,
     })

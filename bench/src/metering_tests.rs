@@ -266,3 +266,23 @@ async fn bills_capacity_units_and_esm_requests_for_what_passes_through() {
     assert_eq!(window.counts["sqs:GetQueueAttributes"], 1);
     assert_eq!(window.metered, Default::default());
 }
+
+#[test]
+fn the_emulators_connection_close_is_not_passed_on() {
+    let (mut parts, _) = hyper::Response::new(()).into_parts();
+    parts.headers.insert("connection", "close".parse().unwrap());
+    parts
+        .headers
+        .insert("transfer-encoding", "chunked".parse().unwrap());
+    parts
+        .headers
+        .insert("x-amzn-requestid", "r1".parse().unwrap());
+    let response = super::Answer {
+        parts,
+        body: hyper::body::Bytes::from_static(b"{}"),
+    }
+    .into_response();
+    assert!(response.headers().get("connection").is_none());
+    assert!(response.headers().get("transfer-encoding").is_none());
+    assert_eq!(response.headers()["x-amzn-requestid"], "r1");
+}
