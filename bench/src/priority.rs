@@ -9,7 +9,7 @@
 
 use crate::client::{between, Api};
 use crate::counting_proxy::{CountingProxy, Traced};
-use crate::stats::{round, Latency};
+use crate::stats::Latency;
 use crate::workloads::create_many;
 use anyhow::{Context, Result};
 use chrono::{DateTime, FixedOffset};
@@ -59,7 +59,7 @@ pub async fn levels(
 fn summary(levels: Vec<Priority>) -> Value {
     let (first, last) = (levels.first(), levels.last());
     let ratio = |f: fn(&Priority) -> f64| match (first, last) {
-        (Some(a), Some(b)) if f(a) > 0.0 => Some(round(f(b) / f(a) * 100.0) / 100.0),
+        (Some(a), Some(b)) if f(a) > 0.0 => Some((f(b) / f(a) * 100.0).round() / 100.0),
         _ => None,
     };
     let p99_ratio = ratio(|l| l.critical_start_ms.p99);
