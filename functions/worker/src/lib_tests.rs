@@ -156,8 +156,8 @@ fn config() -> Config {
             "LEASE_SECONDS" | "AGING_FRACTION" => None,
             // Quotas keep their defaults.
             quota if quota.starts_with("QUOTA_") => None,
-            // The default caps and windows (a memory URL is no list of numbers).
-            "AGENCY_IN_FLIGHT_CAPS" | "AGENCY_DISPATCH_WINDOWS" => None,
+            // The default caps, windows and fair share (a memory URL is neither).
+            "AGENCY_IN_FLIGHT_CAPS" | "AGENCY_DISPATCH_WINDOWS" | "FAIR_SHARE" => None,
             other => Some(format!("memory://{other}")),
         }
     })

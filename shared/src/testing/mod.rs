@@ -437,8 +437,8 @@ pub fn test_config() -> crate::config::Config {
         "AGING_FRACTION" => Some("0.5".into()),
         // Quotas keep their defaults.
         quota if quota.starts_with("QUOTA_") => None,
-        // The default caps and windows (a memory URL is no list of numbers).
-        "AGENCY_IN_FLIGHT_CAPS" | "AGENCY_DISPATCH_WINDOWS" => None,
+        // The default caps, windows and fair share (a memory URL is neither).
+        "AGENCY_IN_FLIGHT_CAPS" | "AGENCY_DISPATCH_WINDOWS" | "FAIR_SHARE" => None,
         other => Some(format!("memory://{other}")),
     })
     .expect("complete test config")
