@@ -82,11 +82,16 @@ pub const DEFAULT_LEASE_SECONDS: u64 = 120;
 pub const DEFAULT_IN_FLIGHT_CAPS: &str = "5,12,20,10,5";
 
 /// Half of each tier's in-flight capacity in template.yaml (MaximumConcurrency × BatchSize), as
-/// the caps: another agency's work sent now waits behind at most half a round of deliveries,
-/// and since runs leave the window as they start (each refilling it), an agency alone still
-/// keeps every worker busy. (A window of the whole capacity measured 3.7× on the fair-share
-/// bench, BENCHMARKS "Fair share".)
-pub const DEFAULT_DISPATCH_WINDOWS: &str = "5,12,20,10,5";
+/// the caps, except on the tiers whose event source mapping waits to fill its batches (low and
+/// background: 5 s and 10 s batching windows), which get their whole capacity. There a window
+/// smaller than the pollers' batches leaves each poller holding part of a batch, waiting out
+/// its batching window for runs that cannot be sent until those it holds start: a lone
+/// agency's background backlog drained at about one task a second. Elsewhere another agency's
+/// work sent now waits behind at most half a round of deliveries, and since runs leave the
+/// window as they start (each refilling it), an agency alone still keeps every worker busy. (A
+/// window of the whole capacity measured 3.7× on the fair-share bench, BENCHMARKS "Fair
+/// share"; half of it 1.7×.) `infra/local/tests/dispatch_windows.rs` checks the template.
+pub const DEFAULT_DISPATCH_WINDOWS: &str = "5,12,20,20,10";
 
 /// Per-agency quotas, each refused with a 429 once used up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
