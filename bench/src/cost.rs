@@ -50,6 +50,7 @@ pub struct Prices {
     pub step_functions_express_gb_second: PriceEntry,
     pub s3_put_request: PriceEntry,
     pub s3_get_request: PriceEntry,
+    pub eventbridge_event: PriceEntry,
     pub lambda_durable_operation: PriceEntry,
     pub temporal_cloud_action: PriceEntry,
     pub inngest_execution: PriceEntry,
@@ -81,6 +82,7 @@ impl Prices {
             ),
             ("s3_put_request", &prices.s3_put_request),
             ("s3_get_request", &prices.s3_get_request),
+            ("eventbridge_event", &prices.eventbridge_event),
         ] {
             anyhow::ensure!(
                 entry.usd.is_some_and(|p| p >= 0.0),
@@ -124,6 +126,9 @@ pub struct UnitUsage {
     pub s3_put_requests: f64,
     /// GET and HEAD.
     pub s3_get_requests: f64,
+    /// State-change events published to the bus, per started 64 KiB.
+    #[serde(default)]
+    pub events: f64,
 }
 
 impl UnitUsage {
@@ -175,6 +180,10 @@ pub fn per_million(usage: &UnitUsage, prices: &Prices) -> Cost {
             "s3",
             usage.s3_put_requests * prices.s3_put_request.rate()
                 + usage.s3_get_requests * prices.s3_get_request.rate(),
+        ),
+        (
+            "eventbridge",
+            usage.events * prices.eventbridge_event.rate(),
         ),
     ]
     .into_iter()
@@ -439,7 +448,7 @@ mod tests {
             .iter()
             .filter(|(_, v)| v.is_object())
             .collect();
-        assert_eq!(entries.len(), 14);
+        assert_eq!(entries.len(), 15);
         for (name, entry) in entries {
             assert!(
                 entry["source"].as_str().unwrap().starts_with("https://"),
@@ -476,6 +485,7 @@ mod tests {
             state_transitions: 2.0,
             s3_put_requests: 1.0,
             s3_get_requests: 10.0,
+            events: 3.0,
         };
         let cost = per_million(&usage, &prices());
         let b = &cost.breakdown_usd;
@@ -486,6 +496,7 @@ mod tests {
         assert_eq!(b["sqs"], 1.2);
         assert_eq!(b["step_functions"], 50.0);
         assert_eq!(b["s3"], 5.0 + 4.0);
+        assert_eq!(b["eventbridge"], 3.0);
         assert_eq!(cost.per_million_usd, round3(b.values().sum()));
     }
 

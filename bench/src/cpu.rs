@@ -22,6 +22,8 @@ pub struct CpuProbe<'a> {
 pub struct CpuReading {
     /// By function, its logical id without the `Function` suffix, lower case ("api", "worker").
     pub functions: BTreeMap<String, f64>,
+    /// By function, the largest resident set any of its environments reached, in KiB.
+    pub peak_rss_kib: BTreeMap<String, u64>,
     pub cold_starts: u64,
     pub harness: f64,
     pub emulator: f64,
@@ -47,6 +49,9 @@ impl CpuProbe<'_> {
             reading
                 .functions
                 .insert(short_name(&config.name), stats.cpu_seconds());
+            reading
+                .peak_rss_kib
+                .insert(short_name(&config.name), stats.peak_rss_kib);
             reading.cold_starts += stats.cold_starts;
         }
         reading
@@ -79,6 +84,8 @@ pub struct CpuPerTask {
     pub emulator_ms: f64,
     /// Environments started in the window (their start-up CPU is in the functions' figures).
     pub cold_starts: u64,
+    /// Each function's peak resident set so far (MiB), against its MemorySize.
+    pub peak_rss_mib: BTreeMap<String, f64>,
 }
 
 pub fn per_task(before: &CpuReading, after: &CpuReading, tasks: usize) -> CpuPerTask {
@@ -100,6 +107,11 @@ pub fn per_task(before: &CpuReading, after: &CpuReading, tasks: usize) -> CpuPer
         harness_ms: per(after.harness - before.harness),
         emulator_ms: per(after.emulator - before.emulator),
         cold_starts: after.cold_starts.saturating_sub(before.cold_starts),
+        peak_rss_mib: after
+            .peak_rss_kib
+            .iter()
+            .map(|(name, kib)| (name.clone(), ms3(*kib as f64 / 1024.0)))
+            .collect(),
     }
 }
 
@@ -126,6 +138,7 @@ mod tests {
             cold_starts: 3,
             harness: 10.0,
             emulator: 100.0,
+            ..CpuReading::default()
         };
         let after = CpuReading {
             // A function first seen after `before` counts from zero.
@@ -135,6 +148,7 @@ mod tests {
                 ("sweeper".into(), 0.05),
             ]
             .into(),
+            peak_rss_kib: [("api".into(), 30 * 1024 + 512)].into(),
             cold_starts: 7,
             harness: 11.0,
             emulator: 104.0,
@@ -148,6 +162,7 @@ mod tests {
         assert_eq!(cpu.emulator_ms, 8.0);
         assert_eq!(cpu.cold_starts, 4);
         assert_eq!(cpu.goal_functions_ms, 1.0);
+        assert_eq!(cpu.peak_rss_mib["api"], 30.5);
         // No tasks: no division by zero.
         assert_eq!(per_task(&before, &before, 0).functions_total_ms, 0.0);
     }

@@ -50,6 +50,10 @@ pub const SQS_BILLING_CHUNK_BYTES: usize = 64 * 1024;
 pub struct Metered {
     pub dynamodb: DynamoDbMetered,
     pub sqs: SqsMetered,
+    /// EventBridge events published (`PutEvents` entries accepted), each per started 64 KiB,
+    /// as EventBridge bills them.
+    #[serde(default)]
+    pub events: f64,
     /// Worker-style invocations (a receive to its first delete), by queue URL.
     pub invocations: BTreeMap<String, Invocations>,
     /// Requests whose metering failed (the caller's request still went through): the
@@ -375,6 +379,7 @@ impl Meter {
         match service {
             "dynamodb" if level == Metering::Full => self.dynamodb(op, parts, body).await,
             "sqs" => self.sqs(op, parts, body).await,
+            "AWSEvents" if op == "PutEvents" => self.put_events(parts, body).await,
             _ => self.upstream.forward(parts, body).await,
         }
     }
@@ -770,6 +775,19 @@ impl Meter {
         }
     }
 
+    /// Bills each entry EventBridge accepted, per started 64 KiB (a refused entry is not an
+    /// event, and its retry is billed when it is accepted).
+    async fn put_events(&self, parts: http::request::Parts, body: Bytes) -> Option<Answer> {
+        let request: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        let answer = self.upstream.forward(parts, body).await?;
+        if answer.parts.status.is_success() {
+            let reply: Value = serde_json::from_slice(&answer.body).unwrap_or(Value::Null);
+            let billed = events_billed(&request, &reply);
+            self.add(|m| m.events += billed);
+        }
+        Some(answer)
+    }
+
     async fn sqs(&self, op: &str, parts: http::request::Parts, body: Bytes) -> Option<Answer> {
         let request: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
         let answer = self.upstream.forward(parts, body).await?;
@@ -968,6 +986,38 @@ fn sqs_payload(message: &Value) -> usize {
 }
 
 /// Requests SQS bills for one request carrying `payload` bytes.
+/// EventBridge bills each started 64 KiB of an event as one event.
+pub const EVENT_BILLING_CHUNK_BYTES: usize = 64 * 1024;
+
+/// The events a `PutEvents` request published, as billed: each entry its reply does not mark
+/// failed (an `ErrorCode`), per started 64 KiB of its source, detail-type, detail and resources.
+pub fn events_billed(request: &Value, reply: &Value) -> f64 {
+    let results = reply["Entries"].as_array();
+    request["Entries"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .enumerate()
+        .filter(|(i, _)| {
+            results
+                .and_then(|r| r.get(*i))
+                .is_none_or(|result| result.get("ErrorCode").is_none_or(Value::is_null))
+        })
+        .map(|(_, entry)| {
+            let text = |name: &str| entry[name].as_str().map_or(0, str::len);
+            let resources: usize = entry["Resources"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .map(str::len)
+                .sum();
+            let size = text("Source") + text("DetailType") + text("Detail") + resources;
+            size.div_ceil(EVENT_BILLING_CHUNK_BYTES).max(1) as f64
+        })
+        .sum()
+}
+
 pub fn sqs_billed(payload: usize) -> f64 {
     payload.div_ceil(SQS_BILLING_CHUNK_BYTES).max(1) as f64
 }
@@ -975,6 +1025,21 @@ pub fn sqs_billed(payload: usize) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn events_bill_each_accepted_entry_per_started_64_kib() {
+        let big = "x".repeat(70 * 1024);
+        let request = json!({"Entries": [
+            {"Source": "taskflow", "DetailType": "Task Completed", "Detail": "{}"},
+            {"Source": "taskflow", "DetailType": "Task Failed", "Detail": big},
+            {"Source": "taskflow", "DetailType": "Task Queued", "Detail": "{}"},
+        ]});
+        let all = json!({"FailedEntryCount": 0, "Entries": [{"EventId": "a"}, {"EventId": "b"}, {"EventId": "c"}]});
+        assert_eq!(events_billed(&request, &all), 1.0 + 2.0 + 1.0);
+        let one_refused = json!({"FailedEntryCount": 1, "Entries": [
+            {"EventId": "a"}, {"ErrorCode": "InternalFailure"}, {"EventId": "c"}]});
+        assert_eq!(events_billed(&request, &one_refused), 2.0);
+    }
 
     #[test]
     fn sqs_bills_each_started_64_kib() {

@@ -459,19 +459,20 @@ pub(crate) fn cost_markdown(units: &Value) -> Result<String> {
             usd(&units[key]["cost"]["per_million_usd"]),
         )?;
     }
-    const SERVICES: [(&str, &str); 6] = [
+    const SERVICES: [(&str, &str); 7] = [
         ("api_gateway", "API Gateway"),
         ("lambda", "Lambda"),
         ("dynamodb", "DynamoDB"),
         ("sqs", "SQS"),
         ("step_functions", "Step Functions"),
         ("s3", "S3"),
+        ("eventbridge", "EventBridge"),
     ];
     write!(md, "\n| This run, USD per million |")?;
     for (_, service) in SERVICES {
         write!(md, " {service} |")?;
     }
-    writeln!(md, "\n|---|---|---|---|---|---|---|")?;
+    writeln!(md, "\n|---|---|---|---|---|---|---|---|")?;
     for (key, name) in UNITS
         .iter()
         .copied()
@@ -484,8 +485,8 @@ pub(crate) fn cost_markdown(units: &Value) -> Result<String> {
         }
         writeln!(md)?;
     }
-    writeln!(md, "\n| What one unit used | API requests | Lambda invocations; GB-s | DynamoDB write; read units | SQS requests (ESM) | State transitions | S3 PUT; GET |")?;
-    writeln!(md, "|---|---|---|---|---|---|---|")?;
+    writeln!(md, "\n| What one unit used | API requests | Lambda invocations; GB-s | DynamoDB write; read units | SQS requests (ESM) | State transitions | S3 PUT; GET | Events |")?;
+    writeln!(md, "|---|---|---|---|---|---|---|---|")?;
     for (key, name) in UNITS
         .iter()
         .copied()
@@ -511,7 +512,7 @@ pub(crate) fn cost_markdown(units: &Value) -> Result<String> {
         let n = |field: &str| usage[field].as_f64().unwrap_or(0.0);
         writeln!(
             md,
-            "| {name} | {:.4} | {:.4}; {:.6} | {:.3}; {:.3} | {:.3} | {:.3} | {:.4}; {:.4} |",
+            "| {name} | {:.4} | {:.4}; {:.6} | {:.3}; {:.3} | {:.3} | {:.3} | {:.4}; {:.4} | {:.3} |",
             n("api_requests"),
             invocations,
             gb_seconds,
@@ -521,6 +522,7 @@ pub(crate) fn cost_markdown(units: &Value) -> Result<String> {
             n("state_transitions"),
             n("s3_put_requests"),
             n("s3_get_requests"),
+            n("events"),
         )?;
     }
     writeln!(md, "\n| The same work elsewhere, USD per million (orchestration + the same API request and Lambda compute) | Simple task | Chain step | Batch item | Billed per | Price: source, checked |")?;

@@ -143,6 +143,7 @@ impl Wiring {
                 .map(|op| unit.count(op))
                 .sum(),
             s3_get_requests: unit.count("s3:GetObject") + unit.count("s3:HeadObject"),
+            events: unit.metered.events,
         }
     }
 }
