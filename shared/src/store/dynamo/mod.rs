@@ -86,6 +86,23 @@ impl DynamoTaskStore {
         open_tasks::open_tasks(&self.client, &self.table, agency).await
     }
 
+    /// When `opens`, takes `task`'s place on its agency's open-tasks counter before the write
+    /// that opens it: the shard taken, to give back if that write is refused.
+    async fn take_place(&self, task: &Task, opens: bool) -> Result<Option<u64>, AppError> {
+        if !opens {
+            return Ok(None);
+        }
+        let shard = open_tasks::open(
+            &self.client,
+            &self.table,
+            &task.agency_id,
+            task.id,
+            self.open_task_limit,
+        )
+        .await?;
+        Ok(Some(shard))
+    }
+
     /// TransactWriteItems: false when a condition cancelled it.
     async fn transact(&self, writes: Vec<TransactWriteItem>) -> Result<bool, AppError> {
         let err = match self
@@ -148,19 +165,7 @@ impl DynamoTaskStore {
         // back after (`open_tasks`: never under the truth).
         let opens = !stored_open && task.counts_as_open();
         let closes = stored_open && !task.counts_as_open();
-        let opened = match opens {
-            true => Some(
-                open_tasks::open(
-                    &self.client,
-                    &self.table,
-                    &task.agency_id,
-                    task.id,
-                    self.open_task_limit,
-                )
-                .await?,
-            ),
-            false => None,
-        };
+        let opened = self.take_place(task, opens).await?;
         let refusal = match conditional_write("dynamodb:PutItem", put.send().await)? {
             true => None,
             // The task's own condition failed: a newer version, no task, the other openness,
@@ -244,19 +249,7 @@ impl DynamoTaskStore {
         task: &Task,
         idempotency: Option<&IdempotencyRecord>,
     ) -> Result<InsertOutcome, AppError> {
-        let opened = match task.counts_as_open() {
-            true => Some(
-                open_tasks::open(
-                    &self.client,
-                    &self.table,
-                    &task.agency_id,
-                    task.id,
-                    self.open_task_limit,
-                )
-                .await?,
-            ),
-            false => None,
-        };
+        let opened = self.take_place(task, task.counts_as_open()).await?;
         // Any error but a refusal may hide a write that landed: the place stays taken.
         let written = self.put_new_task(task, idempotency).await?;
         if written {
