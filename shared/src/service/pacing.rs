@@ -146,6 +146,11 @@ impl Pacing {
 
     /// Sends up to `room` parked dispatches into a window of `size`, oldest first, each only
     /// once it has a place. With nothing parked, clears the mark read (if still the latest).
+    ///
+    /// Another refill may have read the same oldest ones and be sending them (a run stays
+    /// listed from its place taken until it is forgotten after its send). Those hold places, so
+    /// at most `size` are listed while being sent: reading `room + size` always reaches the
+    /// runs this refill may send, and a full window stops it.
     async fn refill(
         &self,
         agency: &AgencyId,
@@ -158,7 +163,10 @@ impl Pacing {
         if room == 0 {
             return Ok(0);
         }
-        let parked = self.window.parked(agency, tier, room as usize).await?;
+        let parked = self
+            .window
+            .parked(agency, tier, room.saturating_add(size) as usize)
+            .await?;
         if parked.is_empty() {
             if let Some(mark) = mark {
                 self.window.clear_parked_mark(agency, tier, mark).await?;
@@ -167,6 +175,9 @@ impl Pacing {
         }
         let mut sent = 0;
         for message in parked {
+            if sent == room as usize {
+                break;
+            }
             // Another refill may have read the same parked dispatch: only the one that takes
             // its place sends it (and forgets it); the other moves on.
             match self

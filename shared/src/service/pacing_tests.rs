@@ -149,12 +149,22 @@ fn pacing_of_one(window: &Arc<MemoryWindow>, queue: &Arc<RecordingDispatcher>) -
 /// The in-memory window with two interleavings the tests need: every run in the window starts
 /// (seeing no mark yet) while the next dispatch is being parked (`empty_on_park`), and reads
 /// of parked dispatches let other tasks run before they answer, so that two refills read the
-/// same ones (`slow_reads`).
+/// same ones (`slow_reads`), and the first unpark waits for a signal (`unpark_gate`): a refill
+/// that sent a run but has not yet forgotten it.
 #[derive(Default)]
 struct Interleaved {
     inner: Arc<MemoryWindow>,
     empty_on_park: AtomicBool,
     slow_reads: bool,
+    unpark_gate: Option<UnparkGate>,
+}
+
+/// `reached` is signalled when an unpark arrives, which then waits for `release`.
+#[derive(Default)]
+struct UnparkGate {
+    reached: tokio::sync::Notify,
+    release: tokio::sync::Notify,
+    used: AtomicBool,
 }
 
 #[async_trait]
@@ -213,6 +223,12 @@ impl DispatchWindow for Interleaved {
     ) -> Result<(), AppError> {
         if self.slow_reads {
             tokio::task::yield_now().await;
+        }
+        if let Some(gate) = &self.unpark_gate {
+            if !gate.used.swap(true, Ordering::SeqCst) {
+                gate.reached.notify_one();
+                gate.release.notified().await;
+            }
         }
         self.inner.unpark(agency, tier, task).await
     }
@@ -274,6 +290,41 @@ async fn two_refills_that_read_the_same_parked_runs_send_each_once() {
         "a parked run was sent twice: {sent:?}"
     );
     assert_eq!(sent.len(), 6, "both places were refilled");
+    assert_eq!(inner.parked_count(&a, NORMAL), 6);
+}
+
+#[tokio::test]
+async fn a_refill_that_finds_the_oldest_parked_run_being_sent_by_another_sends_the_next() {
+    let window = Arc::new(Interleaved {
+        unpark_gate: Some(UnparkGate::default()),
+        ..Interleaved::default()
+    });
+    let inner = window.inner.clone();
+    let queue = Arc::<RecordingDispatcher>::default();
+    let pacing = Pacing::new(window.clone(), BTreeMap::from([(NORMAL, 4)]), queue.clone());
+    let a = agency("a");
+    let now = Utc::now();
+    for _ in 0..12 {
+        pacing.dispatch(&run_of(&a), now).await.unwrap();
+    }
+    let first: Vec<TaskId> = sent_ids(&queue);
+    // The first start's refill has sent the oldest parked run and not yet forgotten it when
+    // the second start frees its place: the oldest parked run is still listed, but taken.
+    let refilling = tokio::spawn({
+        let pacing = pacing.clone();
+        let (a, task) = (a.clone(), first[0]);
+        async move { pacing.left_queue(&a, NORMAL, task, now).await }
+    });
+    let gate = window.unpark_gate.as_ref().unwrap();
+    gate.reached.notified().await;
+    pacing.left_queue(&a, NORMAL, first[1], now).await;
+    gate.release.notify_one();
+    refilling.await.unwrap();
+    let sent = sent_ids(&queue);
+    assert_eq!(sent.len(), 6, "both freed places were refilled: {sent:?}");
+    let unique: std::collections::BTreeSet<&TaskId> = sent.iter().collect();
+    assert_eq!(unique.len(), 6, "a parked run was sent twice: {sent:?}");
+    assert_eq!(inner.taken(&a, NORMAL), 4);
     assert_eq!(inner.parked_count(&a, NORMAL), 6);
 }
 
