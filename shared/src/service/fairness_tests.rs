@@ -282,3 +282,66 @@ async fn a_delivery_over_the_cap_is_deferred_without_an_attempt_and_runs_once_a_
         0
     );
 }
+
+#[tokio::test]
+async fn a_redelivery_of_a_run_killed_after_its_outcome_gives_back_the_slot_it_left() {
+    let world = MemoryWorld::new();
+    let slots = Arc::new(MemorySlots::default());
+    let services = world.services();
+    let runner = services.runner.clone().with_fairness(fairness(&slots, 2));
+    let boss = Caller {
+        user: UserId::parse("boss").unwrap(),
+        agency: agency("a1"),
+        role: Role::Manager,
+    };
+    let body =
+        serde_json::json!({"title": "t", "autoDispatch": true, "executor": {"type": "echo"}});
+    let created = services.tasks.create(&boss, &body, None).await.unwrap();
+    let id = TaskId::parse(created.task["id"].as_str().unwrap()).unwrap();
+    let message = world
+        .dispatcher
+        .sent
+        .lock()
+        .unwrap()
+        .last()
+        .cloned()
+        .unwrap();
+    let body = serde_json::to_string(&message).unwrap();
+    assert_eq!(runner.process(&body).await.0, Delivery::Ack);
+    // The invocation was killed after the outcome was written and before the slot went back:
+    // the run's slot is still held, and its message comes back.
+    let now = Utc::now();
+    slots
+        .acquire(
+            &boss.agency,
+            NORMAL,
+            &id.to_string(),
+            now + Span::seconds(60),
+            None,
+            now,
+        )
+        .await
+        .unwrap();
+    let (delivery, report) = runner.process(&body).await;
+    assert_eq!(delivery, Delivery::Ack);
+    assert!(report.is_none(), "not run again");
+    assert_eq!(slots.held(&boss.agency, NORMAL, now).await.unwrap(), 0);
+
+    // A superseded message says nothing of the task's current run: its slot stays.
+    slots
+        .acquire(
+            &boss.agency,
+            NORMAL,
+            &id.to_string(),
+            now + Span::seconds(60),
+            None,
+            now,
+        )
+        .await
+        .unwrap();
+    let mut stale = message.clone();
+    stale.dispatch_id = "an-older-dispatch".into();
+    let stale = serde_json::to_string(&stale).unwrap();
+    assert_eq!(runner.process(&stale).await.0, Delivery::Ack);
+    assert_eq!(slots.held(&boss.agency, NORMAL, now).await.unwrap(), 1);
+}

@@ -131,12 +131,12 @@ impl TaskRunner {
                     .error
                     .clone()
                     .unwrap_or_else(|| "the task failed".into());
-                self.left_queue(message).await;
+                self.ended(message).await;
                 return Ok((Delivery::DeadLetter(error), None));
             }
             // Finished, waiting for a person, or not queued: nothing to run.
             _ => {
-                self.left_queue(message).await;
+                self.ended(message).await;
                 return Ok((Delivery::Ack, None));
             }
         }
@@ -168,6 +168,22 @@ impl TaskRunner {
         };
         let (result, ()) = tokio::join!(run, self.left_queue(message));
         result
+    }
+
+    /// The current dispatch's run is over, yet its message came back: the invocation that ran
+    /// it may have been killed between writing the outcome and giving its slot back (or the
+    /// message is a duplicate). No run of this dispatch holds a slot now, so give back any the
+    /// killed one left, rather than leave it to expire; and free the window place.
+    async fn ended(&self, message: &DispatchMessage) {
+        let release = async {
+            if let Some(fairness) = &self.fairness {
+                let holder = message.task_id.to_string();
+                fairness
+                    .release(&message.agency_id, message.priority, &holder)
+                    .await;
+            }
+        };
+        tokio::join!(release, self.left_queue(message));
     }
 
     /// The delivery will not come back to the queue: its run's place in the window is free.
