@@ -2,7 +2,9 @@
 
 use lambda_http::{run, service_fn, Error, Request};
 
-#[tokio::main]
+// One thread: an environment serves one invocation at a time, and its CPU share at this
+// MemorySize is a fraction of a core, so worker threads only add wake-ups (BENCHMARKS "CPU").
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Error> {
     shared::telemetry::init();
     let app = api::App::from_env().await?;

@@ -3,7 +3,9 @@
 use aws_lambda_events::event::dynamodb::Event;
 use lambda_runtime::{run, service_fn, Error, LambdaEvent};
 
-#[tokio::main]
+// One thread: an environment serves one invocation at a time, and its CPU share at this
+// MemorySize is a fraction of a core, so worker threads only add wake-ups (BENCHMARKS "CPU").
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Error> {
     shared::telemetry::init();
     let bus = std::env::var("EVENT_BUS_NAME").map_err(|_| "EVENT_BUS_NAME is not set")?;

@@ -4,7 +4,9 @@
 use lambda_runtime::{run, service_fn, Error, LambdaEvent};
 use schedule_runner::ScheduleRunner;
 
-#[tokio::main]
+// One thread: an environment serves one invocation at a time, and its CPU share at this
+// MemorySize is a fraction of a core, so worker threads only add wake-ups (BENCHMARKS "CPU").
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Error> {
     shared::telemetry::init();
     let runner = ScheduleRunner::from_env().await?;

@@ -5,7 +5,9 @@ use shared::aws::AwsClients;
 use shared::config::Config;
 use shared::services::Services;
 
-#[tokio::main]
+// One thread: an environment serves one invocation at a time, and its CPU share at this
+// MemorySize is a fraction of a core, so worker threads only add wake-ups (BENCHMARKS "CPU").
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Error> {
     shared::telemetry::init();
     let config = Config::from_env()?;

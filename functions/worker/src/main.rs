@@ -3,7 +3,9 @@
 use aws_lambda_events::event::sqs::SqsEvent;
 use lambda_runtime::{run, service_fn, Error, LambdaEvent};
 
-#[tokio::main]
+// One thread: an environment serves one invocation at a time, and its CPU share at this
+// MemorySize is a fraction of a core, so worker threads only add wake-ups (BENCHMARKS "CPU").
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Error> {
     shared::telemetry::init();
     let worker = worker::Worker::from_env().await?;
