@@ -38,9 +38,6 @@ use tracing::info;
 
 const SECRET: &[u8] = b"bench-secret";
 
-/// Each fairness task's run, in the project and in the peer.
-const FAIRNESS_WORK_SECONDS: f64 = 1.0;
-
 struct Sizes {
     repeats: usize,
     throughput_tasks: usize,
@@ -56,6 +53,8 @@ struct Sizes {
     /// Fair share: agency A's flood of normal tasks, then agency B's tasks behind it.
     fairness_flood: usize,
     fairness_calm: usize,
+    /// Each fairness task's run, in the project and in the peer.
+    fairness_work_seconds: f64,
 }
 
 fn sizes(quick: bool) -> Sizes {
@@ -65,13 +64,15 @@ fn sizes(quick: bool) -> Sizes {
             throughput_tasks: 100,
             per_tier: 10,
             assign: 20,
-            backlogs: [0, 100, 400],
+            // Sized so that QUICK stays under 3 minutes plus the build (issue 16).
+            backlogs: [0, 50, 150],
             critical: 10,
             chain_steps: 4,
             batch_items: 1000,
-            unit_tasks: 20,
-            fairness_flood: 400,
-            fairness_calm: 20,
+            unit_tasks: 10,
+            fairness_flood: 100,
+            fairness_calm: 10,
+            fairness_work_seconds: 0.5,
         }
     } else {
         Sizes {
@@ -86,6 +87,7 @@ fn sizes(quick: bool) -> Sizes {
             unit_tasks: 50,
             fairness_flood: 2000,
             fairness_calm: 20,
+            fairness_work_seconds: 1.0,
         }
     }
 }
@@ -175,7 +177,7 @@ async fn main() -> Result<()> {
     info!("==> emulator ceiling for the task call mix");
     let sdk = local_stack::emulator::sdk_config(&emulator.endpoint).await;
     let ceiling =
-        ceiling::lifecycles_per_second(&sdk, 16, Duration::from_secs(if quick { 10 } else { 30 }))
+        ceiling::lifecycles_per_second(&sdk, 16, Duration::from_secs(if quick { 5 } else { 30 }))
             .await?;
 
     if scenarios == Scenarios::Cpu {
@@ -398,7 +400,7 @@ async fn fairness(
         &manager("calm"),
         size.fairness_flood,
         size.fairness_calm,
-        FAIRNESS_WORK_SECONDS,
+        size.fairness_work_seconds,
     )
     .await?;
     let requests = proxy.take();
@@ -462,7 +464,7 @@ async fn peer_fairness(repo: &std::path::Path, redis: &peer::Redis, size: &Sizes
         size.fairness_flood.to_string(),
         size.fairness_calm.to_string(),
     );
-    let work_ms = (FAIRNESS_WORK_SECONDS * 1000.0).to_string();
+    let work_ms = (size.fairness_work_seconds * 1000.0).to_string();
     let args = [
         "fairness",
         "--flood",

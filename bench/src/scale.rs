@@ -32,14 +32,17 @@ pub struct ScaleSizes {
     pub overload_items_per_chunk: u32,
     /// How long the counting endpoint takes per item, so that chunks really wait.
     pub overload_item_ms: u64,
+    /// How many times the tier's capacity the overloaded batch's chunks are.
+    pub overload_factor: u64,
 }
 
 pub fn sizes(quick: bool) -> ScaleSizes {
     ScaleSizes {
-        upload_items: if quick { 10_000 } else { 100_000 },
+        upload_items: if quick { 5_000 } else { 100_000 },
         upload_items_per_chunk: 100,
         overload_items_per_chunk: if quick { 2 } else { 4 },
         overload_item_ms: 200,
+        overload_factor: if quick { 5 } else { 10 },
     }
 }
 
@@ -81,7 +84,10 @@ pub async fn run(
     let outcome = async {
         info!("==> scale: a {}-item upload", size.upload_items);
         let upload = upload(&stack, &boss, &agency, &size).await?;
-        info!("==> scale: a batch with 10 chunks per unit of its tier's capacity");
+        info!(
+            "==> scale: a batch with {} chunks per unit of its tier's capacity",
+            size.overload_factor
+        );
         let overload = overload(&stack, &boss, &size).await?;
         Ok::<_, anyhow::Error>(json!({"upload": upload, "overload": overload}))
     }
@@ -197,11 +203,12 @@ async fn upload(stack: &LocalStack, boss: &Api, agency: &str, size: &ScaleSizes)
     }))
 }
 
-/// The overloaded batch: 10 × the tier's capacity in chunks, all allowed to start at once.
+/// The overloaded batch: `overload_factor` × the tier's capacity in chunks, all allowed to start
+/// at once.
 async fn overload(stack: &LocalStack, boss: &Api, size: &ScaleSizes) -> Result<Value> {
     let (max_concurrency, batch_size) = tier_capacity(stack)?;
     let capacity = max_concurrency * batch_size;
-    let chunks = 10 * capacity;
+    let chunks = size.overload_factor * capacity;
     let items = chunks * size.overload_items_per_chunk as u64;
     let counter = CountingEndpoint::start().await?;
     let worker = stack.function_runtime(WORKER).context("worker runtime")?;
@@ -212,7 +219,7 @@ async fn overload(stack: &LocalStack, boss: &Api, size: &ScaleSizes) -> Result<V
     let (status, created, _) = boss
         .post(
             "/api/batches",
-            &json!({"title": "scale: 10 chunks per slot", "items": list,
+            &json!({"title": format!("scale: {} chunks per slot", size.overload_factor), "items": list,
                     "itemsPerBatch": size.overload_items_per_chunk,
                     "parallelism": chunks, "priority": OVERLOAD_TIER,
                     "executor": {"type": "http", "config": {"url": counter.url, "timeoutSeconds": 30}}}),
@@ -250,7 +257,7 @@ async fn overload(stack: &LocalStack, boss: &Api, size: &ScaleSizes) -> Result<V
         "worker_invocations": after.invocations - before.invocations,
         "run_seconds": summary["durationSeconds"],
         "wall_seconds": round(wall),
-        "ideal_seconds": round((10 * size.overload_items_per_chunk as u64 * size.overload_item_ms) as f64 / 1000.0),
+        "ideal_seconds": round((size.overload_factor * size.overload_items_per_chunk as u64 * size.overload_item_ms) as f64 / 1000.0),
     }))
 }
 
