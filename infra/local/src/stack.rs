@@ -375,6 +375,7 @@ impl LocalStack {
                 };
                 let scheduler = Arc::new(LocalScheduler::new(
                     aws_sdk_scheduler::Client::new(&sdk),
+                    aws_sdk_sqs::Client::new(&sdk),
                     group.clone(),
                     std::collections::HashMap::from([(arn.clone(), target)]),
                     chrono::Utc::now(),

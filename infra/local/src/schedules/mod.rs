@@ -7,6 +7,11 @@
 //! At-least-once, as Scheduler: a schedule first seen by this host fires from a minute before
 //! the host started, so a restart re-fires at most the firing times of that minute, and the
 //! target's idempotency key (schedule and scheduled time) makes each one task.
+//!
+//! A failed invocation is retried as the target's retry policy says (its retry count, within
+//! its maximum event age; Scheduler's defaults, 185 and a day, where it has none), each wait
+//! twice the last, and then sent to the target's dead-letter queue with Scheduler's error
+//! attributes. Nothing a firing could not deliver is dropped without a trace.
 
 use anyhow::{Context, Result};
 use aws_sdk_scheduler::types::ScheduleState;
@@ -18,6 +23,8 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
+
+mod delivery;
 
 /// Invokes one function with an event; `Err` is an invocation error.
 pub type Target =
@@ -40,6 +47,8 @@ pub struct Firing {
 
 pub struct LocalScheduler {
     client: aws_sdk_scheduler::Client,
+    /// Sends what a target could not take to its dead-letter queue.
+    sqs: aws_sdk_sqs::Client,
     group: String,
     /// Function ARN → how to invoke it.
     targets: HashMap<String, Target>,
@@ -52,12 +61,14 @@ pub struct LocalScheduler {
 impl LocalScheduler {
     pub fn new(
         client: aws_sdk_scheduler::Client,
+        sqs: aws_sdk_sqs::Client,
         group: impl Into<String>,
         targets: HashMap<String, Target>,
         started: DateTime<Utc>,
     ) -> Self {
         Self {
             client,
+            sqs,
             group: group.into(),
             targets,
             started,
@@ -123,12 +134,9 @@ impl LocalScheduler {
                     .input()
                     .unwrap_or("{}")
                     .replace(SCHEDULED_TIME, &stamp);
-                let event: Value = serde_json::from_str(&input).unwrap_or(Value::String(input));
-                let outcome = invoke(event).await;
-                if let Err(err) = &outcome {
-                    // Scheduler would retry, then dead-letter; the next pass does not repeat it.
-                    tracing::warn!(schedule = %name, scheduled = %stamp, error = %err, "schedule target failed");
-                }
+                let outcome = self
+                    .deliver(invoke, target, schedule.arn().unwrap_or(&name), &input, at)
+                    .await;
                 self.lock().insert(name.clone(), at);
                 fired.push(Firing {
                     schedule: name.clone(),
@@ -252,6 +260,7 @@ impl LocalScheduler {
     pub fn restarted(&self, started: DateTime<Utc>) -> Self {
         Self::new(
             self.client.clone(),
+            self.sqs.clone(),
             self.group.clone(),
             self.targets.clone(),
             started,
