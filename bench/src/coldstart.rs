@@ -37,7 +37,14 @@ pub struct ColdStart {
 }
 
 /// The functions measured, with the event each first invocation gets.
-const FUNCTIONS: [&str; 4] = ["api", "worker", "sweeper", "batch-trigger"];
+const FUNCTIONS: [&str; 6] = [
+    "api",
+    "worker",
+    "sweeper",
+    "batch-trigger",
+    "schedule-runner",
+    "event-publisher",
+];
 
 const API_EVENT: &str = include_str!(concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -51,6 +58,10 @@ const SWEEPER_EVENT: &str = include_str!(concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/../events/scheduled-sweep.json"
 ));
+const SCHEDULE_EVENT: &str = include_str!(concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../events/schedule-firing.json"
+));
 
 /// How long one run may take before it counts as failed.
 const RUN_TIMEOUT: Duration = Duration::from_secs(60);
@@ -63,6 +74,10 @@ fn event_for(function: &str) -> anyhow::Result<Vec<u8>> {
         "api" => API_EVENT.as_bytes().to_vec(),
         "worker" => WORKER_EVENT.as_bytes().to_vec(),
         "sweeper" => SWEEPER_EVENT.as_bytes().to_vec(),
+        "schedule-runner" => SCHEDULE_EVENT.as_bytes().to_vec(),
+        // A batch with no records: with the stub refusing every call, a real change would time
+        // the publisher's retries of its refused PutEvents (about 0.6 s), not its start.
+        "event-publisher" => br#"{"Records": []}"#.to_vec(),
         "batch-trigger" => {
             // The SQS fixture carrying an S3 test event, which the trigger ignores.
             let mut event: serde_json::Value = serde_json::from_str(WORKER_EVENT)?;
@@ -96,7 +111,7 @@ pub async fn measure(
     measure_functions(target_dir, &FUNCTIONS, env, runs).await
 }
 
-/// [`measure`] for some of the functions (`api`, `worker`, `sweeper`, `batch-trigger`).
+/// [`measure`] for some of the functions (see [`FUNCTIONS`]).
 pub async fn measure_functions(
     target_dir: &Path,
     functions: &[&str],
@@ -241,6 +256,7 @@ fn default_env(runtime_api: &str) -> Vec<(String, String)> {
             "coldstart-attachments".to_string(),
         ),
         ("BATCH_BUCKET".to_string(), "coldstart-batches".to_string()),
+        ("EVENT_BUS_NAME".to_string(), "coldstart-events".to_string()),
         (
             "CHAIN_STATE_MACHINE_ARN".to_string(),
             "arn:aws:states:us-east-1:123456789012:stateMachine:coldstart-chain".to_string(),
