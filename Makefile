@@ -51,7 +51,7 @@ package: venv $(DEPLOY_VENV)/.installed ## Build every function for provided.al2
 	PATH="$(CURDIR)/$(DEPLOY_VENV)/bin:$(CURDIR)/$(VENV)/bin:$$PATH" SAM_CLI_TELEMETRY=0 sam build --beta-features --template template.yaml
 	bash infra/package-check.sh
 
-bench: venv ## Benchmarks against the local stack and a BullMQ peer; writes bench/results/latest.{json,md} (QUICK=1: about 6 minutes; SCENARIOS=scale: the scale scenario alone, about 2; SCENARIOS=fairness: the fair-share scenario and the peer's alone, about 13, bench/results/fairness.{json,md}; SCENARIOS=coldstart: the release binaries' cold starts alone, seconds, printed as JSON)
+bench: venv ## Benchmarks against the local stack and a BullMQ peer; writes bench/results/latest.{json,md} (QUICK=1: about 3 minutes plus the release build; SCENARIOS=scale: the scale scenario alone, about 2; SCENARIOS=fairness: the fair-share scenario and the peer's alone, about 13, bench/results/fairness.{json,md}; SCENARIOS=coldstart: the release binaries' cold starts alone, seconds, printed as JSON)
 	@command -v redis-server >/dev/null || { echo "==> Installing redis-server (Debian)"; (apt-get update -qq && apt-get install -y -qq redis-server) >/dev/null; }
 	@test -d bench/peer/node_modules || { echo "==> Installing the BullMQ peer (npm ci)"; cd bench/peer && npm ci --silent --no-audit --no-fund; }
 	$(CARGO) build --release --quiet -p api -p worker -p sweeper -p batch-trigger -p schedule-runner -p event-publisher -p bench

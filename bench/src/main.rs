@@ -65,7 +65,7 @@ fn sizes(quick: bool) -> Sizes {
             per_tier: 10,
             assign: 20,
             // Sized so that QUICK stays under 3 minutes plus the build (issue 16).
-            backlogs: [0, 50, 150],
+            backlogs: [0, 50, 100],
             critical: 10,
             chain_steps: 4,
             batch_items: 1000,
