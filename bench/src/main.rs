@@ -174,11 +174,7 @@ async fn main() -> Result<()> {
         emulator_pid,
     };
 
-    info!("==> emulator ceiling for the task call mix");
     let sdk = local_stack::emulator::sdk_config(&emulator.endpoint).await;
-    let ceiling =
-        ceiling::lifecycles_per_second(&sdk, 16, Duration::from_secs(if quick { 5 } else { 30 }))
-            .await?;
 
     if scenarios == Scenarios::Cpu {
         info!("==> warming the functions' environments");
@@ -249,6 +245,31 @@ async fn main() -> Result<()> {
     )
     .await?;
 
+    // After the cost unit: the ceiling replays the calls it measured one task making.
+    info!("==> emulator ceiling for the task call mix");
+    let mix = ceiling::CallMix::of_unit(&units)?;
+    info!(
+        "    replaying {:.1} calls per task: {:?}",
+        mix.total(),
+        mix.0
+    );
+    let setting = |function: &str, key: &str| {
+        stack
+            .resources
+            .function(function)
+            .and_then(|f| f.environment.get(key).cloned())
+            .with_context(|| format!("{function} has no {key}"))
+    };
+    let ceiling = ceiling::lifecycles_per_second(
+        &sdk,
+        &mix,
+        &setting("WorkerFunction", "TABLE_NAME")?,
+        &setting("EventPublisherFunction", "EVENT_BUS_NAME")?,
+        16,
+        Duration::from_secs(if quick { 5 } else { 30 }),
+    )
+    .await?;
+
     info!("==> cold starts of the release binaries");
     let worker_env: Vec<(String, String)> = stack
         .resources
@@ -294,6 +315,7 @@ async fn main() -> Result<()> {
         quick,
         note: "Every local figure is bound by the emulator (moto): it runs all of AWS in one Python process on this machine.".into(),
         emulator_ceiling_tasks_per_hour: stats::round(ceiling * 3600.0),
+        emulator_ceiling_call_mix: mix,
         throughput_runs: runs,
         throughput_median_tasks_per_hour: project_tph,
         ratio_to_emulator_ceiling: stats::round(project_tph / (ceiling * 3600.0) * 100.0) / 100.0,

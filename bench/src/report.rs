@@ -16,6 +16,8 @@ pub struct Results {
     pub quick: bool,
     pub note: String,
     pub emulator_ceiling_tasks_per_hour: f64,
+    /// The calls per task the ceiling replayed: the cost unit's, this run.
+    pub emulator_ceiling_call_mix: crate::ceiling::CallMix,
     pub throughput_runs: Vec<Throughput>,
     pub throughput_median_tasks_per_hour: f64,
     pub ratio_to_emulator_ceiling: f64,
