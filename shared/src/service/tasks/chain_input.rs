@@ -1,0 +1,74 @@
+//! The chain execution's input: the task's waves grouped into segments (see
+//! `domain::segment`). Names and numbers only, so it stays far under the 256 KiB state limit.
+
+use crate::domain::chain::DEFAULT_STEP_TIMEOUT_SECONDS;
+use crate::domain::segment::{
+    segment_timeout_seconds, segments, Segment, SEGMENT_HEARTBEAT_SECONDS,
+};
+use crate::domain::{StepConfig, TaskStep};
+use serde_json::{json, Map, Value};
+use std::collections::HashMap;
+
+/// The segment fields of the input. A chain of automated steps only is one segment and takes
+/// the state machine's shortest path (`route` "one_segment": one Task state that also settles
+/// the task); any other chain walks `segments` and ends with Finalize.
+pub(super) fn chain_segments(steps: &[TaskStep], waves: &[Vec<String>]) -> Map<String, Value> {
+    let configs: HashMap<&str, Option<StepConfig>> = steps
+        .iter()
+        .map(|s| (s.name.as_str(), StepConfig::parse(&s.config).ok()))
+        .collect();
+    let config = |name: &str| configs.get(name).and_then(Option::as_ref);
+    // An unreadable config (refused at creation) is treated as automated: its run then fails
+    // with the problem named, as before.
+    let manual = |name: &str| config(name).is_some_and(|c| c.executor.kind == "manual");
+    let wave_is_manual: Vec<bool> = waves
+        .iter()
+        .map(|wave| wave.iter().any(|name| manual(name)))
+        .collect();
+    let segments = segments(&wave_is_manual);
+    let item = |segment: &Segment, finish: bool| match *segment {
+        Segment::Automated { first, last } => {
+            let timeout = segment_timeout_seconds(
+                waves[first..=last]
+                    .iter()
+                    .map(|wave| wave.iter().filter_map(|name| config(name)).collect()),
+            );
+            json!({
+                "kind": "automated",
+                "firstWave": first.to_string(),
+                "lastWave": last.to_string(),
+                "finish": if finish { "yes" } else { "no" },
+                "timeoutSeconds": timeout,
+                "heartbeatSeconds": SEGMENT_HEARTBEAT_SECONDS,
+            })
+        }
+        Segment::Manual { wave } => {
+            let steps: Vec<Value> = waves[wave]
+                .iter()
+                .map(|name| {
+                    let (timeout, heartbeat) = config(name)
+                        .map(|c| (c.timeout_seconds, c.heartbeat_seconds))
+                        .unwrap_or((
+                            DEFAULT_STEP_TIMEOUT_SECONDS,
+                            DEFAULT_STEP_TIMEOUT_SECONDS - 1,
+                        ));
+                    json!({"name": name, "timeoutSeconds": timeout, "heartbeatSeconds": heartbeat})
+                })
+                .collect();
+            json!({"kind": "manual", "steps": steps})
+        }
+    };
+    let mut out = Map::new();
+    match segments.as_slice() {
+        [only @ Segment::Automated { .. }] => {
+            out.insert("route".into(), json!("one_segment"));
+            out.insert("segment".into(), item(only, true));
+        }
+        _ => {
+            out.insert("route".into(), json!("segments"));
+            let items: Vec<Value> = segments.iter().map(|s| item(s, false)).collect();
+            out.insert("segments".into(), Value::Array(items));
+        }
+    }
+    out
+}
