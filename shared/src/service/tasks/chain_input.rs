@@ -72,3 +72,65 @@ pub(super) fn chain_segments(steps: &[TaskStep], waves: &[Vec<String>]) -> Map<S
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::limits::{MAX_STEPS, MAX_STEP_NAME_CHARS};
+    use crate::domain::{StepStatus, TaskId};
+
+    fn step(name: String, depends_on: Vec<String>, config: Value) -> TaskStep {
+        TaskStep {
+            id: name.clone(),
+            task_id: TaskId::parse("01JD0000000000000000000000").unwrap(),
+            name,
+            order: 0,
+            depends_on,
+            status: StepStatus::Pending,
+            config,
+            result: None,
+            error: None,
+            started_at: None,
+            completed_at: None,
+            attempts: 0,
+        }
+    }
+
+    /// The largest chain the API accepts, in the shape with the largest input: every wave
+    /// alternates manual and automated (so no two waves share a segment) and every name is
+    /// as long as allowed in four-byte characters. Far under Step Functions' 256 KiB.
+    #[test]
+    fn the_largest_chain_s_input_stays_far_under_the_state_limit() {
+        let manual = json!({"executor": {"type": "manual"}, "assignedTo": "carol"});
+        let name = |i: usize| format!("{i:03}{}", "𝄞".repeat(MAX_STEP_NAME_CHARS - 3));
+        let steps: Vec<TaskStep> = (0..MAX_STEPS)
+            .map(|i| {
+                let deps = if i == 0 { vec![] } else { vec![name(i - 1)] };
+                let config = if i % 2 == 0 {
+                    manual.clone()
+                } else {
+                    json!({})
+                };
+                step(name(i), deps, config)
+            })
+            .collect();
+        let waves = crate::domain::chain::waves(
+            steps
+                .iter()
+                .map(|s| (s.name.as_str(), s.depends_on.as_slice())),
+        );
+        let input = Value::Object(chain_segments(&steps, &waves));
+        assert_eq!(input["segments"].as_array().unwrap().len(), MAX_STEPS);
+        let bytes = input.to_string().len();
+        assert!(bytes < 32 * 1024, "{bytes} bytes");
+
+        // All automated: one segment of a few hundred bytes, whatever the size.
+        let automated: Vec<TaskStep> = steps
+            .iter()
+            .map(|s| step(s.name.clone(), s.depends_on.clone(), json!({})))
+            .collect();
+        let input = Value::Object(chain_segments(&automated, &waves));
+        assert_eq!(input["route"], "one_segment");
+        assert!(input.to_string().len() < 300, "{input}");
+    }
+}
