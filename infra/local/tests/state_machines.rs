@@ -7,9 +7,8 @@
 //!   send, so a busy tier would time out work that merely waits its turn (a step's
 //!   `HeartbeatSecondsPath` is the task author's choice, validated at creation). It is there
 //!   at all because moto answers InvalidToken to a heartbeat for a task without one;
-//!   A segment (a worker running several steps under one token) is the exception: its
-//!   `HeartbeatSecondsPath` is a fixed ten minutes, which covers its wait on a tier queue,
-//!   so that a lost worker is noticed and the segment sent again;
+//!   A segment (a worker running several steps under one token) takes its
+//!   `HeartbeatSecondsPath` from its steps' (at most ten minutes), as a step's token did;
 //! - every message sent to a tier queue carries `MessageGroupId` = its agency, so SQS fair
 //!   queues share a tier between agencies.
 

@@ -64,6 +64,16 @@ pub fn backoff(retry: u32, unit: f64) -> Duration {
     backoff_ceiling(retry).mul_f64(unit)
 }
 
+/// The segment token's heartbeat window: ten minutes, or the shortest `heartbeatSeconds` a
+/// step of the segment asks for (a step's heartbeat promise is kept by the segment's: a worker
+/// that stops is noticed as soon as that step's own token would have noticed it).
+pub fn segment_heartbeat_seconds<'a>(steps: impl IntoIterator<Item = &'a StepConfig>) -> u32 {
+    steps
+        .into_iter()
+        .map(|c| c.heartbeat_seconds)
+        .fold(SEGMENT_HEARTBEAT_SECONDS, u32::min)
+}
+
 /// The longest one step may take over all its attempts: each at its full timeout, and the
 /// longest backoffs between them.
 fn step_bound(config: &StepConfig) -> u64 {
@@ -135,5 +145,14 @@ mod tests {
         .unwrap();
         let waves = (0..100).map(|_| vec![&longest]);
         assert_eq!(segment_timeout_seconds(waves), MAX_SEGMENT_TIMEOUT_SECONDS);
+        let beating = StepConfig::parse(&json!({"heartbeatSeconds": 10})).unwrap();
+        // quick's heartbeat is its 10 s timeout less one (the default), under beating's 10 s.
+        assert_eq!(segment_heartbeat_seconds([&quick, &beating]), 9);
+        assert_eq!(segment_heartbeat_seconds([&beating]), 10);
+        let hour = StepConfig::parse(&json!({"timeoutSeconds": 3600})).unwrap();
+        assert_eq!(
+            segment_heartbeat_seconds([&hour]),
+            SEGMENT_HEARTBEAT_SECONDS
+        );
     }
 }

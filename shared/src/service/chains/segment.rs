@@ -9,7 +9,7 @@
 //! a fresh one (`Requeue`); a long backoff comes back as a delayed copy (`RetryAfter`).
 
 use super::{describe_error, retryable_error, ChainRunner, CHAIN_STOPPED_ERROR, PERMANENT_ERROR};
-use crate::domain::segment::{backoff, SEGMENT_HEARTBEAT_SECONDS};
+use crate::domain::segment::{backoff, segment_heartbeat_seconds};
 use crate::domain::{
     AgencyId, OnFailure, StepConfig, StepStatus, Task, TaskId, TaskStatus, TaskStep,
 };
@@ -36,6 +36,16 @@ fn hand_off_margin(end: Instant) -> Duration {
 }
 /// When the segment's token is first heartbeaten: its clock started when the message was sent.
 const FIRST_BEAT: Duration = Duration::from_secs(1);
+
+/// One delivery's run of a segment.
+struct Pass {
+    /// The invocation's end.
+    deadline: Option<Instant>,
+    /// The token's heartbeat window.
+    window: Duration,
+    /// Whether this delivery has started a step yet.
+    started: AtomicBool,
+}
 
 /// How a step's turn in this delivery ended.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -90,9 +100,21 @@ impl ChainRunner {
                 .await?;
             return Ok(Delivery::Ack);
         };
-        let walk = self.walk(agency, task, waves, deadline);
+        let configs: Vec<StepConfig> = steps
+            .iter()
+            .filter(|s| waves.iter().any(|wave| wave.contains(&s.name)))
+            .filter_map(|s| StepConfig::parse(&s.config).ok())
+            .collect();
+        // The window the chain's start gave the token; beats come every half of it.
+        let window = Duration::from_secs(u64::from(segment_heartbeat_seconds(&configs)));
+        let pass = Pass {
+            deadline,
+            window,
+            started: AtomicBool::new(false),
+        };
+        let walk = self.walk(agency, task, waves, &pass);
         tokio::pin!(walk);
-        let period = Duration::from_secs(u64::from(SEGMENT_HEARTBEAT_SECONDS) / 4);
+        let period = (window / 2).max(Duration::from_secs(1));
         let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + FIRST_BEAT, period);
         let walked = loop {
             tokio::select! {
@@ -167,10 +189,8 @@ impl ChainRunner {
         agency: &AgencyId,
         mut task: Task,
         waves: &[Vec<String>],
-        deadline: Option<Instant>,
+        pass: &Pass,
     ) -> Result<Result<Task, Delivery>, AppError> {
-        // Whether this delivery has started a step yet.
-        let started = AtomicBool::new(false);
         for wave in waves {
             if task.status != TaskStatus::InProgress {
                 return Ok(Ok(task));
@@ -178,7 +198,7 @@ impl ChainRunner {
             // Built before the stream: a closure inside it would not be `Send` for the runtime.
             let runs: Vec<_> = wave
                 .iter()
-                .map(|name| self.drive_step(agency, &task, name.as_str(), deadline, &started))
+                .map(|name| self.drive_step(agency, &task, name.as_str(), pass))
                 .collect();
             let turns: Vec<Result<Turn, AppError>> = futures::stream::iter(runs)
                 .buffer_unordered(WAVE_CONCURRENCY)
@@ -220,9 +240,9 @@ impl ChainRunner {
         agency: &AgencyId,
         task: &Task,
         name: &str,
-        deadline: Option<Instant>,
-        started: &AtomicBool,
+        pass: &Pass,
     ) -> Result<Turn, AppError> {
+        let (deadline, started) = (pass.deadline, &pass.started);
         loop {
             // A cancel (or a stopping chain) between steps and between attempts ends the walk.
             let current = self.store.get(agency, task.id).await?;
@@ -258,7 +278,7 @@ impl ChainRunner {
                 let cause = match step.error.clone() {
                     Some(last) => format!("{}: {last}", retryable_error(config.max_attempts)),
                     None => {
-                        "its last run stopped without an outcome (the worker was stopped)".into()
+                        "States.HeartbeatTimeout: its worker stopped during its last run, without an outcome".into()
                     }
                 };
                 let run = Some(step.attempts);
@@ -292,8 +312,10 @@ impl ChainRunner {
                 fairness.release(agency, tier, &holder).await;
             }
             match turn? {
+                // A delayed copy would leave the token without heartbeats for the wait: short
+                // waits, and those the heartbeat window could not span, are waited here.
                 Some(wait)
-                    if wait <= WAIT_IN_PLACE_UP_TO
+                    if (wait <= WAIT_IN_PLACE_UP_TO || wait * 2 >= pass.window)
                         && deadline.is_none_or(|end| {
                             Instant::now() + wait + budget + hand_off_margin(end) < end
                         }) =>
@@ -445,9 +467,11 @@ impl ChainRunner {
     ) -> Result<(), AppError> {
         if let Some(mut task) = self.store.get(agency, id).await? {
             let cause = describe_error(error, None);
+            let mut failed = Vec::new();
             // A step a lost worker left running failed with the segment; the rest is skipped.
             for step in self.store.steps(agency, id).await? {
                 if matches!(step.status, StepStatus::Running) {
+                    failed.push(format!("'{}'", step.name));
                     let read = step.status;
                     let mut step = step;
                     step.status = StepStatus::Failed;
@@ -456,8 +480,12 @@ impl ChainRunner {
                     self.store.replace_step(agency, &step, read).await?;
                 }
             }
-            self.stop_chain(agency, &mut task, format!("the chain stopped: {cause}"))
-                .await?;
+            let error = match failed.as_slice() {
+                [] => format!("the chain stopped: {cause}"),
+                [one] => format!("step {one} failed: {cause}"),
+                many => format!("steps {} failed: {cause}", many.join(", ")),
+            };
+            self.stop_chain(agency, &mut task, error).await?;
         }
         self.orchestrator
             .succeed(token, &json!({"status": "settled"}))

@@ -369,7 +369,10 @@ async fn a_step_killed_in_its_last_attempt_fails() {
     assert!(s.runs().is_empty());
     let a = s.step("a").await;
     assert_eq!(a.status, StepStatus::Failed);
-    assert!(a.error.unwrap().contains("stopped without an outcome"));
+    assert!(a
+        .error
+        .unwrap()
+        .starts_with("States.HeartbeatTimeout: its worker stopped"));
     assert_eq!(s.status().await, TaskStatus::Completed, "continue");
 }
 
@@ -413,4 +416,76 @@ async fn a_copy_whose_token_closed_runs_nothing() {
     assert_eq!(s.chains.process(s.message()).await, Delivery::Ack);
     assert!(s.runs().is_empty());
     assert_eq!(s.step("a").await.status, StepStatus::Pending);
+}
+
+/// A retry's wait that does not fit the invocation comes back as a delayed copy; the copy
+/// runs the next attempt.
+#[tokio::test]
+async fn a_retry_that_cannot_wait_in_the_invocation_comes_back_as_a_delayed_copy() {
+    let s = Setup::new(json!([
+        {"name": "a", "config": {"executor": probe(json!({"failAttempts": 1})),
+            "retry": {"maxAttempts": 2}, "timeoutSeconds": 2}},
+    ]))
+    .await;
+    // The first attempt always starts; its retry (a wait under 2 s, then up to 2 s of run)
+    // cannot fit before this deadline.
+    let deadline = Instant::now() + Duration::from_millis(1_500);
+    let first = s.chains.process_until(s.message(), Some(deadline)).await;
+    let Delivery::RetryAfter(wait) = first else {
+        panic!("{first:?}");
+    };
+    assert!(wait < Duration::from_secs(2), "{wait:?}");
+    let a = s.step("a").await;
+    assert_eq!((a.status, a.attempts), (StepStatus::Running, 1), "{a:?}");
+    assert!(s.answers().is_empty());
+
+    assert_eq!(s.chains.process(s.message()).await, Delivery::Ack);
+    let a = s.step("a").await;
+    assert_eq!((a.status, a.attempts), (StepStatus::Completed, 2), "{a:?}");
+    assert_eq!(s.runs(), [("a".to_owned(), 1), ("a".to_owned(), 2)]);
+}
+
+/// The segment's token timed out (its worker died mid-step): the step left running fails,
+/// the rest is skipped, and the task's error names the step.
+#[tokio::test]
+async fn a_lost_segment_fails_its_running_step_and_the_task() {
+    let s = Setup::new(json!([
+        {"name": "a", "config": {"executor": probe(json!({}))}},
+        {"name": "b", "dependsOn": ["a"], "config": {"executor": probe(json!({}))}},
+    ]))
+    .await;
+    let agency = boss().agency;
+    let mut a = s.step("a").await;
+    a.status = StepStatus::Running;
+    a.attempts = 1;
+    assert!(s
+        .world
+        .store
+        .replace_step(&agency, &a, StepStatus::Pending)
+        .await
+        .unwrap());
+    let lost = ChainMessage::SegmentFailed {
+        task_id: s.id,
+        agency_id: agency,
+        error: json!({"Error": "States.Timeout", "Cause": ""}),
+        task_token: TOKEN.into(),
+    };
+    assert_eq!(s.chains.process(lost).await, Delivery::Ack);
+    let a = s.step("a").await;
+    assert_eq!(a.status, StepStatus::Failed);
+    assert!(a.error.unwrap().starts_with("States.Timeout"));
+    assert_eq!(s.step("b").await.status, StepStatus::Skipped);
+    let task = s
+        .world
+        .store
+        .get(&boss().agency, s.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(task.status, TaskStatus::Failed);
+    assert!(task
+        .error
+        .unwrap()
+        .starts_with("step 'a' failed: States.Timeout"));
+    assert_eq!(s.answers()[0].0, "success");
 }

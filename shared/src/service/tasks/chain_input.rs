@@ -3,7 +3,7 @@
 
 use crate::domain::chain::DEFAULT_STEP_TIMEOUT_SECONDS;
 use crate::domain::segment::{
-    segment_timeout_seconds, segments, Segment, SEGMENT_HEARTBEAT_SECONDS,
+    segment_heartbeat_seconds, segment_timeout_seconds, segments, Segment,
 };
 use crate::domain::{StepConfig, TaskStep};
 use serde_json::{json, Map, Value};
@@ -28,18 +28,22 @@ pub(super) fn chain_segments(steps: &[TaskStep], waves: &[Vec<String>]) -> Map<S
     let segments = segments(&wave_is_manual);
     let item = |segment: &Segment, finish: bool| match *segment {
         Segment::Automated { first, last } => {
-            let timeout = segment_timeout_seconds(
-                waves[first..=last]
-                    .iter()
-                    .map(|wave| wave.iter().filter_map(|name| config(name)).collect()),
-            );
+            let configs = || {
+                waves[first..=last].iter().map(|wave| {
+                    wave.iter()
+                        .filter_map(|name| config(name))
+                        .collect::<Vec<_>>()
+                })
+            };
+            let timeout = segment_timeout_seconds(configs());
+            let heartbeat = segment_heartbeat_seconds(configs().flatten());
             json!({
                 "kind": "automated",
                 "firstWave": first.to_string(),
                 "lastWave": last.to_string(),
                 "finish": if finish { "yes" } else { "no" },
                 "timeoutSeconds": timeout,
-                "heartbeatSeconds": SEGMENT_HEARTBEAT_SECONDS,
+                "heartbeatSeconds": heartbeat,
             })
         }
         Segment::Manual { wave } => {
