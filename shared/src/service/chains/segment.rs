@@ -132,54 +132,31 @@ impl ChainRunner {
             Ok(task) => task,
             Err(paused) => return Ok(paused),
         };
-        if task.status == TaskStatus::InProgress && finish {
-            self.settle_task(agency, id).await?;
-        }
-        self.answer(agency, id, &task, finish, token).await?;
-        Ok(Delivery::Ack)
-    }
-
-    /// Answers the segment's token from the task's state (so a redelivery after a lost answer
-    /// gives the same one): still running or, for the last segment, completed is a success;
-    /// any other end stops the chain.
-    async fn answer(
-        &self,
-        agency: &AgencyId,
-        id: TaskId,
-        walked: &Task,
-        finish: bool,
-        token: &str,
-    ) -> Result<(), AppError> {
-        let task = if finish {
-            self.store
-                .get(agency, id)
-                .await?
-                .unwrap_or_else(|| walked.clone())
+        if task.status == TaskStatus::InProgress {
+            // Every wave ran: the last segment settles the task (failed too, when a step
+            // failed under skip_dependents, as Finalize did) and the execution succeeds.
+            if finish {
+                self.settle_task(agency, id).await?;
+            }
+            self.orchestrator
+                .succeed(token, &json!({"status": "done"}))
+                .await?;
+        } else if task.status == TaskStatus::Completed {
+            // A copy after the answer (which may have been lost): the same answer.
+            self.orchestrator
+                .succeed(token, &json!({"status": "done"}))
+                .await?;
         } else {
-            walked.clone()
-        };
-        match task.status {
-            TaskStatus::InProgress if !finish => {
-                self.orchestrator
-                    .succeed(token, &json!({"status": "done"}))
-                    .await?;
-            }
-            TaskStatus::Completed => {
-                self.orchestrator
-                    .succeed(token, &json!({"status": "finalized"}))
-                    .await?;
-            }
-            status => {
-                let cause = task
-                    .error
-                    .clone()
-                    .unwrap_or_else(|| format!("task is {status}"));
-                self.orchestrator
-                    .fail(token, CHAIN_STOPPED_ERROR, &cause)
-                    .await?;
-            }
+            // Stopped (fail_task, a cancel): the execution fails with the task's reason.
+            let cause = task
+                .error
+                .clone()
+                .unwrap_or_else(|| format!("task is {}", task.status));
+            self.orchestrator
+                .fail(token, CHAIN_STOPPED_ERROR, &cause)
+                .await?;
         }
-        Ok(())
+        Ok(Delivery::Ack)
     }
 
     /// Runs the waves in order. Ok(task) when they all ran or the chain stopped (the task as

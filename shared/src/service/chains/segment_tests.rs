@@ -489,3 +489,30 @@ async fn a_lost_segment_fails_its_running_step_and_the_task() {
         .starts_with("step 'a' failed: States.Timeout"));
     assert_eq!(s.answers()[0].0, "success");
 }
+
+/// skip_dependents: the dependents are skipped, an independent step runs, and the task fails
+/// when settled; the execution still ends as Finalize ended it (a success), not stopped.
+#[tokio::test]
+async fn skip_dependents_fails_the_task_when_settled_without_stopping_the_chain() {
+    let s = Setup::new(json!([
+        {"name": "a", "config": {"executor": probe(json!({"failAttempts": 1})), "onFailure": "skip_dependents"}},
+        {"name": "b", "dependsOn": ["a"], "config": {"executor": probe(json!({}))}},
+        {"name": "other", "config": {"executor": probe(json!({}))}},
+        {"name": "later", "dependsOn": ["other"], "config": {"executor": probe(json!({}))}},
+    ]))
+    .await;
+    assert_eq!(s.chains.process(s.message()).await, Delivery::Ack);
+    assert_eq!(s.step("b").await.status, StepStatus::Skipped);
+    assert_eq!(s.step("later").await.status, StepStatus::Completed);
+    let task = s
+        .world
+        .store
+        .get(&boss().agency, s.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(task.status, TaskStatus::Failed);
+    assert_eq!(task.error.as_deref(), Some("steps failed: a"));
+    assert_eq!(s.answers().len(), 1);
+    assert_eq!(s.answers()[0].0, "success");
+}
