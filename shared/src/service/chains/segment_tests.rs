@@ -516,3 +516,56 @@ async fn skip_dependents_fails_the_task_when_settled_without_stopping_the_chain(
     assert_eq!(s.answers().len(), 1);
     assert_eq!(s.answers()[0].0, "success");
 }
+
+/// Each step run of a segment takes a fair-share slot as a step's run did: over the agency's
+/// cap the segment is deferred with nothing run; once a slot frees it runs and gives it back.
+#[tokio::test]
+async fn a_segment_over_its_agency_s_cap_is_deferred_and_gives_its_slots_back() {
+    use crate::ports::InFlightSlots;
+    use crate::service::fairness::{Fairness, DEFER_DELAY};
+    use crate::testing::MemorySlots;
+    let mut s = Setup::new(json!([
+        {"name": "a", "config": {"executor": probe(json!({}))}},
+        {"name": "b", "dependsOn": ["a"], "config": {"executor": probe(json!({}))}},
+    ]))
+    .await;
+    let agency = boss().agency;
+    let tier = s
+        .world
+        .store
+        .get(&agency, s.id)
+        .await
+        .unwrap()
+        .unwrap()
+        .priority;
+    let slots = Arc::new(MemorySlots::default());
+    s.chains.fairness = Some(Fairness::new(
+        slots.clone(),
+        std::collections::BTreeMap::from([(tier, 1)]),
+    ));
+    let now = chrono::Utc::now();
+    let until = now + chrono::Duration::seconds(60);
+    slots
+        .acquire(&agency, tier, "a-task-run", until, None, now)
+        .await
+        .unwrap();
+    let other = AgencyId::parse("other").unwrap();
+    slots.stamp_demand(tier, &other, now).await.unwrap();
+
+    assert_eq!(
+        s.chains.process(s.message()).await,
+        Delivery::Defer(DEFER_DELAY)
+    );
+    assert!(s.runs().is_empty());
+    assert_eq!(s.step("a").await.status, StepStatus::Pending);
+    assert!(s.answers().is_empty());
+
+    slots.release(&agency, tier, "a-task-run").await.unwrap();
+    assert_eq!(s.chains.process(s.message()).await, Delivery::Ack);
+    assert_eq!(s.runs().len(), 2);
+    assert_eq!(s.status().await, TaskStatus::Completed);
+    assert_eq!(
+        slots.held(&agency, tier, chrono::Utc::now()).await.unwrap(),
+        0
+    );
+}
