@@ -6,7 +6,8 @@
 //! finished step is never run again, and a step found `running` had a run that ended without
 //! an outcome (a retryable failure waiting for its retry, or a killed worker); that run counts
 //! as an attempt. Before its deadline a delivery stops starting steps and hands the segment to
-//! a fresh one (`Requeue`); a long backoff comes back as a delayed copy (`RetryAfter`).
+//! a fresh one (`Requeue`); a long backoff comes back as a delayed copy (`Defer`, which is a
+//! copy whatever the wait, so retries never raise the message's receive count).
 
 use super::{describe_error, retryable_error, ChainRunner, CHAIN_STOPPED_ERROR, PERMANENT_ERROR};
 use crate::domain::segment::{backoff, segment_heartbeat_seconds};
@@ -186,13 +187,17 @@ impl ChainRunner {
                 later = match (turn?, later) {
                     (Turn::Settled, later) => later,
                     (Turn::OutOfTime, _) | (_, Some(Delivery::Requeue)) => Some(Delivery::Requeue),
-                    (Turn::Deferred, None) => Some(Delivery::Defer(DEFER_DELAY)),
-                    // No step comes back before its own backoff.
-                    (Turn::Later(wait), Some(Delivery::RetryAfter(other))) => {
-                        Some(Delivery::RetryAfter(wait.max(other)))
+                    // Always a copy, never the message held in flight: a hold raises its
+                    // receive count, and a segment's many retries must not walk it into the
+                    // DLQ (the step records bound them). No step comes back before its wait.
+                    (Turn::Later(wait), Some(Delivery::Defer(other))) => {
+                        Some(Delivery::Defer(wait.max(other)))
                     }
-                    (Turn::Later(wait), _) => Some(Delivery::RetryAfter(wait)),
-                    (Turn::Deferred, Some(other)) => Some(other),
+                    (Turn::Later(wait), _) => Some(Delivery::Defer(wait)),
+                    (Turn::Deferred, Some(Delivery::Defer(other))) => {
+                        Some(Delivery::Defer(DEFER_DELAY.max(other)))
+                    }
+                    (Turn::Deferred, _) => Some(Delivery::Defer(DEFER_DELAY)),
                 };
             }
             task = match self.store.get(agency, task.id).await? {
