@@ -16,8 +16,18 @@ struct Subscription {
     events: Vec<Value>,
 }
 
+/// A rule on the shared stack's bus sending `agency`'s events to a queue of the test's own.
 async fn subscribe(agency: &str) -> Subscription {
     let sdk = stack().sdk_config().await;
+    subscribe_on(&sdk, &stack().refs["EventBus"], agency).await
+}
+
+async fn subscribe_on(
+    sdk: &local_stack::emulator::SdkConfig,
+    bus: &str,
+    agency: &str,
+) -> Subscription {
+    let sdk = sdk.clone();
     let sqs = aws_sdk_sqs::Client::new(&sdk);
     let events = aws_sdk_eventbridge::Client::new(&sdk);
     let name = format!("events-{agency}").replace(['.', '@', ':'], "-");
@@ -39,7 +49,6 @@ async fn subscribe(agency: &str) -> Subscription {
         .attributes
         .unwrap()[&aws_sdk_sqs::types::QueueAttributeName::QueueArn]
         .clone();
-    let bus = &stack().refs["EventBus"];
     let pattern = json!({"source": ["taskflow"], "detail": {"agencyId": [agency]}});
     events
         .put_rule()
@@ -280,26 +289,35 @@ async fn a_task_a_chain_and_a_batch_publish_each_transition_once_in_order() {
 /// The publisher fails while its role may not PutEvents (an explicit deny on its IAM user,
 /// which moto checks like AWS), and the events still arrive, each once, after the deny is
 /// lifted: the stream mapping retried the records the function reported failed.
+///
+/// On a stack of its own: the deny holds up every record behind the first refused one (a shard
+/// is delivered in order), so on the shared stack another test's batch in front of this task's
+/// record could run out of retries and go to the OnFailure queue before this record was even
+/// tried (seen: a concurrent test lost its task's first event).
 #[tokio::test]
 async fn events_refused_once_arrive_once_after_the_retry() {
     if stack().on_localstack() || stack().functions.is_empty() {
         println!("SKIPPED: needs the publisher's own IAM identity (function processes on moto)");
         return;
     }
+    const STACK: &str = "taskflow-events-deny";
+    let host = integration_tests::isolated_stack(STACK).await;
+    let sdk = local_stack::emulator::sdk_config_for(&host.endpoints).await;
     let agency = unique_agency("events-deny");
-    let boss = Client::as_user(&agency, "boss", "manager");
-    let mut events = subscribe(&agency).await;
-    let iam = aws_sdk_iam::Client::new(&stack().sdk_config().await);
-    let user = "taskflow-test-EventPublisherFunction";
+    let boss = Client::as_user(&agency, "boss", "manager").at(&host.api_url());
+    let mut events = subscribe_on(&sdk, &host.resources.refs["EventBus"], &agency).await;
+    let iam = aws_sdk_iam::Client::new(&sdk);
+    let user = format!("{STACK}-EventPublisherFunction");
     let deny = json!({"Version": "2012-10-17", "Statement": [
         {"Effect": "Deny", "Action": "events:PutEvents", "Resource": "*"}]});
     iam.put_user_policy()
-        .user_name(user)
+        .user_name(&user)
         .policy_name("deny-put-events")
         .policy_document(deny.to_string())
         .send()
         .await
         .unwrap();
+    let stream_stats = host.stream_stats();
 
     let task = boss
         .create_task(
@@ -307,19 +325,18 @@ async fn events_refused_once_arrive_once_after_the_retry() {
             "executor": {"type": "echo"}}),
         )
         .await;
-    // Lifted as soon as the task's first change has failed to publish (the denial also holds
-    // up other tests' events, which must not run out of retries meanwhile), and before any
+    // Lifted as soon as the task's first change has failed to publish, and before any
     // assertion, so a failing test cannot leave it in place.
     let deadline = std::time::Instant::now() + scaled(Duration::from_secs(30));
     let mut failed = false;
     while !failed && std::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        failed = stack().stream_stats.failed_a_record_with(&task);
+        failed = stream_stats.failed_a_record_with(&task);
     }
     events.receive().await;
     let while_denied = events.summary();
     iam.delete_user_policy()
-        .user_name(user)
+        .user_name(&user)
         .policy_name("deny-put-events")
         .send()
         .await
