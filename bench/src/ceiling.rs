@@ -14,7 +14,7 @@ use aws_sdk_dynamodb::types::{
     AttributeValue, BillingMode, GlobalSecondaryIndex, StreamSpecification,
 };
 use serde_json::Value;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 /// Operations the replay issues; anything else the unit measured is left out (and named).
@@ -187,23 +187,29 @@ impl Replay {
     /// (counters, lease maps), the message's way through SQS, and the state-change events.
     async fn lifecycle(&self, mix: &CallMix, worker: usize, k: u64) -> Result<()> {
         let id = ulid::Ulid::new().to_string();
-        let task_key = |item: &mut BTreeMap<String, AttributeValue>| {
-            for (n, attribute) in self.key_attributes.iter().enumerate() {
-                item.insert(attribute.clone(), AttributeValue::S(format!("{id}#{n}")));
-            }
+        // The task item's keys: every key attribute of the table and its indexes.
+        let task_keys: HashMap<String, AttributeValue> = self
+            .key_attributes
+            .iter()
+            .enumerate()
+            .map(|(n, attribute)| (attribute.clone(), AttributeValue::S(format!("{id}#{n}"))))
+            .collect();
+        let primary = |keys: &HashMap<String, AttributeValue>| -> HashMap<String, AttributeValue> {
+            keys.iter()
+                .filter(|(name, _)| *name == "PK" || *name == "SK")
+                .map(|(name, value)| (name.clone(), value.clone()))
+                .collect()
         };
         let key_of = |pk: String| {
-            let mut key = BTreeMap::new();
-            for attribute in ["PK", "SK"] {
-                if self.key_attributes.iter().any(|a| a == attribute) {
-                    key.insert(attribute.to_owned(), AttributeValue::S(pk.clone()));
-                }
-            }
-            key.into_iter().collect::<std::collections::HashMap<_, _>>()
+            let small: HashMap<String, AttributeValue> = self
+                .key_attributes
+                .iter()
+                .map(|a| (a.clone(), AttributeValue::S(pk.clone())))
+                .collect();
+            primary(&small)
         };
         for version in 0..mix.calls("dynamodb:PutItem", k) {
-            let mut item = BTreeMap::new();
-            task_key(&mut item);
+            let mut item = task_keys.clone();
             item.insert(
                 "version".into(),
                 AttributeValue::N((version + 1).to_string()),
@@ -216,7 +222,7 @@ impl Replay {
                 .dynamodb
                 .put_item()
                 .table_name(&self.table)
-                .set_item(Some(item.into_iter().collect()));
+                .set_item(Some(item));
             let put = if version == 0 {
                 put.condition_expression("attribute_not_exists(PK)")
             } else {
@@ -239,12 +245,7 @@ impl Replay {
                 .send()
                 .await?;
         }
-        let mut task = BTreeMap::new();
-        task_key(&mut task);
-        let task_key: std::collections::HashMap<_, _> = task
-            .into_iter()
-            .filter(|(name, _)| name == "PK" || name == "SK")
-            .collect();
+        let task_key = primary(&task_keys);
         for _ in 0..mix.calls("dynamodb:GetItem", k) {
             self.dynamodb
                 .get_item()

@@ -2,7 +2,9 @@
 //! emulator in tests/integration/fairness.rs), the cap's rule, and the runner's deferral.
 
 use super::{Fairness, DEFER_DELAY, DEMAND_WINDOW};
-use crate::domain::{AgencyId, Caller, Priority, Role, TaskId, TaskStatus, UserId};
+use crate::domain::{
+    AgencyId, Caller, DispatchMessage, Priority, Role, TaskId, TaskStatus, UserId,
+};
 use crate::ports::{InFlightSlots, TaskStore};
 use crate::service::Delivery;
 use crate::testing::{MemorySlots, MemoryWorld};
@@ -216,12 +218,11 @@ async fn the_cap_binds_only_while_another_agency_has_work_waiting() {
         .unwrap());
 }
 
-#[tokio::test]
-async fn a_delivery_over_the_cap_is_deferred_without_an_attempt_and_runs_once_a_slot_frees() {
-    let world = MemoryWorld::new();
-    let slots = Arc::new(MemorySlots::default());
-    let services = world.services();
-    let runner = services.runner.clone().with_fairness(fairness(&slots, 1));
+/// An echo task agency a1's manager created and auto-dispatched: who, its id, its message.
+async fn dispatched_echo(
+    world: &MemoryWorld,
+    services: &crate::services::Services,
+) -> (Caller, TaskId, DispatchMessage) {
     let boss = Caller {
         user: UserId::parse("boss").unwrap(),
         agency: agency("a1"),
@@ -239,6 +240,16 @@ async fn a_delivery_over_the_cap_is_deferred_without_an_attempt_and_runs_once_a_
         .last()
         .cloned()
         .unwrap();
+    (boss, id, message)
+}
+
+#[tokio::test]
+async fn a_delivery_over_the_cap_is_deferred_without_an_attempt_and_runs_once_a_slot_frees() {
+    let world = MemoryWorld::new();
+    let slots = Arc::new(MemorySlots::default());
+    let services = world.services();
+    let runner = services.runner.clone().with_fairness(fairness(&slots, 1));
+    let (boss, id, message) = dispatched_echo(&world, &services).await;
     let body = serde_json::to_string(&message).unwrap();
 
     // A1 holds its one slot; another agency waits on the tier.
@@ -289,23 +300,7 @@ async fn a_redelivery_of_a_run_killed_after_its_outcome_gives_back_the_slot_it_l
     let slots = Arc::new(MemorySlots::default());
     let services = world.services();
     let runner = services.runner.clone().with_fairness(fairness(&slots, 2));
-    let boss = Caller {
-        user: UserId::parse("boss").unwrap(),
-        agency: agency("a1"),
-        role: Role::Manager,
-    };
-    let body =
-        serde_json::json!({"title": "t", "autoDispatch": true, "executor": {"type": "echo"}});
-    let created = services.tasks.create(&boss, &body, None).await.unwrap();
-    let id = TaskId::parse(created.task["id"].as_str().unwrap()).unwrap();
-    let message = world
-        .dispatcher
-        .sent
-        .lock()
-        .unwrap()
-        .last()
-        .cloned()
-        .unwrap();
+    let (boss, id, message) = dispatched_echo(&world, &services).await;
     let body = serde_json::to_string(&message).unwrap();
     assert_eq!(runner.process(&body).await.0, Delivery::Ack);
     // The invocation was killed after the outcome was written and before the slot went back:
