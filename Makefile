@@ -153,10 +153,15 @@ screenshots: venv functions browser node-modules ## Regenerate docs/screenshots/
 	@$(CARGO) build --quiet -p local-stack --bin local-stack
 	SCREENSHOTS=1 MOTO_VENV=$(CURDIR)/$(VENV) $(CARGO) test -p integration-tests console -- --nocapture
 
-test-integration: venv functions browser node-modules ## End-to-end tests over HTTP against a local stack the tests start themselves (functions as processes under the local Lambda runtime)
-	@# The README test runs `make token` on this binary (cargo test holds the build lock).
-	@$(CARGO) build --quiet -p local-stack --bin local-stack
-	MOTO_VENV=$(CURDIR)/$(VENV) $(CARGO) test -p integration-tests -- --test-threads 4
+# The end-to-end run builds every binary it starts (the functions, and local-stack, which the README
+# test's `make token` runs) in the same cargo feature set as the unit tests: whole workspace, dev
+# units on. Selecting packages with -p would resolve features afresh (tokio without test-util, ...)
+# and rebuild tokio, hyper and the SDK crates a second time, about 100 s of every CI run. Those
+# extra features only add APIs no binary calls (tokio's paused clock, shared::testing's fakes).
+test-integration: venv browser node-modules ## End-to-end tests over HTTP against a local stack the tests start themselves (functions as processes under the local Lambda runtime)
+	@echo "==> Building the function binaries and local-stack (the unit tests' feature set)"
+	@$(CARGO) build --quiet --workspace --exclude integration-tests --bins --tests
+	MOTO_VENV=$(CURDIR)/$(VENV) $(CARGO) test --workspace --test integration -- --test-threads 4
 
 # LOCALSTACK_ENDPOINT=http://localhost:4566 uses a running LocalStack (Docker) instead of starting one.
 test-localstack: venv functions $(if $(LOCALSTACK_ENDPOINT),,venv-localstack) ## The end-to-end tests with SQS, Step Functions and S3 on LocalStack (host process), DynamoDB on moto
