@@ -259,6 +259,28 @@ async fn a_manual_step_waits_for_its_assignee() {
     let steps = steps_of(&boss, &id).await;
     assert_eq!(steps["legal/approve"]["result"], json!({"approved": true}));
     assert_eq!(steps["ship"]["result"], "shipped");
+    // A mixed chain walks its segments: the manual wave step by step, the automated one as
+    // one segment, then Finalize (8 states for 2 steps; each further automated wave in that
+    // segment adds none).
+    let arn = task["executionArn"]
+        .as_str()
+        .expect("an execution")
+        .to_owned();
+    let (status, entered) = states_entered(&arn).await;
+    assert_eq!(status, ExecutionStatus::Succeeded, "{entered:?}");
+    assert_eq!(
+        entered,
+        [
+            "Route",
+            "Segments",
+            "SegmentKind",
+            "Steps",
+            "RunStep",
+            "SegmentKind",
+            "RunSegment",
+            "Finalize"
+        ]
+    );
 }
 
 #[tokio::test]
@@ -328,6 +350,91 @@ async fn cancelling_mid_chain_stops_it_and_later_steps_never_run() {
         boss.get(&format!("/api/tasks/{id}")).await.body["status"],
         "cancelled"
     );
+}
+
+/// The states an execution entered (what Step Functions bills as transitions), from its
+/// history, once it has ended.
+async fn states_entered(arn: &str) -> (ExecutionStatus, Vec<String>) {
+    let sfn = stack().clients().await.sfn;
+    let status = eventually(
+        "the execution to end",
+        scaled(Duration::from_secs(60)),
+        || async {
+            let out = sfn
+                .describe_execution()
+                .execution_arn(arn)
+                .send()
+                .await
+                .ok()?;
+            (out.status != ExecutionStatus::Running).then_some(out.status)
+        },
+    )
+    .await;
+    let mut entered = Vec::new();
+    let mut token = None;
+    loop {
+        let page = sfn
+            .get_execution_history()
+            .execution_arn(arn)
+            .set_next_token(token)
+            .max_results(1000)
+            .send()
+            .await
+            .expect("the execution's history");
+        entered.extend(
+            page.events
+                .iter()
+                .filter(|e| e.r#type.as_str().ends_with("StateEntered"))
+                .map(|e| {
+                    e.state_entered_event_details()
+                        .map(|d| d.name.clone())
+                        .unwrap_or_default()
+                }),
+        );
+        token = page.next_token;
+        if token.is_none() {
+            return (status, entered);
+        }
+    }
+}
+
+/// Issue 16: a chain of automated steps costs at most one state transition per step. Its
+/// waves are one segment: the execution enters Route and RunChain, whatever N.
+#[tokio::test]
+async fn an_automated_chain_of_n_sequential_steps_enters_at_most_n_states() {
+    const N: usize = 4;
+    let boss = manager();
+    let steps: Vec<Value> = (0..N)
+        .map(|i| match i {
+            0 => json!({"name": "s0", "config": sleep(0.05)}),
+            _ => json!({"name": format!("s{i}"), "dependsOn": [format!("s{}", i - 1)], "config": sleep(0.05)}),
+        })
+        .collect();
+    let id = boss
+        .create_task(&json!({"title": "sequential", "type": "multi_step", "autoDispatch": true, "steps": steps}))
+        .await;
+    let arn = boss.get(&format!("/api/tasks/{id}")).await.body["executionArn"]
+        .as_str()
+        .expect("an execution")
+        .to_owned();
+    let (status, entered) = states_entered(&arn).await;
+    assert_eq!(status, ExecutionStatus::Succeeded, "{entered:?}");
+    let task = wait_for_status(&boss, &id, &["completed", "failed"]).await;
+    assert_eq!(task["status"], "completed", "{task}");
+    let steps = steps_of(&boss, &id).await;
+    assert_dependencies_respected(&steps);
+    assert!(
+        steps
+            .values()
+            .all(|s| s["status"] == "completed" && s["attempts"] == 1),
+        "{steps:?}"
+    );
+    assert!(
+        entered.len() <= N,
+        "{} states for {N} steps: {entered:?}",
+        entered.len()
+    );
+    assert_eq!(entered, ["Route", "RunChain"]);
 }
 
 #[tokio::test]

@@ -127,7 +127,7 @@ impl Worker {
         let body = record.body.as_deref().unwrap_or_default();
         // Chain steps and batch chunks carry a `kind`; whole tasks are plain dispatch messages.
         let (delivery, report) = if let Ok(message) = serde_json::from_str::<ChainMessage>(body) {
-            (self.chains.process(message).await, None)
+            (self.chains.process_until(message, deadline).await, None)
         } else if let Ok(message) = serde_json::from_str::<BatchMessage>(body) {
             (self.batches.process_until(message, deadline).await, None)
         } else {

@@ -7,6 +7,8 @@
 //!   send, so a busy tier would time out work that merely waits its turn (a step's
 //!   `HeartbeatSecondsPath` is the task author's choice, validated at creation). It is there
 //!   at all because moto answers InvalidToken to a heartbeat for a task without one;
+//!   A segment (a worker running several steps under one token) takes its
+//!   `HeartbeatSecondsPath` from its steps' (at most ten minutes), as a step's token did;
 //! - every message sent to a tier queue carries `MessageGroupId` = its agency, so SQS fair
 //!   queues share a tier between agencies.
 
@@ -80,6 +82,50 @@ fn the_project_state_machines_keep_the_timing_rules() {
         let problems = problems(&definition);
         assert!(problems.is_empty(), "{file}:\n{}", problems.join("\n"));
     }
+}
+
+/// A chain of automated steps only enters two states: Route, then RunChain, which ends the
+/// execution (its worker settles the task). Each segment Task takes its timeout and heartbeat
+/// from the input, sends a lost worker's segment again once, and ends the chain on the
+/// worker's ChainStopped answer without a second token.
+#[test]
+fn an_automated_chain_is_one_segment_task_after_a_choice() {
+    let chain = definition("infra/chain.asl.json");
+    assert_eq!(chain["StartAt"], "Route");
+    let route = &chain["States"]["Route"];
+    assert_eq!(route["Type"], "Choice");
+    assert_eq!(route["Choices"][0]["Variable"], "$.route");
+    assert_eq!(route["Choices"][0]["StringEquals"], "one_segment");
+    assert_eq!(route["Choices"][0]["Next"], "RunChain");
+    assert_eq!(chain["States"]["RunChain"]["End"], true);
+    let all = states(&chain);
+    let segment_tasks: Vec<&Value> = all
+        .iter()
+        .filter(|(_, s)| s["Parameters"]["MessageBody"]["kind"] == "segment")
+        .map(|(_, s)| s)
+        .collect();
+    assert_eq!(segment_tasks.len(), 2, "RunChain and RunSegment");
+    for task in segment_tasks {
+        assert_eq!(task["TimeoutSecondsPath"], "$.segment.timeoutSeconds");
+        assert_eq!(task["HeartbeatSecondsPath"], "$.segment.heartbeatSeconds");
+        assert_eq!(
+            task["Retry"][0]["ErrorEquals"][0],
+            "States.HeartbeatTimeout"
+        );
+        assert_eq!(task["Retry"].as_array().unwrap().len(), 1);
+        assert_eq!(task["Catch"][0]["ErrorEquals"][0], "Taskflow.ChainStopped");
+        assert_eq!(task["Catch"][1]["ErrorEquals"][0], "States.ALL");
+        let stopped = &all
+            .iter()
+            .find(|(n, _)| *n == task["Catch"][0]["Next"])
+            .unwrap()
+            .1;
+        assert_eq!(stopped["Type"], "Fail");
+    }
+    // Manual waves keep a token per step, with the per-step retry blocks.
+    let run_step = &all.iter().find(|(n, _)| n == "RunStep").unwrap().1;
+    assert_eq!(run_step["Parameters"]["MessageBody"]["kind"], "step");
+    assert_eq!(run_step["Retry"].as_array().unwrap().len(), 4);
 }
 
 #[test]

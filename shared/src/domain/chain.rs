@@ -251,6 +251,32 @@ pub enum ChainMessage {
         #[serde(rename = "taskToken")]
         task_token: String,
     },
+    /// Run waves `firstWave..=lastWave` (all automated) and answer the token once; with
+    /// `finish` "yes", also settle the task (the chain's last segment).
+    Segment {
+        #[serde(rename = "taskId")]
+        task_id: TaskId,
+        #[serde(rename = "agencyId")]
+        agency_id: AgencyId,
+        #[serde(rename = "firstWave")]
+        first_wave: String,
+        #[serde(rename = "lastWave")]
+        last_wave: String,
+        finish: String,
+        #[serde(rename = "taskToken")]
+        task_token: String,
+    },
+    /// A segment's token timed out (or its answer was not understood): fail the task and
+    /// settle its unfinished steps.
+    SegmentFailed {
+        #[serde(rename = "taskId")]
+        task_id: TaskId,
+        #[serde(rename = "agencyId")]
+        agency_id: AgencyId,
+        error: Value,
+        #[serde(rename = "taskToken")]
+        task_token: String,
+    },
     /// Every wave ran: settle the task's final status.
     Finalize {
         #[serde(rename = "taskId")]
@@ -375,6 +401,11 @@ mod tests {
         assert!(matches!(
             serde_json::from_str::<ChainMessage>(body).unwrap(),
             ChainMessage::Step { .. }
+        ));
+        let body = r#"{"kind": "segment", "taskId": "01JD0000000000000000000000", "agencyId": "acme", "firstWave": "0", "lastWave": "2", "finish": "yes", "taskToken": "tok"}"#;
+        assert!(matches!(
+            serde_json::from_str::<ChainMessage>(body).unwrap(),
+            ChainMessage::Segment { .. }
         ));
     }
 }

@@ -12,6 +12,7 @@ pub mod ids;
 pub mod lifecycle;
 pub mod limits;
 pub mod schedule;
+pub mod segment;
 pub mod step;
 pub mod storable;
 pub mod task;

@@ -285,10 +285,13 @@ async fn failing_a_task_and_the_steps_view_of_a_chain() {
     let executions = api.orchestrator.started.lock().unwrap().clone();
     assert_eq!(executions.len(), 1);
     assert!(arn.ends_with(&executions[0].0) && executions[0].0.starts_with(&id));
-    let wave = |name: &str| json!({"steps": [{"name": name, "timeoutSeconds": 300, "heartbeatSeconds": 299}]});
+    // Two automated waves are one segment: each wave's step at its 300 s timeout plus 60 s,
+    // and 900 s of margin; the steps' heartbeat window (their timeout less one, by default).
+    assert_eq!(executions[0].1["route"], "one_segment");
     assert_eq!(
-        executions[0].1["waves"],
-        json!([wave("build"), wave("publish")])
+        executions[0].1["segment"],
+        json!({"kind": "automated", "firstWave": "0", "lastWave": "1", "finish": "yes",
+            "timeoutSeconds": 2 * 360 + 900, "heartbeatSeconds": 299})
     );
     // A chain settles itself; completing the whole task by hand is refused.
     let refused = api

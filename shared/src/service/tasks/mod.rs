@@ -18,6 +18,9 @@ use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use std::time::Duration;
 
+mod chain_input;
+use chain_input::chain_segments;
+
 /// How long a presigned attachment upload URL stays valid.
 pub const UPLOAD_URL_TTL: Duration = Duration::from_secs(15 * 60);
 
@@ -481,36 +484,17 @@ impl TaskService {
                 .iter()
                 .map(|s| (s.name.as_str(), s.depends_on.as_slice())),
         );
-        let by_name: std::collections::HashMap<&str, &TaskStep> =
-            steps.iter().map(|s| (s.name.as_str(), s)).collect();
-        let wave_items: Vec<serde_json::Value> = waves
-            .iter()
-            .map(|wave| {
-                let items: Vec<serde_json::Value> = wave
-                    .iter()
-                    .map(|name| {
-                        let config = by_name
-                            .get(name.as_str())
-                            .and_then(|s| StepConfig::parse(&s.config).ok());
-                        let (timeout, heartbeat) = config
-                            .map(|c| (c.timeout_seconds, c.heartbeat_seconds))
-                            .unwrap_or((crate::domain::chain::DEFAULT_STEP_TIMEOUT_SECONDS, crate::domain::chain::DEFAULT_STEP_TIMEOUT_SECONDS));
-                        serde_json::json!({"name": name, "timeoutSeconds": timeout, "heartbeatSeconds": heartbeat})
-                    })
-                    .collect();
-                serde_json::json!({"steps": items})
-            })
-            .collect();
         let queue_url = self
             .dispatcher
             .queue_url(task.priority)
             .ok_or_else(|| AppError::internal(format!("no queue for tier {}", task.priority)))?;
-        let input = serde_json::json!({
+        let mut input = serde_json::json!({
             "taskId": task.id,
             "agencyId": task.agency_id,
             "queueUrl": queue_url,
-            "waves": wave_items,
         });
+        let launch = chain_segments(steps, &waves);
+        input.as_object_mut().expect("an object").extend(launch);
         let dispatch_id = ulid::Ulid::new().to_string();
         let name = format!("{}-{dispatch_id}", task.id);
         task.move_to(TaskStatus::InProgress, now)?;

@@ -359,7 +359,16 @@ async fn an_auto_dispatched_chain_replies_with_the_task_as_stored() {
         stored.execution_arn.as_deref(),
         Some(world.orchestrator.execution_arn(name).as_str())
     );
-    assert_eq!(input["waves"].as_array().unwrap().len(), 2);
+    // Two automated waves: one segment, the state machine's shortest route.
+    assert_eq!(input["route"], "one_segment");
+    assert_eq!(
+        (
+            &input["segment"]["firstWave"],
+            &input["segment"]["lastWave"]
+        ),
+        (&json!("0"), &json!("1"))
+    );
+    assert_eq!(input["segment"]["finish"], "yes");
     // A replay shows the same, and starts nothing new.
     let again = svc.create(&boss, &auto_chain(), Some("k1")).await.unwrap();
     assert!(again.replayed);

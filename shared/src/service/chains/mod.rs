@@ -1,7 +1,9 @@
-//! The worker side of multi-step chains. The state machine decides the order
-//! (waves) and owns retries and timeouts; this code runs steps, records every
-//! change in DynamoDB as it happens, applies each step's onFailure policy, and
-//! answers the task tokens. Results stay in DynamoDB: only a status word
+//! The worker side of multi-step chains. The state machine walks the chain's segments;
+//! a wave with a manual step is run step by step, each step under its own token with the
+//! state machine owning its retries and timeout (here), and a run of automated waves is one
+//! segment a worker runs whole under one token, owning its steps' retries and timeouts
+//! (`segment`). Either way this code runs steps, records every change in DynamoDB as it
+//! happens, applies each step's onFailure policy, and answers the task tokens. Results stay in DynamoDB: only a status word
 //! travels back through the state machine, so no payload limit applies.
 
 use crate::domain::{
@@ -25,6 +27,11 @@ pub fn retryable_error(max_attempts: u32) -> String {
     format!("Taskflow.Retryable.{max_attempts}")
 }
 pub const PERMANENT_ERROR: &str = "Taskflow.Permanent";
+/// A segment's answer when the chain stopped (a fail_task step failed, the task was
+/// cancelled): the execution fails with it, as its Fail state did.
+pub const CHAIN_STOPPED_ERROR: &str = "Taskflow.ChainStopped";
+
+mod segment;
 
 #[derive(Clone)]
 pub struct ChainRunner {
@@ -40,7 +47,45 @@ pub struct ChainRunner {
 
 impl ChainRunner {
     pub async fn process(&self, message: ChainMessage) -> Delivery {
+        self.process_until(message, None).await
+    }
+
+    /// [`ChainRunner::process`] in an invocation that ends at `deadline`: a segment stops
+    /// starting steps that could not finish in time and continues in a new delivery.
+    pub async fn process_until(
+        &self,
+        message: ChainMessage,
+        deadline: Option<std::time::Instant>,
+    ) -> Delivery {
         let result = match &message {
+            ChainMessage::Segment {
+                task_id,
+                agency_id,
+                first_wave,
+                last_wave,
+                finish,
+                task_token,
+            } => {
+                let waves = first_wave.parse().ok().zip(last_wave.parse().ok());
+                self.run_segment(
+                    agency_id,
+                    *task_id,
+                    waves,
+                    finish == "yes",
+                    task_token,
+                    deadline,
+                )
+                .await
+            }
+            ChainMessage::SegmentFailed {
+                task_id,
+                agency_id,
+                error,
+                task_token,
+            } => self
+                .segment_failed(agency_id, *task_id, error, task_token)
+                .await
+                .map(|()| Delivery::Ack),
             ChainMessage::Step {
                 task_id,
                 agency_id,
@@ -375,7 +420,7 @@ impl ChainRunner {
     }
 
     /// Why the step must not run: a dependency skipped, or failed with skip_dependents.
-    async fn blocked_by(
+    pub(crate) async fn blocked_by(
         &self,
         agency: &AgencyId,
         id: TaskId,
@@ -427,21 +472,9 @@ impl ChainRunner {
             .map(|c| c.on_failure)
             .unwrap_or(OnFailure::FailTask);
         let stop = policy == OnFailure::FailTask;
-        if stop && task.status == TaskStatus::InProgress {
-            let read_version = task.version;
-            task.move_to(TaskStatus::Failed, now)?;
-            task.error = Some(format!("step '{name}' failed: {cause}"));
-            match self.store.replace(&task, read_version).await {
-                Ok(()) | Err(AppError::VersionConflict { .. }) => {}
-                Err(err) => return Err(err),
-            }
-            skip_unfinished(
-                self.store.as_ref(),
-                agency,
-                id,
-                "skipped: the chain stopped",
-            )
-            .await?;
+        if stop {
+            self.stop_chain(agency, &mut task, format!("step '{name}' failed: {cause}"))
+                .await?;
         }
         self.orchestrator
             .succeed(token, &json!({"failTask": if stop { "yes" } else { "no" }}))
@@ -449,7 +482,43 @@ impl ChainRunner {
         Ok(())
     }
 
+    /// Fails an in-progress task with `error` and skips its unfinished steps.
+    async fn stop_chain(
+        &self,
+        agency: &AgencyId,
+        task: &mut Task,
+        error: String,
+    ) -> Result<(), AppError> {
+        if task.status != TaskStatus::InProgress {
+            return Ok(());
+        }
+        let read_version = task.version;
+        task.move_to(TaskStatus::Failed, Utc::now())?;
+        task.error = Some(error);
+        match self.store.replace(task, read_version).await {
+            Ok(()) | Err(AppError::VersionConflict { .. }) => {}
+            Err(err) => return Err(err),
+        }
+        skip_unfinished(
+            self.store.as_ref(),
+            agency,
+            task.id,
+            "skipped: the chain stopped",
+        )
+        .await
+    }
+
     async fn finalize(&self, agency: &AgencyId, id: TaskId, token: &str) -> Result<(), AppError> {
+        self.settle_task(agency, id).await?;
+        self.orchestrator
+            .succeed(token, &json!({"status": "finalized"}))
+            .await?;
+        Ok(())
+    }
+
+    /// Settles an in-progress task from its steps' outcomes (completed unless a step failed
+    /// whose onFailure is not continue).
+    async fn settle_task(&self, agency: &AgencyId, id: TaskId) -> Result<(), AppError> {
         if let Some(mut task) = self.store.get(agency, id).await? {
             if task.status == TaskStatus::InProgress {
                 let steps = self.store.steps(agency, id).await?;
@@ -481,9 +550,6 @@ impl ChainRunner {
                 }
             }
         }
-        self.orchestrator
-            .succeed(token, &json!({"status": "finalized"}))
-            .await?;
         Ok(())
     }
 }
@@ -540,7 +606,7 @@ async fn settle_step(
 /// `{"Error": "...", "Cause": "..."}` from a Catch, as one readable line. Without a cause (the
 /// engine does not always carry it), the last error the step's runs recorded stands in, so the
 /// real failure is never replaced by the bare retry classification.
-fn describe_error(error: &Value, last_run_error: Option<&str>) -> String {
+pub(crate) fn describe_error(error: &Value, last_run_error: Option<&str>) -> String {
     let name = error
         .get("Error")
         .and_then(Value::as_str)
@@ -611,3 +677,6 @@ mod error_text {
         );
     }
 }
+
+#[cfg(test)]
+mod segment_tests;
