@@ -83,7 +83,7 @@ venv-localstack: $(LOCALSTACK_VENV)/.installed ## Install LocalStack's host runt
 # code, judged by the unit tests of shared and worker (.cargo/mutants.toml). Its own target dir keeps
 # mutated builds away from everyone else's; one job, since a mutant build wants both cores.
 MUTANTS_VERSION := 27.1.0
-MUTANTS_FILES ?= shared/src/service/runner.rs shared/src/service/batch_runner/chunk.rs shared/src/service/batch_runner/finalize.rs shared/src/service/chains/mod.rs shared/src/service/chains/segment.rs functions/worker/src/lib.rs
+MUTANTS_FILES ?= shared/src/service/runner.rs shared/src/service/batch_runner/chunk.rs shared/src/service/batch_runner/finalize.rs shared/src/service/chains/mod.rs shared/src/service/chains/step.rs shared/src/service/chains/settle.rs shared/src/service/chains/segment.rs functions/worker/src/lib.rs
 MUTANTS_OUT ?= mutants
 MUTANTS_JOBS ?= 1
 
