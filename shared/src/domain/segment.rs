@@ -67,9 +67,15 @@ pub fn backoff(retry: u32, unit: f64) -> Duration {
 /// The segment token's heartbeat window: ten minutes, or the shortest `heartbeatSeconds` a
 /// step of the segment asks for (a step's heartbeat promise is kept by the segment's: a worker
 /// that stops is noticed as soon as that step's own token would have noticed it).
+///
+/// A heartbeat within a second of its step's timeout (the default) is in effect none, for the
+/// step and so for the segment: counted, a step with a 2 s timeout would give the whole
+/// segment a 1 s window from the moment its message is sent, which a busy tier queue's wait
+/// alone exceeds, and the chain would fail before the step ever ran.
 pub fn segment_heartbeat_seconds<'a>(steps: impl IntoIterator<Item = &'a StepConfig>) -> u32 {
     steps
         .into_iter()
+        .filter(|c| c.heartbeat_seconds + 1 < c.timeout_seconds)
         .map(|c| c.heartbeat_seconds)
         .fold(SEGMENT_HEARTBEAT_SECONDS, u32::min)
 }
@@ -145,10 +151,32 @@ mod tests {
         .unwrap();
         let waves = (0..100).map(|_| vec![&longest]);
         assert_eq!(segment_timeout_seconds(waves), MAX_SEGMENT_TIMEOUT_SECONDS);
+    }
+
+    #[test]
+    fn the_shortest_heartbeat_a_step_asks_for_is_the_segment_s_and_a_default_one_counts_for_none() {
         let beating = StepConfig::parse(&json!({"heartbeatSeconds": 10})).unwrap();
-        // quick's heartbeat is its 10 s timeout less one (the default), under beating's 10 s.
-        assert_eq!(segment_heartbeat_seconds([&quick, &beating]), 9);
+        let beating_fast =
+            StepConfig::parse(&json!({"heartbeatSeconds": 5, "timeoutSeconds": 60})).unwrap();
         assert_eq!(segment_heartbeat_seconds([&beating]), 10);
+        assert_eq!(segment_heartbeat_seconds([&beating, &beating_fast]), 5);
+        // Defaults, one second under the timeout: a 2 s step must not give its segment a
+        // 1 s window, nor a 10 s one a 9 s window.
+        let two = StepConfig::parse(&json!({"timeoutSeconds": 2})).unwrap();
+        let ten = StepConfig::parse(&json!({"timeoutSeconds": 10})).unwrap();
+        assert_eq!(two.heartbeat_seconds, 1);
+        assert_eq!(
+            segment_heartbeat_seconds([&two, &ten]),
+            SEGMENT_HEARTBEAT_SECONDS
+        );
+        assert_eq!(segment_heartbeat_seconds([&two, &beating]), 10);
+        // Asked for explicitly, one under the timeout is still in effect none.
+        let explicit =
+            StepConfig::parse(&json!({"heartbeatSeconds": 59, "timeoutSeconds": 60})).unwrap();
+        assert_eq!(
+            segment_heartbeat_seconds([&explicit]),
+            SEGMENT_HEARTBEAT_SECONDS
+        );
         let hour = StepConfig::parse(&json!({"timeoutSeconds": 3600})).unwrap();
         assert_eq!(
             segment_heartbeat_seconds([&hour]),
