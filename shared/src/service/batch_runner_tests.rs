@@ -1054,9 +1054,24 @@ async fn the_summary_on_the_task_stays_small_for_any_number_of_chunks() {
     assert_eq!(task.result.unwrap()["chunkCount"], 100_000);
 }
 
+/// moto registers a waiting token's heartbeat only after sending its message: a chunk picked up
+/// at once is told its token is unknown, and is asked again before it is dropped.
+#[tokio::test(start_paused = true)]
+async fn a_chunk_whose_token_is_not_yet_registered_is_asked_again_and_runs() {
+    let f = Fixture::new();
+    let id = f.create(json!([1, 2]), json!({})).await;
+    f.world
+        .orchestrator
+        .unregistered_beats
+        .store(2, Ordering::SeqCst);
+    assert_eq!(f.runner.process(chunk(id, 0, 0)).await, Delivery::Ack);
+    assert_eq!(f.picky.runs.load(Ordering::SeqCst), 2);
+    assert_eq!(f.answer("chunk-0-0"), succeeded(r#"{"status":"done"}"#));
+}
+
 /// A chunk that waited in the queue past its token (Step Functions timed it out and sent a
 /// retry) is dropped: it neither runs nor takes the chunk over from the live copy.
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_copy_whose_token_is_closed_neither_runs_nor_takes_over() {
     let f = Fixture::new();
     let id = f.create(json!([1, 2]), json!({})).await;

@@ -29,6 +29,7 @@ pub mod state_publisher;
 pub mod sweeper;
 #[cfg(test)]
 mod sweeper_tests;
+pub mod task_token;
 pub mod tasks;
 
 pub use agents::AgentService;

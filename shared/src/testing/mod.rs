@@ -905,6 +905,9 @@ pub struct RecordingOrchestrator {
     pub heartbeats: Mutex<Vec<String>>,
     /// Tokens Step Functions no longer holds (timed out, answered): a heartbeat says so.
     pub closed: Mutex<std::collections::HashSet<String>>,
+    /// The next this many heartbeats say their token is unknown, as moto's do for a token
+    /// whose message was sent a moment before its heartbeat was registered.
+    pub unregistered_beats: std::sync::atomic::AtomicUsize,
 }
 
 #[async_trait]
@@ -998,6 +1001,14 @@ impl crate::ports::Orchestrator for RecordingOrchestrator {
             .lock()
             .expect("not poisoned")
             .push(token.to_owned());
+        let unregistered = self.unregistered_beats.fetch_update(
+            std::sync::atomic::Ordering::SeqCst,
+            std::sync::atomic::Ordering::SeqCst,
+            |left| left.checked_sub(1),
+        );
+        if unregistered.is_ok() {
+            return Ok(false);
+        }
         Ok(!self.closed.lock().expect("not poisoned").contains(token))
     }
 }

@@ -8,7 +8,7 @@ use crate::domain::{
 use crate::error::AppError;
 use crate::executors::{ExecError, Job, Outcome, WorkUnit};
 use crate::service::fairness::DEFER_DELAY;
-use crate::service::Delivery;
+use crate::service::{task_token, Delivery};
 use futures::stream::{self, StreamExt};
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -107,7 +107,7 @@ impl BatchRunner {
         }
         // A copy whose token Step Functions has closed (it timed out and was retried, or was
         // answered) must neither run nor take the chunk over from the live copy.
-        if !self.orchestrator.heartbeat(token).await? {
+        if !task_token::still_waits(self.orchestrator.as_ref(), token).await? {
             tracing::info!(batch = %id, chunk, round, "a stale copy of a chunk: dropped");
             return Ok(Delivery::Ack);
         }

@@ -17,7 +17,7 @@ use crate::domain::{
 use crate::error::AppError;
 use crate::executors::{ExecError, Job, Outcome, WorkUnit};
 use crate::service::fairness::DEFER_DELAY;
-use crate::service::Delivery;
+use crate::service::{task_token, Delivery};
 use chrono::Utc;
 use futures::StreamExt;
 use serde_json::{json, Value};
@@ -72,7 +72,7 @@ impl ChainRunner {
         deadline: Option<Instant>,
     ) -> Result<Delivery, AppError> {
         // A copy whose token closed (timed out and retried, stopped) has nothing to answer.
-        if !self.orchestrator.heartbeat(token).await? {
+        if !task_token::still_waits(self.orchestrator.as_ref(), token).await? {
             tracing::info!(task = %id, "a segment's token has closed; the copy is dropped");
             return Ok(Delivery::Ack);
         }

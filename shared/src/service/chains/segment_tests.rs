@@ -404,7 +404,7 @@ async fn a_segment_past_the_invocation_deadline_requeues_and_finishes_in_the_nex
 
 /// A copy whose token has closed (the state machine timed it out and sent the segment again)
 /// is dropped before it runs anything.
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_copy_whose_token_closed_runs_nothing() {
     let s = Setup::new(json!([{"name": "a", "config": {"executor": probe(json!({}))}}])).await;
     s.world
@@ -416,6 +416,24 @@ async fn a_copy_whose_token_closed_runs_nothing() {
     assert_eq!(s.chains.process(s.message()).await, Delivery::Ack);
     assert!(s.runs().is_empty());
     assert_eq!(s.step("a").await.status, StepStatus::Pending);
+}
+
+/// moto registers a waiting token's heartbeat only after it has sent the token's message, so
+/// a worker that picks the message up at once can be told the token is unknown. A token
+/// reported unknown is asked again after a pause before its copy is dropped.
+#[tokio::test(start_paused = true)]
+async fn a_token_not_yet_registered_when_its_message_arrives_is_asked_again() {
+    let s = Setup::new(json!([{"name": "a", "config": {"executor": probe(json!({}))}}])).await;
+    s.world
+        .orchestrator
+        .unregistered_beats
+        .store(1, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(s.chains.process(s.message()).await, Delivery::Ack);
+    assert_eq!(s.runs(), [("a".to_owned(), 1)]);
+    assert_eq!(s.status().await, TaskStatus::Completed);
+    let answers = s.answers();
+    assert_eq!(answers.len(), 1, "{answers:?}");
+    assert_eq!(answers[0].0, "success");
 }
 
 /// A retry's wait that does not fit the invocation comes back as a delayed copy; the copy
