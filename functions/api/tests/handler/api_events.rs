@@ -286,12 +286,12 @@ async fn failing_a_task_and_the_steps_view_of_a_chain() {
     assert_eq!(executions.len(), 1);
     assert!(arn.ends_with(&executions[0].0) && executions[0].0.starts_with(&id));
     // Two automated waves are one segment: each wave's step at its 300 s timeout plus 60 s,
-    // and 900 s of margin; the steps' heartbeat window (their timeout less one, by default).
+    // and 900 s of margin; ten minutes of heartbeat window, as neither step asks for one.
     assert_eq!(executions[0].1["route"], "one_segment");
     assert_eq!(
         executions[0].1["segment"],
         json!({"kind": "automated", "firstWave": "0", "lastWave": "1", "finish": "yes",
-            "timeoutSeconds": 2 * 360 + 900, "heartbeatSeconds": 299})
+            "timeoutSeconds": 2 * 360 + 900, "heartbeatSeconds": 600})
     );
     // A chain settles itself; completing the whole task by hand is refused.
     let refused = api
