@@ -903,6 +903,7 @@ fn serialized_records_match_their_schemas_exactly() {
     step.completed_at = Some(now);
     step.status = StepStatus::Failed;
     step.attempts = 2;
+    step.run_until = Some(now);
     let full = serde_json::to_value(&step).unwrap();
     assert_valid(component("TaskStep"), &full, "full step");
     assert_eq!(keys(&full), keys(&component("TaskStep")["properties"]));

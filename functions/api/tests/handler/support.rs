@@ -417,6 +417,7 @@ pub fn step(task: &Task, order: u32, name: &str) -> TaskStep {
         started_at: None,
         completed_at: None,
         attempts: 0,
+        run_until: None,
     }
 }
 

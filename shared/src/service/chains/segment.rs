@@ -35,6 +35,27 @@ const HAND_OFF_MARGIN: Duration = Duration::from_secs(10);
 fn hand_off_margin(end: Instant) -> Duration {
     HAND_OFF_MARGIN.min(end.saturating_duration_since(Instant::now()) / 10)
 }
+/// How long another delivery's run of `step` may still last, when the step is running under
+/// one that has not ended (at least a second, so the copy that waits for it is not immediate).
+fn live_run_left(step: &TaskStep, now: chrono::DateTime<Utc>) -> Option<Duration> {
+    let until = step
+        .run_until
+        .filter(|_| step.status == StepStatus::Running)?;
+    let left = (until - now).to_std().ok()?;
+    Some(left.max(Duration::from_secs(1)))
+}
+
+/// Whether a wait before running a step (its budget) is spent in this invocation rather than
+/// as a delayed copy. A delayed copy would leave the token without heartbeats for the wait:
+/// short waits, and those the heartbeat window could not span, are waited here, when the
+/// invocation has room for them.
+fn waits_in_place(pass: &Pass, wait: Duration, budget: Duration) -> bool {
+    (wait <= WAIT_IN_PLACE_UP_TO || wait * 2 >= pass.window)
+        && pass
+            .deadline
+            .is_none_or(|end| Instant::now() + wait + budget + hand_off_margin(end) < end)
+}
+
 /// When the segment's token is first heartbeaten: its clock started when the message was sent.
 const FIRST_BEAT: Duration = Duration::from_secs(1);
 
@@ -255,6 +276,19 @@ impl ChainRunner {
                         .await;
                 }
             };
+            let budget = self
+                .lease
+                .min(Duration::from_secs(u64::from(config.timeout_seconds)));
+            // Another delivery's live run (a duplicate message, or a stale copy still running):
+            // never taken over, nor passed; this delivery waits until that run has ended.
+            if let Some(left) = live_run_left(&step, Utc::now()) {
+                if waits_in_place(pass, left, budget) {
+                    // Read again every second: the run may record its outcome before its bound.
+                    tokio::time::sleep(left.min(Duration::from_secs(1))).await;
+                    continue;
+                }
+                return Ok(Turn::Later(left));
+            }
             if step.status == StepStatus::Running && step.attempts >= config.max_attempts {
                 // Its last run ended without an outcome: the step failed for good.
                 let cause = match step.error.clone() {
@@ -268,9 +302,6 @@ impl ChainRunner {
                     .fail_step(agency, &task, step, run, &cause, config.on_failure)
                     .await;
             }
-            let budget = self
-                .lease
-                .min(Duration::from_secs(u64::from(config.timeout_seconds)));
             // A step starts only if it can finish, and be recorded, before the deadline. The
             // first step of a delivery always starts: the run limit (the lease) is below the
             // worker's Timeout, so a fresh invocation always has room for one.
@@ -294,14 +325,7 @@ impl ChainRunner {
                 fairness.release(agency, tier, &holder).await;
             }
             match turn? {
-                // A delayed copy would leave the token without heartbeats for the wait: short
-                // waits, and those the heartbeat window could not span, are waited here.
-                Some(wait)
-                    if (wait <= WAIT_IN_PLACE_UP_TO || wait * 2 >= pass.window)
-                        && deadline.is_none_or(|end| {
-                            Instant::now() + wait + budget + hand_off_margin(end) < end
-                        }) =>
-                {
+                Some(wait) if waits_in_place(pass, wait, budget) => {
                     tokio::time::sleep(wait).await;
                 }
                 Some(wait) => return Ok(Turn::Later(wait)),
@@ -320,14 +344,27 @@ impl ChainRunner {
         config: &StepConfig,
         budget: Duration,
     ) -> Result<Option<Duration>, AppError> {
-        let read = step.status;
+        let (read, lost_run) = (step.status, step.attempts);
+        let now = Utc::now();
         step.status = StepStatus::Running;
         step.attempts += 1;
-        step.started_at.get_or_insert(Utc::now());
+        step.started_at.get_or_insert(now);
         step.error = None;
-        if !self.store.replace_step(agency, &step, read).await? {
-            // Settled (cancelled, stopped) or taken by another delivery since it was read.
-            return Ok(None);
+        step.run_until = Some(
+            now + chrono::Duration::from_std(budget + HAND_OFF_MARGIN)
+                .map_err(AppError::internal)?,
+        );
+        // A lost run is taken over only as it was read: of two deliveries that found it, one
+        // takes it.
+        let taken = if read == StepStatus::Running {
+            self.store.replace_step_run(agency, &step, lost_run).await?
+        } else {
+            self.store.replace_step(agency, &step, read).await?
+        };
+        if !taken {
+            // Settled (cancelled, stopped) or taken by another delivery since it was read: read
+            // it again, so a live run elsewhere is waited for rather than passed.
+            return Ok(Some(Duration::ZERO));
         }
         let run = step.attempts;
         let executor = match self.executors.resolve(&config.executor) {
@@ -373,6 +410,7 @@ impl ChainRunner {
                     step.status = StepStatus::Completed;
                     step.result = Some(result);
                     step.completed_at = Some(Utc::now());
+                    step.run_until = None;
                     // Not written: the step was settled while it ran (a cancel); dropped.
                     self.store.replace_step_run(agency, &step, run).await?;
                     return Ok(None);
@@ -386,6 +424,7 @@ impl ChainRunner {
                 // The step stays running with its error until its retry (or, killed before it,
                 // a redelivery counts this run).
                 step.error = Some(cause);
+                step.run_until = None;
                 if !self.store.replace_step_run(agency, &step, run).await? {
                     return Ok(None);
                 }
@@ -419,6 +458,7 @@ impl ChainRunner {
         step.status = StepStatus::Failed;
         step.error = Some(cause.to_owned());
         step.completed_at = Some(Utc::now());
+        step.run_until = None;
         let written = match run {
             Some(run) => self.store.replace_step_run(agency, &step, run).await?,
             None => self.store.replace_step(agency, &step, read).await?,
@@ -459,6 +499,7 @@ impl ChainRunner {
                     step.status = StepStatus::Failed;
                     step.error = Some(cause.clone());
                     step.completed_at = Some(Utc::now());
+                    step.run_until = None;
                     self.store.replace_step(agency, &step, read).await?;
                 }
             }

@@ -348,6 +348,92 @@ async fn a_redelivery_after_a_kill_resumes_without_rerunning_finished_steps() {
     );
 }
 
+/// Two deliveries of one segment at once (SQS may deliver a message twice; a copy sent after a
+/// heartbeat timeout meets a live worker): the second finds the first's step running within
+/// its run's bound and neither runs it again nor passes it to its dependents; it comes back
+/// once that run has ended. Past the bound the run was lost, and counts as an attempt.
+#[tokio::test]
+async fn a_step_another_delivery_runs_is_neither_run_again_nor_passed() {
+    let s = Setup::new(json!([
+        {"name": "a", "config": {"executor": probe(json!({})), "retry": {"maxAttempts": 2}}},
+        {"name": "b", "dependsOn": ["a"], "config": {"executor": probe(json!({}))}},
+    ]))
+    .await;
+    let agency = boss().agency;
+    let mut a = s.step("a").await;
+    a.status = StepStatus::Running;
+    a.attempts = 1;
+    a.run_until = Some(chrono::Utc::now() + chrono::Duration::seconds(30));
+    assert!(s
+        .world
+        .store
+        .replace_step(&agency, &a, StepStatus::Pending)
+        .await
+        .unwrap());
+    let Delivery::Defer(wait) = s.chains.process(s.message()).await else {
+        panic!("the live run is waited for")
+    };
+    assert!(
+        (Duration::from_secs(28)..=Duration::from_secs(30)).contains(&wait),
+        "{wait:?}"
+    );
+    assert!(s.runs().is_empty());
+    assert_eq!(s.step("a").await.attempts, 1);
+    assert_eq!(s.step("b").await.status, StepStatus::Pending);
+    assert!(s.answers().is_empty(), "the token waits");
+
+    // The other delivery died: once its bound has passed, its run counts as lost.
+    a.run_until = Some(chrono::Utc::now() - chrono::Duration::seconds(1));
+    assert!(s
+        .world
+        .store
+        .replace_step(&agency, &a, StepStatus::Running)
+        .await
+        .unwrap());
+    assert_eq!(s.chains.process(s.message()).await, Delivery::Ack);
+    assert_eq!(s.runs(), [("a".to_owned(), 2), ("b".to_owned(), 1)]);
+    let a = s.step("a").await;
+    assert_eq!((a.status, a.run_until), (StepStatus::Completed, None));
+    assert_eq!(s.status().await, TaskStatus::Completed);
+}
+
+/// A live run elsewhere that ends within seconds is waited for in this invocation, and its
+/// outcome is kept: the step is not run again.
+#[tokio::test]
+async fn a_short_live_run_elsewhere_is_waited_for_in_place() {
+    let s = Setup::new(json!([
+        {"name": "a", "config": {"executor": probe(json!({})), "retry": {"maxAttempts": 2}}},
+    ]))
+    .await;
+    let agency = boss().agency;
+    let mut a = s.step("a").await;
+    a.status = StepStatus::Running;
+    a.attempts = 1;
+    a.run_until = Some(chrono::Utc::now() + chrono::Duration::seconds(5));
+    assert!(s
+        .world
+        .store
+        .replace_step(&agency, &a, StepStatus::Pending)
+        .await
+        .unwrap());
+    // The other delivery records its outcome half a second later.
+    let (store, mut done) = (s.world.store.clone(), a.clone());
+    let other = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        done.status = StepStatus::Completed;
+        done.run_until = None;
+        assert!(store
+            .replace_step_run(&boss().agency, &done, 1)
+            .await
+            .unwrap());
+    });
+    assert_eq!(s.chains.process(s.message()).await, Delivery::Ack);
+    other.await.unwrap();
+    assert!(s.runs().is_empty(), "{:?}", s.runs());
+    assert_eq!(s.step("a").await.attempts, 1);
+    assert_eq!(s.status().await, TaskStatus::Completed);
+}
+
 /// Killed during its last attempt: the step failed for good (nothing is left to retry).
 #[tokio::test]
 async fn a_step_killed_in_its_last_attempt_fails() {

@@ -101,6 +101,7 @@ pub(crate) async fn skip_unfinished(
             step.status = StepStatus::Skipped;
             step.error = Some(reason.to_owned());
             step.completed_at = Some(now);
+            step.run_until = None;
         })
         .await?;
     }

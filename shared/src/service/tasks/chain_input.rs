@@ -97,6 +97,7 @@ mod tests {
             started_at: None,
             completed_at: None,
             attempts: 0,
+            run_until: None,
         }
     }
 

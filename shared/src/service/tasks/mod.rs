@@ -994,6 +994,7 @@ fn build_steps(task: &Task, input: &NewTaskInput) -> Vec<TaskStep> {
             started_at: None,
             completed_at: None,
             attempts: 0,
+            run_until: None,
         })
         .collect()
 }
