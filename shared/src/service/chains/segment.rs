@@ -45,8 +45,8 @@ fn live_run_left(step: &TaskStep, now: chrono::DateTime<Utc>) -> Option<Duration
     Some(left.max(Duration::from_secs(1)))
 }
 
-/// Whether a wait before running a step (its budget) is spent in this invocation rather than
-/// as a delayed copy. A delayed copy would leave the token without heartbeats for the wait:
+/// Whether a wait, before a step that may then run for `budget`, is spent in this invocation
+/// rather than as a delayed copy. A delayed copy would leave the token without heartbeats for the wait:
 /// short waits, and those the heartbeat window could not span, are waited here, when the
 /// invocation has room for them.
 fn waits_in_place(pass: &Pass, wait: Duration, budget: Duration) -> bool {

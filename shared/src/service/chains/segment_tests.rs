@@ -135,6 +135,31 @@ impl Setup {
             .unwrap()
     }
 
+    /// Rewrites a step's record as `change` leaves it, as another delivery (or a worker that
+    /// was killed) would have written it.
+    async fn rewrite(&self, name: &str, change: impl FnOnce(&mut TaskStep)) -> TaskStep {
+        let mut step = self.step(name).await;
+        let read = step.status;
+        change(&mut step);
+        let store = &self.world.store;
+        assert!(store
+            .replace_step(&boss().agency, &step, read)
+            .await
+            .unwrap());
+        step
+    }
+
+    /// Marks a step running its first attempt under another delivery whose run may last
+    /// until `seconds` from now (negative: it has passed).
+    async fn running_elsewhere(&self, name: &str, seconds: i64) -> TaskStep {
+        self.rewrite(name, |step| {
+            step.status = StepStatus::Running;
+            step.attempts = 1;
+            step.run_until = Some(chrono::Utc::now() + chrono::Duration::seconds(seconds));
+        })
+        .await
+    }
+
     async fn status(&self) -> TaskStatus {
         let task = self.world.store.get(&boss().agency, self.id).await.unwrap();
         task.unwrap().status
@@ -313,24 +338,16 @@ async fn a_redelivery_after_a_kill_resumes_without_rerunning_finished_steps() {
         {"name": "c", "dependsOn": ["b"], "config": {"executor": probe(json!({}))}},
     ]))
     .await;
-    let agency = boss().agency;
-    let (mut a, mut b) = (s.step("a").await, s.step("b").await);
-    a.status = StepStatus::Completed;
-    a.attempts = 1;
-    assert!(s
-        .world
-        .store
-        .replace_step(&agency, &a, StepStatus::Pending)
-        .await
-        .unwrap());
-    b.status = StepStatus::Running;
-    b.attempts = 1;
-    assert!(s
-        .world
-        .store
-        .replace_step(&agency, &b, StepStatus::Pending)
-        .await
-        .unwrap());
+    s.rewrite("a", |a| {
+        a.status = StepStatus::Completed;
+        a.attempts = 1;
+    })
+    .await;
+    s.rewrite("b", |b| {
+        b.status = StepStatus::Running;
+        b.attempts = 1;
+    })
+    .await;
 
     assert_eq!(s.chains.process(s.message()).await, Delivery::Ack);
     assert_eq!(s.runs(), [("b".to_owned(), 2), ("c".to_owned(), 1)]);
@@ -359,17 +376,7 @@ async fn a_step_another_delivery_runs_is_neither_run_again_nor_passed() {
         {"name": "b", "dependsOn": ["a"], "config": {"executor": probe(json!({}))}},
     ]))
     .await;
-    let agency = boss().agency;
-    let mut a = s.step("a").await;
-    a.status = StepStatus::Running;
-    a.attempts = 1;
-    a.run_until = Some(chrono::Utc::now() + chrono::Duration::seconds(30));
-    assert!(s
-        .world
-        .store
-        .replace_step(&agency, &a, StepStatus::Pending)
-        .await
-        .unwrap());
+    s.running_elsewhere("a", 30).await;
     let Delivery::Defer(wait) = s.chains.process(s.message()).await else {
         panic!("the live run is waited for")
     };
@@ -383,13 +390,7 @@ async fn a_step_another_delivery_runs_is_neither_run_again_nor_passed() {
     assert!(s.answers().is_empty(), "the token waits");
 
     // The other delivery died: once its bound has passed, its run counts as lost.
-    a.run_until = Some(chrono::Utc::now() - chrono::Duration::seconds(1));
-    assert!(s
-        .world
-        .store
-        .replace_step(&agency, &a, StepStatus::Running)
-        .await
-        .unwrap());
+    s.running_elsewhere("a", -1).await;
     assert_eq!(s.chains.process(s.message()).await, Delivery::Ack);
     assert_eq!(s.runs(), [("a".to_owned(), 2), ("b".to_owned(), 1)]);
     let a = s.step("a").await;
@@ -405,19 +406,9 @@ async fn a_short_live_run_elsewhere_is_waited_for_in_place() {
         {"name": "a", "config": {"executor": probe(json!({})), "retry": {"maxAttempts": 2}}},
     ]))
     .await;
-    let agency = boss().agency;
-    let mut a = s.step("a").await;
-    a.status = StepStatus::Running;
-    a.attempts = 1;
-    a.run_until = Some(chrono::Utc::now() + chrono::Duration::seconds(5));
-    assert!(s
-        .world
-        .store
-        .replace_step(&agency, &a, StepStatus::Pending)
-        .await
-        .unwrap());
+    let a = s.running_elsewhere("a", 5).await;
     // The other delivery records its outcome half a second later.
-    let (store, mut done) = (s.world.store.clone(), a.clone());
+    let (store, mut done) = (s.world.store.clone(), a);
     let other = tokio::spawn(async move {
         tokio::time::sleep(Duration::from_millis(500)).await;
         done.status = StepStatus::Completed;
@@ -441,16 +432,11 @@ async fn a_step_killed_in_its_last_attempt_fails() {
         {"name": "a", "config": {"executor": probe(json!({})), "onFailure": "continue"}},
     ]))
     .await;
-    let mut a = s.step("a").await;
-    a.status = StepStatus::Running;
-    a.attempts = 1;
-    let agency = boss().agency;
-    assert!(s
-        .world
-        .store
-        .replace_step(&agency, &a, StepStatus::Pending)
-        .await
-        .unwrap());
+    s.rewrite("a", |a| {
+        a.status = StepStatus::Running;
+        a.attempts = 1;
+    })
+    .await;
     assert_eq!(s.chains.process(s.message()).await, Delivery::Ack);
     assert!(s.runs().is_empty());
     let a = s.step("a").await;
