@@ -156,7 +156,7 @@ screenshots: venv functions browser node-modules ## Regenerate docs/screenshots/
 # The end-to-end run builds every binary it starts (the functions, and local-stack, which the README
 # test's `make token` runs) in the same cargo feature set as the unit tests: whole workspace, dev
 # units on. Selecting packages with -p would resolve features afresh (tokio without test-util, ...)
-# and rebuild tokio, hyper and the SDK crates a second time, about 100 s of every CI run. Those
+# and rebuild tokio, hyper and the SDK crates a second time (about a minute of a CI run). Those
 # extra features only add APIs no binary calls (tokio's paused clock, shared::testing's fakes).
 test-integration: venv browser node-modules ## End-to-end tests over HTTP against a local stack the tests start themselves (functions as processes under the local Lambda runtime)
 	@echo "==> Building the function binaries and local-stack (the unit tests' feature set)"
