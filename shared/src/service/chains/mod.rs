@@ -9,7 +9,7 @@
 
 use crate::domain::{AgencyId, ChainMessage, OnFailure, StepConfig, StepStatus, TaskId, TaskStep};
 use crate::error::AppError;
-use crate::executors::ExecutorRegistry;
+use crate::executors::{ExecutorRegistry, Job, WorkUnit};
 use crate::ports::{Orchestrator, TaskStore};
 use crate::service::fairness::Fairness;
 use crate::service::Delivery;
@@ -123,6 +123,12 @@ impl ChainRunner {
         }
     }
 
+    /// How long one run of a step may take: its timeoutSeconds, cut to the run limit.
+    pub(crate) fn step_budget(&self, config: &StepConfig) -> Duration {
+        self.lease
+            .min(Duration::from_secs(u64::from(config.timeout_seconds)))
+    }
+
     /// Why the step must not run: a dependency skipped, or failed with skip_dependents.
     pub(crate) async fn blocked_by(
         &self,
@@ -148,6 +154,23 @@ impl ChainRunner {
             }
         }
         Ok(None)
+    }
+}
+
+/// The executor's job for one run (`attempt`) of a step; `input` is the config's, or null.
+fn step_job<'a>(
+    task_id: TaskId,
+    step: &'a TaskStep,
+    config: &'a StepConfig,
+    input: &'a serde_json::Value,
+    attempt: u32,
+) -> Job<'a> {
+    Job {
+        task_id,
+        unit: WorkUnit::Step { name: &step.name },
+        config: &config.executor.config,
+        input,
+        attempt,
     }
 }
 

@@ -15,7 +15,7 @@ use crate::domain::{
     AgencyId, OnFailure, StepConfig, StepStatus, Task, TaskId, TaskStatus, TaskStep,
 };
 use crate::error::AppError;
-use crate::executors::{ExecError, Job, Outcome, WorkUnit};
+use crate::executors::{ExecError, Outcome};
 use crate::service::fairness::DEFER_DELAY;
 use crate::service::{task_token, Delivery};
 use chrono::Utc;
@@ -276,9 +276,7 @@ impl ChainRunner {
                         .await;
                 }
             };
-            let budget = self
-                .lease
-                .min(Duration::from_secs(u64::from(config.timeout_seconds)));
+            let budget = self.step_budget(&config);
             // Another delivery's live run (a duplicate message, or a stale copy still running):
             // never taken over, nor passed; this delivery waits until that run has ended.
             if let Some(left) = live_run_left(&step, Utc::now()) {
@@ -378,13 +376,7 @@ impl ChainRunner {
             }
         };
         let input = config.input.clone().unwrap_or(Value::Null);
-        let job = Job {
-            task_id: task.id,
-            unit: WorkUnit::Step { name: &step.name },
-            config: &config.executor.config,
-            input: &input,
-            attempt: run,
-        };
+        let job = super::step_job(task.id, &step, config, &input, run);
         let timed_out = budget.as_secs() >= u64::from(config.timeout_seconds);
         let outcome = match tokio::time::timeout(budget, executor.run(&job)).await {
             Ok(outcome) => outcome,

@@ -8,7 +8,7 @@ use crate::domain::{
     AgencyId, OnFailure, StepConfig, StepStatus, Task, TaskId, TaskStatus, TaskStep,
 };
 use crate::error::AppError;
-use crate::executors::{ExecError, Job, Outcome, WorkUnit};
+use crate::executors::{ExecError, Outcome};
 use crate::service::fairness::DEFER_DELAY;
 use crate::service::Delivery;
 use chrono::Utc;
@@ -283,16 +283,8 @@ impl ChainRunner {
             .resolve(&config.executor)
             .map_err(ExecError::Permanent)?;
         let input = config.input.clone().unwrap_or(Value::Null);
-        let job = Job {
-            task_id: task.id,
-            unit: WorkUnit::Step { name: &step.name },
-            config: &config.executor.config,
-            input: &input,
-            attempt: step.attempts,
-        };
-        let budget = self
-            .lease
-            .min(Duration::from_secs(u64::from(config.timeout_seconds)));
+        let job = super::step_job(task.id, step, config, &input, step.attempts);
+        let budget = self.step_budget(config);
         let beat = Duration::from_secs(u64::from(config.heartbeat_seconds).div_ceil(2).max(1));
         let run = tokio::time::timeout(budget, executor.run(&job));
         tokio::pin!(run);
