@@ -18,7 +18,9 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+// Tokio's clock (the system's outside tests), so paused-time tests can move it.
+use tokio::time::Instant;
 
 /// How long an agency's stamp says it has work waiting: longer than a flood takes to skim
 /// (a deferral is a few milliseconds per message) and than the sweeper's re-dispatch of work
@@ -27,9 +29,14 @@ pub const DEMAND_WINDOW: Duration = Duration::from_secs(60);
 /// How long a deferred delivery stays away: long enough that a flood's messages do not spin
 /// through the queue, short enough that the agency's next free slot is soon used.
 pub const DEFER_DELAY: Duration = Duration::from_secs(2);
-/// One instance stamps an agency's demand on a tier, and reads whether others wait, at most
-/// this often: a flood dispatching thousands of tasks writes the tier's demand item once.
-const LOCAL_CACHE: Duration = Duration::from_secs(1);
+/// One instance stamps an agency's demand on a tier at most this often. A stamp holds for
+/// [`DEMAND_WINDOW`], so one a quarter of it old still says the agency waits; the agency's
+/// first stamp is always written at once. At one write per busy instance per agency and tier
+/// every 15 s, a steady stream of tasks pays no stamp of its own, and the tier's demand item
+/// (one key) takes a fifteenth of the writes a per-second stamp made.
+pub const STAMP_EVERY: Duration = Duration::from_secs(15);
+/// One instance reads whether other agencies wait on a tier at most this often.
+const OTHERS_CACHE: Duration = Duration::from_secs(1);
 /// Slots outlive the run's lease by this much: a slot is never reclaimed while its run may
 /// still write its outcome.
 const SLOT_MARGIN: Duration = Duration::from_secs(5);
@@ -92,14 +99,14 @@ impl Fairness {
         }
     }
 
-    /// Stamps the agency's demand on the tier (at most once per second per instance). A
-    /// failure is logged: fairness may lapse for a moment, no work is lost.
+    /// Stamps the agency's demand on the tier (at most once per [`STAMP_EVERY`] per instance).
+    /// A failure is logged: fairness may lapse for a moment, no work is lost.
     pub async fn note_demand(&self, tier: Priority, agency: &AgencyId, now: DateTime<Utc>) {
         let key = (tier, agency.clone());
         {
             let mut stamped = self.stamped.lock().unwrap_or_else(|e| e.into_inner());
             match stamped.get(&key) {
-                Some(at) if at.elapsed() < LOCAL_CACHE => return,
+                Some(at) if at.elapsed() < STAMP_EVERY => return,
                 _ => {
                     stamped.insert(key, Instant::now());
                 }
@@ -123,7 +130,7 @@ impl Fairness {
             .unwrap_or_else(|e| e.into_inner())
             .get(&key)
         {
-            if at.elapsed() < LOCAL_CACHE {
+            if at.elapsed() < OTHERS_CACHE {
                 return Ok(*waiting);
             }
         }

@@ -1,7 +1,7 @@
 //! The fair-share slots (in-memory fake of the port; the DynamoDB adapter is tested against the
 //! emulator in tests/integration/fairness.rs), the cap's rule, and the runner's deferral.
 
-use super::{Fairness, DEFER_DELAY, DEMAND_WINDOW};
+use super::{Fairness, DEFER_DELAY, DEMAND_WINDOW, STAMP_EVERY};
 use crate::domain::{
     AgencyId, Caller, DispatchMessage, Priority, Role, TaskId, TaskStatus, UserId,
 };
@@ -216,6 +216,43 @@ async fn the_cap_binds_only_while_another_agency_has_work_waiting() {
         .admit(&a, NORMAL, &TaskId::generate().to_string(), lease, later)
         .await
         .unwrap());
+}
+
+/// An instance writes an agency's demand stamp once per `STAMP_EVERY`, not per dispatch or
+/// delivery: a stamp that young still holds for the demand window, and each write is a
+/// request on the tier's one demand item.
+#[tokio::test(start_paused = true)]
+async fn an_instance_stamps_an_agencys_demand_once_per_interval() {
+    let slots = Arc::new(MemorySlots::default());
+    let fair = fairness(&slots, 2);
+    let (a, b, start) = (agency("a"), agency("b"), Utc::now());
+    let at = |seconds: i64| start + Span::seconds(seconds);
+    // Whether B finds A's demand stamped at or after `seconds`.
+    let stamped_since = |seconds: i64| slots.others_waiting(NORMAL, &b, at(seconds));
+
+    fair.note_demand(NORMAL, &a, at(0)).await;
+    assert!(
+        stamped_since(0).await.unwrap(),
+        "the first stamp is written at once"
+    );
+    let interval = STAMP_EVERY.as_secs() as i64;
+    tokio::time::advance(STAMP_EVERY - std::time::Duration::from_secs(1)).await;
+    fair.note_demand(NORMAL, &a, at(interval - 1)).await;
+    assert!(
+        !stamped_since(1).await.unwrap(),
+        "within the interval the stamp is not written again"
+    );
+    tokio::time::advance(std::time::Duration::from_secs(2)).await;
+    fair.note_demand(NORMAL, &a, at(interval + 1)).await;
+    assert!(
+        stamped_since(interval + 1).await.unwrap(),
+        "after it, it is"
+    );
+    // Another instance (a cold start) writes its own first stamp at once.
+    fairness(&slots, 2)
+        .note_demand(NORMAL, &a, at(interval + 2))
+        .await;
+    assert!(stamped_since(interval + 2).await.unwrap());
 }
 
 /// An echo task agency a1's manager created and auto-dispatched: who, its id, its message.
