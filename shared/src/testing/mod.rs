@@ -29,6 +29,8 @@ pub struct MemoryStore {
     pub fail_next_replace: Mutex<Option<AppError>>,
     /// The `openTasks` ceiling, as the DynamoDB adapter's `with_open_task_limit`.
     pub open_task_limit: Mutex<Option<u64>>,
+    /// Reads of tasks and steps so far (`get`, `get_step`, `steps`): each is a request on AWS.
+    pub reads: std::sync::atomic::AtomicUsize,
 }
 
 #[derive(Debug, Default)]
@@ -157,6 +159,7 @@ impl TaskStore for MemoryStore {
     }
 
     async fn get(&self, agency: &AgencyId, id: TaskId) -> Result<Option<Task>, AppError> {
+        self.reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         if self
             .refuse_next_get
             .swap(false, std::sync::atomic::Ordering::SeqCst)
@@ -244,6 +247,7 @@ impl TaskStore for MemoryStore {
     }
 
     async fn steps(&self, agency: &AgencyId, id: TaskId) -> Result<Vec<TaskStep>, AppError> {
+        self.reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let mut steps = self
             .lock()
             .steps
@@ -261,6 +265,7 @@ impl TaskStore for MemoryStore {
         id: TaskId,
         step: &str,
     ) -> Result<Option<TaskStep>, AppError> {
+        self.reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         Ok(self
             .lock()
             .steps

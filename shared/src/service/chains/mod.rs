@@ -130,14 +130,20 @@ impl ChainRunner {
     }
 
     /// Why the step must not run: a dependency skipped, or failed with skip_dependents.
+    /// `finished` gives a dependency the caller already knows finished; the others are read.
     pub(crate) async fn blocked_by(
         &self,
         agency: &AgencyId,
         id: TaskId,
         step: &TaskStep,
+        finished: impl Fn(&str) -> Option<TaskStep>,
     ) -> Result<Option<String>, AppError> {
         for dep in &step.depends_on {
-            let Some(dep_step) = self.store.get_step(agency, id, dep).await? else {
+            let dep_step = match finished(dep) {
+                Some(known) => Some(known),
+                None => self.store.get_step(agency, id, dep).await?,
+            };
+            let Some(dep_step) = dep_step else {
                 continue;
             };
             let policy = StepConfig::parse(&dep_step.config)

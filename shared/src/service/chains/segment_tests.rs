@@ -212,6 +212,35 @@ async fn a_segment_runs_its_waves_in_order_and_each_step_once() {
     assert_eq!(s.answers()[0].0, "success");
 }
 
+/// A sequential segment reads each step once in all (the segment's first read of its steps),
+/// and the task once per wave, as the walk checks for a cancel between steps: a step's own
+/// turn reads neither the task, its record, nor its dependency again. The counts are the
+/// store's reads (GetItem and Query on AWS); each was a request per step before.
+#[tokio::test]
+async fn a_sequential_segment_reads_each_step_and_its_dependency_once() {
+    let steps: Vec<Value> = (0..6)
+        .map(|n| {
+            let deps: Vec<String> = (n > 0).then(|| format!("s{}", n - 1)).into_iter().collect();
+            json!({"name": format!("s{n}"), "dependsOn": deps, "config": {"executor": probe(json!({}))}})
+        })
+        .collect();
+    let s = Setup::new(json!(steps)).await;
+    let reads = || {
+        s.world
+            .store
+            .reads
+            .load(std::sync::atomic::Ordering::SeqCst)
+    };
+    let before = reads();
+    assert_eq!(s.chains.process(s.message()).await, Delivery::Ack);
+    assert_eq!(s.runs().len(), 6);
+    assert_eq!(s.status().await, TaskStatus::Completed);
+    let during = reads() - before - 1; // less the status read just above
+                                       // The task and the steps to start; the task after each wave; the task and the steps to
+                                       // settle it. (27 before: each step also read the task, itself and its dependency.)
+    assert_eq!(during, 2 + 6 + 2, "reads for 6 steps");
+}
+
 /// A retryable failure gets the step's attempts with the chain's backoff, then its onFailure
 /// (continue: the dependent still runs and the task completes).
 #[tokio::test(start_paused = true)]

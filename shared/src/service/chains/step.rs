@@ -66,7 +66,7 @@ impl ChainRunner {
             }
             return Ok(Delivery::Ack);
         }
-        if let Some(reason) = self.blocked_by(agency, id, &step).await? {
+        if let Some(reason) = self.blocked_by(agency, id, &step, |_| None).await? {
             let read = step.status;
             step.status = StepStatus::Skipped;
             step.error = Some(reason);
