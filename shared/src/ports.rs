@@ -594,8 +594,8 @@ pub trait RequestBuckets: Send + Sync {
 }
 
 /// Per-agency slots of in-flight work on each tier (the fair-share cap), kept as leases: a
-/// slot names its holder (the run: a task's id, a chain step's `<task>#<step>`, a batch
-/// chunk's `<batch>#<round>#<chunk>`) and expires with the run's lease, so a worker
+/// slot names its holder (the run: a task's id, a chain step's `<task>#<step>`, a lane of a
+/// chain segment's `<task>@lane<k>`, a batch chunk's `<batch>#<round>#<chunk>`) and expires with the run's lease, so a worker
 /// that dies between taking and giving back a slot leaks nothing for longer than the lease.
 /// The count is the number of live holders, never a separate number that could drift.
 #[async_trait]

@@ -7,6 +7,7 @@ use crate::ports::{Entry, Placement, WindowState};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 /// In-flight slots and tier demand held in memory, as `DynamoInFlightSlots` keeps them.
@@ -16,6 +17,11 @@ pub struct MemorySlots {
     holders: Mutex<HashMap<(AgencyId, Priority), SlotLeases>>,
     /// tier → agency → its latest demand stamp.
     demand: Mutex<HashMap<Priority, SlotLeases<AgencyId>>>,
+    /// Writes so far (each one request on AWS): slots taken or renewed, and given back.
+    pub acquires: AtomicUsize,
+    pub releases: AtomicUsize,
+    /// The most slots one agency held on a tier at once.
+    pub most_held: AtomicUsize,
 }
 
 type SlotLeases<K = String> = HashMap<K, DateTime<Utc>>;
@@ -42,6 +48,8 @@ impl crate::ports::InFlightSlots for MemorySlots {
             }
         }
         slots.insert(holder.to_owned(), until);
+        self.acquires.fetch_add(1, Ordering::SeqCst);
+        self.most_held.fetch_max(slots.len(), Ordering::SeqCst);
         Ok(true)
     }
 
@@ -51,6 +59,7 @@ impl crate::ports::InFlightSlots for MemorySlots {
         tier: Priority,
         holder: &str,
     ) -> Result<(), AppError> {
+        self.releases.fetch_add(1, Ordering::SeqCst);
         let mut all = self.holders.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(slots) = all.get_mut(&(agency.clone(), tier)) {
             slots.remove(holder);

@@ -9,6 +9,7 @@
 //! a fresh one (`Requeue`); a long backoff comes back as a delayed copy (`Defer`, which is a
 //! copy whatever the wait, so retries never raise the message's receive count).
 
+mod lanes;
 mod turn;
 
 use super::{describe_error, ChainRunner, CHAIN_STOPPED_ERROR, PERMANENT_ERROR};
@@ -41,6 +42,8 @@ struct Pass {
     started: AtomicBool,
     /// The steps as this delivery last read or wrote them.
     records: Records,
+    /// The fair-share slots its steps run in.
+    lanes: lanes::Lanes,
 }
 
 /// The segment's steps as one delivery knows them: its first read of all the task's steps,
@@ -145,14 +148,16 @@ impl ChainRunner {
             window,
             started: AtomicBool::new(false),
             records: Records::of(steps),
+            lanes: lanes::Lanes::default(),
         };
+        let run_by = (agency, task.priority, id);
         let walk = self.walk(agency, task, waves, &pass);
         tokio::pin!(walk);
         let period = (window / 2).max(Duration::from_secs(1));
         let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + FIRST_BEAT, period);
         let walked = loop {
             tokio::select! {
-                walked = &mut walk => break walked?,
+                walked = &mut walk => break walked,
                 _ = ticks.tick() => match self.orchestrator.heartbeat(token).await {
                     // The walk still checks the task between steps; a closed token only means
                     // nobody waits for the answer.
@@ -162,7 +167,8 @@ impl ChainRunner {
                 },
             }
         };
-        let task = match walked {
+        self.free_lanes(run_by, &pass.lanes).await;
+        let task = match walked? {
             Ok(task) => task,
             Err(paused) => return Ok(paused),
         };
@@ -209,7 +215,8 @@ impl ChainRunner {
             // Built before the stream: a closure inside it would not be `Send` for the runtime.
             let runs: Vec<_> = wave
                 .iter()
-                .map(|name| self.drive_step(agency, &task, name.as_str(), pass))
+                .enumerate()
+                .map(|(lane, name)| self.drive_step(agency, &task, name.as_str(), lane, pass))
                 .collect();
             let turns: Vec<Result<Turn, AppError>> = futures::stream::iter(runs)
                 .buffer_unordered(WAVE_CONCURRENCY)

@@ -637,6 +637,57 @@ async fn skip_dependents_fails_the_task_when_settled_without_stopping_the_chain(
     assert_eq!(s.answers()[0].0, "success");
 }
 
+/// A segment's steps run in its lanes' slots (the k-th step of a wave in lane k): a lane keeps
+/// its slot from one step to the next, so a chain `a → (b, c) → d` takes two slots once each
+/// and gives them back once each (before: four of each, one per step), and still holds two
+/// while `b` and `c` run at once.
+#[tokio::test]
+async fn a_segment_holds_one_slot_per_lane_across_its_steps() {
+    use crate::service::fairness::Fairness;
+    use crate::testing::MemorySlots;
+    use std::sync::atomic::Ordering::SeqCst;
+    let mut s = Setup::new(json!([
+        {"name": "a", "config": {"executor": probe(json!({}))}},
+        {"name": "b", "dependsOn": ["a"], "config": {"executor": probe(json!({"ms": 50}))}},
+        {"name": "c", "dependsOn": ["a"], "config": {"executor": probe(json!({"ms": 50}))}},
+        {"name": "d", "dependsOn": ["b", "c"], "config": {"executor": probe(json!({}))}},
+    ]))
+    .await;
+    let agency = boss().agency;
+    let tier = s
+        .world
+        .store
+        .get(&agency, s.id)
+        .await
+        .unwrap()
+        .unwrap()
+        .priority;
+    let slots = Arc::new(MemorySlots::default());
+    s.chains.fairness = Some(Fairness::new(
+        slots.clone(),
+        std::collections::BTreeMap::from([(tier, 4)]),
+    ));
+    // In an invocation with its deadline, as the worker runs it: the lanes' leases last
+    // until then.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let delivery = s.chains.process_until(s.message(), Some(deadline)).await;
+    assert_eq!(delivery, Delivery::Ack);
+    assert_eq!(s.runs().len(), 4);
+    assert_eq!(s.status().await, TaskStatus::Completed);
+    assert_eq!(slots.acquires.load(SeqCst), 2, "one take per lane");
+    assert_eq!(slots.releases.load(SeqCst), 2, "one give-back per lane");
+    assert_eq!(
+        slots.most_held.load(SeqCst),
+        2,
+        "b and c each ran in a slot"
+    );
+    use crate::ports::InFlightSlots;
+    assert_eq!(
+        slots.held(&agency, tier, chrono::Utc::now()).await.unwrap(),
+        0
+    );
+}
+
 /// Each step run of a segment takes a fair-share slot as a step's run did: over the agency's
 /// cap the segment is deferred with nothing run; once a slot frees it runs and gives it back.
 #[tokio::test]

@@ -44,15 +44,18 @@ fn waits_in_place(pass: &Pass, wait: Duration, budget: Duration) -> bool {
 }
 
 impl ChainRunner {
-    /// Runs one step of a wave to its end in this delivery, or until it must wait.
+    /// Runs one step of a wave to its end in this delivery, or until it must wait; `lane`: its
+    /// place in the wave, whose fair-share slot it runs in.
     pub(super) async fn drive_step(
         &self,
         agency: &AgencyId,
         task: &Task,
         name: &str,
+        lane: usize,
         pass: &Pass,
     ) -> Result<Turn, AppError> {
         let (deadline, started, records) = (pass.deadline, &pass.started, &pass.records);
+        let run_by = (agency, task.priority, task.id);
         // The first turn starts from what the walk just read: the task before this wave, the
         // step as this delivery knows it. Later turns (after a wait) read both again.
         let mut known = Some((task.clone(), records.get(name)));
@@ -104,6 +107,7 @@ impl ChainRunner {
             if let Some(left) = live_run_left(&step, Utc::now()) {
                 if waits_in_place(pass, left, budget) {
                     // Read again every second: the run may record its outcome before its bound.
+                    self.free_lane(run_by, lane, &pass.lanes).await;
                     tokio::time::sleep(left.min(Duration::from_secs(1))).await;
                     continue;
                 }
@@ -131,23 +135,18 @@ impl ChainRunner {
                 return Ok(Turn::OutOfTime);
             }
             started.store(true, Ordering::SeqCst);
-            let (tier, holder) = (task.priority, format!("{}#{name}", task.id));
-            if let Some(fairness) = &self.fairness {
-                let now = Utc::now();
-                let until =
-                    now + chrono::Duration::from_std(self.lease).map_err(AppError::internal)?;
-                if !fairness.admit(agency, tier, &holder, until, now).await? {
-                    return Ok(Turn::Deferred);
-                }
+            if !self
+                .hold_lane(run_by, lane, budget, (&pass.lanes, deadline))
+                .await?
+            {
+                return Ok(Turn::Deferred);
             }
             let turn = self
                 .attempt(agency, &task, step, &config, budget, records)
                 .await;
-            if let Some(fairness) = &self.fairness {
-                fairness.release(agency, tier, &holder).await;
-            }
             match turn? {
                 Some(wait) if waits_in_place(pass, wait, budget) => {
+                    self.free_lane(run_by, lane, &pass.lanes).await;
                     tokio::time::sleep(wait).await;
                 }
                 Some(wait) => return Ok(Turn::Later(wait)),
