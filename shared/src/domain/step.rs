@@ -41,9 +41,11 @@ pub struct TaskStep {
     /// Runs started so far.
     #[serde(default)]
     pub attempts: u32,
-    /// While a worker runs the step in a chain segment: when that run ends at the latest (its
-    /// time budget plus the time to record it). A step found `running` before then is another
-    /// delivery's live run, never taken over; after it (or without it) the run was lost.
+    /// While a worker runs an automated step: when that run ends at the latest (its time
+    /// budget plus the time to record it). A step found `running` before then is another
+    /// delivery's live run, never run twice (a manual wave's step is taken over by a retry
+    /// under a new token, whose old run can no longer answer); after it (or without it) the
+    /// run was lost.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run_until: Option<DateTime<Utc>>,
 }

@@ -760,6 +760,134 @@ async fn a_step_result_is_recorded_before_its_token_and_a_failed_answer_never_re
     assert_eq!(task.result, Some(json!({"steps": {"only": "completed"}})));
 }
 
+/// Marks `name` running its first attempt under `token`, a run that may last `seconds` more,
+/// as the delivery that took it records it.
+async fn running_under(world: &MemoryWorld, id: TaskId, name: &str, token: &str, seconds: i64) {
+    let agency = boss().agency;
+    let mut step = world
+        .store
+        .get_step(&agency, id, name)
+        .await
+        .unwrap()
+        .unwrap();
+    let read = step.status;
+    step.status = StepStatus::Running;
+    step.attempts = 1;
+    step.run_until = Some(chrono::Utc::now() + chrono::Duration::seconds(seconds));
+    assert!(world
+        .store
+        .replace_step(&agency, &step, read)
+        .await
+        .unwrap());
+    world
+        .store
+        .set_step_token(&agency, id, name, token)
+        .await
+        .unwrap();
+}
+
+/// A chain of one echo step whose runs `counting` counts.
+async fn counted_chain(world: &MemoryWorld) -> (TaskId, ChainRunner, Arc<CountingExecutor>) {
+    let id = create_chain(
+        world,
+        json!([{"name": "only", "config": {"executor": {"type": "echo"}}}]),
+    )
+    .await;
+    let counting = Arc::new(CountingExecutor::default());
+    let mut executors = ExecutorRegistry::builtin();
+    executors.register("echo", counting.clone());
+    let chains = ChainRunner {
+        executors,
+        ..runner(world, world.store.clone())
+    };
+    (id, chains, counting)
+}
+
+/// SQS delivers at least once: a duplicate of a running step's message (the same token) never
+/// runs the step a second time. It comes back once the run has ended at the latest, and then
+/// answers from the record.
+#[tokio::test]
+async fn a_duplicate_of_a_running_step_s_message_never_runs_it_again() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let world = MemoryWorld::new();
+    let (id, chains, counting) = counted_chain(&world).await;
+    running_under(&world, id, "only", "run-token", 60).await;
+
+    let delivery = chains.process(step_message(id, "only")).await;
+    let Delivery::Defer(wait) = delivery else {
+        panic!("{delivery:?}");
+    };
+    let expected = std::time::Duration::from_secs(50)..=std::time::Duration::from_secs(60);
+    assert!(
+        expected.contains(&wait),
+        "back after the run's bound: {wait:?}"
+    );
+    assert_eq!(counting.runs.load(SeqCst), 0, "not run again");
+
+    // The live run records its outcome; the copy then answers from the record.
+    let agency = boss().agency;
+    let mut step = world
+        .store
+        .get_step(&agency, id, "only")
+        .await
+        .unwrap()
+        .unwrap();
+    step.status = StepStatus::Completed;
+    step.run_until = None;
+    assert!(world
+        .store
+        .replace_step_run(&agency, &step, 1)
+        .await
+        .unwrap());
+    assert_eq!(
+        chains.process(step_message(id, "only")).await,
+        Delivery::Ack
+    );
+    assert_eq!(counting.runs.load(SeqCst), 0);
+    let answers = world.orchestrator.answers.lock().unwrap().clone();
+    assert_eq!(answers.len(), 1);
+    assert_eq!(
+        (answers[0].0.as_str(), answers[0].1.as_str()),
+        ("run-token", "success")
+    );
+}
+
+/// The state machine gave up on a run (its heartbeat timed out) and retried the step under a
+/// new token: that run's answer can no longer land, so the retry takes the step over at once,
+/// and the old run's outcome, if it comes, is dropped.
+#[tokio::test]
+async fn a_retry_under_a_new_token_takes_over_a_run_the_chain_gave_up_on() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let world = MemoryWorld::new();
+    let (id, chains, counting) = counted_chain(&world).await;
+    running_under(&world, id, "only", "timed-out-token", 60).await;
+
+    assert_eq!(
+        chains.process(step_message(id, "only")).await,
+        Delivery::Ack
+    );
+    assert_eq!(counting.runs.load(SeqCst), 1);
+    let agency = boss().agency;
+    let step = world
+        .store
+        .get_step(&agency, id, "only")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (step.status, step.attempts),
+        (StepStatus::Completed, 2),
+        "{step:?}"
+    );
+    assert_eq!(step.run_until, None, "a recorded outcome ends the run");
+    // A late outcome of the first run is no longer that run's to write.
+    assert!(!world
+        .store
+        .replace_step_run(&agency, &step, 1)
+        .await
+        .unwrap());
+}
+
 /// Claims the step for a later run (as a second delivery would) while this run works.
 struct SupersededWhileRunning {
     store: Arc<MemoryStore>,

@@ -18,6 +18,19 @@ use std::time::Duration;
 
 /// When a running step first heartbeats its token.
 const FIRST_BEAT: Duration = Duration::from_secs(1);
+/// Time a step run keeps after its time budget to record its outcome: its `runUntil` is its
+/// start plus its budget plus this.
+const RUN_MARGIN: Duration = Duration::from_secs(10);
+
+/// How long another delivery's run of `step` may still last, when the step is running under
+/// one that has not ended (at least a second, so the copy that waits for it is not immediate).
+fn live_run_left(step: &TaskStep, now: chrono::DateTime<chrono::Utc>) -> Option<Duration> {
+    let until = step
+        .run_until
+        .filter(|_| step.status == StepStatus::Running)?;
+    let left = (until - now).to_std().ok()?;
+    Some(left.max(Duration::from_secs(1)))
+}
 
 /// Error names the chain definition's Retry blocks match (`Taskflow.Retryable.<maxAttempts>`).
 pub fn retryable_error(max_attempts: u32) -> String {

@@ -3,7 +3,10 @@
 //! under another (`RecordFailure`).
 
 use super::settle::settle_step;
-use super::{describe_error, retryable_error, ChainRunner, FIRST_BEAT, PERMANENT_ERROR};
+use super::{
+    describe_error, live_run_left, retryable_error, ChainRunner, FIRST_BEAT, PERMANENT_ERROR,
+    RUN_MARGIN,
+};
 use crate::domain::{
     AgencyId, OnFailure, StepConfig, StepStatus, Task, TaskId, TaskStatus, TaskStep,
 };
@@ -92,6 +95,17 @@ impl ChainRunner {
             }
         };
         let manual = config.executor.kind == "manual";
+        if let Some(left) = live_run_left(&step, Utc::now()) {
+            // Another delivery runs the step. A duplicate of this very message (the run's token
+            // is this one) never runs it again: this copy comes back once that run has ended at
+            // the latest, and answers from its record then. A run under another token is one
+            // the state machine gave up on (its heartbeat timed out) and retried under this
+            // token: that run's answer can no longer land, so this delivery takes over.
+            if self.store.step_token(agency, id, name).await?.as_deref() == Some(token) {
+                tracing::info!(task = %id, step = %name, "a duplicate of a running step's message waits for its run");
+                return Ok(Delivery::Defer(left));
+            }
+        }
         // A manual step waits for a person and holds no worker: it takes no slot.
         let fairness = self.fairness.as_ref().filter(|_| !manual);
         let (tier, holder) = (task.priority, format!("{id}#{name}"));
@@ -122,7 +136,7 @@ impl ChainRunner {
         let (id, name) = (task.id, step.name.clone());
         let name = name.as_str();
         let now = Utc::now();
-        let read = step.status;
+        let (read, lost_run) = (step.status, step.attempts);
         let manual = config.executor.kind == "manual";
         // A manual step waits for a person, not for a worker: its status says so.
         step.status = if manual {
@@ -133,14 +147,28 @@ impl ChainRunner {
         step.attempts += 1;
         step.started_at.get_or_insert(now);
         step.error = None;
-        if !self.store.replace_step(agency, &step, read).await? {
-            // A timeout or a stopping chain settled the step since it was read: never run it.
+        if !manual {
+            // Until then a delivery that finds the step running counts this run as live.
+            let bound = self.step_budget(&config) + RUN_MARGIN;
+            step.run_until =
+                Some(now + chrono::Duration::from_std(bound).map_err(AppError::internal)?);
+        }
+        // A run found running is taken over only as it was read: of two deliveries that found
+        // it, one takes it.
+        let taken = if read == StepStatus::Running && !manual {
+            self.store.replace_step_run(agency, &step, lost_run).await?
+        } else {
+            self.store.replace_step(agency, &step, read).await?
+        };
+        if !taken {
+            // A timeout, a stopping chain or another delivery changed the step since it was
+            // read: never run it here.
             return Ok(());
         }
-
+        // The run's token: waited for by a person (POST /api/tasks/{id}/steps/{step}/complete),
+        // and how a duplicate of this message knows the run for its own.
+        self.store.set_step_token(agency, id, name, token).await?;
         if manual {
-            // Waits for POST /api/tasks/{id}/steps/{step}/complete.
-            self.store.set_step_token(agency, id, name, token).await?;
             return Ok(());
         }
         // This run's number: its outcome is recorded only while the step is still this run's.
@@ -159,6 +187,7 @@ impl ChainRunner {
                 step.status = StepStatus::Completed;
                 step.result = Some(result);
                 step.completed_at = Some(Utc::now());
+                step.run_until = None;
                 if !self.record_run(agency, &step, run, token).await? {
                     return Ok(());
                 }
@@ -180,11 +209,12 @@ impl ChainRunner {
                     }
                 }
             }
-            Ok(Outcome::AwaitAssignee) => {
-                self.store.set_step_token(agency, id, name, token).await?;
-            }
+            // Waits for its assignee, who answers the run's token, recorded before the run.
+            Ok(Outcome::AwaitAssignee) => {}
             Err(ExecError::Retryable(cause)) => {
+                // Ended: the state machine's retry, under a new token, runs it at once.
                 step.error = Some(cause.clone());
+                step.run_until = None;
                 if self.record_run(agency, &step, run, token).await? {
                     self.orchestrator
                         .fail(token, &retryable_error(config.max_attempts), &cause)
@@ -215,6 +245,7 @@ impl ChainRunner {
         // The cause as the answer carries it, so a repeated answer is the same one.
         step.error = Some(cause.to_owned());
         step.completed_at = Some(Utc::now());
+        step.run_until = None;
         if self.record_run(agency, step, run, token).await? {
             self.orchestrator
                 .fail(token, PERMANENT_ERROR, cause)

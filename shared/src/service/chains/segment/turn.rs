@@ -7,7 +7,9 @@ use crate::domain::segment::backoff;
 use crate::domain::{AgencyId, OnFailure, StepConfig, StepStatus, Task, TaskStatus, TaskStep};
 use crate::error::AppError;
 use crate::executors::{ExecError, Outcome};
-use crate::service::chains::{describe_error, retryable_error, ChainRunner, PERMANENT_ERROR};
+use crate::service::chains::{
+    describe_error, live_run_left, retryable_error, ChainRunner, PERMANENT_ERROR, RUN_MARGIN,
+};
 use chrono::Utc;
 use serde_json::{json, Value};
 use std::sync::atomic::Ordering;
@@ -17,19 +19,8 @@ use std::time::{Duration, Instant};
 const WAIT_IN_PLACE_UP_TO: Duration = Duration::from_secs(10);
 /// Time kept after a step's longest run to record it and hand off (a tenth of what is left,
 /// when less: a short invocation keeps less, as batch chunks do).
-const HAND_OFF_MARGIN: Duration = Duration::from_secs(10);
-
 fn hand_off_margin(end: Instant) -> Duration {
-    HAND_OFF_MARGIN.min(end.saturating_duration_since(Instant::now()) / 10)
-}
-/// How long another delivery's run of `step` may still last, when the step is running under
-/// one that has not ended (at least a second, so the copy that waits for it is not immediate).
-fn live_run_left(step: &TaskStep, now: chrono::DateTime<Utc>) -> Option<Duration> {
-    let until = step
-        .run_until
-        .filter(|_| step.status == StepStatus::Running)?;
-    let left = (until - now).to_std().ok()?;
-    Some(left.max(Duration::from_secs(1)))
+    RUN_MARGIN.min(end.saturating_duration_since(Instant::now()) / 10)
 }
 
 /// Whether a wait, before a step that may then run for `budget`, is spent in this invocation
@@ -173,8 +164,7 @@ impl ChainRunner {
         step.started_at.get_or_insert(now);
         step.error = None;
         step.run_until = Some(
-            now + chrono::Duration::from_std(budget + HAND_OFF_MARGIN)
-                .map_err(AppError::internal)?,
+            now + chrono::Duration::from_std(budget + RUN_MARGIN).map_err(AppError::internal)?,
         );
         // A lost run is taken over only as it was read: of two deliveries that found it, one
         // takes it.
