@@ -450,6 +450,8 @@ async fn wait_for_empty_queues(
     let deadline = Instant::now() + timeout;
     loop {
         let mut waiting = 0u64;
+        // Which queue holds what (visible, in flight, delayed), for the warning below.
+        let mut held = Vec::new();
         for queue in queues {
             let Ok(out) = sqs
                 .get_queue_attributes()
@@ -462,12 +464,25 @@ async fn wait_for_empty_queues(
             else {
                 continue;
             };
-            waiting += out
-                .attributes
-                .unwrap_or_default()
-                .values()
-                .filter_map(|v| v.parse::<u64>().ok())
-                .sum::<u64>();
+            let attributes = out.attributes.unwrap_or_default();
+            let count = |name: &Name| {
+                attributes
+                    .get(name)
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or(0)
+            };
+            let (visible, in_flight, delayed) = (
+                count(&Name::ApproximateNumberOfMessages),
+                count(&Name::ApproximateNumberOfMessagesNotVisible),
+                count(&Name::ApproximateNumberOfMessagesDelayed),
+            );
+            if visible + in_flight + delayed > 0 {
+                let name = queue.rsplit('/').next().unwrap_or(queue);
+                held.push(format!(
+                    "{name}: {visible} visible, {in_flight} in flight, {delayed} delayed"
+                ));
+            }
+            waiting += visible + in_flight + delayed;
         }
         if waiting == 0 {
             return true;
@@ -475,6 +490,7 @@ async fn wait_for_empty_queues(
         if Instant::now() > deadline {
             tracing::warn!(
                 waiting,
+                queues = %held.join("; "),
                 "queues not empty after {timeout:?}; measuring anyway"
             );
             return false;

@@ -435,8 +435,8 @@ async fn a_running_step_heartbeats_within_a_second_and_a_quick_one_never() {
     );
 }
 
-/// Gives a chain's step a final status directly, as the worker or a Catch would have.
-async fn settle(world: &MemoryWorld, id: TaskId, name: &str, status: StepStatus) {
+/// Rewrites a chain's step as `change` leaves it, as another writer would have.
+async fn rewrite(world: &MemoryWorld, id: TaskId, name: &str, change: impl FnOnce(&mut TaskStep)) {
     let agency = boss().agency;
     let mut step = world
         .store
@@ -445,12 +445,17 @@ async fn settle(world: &MemoryWorld, id: TaskId, name: &str, status: StepStatus)
         .unwrap()
         .unwrap();
     let read = step.status;
-    step.status = status;
+    change(&mut step);
     assert!(world
         .store
         .replace_step(&agency, &step, read)
         .await
         .unwrap());
+}
+
+/// Gives a chain's step a final status directly, as the worker or a Catch would have.
+async fn settle(world: &MemoryWorld, id: TaskId, name: &str, status: StepStatus) {
+    rewrite(world, id, name, |step| step.status = status).await;
 }
 
 fn finalize(id: TaskId) -> ChainMessage {
@@ -763,25 +768,15 @@ async fn a_step_result_is_recorded_before_its_token_and_a_failed_answer_never_re
 /// Marks `name` running its first attempt under `token`, a run that may last `seconds` more,
 /// as the delivery that took it records it.
 async fn running_under(world: &MemoryWorld, id: TaskId, name: &str, token: &str, seconds: i64) {
-    let agency = boss().agency;
-    let mut step = world
-        .store
-        .get_step(&agency, id, name)
-        .await
-        .unwrap()
-        .unwrap();
-    let read = step.status;
-    step.status = StepStatus::Running;
-    step.attempts = 1;
-    step.run_until = Some(chrono::Utc::now() + chrono::Duration::seconds(seconds));
-    assert!(world
-        .store
-        .replace_step(&agency, &step, read)
-        .await
-        .unwrap());
+    rewrite(world, id, name, |step| {
+        step.status = StepStatus::Running;
+        step.attempts = 1;
+        step.run_until = Some(chrono::Utc::now() + chrono::Duration::seconds(seconds));
+    })
+    .await;
     world
         .store
-        .set_step_token(&agency, id, name, token)
+        .set_step_token(&boss().agency, id, name, token)
         .await
         .unwrap();
 }

@@ -8,7 +8,7 @@ use crate::domain::{
 use crate::executors::{ExecError, Executor, ExecutorRegistry, Job, Outcome, WorkUnit};
 use crate::ports::TaskStore;
 use crate::service::{ChainRunner, Delivery};
-use crate::testing::{MemoryStore, MemoryWorld};
+use crate::testing::{MemorySlots, MemoryStore, MemoryWorld};
 use async_trait::async_trait;
 use serde_json::{json, Value};
 use std::sync::{Arc, Mutex};
@@ -158,6 +158,18 @@ impl Setup {
             step.run_until = Some(chrono::Utc::now() + chrono::Duration::seconds(seconds));
         })
         .await
+    }
+
+    /// Caps the agency at `cap` runs in flight on the chain's tier, in slots it returns.
+    async fn fair_share(&mut self, cap: u32) -> (crate::domain::Priority, Arc<MemorySlots>) {
+        let task = self.world.store.get(&boss().agency, self.id).await.unwrap();
+        let tier = task.unwrap().priority;
+        let slots = Arc::new(MemorySlots::default());
+        self.chains.fairness = Some(crate::service::fairness::Fairness::new(
+            slots.clone(),
+            std::collections::BTreeMap::from([(tier, cap)]),
+        ));
+        (tier, slots)
     }
 
     async fn status(&self) -> TaskStatus {
@@ -643,8 +655,6 @@ async fn skip_dependents_fails_the_task_when_settled_without_stopping_the_chain(
 /// while `b` and `c` run at once.
 #[tokio::test]
 async fn a_segment_holds_one_slot_per_lane_across_its_steps() {
-    use crate::service::fairness::Fairness;
-    use crate::testing::MemorySlots;
     use std::sync::atomic::Ordering::SeqCst;
     let mut s = Setup::new(json!([
         {"name": "a", "config": {"executor": probe(json!({}))}},
@@ -654,19 +664,7 @@ async fn a_segment_holds_one_slot_per_lane_across_its_steps() {
     ]))
     .await;
     let agency = boss().agency;
-    let tier = s
-        .world
-        .store
-        .get(&agency, s.id)
-        .await
-        .unwrap()
-        .unwrap()
-        .priority;
-    let slots = Arc::new(MemorySlots::default());
-    s.chains.fairness = Some(Fairness::new(
-        slots.clone(),
-        std::collections::BTreeMap::from([(tier, 4)]),
-    ));
+    let (tier, slots) = s.fair_share(4).await;
     // In an invocation with its deadline, as the worker runs it: the lanes' leases last
     // until then.
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -693,27 +691,14 @@ async fn a_segment_holds_one_slot_per_lane_across_its_steps() {
 #[tokio::test]
 async fn a_segment_over_its_agency_s_cap_is_deferred_and_gives_its_slots_back() {
     use crate::ports::InFlightSlots;
-    use crate::service::fairness::{Fairness, DEFER_DELAY};
-    use crate::testing::MemorySlots;
+    use crate::service::fairness::DEFER_DELAY;
     let mut s = Setup::new(json!([
         {"name": "a", "config": {"executor": probe(json!({}))}},
         {"name": "b", "dependsOn": ["a"], "config": {"executor": probe(json!({}))}},
     ]))
     .await;
     let agency = boss().agency;
-    let tier = s
-        .world
-        .store
-        .get(&agency, s.id)
-        .await
-        .unwrap()
-        .unwrap()
-        .priority;
-    let slots = Arc::new(MemorySlots::default());
-    s.chains.fairness = Some(Fairness::new(
-        slots.clone(),
-        std::collections::BTreeMap::from([(tier, 1)]),
-    ));
+    let (tier, slots) = s.fair_share(1).await;
     let now = chrono::Utc::now();
     let until = now + chrono::Duration::seconds(60);
     slots
