@@ -709,22 +709,14 @@ impl crate::executors::Executor for CountingExecutor {
 #[tokio::test]
 async fn a_step_result_is_recorded_before_its_token_and_a_failed_answer_never_reruns_it() {
     let world = MemoryWorld::new();
-    let id = create_chain(
-        &world,
-        json!([{"name": "only", "config": {"executor": {"type": "echo"}}}]),
-    )
-    .await;
-    let counting = Arc::new(CountingExecutor::default());
-    let mut executors = ExecutorRegistry::builtin();
-    executors.register("echo", counting.clone());
+    let (id, chains, counting) = counted_chain(&world).await;
     let chains = ChainRunner {
-        executors,
         orchestrator: Arc::new(ScriptedSuccess {
             inner: world.orchestrator.clone(),
             script: Mutex::new(vec![None]),
             failures: Mutex::default(),
         }),
-        ..runner(&world, world.store.clone())
+        ..chains
     };
     assert!(matches!(
         chains.process(step_message(id, "only")).await,

@@ -167,7 +167,7 @@ impl ChainRunner {
                 },
             }
         };
-        self.free_lanes(run_by, &pass.lanes).await;
+        self.free_lanes(run_by, 0, &pass.lanes).await;
         let task = match walked? {
             Ok(task) => task,
             Err(paused) => return Ok(paused),
@@ -212,11 +212,14 @@ impl ChainRunner {
             if task.status != TaskStatus::InProgress {
                 return Ok(Ok(task));
             }
+            // A narrower wave than the last gives back the slots it cannot use.
+            let width = wave.len().min(WAVE_CONCURRENCY);
+            self.free_lanes((agency, task.priority, task.id), width, &pass.lanes)
+                .await;
             // Built before the stream: a closure inside it would not be `Send` for the runtime.
             let runs: Vec<_> = wave
                 .iter()
-                .enumerate()
-                .map(|(lane, name)| self.drive_step(agency, &task, name.as_str(), lane, pass))
+                .map(|name| self.drive_step(agency, &task, name.as_str(), pass))
                 .collect();
             let turns: Vec<Result<Turn, AppError>> = futures::stream::iter(runs)
                 .buffer_unordered(WAVE_CONCURRENCY)

@@ -686,6 +686,32 @@ async fn a_segment_holds_one_slot_per_lane_across_its_steps() {
     );
 }
 
+/// A wave wider than the ten steps a delivery runs at once needs no more than ten lanes: a
+/// step takes a free lane, so twelve steps never hold twelve slots.
+#[tokio::test]
+async fn a_wave_wider_than_its_concurrency_holds_no_more_slots_than_it_runs() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let mut steps = vec![json!({"name": "a", "config": {"executor": probe(json!({}))}})];
+    steps.extend((0..12).map(|n| {
+        json!({"name": format!("w{n}"), "dependsOn": ["a"],
+            "config": {"executor": probe(json!({"ms": 30}))}})
+    }));
+    let mut s = Setup::new(json!(steps)).await;
+    let agency = boss().agency;
+    let (tier, slots) = s.fair_share(20).await;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let delivery = s.chains.process_until(s.message(), Some(deadline)).await;
+    assert_eq!(delivery, Delivery::Ack);
+    assert_eq!(s.runs().len(), 13);
+    assert!(slots.most_held.load(SeqCst) <= 10, "{:?}", slots.most_held);
+    assert!(slots.acquires.load(SeqCst) <= 10, "{:?}", slots.acquires);
+    use crate::ports::InFlightSlots;
+    assert_eq!(
+        slots.held(&agency, tier, chrono::Utc::now()).await.unwrap(),
+        0
+    );
+}
+
 /// Each step run of a segment takes a fair-share slot as a step's run did: over the agency's
 /// cap the segment is deferred with nothing run; once a slot frees it runs and gives it back.
 #[tokio::test]

@@ -42,7 +42,6 @@ impl ChainRunner {
         agency: &AgencyId,
         task: &Task,
         name: &str,
-        lane: usize,
         pass: &Pass,
     ) -> Result<Turn, AppError> {
         let (deadline, started, records) = (pass.deadline, &pass.started, &pass.records);
@@ -98,7 +97,6 @@ impl ChainRunner {
             if let Some(left) = live_run_left(&step, Utc::now()) {
                 if waits_in_place(pass, left, budget) {
                     // Read again every second: the run may record its outcome before its bound.
-                    self.free_lane(run_by, lane, &pass.lanes).await;
                     tokio::time::sleep(left.min(Duration::from_secs(1))).await;
                     continue;
                 }
@@ -126,22 +124,25 @@ impl ChainRunner {
                 return Ok(Turn::OutOfTime);
             }
             started.store(true, Ordering::SeqCst);
-            if !self
-                .hold_lane(run_by, lane, budget, (&pass.lanes, deadline))
-                .await?
-            {
+            let lanes = &pass.lanes;
+            let Some(lane) = self.hold_lane(run_by, budget, (lanes, deadline)).await? else {
                 return Ok(Turn::Deferred);
-            }
+            };
             let turn = self
                 .attempt(agency, &task, step, &config, budget, records)
                 .await;
-            match turn? {
-                Some(wait) if waits_in_place(pass, wait, budget) => {
-                    self.free_lane(run_by, lane, &pass.lanes).await;
+            match turn {
+                Ok(Some(wait)) if waits_in_place(pass, wait, budget) => {
+                    self.free_lane(run_by, lane, lanes).await;
                     tokio::time::sleep(wait).await;
                 }
-                Some(wait) => return Ok(Turn::Later(wait)),
-                None => return Ok(Turn::Settled),
+                ended => {
+                    lanes.put_back(lane);
+                    return Ok(match ended? {
+                        Some(wait) => Turn::Later(wait),
+                        None => Turn::Settled,
+                    });
+                }
             }
         }
     }
